@@ -1,0 +1,181 @@
+"""Stage-1 output in one labelled form: estimates and standard errors per covariate × feature."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from bayeshier_pymc._validation import as_finite_matrix, check_positive, check_unique_labels
+
+__all__ = ["Estimates"]
+
+DIMS = ("covariate", "feature")
+TIDY_COLUMNS = ("covariate", "feature", "estimate", "se")
+
+
+@dataclass(frozen=True, eq=False)
+class Estimates:
+    """Estimates ``b`` and standard errors ``s`` with dims ``("covariate", "feature")``.
+
+    Build it with :meth:`from_any`, which accepts a stage-1 fit, a tidy frame or arrays.
+    """
+
+    estimate: xr.DataArray
+    se: xr.DataArray
+
+    @property
+    def covariates(self) -> pd.Index:
+        """Covariate labels."""
+        return self.estimate.indexes["covariate"]
+
+    @property
+    def features(self) -> pd.Index:
+        """Feature labels."""
+        return self.estimate.indexes["feature"]
+
+    @classmethod
+    def from_any(
+        cls,
+        estimates: Any,
+        *,
+        covariates: list[Any] | None = None,
+    ) -> Estimates:
+        """Normalise any supported stage-1 output.
+
+        Parameters
+        ----------
+        estimates
+            One of: an object with ``coef`` and ``se`` DataArrays (an :class:`MLMFit`); an
+            :class:`Estimates`; a tidy DataFrame with columns ``covariate, feature, estimate,
+            se``; a pair ``(b, se)`` or a mapping ``{"estimate": b, "se": se}`` of arrays
+            (1-D for one covariate, or covariate × feature) or of labelled DataArrays /
+            DataFrames (covariates as rows, features as columns).
+        covariates
+            Keep only these covariates, in this order.
+
+        Returns
+        -------
+        Estimates
+
+        Raises
+        ------
+        ValueError
+            For an unknown input type, mismatched shapes or labels, duplicated labels,
+            non-finite values, or standard errors that are not strictly positive.
+        """
+        if isinstance(estimates, Estimates):
+            result = estimates
+        elif hasattr(estimates, "coef") and hasattr(estimates, "se"):
+            result = cls._from_arrays(estimates.coef, estimates.se)
+        elif isinstance(estimates, pd.DataFrame):
+            result = cls._from_tidy(estimates)
+        elif isinstance(estimates, Mapping):
+            missing = {"estimate", "se"} - set(estimates)
+            if missing:
+                raise ValueError(f"the estimates mapping lacks the key(s) {sorted(missing)!r}.")
+            result = cls._from_arrays(estimates["estimate"], estimates["se"])
+        elif isinstance(estimates, tuple) and len(estimates) == 2:
+            result = cls._from_arrays(*estimates)
+        else:
+            raise ValueError(
+                "estimates must be a stage-1 fit, a tidy DataFrame (covariate, feature, "
+                "estimate, se), a pair (b, se) or a mapping {'estimate': b, 'se': se}; got "
+                f"{type(estimates).__name__}."
+            )
+        if covariates is not None:
+            absent = [c for c in covariates if c not in result.covariates]
+            if absent:
+                raise ValueError(
+                    f"covariates {absent!r} are not among the estimates' covariates "
+                    f"{result.covariates.tolist()!r}."
+                )
+            result = Estimates(
+                result.estimate.sel(covariate=covariates), result.se.sel(covariate=covariates)
+            )
+        return result
+
+    @classmethod
+    def _from_tidy(cls, frame: pd.DataFrame) -> Estimates:
+        absent = [c for c in TIDY_COLUMNS if c not in frame.columns]
+        if absent:
+            raise ValueError(
+                f"the tidy estimates frame lacks column(s) {absent!r}; it needs {TIDY_COLUMNS!r}."
+            )
+        if frame.duplicated(["covariate", "feature"]).any():
+            dup = frame.loc[frame.duplicated(["covariate", "feature"]), ["covariate", "feature"]]
+            raise ValueError(
+                "the tidy estimates frame has duplicated (covariate, feature) rows, e.g. "
+                f"{tuple(dup.iloc[0])!r}."
+            )
+        covariates = pd.Index(pd.unique(frame["covariate"]))
+        features = pd.Index(pd.unique(frame["feature"]))
+        wide = {
+            column: frame.pivot(index="covariate", columns="feature", values=column).reindex(
+                index=covariates, columns=features
+            )
+            for column in ("estimate", "se")
+        }
+        if wide["estimate"].isna().to_numpy().any():
+            raise ValueError(
+                "the tidy estimates frame is incomplete: every covariate needs a row for every "
+                "feature (or it holds NaN estimates)."
+            )
+        return cls._from_arrays(wide["estimate"], wide["se"])
+
+    @classmethod
+    def _from_arrays(cls, estimate: Any, se: Any) -> Estimates:
+        covariates, features = _labels_of(estimate)
+        b = as_finite_matrix(np.atleast_2d(np.asarray(estimate, dtype=float)), "estimates")
+        s = as_finite_matrix(np.atleast_2d(np.asarray(se, dtype=float)), "standard errors (se)")
+        if b.shape != s.shape:
+            raise ValueError(
+                f"estimates have shape {b.shape} but standard errors have shape {s.shape}."
+            )
+        check_positive(s, "standard errors (se)")
+        se_covariates, se_features = _labels_of(se)
+        if covariates is None:
+            covariates = se_covariates
+        if features is None:
+            features = se_features
+        covariates = check_unique_labels(
+            covariates if covariates is not None else [f"x{k}" for k in range(b.shape[0])],
+            "covariate labels",
+        )
+        features = check_unique_labels(
+            features if features is not None else [f"feature_{j}" for j in range(b.shape[1])],
+            "feature labels",
+        )
+        for name, own, other in (
+            ("covariate", covariates, se_covariates),
+            ("feature", features, se_features),
+        ):
+            if other is not None and not pd.Index(other).equals(own):
+                raise ValueError(f"estimates and standard errors have different {name} labels.")
+        coords = {"covariate": covariates, "feature": features}
+        return cls(
+            xr.DataArray(b, dims=DIMS, coords=coords, name="estimate"),
+            xr.DataArray(s, dims=DIMS, coords=coords, name="se"),
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy frame with columns ``covariate, feature, estimate, se``."""
+        frame = xr.Dataset({"estimate": self.estimate, "se": self.se}).to_dataframe()
+        return frame.reset_index()[list(TIDY_COLUMNS)]
+
+
+def _labels_of(values: Any) -> tuple[pd.Index | None, pd.Index | None]:
+    """Covariate and feature labels carried by a DataArray, DataFrame or Series, if any."""
+    if isinstance(values, xr.DataArray):
+        if values.dims != DIMS:
+            raise ValueError(f"labelled estimates must have dims {DIMS}, got {values.dims}.")
+        return values.indexes["covariate"], values.indexes["feature"]
+    if isinstance(values, pd.DataFrame):
+        return values.index, values.columns
+    if isinstance(values, pd.Series):
+        return None, values.index
+    return None, None

@@ -1,0 +1,246 @@
+"""Build the stage-2 PyMC model: a pure function of estimates, tree, priors and parameterisation.
+
+Two forms of the same posterior are available.
+
+``"collapsed"`` (the default for NUTS)
+    Given the scales τ, every other quantity is Gaussian on a tree, so θ0, the group means and
+    θ are integrated out exactly (:mod:`bayeshier_pymc.gaussian_tree`) and NUTS samples only
+    ``tau`` (one scale per covariate and level). θ0, the group means and θ are then drawn
+    exactly from their Gaussian conditional given each τ draw. No funnel remains, whatever
+    the number of features per group.
+
+``"centered"`` / ``"noncentered"`` / ``"auto"`` / a per-level mapping (the full model)
+    Every quantity is a PyMC variable. ``"auto"`` chooses per level from the data: a level is
+    centred when its units are strongly informed (the median over units of τ̂² × the data
+    precision of the unit exceeds 1, with τ̂ the empirical-Bayes scales) and non-centred
+    otherwise. The Gibbs step method samples the centred form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+from scipy import optimize
+
+from bayeshier_pymc.estimates import Estimates
+from bayeshier_pymc.gaussian_tree import ArrayOps, TreeIndex, upward_pass
+from bayeshier_pymc.hierarchy import Hierarchy
+from bayeshier_pymc.priors import Priors
+
+__all__ = [
+    "FULL_PARAMETERIZATIONS",
+    "build_model",
+    "choose_centering",
+    "empirical_bayes_scales",
+    "group_mean_name",
+    "model_coords",
+    "scale_levels",
+]
+
+Centering = Literal["centered", "noncentered"]
+Parameterization = str | Mapping[str, Centering]
+FULL_PARAMETERIZATIONS = ("centered", "noncentered", "auto")
+
+
+def _pytensor_segment_sum(
+    values: pt.TensorVariable, index: np.ndarray, n: int
+) -> pt.TensorVariable:
+    """Sum the last axis of a (covariate, unit) tensor into ``n`` groups."""
+    zeros = pt.zeros((n, values.shape[0]), dtype=values.dtype)
+    return pt.inc_subtensor(zeros[index], values.T).T
+
+
+PYTENSOR_OPS = ArrayOps(
+    log=pt.log, sum_last=lambda x: x.sum(axis=-1), segment_sum=_pytensor_segment_sum
+)
+
+
+def scale_levels(hierarchy: Hierarchy) -> tuple[str, ...]:
+    """Coordinates of the ``level`` dim of ``tau``: ``"feature"`` then each annotation level."""
+    return ("feature", *hierarchy.levels)
+
+
+def group_mean_name(level: str) -> str:
+    """Name of the posterior variable holding the means of the groups at ``level``."""
+    return f"{level}_mean"
+
+
+def model_coords(estimates: Estimates, hierarchy: Hierarchy) -> dict[str, list[object]]:
+    """Coordinates shared by the model and the InferenceData."""
+    coords: dict[str, list[object]] = {
+        "covariate": estimates.covariates.tolist(),
+        "feature": estimates.features.tolist(),
+        "level": list(scale_levels(hierarchy)),
+    }
+    for level, labels in zip(hierarchy.levels, hierarchy.groups, strict=True):
+        coords[level] = labels.tolist()
+    return coords
+
+
+def build_model(
+    estimates: Estimates,
+    hierarchy: Hierarchy | None,
+    priors: Priors,
+    parameterization: Parameterization = "collapsed",
+) -> pm.Model:
+    """Build the PyMC model of the shrinkage posterior.
+
+    Parameters
+    ----------
+    estimates
+        Stage-1 estimates and standard errors, aligned with ``hierarchy``.
+    hierarchy
+        The tree, truncated to the depth used; ``None`` means no pooling (each θ_j has the
+        fixed prior N(mu0, s0²)).
+    priors
+        Resolved priors (``priors.scale_levels`` must match the tree).
+    parameterization
+        ``"collapsed"`` (default), ``"centered"``, ``"noncentered"``, ``"auto"``, or a mapping
+        from scale level (``"feature"`` or an annotation level) to ``"centered"`` /
+        ``"noncentered"``. See the module docstring.
+
+    Returns
+    -------
+    pymc.Model
+        With data containers ``b`` and ``se`` and dims ``covariate``, ``feature``, ``level``
+        and one per annotation level.
+    """
+    b = estimates.estimate.to_numpy()
+    se = estimates.se.to_numpy()
+    if hierarchy is None:
+        return _no_pooling_model(estimates, priors)
+    coords = model_coords(estimates, hierarchy)
+    with pm.Model(coords=coords) as model:
+        pm.Data("se", se, dims=("covariate", "feature"))
+        tau = pm.HalfCauchy("tau", beta=priors.tau_scale, dims=("covariate", "level"))
+        if parameterization == "collapsed":
+            b_data = pm.Data("b", b, dims=("covariate", "feature"))
+            messages = upward_pass(
+                b_data,
+                se**2,
+                tau,
+                TreeIndex.from_hierarchy(hierarchy),
+                priors.mu0,
+                priors.s0,
+                ops=PYTENSOR_OPS,
+            )
+            pm.Potential("b_marginal_loglik", messages.log_marginal.sum())
+        else:
+            centering = resolve_centering(parameterization, estimates, hierarchy, priors)
+            theta = _full_tree(tau, hierarchy, priors, centering)
+            pm.Normal("b", mu=theta, sigma=se, observed=b, dims=("covariate", "feature"))
+    return model
+
+
+def _no_pooling_model(estimates: Estimates, priors: Priors) -> pm.Model:
+    coords = {"covariate": estimates.covariates.tolist(), "feature": estimates.features.tolist()}
+    with pm.Model(coords=coords) as model:
+        se = pm.Data("se", estimates.se.to_numpy(), dims=("covariate", "feature"))
+        theta = pm.Normal("theta", priors.mu0, priors.s0, dims=("covariate", "feature"))
+        pm.Normal(
+            "b",
+            mu=theta,
+            sigma=se,
+            observed=estimates.estimate.to_numpy(),
+            dims=("covariate", "feature"),
+        )
+    return model
+
+
+def _full_tree(
+    tau: pt.TensorVariable,
+    hierarchy: Hierarchy,
+    priors: Priors,
+    centering: Mapping[str, Centering],
+) -> pt.TensorVariable:
+    """Add θ0, the group means (coarsest first) and θ; return θ."""
+    parent = pm.Normal("mu", priors.mu0, priors.s0, dims="covariate")[:, None]
+    names = scale_levels(hierarchy)
+    for level in range(hierarchy.depth, -1, -1):
+        name = "theta" if level == 0 else group_mean_name(hierarchy.levels[level - 1])
+        dim = "feature" if level == 0 else hierarchy.levels[level - 1]
+        loc = parent[:, hierarchy.parents[level]] if level < hierarchy.depth else parent
+        scale = tau[:, level][:, None]
+        if centering[names[level]] == "centered":
+            parent = pm.Normal(name, loc, scale, dims=("covariate", dim))
+        else:
+            offset = pm.Normal(f"{name}_offset", 0.0, 1.0, dims=("covariate", dim))
+            parent = pm.Deterministic(name, loc + scale * offset, dims=("covariate", dim))
+    return parent
+
+
+def resolve_centering(
+    parameterization: Parameterization,
+    estimates: Estimates,
+    hierarchy: Hierarchy,
+    priors: Priors,
+) -> dict[str, Centering]:
+    """The centring of every scale level for a full-model ``parameterization``."""
+    names = scale_levels(hierarchy)
+    if isinstance(parameterization, Mapping):
+        unknown = sorted(set(parameterization) - set(names))
+        bad = sorted({v for v in parameterization.values() if v not in ("centered", "noncentered")})
+        if unknown or bad:
+            raise ValueError(
+                f"a per-level parameterization maps levels {names!r} to 'centered' or "
+                f"'noncentered'; got unknown levels {unknown!r} / values {bad!r}."
+            )
+        return {name: parameterization.get(name, "noncentered") for name in names}
+    if parameterization in ("centered", "noncentered"):
+        return dict.fromkeys(names, parameterization)
+    if parameterization == "auto":
+        return choose_centering(estimates, hierarchy, priors)
+    raise ValueError(
+        f"unknown parameterization {parameterization!r}; use 'collapsed', "
+        f"{', '.join(repr(p) for p in FULL_PARAMETERIZATIONS)} or a per-level mapping."
+    )
+
+
+def empirical_bayes_scales(
+    estimates: Estimates, hierarchy: Hierarchy, priors: Priors
+) -> np.ndarray:
+    """Posterior-mode scales τ̂ (covariate × level) of the collapsed model, on the log scale."""
+    b = estimates.estimate.to_numpy()
+    var_b = estimates.se.to_numpy() ** 2
+    tree = TreeIndex.from_hierarchy(hierarchy)
+    shape = (b.shape[0], hierarchy.depth + 1)
+
+    def negative_log_posterior(log_tau: np.ndarray) -> float:
+        tau = np.exp(log_tau.reshape(shape))
+        log_marginal = upward_pass(b, var_b, tau, tree, priors.mu0, priors.s0).log_marginal
+        # HalfCauchy prior on τ plus the Jacobian of the log transform
+        log_prior = np.log(tau) - np.log1p((tau / priors.tau_scale) ** 2)
+        return -float(log_marginal.sum() + log_prior.sum())
+
+    start = np.log(np.full(shape, 0.5 * np.sqrt(np.mean(var_b))))
+    result = optimize.minimize(negative_log_posterior, start.ravel(), method="L-BFGS-B")
+    return np.exp(result.x.reshape(shape))
+
+
+def choose_centering(
+    estimates: Estimates, hierarchy: Hierarchy, priors: Priors
+) -> dict[str, Centering]:
+    """Centre a level when its units are strongly informed by the data below them.
+
+    A unit (a θ_j or a group mean) is strongly informed when its prior variance τ̂² exceeds
+    the variance ``v`` of the message from the data below it; the level is centred when the
+    median over units and covariates of ``τ̂² / v`` exceeds 1.
+    """
+    tau_hat = empirical_bayes_scales(estimates, hierarchy, priors)
+    messages = upward_pass(
+        estimates.estimate.to_numpy(),
+        estimates.se.to_numpy() ** 2,
+        tau_hat,
+        TreeIndex.from_hierarchy(hierarchy),
+        priors.mu0,
+        priors.s0,
+    )
+    choice: dict[str, Centering] = {}
+    for level, name in enumerate(scale_levels(hierarchy)):
+        ratio = tau_hat[:, level][:, None] ** 2 / messages.v[level]
+        choice[name] = "centered" if np.median(ratio) > 1.0 else "noncentered"
+    return choice

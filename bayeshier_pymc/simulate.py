@@ -1,0 +1,173 @@
+"""The research simulation design: metabolite effects nested in subclasses (and superclasses)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+__all__ = ["SimulatedStudy", "simulate", "train_test_split"]
+
+
+@dataclass(frozen=True)
+class SimulatedStudy:
+    """A simulated metabolomics study.
+
+    Attributes
+    ----------
+    X
+        Sample covariates (samples × p), standard normal.
+    Y
+        Responses (samples × m).
+    B
+        True coefficients with dims ``("covariate", "feature")``.
+    annotations
+        Feature annotation table (index: feature; columns: ``subclass`` and, with
+        superclasses, ``superclass``).
+    """
+
+    X: pd.DataFrame
+    Y: pd.DataFrame
+    B: xr.DataArray
+    annotations: pd.DataFrame
+
+    @property
+    def levels(self) -> list[str]:
+        """The annotation levels, finest first."""
+        return list(self.annotations.columns)
+
+
+def simulate(
+    n: int = 60,
+    m: int = 770,
+    p: int = 10,
+    *,
+    proportions: Sequence[float] = (0.55, 0.25, 0.15, 0.05),
+    tau_w: float = 0.08,
+    tau_v: float = 0.12,
+    theta0_scale: float = 0.2,
+    sigma_y: float = 1.0,
+    n_superclasses: int | None = None,
+    tau_u: float = 0.12,
+    random_seed: int | None = None,
+) -> SimulatedStudy:
+    """Simulate the research design.
+
+    X ~ N(0, 1) (n × p); for each covariate k, θ0_k ~ N(0, theta0_scale²); superclass means
+    α_gk ~ N(θ0_k, tau_u²) (only with ``n_superclasses``); subclass means
+    β_hk ~ N(α_g(h)k or θ0_k, tau_v²); θ_jk ~ N(β_h(j)k, tau_w²); Y = X B + E with
+    E ~ N(0, sigma_y²). There is no intercept.
+
+    Parameters
+    ----------
+    n, m, p
+        Samples, metabolites and covariates.
+    proportions
+        Share of the metabolites in each subclass (normalised to sum to one).
+    tau_w, tau_v, tau_u
+        Standard deviations of metabolites around subclasses, subclasses around their parent,
+        and superclasses around θ0.
+    theta0_scale
+        Standard deviation of the global mean θ0 of each covariate.
+    sigma_y
+        Residual standard deviation.
+    n_superclasses
+        Group the subclasses (in order, as evenly as possible) into this many superclasses.
+    random_seed
+        Seed of the generator.
+
+    Returns
+    -------
+    SimulatedStudy
+    """
+    shares = np.asarray(proportions, dtype=float)
+    if shares.ndim != 1 or shares.size == 0 or (shares <= 0).any():
+        raise ValueError("proportions must be a non-empty sequence of positive numbers.")
+    if min(n, m, p) < 1:
+        raise ValueError(f"n, m and p must be positive, got n={n}, m={m}, p={p}.")
+    n_sub = shares.size
+    if n_superclasses is not None and not 1 <= n_superclasses <= n_sub:
+        raise ValueError(f"n_superclasses must be between 1 and {n_sub}, got {n_superclasses}.")
+    rng = np.random.default_rng(random_seed)
+    counts = _allocate(m, shares / shares.sum())
+    subclass_of = np.repeat(np.arange(n_sub), counts)
+
+    theta0 = rng.normal(0.0, theta0_scale, size=p)
+    if n_superclasses is None:
+        sub_parent_mean = np.broadcast_to(theta0[:, None], (p, n_sub))
+    else:
+        super_of_sub = np.arange(n_sub) * n_superclasses // n_sub
+        alpha = rng.normal(theta0[:, None], tau_u, size=(p, n_superclasses))
+        sub_parent_mean = alpha[:, super_of_sub]
+    beta = rng.normal(sub_parent_mean, tau_v)
+    theta = rng.normal(beta[:, subclass_of], tau_w)
+
+    X = rng.normal(size=(n, p))
+    Y = X @ theta + rng.normal(0.0, sigma_y, size=(n, m))
+
+    samples = pd.Index([f"sample_{i}" for i in range(n)], name="sample")
+    covariates = pd.Index([f"x{k}" for k in range(p)], name="covariate")
+    features = pd.Index([f"metabolite_{j}" for j in range(m)], name="feature")
+    annotations = pd.DataFrame({"subclass": [f"subclass_{h}" for h in subclass_of]}, index=features)
+    if n_superclasses is not None:
+        annotations["superclass"] = [f"superclass_{g}" for g in super_of_sub[subclass_of]]
+    return SimulatedStudy(
+        X=pd.DataFrame(X, index=samples, columns=covariates),
+        Y=pd.DataFrame(Y, index=samples, columns=features),
+        B=xr.DataArray(
+            theta,
+            dims=("covariate", "feature"),
+            coords={"covariate": covariates, "feature": features},
+            name="B",
+        ),
+        annotations=annotations,
+    )
+
+
+def _allocate(m: int, shares: np.ndarray) -> np.ndarray:
+    """Split ``m`` items by ``shares`` (largest remainders), every group getting at least one."""
+    if m < shares.size:
+        raise ValueError(f"m={m} metabolites cannot fill {shares.size} subclasses.")
+    raw = shares * m
+    counts = np.maximum(np.floor(raw).astype(int), 1)
+    while counts.sum() < m:
+        counts[np.argmax(raw - counts)] += 1
+    while counts.sum() > m:
+        counts[np.argmax(np.where(counts > 1, counts - raw, -np.inf))] -= 1
+    return counts
+
+
+def train_test_split(
+    study: SimulatedStudy, train_fraction: float = 0.7, *, random_seed: int | None = None
+) -> tuple[SimulatedStudy, SimulatedStudy]:
+    """Split the samples (rows) at random into a training and a held-out study.
+
+    Parameters
+    ----------
+    study
+        The study to split.
+    train_fraction
+        Share of the samples used for training (the research code used 0.7).
+    random_seed
+        Seed of the permutation.
+
+    Returns
+    -------
+    tuple of SimulatedStudy
+        ``(train, test)``, sharing ``B`` and ``annotations``.
+    """
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must lie in (0, 1), got {train_fraction}.")
+    n = study.X.shape[0]
+    n_train = round(train_fraction * n)
+    if not 0 < n_train < n:
+        raise ValueError(f"a {train_fraction} split of {n} samples leaves one side empty.")
+    order = np.random.default_rng(random_seed).permutation(n)
+    parts = (np.sort(order[:n_train]), np.sort(order[n_train:]))
+    return tuple(  # type: ignore[return-value]
+        SimulatedStudy(study.X.iloc[rows], study.Y.iloc[rows], study.B, study.annotations)
+        for rows in parts
+    )
