@@ -156,7 +156,10 @@ class Estimates:
         ):
             if other is not None and not pd.Index(other).equals(own):
                 raise ValueError(f"estimates and standard errors have different {name} labels.")
-        coords = {"covariate": covariates, "feature": features}
+        coords = {
+            "covariate": covariates.rename("covariate"),
+            "feature": features.rename("feature"),
+        }
         return cls(
             xr.DataArray(b, dims=DIMS, coords=coords, name="estimate"),
             xr.DataArray(s, dims=DIMS, coords=coords, name="se"),

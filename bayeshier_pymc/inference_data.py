@@ -170,7 +170,7 @@ def _constant_data(
 ) -> xr.Dataset:
     data: dict[str, tuple[tuple[str, ...], np.ndarray]] = {"se": (("covariate", "feature"), se)}
     if hierarchy is not None:
-        child_dims = ["feature", *hierarchy.levels[:-1]]
+        child_dims = ("feature", *hierarchy.levels)[: hierarchy.depth]
         for level, child_dim, parent in zip(
             hierarchy.levels, child_dims, hierarchy.parents, strict=True
         ):

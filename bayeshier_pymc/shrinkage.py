@@ -22,7 +22,7 @@ from bayeshier_pymc.priors import Priors
 __all__ = ["DEFAULT_NUTS_SAMPLER", "ShrinkageModel"]
 
 NutsSampler = Literal["pymc", "nutpie", "numpyro"]
-DEFAULT_NUTS_SAMPLER: NutsSampler = "nutpie"
+DEFAULT_NUTS_SAMPLER: NutsSampler = "numpyro"
 """Fastest NUTS backend measured on the research simulation (``benchmarks/bench_nuts.py``)."""
 
 
@@ -113,7 +113,8 @@ class ShrinkageModel:
         random_seed
             The same seed gives the same draws.
         nuts_sampler
-            ``"nutpie"`` (default, fastest here), ``"pymc"`` or ``"numpyro"``.
+            ``"numpyro"`` (default: fastest measured here, ``benchmarks/bench_nuts.py``),
+            ``"nutpie"`` or ``"pymc"``.
         parameterization
             ``"collapsed"`` (default) or a full-model choice; see :mod:`bayeshier_pymc.model`.
         target_accept

@@ -50,7 +50,7 @@ def simulate(
     tau_v: float = 0.12,
     theta0_scale: float = 0.2,
     sigma_y: float = 1.0,
-    n_superclasses: int | None = None,
+    n_superclasses: int | Sequence[int] | None = None,
     tau_u: float = 0.12,
     random_seed: int | None = None,
 ) -> SimulatedStudy:
@@ -75,7 +75,8 @@ def simulate(
     sigma_y
         Residual standard deviation.
     n_superclasses
-        Group the subclasses (in order, as evenly as possible) into this many superclasses.
+        Group the subclasses, in order, into superclasses: an integer splits them as evenly
+        as possible into that many; a sequence gives the number of subclasses in each.
     random_seed
         Seed of the generator.
 
@@ -89,18 +90,16 @@ def simulate(
     if min(n, m, p) < 1:
         raise ValueError(f"n, m and p must be positive, got n={n}, m={m}, p={p}.")
     n_sub = shares.size
-    if n_superclasses is not None and not 1 <= n_superclasses <= n_sub:
-        raise ValueError(f"n_superclasses must be between 1 and {n_sub}, got {n_superclasses}.")
+    super_of_sub = None if n_superclasses is None else _superclass_map(n_superclasses, n_sub)
     rng = np.random.default_rng(random_seed)
     counts = _allocate(m, shares / shares.sum())
     subclass_of = np.repeat(np.arange(n_sub), counts)
 
     theta0 = rng.normal(0.0, theta0_scale, size=p)
-    if n_superclasses is None:
+    if super_of_sub is None:
         sub_parent_mean = np.broadcast_to(theta0[:, None], (p, n_sub))
     else:
-        super_of_sub = np.arange(n_sub) * n_superclasses // n_sub
-        alpha = rng.normal(theta0[:, None], tau_u, size=(p, n_superclasses))
+        alpha = rng.normal(theta0[:, None], tau_u, size=(p, super_of_sub.max() + 1))
         sub_parent_mean = alpha[:, super_of_sub]
     beta = rng.normal(sub_parent_mean, tau_v)
     theta = rng.normal(beta[:, subclass_of], tau_w)
@@ -112,7 +111,7 @@ def simulate(
     covariates = pd.Index([f"x{k}" for k in range(p)], name="covariate")
     features = pd.Index([f"metabolite_{j}" for j in range(m)], name="feature")
     annotations = pd.DataFrame({"subclass": [f"subclass_{h}" for h in subclass_of]}, index=features)
-    if n_superclasses is not None:
+    if super_of_sub is not None:
         annotations["superclass"] = [f"superclass_{g}" for g in super_of_sub[subclass_of]]
     return SimulatedStudy(
         X=pd.DataFrame(X, index=samples, columns=covariates),
@@ -125,6 +124,22 @@ def simulate(
         ),
         annotations=annotations,
     )
+
+
+def _superclass_map(n_superclasses: int | Sequence[int], n_sub: int) -> np.ndarray:
+    """Superclass index of each subclass."""
+    if np.ndim(n_superclasses) == 0:
+        n_super = int(n_superclasses)  # type: ignore[arg-type]
+        if not 1 <= n_super <= n_sub:
+            raise ValueError(f"n_superclasses must be between 1 and {n_sub}, got {n_super}.")
+        return np.arange(n_sub) * n_super // n_sub
+    sizes = np.asarray(n_superclasses, dtype=int)
+    if sizes.sum() != n_sub or (sizes < 1).any():
+        raise ValueError(
+            f"n_superclasses as sizes must be positive and sum to the {n_sub} subclasses, "
+            f"got {sizes.tolist()}."
+        )
+    return np.repeat(np.arange(sizes.size), sizes)
 
 
 def _allocate(m: int, shares: np.ndarray) -> np.ndarray:

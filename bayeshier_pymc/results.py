@@ -1,0 +1,153 @@
+"""Shrunken coefficients, local false sign rates, scales per level and group effects.
+
+Every function takes the InferenceData returned by :meth:`ShrinkageModel.sample` (or loaded
+back from netCDF) and returns labelled pandas / xarray objects.
+"""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+__all__ = [
+    "coefficient_matrix",
+    "coefficient_summary",
+    "coefficient_table",
+    "group_effects",
+    "lfsr",
+    "scale_summary",
+]
+
+SAMPLE_DIMS = ("chain", "draw")
+
+
+def lfsr(draws: xr.DataArray) -> xr.DataArray:
+    """Local false sign rate, min(P(x ≥ 0), P(x ≤ 0)), over the chain and draw dims.
+
+    Stephens (2017): the probability of getting the sign of the effect wrong when reporting
+    the sign of its posterior mean. Small values mean a confidently signed effect.
+    """
+    positive = (draws >= 0).mean(SAMPLE_DIMS)
+    negative = (draws <= 0).mean(SAMPLE_DIMS)
+    return np.minimum(positive, negative).rename("lfsr")
+
+
+def _interval(draws: xr.DataArray, hdi_prob: float) -> tuple[xr.DataArray, xr.DataArray]:
+    if not 0.0 < hdi_prob < 1.0:
+        raise ValueError(f"hdi_prob must lie in (0, 1), got {hdi_prob}.")
+    hdi = az.hdi(draws, hdi_prob=hdi_prob)[draws.name]
+    return hdi.sel(hdi="lower", drop=True), hdi.sel(hdi="higher", drop=True)
+
+
+def _summarise(draws: xr.DataArray, hdi_prob: float) -> xr.Dataset:
+    lower, upper = _interval(draws, hdi_prob)
+    summary = xr.Dataset(
+        {
+            "mean": draws.mean(SAMPLE_DIMS),
+            "sd": draws.std(SAMPLE_DIMS, ddof=1),
+            "hdi_lower": lower,
+            "hdi_upper": upper,
+            "lfsr": lfsr(draws),
+        }
+    )
+    summary.attrs["hdi_prob"] = hdi_prob
+    return summary
+
+
+def coefficient_summary(idata: az.InferenceData, hdi_prob: float = 0.95) -> xr.Dataset:
+    """Posterior mean, sd, HDI and lfsr of every shrunken coefficient θ.
+
+    Parameters
+    ----------
+    idata
+        A result of :meth:`ShrinkageModel.sample`.
+    hdi_prob
+        Probability mass of the highest-density interval.
+
+    Returns
+    -------
+    xarray.Dataset
+        Variables ``mean``, ``sd``, ``hdi_lower``, ``hdi_upper``, ``lfsr``, each with dims
+        ``("covariate", "feature")``.
+    """
+    return _summarise(idata.posterior["theta"], hdi_prob)
+
+
+def coefficient_table(idata: az.InferenceData, hdi_prob: float = 0.95) -> pd.DataFrame:
+    """Tidy table of the shrunken coefficients beside the stage-1 estimates.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``covariate, feature, estimate, se`` (stage 1) and ``mean, sd, hdi_lower,
+        hdi_upper, lfsr`` (posterior), one row per covariate × feature.
+    """
+    summary = coefficient_summary(idata, hdi_prob)
+    summary["estimate"] = idata.observed_data["b"]
+    summary["se"] = idata.constant_data["se"]
+    columns = ["estimate", "se", "mean", "sd", "hdi_lower", "hdi_upper", "lfsr"]
+    return summary[columns].to_dataframe().reset_index()
+
+
+def coefficient_matrix(idata: az.InferenceData) -> xr.DataArray:
+    """Posterior-mean coefficients as a (covariate, feature) matrix in stage-1 layout.
+
+    Pass it to :meth:`MLMFit.predict` as ``coef=`` to predict with the shrunken effects.
+    """
+    return idata.posterior["theta"].mean(SAMPLE_DIMS).rename("coef")
+
+
+def scale_summary(idata: az.InferenceData, hdi_prob: float = 0.95) -> pd.DataFrame:
+    """τ per covariate and level with intervals, and each level's share of the variance.
+
+    The share of level L is τ_L² / Σ_levels τ², averaged over draws: how much of the
+    between-feature variation of the true effects sits at that level of the tree.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``covariate, level, mean, sd, hdi_lower, hdi_upper, variance_share``.
+    """
+    if "tau" not in idata.posterior:
+        raise ValueError("this fit has no scales (a model without pooling).")
+    tau = idata.posterior["tau"]
+    summary = _summarise(tau, hdi_prob).drop_vars("lfsr")
+    squared = tau**2
+    summary["variance_share"] = (squared / squared.sum("level")).mean(SAMPLE_DIMS)
+    return summary.to_dataframe().reset_index()
+
+
+def group_effects(
+    idata: az.InferenceData, level: str | None = None, hdi_prob: float = 0.95
+) -> pd.DataFrame:
+    """Posterior summaries of the group means at one annotation level (default: the finest).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``covariate, <level>, mean, sd, hdi_lower, hdi_upper, lfsr, n_features``.
+    """
+    levels = list(idata.attrs.get("levels", []))
+    if isinstance(levels, str):
+        levels = [levels]
+    if not levels:
+        raise ValueError("this fit has no annotation levels, so no group effects.")
+    level = levels[0] if level is None else level
+    if level not in levels:
+        raise ValueError(f"unknown level {level!r}; the fit used {levels!r}.")
+    summary = _summarise(idata.posterior[f"{level}_mean"], hdi_prob)
+    frame = summary.to_dataframe().reset_index()
+    frame["n_features"] = frame[level].map(_group_sizes(idata, level, levels))
+    return frame
+
+
+def _group_sizes(idata: az.InferenceData, level: str, levels: list[str]) -> pd.Series:
+    """Number of features in each group of ``level``, from the stored index maps."""
+    codes = idata.constant_data[f"{levels[0]}_index"].to_numpy()
+    for coarser in levels[1 : levels.index(level) + 1]:
+        codes = idata.constant_data[f"{coarser}_index"].to_numpy()[codes]
+    labels = idata.posterior[level].to_numpy()
+    counts = np.bincount(codes, minlength=len(labels))
+    return pd.Series(counts, index=labels)
