@@ -1,4 +1,4 @@
-"""The ``bayeshier`` command."""
+"""The ``bayeshier`` command: ``demo``, ``fit`` and ``simulate``."""
 
 from __future__ import annotations
 
@@ -10,15 +10,22 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def _sampler_options(args: argparse.Namespace) -> dict[str, int]:
+    return {"draws": args.draws, "tune": args.tune, "chains": args.chains, "random_seed": args.seed}
+
+
 def _demo(args: argparse.Namespace) -> int:
     from bayeshier_pymc.datasets import demo_study
     from bayeshier_pymc.pipeline import run_pipeline
 
     study = demo_study()
-    print(
+    _log(
         f"demo study: {study.Y.shape[0]} samples × {study.Y.shape[1]} metabolites, "
-        f"covariates {list(study.X.columns)}, levels {study.levels}",
-        flush=True,
+        f"covariates {list(study.X.columns)}, levels {study.levels}"
     )
     run_pipeline(
         study.Y,
@@ -26,33 +33,151 @@ def _demo(args: argparse.Namespace) -> int:
         study.annotations,
         study.levels,
         args.out,
-        draws=args.draws,
-        tune=args.tune,
-        chains=args.chains,
-        random_seed=args.seed,
-        log=lambda line: print(line, flush=True),
+        log=_log,
+        **_sampler_options(args),
     )
     return 0
 
 
+def _fit(args: argparse.Namespace) -> int:
+    from bayeshier_pymc import preprocess
+    from bayeshier_pymc.csv_inputs import read_study
+    from bayeshier_pymc.pipeline import run_pipeline
+
+    study = read_study(
+        args.responses,
+        args.samples,
+        args.annotations,
+        args.levels,
+        sample_id=args.sample_id,
+        feature_id=args.feature_id,
+        drop_unannotated=args.drop_unannotated,
+    )
+    responses = study.responses
+    if args.max_missing is not None:
+        responses = preprocess.drop_sparse_features(responses, args.max_missing)
+    if args.impute != "none":
+        responses = preprocess.impute(responses, args.impute)
+    if args.log_base is not None:
+        responses = preprocess.log_transform(responses, base=args.log_base)
+    if args.standardize:
+        responses = preprocess.standardize(responses)
+    _log(f"read {responses.shape[0]} samples × {responses.shape[1]} features")
+    run_pipeline(
+        responses,
+        args.formula,
+        study.annotations.loc[responses.columns],
+        args.levels,
+        args.out,
+        data=study.samples,
+        covariates=args.covariates,
+        missing=args.missing,
+        log=_log,
+        **_sampler_options(args),
+    )
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from bayeshier_pymc.simulate import simulate
+
+    study = simulate(
+        args.n, args.m, args.p, n_superclasses=args.superclasses, random_seed=args.seed
+    )
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    study.Y.to_csv(out / "responses.csv")
+    study.X.to_csv(out / "samples.csv")
+    study.annotations.to_csv(out / "annotations.csv")
+    study.B.to_pandas().to_csv(out / "true_effects.csv")
+    covariates = " + ".join(study.X.columns)
+    _log(f"wrote responses.csv, samples.csv, annotations.csv, true_effects.csv to {out}")
+    _log(
+        f"try: bayeshier fit --responses {out}/responses.csv --samples {out}/samples.csv "
+        f"--annotations {out}/annotations.csv --formula '0 + {covariates}' "
+        f"--levels {' '.join(study.levels)}"
+    )
+    return 0
+
+
+def _add_sampler_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
+    parser.add_argument("--out", type=Path, default=Path(default_out), help="output folder")
+    parser.add_argument("--draws", type=int, default=1000, help="posterior draws per chain")
+    parser.add_argument("--tune", type=int, default=1000, help="tuning steps per chain")
+    parser.add_argument("--chains", type=int, default=4, help="number of chains")
+    parser.add_argument("--seed", type=int, default=2026, help="random seed")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bayeshier",
-        description="Bayesian hierarchical shrinkage of metabolite effects.",
+        prog="bayeshier", description="Bayesian hierarchical shrinkage of metabolite effects."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+
     demo = commands.add_parser(
         "demo",
         help="run the whole pipeline on the built-in simulated study",
         description="Simulate the built-in study (deterministic), fit stage 1 and stage 2, "
         "and write the results to a folder.",
     )
-    demo.add_argument("--out", type=Path, default=Path("bayeshier_results"), help="output folder")
-    demo.add_argument("--draws", type=int, default=1000, help="posterior draws per chain")
-    demo.add_argument("--tune", type=int, default=1000, help="tuning steps per chain")
-    demo.add_argument("--chains", type=int, default=4, help="number of chains")
-    demo.add_argument("--seed", type=int, default=2026, help="random seed")
+    _add_sampler_arguments(demo, "bayeshier_results")
     demo.set_defaults(handler=_demo)
+
+    fit = commands.add_parser(
+        "fit",
+        help="run the pipeline on your CSV files",
+        description="Read responses, sample covariates and feature annotations from CSV, "
+        "fit stage 1 with a formula and stage 2 along the annotation levels, and write the "
+        "results to a folder.",
+    )
+    fit.add_argument(
+        "--responses", required=True, help="CSV: sample id, then one column per feature"
+    )
+    fit.add_argument("--samples", required=True, help="CSV: sample id and covariates")
+    fit.add_argument("--annotations", required=True, help="CSV: feature id and annotation levels")
+    fit.add_argument("--formula", required=True, help="sample formula, e.g. 'age + bmi + C(sex)'")
+    fit.add_argument("--levels", nargs="+", required=True, help="annotation columns, finest first")
+    fit.add_argument("--sample-id", help="sample id column (default: first column)")
+    fit.add_argument("--feature-id", help="feature id column (default: first column)")
+    fit.add_argument(
+        "--covariates", nargs="+", help="covariates to shrink (default: all but the intercept)"
+    )
+    fit.add_argument(
+        "--drop-unannotated", action="store_true", help="leave out features without annotation"
+    )
+    fit.add_argument(
+        "--missing",
+        choices=["raise", "unassigned"],
+        default="raise",
+        help="a feature missing some annotation level: error, or an explicit 'unassigned' group",
+    )
+    fit.add_argument(
+        "--max-missing", type=float, help="drop features missing in more than this share"
+    )
+    fit.add_argument(
+        "--impute",
+        choices=["none", "half_min", "min", "median"],
+        default="none",
+        help="per-feature imputation of missing values (default: none)",
+    )
+    fit.add_argument("--log-base", type=float, help="log-transform the responses with this base")
+    fit.add_argument("--standardize", action="store_true", help="standardise each feature")
+    _add_sampler_arguments(fit, "bayeshier_results")
+    fit.set_defaults(handler=_fit)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="write a simulated study as CSV files",
+        description="Simulate the research design and write responses, samples, annotations "
+        "and the true effects as CSV files (input for 'bayeshier fit').",
+    )
+    simulate.add_argument("--n", type=int, default=60, help="samples")
+    simulate.add_argument("--m", type=int, default=770, help="metabolites")
+    simulate.add_argument("--p", type=int, default=10, help="covariates")
+    simulate.add_argument("--superclasses", type=int, help="number of superclasses (default: none)")
+    simulate.add_argument("--seed", type=int, default=2026, help="random seed")
+    simulate.add_argument("--out", type=Path, default=Path("simulated_study"), help="output folder")
+    simulate.set_defaults(handler=_simulate)
     return parser
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import arviz as az
 import pandas as pd
 
-from bayeshier_pymc.hierarchy import Hierarchy
+from bayeshier_pymc.hierarchy import Hierarchy, MissingPolicy
 from bayeshier_pymc.mlm import MLMFit, mlm
 from bayeshier_pymc.results import coefficient_table, scale_summary
 from bayeshier_pymc.shrinkage import ShrinkageModel
@@ -38,6 +38,7 @@ def run_pipeline(
     *,
     data: pd.DataFrame | None = None,
     covariates: list[str] | None = None,
+    missing: MissingPolicy = "raise",
     draws: int = 1000,
     tune: int = 1000,
     chains: int = 4,
@@ -62,6 +63,8 @@ def run_pipeline(
         Sample table for a formula ``X``.
     covariates
         Covariates to shrink (default: every covariate except the intercept).
+    missing
+        What a missing annotation means (see :meth:`Hierarchy.from_frame`).
     draws, tune, chains, random_seed
         Sampler settings.
     log
@@ -75,7 +78,7 @@ def run_pipeline(
     out.mkdir(parents=True, exist_ok=True)
     log("stage 1: matrix linear model")
     fit = mlm(Y, X, data=data)
-    hierarchy = Hierarchy.from_frame(annotations, list(levels))
+    hierarchy = Hierarchy.from_frame(annotations, list(levels), missing=missing)
     chosen = covariates or [c for c in fit.coef.indexes["covariate"] if c != "(Intercept)"]
     log(f"stage 2: shrinkage of {len(chosen)} covariate(s) along {hierarchy!r}")
     model = ShrinkageModel(fit, hierarchy, covariates=chosen)

@@ -1,0 +1,119 @@
+"""Read a study from CSV files, with errors that name the file, column or identifier at fault."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["CsvStudy", "read_study"]
+
+
+@dataclass(frozen=True)
+class CsvStudy:
+    """Responses, sample table and feature annotations, aligned on their identifiers."""
+
+    responses: pd.DataFrame
+    samples: pd.DataFrame
+    annotations: pd.DataFrame
+
+
+def _read(path: Path | str, what: str, id_column: str | None) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"the {what} file {str(path)!r} does not exist.")
+    frame = pd.read_csv(path)
+    if frame.empty:
+        raise ValueError(f"the {what} file {str(path)!r} has no rows.")
+    column = id_column or frame.columns[0]
+    if column not in frame.columns:
+        raise ValueError(
+            f"the {what} file {str(path)!r} has no column {column!r} "
+            f"(columns: {list(frame.columns)[:10]!r}…)."
+        )
+    ids = frame[column].astype(str)
+    if ids.duplicated().any():
+        raise ValueError(
+            f"the {what} file {str(path)!r} repeats identifiers in {column!r}, e.g. "
+            f"{ids[ids.duplicated()].iloc[0]!r}."
+        )
+    return frame.drop(columns=column).set_axis(pd.Index(ids, name=column), axis=0)
+
+
+def read_study(
+    responses: Path | str,
+    samples: Path | str,
+    annotations: Path | str,
+    levels: Sequence[str],
+    *,
+    sample_id: str | None = None,
+    feature_id: str | None = None,
+    drop_unannotated: bool = False,
+) -> CsvStudy:
+    """Read and align the three tables of a study.
+
+    Parameters
+    ----------
+    responses
+        CSV of samples × features: an identifier column, then one numeric column per feature.
+    samples
+        CSV of sample covariates with the same identifiers.
+    annotations
+        CSV with one row per feature: an identifier column and the annotation ``levels``.
+    levels
+        Annotation columns, finest first.
+    sample_id, feature_id
+        Identifier columns (default: the first column of each file).
+    drop_unannotated
+        Drop response features that have no row in the annotation file, or whose
+        annotation is missing at every level (e.g. unnamed Metabolon features), instead of
+        raising.
+
+    Returns
+    -------
+    CsvStudy
+
+    Raises
+    ------
+    ValueError
+        For a missing file or column, a non-numeric response column, or sample / feature
+        identifiers that do not match.
+    """
+    y = _read(responses, "responses", sample_id)
+    x = _read(samples, "samples", sample_id)
+    tree = _read(annotations, "annotations", feature_id)
+    non_numeric = [c for c in y.columns if not pd.api.types.is_numeric_dtype(y[c])]
+    if non_numeric:
+        raise ValueError(
+            f"{len(non_numeric)} response column(s) are not numeric, e.g. {non_numeric[:5]!r}."
+        )
+    absent_levels = [level for level in levels if level not in tree.columns]
+    if absent_levels:
+        raise ValueError(
+            f"the annotations file has no column(s) {absent_levels!r} "
+            f"(columns: {list(tree.columns)!r})."
+        )
+    missing_samples = y.index.difference(x.index)
+    if len(missing_samples):
+        raise ValueError(
+            f"{len(missing_samples)} response sample(s) have no row in the samples file, e.g. "
+            f"{missing_samples[:5].tolist()!r}."
+        )
+    features = pd.Index(y.columns.astype(str))
+    y = y.set_axis(features, axis=1)
+    annotated = tree[list(levels)].notna().any(axis=1)
+    usable = features.intersection(tree.index[annotated], sort=False)
+    unannotated = features.difference(usable, sort=False)
+    if len(unannotated) and not drop_unannotated:
+        raise ValueError(
+            f"{len(unannotated)} response feature(s) have no annotation, e.g. "
+            f"{unannotated[:5].tolist()!r}; pass drop_unannotated (--drop-unannotated) to "
+            "leave them out."
+        )
+    return CsvStudy(
+        responses=y[usable],
+        samples=x.loc[y.index],
+        annotations=tree.loc[usable, list(levels)],
+    )

@@ -1,0 +1,150 @@
+"""The bayeshier command: help, demo, simulate → fit round trip, real data, clear errors."""
+
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from bayeshier_pymc.cli import main
+
+TINY = ["--draws", "200", "--tune", "200", "--chains", "2"]
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["fit"], ["simulate"]])
+def test_help_on_every_subcommand(command):
+    result = subprocess.run(
+        [sys.executable, "-m", "bayeshier_pymc.cli", *command, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "usage: bayeshier" in result.stdout
+
+
+def test_demo_writes_results(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "stage 1" in out and "stage 2" in out
+    effects = pd.read_csv(tmp_path / "shrunken_effects.csv")
+    assert set(effects["covariate"]) == {"age", "bmi", "sex"}
+    assert len(effects) == 3 * 300
+    assert (tmp_path / "posterior.nc").stat().st_size > 0
+
+
+@pytest.fixture
+def simulated(tmp_path):
+    assert (
+        main(
+            [
+                "simulate",
+                "--n",
+                "60",
+                "--m",
+                "40",
+                "--p",
+                "2",
+                "--superclasses",
+                "2",
+                "--out",
+                str(tmp_path / "sim"),
+            ]
+        )
+        == 0
+    )
+    return tmp_path / "sim"
+
+
+def _fit_args(sim, **overrides):
+    args = {
+        "--responses": sim / "responses.csv",
+        "--samples": sim / "samples.csv",
+        "--annotations": sim / "annotations.csv",
+        "--formula": "0 + x0 + x1",
+        "--out": sim.parent / "fit",
+    }
+    args.update(overrides)
+    flat = [str(v) for pair in args.items() for v in pair]
+    return ["fit", *flat, "--levels", "subclass", "superclass", *TINY]
+
+
+def test_simulate_then_fit(simulated):
+    assert main(_fit_args(simulated)) == 0
+    scales = pd.read_csv(simulated.parent / "fit" / "scales.csv")
+    assert set(scales["level"]) == {"feature", "subclass", "superclass"}
+
+
+def _corrupt(sim, name, edit):
+    frame = pd.read_csv(sim / name)
+    edit(frame)
+    frame.to_csv(sim / name, index=False)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda sim: (sim / "responses.csv").unlink(), "responses file .* does not exist"),
+        (
+            lambda sim: _corrupt(
+                sim, "responses.csv", lambda f: f.__setitem__("metabolite_3", "x")
+            ),
+            r"1 response column\(s\) are not numeric, e.g. \['metabolite_3'\]",
+        ),
+        (
+            lambda sim: _corrupt(sim, "samples.csv", lambda f: f.drop(index=[0, 1], inplace=True)),
+            r"2 response sample\(s\) have no row in the samples file, e.g. \['sample_0'",
+        ),
+        (
+            lambda sim: _corrupt(sim, "annotations.csv", lambda f: f.drop(index=[5], inplace=True)),
+            r"1 response feature\(s\) have no annotation, e.g. \['metabolite_5'\]",
+        ),
+        (
+            lambda sim: _corrupt(
+                sim,
+                "annotations.csv",
+                lambda f: f.rename(columns={"subclass": "sub"}, inplace=True),
+            ),
+            r"no column\(s\) \['subclass'\]",
+        ),
+    ],
+)
+def test_fit_errors_are_named(simulated, capsys, edit, message):
+    edit(simulated)
+    assert main(_fit_args(simulated)) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_fit_on_qmdiab_plasma(shared_data, tmp_path):
+    args = [
+        "fit",
+        "--responses",
+        str(shared_data / "qmdiab_plasma_data.csv"),
+        "--samples",
+        str(shared_data / "qmdiab_plasma_samples.csv"),
+        "--annotations",
+        str(shared_data / "qmdiab_plasma_features.csv"),
+        "--feature-id",
+        "featureID",
+        "--formula",
+        "AGE + BMI + C(GENDER) + C(T2D)",
+        "--levels",
+        "SUB_PATHWAY",
+        "SUPER_PATHWAY",
+        "--drop-unannotated",
+        "--max-missing",
+        "0.2",
+        "--impute",
+        "half_min",
+        "--log-base",
+        "2",
+        "--standardize",
+        "--out",
+        str(tmp_path),
+        *TINY,
+    ]
+    assert main(args) == 0
+    effects = pd.read_csv(tmp_path / "shrunken_effects.csv")
+    assert set(effects["covariate"]) == {"AGE", "BMI", "C(GENDER)[T.1]", "C(T2D)[T.1]"}
+    # 404 named metabolites, of which those with ≤ 20% missing remain
+    assert 250 < effects["feature"].nunique() < 404

@@ -1,0 +1,110 @@
+"""Posterior summaries on hand-built InferenceData with known answers."""
+
+import arviz as az
+import numpy as np
+import pytest
+import xarray as xr
+
+import bayeshier_pymc as bh
+from bayeshier_pymc.results import lfsr
+
+
+def _fake_idata():
+    """Two chains × 400 draws of known distributions, in the package's layout."""
+    rng = np.random.default_rng(0)
+    shape = (2, 400)
+    theta = np.stack(
+        [rng.normal(1.0, 0.5, shape), rng.normal(-0.1, 1.0, shape), rng.normal(0, 1e-9, shape)],
+        axis=-1,
+    )[:, :, None, :]
+    tau = np.stack([np.full(shape, 1.0), np.full(shape, 2.0)], axis=-1)[:, :, None, :]
+    coords = {"covariate": ["k"], "feature": ["a", "b", "c"], "level": ["feature", "sub"]}
+    posterior = xr.Dataset(
+        {
+            "theta": (("chain", "draw", "covariate", "feature"), theta),
+            "tau": (("chain", "draw", "covariate", "level"), tau),
+            "mu": (("chain", "draw", "covariate"), rng.normal(size=(*shape, 1))),
+            "sub_mean": (
+                ("chain", "draw", "covariate", "sub"),
+                rng.normal(2.0, 0.1, (*shape, 1, 2)),
+            ),
+        },
+        coords={**coords, "sub": ["s1", "s2"]},
+    )
+    idata = az.InferenceData(
+        posterior=posterior,
+        observed_data=xr.Dataset(
+            {"b": (("covariate", "feature"), [[1.1, 0.2, 0.0]])}, coords=coords
+        ),
+        constant_data=xr.Dataset(
+            {
+                "se": (("covariate", "feature"), [[0.5, 1.0, 1.0]]),
+                "sub_index": (("feature",), [0, 0, 1]),
+            },
+            coords=coords,
+        ),
+    )
+    idata.attrs["levels"] = ["sub"]
+    return idata
+
+
+def test_lfsr_on_known_draws():
+    draws = xr.DataArray(
+        np.array([[-1.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0, 3.0]]), dims=("chain", "draw")
+    )
+    # P(x ≥ 0) = 7/8, P(x ≤ 0) = 2/8 (the zero counts on both sides)
+    assert float(lfsr(draws)) == pytest.approx(2 / 8)
+
+
+def test_coefficient_summary_and_table():
+    idata = _fake_idata()
+    summary = bh.coefficient_summary(idata, hdi_prob=0.9)
+    assert summary["mean"].dims == ("covariate", "feature")
+    assert float(summary["mean"].sel(covariate="k", feature="a")) == pytest.approx(1.0, abs=4 * 0.5 / np.sqrt(800))
+    # N(1, 0.5²): P(θ ≤ 0) = Φ(−2) ≈ 0.0228, sampling sd ≈ 0.0053 at 800 draws
+    assert float(summary["lfsr"].sel(covariate="k", feature="a")) == pytest.approx(0.0228, abs=0.016)
+    assert float(summary["lfsr"].sel(covariate="k", feature="c")) == pytest.approx(0.5, abs=0.06)
+    width = summary["hdi_upper"] - summary["hdi_lower"]
+    assert float(width.sel(covariate="k", feature="a")) == pytest.approx(2 * 1.645 * 0.5, rel=0.1)
+    table = bh.coefficient_table(idata)
+    assert list(table.columns) == [
+        "covariate",
+        "feature",
+        "estimate",
+        "se",
+        "mean",
+        "sd",
+        "hdi_lower",
+        "hdi_upper",
+        "lfsr",
+    ]
+    assert table.loc[table.feature == "a", "estimate"].item() == 1.1
+    matrix = bh.coefficient_matrix(idata)
+    assert matrix.dims == ("covariate", "feature") and matrix.name == "coef"
+
+
+def test_scale_summary_shares():
+    scales = bh.scale_summary(_fake_idata())
+    assert scales["level"].tolist() == ["feature", "sub"]
+    np.testing.assert_allclose(scales["variance_share"], [1 / 5, 4 / 5])
+    np.testing.assert_allclose(scales["mean"], [1.0, 2.0])
+
+
+def test_group_effects_counts_features():
+    effects = bh.group_effects(_fake_idata())
+    assert effects["sub"].tolist() == ["s1", "s2"]
+    assert effects["n_features"].tolist() == [2, 1]
+    with pytest.raises(ValueError, match="unknown level 'super'"):
+        bh.group_effects(_fake_idata(), "super")
+
+
+def test_errors_for_fits_without_pooling_or_levels():
+    idata = _fake_idata()
+    del idata.posterior["tau"]
+    with pytest.raises(ValueError, match="no scales"):
+        bh.scale_summary(idata)
+    idata.attrs["levels"] = []
+    with pytest.raises(ValueError, match="no annotation levels"):
+        bh.group_effects(idata)
+    with pytest.raises(ValueError, match=r"hdi_prob must lie in \(0, 1\)"):
+        bh.coefficient_summary(idata, hdi_prob=95)
