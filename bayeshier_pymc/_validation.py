@@ -32,6 +32,8 @@ def as_finite_matrix(values: object, name: str, *, ndim: int = 2) -> np.ndarray:
         NaN or infinite values (their count and first position are named).
     """
     try:
+        if np.iscomplexobj(values):
+            raise TypeError("complex values are not supported")
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise ValueError(

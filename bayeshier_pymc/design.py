@@ -221,13 +221,15 @@ def check_full_rank(matrix: np.ndarray, columns: pd.Index, name: str) -> None:
         ``"X"`` or ``"Z"``.
     """
     n_rows, n_cols = matrix.shape
-    norms = np.linalg.norm(matrix, axis=0)
-    if (norms == 0).any():
-        zero = list(columns[norms == 0])
+    peaks = np.abs(matrix).max(axis=0)
+    if (peaks == 0).any():
+        zero = list(columns[peaks == 0])
         raise ValueError(
             f"{name} is rank-deficient: column(s) {zero[:10]!r} are all zero; drop them."
         )
-    scaled = matrix / norms
+    # divide by the largest entry first so that the norm neither overflows nor underflows
+    scaled = matrix / peaks
+    scaled = scaled / np.linalg.norm(scaled, axis=0)
     if n_rows < n_cols:
         scaled = np.vstack([scaled, np.zeros((n_cols - n_rows, n_cols))])
     _, singular, right = np.linalg.svd(scaled, full_matrices=False)
@@ -351,7 +353,9 @@ def _finite_values(frame: pd.DataFrame, name: str) -> np.ndarray:
     non_numeric = [
         column
         for column, dtype in frame.dtypes.items()
-        if not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+        if not pd.api.types.is_numeric_dtype(dtype)
+        or pd.api.types.is_bool_dtype(dtype)
+        or pd.api.types.is_complex_dtype(dtype)
     ]
     if non_numeric:
         raise ValueError(

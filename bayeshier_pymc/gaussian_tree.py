@@ -179,10 +179,13 @@ def posterior_normal(
     """Mean and variance of u given u ~ N(prior_mean, prior_var) and a message N(y; u, v).
 
     Written with weights ``prior_var / (prior_var + v)`` so that a scale near zero or a tiny
-    standard error stays finite.
+    standard error stays finite, and as a convex combination of ``y`` and ``prior_mean`` (not
+    ``prior_mean + w (y - prior_mean)``) so that a huge ``prior_mean`` with ``w ≈ 1`` does not
+    cancel ``y`` away.
     """
-    weight = prior_var / (prior_var + v)
-    return prior_mean + weight * (y - prior_mean), weight * v
+    total = prior_var + v
+    weight = prior_var / total
+    return weight * y + (v / total) * prior_mean, weight * v
 
 
 def draw_tree(

@@ -43,6 +43,7 @@ class Hierarchy:
     def __post_init__(self) -> None:
         if not (len(self.levels) == len(self.groups) == len(self.parents)):
             raise ValueError("levels, groups and parents must have one entry per level.")
+        _check_level_names(self.levels)
         child_sizes = [len(self.features), *(len(g) for g in self.groups)][: len(self.levels)]
         for level, parent, n_children, group_labels in zip(
             self.levels, self.parents, child_sizes, self.groups, strict=True
@@ -220,6 +221,29 @@ class Hierarchy:
     def __repr__(self) -> str:
         sizes = ", ".join(f"{lv}: {n}" for lv, n in zip(self.levels, self.n_groups, strict=True))
         return f"Hierarchy({self.n_features} features; {sizes or 'no levels'})"
+
+
+RESERVED_LEVEL_NAMES = frozenset(
+    {"feature", "covariate", "level", "chain", "draw", "theta", "mu", "tau"}
+)
+"""Names that would collide with the dims and variables of the model and its InferenceData."""
+
+
+def _check_level_names(levels: tuple[str, ...]) -> None:
+    """Raise for level names that are not strings or collide with the model's names."""
+    not_text = [level for level in levels if not isinstance(level, str) or not level]
+    if not_text:
+        raise ValueError(
+            f"level names must be non-empty strings, got {not_text!r}; rename the columns."
+        )
+    derived = {f"{level}{suffix}" for level in levels for suffix in ("_mean", "_index")}
+    reserved = [level for level in levels if level in RESERVED_LEVEL_NAMES or level in derived]
+    if reserved:
+        raise ValueError(
+            f"level name(s) {reserved!r} collide with the model's dims or variables "
+            f"({sorted(RESERVED_LEVEL_NAMES)!r} and '<level>_mean' / '<level>_index'); "
+            "rename the columns."
+        )
 
 
 def _is_missing(values: pd.Series) -> np.ndarray:

@@ -108,10 +108,7 @@ def build_inference_data(
     posterior_ds = _dataset({name: posterior[name] for name in dims}, dims, coords)
     b = estimates.estimate.to_numpy()
     se = estimates.se.to_numpy()
-    log_likelihood = {
-        "b_conditional": _normal_logpdf(b, posterior["theta"], se),
-        "b_marginal": _marginal_log_likelihood(posterior, b, se, hierarchy, priors),
-    }
+    log_likelihood = _pointwise_log_likelihoods(posterior, b, se, hierarchy, priors)
     obs_dims = {name: ("covariate", "feature") for name in log_likelihood}
     groups: dict[str, xr.Dataset] = {
         "posterior": posterior_ds,
@@ -145,6 +142,29 @@ def build_inference_data(
     return idata
 
 
+def _pointwise_log_likelihoods(
+    posterior: Mapping[str, np.ndarray],
+    b: np.ndarray,
+    se: np.ndarray,
+    hierarchy: Hierarchy | None,
+    priors: Priors,
+) -> dict[str, np.ndarray]:
+    """Both pointwise log-likelihoods, computed chain by chain into θ's storage type.
+
+    Computing one chain at a time keeps the temporaries to one chain's size, and storing in
+    θ's type (float32 from the Gibbs engine) halves the memory of large runs.
+    """
+    theta = posterior["theta"]
+    result = {
+        name: np.empty(theta.shape, dtype=theta.dtype) for name in LOG_LIKELIHOOD_NAMES.values()
+    }
+    for chain in range(theta.shape[0]):
+        draws = {name: values[chain] for name, values in posterior.items()}
+        result["b_conditional"][chain] = _normal_logpdf(b, draws["theta"], se)
+        result["b_marginal"][chain] = _marginal_log_likelihood(draws, b, se, hierarchy, priors)
+    return result
+
+
 def _marginal_log_likelihood(
     posterior: Mapping[str, np.ndarray],
     b: np.ndarray,
@@ -154,8 +174,7 @@ def _marginal_log_likelihood(
 ) -> np.ndarray:
     """Log N(b_j; parent mean, s_j² + τ_w²) per draw, or the fixed prior predictive."""
     if hierarchy is None:
-        sd = np.sqrt(se**2 + priors.s0**2)
-        return np.broadcast_to(_normal_logpdf(b, priors.mu0, sd), posterior["theta"].shape).copy()
+        return _normal_logpdf(b, priors.mu0, np.sqrt(se**2 + priors.s0**2))
     if hierarchy.depth == 0:
         parent_mean = posterior["mu"][..., None]
     else:

@@ -41,6 +41,8 @@ FEATURE = "feature"
 SAMPLE = "sample"
 _PERFECT_FIT = 1e-20
 _FDR_LEVEL = 0.05
+_MAX_EXPONENT = 100
+_MAX_MAGNITUDE = 10.0**_MAX_EXPONENT
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,10 @@ def mlm(
     z_design = _z_design(Z, feature_data, z_intercept, response.features, n_features)
     features = _feature_labels(response, z_design, n_features)
     _check_dimensions(x_design)
+    _check_magnitude(response.values, features, "Y", "features")
+    _check_magnitude(x_design.matrix, x_design.columns, "X", "columns")
+    if z_design is not None:
+        _check_magnitude(z_design.matrix, z_design.columns, "Z", "columns")
     design.check_full_rank(x_design.matrix, x_design.columns, "X")
     if z_design is not None:
         design.check_full_rank(z_design.matrix, z_design.columns, "Z")
@@ -560,6 +566,19 @@ def _check_dimensions(x_design: Design) -> None:
         )
 
 
+def _check_magnitude(matrix: np.ndarray, labels: pd.Index, name: str, what: str) -> None:
+    """Raise if a non-zero column is so large or so small that its squares leave float64."""
+    peaks = np.abs(matrix).max(axis=0)
+    bad = (peaks > _MAX_MAGNITUDE) | ((peaks > 0) & (peaks < 1.0 / _MAX_MAGNITUDE))
+    if bad.any():
+        raise ValueError(
+            f"{name} has {int(bad.sum())} {what} {list(labels[bad])[:10]!r} whose largest "
+            f"absolute value lies outside [1e-{_MAX_EXPONENT}, 1e{_MAX_EXPONENT}] "
+            f"(e.g. {float(peaks[bad][0]):.3g}); their squares would overflow or underflow "
+            f"float64. Rescale them (e.g. change units or standardise)."
+        )
+
+
 def _validate_weights(weights: object, features: pd.Index, z_is_none: bool) -> np.ndarray | None:
     if weights is None:
         return None
@@ -628,7 +647,10 @@ def _estimate(core: _Core, y: np.ndarray, *, labels: pd.Index | None = None) -> 
         _check_degenerate(rss <= _PERFECT_FIT * total, labels, core.z is None)
     resid = v_resid if core.z is None else None
     if core.shrinkage is None:
-        variance = np.outer(core.xtx_inv_diag, rss / core.divisor)
+        with np.errstate(over="ignore", under="ignore"):
+            variance = np.outer(core.xtx_inv_diag, rss / core.divisor)
+        if labels is not None:
+            _check_representable(coef, variance, labels)
         return _Estimate(coef, variance, resid, None, None)
     if resid is None:
         resid = y - (core.x @ coef) @ core.z.T
@@ -639,8 +661,22 @@ def _estimate(core: _Core, y: np.ndarray, *, labels: pd.Index | None = None) -> 
         scale = np.diag(shrunk.matrix).copy()
     else:
         scale = ((shrunk.matrix @ core.z_map) * core.z_map).sum(axis=0)
-    variance = np.outer(core.xtx_inv_diag, scale)
+    with np.errstate(over="ignore", under="ignore"):
+        variance = np.outer(core.xtx_inv_diag, scale)
+    if labels is not None:
+        _check_representable(coef, variance, labels)
     return _Estimate(coef, variance, resid, shrunk.matrix, shrunk.shrinkage_lambda)
+
+
+def _check_representable(coef: np.ndarray, variance: np.ndarray, labels: pd.Index) -> None:
+    """Raise if estimates or their variances overflowed or underflowed float64."""
+    bad = ~(np.isfinite(coef) & np.isfinite(variance) & (variance > 0)).all(axis=0)
+    if bad.any():
+        raise ValueError(
+            f"the estimates of {int(bad.sum())} column(s) {list(labels[bad])[:10]!r} or their "
+            "variances overflow or underflow float64: the scales of X and Y differ by too many "
+            "orders of magnitude. Rescale X or Y (e.g. standardise them)."
+        )
 
 
 def _column_sum_of_squares(matrix: np.ndarray) -> np.ndarray:

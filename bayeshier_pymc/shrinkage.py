@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import time
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pymc as pm
 
+from bayeshier_pymc._convergence import warn_if_not_converged
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.gaussian_tree import TreeIndex, draw_tree, upward_pass
 from bayeshier_pymc.hierarchy import Hierarchy
@@ -104,7 +106,9 @@ class ShrinkageModel:
         Parameters
         ----------
         sampler
-            ``"nuts"``.
+            ``"nuts"`` or ``"gibbs"`` (:func:`bayeshier_pymc.gibbs.sample_gibbs`: the
+            vectorised Gibbs engine; ``nuts_sampler``, ``parameterization`` and
+            ``target_accept`` do not apply, ``**sampler_kwargs`` go to ``sample_gibbs``).
         draws, tune, chains
             Kept draws and tuning steps per chain, and the number of chains.
         cores
@@ -129,12 +133,31 @@ class ShrinkageModel:
         arviz.InferenceData
             The layout of :func:`bayeshier_pymc.inference_data.build_inference_data`.
         """
+        if sampler == "gibbs":
+            from bayeshier_pymc.gibbs import sample_gibbs
+
+            return sample_gibbs(
+                self,
+                draws=draws,
+                tune=tune,
+                chains=chains,
+                cores=cores,
+                random_seed=random_seed,
+                progressbar=progressbar,
+                **sampler_kwargs,
+            )
         if sampler != "nuts":
-            raise ValueError(f"unknown sampler {sampler!r}; use 'nuts'.")
+            raise ValueError(f"unknown sampler {sampler!r}; use 'nuts' or 'gibbs'.")
         if nuts_sampler not in ("pymc", "nutpie", "numpyro"):
             raise ValueError(
                 f"unknown nuts_sampler {nuts_sampler!r}; use 'pymc', 'nutpie' or 'numpyro'."
             )
+        if nuts_sampler == "numpyro":
+            # one JAX CPU device runs "parallel" chains one after another; vectorised chains
+            # were 1.6x faster on the research simulation (2 cores)
+            numpyro_options = {"chain_method": "vectorized"}
+            numpyro_options.update(sampler_kwargs.pop("nuts_sampler_kwargs", {}))
+            sampler_kwargs["nuts_sampler_kwargs"] = numpyro_options
         collapsed = self.pooled and parameterization == "collapsed"
         model = self.build(parameterization if self.pooled else "collapsed")
         seed_sequence = np.random.SeedSequence(random_seed)
@@ -161,7 +184,7 @@ class ShrinkageModel:
         else:
             posterior = {name: raw.posterior[name].to_numpy() for name in posterior_dims(self.tree)}
         elapsed = time.perf_counter() - start
-        return build_inference_data(
+        idata = build_inference_data(
             posterior,
             self.estimates,
             self.tree,
@@ -177,6 +200,8 @@ class ShrinkageModel:
                 "random_seed": "None" if random_seed is None else int(random_seed),
             },
         )
+        warn_if_not_converged(idata)
+        return idata
 
     def draw_given_scales(self, tau: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Exact draws of θ0, the group means and θ given scale draws ``tau``.
@@ -219,6 +244,37 @@ class ShrinkageModel:
         p, m = self.estimates.estimate.shape
         tree = "no pooling" if self.tree is None else repr(self.tree)
         return f"ShrinkageModel({p} covariates × {m} features; depth={self.depth}; {tree})"
+
+    def describe(self) -> pd.DataFrame:
+        """One row per scale level: number of units, units per parent group, and the prior."""
+        if self.tree is None:
+            n_features = self.estimates.estimate.sizes["feature"]
+            return pd.DataFrame(
+                {
+                    "n_units": [n_features],
+                    "prior": [f"N({self.priors.mu0:g}, {self.priors.s0:g}²)"],
+                },
+                index=pd.Index(["feature"], name="level"),
+            )
+        per_parent = [
+            np.bincount(self.tree.parents[level]) if level < self.tree.depth else None
+            for level in range(self.tree.depth + 1)
+        ]
+        n_units = [self.tree.n_features, *self.tree.n_groups]
+        return pd.DataFrame(
+            {
+                "n_units": n_units,
+                "units_per_parent": [
+                    f"{c.min()}–{c.max()}" if c is not None else str(n)
+                    for c, n in zip(per_parent, n_units, strict=True)
+                ],
+                "tau_prior": [f"HalfCauchy({a:g})" for a in self.priors.tau_scale],
+            },
+            index=pd.Index(scale_levels(self.tree), name="level"),
+        )
+
+    def _repr_html_(self) -> str:
+        return f"<div><p>{html.escape(repr(self))}</p>{self.describe().to_html()}</div>"
 
 
 def _flat(features: pd.Index) -> Hierarchy:

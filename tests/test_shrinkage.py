@@ -168,3 +168,12 @@ def test_bad_input_gets_clear_errors(fit, tree, study):
         model.sample("hmc")
     with pytest.raises(ValueError, match="unknown nuts_sampler 'stan'"):
         model.sample(nuts_sampler="stan")
+
+
+def test_notebook_representation(fit, tree):
+    model = ShrinkageModel(fit, tree)
+    assert repr(model).startswith("ShrinkageModel(2 covariates × 60 features; depth=2")
+    table = model.describe()
+    assert table.index.tolist() == ["feature", "subclass", "superclass"]
+    assert table["n_units"].tolist() == [60, 4, 2]
+    assert "<table" in model._repr_html_() and "HalfCauchy(1)" in model._repr_html_()

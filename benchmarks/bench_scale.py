@@ -1,0 +1,129 @@
+"""Peak memory and wall time at scale: stage 1, the Gibbs engine and (optionally) NUTS.
+
+Each stage runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own.
+
+    python benchmarks/bench_scale.py                         # m=20000, p=10, n=500
+    python benchmarks/bench_scale.py --draws 200 --nuts-m 2000
+    python benchmarks/bench_scale.py --m 2000 --skip-gibbs   # quick look
+
+Prints one line per stage with PASS/FAIL against the memory budget (2 GB by default); it
+never raises on a FAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import textwrap
+
+STAGE1 = """
+import resource, time, numpy as np
+import bayeshier_pymc as bh
+rng = np.random.default_rng(0)
+n, m, p = {n}, {m}, {p}
+X = rng.normal(size=(n, p))
+Y = X @ rng.normal(size=(p, m)) * 0.1 + rng.normal(size=(n, m))
+start = time.perf_counter()
+fit = bh.mlm(Y, X, x_intercept=False)
+frame = fit.to_frame()
+assert np.isfinite(frame[["estimate", "se", "p"]].to_numpy()).all()
+wall = time.perf_counter() - start
+"""
+
+GIBBS = """
+import resource, time, numpy as np, pandas as pd
+import bayeshier_pymc as bh
+rng = np.random.default_rng(0)
+m, p = {m}, {p}
+features = [f"f{{j}}" for j in range(m)]
+sub = rng.integers(0, max(1, m // 100), size=m)
+ann = pd.DataFrame({{"SUB": [f"s{{s}}" for s in sub], "SUPER": [f"P{{s % 10}}" for s in sub]}},
+                   index=features)
+tree = bh.Hierarchy.from_frame(ann, ["SUB", "SUPER"])
+b = rng.normal(size=(p, m)) * 0.3
+se = np.full((p, m), 0.2)
+est = (pd.DataFrame(b, columns=features), pd.DataFrame(se, columns=features))
+model = bh.ShrinkageModel(est, tree)
+start = time.perf_counter()
+idata = model.sample("gibbs", draws={draws}, tune={draws}, chains={chains}, random_seed=1,
+                     progressbar=False)
+wall = time.perf_counter() - start
+assert np.isfinite(idata.posterior["theta"].to_numpy()).all()
+"""
+
+NUTS = """
+import resource, time, warnings, numpy as np, pandas as pd
+import bayeshier_pymc as bh
+warnings.simplefilter("ignore")
+rng = np.random.default_rng(0)
+m, p = {m}, {p}
+features = [f"f{{j}}" for j in range(m)]
+sub = rng.integers(0, max(1, m // 100), size=m)
+ann = pd.DataFrame({{"SUB": [f"s{{s}}" for s in sub]}}, index=features)
+tree = bh.Hierarchy.from_frame(ann, "SUB")
+b = rng.normal(size=(p, m)) * 0.3
+se = np.full((p, m), 0.2)
+est = (pd.DataFrame(b, columns=features), pd.DataFrame(se, columns=features))
+model = bh.ShrinkageModel(est, tree)
+start = time.perf_counter()
+idata = model.sample(draws={draws}, tune={draws}, chains={chains}, random_seed=1, progressbar=False,
+                     nuts_sampler="numpyro", cores=1)
+wall = time.perf_counter() - start
+"""
+
+REPORT = """
+import json as _json
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print("RESULT", _json.dumps({"peak_rss_mb": peak, "wall_s": wall}))
+"""
+
+
+def run_stage(name: str, code: str, budget_mb: float) -> None:
+    source = textwrap.dedent(code) + REPORT
+    result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"{name:<32} ERROR\n{result.stderr[-2000:]}")
+        return
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT"))
+    data = json.loads(line.split(" ", 1)[1])
+    verdict = "PASS" if data["peak_rss_mb"] <= budget_mb else "FAIL"
+    print(
+        f"{name:<32} peak RSS {data['peak_rss_mb']:8.0f} MB   wall {data['wall_s']:7.1f} s   "
+        f"{verdict} (budget {budget_mb:.0f} MB)",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--m", type=int, default=20_000)
+    parser.add_argument("--p", type=int, default=10)
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--draws", type=int, default=200, help="Gibbs draws (and tune) per chain")
+    parser.add_argument("--chains", type=int, default=2)
+    parser.add_argument("--budget-mb", type=float, default=2048)
+    parser.add_argument("--skip-gibbs", action="store_true")
+    parser.add_argument("--nuts-m", type=int, default=0, help="also run NUTS at this m")
+    parser.add_argument("--nuts-draws", type=int, default=200)
+    args = parser.parse_args()
+    m, p, n = args.m, args.p, args.n
+    run_stage(f"stage 1 mlm n={n} m={m} p={p}", STAGE1.format(n=n, m=m, p=p), args.budget_mb)
+    if not args.skip_gibbs:
+        try:
+            import bayeshier_pymc.gibbs.engine  # noqa: F401
+        except ImportError:
+            print("gibbs engine                     SKIPPED (bayeshier_pymc.gibbs.engine absent)")
+        else:
+            code = GIBBS.format(m=m, p=p, draws=args.draws, chains=args.chains)
+            run_stage(f"gibbs m={m} p={p} {args.chains}x{args.draws}", code, args.budget_mb)
+    if args.nuts_m:
+        code = NUTS.format(m=args.nuts_m, p=p, draws=args.nuts_draws, chains=args.chains)
+        run_stage(
+            f"nuts m={args.nuts_m} p={p} {args.chains}x{args.nuts_draws}", code, args.budget_mb
+        )
+
+
+if __name__ == "__main__":
+    main()
