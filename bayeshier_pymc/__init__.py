@@ -4,10 +4,13 @@ from importlib.metadata import PackageNotFoundError, version
 
 from bayeshier_pymc import preprocess
 from bayeshier_pymc.datasets import demo_study
+from bayeshier_pymc.depth_comparison import DepthComparison, compare_depths
+from bayeshier_pymc.diagnostics import Diagnosis, diagnose
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import loo
 from bayeshier_pymc.mlm import MLMFit, mlm
+from bayeshier_pymc.persistence import load_results, save_results
 from bayeshier_pymc.results import (
     coefficient_matrix,
     coefficient_summary,
@@ -15,8 +18,10 @@ from bayeshier_pymc.results import (
     group_effects,
     scale_summary,
 )
+from bayeshier_pymc.sampler_comparison import SamplerComparison, compare_samplers
 from bayeshier_pymc.shrinkage import ShrinkageModel
 from bayeshier_pymc.simulate import SimulatedStudy, simulate, train_test_split
+from bayeshier_pymc.study import StudyResult, simulation_study
 
 try:
     __version__ = version("bayeshier_pymc")
@@ -24,21 +29,31 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "DepthComparison",
+    "Diagnosis",
     "Estimates",
     "Hierarchy",
     "MLMFit",
+    "SamplerComparison",
     "ShrinkageModel",
     "SimulatedStudy",
+    "StudyResult",
     "__version__",
     "coefficient_matrix",
     "coefficient_summary",
     "coefficient_table",
+    "compare_depths",
+    "compare_samplers",
     "demo_study",
+    "diagnose",
     "group_effects",
+    "load_results",
     "loo",
     "mlm",
     "preprocess",
+    "save_results",
     "scale_summary",
     "simulate",
+    "simulation_study",
     "train_test_split",
 ]

@@ -1,4 +1,4 @@
-"""The ``bayeshier`` command: ``demo``, ``fit`` and ``simulate``."""
+"""The ``bayeshier`` command: ``demo``, ``fit``, ``simulate`` and ``study``."""
 
 from __future__ import annotations
 
@@ -100,6 +100,33 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from bayeshier_pymc.study import StudySetting, research_settings, simulation_study
+
+    settings = [
+        setting
+        for setting in research_settings(superclass_rows=args.superclass_rows)
+        if setting.heterogeneity in args.heterogeneity
+        and (args.rows is None or f"{setting.n}x{setting.m}" in args.rows)
+    ]
+    if not settings:
+        raise ValueError("no study rows match --rows and --heterogeneity.")
+    _log(f"simulation study: {len(settings)} row(s) × {args.replicates} replicate(s)")
+    result = simulation_study(
+        [StudySetting(s.n, s.m, s.heterogeneity, s.superclasses) for s in settings],
+        replicates=args.replicates,
+        sampler=args.sampler,
+        random_seed=args.seed,
+        log=_log,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    result.table.to_csv(args.out / "study.csv", index=False)
+    result.replicates.to_csv(args.out / "study_replicates.csv", index=False)
+    _log(result.table.round(3).to_string(index=False))
+    _log(f"wrote {args.out / 'study.csv'} and {args.out / 'study_replicates.csv'}")
+    return 0
+
+
 def _add_sampler_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--out", type=Path, default=Path(default_out), help="output folder")
     parser.add_argument("--draws", type=int, default=1000, help="posterior draws per chain")
@@ -178,6 +205,33 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=2026, help="random seed")
     simulate.add_argument("--out", type=Path, default=Path("simulated_study"), help="output folder")
     simulate.set_defaults(handler=_simulate)
+
+    study = commands.add_parser(
+        "study",
+        help="reproduce the research simulation table",
+        description="Coefficient-MSE and held-out prediction-MSE ratios (stage 1 / shrunken) "
+        "over replicates of the research design: (n, m) in {60, 200, 400} × {300, 770}, "
+        "moderate and large heterogeneity, plus rows with a superclass level.",
+    )
+    study.add_argument("--replicates", type=int, default=10, help="replicates per row")
+    study.add_argument("--rows", nargs="+", help="only these rows, as NxM (e.g. 60x770)")
+    study.add_argument(
+        "--heterogeneity",
+        nargs="+",
+        choices=["moderate", "large"],
+        default=["moderate", "large"],
+        help="heterogeneity settings",
+    )
+    study.add_argument(
+        "--no-superclass-rows",
+        dest="superclass_rows",
+        action="store_false",
+        help="leave out the rows with a superclass level",
+    )
+    study.add_argument("--sampler", choices=["gibbs", "nuts"], default="gibbs", help="sampler")
+    study.add_argument("--seed", type=int, default=0, help="seed of the first replicate")
+    study.add_argument("--out", type=Path, default=Path("study_results"), help="output folder")
+    study.set_defaults(handler=_study)
     return parser
 
 

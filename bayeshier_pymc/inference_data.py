@@ -31,11 +31,14 @@ LOG_LIKELIHOOD_NAMES: dict[str, str] = {
 DEFAULT_LOG_LIKELIHOOD: LogLikelihoodKind = "marginal"
 """Pointwise log-likelihood used by default for LOO.
 
-``b_marginal`` is log N(b_j; parent mean, s_j² + τ_w²): θ_j integrated out, so leaving b_j out
-asks how well the model predicts a *new metabolite* of that group. ``b_conditional`` is
-log N(b_j; θ_j, s_j²): leaving b_j out keeps its own θ_j, which that single observation
-dominates, so PSIS-LOO is unstable (large Pareto k); it answers how well a *new measurement
-of a known metabolite* is predicted.
+``b_marginal`` is log N(b_j; parent mean, s_j² + τ_w²), θ_j integrated out analytically;
+``b_conditional`` is log N(b_j; θ_j, s_j²). With one estimate per metabolite, θ_j has no data
+but b_j, so the exact leave-one-out predictive of b_j is the same for both: the predictive
+of a new metabolite of its group. They differ in how well PSIS-LOO approximates it. Removing
+b_j moves θ_j's posterior a lot, so importance sampling on the conditional form fails (large
+Pareto k) wherever pooling is weak; on the marginal form PSIS only reweights the scales and
+group means, and is reliable. The conditional form is kept for users with replicate
+measurements per metabolite and for comparison (see ``docs/model_comparison.md``).
 """
 _HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
 
@@ -226,9 +229,8 @@ def loo(idata: az.InferenceData, kind: LogLikelihoodKind | None = None, **kwargs
     idata
         A result of :meth:`ShrinkageModel.sample`.
     kind
-        ``"marginal"`` (default, leave one metabolite out) or ``"conditional"`` (leave one
-        measurement out, keeping the metabolite's own θ_j); see
-        :data:`DEFAULT_LOG_LIKELIHOOD`.
+        ``"marginal"`` (default) or ``"conditional"``: which pointwise log-likelihood PSIS
+        reweights; see :data:`DEFAULT_LOG_LIKELIHOOD` for why the marginal one is reliable.
     **kwargs
         Passed to :func:`arviz.loo`.
     """

@@ -1,4 +1,4 @@
-"""The whole analysis in one call: stage 1 → stage 2 → results written to a folder."""
+"""The whole analysis in one call: stage 1 → stage 2 (NUTS and Gibbs) → comparisons → files."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ from pathlib import Path
 import arviz as az
 import pandas as pd
 
+from bayeshier_pymc.depth_comparison import DepthComparison, compare_depths
+from bayeshier_pymc.diagnostics import Diagnosis, diagnose
 from bayeshier_pymc.hierarchy import Hierarchy, MissingPolicy
 from bayeshier_pymc.mlm import MLMFit, mlm
+from bayeshier_pymc.persistence import save_results
+from bayeshier_pymc.report import write_report
 from bayeshier_pymc.results import coefficient_table, scale_summary
+from bayeshier_pymc.sampler_comparison import SamplerComparison, compare_samplers
 from bayeshier_pymc.shrinkage import ShrinkageModel
 
 __all__ = ["PipelineResult", "run_pipeline"]
@@ -22,8 +27,13 @@ class PipelineResult:
     """Everything the pipeline produced, and the files it wrote."""
 
     fit: MLMFit
+    hierarchy: Hierarchy
     model: ShrinkageModel
     idata: az.InferenceData
+    gibbs: az.InferenceData
+    samplers: SamplerComparison
+    depths: DepthComparison
+    diagnosis: Diagnosis
     coefficients: pd.DataFrame
     scales: pd.DataFrame
     files: list[Path] = field(default_factory=list)
@@ -43,9 +53,17 @@ def run_pipeline(
     tune: int = 1000,
     chains: int = 4,
     random_seed: int = 2026,
+    title: str = "bayeshier_pymc analysis",
     log: Callable[[str], None] = print,
 ) -> PipelineResult:
-    """Fit stage 1 and stage 2 and write the results.
+    """Fit both stages, check them, compare depths, and write the results.
+
+    Steps: stage-1 matrix linear model; stage-2 shrinkage with NUTS (the result that is
+    reported) and with the Gibbs engine; agreement of the two samplers; diagnostics;
+    PSIS-LOO comparison of the depths ("none", 0, …, all levels) with the Gibbs engine; then
+    ``stage1_estimates.csv``, ``shrunken_effects.csv``, ``scales.csv``, ``depths.csv``,
+    ``sampler_agreement.csv``, ``results.nc`` (InferenceData, hierarchy and stage-1 summary,
+    see :func:`~bayeshier_pymc.persistence.load_results`), PNG figures and ``report.md``.
 
     Parameters
     ----------
@@ -67,6 +85,8 @@ def run_pipeline(
         What a missing annotation means (see :meth:`Hierarchy.from_frame`).
     draws, tune, chains, random_seed
         Sampler settings.
+    title
+        Title of the report.
     log
         Receives one line per step (progress).
 
@@ -80,26 +100,90 @@ def run_pipeline(
     fit = mlm(Y, X, data=data)
     hierarchy = Hierarchy.from_frame(annotations, list(levels), missing=missing)
     chosen = covariates or [c for c in fit.coef.indexes["covariate"] if c != "(Intercept)"]
-    log(f"stage 2: shrinkage of {len(chosen)} covariate(s) along {hierarchy!r}")
+    settings = {"draws": draws, "tune": tune, "chains": chains, "random_seed": random_seed}
     model = ShrinkageModel(fit, hierarchy, covariates=chosen)
-    idata = model.sample(
-        draws=draws, tune=tune, chains=chains, random_seed=random_seed, progressbar=False
+    log(f"stage 2: NUTS, {len(chosen)} covariate(s) along {hierarchy!r}")
+    idata = model.sample(progressbar=False, **settings)
+    log("stage 2: Gibbs engine on the same posterior")
+    gibbs = model.sample("gibbs", progressbar=False, **settings)
+    samplers = compare_samplers(idata, gibbs)
+    log(f"sampler agreement: {'ok' if samplers.ok else 'NOT ok'}")
+    diagnosis = diagnose(idata)
+    log(f"diagnostics: {'ok' if diagnosis.ok else 'problems found'}")
+    log("depth comparison (PSIS-LOO, marginal likelihood, Gibbs engine)")
+    depths = compare_depths(
+        fit, hierarchy, covariates=chosen, sampler="gibbs", progressbar=False, **settings
     )
+    log(f"recommended depth: {depths.recommended}")
     coefficients = coefficient_table(idata)
     scales = scale_summary(idata)
     files = [
         _write_csv(fit.to_frame(), out / "stage1_estimates.csv"),
         _write_csv(coefficients, out / "shrunken_effects.csv"),
         _write_csv(scales, out / "scales.csv"),
+        _write_csv(depths.summary.reset_index(names="depth"), out / "depths.csv"),
+        _write_csv(samplers.table.reset_index(), out / "sampler_agreement.csv"),
+        save_results(out / "results.nc", idata, hierarchy=hierarchy, fit=fit),
     ]
-    posterior_path = out / "posterior.nc"
-    idata.to_netcdf(str(posterior_path))
-    files.append(posterior_path)
-    for path in files:
+    figures = _write_figures(idata, samplers, depths, out)
+    report = write_report(
+        out / "report.md",
+        title=title,
+        fit=fit,
+        model=model,
+        coefficients=coefficients,
+        scales=scales,
+        samplers=samplers,
+        depths=depths,
+        diagnosis=diagnosis,
+        figures=figures,
+    )
+    for path in [*files, *figures, report]:
         log(f"wrote {path}")
-    return PipelineResult(fit, model, idata, coefficients, scales, files)
+    return PipelineResult(
+        fit,
+        hierarchy,
+        model,
+        idata,
+        gibbs,
+        samplers,
+        depths,
+        diagnosis,
+        coefficients,
+        scales,
+        [*files, *figures, report],
+    )
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
     frame.to_csv(path, index=False)
     return path
+
+
+def _write_figures(
+    idata: az.InferenceData, samplers: SamplerComparison, depths: DepthComparison, out: Path
+) -> list[Path]:
+    """One PNG per figure; the first covariate is shown where a figure shows one."""
+    import matplotlib.pyplot as plt
+
+    from bayeshier_pymc import plots
+
+    drawers = {
+        "shrinkage.png": lambda ax: plots.plot_shrinkage(idata, ax=ax),
+        "forest_by_group.png": lambda ax: plots.plot_forest_by_group(idata, ax=ax),
+        "volcano.png": lambda ax: plots.plot_volcano(idata, ax=ax),
+        "tau.png": lambda ax: plots.plot_tau(idata, ax=ax),
+        "depths.png": lambda ax: plots.plot_compare(depths, ax=ax),
+    }
+    paths = []
+    for name, draw in drawers.items():
+        axes = draw(None)
+        axes.figure.savefig(out / name, dpi=110, bbox_inches="tight")
+        plt.close(axes.figure)
+        paths.append(out / name)
+    panels = plots.plot_sampler_comparison(samplers)
+    figure = panels.flat[0].figure
+    figure.savefig(out / "sampler_comparison.png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    paths.append(out / "sampler_comparison.png")
+    return paths

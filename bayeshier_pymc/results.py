@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayeshier_pymc.mlm import MLMFit
+
 __all__ = [
     "coefficient_matrix",
     "coefficient_summary",
@@ -91,12 +93,49 @@ def coefficient_table(idata: az.InferenceData, hdi_prob: float = 0.95) -> pd.Dat
     return summary[columns].to_dataframe().reset_index()
 
 
-def coefficient_matrix(idata: az.InferenceData) -> xr.DataArray:
+def coefficient_matrix(idata: az.InferenceData, fit: MLMFit | None = None) -> xr.DataArray:
     """Posterior-mean coefficients as a (covariate, feature) matrix in stage-1 layout.
 
     Pass it to :meth:`MLMFit.predict` as ``coef=`` to predict with the shrunken effects.
+
+    Parameters
+    ----------
+    idata
+        A result of :meth:`ShrinkageModel.sample`.
+    fit
+        The stage-1 fit the estimates came from. When given, the matrix covers every
+        covariate of the fit: the shrunken rows are the posterior means, and the covariates
+        that were not shrunk (typically the intercept) are refitted by least squares with
+        the shrunken effects held fixed, so that an intercept re-centres on
+        ``mean(y) - mean(x) · θ`` instead of keeping its stage-1 value.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``("covariate", "feature")``.
     """
-    return idata.posterior["theta"].mean(SAMPLE_DIMS).rename("coef")
+    shrunk = idata.posterior["theta"].mean(SAMPLE_DIMS).rename("coef")
+    if fit is None:
+        return shrunk
+    if fit.Z is not None:
+        raise ValueError("refitting unshrunk covariates needs a stage-1 fit with Z=None.")
+    covariates = fit.coef.indexes["covariate"]
+    features = fit.coef.indexes["feature"]
+    shrunk_names = shrunk.indexes["covariate"]
+    if not (shrunk_names.isin(covariates).all() and shrunk.indexes["feature"].equals(features)):
+        raise ValueError(
+            "the fit does not match the shrinkage result: its covariates must include "
+            f"{shrunk_names.tolist()!r} and its features must be the same, in the same order."
+        )
+    rest = covariates.difference(shrunk_names, sort=False)
+    coef = fit.coef.copy(data=np.zeros(fit.coef.shape)).rename("coef")
+    coef.loc[{"covariate": shrunk_names}] = shrunk.to_numpy()
+    if len(rest):
+        x = fit.X
+        residual = fit.Y.to_numpy() - x[shrunk_names].to_numpy() @ shrunk.to_numpy()
+        refit, *_ = np.linalg.lstsq(x[rest].to_numpy(), residual, rcond=None)
+        coef.loc[{"covariate": rest}] = refit
+    return coef
 
 
 def scale_summary(idata: az.InferenceData, hdi_prob: float = 0.95) -> pd.DataFrame:

@@ -17,6 +17,7 @@ extensions = [
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "jupyter_execute"]
+# the tutorial notebooks live in ../notebooks; docs/notebooks is a symlink to that folder
 autosummary_generate = True
 autodoc_typehints = "none"
 numpydoc_show_class_members = False
@@ -24,8 +25,17 @@ numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
 myst_enable_extensions = ["dollarmath", "amsmath"]
 nb_execution_mode = "off"  # notebooks are committed executed; the test suite runs them
+nb_merge_streams = True
 suppress_warnings = ["mystnb.unknown_mime_type", "misc.highlighting_failure"]
 html_theme = "pydata_sphinx_theme"
 html_title = "bayeshier_pymc"
 html_theme_options = {"navigation_with_keys": False}
 intersphinx_mapping = {}
+
+# Some docstrings write |z| and |posterior mean| (absolute values), which reStructuredText
+# reads as substitution references; define them to render as written until the docstrings
+# quote them as ``|z|``.
+rst_prolog = r"""
+.. |z| replace:: \|z\|
+.. |posterior mean| replace:: \|posterior mean\|
+"""

@@ -12,7 +12,7 @@ from bayeshier_pymc.cli import main
 TINY = ["--draws", "200", "--tune", "200", "--chains", "2"]
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["fit"], ["simulate"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["fit"], ["simulate"], ["study"]])
 def test_help_on_every_subcommand(command):
     result = subprocess.run(
         [sys.executable, "-m", "bayeshier_pymc.cli", *command, "--help"],
@@ -30,7 +30,22 @@ def test_demo_writes_results(tmp_path, capsys):
     effects = pd.read_csv(tmp_path / "shrunken_effects.csv")
     assert set(effects["covariate"]) == {"age", "bmi", "sex"}
     assert len(effects) == 3 * 300
-    assert (tmp_path / "posterior.nc").stat().st_size > 0
+    for name in [
+        "results.nc",
+        "report.md",
+        "depths.csv",
+        "sampler_agreement.csv",
+        "shrinkage.png",
+        "forest_by_group.png",
+        "volcano.png",
+        "tau.png",
+        "depths.png",
+        "sampler_comparison.png",
+    ]:
+        assert (tmp_path / name).stat().st_size > 0, name
+    report = (tmp_path / "report.md").read_text()
+    assert "Which depth of the tree?" in report and "Recommended: depth" in report
+    assert "![shrinkage](shrinkage.png)" in report
 
 
 @pytest.fixture
@@ -148,3 +163,23 @@ def test_fit_on_qmdiab_plasma(shared_data, tmp_path):
     assert set(effects["covariate"]) == {"AGE", "BMI", "C(GENDER)[T.1]", "C(T2D)[T.1]"}
     # 404 named metabolites, of which those with ≤ 20% missing remain
     assert 250 < effects["feature"].nunique() < 404
+
+
+def test_study_runs_a_small_grid(tmp_path, capsys):
+    args = [
+        "study",
+        "--replicates",
+        "1",
+        "--rows",
+        "60x300",
+        "--heterogeneity",
+        "moderate",
+        "--no-superclass-rows",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    table = pd.read_csv(tmp_path / "study.csv")
+    assert table[["n", "m"]].values.tolist() == [[60, 300]]
+    assert table["coef_mse_ratio"].iloc[0] > 1.5
+    assert "coef MSE ratio" in capsys.readouterr().out

@@ -60,9 +60,13 @@ def test_coefficient_summary_and_table():
     idata = _fake_idata()
     summary = bh.coefficient_summary(idata, hdi_prob=0.9)
     assert summary["mean"].dims == ("covariate", "feature")
-    assert float(summary["mean"].sel(covariate="k", feature="a")) == pytest.approx(1.0, abs=4 * 0.5 / np.sqrt(800))
+    assert float(summary["mean"].sel(covariate="k", feature="a")) == pytest.approx(
+        1.0, abs=4 * 0.5 / np.sqrt(800)
+    )
     # N(1, 0.5²): P(θ ≤ 0) = Φ(−2) ≈ 0.0228, sampling sd ≈ 0.0053 at 800 draws
-    assert float(summary["lfsr"].sel(covariate="k", feature="a")) == pytest.approx(0.0228, abs=0.016)
+    assert float(summary["lfsr"].sel(covariate="k", feature="a")) == pytest.approx(
+        0.0228, abs=0.016
+    )
     assert float(summary["lfsr"].sel(covariate="k", feature="c")) == pytest.approx(0.5, abs=0.06)
     width = summary["hdi_upper"] - summary["hdi_lower"]
     assert float(width.sel(covariate="k", feature="a")) == pytest.approx(2 * 1.645 * 0.5, rel=0.1)
@@ -108,3 +112,32 @@ def test_errors_for_fits_without_pooling_or_levels():
         bh.group_effects(idata)
     with pytest.raises(ValueError, match=r"hdi_prob must lie in \(0, 1\)"):
         bh.coefficient_summary(idata, hdi_prob=95)
+
+
+def test_coefficient_matrix_refits_the_unshrunk_intercept():
+    study = bh.simulate(50, 30, 2, random_seed=4)
+    y = study.Y + 3.0  # a non-zero intercept
+    x = study.X + 1.5  # covariates that are not centred
+    fit = bh.mlm(y, x)
+    model = bh.ShrinkageModel(
+        fit, bh.Hierarchy.from_frame(study.annotations, ["subclass"]), covariates=["x0", "x1"]
+    )
+    rng = np.random.default_rng(0)
+    tau = np.abs(rng.normal(0.1, 0.01, size=(2, 50, 2, 2)))
+    posterior = model.draw_given_scales(tau, rng)
+    idata = az.InferenceData(
+        posterior=xr.Dataset(
+            {"theta": (("chain", "draw", "covariate", "feature"), posterior["theta"])},
+            coords={"covariate": ["x0", "x1"], "feature": fit.coef.feature.values},
+        )
+    )
+    full = bh.coefficient_matrix(idata, fit=fit)
+    slopes = bh.coefficient_matrix(idata)
+    assert full.covariate.values.tolist() == ["(Intercept)", "x0", "x1"]
+    np.testing.assert_array_equal(full.sel(covariate=["x0", "x1"]), slopes)
+    expected_intercept = y.mean().to_numpy() - x.mean().to_numpy() @ slopes.to_numpy()
+    np.testing.assert_allclose(full.sel(covariate="(Intercept)"), expected_intercept, rtol=1e-10)
+    predicted = fit.predict(x, coef=full)
+    assert predicted.shape == (50, 30)
+    # the residuals of the refitted prediction average to zero for every feature
+    np.testing.assert_allclose((y.to_numpy() - predicted.to_numpy()).mean(axis=0), 0, atol=1e-10)

@@ -1,0 +1,731 @@
+"""Compare hierarchy depths by PSIS-LOO: which levels of the annotation tree help predict.
+
+Three leave-out questions are available (``loo=``), each a different prediction task:
+
+``"marginal"`` (default) — leave one metabolite out
+    ``log N(b_j; parent mean, s_j² + τ_w²)``: θ_j integrated out, so the held-out point is a
+    *new metabolite* of a known group. One of the two likelihoods of the same joint model
+    (the ``b_marginal`` log-likelihood of the InferenceData contract).
+``"conditional"`` — leave one estimate out, θ_j kept
+    ``log N(b_j; θ_j, s_j²)`` (``b_conditional``). It is often read as "a new measurement of a
+    known metabolite", but with one estimate per θ_j, leaving b_j out leaves θ_j nothing but
+    its prior from the group, so the exact leave-one-out predictive is *the same number* as
+    the marginal one. Only the PSIS approximation differs: the posterior of θ_j rests on the
+    held-out b_j, the importance weights are heavy-tailed (Pareto k > 0.7 wherever pooling is
+    weak) and the elpd is unreliable. It is offered to show exactly that.
+``"group"`` — leave one group out
+    ``log p(b_G | b_−G, τ)`` for every group G at one annotation level (default: the finest):
+    a *new group of metabolites* (a new subclass). Given the scales τ every other quantity
+    is Gaussian on the tree, so this predictive is computed exactly (θ0, the group means and
+    the θ_j of the group integrated out) by Gaussian message passing — an upward pass for the
+    messages and a downward pass for the "cavity" distribution of the group's parent without
+    the group — and PSIS only has to reweight the draws of τ (:func:`group_log_likelihood`).
+
+Every model in a comparison is scored on the same held-out units, so the elpds are comparable
+across depths; ``"none"`` (no pooling) predicts every b_j from its fixed prior.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.special import logsumexp
+
+from bayeshier_pymc.diagnostics import (
+    GROUP_LOG_LIKELIHOOD,
+    LOO_QUESTIONS,
+    VERY_BAD_K,
+    Diagnosis,
+    LooKind,
+    check_loo_kind,
+    diagnose,
+    loo_elpd,
+)
+from bayeshier_pymc.estimates import Estimates
+from bayeshier_pymc.gaussian_tree import NUMPY_OPS, TreeIndex, upward_pass
+from bayeshier_pymc.hierarchy import Hierarchy
+from bayeshier_pymc.shrinkage import ShrinkageModel
+
+__all__ = [
+    "GROUP_LOG_LIKELIHOOD",
+    "LOO_QUESTIONS",
+    "DepthComparison",
+    "RecommendationRule",
+    "compare_depths",
+    "compare_fits",
+    "group_log_likelihood",
+]
+
+Depth = int | str
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+# ---------------------------------------------------------------------- the result
+@dataclass(frozen=True)
+class RecommendationRule:
+    """Recommend the simplest depth whose elpd is close enough to the best.
+
+    A depth is close enough when ``elpd_diff ≤ max(dse_factor × dse, negligible)``: within
+    ``dse_factor`` standard errors of the difference, or below ``negligible`` elpd units, a
+    difference too small to rank models by (Sivula, Magnusson & Vehtari 2022: below about 4
+    the normal approximation of the difference is unreliable and the models predict alike).
+    Simplest means fewest levels, with no pooling simplest of all.
+    """
+
+    dse_factor: float = 2.0
+    negligible: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not (self.dse_factor > 0 and self.negligible >= 0):
+            raise ValueError(
+                f"dse_factor must be positive and negligible non-negative, got "
+                f"{self.dse_factor!r} and {self.negligible!r}."
+            )
+
+    def close_enough(self, row: pd.Series) -> bool:
+        """Whether a row of the :func:`arviz.compare` table is close enough to the best."""
+        return bool(row["elpd_diff"] <= max(self.dse_factor * row["dse"], self.negligible))
+
+    def choose(self, table: pd.DataFrame) -> Depth:
+        """The simplest close-enough depth of an :func:`arviz.compare` table."""
+        return min((_key(i) for i in table.index if self.close_enough(table.loc[i])), key=_rank)
+
+    def __str__(self) -> str:
+        return (
+            f"the simplest model (fewest levels; no pooling simplest) whose elpd is within "
+            f"max({self.dse_factor:g} × dse, {self.negligible:g}) of the best"
+        )
+
+
+@dataclass
+class DepthComparison:
+    """The outcome of :func:`compare_depths` / :func:`compare_fits`.
+
+    Attributes
+    ----------
+    table
+        The :func:`arviz.compare` DataFrame, one row per depth (index ``"none"``, ``"0"``,
+        ``"1"``, …), best first.
+    fits
+        Depth → InferenceData (with ``loo="group"`` its ``log_likelihood`` holds
+        ``b_group``).
+    elpd
+        Depth → :class:`arviz.ELPDData` with pointwise values (for ``az.plot_khat``).
+    loo
+        The leave-out question used.
+    pareto_k
+        Per depth: number of held-out points, how many have exact LOO (a log-likelihood
+        that is the same in every draw, or a refit), the good-k threshold
+        ``min(1 − 1/log10(S), 0.7)`` for S draws, and the counts of good (k ≤ good_k), bad
+        (good_k < k ≤ 1) and very bad (k > 1) points, and the largest k.
+    recommended
+        The depth chosen by ``rule``.
+    rule
+        The recommendation rule.
+    diagnostics
+        Depth → :class:`~bayeshier_pymc.diagnostics.Diagnosis` of the fit's hyperparameters
+        (τ, θ0, group means; θ for no pooling), without Pareto k.
+    descriptions
+        Depth → what the model pools over.
+    refits
+        Depth → labels of the groups whose LOO was computed by an exact refit.
+    """
+
+    table: pd.DataFrame
+    fits: dict[Depth, az.InferenceData]
+    elpd: dict[Depth, Any]
+    loo: LooKind
+    pareto_k: pd.DataFrame
+    recommended: Depth
+    rule: RecommendationRule
+    diagnostics: dict[Depth, Diagnosis] = field(default_factory=dict)
+    descriptions: dict[Depth, str] = field(default_factory=dict)
+    refits: dict[Depth, list[str]] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        """The comparison table with model descriptions and the Pareto-k counts."""
+        columns = ["elpd_loo", "p_loo", "elpd_diff", "dse", "weight"]
+        frame = self.table[columns].copy()
+        frame.insert(0, "model", [self.descriptions.get(_key(i), "") for i in frame.index])
+        k_table = self.pareto_k[["n_bad", "n_very_bad", "max_k"]]
+        frame = frame.join(k_table.set_axis(k_table.index.map(str)))
+        frame["recommended"] = [_key(i) == self.recommended for i in frame.index]
+        return frame
+
+    @property
+    def verdict(self) -> str:
+        """The recommendation, the rule behind it and any reliability warning, in words."""
+        best = _key(self.table.index[0])
+        close = [_key(i) for i in self.table.index if self.rule.close_enough(self.table.loc[i])]
+        lines = [
+            f"PSIS-LOO ({self.loo}): {LOO_QUESTIONS[self.loo]}.",
+            f"Best elpd: depth {best} ({self.descriptions.get(best, '')}), "
+            f"elpd_loo = {self.table['elpd_loo'].iloc[0]:.1f}; close to it: "
+            + ", ".join(f"depth {d}" for d in close)
+            + ".",
+            f"Recommended: depth {self.recommended} "
+            f"({self.descriptions.get(self.recommended, '')}) — {self.rule}.",
+        ]
+        n_unreliable = self.pareto_k["n_bad"] + self.pareto_k["n_very_bad"]
+        unreliable = self.pareto_k.index[n_unreliable > 0]
+        if len(unreliable):
+            details = "; ".join(
+                f"depth {d}: {n_unreliable[d]} of {self.pareto_k.loc[d, 'n_points']}"
+                for d in unreliable
+            )
+            advice = (
+                "expected for conditional LOO with one estimate per θ_j; prefer loo='marginal'"
+                if self.loo == "conditional"
+                else "with loo='group', compare_depths(..., refit_bad_k=True) replaces them "
+                "by exact refits"
+            )
+            lines.append(
+                f"Warning: Pareto k above good_k for {details} held-out points, so those elpds "
+                f"are unreliable ({advice})."
+            )
+        else:
+            lines.append("Pareto k: every held-out point below good_k; the elpds are reliable.")
+        refitted = {d: groups for d, groups in self.refits.items() if groups}
+        if refitted:
+            lines.append(
+                "Exact refits replaced PSIS for "
+                + "; ".join(f"depth {d}: {', '.join(g)}" for d, g in refitted.items())
+                + "."
+            )
+        failed = [d for d, diagnosis in self.diagnostics.items() if not diagnosis.ok]
+        if failed:
+            lines.append(
+                "Sampling problems (see .diagnostics[depth]) in "
+                + ", ".join(f"depth {d}" for d in failed)
+                + ": their elpds are not trustworthy until they are fixed."
+            )
+        elif self.diagnostics:
+            lines.append("Sampling diagnostics (r̂, ESS, divergences): every fit passes.")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        table = self.summary.round(2).to_string()
+        return f"DepthComparison(loo={self.loo!r})\n{table}\n\n{self.verdict}"
+
+    def _repr_html_(self) -> str:
+        verdict = "<br>".join(html.escape(line) for line in self.verdict.splitlines())
+        return (
+            f"<p><b>DepthComparison</b> (loo={html.escape(self.loo)})</p>"
+            f"{self.summary.round(2).to_html()}<p>{verdict}</p>"
+        )
+
+
+# ---------------------------------------------------------------------- entry points
+def compare_depths(
+    estimates: Any,
+    hierarchy: Hierarchy,
+    depths: Sequence[Depth] | None = None,
+    *,
+    loo: LooKind = "marginal",
+    group_level: str | None = None,
+    sampler: Literal["nuts", "gibbs"] = "nuts",
+    priors: Mapping[str, Any] | None = None,
+    covariates: list[Any] | None = None,
+    rule: RecommendationRule | None = None,
+    refit_bad_k: bool = False,
+    **sample_kwargs: Any,
+) -> DepthComparison:
+    """Fit the shrinkage model at several depths of the tree and compare them by PSIS-LOO.
+
+    Parameters
+    ----------
+    estimates
+        Stage-1 estimates, in any form :class:`~bayeshier_pymc.ShrinkageModel` accepts.
+    hierarchy
+        The full annotation tree.
+    depths
+        Depths to fit: ``"none"`` (no pooling), 0 (one global mean), 1, … (annotation
+        levels used, finest first). Default: ``("none", 0, 1, …, hierarchy.depth)``.
+    loo
+        ``"marginal"`` (leave one metabolite out), ``"conditional"`` (leave one measurement
+        out) or ``"group"`` (leave one group out); see the module docstring.
+    group_level
+        For ``loo="group"``: the annotation level whose groups are left out (default: the
+        finest).
+    sampler
+        Passed to :meth:`ShrinkageModel.sample`.
+    priors, covariates
+        Passed to :class:`ShrinkageModel`.
+    rule
+        How the depth is recommended (default :class:`RecommendationRule`).
+    refit_bad_k
+        With ``loo="group"``: refit the model without every group that has a Pareto k
+        above good_k and replace its PSIS estimate by the exact
+        ``log mean_s p(b_G | b_−G, τ_s)`` over the refit's draws (one fit per such group).
+    **sample_kwargs
+        Passed to :meth:`ShrinkageModel.sample` (``draws``, ``tune``, ``chains``,
+        ``random_seed``, ``nuts_sampler``, ``progressbar``, …).
+
+    Returns
+    -------
+    DepthComparison
+
+    Examples
+    --------
+    >>> comparison = compare_depths(fit, tree, loo="group", random_seed=1)  # doctest: +SKIP
+    >>> comparison.recommended, comparison.table  # doctest: +SKIP
+    """
+    check_loo_kind(loo)
+    if refit_bad_k and loo != "group":
+        raise ValueError("refit_bad_k needs loo='group'.")
+
+    def fit(depth: Depth, features: pd.Index | None = None) -> az.InferenceData:
+        data = Estimates.from_any(estimates, covariates=covariates)
+        if features is not None:
+            data = Estimates(data.estimate.sel(feature=features), data.se.sel(feature=features))
+        model = ShrinkageModel(data, hierarchy, depth=depth, priors=priors)
+        return model.sample(sampler, **sample_kwargs)
+
+    depths = _default_depths(hierarchy) if depths is None else list(depths)
+    fits = {_key(depth): fit(depth) for depth in depths}
+    elpds = _elpds(fits, hierarchy, loo, group_level)
+    refits: dict[Depth, list[str]] = {}
+    if refit_bad_k:
+        for depth, idata in fits.items():
+            elpds[depth], refits[depth] = _refit_bad_groups(
+                elpds[depth],
+                idata,
+                hierarchy,
+                group_level,
+                lambda features, depth=depth: fit(depth, features),
+            )
+    return _comparison(fits, elpds, loo, hierarchy, rule or RecommendationRule(), refits)
+
+
+def compare_fits(
+    fits: Mapping[Depth, az.InferenceData] | Iterable[az.InferenceData],
+    hierarchy: Hierarchy | None = None,
+    *,
+    loo: LooKind = "marginal",
+    group_level: str | None = None,
+    rule: RecommendationRule | None = None,
+) -> DepthComparison:
+    """Compare fits of the same estimates at different depths (see :func:`compare_depths`).
+
+    Parameters
+    ----------
+    fits
+        Depth → InferenceData, or InferenceData whose ``attrs["depth"]`` name their depth.
+    hierarchy
+        The full annotation tree; needed for ``loo="group"``.
+    loo, group_level, rule
+        As in :func:`compare_depths`.
+
+    Returns
+    -------
+    DepthComparison
+    """
+    check_loo_kind(loo)
+    fits = _as_mapping(fits)
+    return _comparison(
+        fits,
+        _elpds(fits, hierarchy, loo, group_level),
+        loo,
+        hierarchy,
+        rule or RecommendationRule(),
+    )
+
+
+def _elpds(
+    fits: dict[Depth, az.InferenceData],
+    hierarchy: Hierarchy | None,
+    loo: LooKind,
+    group_level: str | None,
+) -> dict[Depth, Any]:
+    """PSIS-LOO of every fit, adding the group log-likelihood first for ``loo="group"``."""
+    _check_same_data(fits)
+    if loo == "group":
+        if hierarchy is None:
+            raise ValueError("loo='group' needs the hierarchy whose groups are left out.")
+        for idata in fits.values():
+            idata.log_likelihood[GROUP_LOG_LIKELIHOOD] = group_log_likelihood(
+                idata, hierarchy, group_level
+            )
+    return {depth: loo_elpd(idata, loo) for depth, idata in fits.items()}
+
+
+def _comparison(
+    fits: dict[Depth, az.InferenceData],
+    elpds: dict[Depth, Any],
+    loo: LooKind,
+    hierarchy: Hierarchy | None,
+    rule: RecommendationRule,
+    refits: dict[Depth, list[str]] | None = None,
+) -> DepthComparison:
+    with warnings.catch_warnings():
+        # Pareto k is reported by the comparison itself; ArviZ's own pandas deprecation
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", message="The inplace keyword")
+        table = az.compare({str(depth): elpd for depth, elpd in elpds.items()}, ic="loo")
+    levels = hierarchy.levels if hierarchy is not None else ()
+    return DepthComparison(
+        table=table,
+        fits=fits,
+        elpd=elpds,
+        loo=loo,
+        pareto_k=pd.DataFrame.from_dict(
+            {depth: _pareto_k_counts(elpd) for depth, elpd in elpds.items()}, orient="index"
+        ).rename_axis("depth"),
+        recommended=rule.choose(table),
+        rule=rule,
+        diagnostics={depth: _diagnose_hyperparameters(idata) for depth, idata in fits.items()},
+        descriptions={depth: _describe(depth, fits[depth], levels) for depth in fits},
+        refits=refits or {},
+    )
+
+
+def _diagnose_hyperparameters(idata: az.InferenceData) -> Diagnosis:
+    """Diagnose τ, θ0 and the group means (θ only without pooling; θ | τ is exact there)."""
+    names = [name for name in idata.posterior.data_vars if name != "theta"] or ["theta"]
+    return diagnose(idata, var_names=names, loo=None)
+
+
+# ---------------------------------------------------------------------- leave-one-group-out
+def group_log_likelihood(
+    idata: az.InferenceData, hierarchy: Hierarchy, level: str | None = None
+) -> xr.DataArray:
+    """``log p(b_G | b_−G, τ)`` per draw for every group G at ``level``, exactly.
+
+    Given the scales τ the model is Gaussian on the tree. An upward pass collapses the data
+    below every unit into a message N(y_u; u, v_u) (with a log normaliser), a downward pass
+    gives every unit's "outside" distribution (its prior given all data outside its subtree),
+    and the predictive of a held-out group is its message integrated against the
+    distribution of its parent without the group. PSIS-LOO over the groups then reweights
+    only the draws of τ. For a model that lacks ``level`` (shallower than it) the group is a
+    set of units of the model's finest level, held out together; for no pooling it is
+    ``Σ_j log N(b_j; mu0, s_j² + s0²)``, the same in every draw.
+
+    Parameters
+    ----------
+    idata
+        A fit of :meth:`ShrinkageModel.sample` at any depth.
+    hierarchy
+        The full annotation tree (it may annotate more features than the fit has).
+    level
+        The level whose groups are left out (default: the finest annotation level);
+        ``"feature"`` leaves single metabolites out (a Rao–Blackwellised marginal LOO).
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``("chain", "draw", "covariate", level)``.
+    """
+    full, target = _group_target(idata, hierarchy, level)
+    tau = idata.posterior.get("tau")
+    values = _held_out_values(idata, full, target, tau)
+    level = "feature" if target == 0 else full.levels[target - 1]
+    labels = full.features if target == 0 else full.groups[target - 1]
+    return xr.DataArray(
+        values,
+        dims=("chain", "draw", "covariate", level),
+        coords={
+            "chain": idata.posterior["chain"].to_numpy(),
+            "draw": idata.posterior["draw"].to_numpy(),
+            "covariate": idata.observed_data["covariate"].to_numpy(),
+            level: np.asarray(labels),
+        },
+        name=GROUP_LOG_LIKELIHOOD,
+    )
+
+
+def _group_target(
+    idata: az.InferenceData, hierarchy: Hierarchy, level: str | None
+) -> tuple[Hierarchy, int]:
+    """The tree aligned with the fit's features and the position of ``level`` (0 = feature)."""
+    full = hierarchy.align(idata.observed_data["feature"].to_numpy())
+    level = full.levels[0] if level is None else level
+    if level != "feature" and level not in full.levels:
+        raise ValueError(f"unknown level {level!r}; the hierarchy has {list(full.levels)!r}.")
+    _check_fit_matches(idata, full, str(idata.attrs["depth"]))
+    return full, 0 if level == "feature" else full.levels.index(level) + 1
+
+
+def _held_out_values(
+    idata: az.InferenceData, full: Hierarchy, target: int, tau: xr.DataArray | None
+) -> np.ndarray:
+    """Log p(b_G | b_−G, τ) as (chain, draw, covariate, group) for the draws ``tau``."""
+    depth = str(idata.attrs["depth"])
+    priors = json.loads(idata.attrs["priors"])
+    b = idata.observed_data["b"].to_numpy()
+    var_b = idata.constant_data["se"].to_numpy() ** 2
+    if depth == "none" or tau is None:
+        per_group = _no_pooling_group_log_lik(b, var_b, _unit_to_group(full, 0, target), priors)
+        shape = (idata.posterior.sizes["chain"], idata.posterior.sizes["draw"], *per_group.shape)
+        return np.broadcast_to(per_group, shape).copy()
+    tau_values = tau.sel(covariate=idata.observed_data["covariate"].to_numpy())
+    tau_values = tau_values.transpose("chain", "draw", "covariate", "level").to_numpy()
+    tree = TreeIndex.from_hierarchy(full.truncate(int(depth)))
+    unit_level = min(target, int(depth))
+    to_group = _unit_to_group(full, unit_level, target)
+    return np.stack(
+        [
+            _held_out_log_lik(
+                b[c], var_b[c], tau_values[:, :, c], tree, unit_level, to_group, priors
+            )
+            for c in range(b.shape[0])
+        ],
+        axis=2,
+    )
+
+
+def _no_pooling_group_log_lik(
+    b: np.ndarray, var_b: np.ndarray, to_group: np.ndarray, priors: Mapping[str, Any]
+) -> np.ndarray:
+    """Σ over each group's features of log N(b_j; mu0, s_j² + s0²), as (covariate, group)."""
+    total = var_b + priors["s0"] ** 2
+    per_feature = -0.5 * (_LOG_2PI + np.log(total) + (b - priors["mu0"]) ** 2 / total)
+    return NUMPY_OPS.segment_sum(per_feature, to_group, int(to_group.max()) + 1)
+
+
+def _refit_bad_groups(
+    elpd: Any,
+    idata: az.InferenceData,
+    hierarchy: Hierarchy,
+    level: str | None,
+    refit: Callable[[pd.Index], az.InferenceData],
+) -> tuple[Any, list[str]]:
+    """Replace the PSIS estimate of every group with a bad Pareto k by an exact refit.
+
+    For a group G, ``log p(b_G | b_−G) = log mean_s p(b_G | b_−G, τ_s)`` with τ_s drawn from
+    the fit without G; every covariate of G is replaced. Returns the new ELPDData and the
+    labels of the refitted groups.
+    """
+    full, target = _group_target(idata, hierarchy, level)
+    k = np.array(elpd["pareto_k"])
+    bad_groups = np.flatnonzero((k > elpd["good_k"]).any(axis=0))
+    if bad_groups.size == 0:
+        return elpd, []
+    members = np.arange(full.n_features) if target == 0 else full.membership(target - 1)
+    loo_i = np.array(elpd["loo_i"])
+    for group in bad_groups:
+        refitted = refit(full.features[members != group])
+        values = _held_out_values(idata, full, target, refitted.posterior["tau"])[..., group]
+        draws = values.reshape(-1, values.shape[-1])
+        loo_i[:, group] = logsumexp(draws, axis=0) - np.log(draws.shape[0])
+        k[:, group] = np.nan
+    labels = full.features if target == 0 else full.groups[target - 1]
+    return _with_points(elpd, loo_i, k), [str(labels[g]) for g in bad_groups]
+
+
+def _with_points(elpd: Any, loo_i: np.ndarray, k: np.ndarray) -> Any:
+    """An ELPDData with new pointwise values, its totals and standard error recomputed."""
+    updated = elpd.copy()
+    lppd = elpd["elpd_loo"] + elpd["p_loo"]
+    updated["loo_i"] = elpd["loo_i"].copy(data=loo_i)
+    updated["pareto_k"] = elpd["pareto_k"].copy(data=k)
+    updated["elpd_loo"] = float(loo_i.sum())
+    updated["se"] = float(np.sqrt(loo_i.size * loo_i.var()))
+    updated["p_loo"] = float(lppd - loo_i.sum())
+    updated["warning"] = bool((k > elpd["good_k"]).any())
+    return updated
+
+
+def _unit_to_group(full: Hierarchy, unit_level: int, target: int) -> np.ndarray:
+    """Map the units of ``unit_level`` (0 = features) to their groups at level ``target``."""
+    codes = np.arange(full.n_features if unit_level == 0 else full.n_groups[unit_level - 1])
+    for parent in full.parents[unit_level:target]:
+        codes = parent[codes]
+    return codes
+
+
+def _parent_index(tree: TreeIndex, level: int) -> np.ndarray:
+    """Parent of every unit at ``level`` (0 = features); units of the top level hang from θ0."""
+    if level < tree.depth:
+        return tree.parents[level]
+    return np.zeros(tree.n_units[level], dtype=np.intp)
+
+
+def _held_out_log_lik(
+    b: np.ndarray,
+    var_b: np.ndarray,
+    tau: np.ndarray,
+    tree: TreeIndex,
+    unit_level: int,
+    to_group: np.ndarray,
+    priors: Mapping[str, Any],
+) -> np.ndarray:
+    """Log p(b_G | b_−G, τ) for one covariate; ``tau`` is (chain, draw, depth + 1)."""
+    messages = upward_pass(b, var_b, tau, tree, priors["mu0"], priors["s0"])
+    ys = [*messages.y[:-1], messages.y[-1][..., None]]
+    vs = [*messages.v[:-1], messages.v[-1][..., None]]
+    log_norm = _log_normalisers(ys, vs, tau, tree, unit_level)
+    out_mean, out_var = _outside(ys, vs, tau, tree, unit_level, priors)
+    # the held-out units' messages as functions of their common parent, combined per group
+    scale = tau[..., unit_level][..., None]
+    precision = 1.0 / (vs[unit_level] + scale * scale)
+    n_groups = int(to_group.max()) + 1
+    group_precision = NUMPY_OPS.segment_sum(precision, to_group, n_groups)
+    group_y = NUMPY_OPS.segment_sum(precision * ys[unit_level], to_group, n_groups)
+    group_y = group_y / group_precision
+    resid = ys[unit_level] - group_y[..., to_group]
+    group_log_norm = NUMPY_OPS.segment_sum(
+        log_norm + 0.5 * (np.log(precision) - _LOG_2PI) - 0.5 * precision * resid * resid,
+        to_group,
+        n_groups,
+    ) - 0.5 * (np.log(group_precision) - _LOG_2PI)
+    # the parent without the group: its outside belief times its other children's messages
+    parent = _parent_index(tree, unit_level)[_first_unit(to_group, n_groups)]
+    parent_precision = 1.0 / vs[unit_level + 1][..., parent]
+    others = np.maximum(parent_precision - group_precision, 0.0)
+    cavity_precision = 1.0 / out_var[..., parent] + others
+    cavity_mean = (
+        out_mean[..., parent] / out_var[..., parent]
+        + parent_precision * ys[unit_level + 1][..., parent]
+        - group_precision * group_y
+    ) / cavity_precision
+    total = 1.0 / group_precision + 1.0 / cavity_precision
+    return group_log_norm - 0.5 * (_LOG_2PI + np.log(total) + (group_y - cavity_mean) ** 2 / total)
+
+
+def _first_unit(to_group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Index of one unit of every group (all units of a group share a parent)."""
+    first = np.empty(n_groups, dtype=np.intp)
+    first[to_group[::-1]] = np.arange(len(to_group))[::-1]
+    return first
+
+
+def _log_normalisers(
+    ys: list[np.ndarray],
+    vs: list[np.ndarray],
+    tau: np.ndarray,
+    tree: TreeIndex,
+    unit_level: int,
+) -> np.ndarray:
+    """Log C_u with ∏ (data below unit u) = C_u · N(y_u; u, v_u), for the units of a level."""
+    log_norm = np.zeros(ys[0].shape)
+    for level in range(unit_level):
+        parent, n_parents = tree.parents[level], tree.n_groups[level]
+        scale = tau[..., level][..., None]
+        total = vs[level] + scale * scale
+        resid = ys[level] - ys[level + 1][..., parent]
+        log_norm = NUMPY_OPS.segment_sum(
+            log_norm - 0.5 * (_LOG_2PI + np.log(total) + resid * resid / total),
+            parent,
+            n_parents,
+        ) + 0.5 * (_LOG_2PI + np.log(vs[level + 1]))
+    return np.broadcast_to(log_norm, ys[unit_level].shape)
+
+
+def _outside(
+    ys: list[np.ndarray],
+    vs: list[np.ndarray],
+    tau: np.ndarray,
+    tree: TreeIndex,
+    unit_level: int,
+    priors: Mapping[str, Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of every level-(unit_level + 1) unit given the data outside it."""
+    shape = ys[-1].shape
+    mean = np.full(shape, float(priors["mu0"]))
+    var = np.full(shape, float(priors["s0"]) ** 2)
+    for level in range(tree.depth, unit_level, -1):
+        parent = _parent_index(tree, level)
+        scale = tau[..., level][..., None]
+        own = 1.0 / (vs[level] + scale * scale)
+        parent_precision = 1.0 / vs[level + 1][..., parent]
+        precision = 1.0 / var[..., parent] + np.maximum(parent_precision - own, 0.0)
+        mean = (
+            mean[..., parent] / var[..., parent]
+            + parent_precision * ys[level + 1][..., parent]
+            - own * ys[level]
+        ) / precision
+        var = 1.0 / precision + scale * scale
+    return mean, var
+
+
+# ---------------------------------------------------------------------- helpers
+def _default_depths(hierarchy: Hierarchy) -> list[Depth]:
+    return ["none", *range(hierarchy.depth + 1)]
+
+
+def _key(label: object) -> Depth:
+    """The depth of a table index label (``"none"`` or an integer)."""
+    return "none" if str(label) == "none" else int(str(label))
+
+
+def _rank(depth: Depth) -> int:
+    """Simplicity order: no pooling, then 0, 1, … levels."""
+    return -1 if depth == "none" else int(depth)
+
+
+def _as_mapping(
+    fits: Mapping[Depth, az.InferenceData] | Iterable[az.InferenceData],
+) -> dict[Depth, az.InferenceData]:
+    pairs = (
+        [(_key(depth), idata) for depth, idata in fits.items()]
+        if isinstance(fits, Mapping)
+        else [(_key(idata.attrs["depth"]), idata) for idata in fits]
+    )
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        raise ValueError("two fits have the same depth.")
+    if len(mapping) < 2:
+        raise ValueError(f"a comparison needs at least two fits, got {len(mapping)}.")
+    return mapping
+
+
+def _check_same_data(fits: Mapping[Depth, az.InferenceData]) -> None:
+    """LOO elpds are comparable only on the same estimates."""
+    reference = None
+    for depth, idata in fits.items():
+        b = idata.observed_data["b"]
+        if reference is None:
+            reference = b
+        elif not (b.shape == reference.shape and bool((b == reference).all())):
+            raise ValueError(f"the fit at depth {depth} was made on other estimates.")
+
+
+def _check_fit_matches(idata: az.InferenceData, full: Hierarchy, depth: str) -> None:
+    if depth == "none":
+        return
+    levels = idata.attrs.get("levels", [])
+    levels = [levels] if isinstance(levels, str) else list(levels)
+    if levels != list(full.levels[: int(depth)]):
+        raise ValueError(
+            f"the fit uses levels {levels!r}, not the first {depth} of the hierarchy "
+            f"{list(full.levels)!r}."
+        )
+    for index, level in enumerate(levels):
+        stored = idata.constant_data[f"{level}_index"].to_numpy()
+        if not np.array_equal(stored, full.parents[index]):
+            raise ValueError(f"the fit's {level!r} groups differ from the hierarchy's.")
+
+
+def _pareto_k_counts(elpd: Any) -> dict[str, float]:
+    k = np.asarray(elpd["pareto_k"]).ravel()
+    good_k = float(elpd["good_k"])
+    estimated = k[~np.isnan(k)]
+    return {
+        "n_points": k.size,
+        "n_exact": int(np.isnan(k).sum()),
+        "good_k": round(good_k, 3),
+        "n_good": int((estimated <= good_k).sum()),
+        "n_bad": int(((estimated > good_k) & (estimated <= VERY_BAD_K)).sum()),
+        "n_very_bad": int((estimated > VERY_BAD_K).sum()),
+        "max_k": float(estimated.max()) if estimated.size else np.nan,
+    }
+
+
+def _describe(depth: Depth, idata: az.InferenceData, levels: Sequence[str] | None) -> str:
+    if depth == "none":
+        return "no pooling"
+    if depth == 0:
+        return "global mean"
+    used = idata.attrs.get("levels", levels[: int(depth)] if levels else [])
+    used = [used] if isinstance(used, str) else list(used)
+    return " within ".join(used)

@@ -1,0 +1,358 @@
+"""Can the draws be trusted? One verdict from r̂, ESS, divergences, E-BFMI, tree depth and Pareto k.
+
+Thresholds (:class:`Thresholds`) follow Vehtari, Gelman, Simpson, Carpenter & Bürkner (2021),
+"Rank-normalization, folding, and localization: an improved R̂", and Stan's defaults:
+
+* rank-normalised split r̂ ≤ 1.01 for every quantity;
+* bulk and tail ESS ≥ 100 per chain (400 with 4 chains);
+* no divergent transition after warm-up;
+* E-BFMI ≥ 0.3 in every chain (Betancourt 2016);
+* no iteration at the maximum tree depth (an efficiency warning, not a validity one);
+* Pareto k ≤ min(1 − 1/log10(S), 0.7) for S draws (Vehtari et al. 2024, "Pareto smoothed
+  importance sampling") for the chosen LOO.
+
+r̂, ESS and divergences decide :attr:`Diagnosis.ok`; E-BFMI, tree depth and Pareto k give
+warnings. NUTS-only checks are skipped for samplers that do not record them (Gibbs).
+"""
+
+from __future__ import annotations
+
+import html
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from bayeshier_pymc.inference_data import LOG_LIKELIHOOD_NAMES
+
+__all__ = [
+    "GROUP_LOG_LIKELIHOOD",
+    "LOO_QUESTIONS",
+    "Diagnosis",
+    "Thresholds",
+    "diagnose",
+    "loo_elpd",
+]
+
+LooKind = Literal["marginal", "conditional", "group"]
+GROUP_LOG_LIKELIHOOD = "b_group"
+"""Name of the leave-one-group-out log-likelihood (added by the depth comparison)."""
+LOO_QUESTIONS: dict[str, str] = {
+    "marginal": "leave one metabolite out: how well is a new metabolite of a known group predicted",
+    "conditional": "leave one estimate out with the likelihood conditional on θ_j: with one "
+    "estimate per metabolite its exact target is the marginal one, but PSIS on this form is "
+    "unreliable because θ_j rests on that estimate alone",
+    "group": "leave one group out: how well is a new group of metabolites predicted",
+}
+"""What each kind of LOO asks (see :mod:`bayeshier_pymc.depth_comparison`)."""
+VERY_BAD_K = 1.0
+"""Pareto k above which PSIS does not even give a consistent estimate (Vehtari et al. 2024)."""
+
+Status = Literal["pass", "warn", "fail", "skipped"]
+SAMPLE_DIMS = ("chain", "draw")
+_SATURATION_FLAGS = ("reached_max_treedepth", "maxdepth_reached")
+_TREE_DEPTHS = ("tree_depth", "depth")
+_REMEDIES = {
+    "r_hat": "run more or longer chains, or reparameterise",
+    "ess_bulk": "draw more iterations",
+    "ess_tail": "draw more iterations",
+    "divergences": "raise target_accept or use the collapsed parameterisation",
+    "e_bfmi": "the energy distribution is poorly explored; reparameterise",
+    "tree_depth": "sampling is slow; raise max_treedepth or reparameterise",
+    "pareto_k": "PSIS-LOO is unreliable for those points; see compare_depths(refit_bad_k=True)",
+}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits used by :func:`diagnose` (Vehtari et al. 2021 conventions).
+
+    Attributes
+    ----------
+    r_hat
+        Largest acceptable rank-normalised split r̂.
+    ess_per_chain
+        Smallest acceptable bulk and tail ESS per chain.
+    divergences
+        Largest acceptable number of divergent transitions.
+    e_bfmi
+        Smallest acceptable E-BFMI of a chain.
+    max_treedepth
+        The sampler's maximum tree depth, used when only the depths are recorded.
+    """
+
+    r_hat: float = 1.01
+    ess_per_chain: float = 100.0
+    divergences: int = 0
+    e_bfmi: float = 0.3
+    max_treedepth: int = 10
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The outcome of :func:`diagnose`.
+
+    Attributes
+    ----------
+    table
+        One row per check (and variable): ``check, variable, value, threshold, status,
+        detail``; status is ``"pass"``, ``"warn"``, ``"fail"`` or ``"skipped"``.
+    ok
+        True when no check failed.
+    verdict
+        The same in plain language, with the thresholds and what to do.
+    thresholds
+        The limits used.
+    """
+
+    table: pd.DataFrame
+    ok: bool
+    verdict: str
+    thresholds: Thresholds
+
+    def __repr__(self) -> str:
+        return f"Diagnosis(ok={self.ok})\n{self.table.to_string(index=False)}\n\n{self.verdict}"
+
+    def _repr_html_(self) -> str:
+        verdict = "<br>".join(html.escape(line) for line in self.verdict.splitlines())
+        return (
+            f"<p><b>Diagnosis</b>: ok={self.ok}</p>{self.table.to_html(index=False)}"
+            f"<p>{verdict}</p>"
+        )
+
+
+def diagnose(
+    idata: az.InferenceData,
+    *,
+    var_names: Sequence[str] | None = None,
+    loo: LooKind | None = "marginal",
+    thresholds: Thresholds | None = None,
+) -> Diagnosis:
+    """Check the draws of a fit against the thresholds and say in words whether to trust them.
+
+    Parameters
+    ----------
+    idata
+        A result of :meth:`ShrinkageModel.sample` (NUTS or Gibbs).
+    var_names
+        Posterior variables checked for r̂ and ESS (default: all; ``theta`` dominates the cost
+        at thousands of features).
+    loo
+        Which LOO's Pareto k to check (``"marginal"``, ``"conditional"``, or ``"group"`` when
+        the fit holds ``b_group``); ``None`` skips it.
+    thresholds
+        The limits (default :class:`Thresholds`).
+
+    Returns
+    -------
+    Diagnosis
+    """
+    if loo is not None:
+        check_loo_kind(loo)
+    limits = thresholds or Thresholds()
+    names = list(idata.posterior.data_vars) if var_names is None else list(var_names)
+    unknown = sorted(set(names) - set(idata.posterior.data_vars))
+    if unknown:
+        raise ValueError(f"var_names {unknown!r} are not posterior variables.")
+    n_chains = idata.posterior.sizes["chain"]
+    stats = _kept_draws(idata.get("sample_stats"))
+    rows = [
+        *_convergence_rows(idata.posterior[names], limits, n_chains),
+        _divergence_row(stats, limits),
+        _bfmi_row(stats, limits),
+        _tree_depth_row(stats, limits),
+    ]
+    if loo is not None:
+        rows.append(_pareto_k_row(idata, loo))
+    table = pd.DataFrame(
+        rows, columns=["check", "variable", "value", "threshold", "status", "detail"]
+    )
+    ok = not (table["status"] == "fail").any()
+    verdict = _verdict(table, ok, limits, n_chains)
+    return Diagnosis(table=table, ok=ok, verdict=verdict, thresholds=limits)
+
+
+# ---------------------------------------------------------------------- PSIS-LOO
+def check_loo_kind(kind: str) -> None:
+    """Raise a ValueError unless ``kind`` is one of :data:`LOO_QUESTIONS`."""
+    if kind not in LOO_QUESTIONS:
+        raise ValueError(f"loo must be one of {sorted(LOO_QUESTIONS)!r}, got {kind!r}.")
+
+
+def loo_elpd(idata: az.InferenceData, kind: LooKind = "marginal") -> az.ELPDData:
+    """PSIS-LOO of one fit with the log-likelihood of ``kind``, Pareto k made honest.
+
+    Points whose log-likelihood is the same in every draw (no pooling predicts b_j from a
+    fixed prior) have exact LOO; ArviZ reports k = inf for them, here they get k = NaN and
+    do not raise the warning flag.
+
+    Parameters
+    ----------
+    idata
+        A fit; for ``kind="group"`` its ``log_likelihood`` must hold ``b_group``.
+    kind
+        ``"marginal"``, ``"conditional"`` or ``"group"``.
+
+    Returns
+    -------
+    arviz.ELPDData
+        With pointwise values.
+    """
+    check_loo_kind(kind)
+    var_name = GROUP_LOG_LIKELIHOOD if kind == "group" else LOG_LIKELIHOOD_NAMES[kind]
+    if var_name not in idata.log_likelihood:
+        raise ValueError(
+            f"the fit has no {var_name!r} log-likelihood; for loo='group' build it with "
+            "depth_comparison.group_log_likelihood() or use compare_depths / compare_fits."
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        elpd = az.loo(idata, var_name=var_name, pointwise=True)
+    log_lik = idata.log_likelihood[var_name]
+    constant = (log_lik.max(SAMPLE_DIMS) == log_lik.min(SAMPLE_DIMS)).to_numpy()
+    k = elpd["pareto_k"].copy()
+    k.values[constant] = np.nan
+    elpd["pareto_k"] = k
+    elpd["warning"] = bool((k > elpd["good_k"]).any())
+    return elpd
+
+
+# ---------------------------------------------------------------------- checks
+Row = tuple[str, str, float, float, Status, str]
+
+
+def _convergence_rows(posterior: xr.Dataset, limits: Thresholds, n_chains: int) -> list[Row]:
+    """Worst r̂, bulk ESS and tail ESS of every variable, with where it is worst."""
+    ess_min = limits.ess_per_chain * n_chains
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        measures = {
+            "r_hat": (az.rhat(posterior, method="rank"), "max", limits.r_hat),
+            "ess_bulk": (az.ess(posterior, method="bulk"), "min", ess_min),
+            "ess_tail": (az.ess(posterior, method="tail"), "min", ess_min),
+        }
+    rows: list[Row] = []
+    for check, (values, worst, limit) in measures.items():
+        for name in posterior.data_vars:
+            value, where = _worst(values[name], worst)
+            if np.isnan(value):
+                rows.append((check, name, value, limit, "skipped", "not computable"))
+                continue
+            flat = values[name].to_numpy().ravel()
+            n_bad = int((flat > limit).sum() if worst == "max" else (flat < limit).sum())
+            detail = f"{n_bad} of {flat.size} beyond the limit; {where}"
+            rows.append((check, name, value, limit, "fail" if n_bad else "pass", detail))
+    return rows
+
+
+def _worst(values: xr.DataArray, worst: str) -> tuple[float, str]:
+    """The worst value of a diagnostic and the coordinates where it occurs."""
+    flat = values.to_numpy().ravel()
+    if flat.size == 0 or np.isnan(flat).all():
+        return float("nan"), ""
+    position = int(np.nanargmax(flat) if worst == "max" else np.nanargmin(flat))
+    index = np.unravel_index(position, values.shape)
+    where = ", ".join(
+        f"{dim}={values[dim].to_numpy()[i]}" for dim, i in zip(values.dims, index, strict=True)
+    )
+    return float(flat[position]), f"worst at {where}" if where else "one value"
+
+
+def _kept_draws(stats: xr.Dataset | None) -> xr.Dataset | None:
+    """Sample stats without warm-up draws (nutpie marks them with ``tuning``)."""
+    if stats is None or "tuning" not in stats:
+        return stats
+    return stats.where(~stats["tuning"].astype(bool), drop=True)
+
+
+def _divergence_row(stats: xr.Dataset | None, limits: Thresholds) -> Row:
+    if stats is None or "diverging" not in stats:
+        return _skipped("divergences", limits.divergences)
+    diverging = stats["diverging"].fillna(False).astype(bool)
+    count, total = int(diverging.sum()), int(diverging.size)
+    status: Status = "fail" if count > limits.divergences else "pass"
+    return (
+        "divergences", "", float(count), limits.divergences, status,
+        f"{count} of {total} draws ({100 * count / max(total, 1):.1f}%)",
+    )  # fmt: skip
+
+
+def _bfmi_row(stats: xr.Dataset | None, limits: Thresholds) -> Row:
+    if stats is None or "energy" not in stats:
+        return _skipped("e_bfmi", limits.e_bfmi)
+    energy = stats["energy"].transpose("chain", "draw").to_numpy()
+    energy = energy[:, np.isfinite(energy).all(axis=0)]
+    bfmi = az.bfmi(energy)
+    value = float(np.min(bfmi))
+    status: Status = "warn" if value < limits.e_bfmi else "pass"
+    return ("e_bfmi", "", value, limits.e_bfmi, status, f"lowest of {len(bfmi)} chain(s)")
+
+
+def _tree_depth_row(stats: xr.Dataset | None, limits: Thresholds) -> Row:
+    flag = next((n for n in _SATURATION_FLAGS if stats is not None and n in stats), None)
+    depth = next((n for n in _TREE_DEPTHS if stats is not None and n in stats), None)
+    if stats is None or (flag is None and depth is None):
+        return _skipped("tree_depth", 0.0)
+    saturated = (
+        stats[flag].fillna(False).astype(bool)
+        if flag is not None
+        else stats[depth] >= limits.max_treedepth
+    )
+    fraction = float(saturated.mean())
+    status: Status = "warn" if fraction > 0 else "pass"
+    return (
+        "tree_depth", "", fraction, 0.0, status,
+        f"share of draws at the maximum tree depth ({flag or f'{depth} ≥ {limits.max_treedepth}'})",
+    )  # fmt: skip
+
+
+def _pareto_k_row(idata: az.InferenceData, kind: LooKind) -> Row:
+    elpd = loo_elpd(idata, kind)
+    k = np.asarray(elpd["pareto_k"]).ravel()
+    good_k = float(elpd["good_k"])
+    estimated = k[~np.isnan(k)]
+    n_bad = int((estimated > good_k).sum())
+    value = float(estimated.max()) if estimated.size else float("nan")
+    status: Status = "warn" if n_bad else "pass"
+    detail = f"{kind} LOO: {n_bad} of {k.size} points above good_k"
+    if estimated.size < k.size:
+        detail += f"; {k.size - estimated.size} exact (constant log-likelihood)"
+    return ("pareto_k", "", value, good_k, status, detail)
+
+
+def _skipped(check: str, threshold: float) -> Row:
+    return (check, "", float("nan"), threshold, "skipped", "not recorded by this sampler")
+
+
+# ---------------------------------------------------------------------- verdict
+def _verdict(table: pd.DataFrame, ok: bool, limits: Thresholds, n_chains: int) -> str:
+    failed = table[table["status"] == "fail"]
+    warned = table[table["status"] == "warn"]
+    skipped = sorted(set(table.loc[table["status"] == "skipped", "check"]))
+    if ok:
+        lines = ["OK: every convergence check passed; the draws can be trusted."]
+    else:
+        lines = ["NOT OK: do not use these draws yet."]
+    lines += [f"Failed: {_describe(row)} — {_REMEDIES[row.check]}." for row in failed.itertuples()]
+    lines += [f"Warning: {_describe(row)} — {_REMEDIES[row.check]}." for row in warned.itertuples()]
+    if skipped:
+        lines.append(f"Skipped (not recorded or not computable): {', '.join(skipped)}.")
+    rules = asdict(limits)
+    lines.append(
+        f"Thresholds (Vehtari et al. 2021): r̂ ≤ {rules['r_hat']}; bulk and tail ESS ≥ "
+        f"{rules['ess_per_chain']:g} per chain (≥ {rules['ess_per_chain'] * n_chains:g} here); "
+        f"divergences ≤ {rules['divergences']}; E-BFMI ≥ {rules['e_bfmi']}; no draw at the "
+        "maximum tree depth; Pareto k ≤ min(1 − 1/log10(S), 0.7)."
+    )
+    return "\n".join(lines)
+
+
+def _describe(row: object) -> str:
+    check, variable, value = row.check, row.variable, row.value  # type: ignore[attr-defined]
+    subject = f"{check} of {variable}" if variable else check
+    return f"{subject} = {value:.3g} (limit {row.threshold:.3g}; {row.detail})"  # type: ignore[attr-defined]

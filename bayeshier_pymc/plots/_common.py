@@ -1,0 +1,104 @@
+"""Shared helpers of the plots: axes, covariate choice, group membership and colours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import arviz as az
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.colors import to_hex, to_rgb
+
+from bayeshier_pymc.design import INTERCEPT
+
+ALL_FEATURES = "all features"
+
+
+def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
+    """``ax``, or the axes of a new figure of ``figsize``."""
+    if ax is not None:
+        return ax
+    _, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return ax
+
+
+def pick_covariate(idata: az.InferenceData, covariate: object | None) -> object:
+    """The covariate to plot: ``covariate``, or the first that is not the intercept."""
+    covariates = idata.posterior["covariate"].to_numpy().tolist()
+    if covariate is None:
+        return next((c for c in covariates if c != INTERCEPT), covariates[0])
+    if covariate not in covariates:
+        raise ValueError(f"unknown covariate {covariate!r}; the fit has {covariates!r}.")
+    return covariate
+
+
+def fit_levels(idata: az.InferenceData) -> list[str]:
+    """Annotation levels of a fit, finest first (empty for depth 0 and no pooling)."""
+    levels = idata.attrs.get("levels", [])
+    return [levels] if isinstance(levels, str) else list(levels)
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Membership of every feature in the groups of one level.
+
+    Attributes
+    ----------
+    level
+        The level name, or ``None`` when the fit has no annotation level.
+    labels
+        Group labels.
+    codes
+        Group of every feature (index into ``labels``).
+    colors
+        One colour per group.
+    """
+
+    level: str | None
+    labels: pd.Index
+    codes: np.ndarray
+    colors: list[str]
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Number of features per group."""
+        return np.bincount(self.codes, minlength=len(self.labels))
+
+
+def feature_groups(idata: az.InferenceData, level: str | None) -> Groups:
+    """The groups of ``level`` (default: the finest level of the fit) for every feature."""
+    levels = fit_levels(idata)
+    n_features = idata.posterior.sizes["feature"]
+    if not levels:
+        if level is not None:
+            raise ValueError(f"level {level!r} given, but the fit has no annotation level.")
+        return Groups(None, pd.Index([ALL_FEATURES]), np.zeros(n_features, np.intp), ["0.35"])
+    level = levels[0] if level is None else level
+    if level not in levels:
+        raise ValueError(f"unknown level {level!r}; the fit used {levels!r}.")
+    codes = idata.constant_data[f"{levels[0]}_index"].to_numpy()
+    for coarser in levels[1 : levels.index(level) + 1]:
+        codes = idata.constant_data[f"{coarser}_index"].to_numpy()[codes]
+    labels = pd.Index(idata.posterior[level].to_numpy())
+    return Groups(level, labels, codes.astype(np.intp), group_colors(len(labels)))
+
+
+def group_colors(n: int) -> list[str]:
+    """``n`` distinguishable colours: tab10 / tab20, then evenly spaced on a wide colormap."""
+    if n <= 10:
+        return [to_hex(c) for c in plt.get_cmap("tab10").colors[:n]]
+    if n <= 20:
+        return [to_hex(c) for c in plt.get_cmap("tab20").colors[:n]]
+    return [to_hex(c) for c in plt.get_cmap("turbo")(np.linspace(0.05, 0.95, n))]
+
+
+def text_color(color: str) -> str:
+    """``color`` darkened enough to read as text on white or light grey."""
+    return to_hex(tuple(0.7 * c for c in to_rgb(color)))
+
+
+def posterior_mean(idata: az.InferenceData, name: str, covariate: object) -> np.ndarray:
+    """Posterior mean of ``name`` for one covariate."""
+    return idata.posterior[name].sel(covariate=covariate).mean(("chain", "draw")).to_numpy()

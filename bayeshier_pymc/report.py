@@ -1,0 +1,89 @@
+"""A short Markdown report of a pipeline run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from bayeshier_pymc.depth_comparison import DepthComparison
+from bayeshier_pymc.diagnostics import Diagnosis
+from bayeshier_pymc.mlm import MLMFit
+from bayeshier_pymc.sampler_comparison import SamplerComparison
+from bayeshier_pymc.shrinkage import ShrinkageModel
+
+__all__ = ["write_report"]
+
+TOP_EFFECTS = 15
+
+
+def _table(frame: pd.DataFrame, digits: int = 3) -> str:
+    """A Markdown table (no extra dependency) of ``frame`` with rounded floats."""
+    shown = frame.copy()
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]):
+            shown[column] = shown[column].map(lambda v: f"{v:.{digits}g}")
+    header = "| " + " | ".join(map(str, shown.columns)) + " |"
+    rule = "|" + "---|" * len(shown.columns)
+    rows = ["| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def write_report(
+    path: Path,
+    *,
+    title: str,
+    fit: MLMFit,
+    model: ShrinkageModel,
+    coefficients: pd.DataFrame,
+    scales: pd.DataFrame,
+    samplers: SamplerComparison,
+    depths: DepthComparison,
+    diagnosis: Diagnosis,
+    figures: Sequence[Path],
+) -> Path:
+    """Write ``report.md``: data, stage 1, shrinkage, checks, depth choice and figures.
+
+    Returns
+    -------
+    pathlib.Path
+        The report's path.
+    """
+    stage1 = fit.to_frame()
+    significant = (
+        stage1.assign(significant=stage1["p_adj"] < 0.05)
+        .groupby("covariate", sort=False)["significant"]
+        .sum()
+        .reset_index(name="BH 5% significant")
+    )
+    confident = (
+        coefficients.assign(confident=coefficients["lfsr"] < 0.05)
+        .groupby("covariate", sort=False)["confident"]
+        .sum()
+        .reset_index(name="lfsr < 0.05")
+    )
+    top = coefficients.sort_values("lfsr").head(TOP_EFFECTS)
+    top = top[["covariate", "feature", "estimate", "mean", "hdi_lower", "hdi_upper", "lfsr"]]
+    sections = [
+        f"# {title}",
+        f"{fit.n_obs} samples × {fit.Y.shape[1]} features; {model!r}.",
+        "## Stage 1: matrix linear model",
+        _table(significant),
+        "## Stage 2: shrinkage along the annotation tree (NUTS)",
+        _table(confident),
+        f"Scales per level (posterior mean, 95% HDI, share of the between-feature variance):\n\n"
+        f"{_table(scales)}",
+        f"Most confidently signed effects (smallest local false sign rate):\n\n{_table(top)}",
+        "## Checks",
+        f"**Diagnostics** ({'ok' if diagnosis.ok else 'problems'}): {diagnosis.verdict}",
+        f"**NUTS vs Gibbs**: {'the samplers agree' if samplers.ok else 'the samplers disagree'}"
+        + ("" if samplers.ok else ": " + "; ".join(samplers.problems)),
+        "## Which depth of the tree?",
+        _table(depths.summary.reset_index(names="depth")),
+        depths.verdict,
+        "## Figures",
+        *(f"![{figure.stem}]({figure.name})" for figure in figures),
+    ]
+    path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    return path

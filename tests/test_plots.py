@@ -1,0 +1,178 @@
+"""Plots rendered headless at 20 and 2000 features and checked for what they show."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.collections import LineCollection, PathCollection
+from matplotlib.quiver import Quiver
+
+from bayeshier_pymc import Hierarchy, ShrinkageModel, mlm, simulate
+from bayeshier_pymc.depth_comparison import compare_fits
+from bayeshier_pymc.inference_data import build_inference_data
+from bayeshier_pymc.model import empirical_bayes_scales
+from bayeshier_pymc.plots import (
+    plot_compare,
+    plot_forest_by_group,
+    plot_shrinkage,
+    plot_tau,
+    plot_volcano,
+)
+from bayeshier_pymc.results import lfsr, scale_summary
+
+SIZES = {20: (4, 2), 2000: (24, 6)}  # features: (subclasses, superclasses)
+
+
+def exact_fit(m, depth=None, seed=0):
+    """Posterior-like draws without MCMC: τ near its posterior mode, the rest exact given τ."""
+    n_sub, n_sup = SIZES[m]
+    proportions = np.random.default_rng(0).dirichlet(np.full(n_sub, 2.0))
+    study = simulate(60, m, 2, proportions=proportions, n_superclasses=n_sup, tau_u=0.3,
+                     tau_v=0.15, tau_w=0.1, random_seed=7)  # fmt: skip
+    fit = mlm(study.Y, study.X, x_intercept=False)
+    tree = Hierarchy.from_frame(study.annotations, ["subclass", "superclass"])
+    model = ShrinkageModel(fit, tree, depth=depth)
+    tau_hat = empirical_bayes_scales(model.estimates, model.tree, model.priors)
+    rng = np.random.default_rng(seed)
+    tau = tau_hat * np.exp(rng.normal(0.0, 0.15, size=(2, 200, *tau_hat.shape)))
+    posterior = model.draw_given_scales(tau, rng)
+    return build_inference_data(
+        posterior, model.estimates, model.tree, model.priors, sampler="exact", depth=model.depth
+    )
+
+
+@pytest.fixture(scope="module", params=[20, 2000], ids=["m20", "m2000"])
+def idata(request):
+    return exact_fit(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _posterior_mean(idata, name, covariate="x0"):
+    return idata.posterior[name].sel(covariate=covariate).mean(("chain", "draw")).to_numpy()
+
+
+def test_shrinkage_arrows_end_at_the_posterior_means(idata, tmp_path):
+    ax = plot_shrinkage(idata)
+    (quiver,) = [c for c in ax.collections if isinstance(c, Quiver)]
+    m = idata.posterior.sizes["feature"]
+    assert m == quiver.N
+    b = idata.observed_data["b"].sel(covariate="x0").to_numpy()
+    np.testing.assert_allclose(quiver.X, b)
+    np.testing.assert_allclose(quiver.X + quiver.U, _posterior_mean(idata, "theta"))
+    diamonds = [c for c in ax.collections if isinstance(c, PathCollection)][-1]
+    n_groups = idata.posterior.sizes["subclass"]
+    np.testing.assert_allclose(
+        np.sort(diamonds.get_offsets()[:, 0]), np.sort(_posterior_mean(idata, "subclass_mean"))
+    )
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(labels) == n_groups and all("(n=" in label for label in labels)
+    assert sum(int(label.split("(n=")[1][:-1]) for label in labels) == m
+    assert ax.get_xlabel() == "effect of x0"
+    assert f"Shrinkage of {m} features" in ax.get_title()
+    ax.figure.savefig(tmp_path / "shrinkage.png")
+    assert (tmp_path / "shrinkage.png").stat().st_size > 10_000
+
+
+def test_shrinkage_by_superclass_on_given_axes(idata):
+    fig, (left, right) = plt.subplots(1, 2)
+    assert plot_shrinkage(idata, level="superclass", covariate="x1", ax=right) is right
+    assert plt.get_fignums() == [fig.number]
+    assert len(right.get_yticklabels()) == idata.posterior.sizes["superclass"]
+    assert right.get_xlabel() == "effect of x1"
+    assert not left.has_data()
+    with pytest.raises(ValueError, match="unknown level"):
+        plot_shrinkage(idata, level="pathway", ax=left)
+    with pytest.raises(ValueError, match="unknown covariate"):
+        plot_shrinkage(idata, covariate="age", ax=left)
+
+
+def test_shrinkage_without_levels_shows_one_band():
+    ax = plot_shrinkage(exact_fit(20, depth=0))
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["all features (n=20)"]
+
+
+def test_forest_shows_the_top_ranked_features_grouped(idata):
+    m = idata.posterior.sizes["feature"]
+    ax = plot_forest_by_group(idata, top_k=40)
+    shown = _labels(ax)
+    assert len(shown) == min(40, m)
+    values = lfsr(idata.posterior["theta"].sel(covariate="x0")).to_series()
+    hidden = values.drop(shown)
+    if len(hidden):
+        assert values[shown].max() <= hidden.min()
+    group_of = dict(
+        zip(
+            idata.posterior["feature"].to_numpy(),
+            idata.posterior["subclass"].to_numpy()[idata.constant_data["subclass_index"]],
+            strict=True,
+        )
+    )
+    group_texts = {t.get_text() for t in ax.texts}
+    assert {group_of[f] for f in shown} == group_texts
+    # rows of one group are contiguous
+    runs = [group_of[f] for f in shown]
+    assert len(set(runs)) == sum(1 for a, b in zip(runs, [None, *runs[:-1]], strict=True) if a != b)
+    if m > 40:
+        assert f"page 1 of {-(-m // 40)}" in ax.get_title()
+
+
+def _labels(ax):
+    return [t.get_text() for t in ax.get_yticklabels()]
+
+
+def test_forest_pages_do_not_overlap():
+    idata = exact_fit(2000)
+    first = _labels(plot_forest_by_group(idata, top_k=30, sort_by="abs_mean"))
+    second = _labels(plot_forest_by_group(idata, top_k=30, page=1, sort_by="abs_mean"))
+    assert len(first) == len(second) == 30 and set(first).isdisjoint(second)
+    size = np.abs(_posterior_mean(idata, "theta"))
+    index = {f: j for j, f in enumerate(idata.posterior["feature"].to_numpy())}
+    assert min(size[index[f]] for f in first) >= max(size[index[f]] for f in second)
+    with pytest.raises(ValueError, match="page 67 is outside"):
+        plot_forest_by_group(idata, top_k=30, page=67)
+    with pytest.raises(ValueError, match="sort_by"):
+        plot_forest_by_group(idata, sort_by="pvalue")
+
+
+def test_volcano_has_one_point_per_feature(idata):
+    ax = plot_volcano(idata, n_labels=5)
+    m = idata.posterior.sizes["feature"]
+    points = sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
+    assert points == m
+    n_signed = int((lfsr(idata.posterior["theta"].sel(covariate="x0")) < 0.05).sum())
+    assert ax.get_title() == f"{n_signed} of {m} features with lfsr < 0.05"
+    assert len(ax.texts) == min(5, n_signed)
+    assert ax.get_ylabel() == "−log10 lfsr"
+    # the reporting threshold is drawn
+    assert any(np.allclose(line.get_ydata(), -np.log10(0.05)) for line in ax.get_lines())
+
+
+def test_tau_intervals_match_the_scale_summary(idata):
+    ax = plot_tau(idata, hdi_prob=0.9)
+    table = scale_summary(idata, 0.9)
+    segments = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(segments) == 2  # one per covariate
+    lows = np.sort(np.concatenate([[s[0, 0] for s in c.get_segments()] for c in segments]))
+    np.testing.assert_allclose(lows, np.sort(table["hdi_lower"]))
+    labels = [t.get_text().split("\n")[0] for t in ax.get_yticklabels()]
+    assert labels == ["feature", "subclass", "superclass"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["x0", "x1"]
+    with pytest.raises(ValueError, match="unknown covariates"):
+        plot_tau(idata, covariates=["age"])
+
+
+def test_compare_plot_names_the_depths_and_the_recommendation():
+    fits = {depth: exact_fit(20, depth=depth) for depth in (0, 1, 2)}
+    comparison = compare_fits(fits)
+    ax = plot_compare(comparison)
+    labels = {t.get_text(): t for t in ax.get_yticklabels()}
+    assert {"0: global mean", "1: subclass", "2: subclass within superclass"} <= set(labels)
+    recommended = next(t for k, t in labels.items() if k.startswith(f"{comparison.recommended}:"))
+    assert recommended.get_fontweight() == "bold"
+    assert f"recommended: depth {comparison.recommended}" in ax.get_title()
