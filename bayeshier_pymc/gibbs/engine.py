@@ -1,0 +1,350 @@
+"""The vectorised Gibbs engine: every chain and covariate in one NumPy sweep.
+
+``sample_gibbs(model)`` runs the sweeps of :mod:`bayeshier_pymc.gibbs.updates` on rows that are
+(chain, covariate) pairs, stores the kept draws and returns the InferenceData contract of
+:func:`~bayeshier_pymc.inference_data.build_inference_data`, with the same variables, dims and
+coordinates as NUTS. ``backend="pymc"`` runs the same sweep as a PyMC step method
+(:class:`~bayeshier_pymc.gibbs.step.TreeGibbs`) through ``pymc.sample`` instead.
+
+Two cores: the standard normal noise of the kept θ draws (the largest single cost of a
+sweep) comes from its own generator, spawned from ``random_seed``; with ``cores >= 2`` a
+background thread draws the next block while the main thread sweeps (NumPy's generator and
+the compiled kernels release the GIL). The draws are the same either way.
+
+Storage: θ draws are kept in float32 by default (``theta_dtype``); at 4 chains × 2000 draws ×
+10 covariates × 999 features that is 320 MB instead of 640 MB, with a relative rounding error
+of 6e-8, far below any Monte Carlo error. Every other variable is float64.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import arviz as az
+import numpy as np
+from tqdm.auto import tqdm
+
+from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal
+from bayeshier_pymc.gibbs.updates import (
+    DEFAULT_SCALE_STEPS,
+    ScaleKernel,
+    TreeData,
+    TreeState,
+    collapsed_sweep,
+    conjugate_sweep,
+    initial_state,
+)
+from bayeshier_pymc.inference_data import build_inference_data
+from bayeshier_pymc.model import group_mean_name
+
+if TYPE_CHECKING:
+    from bayeshier_pymc.hierarchy import Hierarchy
+    from bayeshier_pymc.shrinkage import ShrinkageModel
+
+__all__ = ["SCHEMES", "sample_gibbs"]
+
+Scheme = Literal["collapsed", "conjugate"]
+SCHEMES: tuple[str, ...] = ("collapsed", "conjugate")
+PROGRESS_EVERY = 100
+"""Sweeps between progress-bar refreshes."""
+
+
+def sample_gibbs(
+    model: ShrinkageModel,
+    *,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    random_seed: int | None = None,
+    progressbar: bool = True,
+    scheme: Scheme = "collapsed",
+    scale_steps: int = DEFAULT_SCALE_STEPS,
+    theta_dtype: Any = np.float32,
+    backend: Literal["numpy", "pymc"] = "numpy",
+    cores: int | None = None,
+) -> az.InferenceData:
+    """Sample the shrinkage posterior by Gibbs sampling.
+
+    Parameters
+    ----------
+    model
+        The :class:`~bayeshier_pymc.shrinkage.ShrinkageModel`.
+    draws, tune, chains
+        Kept sweeps and tuning sweeps per chain, and the number of chains.
+    random_seed
+        The same seed gives the same draws.
+    progressbar
+        Show a progress bar.
+    scheme
+        ``"collapsed"`` (default): τ from its collapsed conditional, everything else exactly
+        given τ (mixes τ well); ``"conjugate"``: the centred conjugate sweep of the research
+        algorithm. See :mod:`bayeshier_pymc.gibbs.updates`.
+    scale_steps
+        Metropolis–Hastings steps per τ and sweep in the collapsed scheme.
+    theta_dtype
+        Storage type of the θ draws (float32 by default; see the module docstring).
+    backend
+        ``"numpy"`` (default): the vectorised engine; ``"pymc"``: ``pymc.sample`` with the
+        :class:`~bayeshier_pymc.gibbs.step.TreeGibbs` step on the centred model.
+    cores
+        With 2 or more (default: the CPUs), θ's noise is drawn in a background thread; with
+        ``backend="pymc"``, the processes of ``pymc.sample`` (default ``min(chains, CPUs)``).
+
+    Returns
+    -------
+    arviz.InferenceData
+        The contract of :func:`~bayeshier_pymc.inference_data.build_inference_data`;
+        ``sample_stats`` holds ``log_likelihood`` (Σ log N(b; θ, s²) per draw) and, for the
+        collapsed scheme, ``scale_acceptance``; ``attrs["sampling_time"]`` is in seconds.
+    """
+    _check_arguments(draws, tune, chains, scheme, backend)
+    if backend == "pymc":
+        from bayeshier_pymc.gibbs.step import sample_with_step
+
+        return sample_with_step(
+            model,
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            random_seed=random_seed,
+            progressbar=progressbar,
+            scheme=scheme,
+            scale_steps=scale_steps,
+            cores=cores or min(chains, os.cpu_count() or 1),
+        )
+    seed = np.random.SeedSequence(random_seed)
+    start = time.perf_counter()
+    if model.tree is None:
+        rng = np.random.default_rng(seed)
+        posterior, stats = _sample_no_pooling(model, draws, chains, theta_dtype, rng), {}
+    else:
+        settings = _Settings(draws, tune, scheme, scale_steps, theta_dtype)
+        posterior, stats = _run_chains(
+            model, model.tree, chains, settings, seed, progressbar, cores
+        )
+    elapsed = time.perf_counter() - start
+    return finish_inference_data(
+        model,
+        posterior,
+        stats,
+        sampler=f"gibbs ({scheme})",
+        attrs={
+            "sampling_time": elapsed,
+            "scheme": scheme,
+            "scale_steps": scale_steps,
+            "tuning_steps": tune,
+            "random_seed": "None" if random_seed is None else int(random_seed),
+        },
+    )
+
+
+def finish_inference_data(
+    model: ShrinkageModel,
+    posterior: dict[str, np.ndarray],
+    stats: dict[str, np.ndarray],
+    *,
+    sampler: str,
+    attrs: dict[str, Any],
+) -> az.InferenceData:
+    """Build the contract and add the per-draw log-likelihood to ``sample_stats``."""
+    idata = build_inference_data(
+        posterior,
+        model.estimates,
+        model.tree,
+        model.priors,
+        sampler=sampler,
+        depth=model.depth,
+        sample_stats=stats or None,
+        attrs=attrs,
+    )
+    log_likelihood = idata.log_likelihood["b_conditional"].sum(("covariate", "feature"))
+    if "sample_stats" in idata.groups():
+        idata.sample_stats["log_likelihood"] = log_likelihood
+    else:
+        idata.add_groups(sample_stats=log_likelihood.to_dataset(name="log_likelihood"))
+        idata.sample_stats.attrs.update(idata.attrs)
+    return idata
+
+
+def _check_arguments(draws: int, tune: int, chains: int, scheme: str, backend: str) -> None:
+    if draws < 1 or tune < 0 or chains < 1:
+        raise ValueError(
+            f"need draws >= 1, tune >= 0 and chains >= 1; got draws={draws}, tune={tune}, "
+            f"chains={chains}."
+        )
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; use one of {SCHEMES!r}.")
+    if backend not in ("numpy", "pymc"):
+        raise ValueError(f"unknown backend {backend!r}; use 'numpy' or 'pymc'.")
+
+
+def tree_data(model: ShrinkageModel, copies: int) -> TreeData:
+    """The sweep data of ``model`` with every covariate repeated ``copies`` times (chains)."""
+    if model.tree is None:
+        raise ValueError("a model without pooling has no tree to sweep.")
+    b = model.estimates.estimate.to_numpy()
+    var_b = model.estimates.se.to_numpy() ** 2
+    return TreeData.build(
+        np.tile(b, (copies, 1)),
+        np.tile(var_b, (copies, 1)),
+        TreeIndex.from_hierarchy(model.tree),
+        model.priors.tau_scale,
+        model.priors.mu0,
+        model.priors.s0,
+    )
+
+
+@dataclass(frozen=True)
+class _Settings:
+    draws: int
+    tune: int
+    scheme: str
+    scale_steps: int
+    theta_dtype: Any
+
+
+class _DrawStore:
+    """Writes the kept draws of a block of chains into (chain, draw, covariate, ...) arrays."""
+
+    def __init__(self, data: TreeData, levels: tuple[str, ...], arrays: dict[str, np.ndarray]):
+        self.data = data
+        self.levels = levels
+        self.arrays = arrays
+        self.chains = arrays["mu"].shape[0]
+        self.n_covariates = data.n_rows // self.chains
+
+    @staticmethod
+    def allocate(
+        levels: tuple[str, ...], n_units: tuple[int, ...], lead: tuple[int, ...], theta_dtype: Any
+    ) -> dict[str, np.ndarray]:
+        """Empty arrays for every posterior variable; ``lead`` is (chain, draw, covariate)."""
+        arrays: dict[str, np.ndarray] = {
+            "theta": np.empty((*lead, n_units[0]), dtype=theta_dtype),
+            "mu": np.empty(lead),
+            "tau": np.empty((*lead, len(n_units) - 1)),
+        }
+        for level, n in zip(levels, n_units[1:-1], strict=True):
+            arrays[group_mean_name(level)] = np.empty((*lead, n))
+        return arrays
+
+    def _by_chain(self, rows: np.ndarray) -> np.ndarray:
+        return rows.reshape(self.chains, self.n_covariates, *rows.shape[1:])
+
+    def record(self, draw: int, state: TreeState) -> None:
+        """Store ``state`` as draw number ``draw`` of every chain of the block."""
+        self.arrays["theta"][:, draw] = self._by_chain(self.data.from_sorted(state.units[0]))
+        self.arrays["mu"][:, draw] = self._by_chain(state.units[-1][:, 0])
+        self.arrays["tau"][:, draw] = self._by_chain(state.tau)
+        for index, level in enumerate(self.levels, start=1):
+            means = self.data.from_sorted(state.units[index], index)
+            self.arrays[group_mean_name(level)][:, draw] = self._by_chain(means)
+
+    def per_chain(self, rows: np.ndarray) -> np.ndarray:
+        """Average a per-row statistic over the covariates of each chain."""
+        return self._by_chain(rows).mean(axis=1)
+
+
+class _ThetaNoise:
+    """Standard normal rows × m blocks for θ from their own generator, optionally drawn ahead.
+
+    The blocks come out in the same order whether or not a thread draws them ahead, so the
+    draws do not depend on ``background``.
+    """
+
+    def __init__(self, seed: np.random.SeedSequence, shape: tuple[int, int], background: bool):
+        self._rng = np.random.default_rng(seed)
+        self._shape = shape
+        self._pool = ThreadPoolExecutor(max_workers=1) if background else None
+        self._next: Future[np.ndarray] | None = None
+
+    def take(self) -> np.ndarray:
+        """The next block (and, in the background, start drawing the one after)."""
+        if self._pool is None:
+            return self._rng.standard_normal(self._shape)
+        block = (self._next or self._pool.submit(self._draw)).result()
+        self._next = self._pool.submit(self._draw)
+        return block
+
+    def _draw(self) -> np.ndarray:
+        return self._rng.standard_normal(self._shape)
+
+    def close(self) -> None:
+        """Stop the background thread."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_chains(
+    model: ShrinkageModel,
+    hierarchy: Hierarchy,
+    chains: int,
+    settings: _Settings,
+    seed: np.random.SeedSequence,
+    progressbar: bool,
+    cores: int | None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Sweep all chains at once; return the posterior arrays and sampler statistics."""
+    data = tree_data(model, chains)
+    lead = (chains, settings.draws, model.estimates.estimate.shape[0])
+    store = _DrawStore(
+        data,
+        hierarchy.levels,
+        _DrawStore.allocate(hierarchy.levels, data.n_units, lead, settings.theta_dtype),
+    )
+    acceptance = np.full((chains, settings.draws), np.nan)
+    sweep_seed, noise_seed = seed.spawn(2)
+    rng = np.random.default_rng(sweep_seed)
+    state = initial_state(data, rng)
+    kernel = ScaleKernel.for_tuning(settings.tune, settings.scale_steps)
+    background = (cores or os.cpu_count() or 1) >= 2 and settings.scheme == "collapsed"
+    noise = _ThetaNoise(noise_seed, data.b.shape, background)
+    total = settings.tune + settings.draws
+    bar = tqdm(
+        total=total,
+        disable=not progressbar,
+        desc=f"Gibbs ({settings.scheme}), {chains} chains",
+        unit="sweep",
+    )
+    try:
+        for sweep in range(total):
+            keep = sweep >= settings.tune
+            if sweep == settings.tune:
+                kernel.stop_tuning()
+            if settings.scheme == "collapsed":
+                theta_noise = noise.take() if keep else None
+                accepted = collapsed_sweep(
+                    data, state, kernel, rng, draw_theta=keep, theta_noise=theta_noise
+                )
+            else:
+                conjugate_sweep(data, state, rng)
+            if keep:
+                store.record(sweep - settings.tune, state)
+                if settings.scheme == "collapsed":
+                    acceptance[:, sweep - settings.tune] = store.per_chain(accepted)
+            if (sweep + 1) % PROGRESS_EVERY == 0 or sweep + 1 == total:
+                bar.update(sweep + 1 - bar.n)
+    finally:
+        noise.close()
+        bar.close()
+    stats = {"scale_acceptance": acceptance} if settings.scheme == "collapsed" else {}
+    return store.arrays, stats
+
+
+def _sample_no_pooling(
+    model: ShrinkageModel,
+    draws: int,
+    chains: int,
+    theta_dtype: Any,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Exact independent draws of θ_j | b_j ~ N(mu0, s0²) prior × N(b_j; θ_j, s_j²)."""
+    b = model.estimates.estimate.to_numpy()
+    var_b = model.estimates.se.to_numpy() ** 2
+    mean, var = posterior_normal(model.priors.mu0, model.priors.s0**2, b, var_b)
+    noise = rng.standard_normal((chains, draws, *b.shape), dtype=np.float32)
+    theta = (mean + np.sqrt(var) * noise).astype(theta_dtype, copy=False)
+    return {"theta": theta}

@@ -1,0 +1,284 @@
+"""A PyMC step method running the Gibbs sweep on the centred model of ``ShrinkageModel``.
+
+:class:`TreeGibbs` updates every free variable of ``ShrinkageModel.build("centered")`` (``tau``,
+``mu``, each ``<level>_mean`` and ``theta``) in one block, with the sweeps of
+:mod:`bayeshier_pymc.gibbs.updates`; the rows of those sweeps are the covariates. The prior
+parameters (HalfCauchy scales of ``tau``, mean and sd of ``mu``), the estimates and their
+standard errors are read from the model's variables. The HalfCauchy mixing variables λ of the
+conjugate scheme are not model variables: each sweep draws them afresh from λ | τ right before
+τ² | λ uses them, so the step carries no hidden state for them. The collapsed scheme's proposal
+tuning is per-chain state of the step (reset for every chain by PyMC's sampling state).
+
+PyMC does not jitter the start when a custom step is given: pass
+:meth:`TreeGibbs.initial_points` as ``initvals`` so that chains start apart, as
+:func:`sample_with_step` does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import arviz as az
+import numpy as np
+import pymc as pm
+from pymc.logprob.transforms import LogTransform
+from pymc.step_methods.compound import BlockedStep, StepMethodState
+from pymc.step_methods.state import dataclass_state
+from pymc.util import get_random_generator
+from pytensor.graph.basic import Constant, Variable
+
+from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal
+from bayeshier_pymc.gibbs.updates import (
+    DEFAULT_SCALE_STEPS,
+    ScaleKernel,
+    TreeData,
+    TreeState,
+    collapsed_sweep,
+    conjugate_sweep,
+    draw_normal,
+    initial_state,
+)
+from bayeshier_pymc.hierarchy import Hierarchy
+from bayeshier_pymc.model import group_mean_name
+
+if TYPE_CHECKING:
+    from bayeshier_pymc.shrinkage import ShrinkageModel
+
+__all__ = ["TreeGibbs", "sample_with_step"]
+
+
+@dataclass_state
+class TreeGibbsState(StepMethodState):
+    """Sampling state of :class:`TreeGibbs`: the rng, tuning flag and τ-kernel tuning."""
+
+    kernel: ScaleKernel
+    tune: bool
+
+
+@dataclass(frozen=True)
+class _Names:
+    """Names of the model variables the step reads and writes."""
+
+    tau_value: str
+    group_means: tuple[str, ...]
+
+
+class TreeGibbs(BlockedStep):
+    """Gibbs sweep over every variable of the centred tree model, as one PyMC step.
+
+    Parameters
+    ----------
+    vars
+        The model's value variables (default: all of them; the step must own all).
+    hierarchy
+        The tree the model was built on (``ShrinkageModel.tree``); ``None`` for the
+        no-pooling model, whose θ_j are then drawn exactly from their posterior.
+    scheme
+        ``"conjugate"`` (default): the centred sweep, θ, the group means and θ0 from their
+        normal conditionals and λ, τ² from inverse gammas; ``"collapsed"``: τ from its
+        collapsed conditional, then everything else exactly (see
+        :mod:`bayeshier_pymc.gibbs.updates`).
+    scale_steps
+        Metropolis–Hastings steps per τ and sweep in the collapsed scheme.
+    model
+        The PyMC model (default: the one in context).
+    blocked
+        Passed by PyMC; the step is always blocked.
+    rng
+        Random generator; PyMC replaces it for each chain through :meth:`set_rng`.
+    """
+
+    name = "tree_gibbs"
+    default_blocked = True
+    stats_dtypes_shapes: ClassVar[dict] = {"scale_acceptance": (np.float64, [])}
+    _state_class = TreeGibbsState
+
+    def __init__(
+        self,
+        vars: list[Variable] | None = None,
+        *,
+        hierarchy: Hierarchy | None,
+        scheme: str = "conjugate",
+        scale_steps: int = DEFAULT_SCALE_STEPS,
+        model: pm.Model | None = None,
+        blocked: bool = True,
+        rng: Any = None,
+    ) -> None:
+        model = pm.modelcontext(model)
+        if scheme not in ("conjugate", "collapsed"):
+            raise ValueError(f"unknown scheme {scheme!r}; use 'conjugate' or 'collapsed'.")
+        self.vars = list(model.value_vars) if vars is None else list(vars)
+        self.scheme = scheme
+        self.pooled = "tau" in model.named_vars
+        self.data, self.names = _read_model(model, hierarchy, self.pooled)
+        self.kernel = ScaleKernel(steps=scale_steps)
+        self.tune = True
+        self.rng = get_random_generator(rng)
+        owned = {v.name for v in model.value_vars}
+        if {v.name for v in self.vars} != owned:
+            raise ValueError(
+                f"TreeGibbs updates every free variable of the tree model {sorted(owned)!r} "
+                f"together; it was given {sorted(v.name for v in self.vars)!r}."
+            )
+
+    def stop_tuning(self) -> None:
+        """End tuning: freeze the collapsed scheme's proposal."""
+        super().stop_tuning()
+        self.kernel.stop_tuning()
+
+    def step(self, point: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict]]:
+        """One sweep from ``point``; returns the new point and the step's statistics."""
+        new_point = dict(point)
+        if not self.pooled:
+            mean, var = posterior_normal(self.data.mu0, self.data.s0**2, *self._no_pooling())
+            new_point["theta"] = draw_normal(mean, var, self.rng)
+            return new_point, [{"scale_acceptance": np.nan}]
+        state = self._state_from_point(point)
+        acceptance = np.nan
+        if self.scheme == "conjugate":
+            conjugate_sweep(self.data, state, self.rng)
+        else:
+            acceptance = float(np.mean(collapsed_sweep(self.data, state, self.kernel, self.rng)))
+        new_point.update(self._values_from_state(state))
+        return new_point, [{"scale_acceptance": acceptance}]
+
+    def initial_points(self, chains: int, rng: Any = None) -> list[dict[str, np.ndarray]]:
+        """Dispersed, internally consistent starting values, one dict per chain.
+
+        Pass them as ``initvals`` to :func:`pymc.sample`. Each chain gets its own scales
+        (log-uniform between A/20 and A), and θ0, group means and θ drawn given them.
+        """
+        generator = np.random.default_rng(rng)
+        if not self.pooled:
+            b, var_b = self._no_pooling()
+            return [{"theta": draw_normal(b, var_b, generator)} for _ in range(chains)]
+        points = []
+        for _ in range(chains):
+            values = self._values_from_state(initial_state(self.data, generator))
+            values["tau"] = np.exp(values.pop(self.names.tau_value))
+            points.append(values)
+        return points
+
+    def _no_pooling(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.data.from_sorted(self.data.b), self.data.from_sorted(self.data.var_b)
+
+    def _state_from_point(self, point: dict[str, np.ndarray]) -> TreeState:
+        means = [
+            self.data.to_sorted(np.asarray(point[name], dtype=float), level)
+            for level, name in enumerate(self.names.group_means, start=1)
+        ]
+        return TreeState(
+            tau=np.exp(np.asarray(point[self.names.tau_value], dtype=float)),
+            units=[
+                self.data.to_sorted(np.asarray(point["theta"], dtype=float)),
+                *means,
+                np.asarray(point["mu"], dtype=float)[:, None],
+            ],
+        )
+
+    def _values_from_state(self, state: TreeState) -> dict[str, np.ndarray]:
+        values = {
+            self.names.tau_value: np.log(state.tau),
+            "mu": state.units[-1][:, 0].copy(),
+            "theta": self.data.from_sorted(state.units[0]),
+        }
+        for level, name in enumerate(self.names.group_means, start=1):
+            values[name] = self.data.from_sorted(state.units[level], level)
+        return values
+
+
+def _value(variable: Variable) -> np.ndarray:
+    """The numeric value of a constant or shared variable of the model graph."""
+    if isinstance(variable, Constant):
+        return np.asarray(variable.data)
+    return np.asarray(variable.eval())
+
+
+def _dist_params(model: pm.Model, name: str) -> list[np.ndarray]:
+    rv = model[name]
+    return [_value(p) for p in rv.owner.op.dist_params(rv.owner)]
+
+
+def _read_model(
+    model: pm.Model, hierarchy: Hierarchy | None, pooled: bool
+) -> tuple[TreeData, _Names]:
+    """Sweep data and variable names from the centred model's variables."""
+    b = _value(model.rvs_to_values[model["b"]])
+    se = _dist_params(model, "b")[1]
+    if not pooled:
+        mu0, s0 = (float(np.ravel(x)[0]) for x in _dist_params(model, "theta"))
+        flat = TreeIndex(b.shape[1], (), ())
+        return TreeData.build(b, se**2, flat, np.ones(1), mu0, s0), _Names("", ())
+    if hierarchy is None:
+        raise ValueError("a pooled model needs its hierarchy (ShrinkageModel.tree).")
+    names = _Names(
+        tau_value=model.rvs_to_values[model["tau"]].name,
+        group_means=tuple(group_mean_name(level) for level in hierarchy.levels),
+    )
+    expected = {"tau", "mu", "theta", *names.group_means}
+    if not expected <= set(model.named_vars) or model["theta"] not in model.free_RVs:
+        raise ValueError(
+            f"TreeGibbs needs the centred model (ShrinkageModel.build('centered')) with free "
+            f"variables {sorted(expected)!r}."
+        )
+    if not isinstance(model.rvs_to_transforms[model["tau"]], LogTransform):
+        raise ValueError("TreeGibbs expects tau with PyMC's default log transform.")
+    tau_scale = np.broadcast_to(_dist_params(model, "tau")[-1], (hierarchy.depth + 1,))
+    mu0, s0 = (float(np.ravel(x)[0]) for x in _dist_params(model, "mu"))
+    tree = TreeIndex.from_hierarchy(hierarchy)
+    if b.shape[1] != tree.n_features:
+        raise ValueError(
+            f"the model has {b.shape[1]} features but the hierarchy {tree.n_features}."
+        )
+    return TreeData.build(b, se**2, tree, tau_scale, mu0, s0), names
+
+
+def sample_with_step(
+    model: ShrinkageModel,
+    *,
+    draws: int,
+    tune: int,
+    chains: int,
+    random_seed: int | None,
+    progressbar: bool,
+    scheme: str,
+    scale_steps: int,
+    cores: int,
+) -> az.InferenceData:
+    """``pymc.sample`` with :class:`TreeGibbs` on ``model``'s centred model, as the contract."""
+    from bayeshier_pymc.gibbs.engine import finish_inference_data
+    from bayeshier_pymc.inference_data import posterior_dims
+
+    pymc_model = model.build("centered" if model.pooled else "collapsed")
+    seeds = np.random.SeedSequence(random_seed).generate_state(2)
+    with pymc_model:
+        step = TreeGibbs(hierarchy=model.tree, scheme=scheme, scale_steps=scale_steps)
+        start = time.perf_counter()
+        raw = pm.sample(
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            cores=cores,
+            step=step,
+            initvals=step.initial_points(chains, seeds[0]),
+            random_seed=int(seeds[1] % 2**31),
+            progressbar=progressbar,
+            compute_convergence_checks=False,
+        )
+        elapsed = time.perf_counter() - start
+    posterior = {name: raw.posterior[name].to_numpy() for name in posterior_dims(model.tree)}
+    return finish_inference_data(
+        model,
+        posterior,
+        {"scale_acceptance": raw.sample_stats["scale_acceptance"].to_numpy()},
+        sampler=f"gibbs ({scheme}, pymc step)",
+        attrs={
+            "sampling_time": elapsed,
+            "scheme": scheme,
+            "scale_steps": scale_steps,
+            "tuning_steps": tune,
+            "random_seed": "None" if random_seed is None else int(random_seed),
+        },
+    )

@@ -1,0 +1,1053 @@
+"""Gibbs updates of the tree model, written once and vectorised over rows.
+
+A *row* is one independent copy of the model: one covariate in the PyMC step, one
+(chain, covariate) pair in the engine. Every array has the rows first.
+
+Units and levels
+----------------
+``units[0]`` holds θ (rows × m), ``units[l]`` the means of the level-l groups (l = 1..D) and
+``units[D + 1]`` θ0 as a rows × 1 array. Every level ``l <= D`` thus has a parent level
+``l + 1``, and ``tau[:, l]`` is the sd of the level-l units around their parents; θ0 has the
+fixed prior N(mu0, s0²). Each τ has a HalfCauchy(A_l) prior. Inside :class:`TreeData` and
+:class:`TreeState` the units of every level are sorted by their parent, so that the children
+of a unit are a contiguous slice; :meth:`TreeData.to_sorted` and :meth:`TreeData.from_sorted`
+convert.
+
+Two sweeps
+----------
+:func:`conjugate_sweep`
+    The centred sweep of the research algorithm. Every unit is drawn from its normal full
+    conditional; then, per level, with the HalfCauchy written as τ² | λ ~ IG(1/2, 1/λ),
+    λ ~ IG(1/2, 1/A²): λ | τ ~ IG(1, 1/τ² + 1/A²) and τ² | λ, units ~ IG((n + 1)/2, SS/2 + 1/λ).
+    λ is drawn afresh from its conditional right before it is used, so it is not state.
+:func:`collapsed_sweep`
+    A collapsed sweep. For l = 0..D in turn, log τ_l is updated from p(τ_l | b, other τ): θ,
+    every group mean and θ0 integrated out exactly by the upward messages of the tree (the
+    algebra of :mod:`bayeshier_pymc.gaussian_tree`). Then θ0, the group means and θ are drawn
+    exactly from p(· | b, τ). The τ update is an independence Metropolis–Hastings step with
+    a Student-t proposal fitted while tuning (slice sampling, Neal 2003, during the first
+    tuning sweeps); see :class:`ScaleKernel`. Conditioning on no unit removes the slow
+    centred dependence between τ_w and θ that the conjugate sweep suffers from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal
+
+__all__ = [
+    "Evaluation",
+    "ScaleKernel",
+    "ScaleProposal",
+    "TreeData",
+    "TreeState",
+    "collapsed_sweep",
+    "conjugate_sweep",
+    "draw_inverse_gamma",
+    "draw_mixing",
+    "draw_scale",
+    "evaluate",
+    "initial_state",
+    "slice_sample",
+    "update_scale_conjugate",
+    "update_scales",
+    "update_units",
+]
+
+Messages = list[tuple[np.ndarray, np.ndarray]]
+"""Upward messages N(y; u, v) to the units of each level, θ0's last (rows × 1 arrays)."""
+
+PROPOSAL_DF = 5.0
+"""Degrees of freedom of the Student-t independence proposal on log τ."""
+TUNING_INFLATION = 1.5
+"""While tuning, the proposal scale is this many running sds of log τ; afterwards one."""
+SLICE_WIDTH = 1.0
+"""Slice width on the log-τ scale (a factor e), with stepping out."""
+SLICE_MAX_STEPS = 20
+"""Stepping-out budget (Neal's m) of the slice updates."""
+MAX_SLICE_SWEEPS = 50
+"""Tuning sweeps that use slice sampling before the proposal is fitted (at most)."""
+MIN_FIT_DRAWS = 10
+"""Draws of log τ needed to fit the proposal."""
+DEFAULT_SCALE_STEPS = 2
+"""Independence MH steps per τ and sweep: a second step costs one more evaluation of the
+collapsed likelihood and lifts the ESS of τ_w where its conditional is skewed (τ_w small
+against the standard errors)."""
+MAX_SHRINK = 200
+"""Shrinkage iterations after which a slice update is declared broken."""
+
+
+@dataclass(frozen=True)
+class TreeData:
+    """Everything a sweep reads but never changes.
+
+    The units of every level are sorted by their parent, so that the children of a unit are
+    a contiguous slice; ``orders`` maps back to the caller's order.
+
+    Attributes
+    ----------
+    b, var_b
+        Estimates and their variances, rows × m (sorted features).
+    tau_scale
+        HalfCauchy scale A of each τ, shape ``(D + 1,)``.
+    mu0, s0
+        Mean and sd of the normal prior of θ0.
+    parent_index
+        For each level l = 0..D, the parent (a level-(l + 1) unit) of each level-l unit;
+        non-decreasing.
+    starts
+        For each level l = 0..D, the first level-l child of each level-(l + 1) unit.
+    n_units
+        Units per level: m, each annotation level's groups, then 1 (θ0).
+    n_children
+        For each level, the number of children of each unit (1 for a θ_j: its b_j).
+    orders
+        For each level l = 0..D, the caller's index of each sorted unit.
+    positions
+        The inverse permutations of ``orders``.
+    """
+
+    b: np.ndarray
+    var_b: np.ndarray
+    tau_scale: np.ndarray
+    mu0: float
+    s0: float
+    parent_index: tuple[np.ndarray, ...]
+    starts: tuple[np.ndarray, ...]
+    n_units: tuple[int, ...]
+    n_children: tuple[np.ndarray, ...]
+    orders: tuple[np.ndarray, ...]
+    positions: tuple[np.ndarray, ...]
+
+    @property
+    def flat_starts(self) -> tuple[np.ndarray, np.ndarray]:
+        """All levels' ``starts`` in one array, and where each level's begin (D + 2 offsets)."""
+        return np.concatenate(self.starts), np.cumsum([0, *(s.size for s in self.starts)])
+
+    @property
+    def message_offsets(self) -> np.ndarray:
+        """Where the units of each level 1..D + 1 begin in a row of all levels' messages.
+
+        Index ``l`` holds the start of level ``l`` (index 0 is unused and equals index 1).
+        """
+        return np.cumsum([0, 0, *self.n_units[1:]])
+
+    @classmethod
+    def build(
+        cls,
+        b: np.ndarray,
+        var_b: np.ndarray,
+        tree: TreeIndex,
+        tau_scale: np.ndarray,
+        mu0: float,
+        s0: float,
+    ) -> TreeData:
+        """Assemble the data of ``b.shape[0]`` rows on ``tree``.
+
+        Parameters
+        ----------
+        b, var_b
+            Rows × m arrays, features in the order of ``tree``.
+        tree
+            The integer tree structure.
+        tau_scale
+            HalfCauchy scale of each τ, one per level (features first).
+        mu0, s0
+            Prior mean and sd of θ0.
+        """
+        orders, parent_index = _sorted_levels(tree)
+        n_units = tree.n_units
+        b = np.asarray(b, dtype=float)
+        var_b = np.broadcast_to(np.asarray(var_b, dtype=float), b.shape)
+        return cls(
+            b=np.ascontiguousarray(b[:, orders[0]]),
+            var_b=np.ascontiguousarray(var_b[:, orders[0]]),
+            tau_scale=np.asarray(tau_scale, dtype=float),
+            mu0=float(mu0),
+            s0=float(s0),
+            parent_index=parent_index,
+            starts=tuple(np.flatnonzero(np.diff(i, prepend=-1)) for i in parent_index),
+            n_units=n_units,
+            n_children=(
+                np.ones(n_units[0]),
+                *(
+                    np.bincount(index, minlength=n).astype(float)
+                    for index, n in zip(parent_index, n_units[1:], strict=True)
+                ),
+            ),
+            orders=orders,
+            positions=tuple(np.argsort(order) for order in orders),
+        )
+
+    @property
+    def depth(self) -> int:
+        """Number of annotation levels D."""
+        return len(self.n_units) - 2
+
+    @property
+    def n_rows(self) -> int:
+        """Number of independent rows."""
+        return self.b.shape[0]
+
+    def to_sorted(self, values: np.ndarray, level: int = 0) -> np.ndarray:
+        """Units of ``level`` (last axis) from the caller's order to the internal one."""
+        return values[..., self.orders[level]]
+
+    def from_sorted(self, values: np.ndarray, level: int = 0) -> np.ndarray:
+        """Units of ``level`` (last axis) from the internal order to the caller's one."""
+        return values[..., self.positions[level]]
+
+    def sum_into_parents(self, values: np.ndarray, level: int) -> np.ndarray:
+        """Sum rows × n_units[level] ``values`` into their parents (rows × n_units[level+1])."""
+        return np.add.reduceat(values, self.starts[level], axis=-1)
+
+
+def _sorted_levels(tree: TreeIndex) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """Orders that sort every level's units by parent, and the parent index after sorting."""
+    n_top = tree.n_units[-2]
+    orders = [np.arange(n_top)]
+    parent_index = [np.zeros(n_top, dtype=np.intp)]
+    position = np.arange(n_top)
+    for level in range(tree.depth - 1, -1, -1):
+        parent_position = position[tree.parents[level]]
+        order = np.argsort(parent_position, kind="stable")
+        orders.insert(0, order)
+        parent_index.insert(0, parent_position[order].astype(np.intp))
+        position = np.argsort(order)
+    return tuple(orders), tuple(parent_index)
+
+
+@dataclass
+class TreeState:
+    """The sampled quantities of every row.
+
+    Attributes
+    ----------
+    tau
+        Rows × (D + 1) scales.
+    units
+        ``D + 2`` arrays: θ (sorted features), the group means finest first, θ0 (rows × 1).
+    """
+
+    tau: np.ndarray
+    units: list[np.ndarray]
+
+
+# ---------------------------------------------------------------------------- primitives
+def draw_normal(mean: np.ndarray, var: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One draw of N(mean, var), elementwise."""
+    return mean + np.sqrt(var) * rng.standard_normal(np.shape(mean))
+
+
+def draw_inverse_gamma(
+    shape: float | np.ndarray, rate: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """One draw of IG(shape, rate) (density ∝ x^(-shape-1) exp(-rate / x)), elementwise."""
+    return rate / rng.standard_gamma(shape, size=np.shape(rate))
+
+
+def draw_mixing(tau: np.ndarray, tau_scale: float, rng: np.random.Generator) -> np.ndarray:
+    """λ | τ ~ IG(1, 1/τ² + 1/A²), the auxiliary variable of the HalfCauchy(A) prior."""
+    return draw_inverse_gamma(1.0, 1.0 / tau**2 + 1.0 / tau_scale**2, rng)
+
+
+def draw_scale(
+    sum_sq: np.ndarray, n_units: int, mixing: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """τ from τ² | λ, units ~ IG((n + 1)/2, SS/2 + 1/λ), SS the squared deviations."""
+    return np.sqrt(draw_inverse_gamma(0.5 * (n_units + 1), 0.5 * sum_sq + 1.0 / mixing, rng))
+
+
+@numba.vectorize(["float64(float64, float64)"], cache=True)
+def log_scale_prior(eta: float, tau_scale: float) -> float:  # pragma: no cover - compiled
+    """Log density of η = log τ for τ ~ HalfCauchy(A), up to a constant (Jacobian included).
+
+    A NumPy ufunc (arrays broadcast), also callable with scalars from compiled code.
+    """
+    return eta - np.log1p(np.exp(2.0 * eta) / (tau_scale * tau_scale))
+
+
+# ---------------------------------------------------------------------------- units
+def children_message(data: TreeData, state: TreeState, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """Message N(y; u, v) to the level-``level`` units from their children's current values.
+
+    θ_j's child is b_j (y = b, v = s²); a group's children are its n units one level down
+    (y = their mean, v = τ²_(level-1) / n); θ0's children are the top-level groups.
+    """
+    if level == 0:
+        return data.b, data.var_b
+    n_children = data.n_children[level]
+    y = data.sum_into_parents(state.units[level - 1], level - 1) / n_children
+    return y, state.tau[:, level - 1, None] ** 2 / n_children
+
+
+def update_units(data: TreeData, state: TreeState, level: int, rng: np.random.Generator) -> None:
+    """Centred update of the level-``level`` units from their normal full conditional."""
+    draw_units(data, state, level, children_message(data, state, level), rng)
+
+
+def draw_units(
+    data: TreeData,
+    state: TreeState,
+    level: int,
+    message: tuple[np.ndarray, np.ndarray],
+    rng: np.random.Generator,
+    noise: np.ndarray | None = None,
+) -> None:
+    """Draw the level-``level`` units from their prior times the message N(y; u, v).
+
+    The prior is N(parent, τ_level²), or N(mu0, s0²) for θ0; the conditional is
+    :func:`~bayeshier_pymc.gaussian_tree.posterior_normal` (fused into one compiled loop
+    below θ0). ``noise``: standard normal draws to use instead of drawing from ``rng``.
+    """
+    y, v = message
+    if level > data.depth:
+        mean, var = posterior_normal(data.mu0, data.s0**2, y, v)
+        state.units[level] = draw_normal(mean, var, rng)
+        return
+    if noise is None:
+        noise = rng.standard_normal(np.shape(y))
+    state.units[level] = _draw_children_kernel(
+        state.units[level + 1],
+        data.parent_index[level],
+        np.square(state.tau[:, level]),
+        y,
+        v,
+        noise,
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _draw_children_kernel(
+    parent: np.ndarray,
+    parent_index: np.ndarray,
+    tau_sq: np.ndarray,
+    y: np.ndarray,
+    v: np.ndarray,
+    noise: np.ndarray,
+) -> np.ndarray:  # pragma: no cover - compiled
+    """Units u ~ N(parent, τ²) × N(y; u, v), with ``noise`` standard normal (numba).
+
+    As :func:`~bayeshier_pymc.gaussian_tree.posterior_normal`: weight w = τ² / (τ² + v),
+    mean parent + w (y - parent), variance w v.
+    """
+    n_rows, n_units = y.shape
+    out = np.empty((n_rows, n_units))
+    for r in range(n_rows):
+        for j in range(n_units):
+            prior_mean = parent[r, parent_index[j]]
+            weight = tau_sq[r] / (tau_sq[r] + v[r, j])
+            mean = prior_mean + weight * (y[r, j] - prior_mean)
+            out[r, j] = mean + np.sqrt(weight * v[r, j]) * noise[r, j]
+    return out
+
+
+def draw_units_given_scales(
+    data: TreeData,
+    state: TreeState,
+    messages: Messages,
+    rng: np.random.Generator,
+    lowest_level: int = 0,
+) -> None:
+    """Draw θ0, the group means and, with ``lowest_level=0``, θ exactly given τ, top-down.
+
+    ``messages`` are the upward messages given the current τ (:attr:`Evaluation.messages`).
+    """
+    for level in range(data.depth + 1, lowest_level - 1, -1):
+        draw_units(data, state, level, messages[level], rng)
+
+
+def sum_sq_deviations(data: TreeData, state: TreeState, level: int) -> np.ndarray:
+    """Σ (unit - parent)² over the level-``level`` units of each row."""
+    parent = state.units[level + 1][:, data.parent_index[level]]
+    return ((state.units[level] - parent) ** 2).sum(axis=-1)
+
+
+# ---------------------------------------------------------------------------- centred sweep
+def conjugate_sweep(data: TreeData, state: TreeState, rng: np.random.Generator) -> None:
+    """One centred Gibbs sweep, in place: θ, group means and θ0, then λ and τ per level."""
+    for level in range(data.depth + 2):
+        update_units(data, state, level, rng)
+    for level in range(data.depth + 1):
+        update_scale_conjugate(data, state, level, rng)
+
+
+def update_scale_conjugate(
+    data: TreeData, state: TreeState, level: int, rng: np.random.Generator
+) -> None:
+    """Centred update of τ_level: λ | τ, then τ² | λ, units (in place)."""
+    mixing = draw_mixing(state.tau[:, level], data.tau_scale[level], rng)
+    sum_sq = sum_sq_deviations(data, state, level)
+    state.tau[:, level] = draw_scale(sum_sq, data.n_units[level], mixing, rng)
+
+
+# ---------------------------------------------------------------------------- collapsed algebra
+def level_term(
+    data: TreeData, level: int, y: np.ndarray, v: np.ndarray, tau: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integrate out the level-``level`` units given messages to them and their scale.
+
+    Parameters
+    ----------
+    data
+        The sweep data.
+    level
+        Level of the units integrated out.
+    y, v
+        Messages N(y; u, v) to those units, rows × n_units[level].
+    tau
+        Their scale, one per row.
+
+    Returns
+    -------
+    term : numpy.ndarray
+        This level's contribution to log p(b | τ), one per row, up to a constant:
+        -½ Σ_units [log(v + τ²) + (y - ȳ_parent)² / (v + τ²)] - ½ Σ_parents log P, with P
+        and ȳ the precision and precision-weighted mean of the children of each parent.
+    y_parent, v_parent : numpy.ndarray
+        Messages N(ȳ; u, 1/P) to the level-(``level`` + 1) units.
+    """
+    return _level_term_kernel(
+        np.ascontiguousarray(y), np.ascontiguousarray(v), np.square(tau), data.starts[level]
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_level_term(
+    y: np.ndarray,
+    v: np.ndarray,
+    tau_sq: float,
+    starts: np.ndarray,
+    parent_y: np.ndarray,
+    parent_v: np.ndarray,
+) -> float:  # pragma: no cover - compiled
+    """One row of :func:`level_term`, one pass over the contiguous children of each parent.
+
+    Writes the messages to the parents into ``parent_y``, ``parent_v`` and returns the term.
+    Two exact rearrangements keep the pass cheap: the logarithms of every child's v + τ² and
+    every parent's precision P are summed as the logarithm of one running product (taken
+    whenever it leaves [1e-150, 1e150]), a few logarithms per row instead of one per unit;
+    and Σ (y - ȳ)² / (v + τ²) = S2 - S1²/P from the weighted sums S1, S2 of y shifted by the
+    parent's first child, which keeps them well conditioned.
+    """
+    n_children = y.size
+    n_parents = starts.size
+    total = 0.0
+    product = 1.0
+    for h in range(n_parents):
+        first = starts[h]
+        end = starts[h + 1] if h + 1 < n_parents else n_children
+        shift = y[first]
+        precision = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        for j in range(first, end):
+            variance = v[j] + tau_sq
+            weight = 1.0 / variance
+            deviation = y[j] - shift
+            precision += weight
+            s1 += weight * deviation
+            s2 += weight * deviation * deviation
+            product *= variance
+            if product < 1e-150 or product > 1e150:
+                total += np.log(product)
+                product = 1.0
+        mean = s1 / precision
+        total += s2 - s1 * mean
+        product *= precision
+        if product < 1e-150 or product > 1e150:
+            total += np.log(product)
+            product = 1.0
+        parent_y[h] = shift + mean
+        parent_v[h] = 1.0 / precision
+    return -0.5 * (total + np.log(product))
+
+
+@numba.njit(cache=True, nogil=True)
+def _level_term_kernel(
+    y: np.ndarray, v: np.ndarray, tau_sq: np.ndarray, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """:func:`level_term` for every row (numba)."""
+    n_rows = y.shape[0]
+    term = np.empty(n_rows)
+    parent_y = np.empty((n_rows, starts.size))
+    parent_v = np.empty((n_rows, starts.size))
+    for r in range(n_rows):
+        term[r] = _row_level_term(y[r], v[r], tau_sq[r], starts, parent_y[r], parent_v[r])
+    return term, parent_y, parent_v
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_top_term(y: float, v: float, mu0: float, s0: float) -> float:  # pragma: no cover
+    """θ0 integrated out: log N(y; mu0, v + s0²) up to a constant."""
+    total = v + s0 * s0
+    return -0.5 * (np.log(total) + (y - mu0) ** 2 / total)
+
+
+def _top_term(data: TreeData, y: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """θ0 integrated out against its N(mu0, s0²) prior, one per row."""
+    return _top_term_kernel(y[:, 0].copy(), v[:, 0].copy(), data.mu0, data.s0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _top_term_kernel(
+    y: np.ndarray, v: np.ndarray, mu0: float, s0: float
+) -> np.ndarray:  # pragma: no cover - compiled
+    out = np.empty(y.size)
+    for r in range(y.size):
+        out[r] = _row_top_term(y[r], v[r], mu0, s0)
+    return out
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """log p(b | τ) of every row, level by level, with the upward messages, for one τ.
+
+    Attributes
+    ----------
+    terms
+        For each level 0..D, its :func:`level_term`, then θ0's term (rows each); their sum
+        is log p(b | τ) up to a constant.
+    messages
+        The upward messages N(y; u, v) to the units of each level 0..D + 1 (θ0's last).
+    """
+
+    terms: tuple[np.ndarray, ...]
+    messages: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+    @property
+    def log_marginal(self) -> np.ndarray:
+        """Log p(b | τ) per row, up to a constant."""
+        return np.sum(self.terms, axis=0)
+
+    def from_level(self, level: int) -> np.ndarray:
+        """The part of log p(b | τ) that depends on τ_level given the lower scales."""
+        return np.sum(self.terms[level:], axis=0)
+
+    def redo_from(self, data: TreeData, level: int, tau: np.ndarray) -> Evaluation:
+        """The evaluation for ``tau``, which differs from this one's only from ``level`` up."""
+        y, v = self.messages[level]
+        terms, messages = [], []
+        for upper in range(level, data.depth + 1):
+            term, y, v = level_term(data, upper, y, v, tau[:, upper])
+            terms.append(term)
+            messages.append((y, v))
+        terms.append(_top_term(data, y, v))
+        return Evaluation((*self.terms[:level], *terms), (*self.messages[: level + 1], *messages))
+
+
+def evaluate(data: TreeData, tau: np.ndarray) -> Evaluation:
+    """:class:`Evaluation` of scales ``tau`` (rows × levels): θ, groups and θ0 integrated out."""
+    empty = Evaluation((), ((data.b, data.var_b),))
+    return empty.redo_from(data, 0, tau)
+
+
+# ---------------------------------------------------------------------------- scale kernel
+def slice_sample(
+    x0: np.ndarray,
+    log_density: Callable[[np.ndarray], np.ndarray],
+    width: float,
+    max_steps: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """One univariate slice-sampling update per row (Neal 2003, stepping out and shrinkage).
+
+    Parameters
+    ----------
+    x0
+        Current values, one per row.
+    log_density
+        ``f(x)``: the rows' log densities at ``x`` (one value per row).
+    width
+        Width of the initial interval, placed at random around ``x0``.
+    max_steps
+        Neal's ``m``: at most ``m - 1`` stepping-out steps in all (1: none).
+    rng
+        Random generator.
+
+    Returns
+    -------
+    numpy.ndarray
+        The new values.
+    """
+    n = x0.shape[0]
+    level = log_density(x0) - rng.standard_exponential(n)
+    left = x0 - width * rng.random(n)
+    right = left + width
+    steps_left = np.floor(max_steps * rng.random(n))
+    left = _step_out(x0, left, -width, steps_left, level, log_density)
+    right = _step_out(x0, right, width, max_steps - 1 - steps_left, level, log_density)
+    x1 = x0.copy()
+    active = np.ones(n, dtype=bool)
+    for _ in range(MAX_SHRINK):
+        proposal = np.where(active, left + (right - left) * rng.random(n), x0)
+        inside = active & (log_density(proposal) > level)
+        x1[inside] = proposal[inside]
+        active &= ~inside
+        if not active.any():
+            return x1
+        below = active & (proposal < x0)
+        left[below] = proposal[below]
+        above = active & (proposal >= x0)
+        right[above] = proposal[above]
+    raise FloatingPointError(
+        f"slice sampling found no point in {MAX_SHRINK} shrinkage steps for "
+        f"{int(active.sum())} row(s); the log density is probably not finite there."
+    )
+
+
+def _step_out(
+    x0: np.ndarray,
+    edge: np.ndarray,
+    step: float,
+    n_steps: np.ndarray,
+    level: np.ndarray,
+    log_density: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Move each edge by ``step`` while it lies inside the slice, at most ``n_steps`` times."""
+    edge, n_steps = edge.copy(), n_steps.copy()
+    active = n_steps > 0
+    while active.any():
+        inside = active & (log_density(np.where(active, edge, x0)) > level)
+        edge[inside] += step
+        n_steps[inside] -= 1
+        active = inside & (n_steps > 0)
+    return edge
+
+
+@dataclass(frozen=True)
+class ScaleProposal:
+    """Independence proposal for log τ per row and level: Student-t(5) at ``loc``, ``scale``.
+
+    Its polynomial tails are heavier than the exponential tails of the collapsed conditional
+    of log τ, so the weight ratio target / proposal stays bounded (a uniformly ergodic
+    independence sampler; Mengersen & Tweedie 1996).
+    """
+
+    loc: np.ndarray
+    scale: np.ndarray
+
+
+@dataclass
+class ScaleKernel:
+    """The update of each log τ_l in :func:`collapsed_sweep`, with its tuning state.
+
+    While tuning, the first ``min(50, tune // 4)`` sweeps use slice sampling with stepping out
+    (robust from any start); from the second half of those on, running moments (Welford) of
+    log τ are kept per row and level. The remaining tuning sweeps use independence
+    Metropolis–Hastings with a :class:`ScaleProposal` at the running mean with 1.5 running
+    sds; :meth:`stop_tuning` freezes it at one sd (or keeps slice sampling with fewer than
+    ``MIN_FIT_DRAWS`` draws). Each update is then ``steps`` independence MH steps (one while
+    tuning). The proposal approximates the marginal posterior of log τ, which the collapsed
+    conditional is close to, so most proposals are accepted and successive τ are nearly
+    independent.
+
+    Attributes
+    ----------
+    steps
+        MH steps per level and sweep after tuning.
+    slice_sweeps
+        Tuning sweeps that use slice sampling.
+    tuning, sweep, count, mean, m2
+        Tuning flag, tuning sweeps seen, and the Welford count, mean and sum of squared
+        deviations of the recorded log τ (rows × levels).
+    frozen
+        The proposal fixed by :meth:`stop_tuning`.
+    level_zero
+        Per row, τ_w and the level-0 term and messages computed for it (the costly part of
+        log p(b | τ)), reused by the next sweep while τ_w is unchanged.
+    """
+
+    steps: int = DEFAULT_SCALE_STEPS
+    slice_sweeps: int = MAX_SLICE_SWEEPS
+    tuning: bool = True
+    sweep: int = 0
+    count: int = 0
+    mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    m2: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    frozen: ScaleProposal | None = None
+    level_zero: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(
+        default=None, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"scale_steps must be at least 1, got {self.steps}.")
+
+    @classmethod
+    def for_tuning(cls, tune: int, steps: int = DEFAULT_SCALE_STEPS) -> ScaleKernel:
+        """A kernel that will be tuned over ``tune`` sweeps."""
+        return cls(steps=steps, slice_sweeps=min(MAX_SLICE_SWEEPS, max(tune // 4, 1)))
+
+    @property
+    def uses_slice(self) -> bool:
+        """Whether the next sweep updates τ by slice sampling."""
+        if self.tuning:
+            return self.sweep < self.slice_sweeps or self.count < MIN_FIT_DRAWS
+        return self.frozen is None
+
+    def proposal(self) -> ScaleProposal:
+        """The independence proposal of the next update."""
+        if self.frozen is not None:
+            return self.frozen
+        return ScaleProposal(self.mean, TUNING_INFLATION * self._sd())
+
+    def observe(self, log_tau: np.ndarray) -> None:
+        """Record the log τ (rows × levels) of a finished sweep."""
+        if not self.tuning:
+            return
+        self.sweep += 1
+        if self.sweep <= self.slice_sweeps // 2:
+            return
+        if self.count == 0:
+            self.mean, self.m2 = np.zeros_like(log_tau), np.zeros_like(log_tau)
+        self.count += 1
+        delta = log_tau - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (log_tau - self.mean)
+
+    def stop_tuning(self) -> None:
+        """Freeze the proposal (or keep slice sampling when too few draws were seen)."""
+        if self.tuning and self.count >= MIN_FIT_DRAWS:
+            self.frozen = ScaleProposal(self.mean.copy(), self._sd())
+        self.tuning = False
+
+    def _sd(self) -> np.ndarray:
+        return np.sqrt(self.m2 / max(self.count - 1, 1)) + 1e-3
+
+
+def _replace_column(tau: np.ndarray, level: int, values: np.ndarray) -> np.ndarray:
+    new = tau.copy()
+    new[:, level] = values
+    return new
+
+
+def _slice_update(
+    data: TreeData, state: TreeState, level: int, current: Evaluation, rng: np.random.Generator
+) -> Evaluation:
+    """One slice-sampling update of log τ_level; returns the evaluation of the new τ."""
+    tau_scale = data.tau_scale[level]
+
+    def log_density(eta: np.ndarray) -> np.ndarray:
+        tau = _replace_column(state.tau, level, np.exp(eta))
+        return current.redo_from(data, level, tau).from_level(level) + log_scale_prior(
+            eta, tau_scale
+        )
+
+    eta = slice_sample(np.log(state.tau[:, level]), log_density, SLICE_WIDTH, SLICE_MAX_STEPS, rng)
+    state.tau[:, level] = np.exp(eta)
+    return current.redo_from(data, level, state.tau)
+
+
+def _independence_updates(
+    data: TreeData,
+    state: TreeState,
+    kernel: ScaleKernel,
+    levels: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[Messages, np.ndarray]:
+    """Independence MH steps for each of ``levels`` in the compiled kernel.
+
+    ``kernel.steps`` steps per level, one while tuning (tuning draws are discarded, so the
+    cheaper kernel is enough to fit the proposal).
+    """
+    proposal = kernel.proposal()
+    shape = (data.n_rows, levels.size, 1 if kernel.tuning else kernel.steps)
+    t_draws = rng.standard_t(PROPOSAL_DF, size=shape)
+    log_uniform = np.log(rng.random(shape))
+    offsets = data.message_offsets
+    message_y = np.empty((data.n_rows, offsets[-1]))
+    message_v = np.empty_like(message_y)
+    starts, starts_offsets = data.flat_starts
+    if kernel.level_zero is None:
+        n_parents = data.n_units[1]
+        kernel.level_zero = (
+            np.full(data.n_rows, np.nan),
+            np.empty(data.n_rows),
+            np.empty((data.n_rows, n_parents)),
+            np.empty((data.n_rows, n_parents)),
+        )
+    acceptance = _independence_kernel(
+        data.b,
+        data.var_b,
+        state.tau,
+        levels,
+        proposal.loc,
+        proposal.scale,
+        t_draws,
+        log_uniform,
+        data.tau_scale,
+        data.mu0,
+        data.s0,
+        starts,
+        starts_offsets,
+        offsets,
+        message_y,
+        message_v,
+        *kernel.level_zero,
+    )
+    messages = [(data.b, data.var_b)] + [
+        (
+            message_y[:, offsets[level] : offsets[level + 1]],
+            message_v[:, offsets[level] : offsets[level + 1]],
+        )
+        for level in range(1, data.depth + 2)
+    ]
+    return messages, acceptance
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_log_marginal_from(
+    level: int,
+    y: np.ndarray,
+    v: np.ndarray,
+    tau: np.ndarray,
+    starts: np.ndarray,
+    starts_offsets: np.ndarray,
+    offsets: np.ndarray,
+    mu0: float,
+    s0: float,
+    terms: np.ndarray,
+    message_y: np.ndarray,
+    message_v: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """One row of :meth:`Evaluation.redo_from`: terms and messages from ``level`` up.
+
+    ``y``, ``v`` are the messages to the level's units; the terms of levels ``level``..D and
+    θ0 go to ``terms`` and the messages to levels above into ``message_y``, ``message_v``.
+    """
+    depth = tau.size - 1
+    for upper in range(level, depth + 1):
+        level_starts = starts[starts_offsets[upper] : starts_offsets[upper + 1]]
+        out = slice(offsets[upper + 1], offsets[upper + 2])
+        tau_sq = tau[upper] * tau[upper]
+        if upper == level:
+            terms[upper] = _row_level_term(
+                y, v, tau_sq, level_starts, message_y[out], message_v[out]
+            )
+        else:
+            below = slice(offsets[upper], offsets[upper + 1])
+            terms[upper] = _row_level_term(
+                message_y[below],
+                message_v[below],
+                tau_sq,
+                level_starts,
+                message_y[out],
+                message_v[out],
+            )
+    top = offsets[depth + 1]
+    terms[depth + 1] = _row_top_term(message_y[top], message_v[top], mu0, s0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _log_t_kernel(z: float) -> float:  # pragma: no cover - compiled
+    """Log density of the standardised t proposal at ``z``, up to a constant."""
+    return -0.5 * (PROPOSAL_DF + 1.0) * np.log1p(z * z / PROPOSAL_DF)
+
+
+@numba.njit(cache=True, nogil=True)
+def _independence_kernel(
+    b: np.ndarray,
+    var_b: np.ndarray,
+    tau: np.ndarray,
+    levels: np.ndarray,
+    loc: np.ndarray,
+    scale: np.ndarray,
+    t_draws: np.ndarray,
+    log_uniform: np.ndarray,
+    tau_scale: np.ndarray,
+    mu0: float,
+    s0: float,
+    starts: np.ndarray,
+    starts_offsets: np.ndarray,
+    offsets: np.ndarray,
+    message_y: np.ndarray,
+    message_v: np.ndarray,
+    cache_tau: np.ndarray,
+    cache_term: np.ndarray,
+    cache_y: np.ndarray,
+    cache_v: np.ndarray,
+) -> np.ndarray:  # pragma: no cover - compiled
+    """Independence MH on log τ of each level in ``levels``, row by row, in place.
+
+    The target of level l is log p(b | τ) + log HalfCauchy(τ_l; A_l) + log τ_l (the
+    Jacobian); the proposal is the t(5) of ``loc``, ``scale`` with the given draws. Only the
+    terms from level l up change with τ_l, so a proposal re-evaluates those alone. Returns
+    the share of accepted proposals per row and leaves the messages of the final τ in
+    ``message_y``, ``message_v``. The ``cache_*`` arrays hold, per row, the costly level-0
+    term and messages for τ_w = ``cache_tau``; they are used when τ_w still has that value
+    and refreshed at the end.
+    """
+    n_rows, n_levels = tau.shape
+    n_steps = t_draws.shape[2]
+    acceptance = np.zeros(n_rows)
+    terms = np.empty(n_levels + 1)
+    proposed_terms = np.empty(n_levels + 1)
+    proposed_y = np.empty(message_y.shape[1])
+    proposed_v = np.empty(message_y.shape[1])
+    level_one = slice(offsets[1], offsets[2])
+    for r in range(n_rows):
+        row_tau = tau[r].copy()
+        if row_tau[0] == cache_tau[r]:
+            terms[0] = cache_term[r]
+            message_y[r, level_one] = cache_y[r]
+            message_v[r, level_one] = cache_v[r]
+            first, y, v = 1, cache_y[r].copy(), cache_v[r].copy()
+        else:
+            first, y, v = 0, b[r].copy(), var_b[r].copy()
+        _row_log_marginal_from(
+            first,
+            y,
+            v,
+            row_tau,
+            starts,
+            starts_offsets,
+            offsets,
+            mu0,
+            s0,
+            terms,
+            message_y[r],
+            message_v[r],
+        )
+        accepted = 0
+        for i in range(levels.size):
+            level = levels[i]
+            below = slice(offsets[level], offsets[level + 1])
+            above = slice(offsets[level + 1], offsets[-1])
+            for step in range(n_steps):
+                eta = np.log(row_tau[level])
+                proposal = loc[r, level] + scale[r, level] * t_draws[r, i, step]
+                row_tau[level] = np.exp(proposal)
+                if level == 0:
+                    y, v = b[r].copy(), var_b[r].copy()
+                else:
+                    y, v = message_y[r, below].copy(), message_v[r, below].copy()
+                _row_log_marginal_from(
+                    level,
+                    y,
+                    v,
+                    row_tau,
+                    starts,
+                    starts_offsets,
+                    offsets,
+                    mu0,
+                    s0,
+                    proposed_terms,
+                    proposed_y,
+                    proposed_v,
+                )
+                log_ratio = (
+                    np.sum(proposed_terms[level:])
+                    - np.sum(terms[level:])
+                    + log_scale_prior(proposal, tau_scale[level])
+                    - log_scale_prior(eta, tau_scale[level])
+                    + _log_t_kernel((eta - loc[r, level]) / scale[r, level])
+                    - _log_t_kernel((proposal - loc[r, level]) / scale[r, level])
+                )
+                if log_uniform[r, i, step] < log_ratio:
+                    accepted += 1
+                    terms[level:] = proposed_terms[level:]
+                    message_y[r, above] = proposed_y[above]
+                    message_v[r, above] = proposed_v[above]
+                else:
+                    row_tau[level] = np.exp(eta)
+        tau[r] = row_tau
+        acceptance[r] = accepted / (levels.size * n_steps)
+        cache_tau[r] = row_tau[0]
+        cache_term[r] = terms[0]
+        cache_y[r] = message_y[r, level_one]
+        cache_v[r] = message_v[r, level_one]
+    return acceptance
+
+
+def update_scales(
+    data: TreeData,
+    state: TreeState,
+    kernel: ScaleKernel,
+    rng: np.random.Generator,
+    levels: list[int] | None = None,
+) -> tuple[Messages, np.ndarray]:
+    """Update log τ of each level from p(τ_level | b, other τ), in turn and in place.
+
+    Parameters
+    ----------
+    data, state
+        The data and the current state (only ``state.tau`` is read and written).
+    kernel
+        Slice sampling, or independence MH steps (``kernel.steps`` per level after tuning).
+    rng
+        Random generator.
+    levels
+        The levels updated, in this order (default: all, finest first).
+
+    Returns
+    -------
+    messages : Messages
+        The upward messages to every level given the new τ.
+    acceptance : numpy.ndarray
+        Per row, the share of MH proposals accepted (NaN for slice sampling).
+    """
+    chosen = np.arange(data.depth + 1) if levels is None else np.asarray(levels, dtype=np.intp)
+    if not kernel.uses_slice:
+        return _independence_updates(data, state, kernel, chosen, rng)
+    current = evaluate(data, state.tau)
+    for level in chosen:
+        current = _slice_update(data, state, int(level), current, rng)
+    return list(current.messages), np.full(data.n_rows, np.nan)
+
+
+def collapsed_sweep(
+    data: TreeData,
+    state: TreeState,
+    kernel: ScaleKernel,
+    rng: np.random.Generator,
+    *,
+    draw_theta: bool = True,
+    theta_noise: np.ndarray | None = None,
+) -> np.ndarray:
+    """One collapsed sweep, in place (see the module docstring).
+
+    Parameters
+    ----------
+    data, state
+        The data and the current state.
+    kernel
+        The τ update and its tuning state; the sweep's τ draws are recorded in it.
+    rng
+        Random generator.
+    draw_theta
+        Draw θ at the end. Nothing in the next sweep conditions on θ, so it can be skipped
+        when the draw is not kept (tuning, thinning).
+    theta_noise
+        Standard normal rows × m noise for θ (default: drawn from ``rng``).
+
+    Returns
+    -------
+    numpy.ndarray
+        Per row, the share of the independence proposals accepted (NaN for a sweep that
+        used slice sampling).
+    """
+    messages, acceptance = update_scales(data, state, kernel, rng)
+    kernel.observe(np.log(state.tau))
+    draw_units_given_scales(data, state, messages, rng, lowest_level=1)
+    if draw_theta:
+        draw_units(data, state, 0, messages[0], rng, theta_noise)
+    return acceptance
+
+
+def initial_state(data: TreeData, rng: np.random.Generator) -> TreeState:
+    """Dispersed starting points: log τ_l uniform on [log(A_l / 20), log A_l], units exact.
+
+    Every row gets its own scales; θ0, the group means and θ are then drawn exactly given
+    them, so each chain starts from a different, internally consistent point.
+    """
+    log_scale = np.log(data.tau_scale)
+    tau = np.exp(log_scale - np.log(20.0) * rng.random((data.n_rows, data.depth + 1)))
+    state = TreeState(tau, [np.zeros((data.n_rows, n)) for n in data.n_units])
+    draw_units_given_scales(data, state, list(evaluate(data, tau).messages), rng)
+    return state

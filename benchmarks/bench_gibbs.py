@@ -1,0 +1,215 @@
+"""Gibbs engine speed and mixing at the COPDGene shape, against a per-covariate loop and NUTS.
+
+Run ``python benchmarks/bench_gibbs.py`` (``--help`` for options). The data follow the research
+simulation design (n=60 samples, τ_w=0.08, τ_v=τ_u=0.12) at the COPDGene shape: p=10
+covariates, m=999 metabolites in 106 subclasses within 9 superclasses. Every sampler runs 4
+chains × 2000 kept draws after 1000 tuning sweeps. Printed, measured in this run:
+
+* wall time of each sampler (sampling only, and the whole job including the InferenceData);
+* bulk ESS per second of τ at every level (the smallest over covariates), of θ0 and of θ
+  (median over covariates and 200 evenly spread metabolites);
+* the same for a straightforward per-covariate loop of the research algorithm (the centred
+  conjugate sweep, one chain and one covariate at a time) and for PyMC's default NUTS;
+* the ratios against the goals: engine ≥ 20× the loop and ≥ 100× NUTS in τ_w ESS/s, the
+  whole engine job ≤ 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from bayeshier_pymc import Hierarchy, ShrinkageModel, simulate
+from bayeshier_pymc.gaussian_tree import TreeIndex
+from bayeshier_pymc.gibbs.updates import (
+    DEFAULT_SCALE_STEPS,
+    TreeData,
+    conjugate_sweep,
+    initial_state,
+)
+from bayeshier_pymc.mlm import mlm
+from bayeshier_pymc.sampler_comparison import _split, _z_scale, ess
+
+N_SAMPLES, N_FEATURES, N_COVARIATES = 60, 999, 10
+N_SUBCLASSES, N_SUPERCLASSES = 106, 9
+CHAINS, DRAWS, TUNE = 4, 2000, 1000
+THETA_FEATURES = 200
+LOOP_GOAL, NUTS_GOAL, JOB_GOAL = 20.0, 100.0, 3.0
+
+
+@dataclass
+class Run:
+    """Draws and timings of one sampler."""
+
+    name: str
+    tau: np.ndarray  # chain, draw, covariate, level
+    mu: np.ndarray  # chain, draw, covariate
+    theta: np.ndarray  # chain, draw, covariate, feature (a spread subset)
+    sampling_time: float
+    job_time: float
+
+
+def make_model(seed: int) -> ShrinkageModel:
+    """The research design at the COPDGene shape, depth 2."""
+    shares = np.random.default_rng(seed).dirichlet(np.full(N_SUBCLASSES, 2.0))
+    study = simulate(
+        n=N_SAMPLES,
+        m=N_FEATURES,
+        p=N_COVARIATES,
+        proportions=shares,
+        n_superclasses=N_SUPERCLASSES,
+        random_seed=seed,
+    )
+    fit = mlm(study.Y, study.X, x_intercept=False)
+    return ShrinkageModel(fit, Hierarchy.from_frame(study.annotations, ["subclass", "superclass"]))
+
+
+def _features(n: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, THETA_FEATURES).round().astype(int))
+
+
+def from_idata(name: str, idata, job_time: float) -> Run:
+    """The benchmark's view of an InferenceData."""
+    post = idata.posterior
+    theta = post["theta"].isel(feature=_features(post.sizes["feature"]))
+    return Run(
+        name,
+        post["tau"].transpose("chain", "draw", "covariate", "level").to_numpy(),
+        post["mu"].transpose("chain", "draw", "covariate").to_numpy(),
+        theta.transpose("chain", "draw", "covariate", "feature").to_numpy().astype(float),
+        float(idata.attrs["sampling_time"]),
+        job_time,
+    )
+
+
+def run_engine(model: ShrinkageModel, draws: int, seed: int, steps: int) -> Run:
+    start = time.perf_counter()
+    idata = model.sample(
+        "gibbs",
+        draws=draws,
+        tune=TUNE,
+        chains=CHAINS,
+        random_seed=seed,
+        progressbar=False,
+        scale_steps=steps,
+    )
+    return from_idata(
+        f"Gibbs engine (collapsed, {steps} MH step(s))", idata, time.perf_counter() - start
+    )
+
+
+def run_loop(model: ShrinkageModel, draws: int, seed: int) -> Run:
+    """The research algorithm, one chain and one covariate at a time (centred conjugate sweep)."""
+    rng = np.random.default_rng(seed)
+    b = model.estimates.estimate.to_numpy()
+    var_b = model.estimates.se.to_numpy() ** 2
+    tree, priors = TreeIndex.from_hierarchy(model.tree), model.priors
+    keep = _features(b.shape[1])
+    tau = np.empty((CHAINS, draws, b.shape[0], tree.depth + 1))
+    mu = np.empty((CHAINS, draws, b.shape[0]))
+    theta = np.empty((CHAINS, draws, b.shape[0], keep.size))
+    start = time.perf_counter()
+    for k in range(b.shape[0]):
+        data = TreeData.build(
+            b[k : k + 1], var_b[k : k + 1], tree, priors.tau_scale, priors.mu0, priors.s0
+        )
+        for chain in range(CHAINS):
+            state = initial_state(data, rng)
+            for sweep in range(TUNE + draws):
+                conjugate_sweep(data, state, rng)
+                if sweep >= TUNE:
+                    tau[chain, sweep - TUNE, k] = state.tau[0]
+                    mu[chain, sweep - TUNE, k] = state.units[-1][0, 0]
+                    theta[chain, sweep - TUNE, k] = data.from_sorted(state.units[0])[0, keep]
+    elapsed = time.perf_counter() - start
+    return Run("per-covariate loop (centred)", tau, mu, theta, elapsed, elapsed)
+
+
+def run_nuts(model: ShrinkageModel, draws: int, seed: int) -> Run:
+    """PyMC's own NUTS on the default (collapsed) model, chains in parallel processes."""
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        idata = model.sample(
+            "nuts",
+            nuts_sampler="pymc",
+            draws=draws,
+            tune=TUNE,
+            chains=CHAINS,
+            cores=min(CHAINS, os.cpu_count() or 1),
+            random_seed=seed,
+            progressbar=False,
+        )
+    return from_idata("PyMC NUTS (collapsed model)", idata, time.perf_counter() - start)
+
+
+def bulk_ess_per_second(run: Run) -> dict[str, float]:
+    """Bulk ESS/s: τ per level and θ0 as the minimum over covariates, θ as the median."""
+
+    def bulk(values: np.ndarray) -> np.ndarray:
+        flat = values.reshape(values.shape[0], values.shape[1], -1)
+        return ess(_z_scale(_split(flat)))
+
+    rates = {
+        f"tau[{level}]": bulk(run.tau[..., level]).min() / run.sampling_time
+        for level in range(run.tau.shape[-1])
+    }
+    rates["theta0"] = bulk(run.mu).min() / run.sampling_time
+    rates["theta"] = float(np.median(bulk(run.theta))) / run.sampling_time
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--draws", type=int, default=DRAWS, help="kept draws per chain")
+    parser.add_argument("--loop-draws", type=int, default=DRAWS)
+    parser.add_argument("--nuts-draws", type=int, default=DRAWS)
+    parser.add_argument("--scale-steps", type=int, default=DEFAULT_SCALE_STEPS)
+    parser.add_argument("--skip-loop", action="store_true")
+    parser.add_argument("--skip-nuts", action="store_true")
+    args = parser.parse_args()
+
+    model = make_model(args.seed)
+    levels = ["feature", *model.tree.levels]
+    print(
+        f"{model!r}; {CHAINS} chains, {TUNE} tuning + kept draws per chain; {os.cpu_count()} CPUs"
+    )
+    run_engine(model, 10, args.seed, args.scale_steps)  # compile the numba kernels (cached)
+    runs = [run_engine(model, args.draws, args.seed, args.scale_steps)]
+    if not args.skip_loop:
+        runs.append(run_loop(model, args.loop_draws, args.seed))
+    if not args.skip_nuts:
+        runs.append(run_nuts(model, args.nuts_draws, args.seed))
+    rates = {run.name: bulk_ess_per_second(run) for run in runs}
+    names = ["tau[" + level + "]" for level in levels] + ["theta0", "theta"]
+    header = f"{'sampler':44s} {'draws':>6s} {'sample s':>9s} {'job s':>7s} " + " ".join(
+        f"{n:>15s}" for n in names
+    )
+    print("\nbulk ESS per second (τ, θ0: smallest over covariates; θ: median)")
+    print(header)
+    for run in runs:
+        values = list(rates[run.name].values())
+        print(
+            f"{run.name:44s} {run.tau.shape[1]:6d} {run.sampling_time:9.2f} {run.job_time:7.2f} "
+            + " ".join(f"{v:15.1f}" for v in values)
+        )
+    engine = rates[runs[0].name]["tau[0]"]
+    print(
+        f"\nengine whole job: {runs[0].job_time:.2f} s (goal <= {JOB_GOAL} s); "
+        f"sampling alone {runs[0].sampling_time:.2f} s"
+    )
+    for run in runs[1:]:
+        goal = LOOP_GOAL if run.name.startswith("per-covariate") else NUTS_GOAL
+        ratio = engine / rates[run.name]["tau[0]"]
+        verdict = "met" if ratio >= goal else "NOT met"
+        print(f"τ_w ESS/s, engine / {run.name}: {ratio:.1f}× (goal >= {goal:.0f}×: {verdict})")
+
+
+if __name__ == "__main__":
+    main()

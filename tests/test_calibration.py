@@ -1,0 +1,149 @@
+"""Simulation-based calibration (Talts et al. 2018) of the Gibbs engine, the PyMC step and NUTS.
+
+Each covariate of one fit is an independent replication: its θ0, τ and units are drawn from the
+prior, its estimates from the likelihood, and the rank of every true value among thinned
+posterior draws is recorded. With a correct sampler the ranks are uniform; a chi-square test
+over rank bins checks that, Bonferroni-corrected over the quantities of a run. The quick
+versions run in the default suite; the full versions (more replications, every depth and
+sampler) are marked ``slow``. A deliberately wrong update (a dropped 1/2 in the inverse-gamma
+rate of τ²) must fail the same test.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bayeshier_pymc import Hierarchy, ShrinkageModel
+from bayeshier_pymc.gibbs import sample_gibbs, updates
+from bayeshier_pymc.model import group_mean_name
+
+PRIORS = {"mu0": 0.0, "s0": 1.0, "tau_scale": 1.0}
+N_RANKS = 99
+"""Posterior draws each true value is ranked among (ranks 0..99)."""
+N_BINS = 10
+FAMILY_ALPHA = 1e-3
+"""Family-wise level of the uniformity tests of one calibration run."""
+
+
+def _hierarchy(depth: int) -> Hierarchy:
+    """12 features in 4 subclasses in 2 superclasses, truncated to ``depth``."""
+    sub = ["a", "a", "a", "b", "b", "b", "c", "c", "c", "d", "d", "d"]
+    annotations = pd.DataFrame(
+        {"sub": sub, "super": ["X" if s in "ab" else "Y" for s in sub]},
+        index=[f"f{j}" for j in range(12)],
+    )
+    return Hierarchy.from_frame(annotations, ["sub", "super"]).truncate(depth)
+
+
+def simulate_from_prior(
+    depth: int, n_reps: int, seed: int
+) -> tuple[ShrinkageModel, dict[str, np.ndarray]]:
+    """θ0, τ and units from the prior and b ~ N(θ, s²), one replication per covariate.
+
+    Returns the model of the simulated estimates and the true values (one per replication)
+    of τ at every level, θ0, the first group mean of every level and the first θ.
+    """
+    rng = np.random.default_rng(seed)
+    tree = _hierarchy(depth)
+    sizes = [tree.n_features, *tree.n_groups]
+    se = np.tile(np.linspace(0.1, 0.4, tree.n_features), (n_reps, 1))
+    theta0 = rng.normal(PRIORS["mu0"], PRIORS["s0"], n_reps)
+    tau = np.abs(PRIORS["tau_scale"] * rng.standard_cauchy((n_reps, depth + 1)))
+    truth = {"mu": theta0}
+    values = theta0[:, None]
+    for level in range(depth, -1, -1):
+        parents = tree.parents[level] if level < depth else np.zeros(sizes[level], dtype=int)
+        values = rng.normal(values[:, parents], tau[:, level : level + 1])
+        name = "theta" if level == 0 else group_mean_name(tree.levels[level - 1])
+        truth[f"{name}[0]"] = values[:, 0]
+        truth[f"tau[{level}]"] = tau[:, level]
+    covariates = [f"rep{k}" for k in range(n_reps)]
+    estimates = (
+        pd.DataFrame(rng.normal(values, se), index=covariates, columns=tree.features),
+        pd.DataFrame(se, index=covariates, columns=tree.features),
+    )
+    return ShrinkageModel(estimates, tree, priors=PRIORS), truth
+
+
+def _draws(posterior, name: str) -> np.ndarray:
+    """(sample, replication) draws of a quantity named as in :func:`simulate_from_prior`."""
+    if name == "mu":
+        values = posterior["mu"]
+    elif name.startswith("tau["):
+        values = posterior["tau"].isel(level=int(name[4:-1]))
+    else:
+        variable = name.split("[")[0]
+        values = posterior[variable].isel({posterior[variable].dims[-1]: 0})
+    stacked = values.stack(sample=("chain", "draw")).transpose("sample", "covariate")
+    return stacked.to_numpy()
+
+
+def rank_p_values(idata, truth: dict[str, np.ndarray]) -> dict[str, float]:
+    """Chi-square p-value of the uniformity of the ranks of each quantity."""
+    p_values = {}
+    for name, true_values in truth.items():
+        draws = _draws(idata.posterior, name)
+        thinned = draws[np.linspace(0, draws.shape[0] - 1, N_RANKS).round().astype(int)]
+        ranks = (thinned < true_values).sum(axis=0)
+        counts = np.bincount(ranks * N_BINS // (N_RANKS + 1), minlength=N_BINS)
+        p_values[name] = float(stats.chisquare(counts).pvalue)
+    return p_values
+
+
+def assert_calibrated(p_values: dict[str, float]) -> None:
+    threshold = FAMILY_ALPHA / len(p_values)
+    failed = {name: p for name, p in p_values.items() if p < threshold}
+    assert not failed, f"ranks not uniform (p < {threshold:.1e}): {failed}"
+
+
+def run_sampler(model: ShrinkageModel, sampler: str, seed: int):
+    """Fit with one of 'collapsed', 'conjugate' (engine), 'step' (PyMC step) or 'nuts'."""
+    common = {"draws": 500, "tune": 300, "chains": 2, "random_seed": seed, "progressbar": False}
+    if sampler in ("collapsed", "conjugate"):
+        return sample_gibbs(model, scheme=sampler, **common)
+    if sampler == "step":
+        return sample_gibbs(model, scheme="conjugate", backend="pymc", cores=1, **common)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.sample("nuts", nuts_sampler="pymc", cores=1, **common)
+
+
+def calibration(depth: int, sampler: str, n_reps: int, seed: int) -> dict[str, float]:
+    model, truth = simulate_from_prior(depth, n_reps, seed)
+    return rank_p_values(run_sampler(model, sampler, seed), truth)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_engine_is_calibrated_quick(depth):
+    assert_calibrated(calibration(depth, "collapsed", n_reps=200, seed=depth))
+
+
+@pytest.mark.parametrize("sampler", ["conjugate", "step", "nuts"])
+def test_other_samplers_are_calibrated_quick(sampler):
+    assert_calibrated(calibration(1, sampler, n_reps=100, seed=7))
+
+
+def _draw_scale_without_half(sum_sq, n_units, mixing, rng):
+    """The planted bug: rate SS + 1/λ instead of SS/2 + 1/λ."""
+    return np.sqrt(updates.draw_inverse_gamma(0.5 * (n_units + 1), sum_sq + 1.0 / mixing, rng))
+
+
+def test_calibration_catches_a_dropped_half(monkeypatch):
+    """The test of the test: the same check rejects a sweep with a dropped 1/2."""
+    monkeypatch.setattr(updates, "draw_scale", _draw_scale_without_half)
+    p_values = calibration(1, "conjugate", n_reps=100, seed=7)
+    assert min(p_values["tau[0]"], p_values["tau[1]"]) < 1e-6, p_values
+    with pytest.raises(AssertionError, match="not uniform"):
+        assert_calibrated(p_values)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth", [0, 1, 2])
+@pytest.mark.parametrize("sampler", ["collapsed", "conjugate", "step", "nuts"])
+def test_samplers_are_calibrated_full(depth, sampler):
+    assert_calibrated(calibration(depth, sampler, n_reps=500, seed=100 + depth))
