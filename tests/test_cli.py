@@ -91,9 +91,7 @@ def test_simulate_then_fit(simulated):
 
 
 def _corrupt(sim, name, edit):
-    frame = pd.read_csv(sim / name)
-    edit(frame)
-    frame.to_csv(sim / name, index=False)
+    edit(pd.read_csv(sim / name)).to_csv(sim / name, index=False)
 
 
 @pytest.mark.parametrize(
@@ -101,24 +99,22 @@ def _corrupt(sim, name, edit):
     [
         (lambda sim: (sim / "responses.csv").unlink(), "responses file .* does not exist"),
         (
-            lambda sim: _corrupt(
-                sim, "responses.csv", lambda f: f.__setitem__("metabolite_3", "x")
-            ),
+            lambda sim: _corrupt(sim, "responses.csv", lambda f: f.assign(metabolite_3="x")),
             r"1 response column\(s\) are not numeric, e.g. \['metabolite_3'\]",
         ),
         (
-            lambda sim: _corrupt(sim, "samples.csv", lambda f: f.drop(index=[0, 1], inplace=True)),
+            lambda sim: _corrupt(sim, "samples.csv", lambda f: f.drop(index=[0, 1])),
             r"2 response sample\(s\) have no row in the samples file, e.g. \['sample_0'",
         ),
         (
-            lambda sim: _corrupt(sim, "annotations.csv", lambda f: f.drop(index=[5], inplace=True)),
+            lambda sim: _corrupt(sim, "annotations.csv", lambda f: f.drop(index=[5])),
             r"1 response feature\(s\) have no annotation, e.g. \['metabolite_5'\]",
         ),
         (
             lambda sim: _corrupt(
                 sim,
                 "annotations.csv",
-                lambda f: f.rename(columns={"subclass": "sub"}, inplace=True),
+                lambda f: f.rename(columns={"subclass": "sub"}),
             ),
             r"no column\(s\) \['subclass'\]",
         ),
