@@ -136,7 +136,7 @@ class ShrinkageModel:
         if sampler == "gibbs":
             from bayeshier_pymc.gibbs import sample_gibbs
 
-            return sample_gibbs(
+            idata = sample_gibbs(
                 self,
                 draws=draws,
                 tune=tune,
@@ -146,6 +146,8 @@ class ShrinkageModel:
                 progressbar=progressbar,
                 **sampler_kwargs,
             )
+            warn_if_not_converged(idata)
+            return idata
         if sampler != "nuts":
             raise ValueError(f"unknown sampler {sampler!r}; use 'nuts' or 'gibbs'.")
         if nuts_sampler not in ("pymc", "nutpie", "numpyro"):

@@ -160,3 +160,19 @@ def test_collapsed_scheme_mixes_tau_w_where_the_centred_sweep_crawls():
     assert np.all(ratios >= 0.5), ratios
     assert np.all(rhats <= 1.01), rhats
     assert np.all(conjugate < 0.25), conjugate
+
+
+def test_short_gibbs_run_warns_when_diagnostics_fail():
+    import warnings
+
+    from bayeshier_pymc import Hierarchy, ShrinkageModel, mlm, simulate
+    from bayeshier_pymc._convergence import ConvergenceWarning
+
+    study = simulate(60, 40, 2, random_seed=0)
+    fit = mlm(study.Y, study.X, x_intercept=False)
+    model = ShrinkageModel(fit, Hierarchy.from_frame(study.annotations, ["subclass"]))
+    with pytest.warns(ConvergenceWarning, match="bulk ESS"):
+        model.sample("gibbs", draws=20, tune=5, chains=2, random_seed=1, progressbar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        model.sample("gibbs", draws=1000, tune=500, chains=2, random_seed=1, progressbar=False)

@@ -86,7 +86,8 @@ def sample_gibbs(
     scale_steps
         Metropolis–Hastings steps per τ and sweep in the collapsed scheme.
     theta_dtype
-        Storage type of the θ draws (float32 by default; see the module docstring).
+        Storage type of the engine's θ draws (float32 by default; see the module docstring;
+        ``backend="pymc"`` keeps PyMC's float64).
     backend
         ``"numpy"`` (default): the vectorised engine; ``"pymc"``: ``pymc.sample`` with the
         :class:`~bayeshier_pymc.gibbs.step.TreeGibbs` step on the centred model.
