@@ -191,7 +191,9 @@ def main() -> None:
     print(
         f"{model!r}; {CHAINS} chains, {TUNE} tuning + kept draws per chain; {os.cpu_count()} CPUs"
     )
-    run_engine(model, 10, args.seed, args.scale_steps)  # compile the numba kernels (cached)
+    with warnings.catch_warnings():  # compile the numba kernels (cached on disk)
+        warnings.simplefilter("ignore")
+        run_engine(model, 10, args.seed, args.scale_steps)
     runs = [run_engine(model, args.draws, args.seed, args.scale_steps)]
     if not args.skip_loop:
         runs.append(run_loop(model, args.loop_draws, args.seed))

@@ -30,6 +30,7 @@ def depth_one() -> ShrinkageModel:
     return _model(depth=1)
 
 
+@pytest.mark.filterwarnings("ignore:the sampler's diagnostics failed")
 @pytest.mark.parametrize("depth", ["none", 0, 1, 2])
 def test_engine_returns_the_contract(depth):
     model = _model(m=20, depth=depth)
