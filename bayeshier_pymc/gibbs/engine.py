@@ -133,13 +133,11 @@ def sample_gibbs(
         posterior,
         stats,
         sampler=f"gibbs ({scheme})",
-        attrs={
-            "sampling_time": elapsed,
-            "scheme": scheme,
-            "scale_steps": scale_steps,
-            "tuning_steps": tune,
-            "random_seed": "None" if random_seed is None else int(random_seed),
-        },
+        sampling_time=elapsed,
+        scheme=scheme,
+        scale_steps=scale_steps,
+        tune=tune,
+        random_seed=random_seed,
     )
 
 
@@ -149,9 +147,16 @@ def finish_inference_data(
     stats: dict[str, np.ndarray],
     *,
     sampler: str,
-    attrs: dict[str, Any],
+    sampling_time: float,
+    scheme: str,
+    scale_steps: int,
+    tune: int,
+    random_seed: int | None,
 ) -> az.InferenceData:
-    """Build the contract and add the per-draw log-likelihood to ``sample_stats``."""
+    """Build the contract with the run's settings as attrs; add the log-likelihood stat.
+
+    ``sample_stats["log_likelihood"]`` is the per-draw Σ log N(b; θ, s²).
+    """
     idata = build_inference_data(
         posterior,
         model.estimates,
@@ -160,7 +165,13 @@ def finish_inference_data(
         sampler=sampler,
         depth=model.depth,
         sample_stats=stats or None,
-        attrs=attrs,
+        attrs={
+            "sampling_time": sampling_time,
+            "scheme": scheme,
+            "scale_steps": scale_steps,
+            "tuning_steps": tune,
+            "random_seed": "None" if random_seed is None else int(random_seed),
+        },
     )
     log_likelihood = idata.log_likelihood["b_conditional"].sum(("covariate", "feature"))
     if "sample_stats" in idata.groups():

@@ -274,11 +274,9 @@ def sample_with_step(
         posterior,
         {"scale_acceptance": raw.sample_stats["scale_acceptance"].to_numpy()},
         sampler=f"gibbs ({scheme}, pymc step)",
-        attrs={
-            "sampling_time": elapsed,
-            "scheme": scheme,
-            "scale_steps": scale_steps,
-            "tuning_steps": tune,
-            "random_seed": "None" if random_seed is None else int(random_seed),
-        },
+        sampling_time=elapsed,
+        scheme=scheme,
+        scale_steps=scale_steps,
+        tune=tune,
+        random_seed=random_seed,
     )
