@@ -8,7 +8,7 @@ from bayeshier_pymc.depth_comparison import DepthComparison, compare_depths
 from bayeshier_pymc.diagnostics import Diagnosis, diagnose
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.inference_data import loo
+from bayeshier_pymc.inference_data import add_log_likelihood, loo
 from bayeshier_pymc.mlm import MLMFit, mlm
 from bayeshier_pymc.persistence import load_results, save_results
 from bayeshier_pymc.results import (
@@ -39,6 +39,7 @@ __all__ = [
     "SimulatedStudy",
     "StudyResult",
     "__version__",
+    "add_log_likelihood",
     "coefficient_matrix",
     "coefficient_summary",
     "coefficient_table",

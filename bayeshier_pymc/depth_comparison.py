@@ -7,12 +7,13 @@ Three leave-out questions are available (``loo=``), each a different prediction 
     *new metabolite* of a known group. One of the two likelihoods of the same joint model
     (the ``b_marginal`` log-likelihood of the InferenceData contract).
 ``"conditional"`` — leave one estimate out, θ_j kept
-    ``log N(b_j; θ_j, s_j²)`` (``b_conditional``). It is often read as "a new measurement of a
-    known metabolite", but with one estimate per θ_j, leaving b_j out leaves θ_j nothing but
-    its prior from the group, so the exact leave-one-out predictive is *the same number* as
-    the marginal one. Only the PSIS approximation differs: the posterior of θ_j rests on the
-    held-out b_j, the importance weights are heavy-tailed (Pareto k > 0.7 wherever pooling is
-    weak) and the elpd is unreliable. It is offered to show exactly that.
+    ``log N(b_j; θ_j, s_j²)`` (``b_conditional``, computed from the draws). It is often read
+    as "a new measurement of a known metabolite", but with one estimate per θ_j, leaving b_j
+    out leaves θ_j nothing but its prior from the group, so the exact leave-one-out
+    predictive is *the same number* as the marginal one. Only the PSIS approximation
+    differs: the posterior of θ_j rests on the held-out b_j, the importance weights are
+    heavy-tailed (Pareto k > 0.7 wherever pooling is weak) and the elpd is unreliable. It is
+    offered to show exactly that.
 ``"group"`` — leave one group out
     ``log p(b_G | b_−G, τ)`` for every group G at one annotation level (default: the finest):
     a *new group of metabolites* (a new subclass). Given the scales τ every other quantity

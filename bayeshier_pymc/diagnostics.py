@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayeshier_pymc.inference_data import LOG_LIKELIHOOD_NAMES
+from bayeshier_pymc.inference_data import LOG_LIKELIHOOD_NAMES, with_log_likelihood
 
 __all__ = [
     "GROUP_LOG_LIKELIHOOD",
@@ -194,7 +194,8 @@ def loo_elpd(idata: az.InferenceData, kind: LooKind = "marginal") -> az.ELPDData
     Parameters
     ----------
     idata
-        A fit; for ``kind="group"`` its ``log_likelihood`` must hold ``b_group``.
+        A fit; for ``kind="group"`` its ``log_likelihood`` must hold ``b_group``; a
+        marginal or conditional one it lacks is computed from the draws.
     kind
         ``"marginal"``, ``"conditional"`` or ``"group"``.
 
@@ -204,12 +205,16 @@ def loo_elpd(idata: az.InferenceData, kind: LooKind = "marginal") -> az.ELPDData
         With pointwise values.
     """
     check_loo_kind(kind)
-    var_name = GROUP_LOG_LIKELIHOOD if kind == "group" else LOG_LIKELIHOOD_NAMES[kind]
-    if var_name not in idata.log_likelihood:
-        raise ValueError(
-            f"the fit has no {var_name!r} log-likelihood; for loo='group' build it with "
-            "depth_comparison.group_log_likelihood() or use compare_depths / compare_fits."
-        )
+    if kind == "group":
+        var_name = GROUP_LOG_LIKELIHOOD
+        if "log_likelihood" not in idata.groups() or var_name not in idata.log_likelihood:
+            raise ValueError(
+                f"the fit has no {var_name!r} log-likelihood; for loo='group' build it with "
+                "depth_comparison.group_log_likelihood() or use compare_depths / compare_fits."
+            )
+    else:
+        var_name = LOG_LIKELIHOOD_NAMES[kind]
+        idata = with_log_likelihood(idata, kind)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         elpd = az.loo(idata, var_name=var_name, pointwise=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from importlib.metadata import version
 from typing import Any, Literal
@@ -10,6 +11,7 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
+from bayeshier_pymc import log_likelihood as pointwise
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.model import group_mean_name, model_coords
@@ -18,9 +20,12 @@ from bayeshier_pymc.priors import Priors
 __all__ = [
     "DEFAULT_LOG_LIKELIHOOD",
     "LOG_LIKELIHOOD_NAMES",
+    "add_log_likelihood",
     "build_inference_data",
+    "log_likelihood_dataset",
     "loo",
     "posterior_dims",
+    "with_log_likelihood",
 ]
 
 LogLikelihoodKind = Literal["marginal", "conditional"]
@@ -39,8 +44,11 @@ b_j moves θ_j's posterior a lot, so importance sampling on the conditional form
 Pareto k) wherever pooling is weak; on the marginal form PSIS only reweights the scales and
 group means, and is reliable. The conditional form is kept for users with replicate
 measurements per metabolite and for comparison (see ``docs/model_comparison.md``).
+
+Only the default is stored by :func:`build_inference_data` (so ``az.loo(idata)`` and
+``az.compare`` need no ``var_name``); :func:`add_log_likelihood` adds the other one, and
+:func:`loo` computes it on demand.
 """
-_HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
 
 
 def posterior_dims(hierarchy: Hierarchy | None) -> dict[str, tuple[str, ...]]:
@@ -55,11 +63,6 @@ def posterior_dims(hierarchy: Hierarchy | None) -> dict[str, tuple[str, ...]]:
     return dims
 
 
-def _normal_logpdf(x: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    z = (x - mean) / sd
-    return -0.5 * z * z - np.log(sd) - _HALF_LOG_2PI
-
-
 def build_inference_data(
     posterior: Mapping[str, np.ndarray],
     estimates: Estimates,
@@ -70,6 +73,7 @@ def build_inference_data(
     depth: int | str,
     sample_stats: xr.Dataset | Mapping[str, np.ndarray] | None = None,
     attrs: Mapping[str, Any] | None = None,
+    log_likelihood: np.ndarray | None = None,
 ) -> az.InferenceData:
     """Assemble the InferenceData contract from posterior draws.
 
@@ -89,6 +93,9 @@ def build_inference_data(
         Sampler statistics with leading dims (chain, draw).
     attrs
         Extra attributes.
+    log_likelihood
+        The default pointwise log-likelihood (:data:`DEFAULT_LOG_LIKELIHOOD`), (chain, draw,
+        covariate, feature), if the sampler already computed it; else it is computed here.
 
     Returns
     -------
@@ -111,11 +118,23 @@ def build_inference_data(
     posterior_ds = _dataset({name: posterior[name] for name in dims}, dims, coords)
     b = estimates.estimate.to_numpy()
     se = estimates.se.to_numpy()
-    log_likelihood = _pointwise_log_likelihoods(posterior, b, se, hierarchy, priors)
-    obs_dims = {name: ("covariate", "feature") for name in log_likelihood}
+    if log_likelihood is None:
+        first_level = hierarchy.levels[0] if hierarchy is not None and hierarchy.depth else None
+        log_likelihood = _pointwise(
+            DEFAULT_LOG_LIKELIHOOD,
+            posterior,
+            b,
+            se,
+            first_level=first_level,
+            parent_index=hierarchy.parents[0] if first_level is not None else None,
+            mu0=priors.mu0,
+            s0=priors.s0,
+        )
+    pointwise_values = {LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD]: log_likelihood}
+    obs_dims = {name: ("covariate", "feature") for name in pointwise_values}
     groups: dict[str, xr.Dataset] = {
         "posterior": posterior_ds,
-        "log_likelihood": _dataset(log_likelihood, obs_dims, coords),
+        "log_likelihood": _dataset(pointwise_values, obs_dims, coords),
         "observed_data": xr.Dataset(
             {"b": (("covariate", "feature"), b)},
             coords={"covariate": coords["covariate"], "feature": coords["feature"]},
@@ -145,46 +164,139 @@ def build_inference_data(
     return idata
 
 
-def _pointwise_log_likelihoods(
-    posterior: Mapping[str, np.ndarray],
+def _check_kind(kind: str) -> LogLikelihoodKind:
+    if kind not in LOG_LIKELIHOOD_NAMES:
+        raise ValueError(f"kind must be 'marginal' or 'conditional', got {kind!r}.")
+    return kind  # type: ignore[return-value]
+
+
+def _pointwise(
+    kind: str,
+    draws: Mapping[str, np.ndarray],
     b: np.ndarray,
     se: np.ndarray,
-    hierarchy: Hierarchy | None,
-    priors: Priors,
-) -> dict[str, np.ndarray]:
-    """Both pointwise log-likelihoods, computed chain by chain into θ's storage type.
-
-    Computing one chain at a time keeps the temporaries to one chain's size, and storing in
-    θ's type (float32 from the Gibbs engine) halves the memory of large runs.
-    """
-    theta = posterior["theta"]
-    result = {
-        name: np.empty(theta.shape, dtype=theta.dtype) for name in LOG_LIKELIHOOD_NAMES.values()
-    }
-    for chain in range(theta.shape[0]):
-        draws = {name: values[chain] for name, values in posterior.items()}
-        result["b_conditional"][chain] = _normal_logpdf(b, draws["theta"], se)
-        result["b_marginal"][chain] = _marginal_log_likelihood(draws, b, se, hierarchy, priors)
-    return result
-
-
-def _marginal_log_likelihood(
-    posterior: Mapping[str, np.ndarray],
-    b: np.ndarray,
-    se: np.ndarray,
-    hierarchy: Hierarchy | None,
-    priors: Priors,
+    *,
+    first_level: str | None,
+    parent_index: np.ndarray | None,
+    mu0: float,
+    s0: float,
 ) -> np.ndarray:
-    """Log N(b_j; parent mean, s_j² + τ_w²) per draw, or the fixed prior predictive."""
-    if hierarchy is None:
-        return _normal_logpdf(b, priors.mu0, np.sqrt(se**2 + priors.s0**2))
-    if hierarchy.depth == 0:
-        parent_mean = posterior["mu"][..., None]
+    """The pointwise log-likelihood ``kind`` (chain, draw, covariate, feature), θ's type.
+
+    ``first_level`` is the annotation level of θ's parents (``None`` at depth 0, where θ0
+    is the parent, and without pooling, where ``draws`` has no ``mu``).
+    """
+    theta = draws["theta"]
+    if kind == "conditional":
+        return pointwise.conditional(theta, b, se)
+    if "mu" not in draws:
+        return pointwise.prior_predictive(
+            b, se, mu0=mu0, s0=s0, lead=theta.shape[:2], dtype=theta.dtype
+        )
+    if first_level is None:
+        parent_mean = draws["mu"][..., None]
+        parent_index = np.zeros(b.shape[1], dtype=np.intp)
     else:
-        means = posterior[group_mean_name(hierarchy.levels[0])]
-        parent_mean = means[..., hierarchy.parents[0]]
-    tau_w = posterior["tau"][..., 0:1]
-    return _normal_logpdf(b, parent_mean, np.sqrt(se**2 + tau_w**2))
+        parent_mean = draws[group_mean_name(first_level)]
+    return pointwise.marginal(
+        b,
+        se,
+        parent_mean=parent_mean,
+        parent_index=parent_index,
+        tau_w=draws["tau"][..., 0],
+        dtype=theta.dtype,
+    )
+
+
+def log_likelihood_dataset(idata: az.InferenceData, kind: LogLikelihoodKind) -> xr.Dataset:
+    """The pointwise log-likelihood ``kind`` of a fit, computed from its draws and data.
+
+    Parameters
+    ----------
+    idata
+        A result of :meth:`ShrinkageModel.sample` (or one loaded by
+        :func:`~bayeshier_pymc.persistence.load_results`).
+    kind
+        ``"marginal"`` or ``"conditional"``.
+
+    Returns
+    -------
+    xarray.Dataset
+        One variable, ``b_marginal`` or ``b_conditional`` (chain, draw, covariate, feature).
+    """
+    _check_kind(kind)
+    post = idata.posterior
+    lead = ("chain", "draw", "covariate")
+    levels = list(idata.attrs.get("levels", []))
+    draws = {"theta": post["theta"].transpose(*lead, "feature").to_numpy()}
+    first_level = levels[0] if levels else None
+    parent_index = None
+    if "mu" in post:
+        draws["mu"] = post["mu"].transpose(*lead).to_numpy()
+        draws["tau"] = post["tau"].transpose(*lead, "level").to_numpy()
+        if first_level is not None:
+            name = group_mean_name(first_level)
+            draws[name] = post[name].transpose(*lead, first_level).to_numpy()
+            parent_index = idata.constant_data[f"{first_level}_index"].to_numpy()
+    priors = json.loads(idata.attrs["priors"])
+    values = _pointwise(
+        kind,
+        draws,
+        idata.observed_data["b"].transpose("covariate", "feature").to_numpy(),
+        idata.constant_data["se"].transpose("covariate", "feature").to_numpy(),
+        first_level=first_level,
+        parent_index=parent_index,
+        mu0=float(priors["mu0"]),
+        s0=float(priors["s0"]),
+    )
+    theta = post["theta"].transpose(*lead, "feature")
+    return xr.Dataset(
+        {LOG_LIKELIHOOD_NAMES[kind]: (theta.dims, values)},
+        coords={dim: theta.coords[dim] for dim in theta.dims if dim in theta.coords},
+    )
+
+
+def add_log_likelihood(
+    idata: az.InferenceData, kind: LogLikelihoodKind = "conditional"
+) -> az.InferenceData:
+    """Store the pointwise log-likelihood ``kind`` in ``idata.log_likelihood``, in place.
+
+    After ``add_log_likelihood(idata, "conditional")`` the fit holds both forms; give
+    ``az.loo`` / ``az.compare`` the ``var_name`` to use.
+
+    Parameters
+    ----------
+    idata
+        A result of :meth:`ShrinkageModel.sample`.
+    kind
+        ``"marginal"`` or ``"conditional"`` (default: the one not stored by default).
+
+    Returns
+    -------
+    arviz.InferenceData
+        ``idata`` itself.
+    """
+    dataset = log_likelihood_dataset(idata, kind)
+    if "log_likelihood" in idata.groups():
+        idata.log_likelihood[LOG_LIKELIHOOD_NAMES[kind]] = dataset[LOG_LIKELIHOOD_NAMES[kind]]
+    else:
+        dataset.attrs.update(idata.attrs)
+        idata.add_groups(log_likelihood=dataset)
+    return idata
+
+
+def with_log_likelihood(idata: az.InferenceData, kind: LogLikelihoodKind) -> az.InferenceData:
+    """``idata`` if it holds the log-likelihood ``kind``; else a light copy that does.
+
+    The copy shares ``idata``'s posterior and adds the computed ``log_likelihood`` group;
+    ``idata`` is left unchanged.
+    """
+    name = LOG_LIKELIHOOD_NAMES[_check_kind(kind)]
+    if "log_likelihood" in idata.groups() and name in idata.log_likelihood:
+        return idata
+    return az.InferenceData(
+        posterior=idata.posterior, log_likelihood=log_likelihood_dataset(idata, kind)
+    )
 
 
 def _constant_data(
@@ -231,10 +343,10 @@ def loo(idata: az.InferenceData, kind: LogLikelihoodKind | None = None, **kwargs
     kind
         ``"marginal"`` (default) or ``"conditional"``: which pointwise log-likelihood PSIS
         reweights; see :data:`DEFAULT_LOG_LIKELIHOOD` for why the marginal one is reliable.
+        One that ``idata`` does not hold is computed from the draws.
     **kwargs
         Passed to :func:`arviz.loo`.
     """
-    kind = kind or DEFAULT_LOG_LIKELIHOOD
-    if kind not in LOG_LIKELIHOOD_NAMES:
-        raise ValueError(f"kind must be 'marginal' or 'conditional', got {kind!r}.")
-    return az.loo(idata, var_name=LOG_LIKELIHOOD_NAMES[kind], **kwargs)
+    kind = _check_kind(kind or DEFAULT_LOG_LIKELIHOOD)
+    source = with_log_likelihood(idata, kind)
+    return az.loo(source, var_name=LOG_LIKELIHOOD_NAMES[kind], **kwargs)

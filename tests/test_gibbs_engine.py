@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from bayeshier_pymc import Hierarchy, ShrinkageModel, simulate
 from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal, upward_pass
@@ -51,8 +52,14 @@ def test_engine_returns_the_contract(depth):
             assert idata.posterior[dim].to_numpy().tolist() == coords[dim]
     assert idata.posterior["theta"].dtype == np.float32
     assert idata.posterior.sizes["chain"] == 3 and idata.posterior.sizes["draw"] == 30
-    assert set(idata.log_likelihood.data_vars) == {"b_conditional", "b_marginal"}
-    assert "log_likelihood" in idata.sample_stats
+    assert set(idata.log_likelihood.data_vars) == {"b_marginal"}
+    assert idata.log_likelihood["b_marginal"].dtype == np.float32
+    total = stats.norm(idata.posterior["theta"], idata.constant_data["se"]).logpdf(
+        idata.observed_data["b"]
+    )
+    np.testing.assert_allclose(
+        idata.sample_stats["log_likelihood"], total.sum(axis=(2, 3)), rtol=1e-6
+    )
     assert idata.attrs["sampling_time"] > 0 and idata.attrs["sampler"].startswith("gibbs")
     assert np.isfinite(idata.log_likelihood["b_marginal"]).all()
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numba
 import numpy as np
@@ -51,6 +52,7 @@ __all__ = [
     "draw_inverse_gamma",
     "draw_mixing",
     "draw_scale",
+    "draw_theta_into",
     "evaluate",
     "initial_state",
     "slice_sample",
@@ -124,12 +126,12 @@ class TreeData:
     orders: tuple[np.ndarray, ...]
     positions: tuple[np.ndarray, ...]
 
-    @property
+    @cached_property
     def flat_starts(self) -> tuple[np.ndarray, np.ndarray]:
         """All levels' ``starts`` in one array, and where each level's begin (D + 2 offsets)."""
         return np.concatenate(self.starts), np.cumsum([0, *(s.size for s in self.starts)])
 
-    @property
+    @cached_property
     def message_offsets(self) -> np.ndarray:
         """Where the units of each level 1..D + 1 begin in a row of all levels' messages.
 
@@ -297,28 +299,25 @@ def draw_units(
     level: int,
     message: tuple[np.ndarray, np.ndarray],
     rng: np.random.Generator,
-    noise: np.ndarray | None = None,
 ) -> None:
     """Draw the level-``level`` units from their prior times the message N(y; u, v).
 
     The prior is N(parent, τ_level²), or N(mu0, s0²) for θ0; the conditional is
     :func:`~bayeshier_pymc.gaussian_tree.posterior_normal` (fused into one compiled loop
-    below θ0). ``noise``: standard normal draws to use instead of drawing from ``rng``.
+    below θ0).
     """
     y, v = message
     if level > data.depth:
         mean, var = posterior_normal(data.mu0, data.s0**2, y, v)
         state.units[level] = draw_normal(mean, var, rng)
         return
-    if noise is None:
-        noise = rng.standard_normal(np.shape(y))
     state.units[level] = _draw_children_kernel(
         state.units[level + 1],
         data.parent_index[level],
         np.square(state.tau[:, level]),
         y,
         v,
-        noise,
+        rng.standard_normal(np.shape(y)),
     )
 
 
@@ -345,6 +344,58 @@ def _draw_children_kernel(
             mean = prior_mean + weight * (y[r, j] - prior_mean)
             out[r, j] = mean + np.sqrt(weight * v[r, j]) * noise[r, j]
     return out
+
+
+def draw_theta_into(
+    data: TreeData, parent: np.ndarray, tau_w: np.ndarray, noise: np.ndarray, out: np.ndarray
+) -> None:
+    """Draw θ | b, τ_w, parent means exactly, straight into a store in the caller's order.
+
+    Parameters
+    ----------
+    data
+        The sweep data.
+    parent, tau_w
+        The rows' means of θ's parents (``state.units[1]``, internal order) and τ_w.
+    noise
+        Standard normal rows × m draws.
+    out
+        (chains, covariates, m) array, e.g. one draw of a (chain, draw, covariate, feature)
+        store; row r is ``out[r // covariates, r % covariates]``.
+    """
+    _draw_theta_kernel(
+        parent,
+        data.parent_index[0],
+        np.square(tau_w),
+        data.b,
+        data.var_b,
+        noise,
+        data.orders[0],
+        out,
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _draw_theta_kernel(
+    parent: np.ndarray,
+    parent_index: np.ndarray,
+    tau_sq: np.ndarray,
+    b: np.ndarray,
+    var_b: np.ndarray,
+    noise: np.ndarray,
+    order: np.ndarray,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """:func:`_draw_children_kernel` for θ, written to ``out[chain, covariate, order[j]]``."""
+    n_rows, n_units = b.shape
+    n_covariates = out.shape[1]
+    for r in range(n_rows):
+        row = out[r // n_covariates, r % n_covariates]
+        for j in range(n_units):
+            prior_mean = parent[r, parent_index[j]]
+            weight = tau_sq[r] / (tau_sq[r] + var_b[r, j])
+            mean = prior_mean + weight * (b[r, j] - prior_mean)
+            row[order[j]] = mean + np.sqrt(weight * var_b[r, j]) * noise[r, j]
 
 
 def draw_units_given_scales(
@@ -897,9 +948,9 @@ def _independence_kernel(
             terms[0] = cache_term[r]
             message_y[r, level_one] = cache_y[r]
             message_v[r, level_one] = cache_v[r]
-            first, y, v = 1, cache_y[r].copy(), cache_v[r].copy()
+            first, y, v = 1, cache_y[r], cache_v[r]
         else:
-            first, y, v = 0, b[r].copy(), var_b[r].copy()
+            first, y, v = 0, b[r], var_b[r]
         _row_log_marginal_from(
             first,
             y,
@@ -924,9 +975,9 @@ def _independence_kernel(
                 proposal = loc[r, level] + scale[r, level] * t_draws[r, i, step]
                 row_tau[level] = np.exp(proposal)
                 if level == 0:
-                    y, v = b[r].copy(), var_b[r].copy()
+                    y, v = b[r], var_b[r]
                 else:
-                    y, v = message_y[r, below].copy(), message_v[r, below].copy()
+                    y, v = message_y[r, below], message_v[r, below]
                 _row_log_marginal_from(
                     level,
                     y,
@@ -1008,7 +1059,6 @@ def collapsed_sweep(
     rng: np.random.Generator,
     *,
     draw_theta: bool = True,
-    theta_noise: np.ndarray | None = None,
 ) -> np.ndarray:
     """One collapsed sweep, in place (see the module docstring).
 
@@ -1022,9 +1072,8 @@ def collapsed_sweep(
         Random generator.
     draw_theta
         Draw θ at the end. Nothing in the next sweep conditions on θ, so it can be skipped
-        when the draw is not kept (tuning, thinning).
-    theta_noise
-        Standard normal rows × m noise for θ (default: drawn from ``rng``).
+        when the draw is not kept (tuning, thinning), or drawn elsewhere
+        (:func:`draw_theta_into`).
 
     Returns
     -------
@@ -1036,7 +1085,7 @@ def collapsed_sweep(
     kernel.observe(np.log(state.tau))
     draw_units_given_scales(data, state, messages, rng, lowest_level=1)
     if draw_theta:
-        draw_units(data, state, 0, messages[0], rng, theta_noise)
+        draw_units(data, state, 0, messages[0], rng)
     return acceptance
 
 
