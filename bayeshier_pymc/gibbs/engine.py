@@ -308,7 +308,7 @@ class _ThetaWriter:
         tree = model.tree
         self._parent_index = (
             tree.parents[0].astype(np.intp)
-            if tree is not None and tree.depth
+            if tree.depth
             else np.zeros(self._b.shape[1], dtype=np.intp)
         )
         self._pool = ThreadPoolExecutor(max_workers=1) if background else None
