@@ -1,7 +1,10 @@
 """A cheap post-sampling convergence check that warns instead of staying silent.
 
 Only the low-dimensional quantities are checked (``tau`` and ``mu``, one per covariate and
-level): r̂ and bulk ESS over every θ draw can cost more than the sampling itself.
+level): r̂ and bulk ESS over every θ draw can cost more than the sampling itself. They are
+computed all at once by the vectorised diagnostics of
+:mod:`~bayeshier_pymc.sampler_comparison` (tested against ArviZ's), which take a tenth of
+the time of ArviZ's variable-by-variable loop here.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from dataclasses import dataclass
 import arviz as az
 import numpy as np
 import xarray as xr
+
+from bayeshier_pymc.sampler_comparison import rhat_and_bulk_ess
 
 __all__ = ["ConvergenceReport", "ConvergenceWarning", "check_convergence", "warn_if_not_converged"]
 
@@ -54,13 +59,17 @@ class ConvergenceReport:
         return not self.problems
 
 
-def _extreme(values: xr.Dataset, reducer: str) -> float:
-    arrays = [np.asarray(values[name]).ravel() for name in values.data_vars]
-    flat = np.concatenate(arrays) if arrays else np.array([])
-    finite = flat[np.isfinite(flat)]
+def _extreme(values: np.ndarray, reducer: str) -> float:
+    finite = values[np.isfinite(values)]
     if finite.size == 0:
         return float("nan")
     return float(finite.max() if reducer == "max" else finite.min())
+
+
+def _draws(posterior: xr.Dataset, names: list[str]) -> np.ndarray:
+    """The draws of ``names`` as one (chain, draw, parameter) array."""
+    columns = [posterior[name].transpose("chain", "draw", ...).to_numpy() for name in names]
+    return np.concatenate([c.reshape(*c.shape[:2], -1) for c in columns], axis=-1)
 
 
 def check_convergence(
@@ -96,15 +105,15 @@ def check_convergence(
     names = [name for name in var_names if name in posterior]
     rhat_value = ess_value = float("nan")
     if names:
-        subset = posterior[names]
-        n_chains = subset.sizes["chain"]
-        n_draws = subset.sizes["draw"]
-        if n_chains > 1 and n_draws >= 4:
-            rhat_value = _extreme(az.rhat(subset), "max")
-            if not rhat_value <= max_rhat:
-                problems.append(f"max r̂ of {names} is {rhat_value:.3f} > {max_rhat}")
+        draws = _draws(posterior, names)
+        n_chains, n_draws = draws.shape[:2]
         if n_draws >= 4:
-            ess_value = _extreme(az.ess(subset, method="bulk"), "min")
+            rhat, ess_bulk = rhat_and_bulk_ess(draws)
+            if n_chains > 1:
+                rhat_value = _extreme(rhat, "max")
+                if not rhat_value <= max_rhat:
+                    problems.append(f"max r̂ of {names} is {rhat_value:.3f} > {max_rhat}")
+            ess_value = _extreme(ess_bulk, "min")
             if not ess_value >= min_ess_bulk:
                 problems.append(f"min bulk ESS of {names} is {ess_value:.0f} < {min_ess_bulk}")
     return ConvergenceReport(divergences, rhat_value, ess_value, tuple(problems))

@@ -5,8 +5,7 @@ uses by default):
 
 :func:`marginal`
     log N(b_j; parent mean, s_j² + τ_w²), θ_j integrated out (:func:`prior_predictive`
-    without pooling: log N(b_j; mu0, s_j² + s0²)); :func:`write_marginal` is its kernel for
-    samplers that write it draw by draw.
+    without pooling: log N(b_j; mu0, s_j² + s0²)).
 :func:`conditional`
     log N(b_j; θ_j, s_j²); :func:`conditional_total` sums it per draw.
 
@@ -27,9 +26,16 @@ from typing import Any
 import numba
 import numpy as np
 
-__all__ = ["conditional", "conditional_total", "marginal", "prior_predictive", "write_marginal"]
+__all__ = [
+    "HALF_LOG_2PI",
+    "conditional",
+    "conditional_total",
+    "marginal",
+    "prior_predictive",
+]
 
-_HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
+HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
+"""½ log 2π, the constant of every normal log density."""
 _MIN_DRAWS_PER_THREAD = 64
 
 
@@ -52,7 +58,7 @@ def conditional(theta: np.ndarray, b: np.ndarray, se: np.ndarray) -> np.ndarray:
     out = np.empty(theta.shape, dtype=theta.dtype)
     flat_out = out.reshape(-1, *b.shape)
     flat_theta = np.ascontiguousarray(theta).reshape(flat_out.shape)
-    log_norm = -0.5 * np.log(var_b) - _HALF_LOG_2PI
+    log_norm = -0.5 * np.log(var_b) - HALF_LOG_2PI
     inverse_var = 1.0 / var_b
     _in_threads(
         lambda lo, hi: _conditional_kernel(b, inverse_var, log_norm, flat_theta, lo, hi, flat_out),
@@ -107,32 +113,6 @@ def marginal(
     return out
 
 
-def write_marginal(
-    out: np.ndarray,
-    b: np.ndarray,
-    var_b: np.ndarray,
-    parent_mean: np.ndarray,
-    parent_index: np.ndarray,
-    tau_w: np.ndarray,
-) -> None:
-    """:func:`marginal` of a few draws into ``out``, in the calling thread (for samplers).
-
-    Parameters
-    ----------
-    out
-        (draws, covariate, feature) array to fill (any strides).
-    b, var_b
-        Estimates and their variances, C-contiguous float64 (covariate, feature).
-    parent_mean
-        (draws, covariate, group) means of θ's parents.
-    parent_index
-        The parent group of each feature (``numpy.intp``).
-    tau_w
-        (draws, covariate) sds of θ around its parent.
-    """
-    _marginal_kernel(b, var_b, parent_mean, parent_index, tau_w, 0, out.shape[0], out)
-
-
 def prior_predictive(
     b: np.ndarray,
     se: np.ndarray,
@@ -146,7 +126,7 @@ def prior_predictive(
     b, var_b = _data(b, se)
     variance = var_b + s0**2
     out = np.empty((*lead, *b.shape), dtype=dtype)
-    out[:] = -0.5 * ((b - mu0) ** 2 / variance + np.log(variance)) - _HALF_LOG_2PI
+    out[:] = -0.5 * ((b - mu0) ** 2 / variance + np.log(variance)) - HALF_LOG_2PI
     return out
 
 
@@ -160,7 +140,7 @@ def conditional_total(theta: np.ndarray, b: np.ndarray, se: np.ndarray) -> np.nd
         lambda lo, hi: _conditional_total_kernel(b, inverse_var, flat_theta, lo, hi, totals),
         totals.size,
     )
-    constant = float(np.sum(-0.5 * np.log(var_b) - _HALF_LOG_2PI))
+    constant = float(np.sum(-0.5 * np.log(var_b) - HALF_LOG_2PI))
     return (totals + constant).reshape(theta.shape[:2])
 
 
@@ -206,7 +186,7 @@ def _marginal_kernel(
             for j in range(n_features):
                 variance = var_b[k, j] + tau_sq
                 z = b[k, j] - means[parent_index[j]]
-                out[s, k, j] = -0.5 * (z * z / variance + np.log(variance)) - _HALF_LOG_2PI
+                out[s, k, j] = -0.5 * (z * z / variance + np.log(variance)) - HALF_LOG_2PI
 
 
 @numba.njit(cache=True, nogil=True)

