@@ -72,7 +72,7 @@ SLICE_WIDTH = 1.0
 """Slice width on the log-τ scale (a factor e), with stepping out."""
 SLICE_MAX_STEPS = 20
 """Stepping-out budget (Neal's m) of the slice updates."""
-MAX_SLICE_SWEEPS = 50
+MAX_SLICE_SWEEPS = 20
 """Tuning sweeps that use slice sampling before the proposal is fitted (at most)."""
 MIN_FIT_DRAWS = 10
 """Draws of log τ needed to fit the proposal."""
@@ -82,7 +82,7 @@ collapsed likelihood and lifts the ESS of τ_w where its conditional is skewed (
 against the standard errors)."""
 MAX_SHRINK = 200
 """Shrinkage iterations after which a slice update is declared broken."""
-LOG_BLOCK = 16
+LOG_BLOCK = 32
 """Values multiplied together before one logarithm is taken in :func:`_sum_log`."""
 
 
@@ -465,19 +465,24 @@ def _row_level_term(
             precision += weight
             s1 += weight * deviation
             s2 += weight * deviation * deviation
-            product *= variance
-            if product < 1e-150 or product > 1e150:
-                total += np.log(product)
-                product = 1.0
+            product, total = _into_log_product(product, variance, total)
         mean = s1 / precision
-        total += s2 - s1 * mean
-        product *= precision
-        if product < 1e-150 or product > 1e150:
-            total += np.log(product)
-            product = 1.0
+        product, total = _into_log_product(product, precision, total + s2 - s1 * mean)
         parent_y[h] = shift + mean
         parent_v[h] = 1.0 / precision
     return -0.5 * (total + np.log(product))
+
+
+@compiled_kernel
+def _into_log_product(product: float, value: float, total: float) -> tuple[float, float]:
+    """Multiply ``value`` into a running product; returns the new product and log total.
+
+    The product is moved into the log total ``total`` whenever it leaves [1e-150, 1e150].
+    """
+    product *= value
+    if product < 1e-150 or product > 1e150:
+        return 1.0, total + np.log(product)
+    return product, total
 
 
 @compiled_kernel
@@ -649,7 +654,7 @@ class ScaleProposal:
 class ScaleKernel:
     """The update of each log τ_l in :func:`collapsed_sweep`, with its tuning state.
 
-    While tuning, the first ``min(50, tune // 4)`` sweeps use slice sampling with stepping out
+    While tuning, the first ``min(20, tune // 4)`` sweeps use slice sampling with stepping out
     (robust from any start); from the second half of those on, running moments (Welford) of
     log τ are kept per row and level. The remaining tuning sweeps use independence
     Metropolis–Hastings with a :class:`ScaleProposal` at the running mean with 1.5 running
@@ -852,11 +857,7 @@ def _row_data_term(
             s1 += weighted
             s2 += weighted * deviation[j]
         mean = s1 / precision
-        total += s2 - s1 * mean
-        product *= precision
-        if product < 1e-150 or product > 1e150:
-            total += np.log(product)
-            product = 1.0
+        product, total = _into_log_product(product, precision, total + s2 - s1 * mean)
         parent_y[h] = shift[h] + mean
         parent_v[h] = 1.0 / precision
     return -0.5 * (total + np.log(product))
