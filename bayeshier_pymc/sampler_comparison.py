@@ -4,7 +4,7 @@
 Gibbs engine) and, per scalar parameter, reports both samplers' means and sds, the z-scores
 of their differences (difference over the root sum of squared Monte Carlo standard errors),
 bulk ESS per second of sampling time and r̂ computed over the chains of both samplers
-together. The samplers agree when every |z| stays below a Bonferroni-aware threshold,
+together. The samplers agree when every :math:`|z|` stays below a Bonferroni-aware threshold,
 ``max(4, Φ⁻¹(1 - α / (2 K)))`` for K tests, and the joint r̂ is at most 1.01.
 
 Diagnostics are computed here, vectorised over parameters, with the definitions of ArviZ
@@ -38,7 +38,7 @@ __all__ = [
 
 SAMPLE_DIMS = ("chain", "draw")
 MIN_Z = 4.0
-"""Smallest |z| threshold, whatever the number of tests."""
+"""Smallest :math:`|z|` threshold, whatever the number of tests."""
 ALPHA = 0.05
 """Family-wise error rate of the Bonferroni threshold."""
 MAX_RHAT = 1.01
@@ -62,7 +62,7 @@ class SamplerComparison:
     names
         Names of the two samplers.
     threshold
-        The |z| threshold used.
+        The :math:`|z|` threshold used.
     max_rhat
         The largest acceptable joint r̂.
     sampling_time
@@ -96,7 +96,7 @@ class SamplerComparison:
 
     @property
     def ok(self) -> bool:
-        """Whether every |z| is below the threshold and every joint r̂ at most ``max_rhat``."""
+        """Whether every :math:`|z|` is below the threshold and every joint r̂ ≤ ``max_rhat``."""
         return not self.problems
 
     @property
@@ -177,7 +177,7 @@ def compare_samplers(
     names
         Labels of the samplers (default: their ``attrs["sampler"]``).
     alpha, min_z
-        The |z| threshold is ``max(min_z, Φ⁻¹(1 - alpha / (2 K)))`` for K tests (two per
+        The :math:`|z|` threshold is ``max(min_z, Φ⁻¹(1 - alpha / (2 K)))`` for K tests (two per
         parameter: mean and sd).
     max_rhat
         Largest acceptable r̂ over the chains of both samplers together.

@@ -31,11 +31,3 @@ html_theme = "pydata_sphinx_theme"
 html_title = "bayeshier_pymc"
 html_theme_options = {"navigation_with_keys": False}
 intersphinx_mapping = {}
-
-# Some docstrings write |z| and |posterior mean| (absolute values), which reStructuredText
-# reads as substitution references; define them to render as written until the docstrings
-# quote them as ``|z|``.
-rst_prolog = r"""
-.. |z| replace:: \|z\|
-.. |posterior mean| replace:: \|posterior mean\|
-"""

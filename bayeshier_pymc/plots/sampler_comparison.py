@@ -33,7 +33,7 @@ def plot_sampler_comparison(
         InferenceData objects (compared with default settings).
     parameters
         Labels of :attr:`SamplerComparison.table` to show (default: the ``max_panels``
-        parameters with the largest |z| of mean or sd, the ones most worth a look).
+        parameters with the largest :math:`|z|` of mean or sd, the ones most worth a look).
     max_panels
         Most panels drawn by default.
     bins
