@@ -26,17 +26,31 @@ from typing import Any
 import numba
 import numpy as np
 
+from bayeshier_pymc._numba import compiled_kernel
+
 __all__ = [
-    "HALF_LOG_2PI",
     "conditional",
+    "conditional_constant",
     "conditional_total",
+    "log_normal",
     "marginal",
     "prior_predictive",
 ]
 
-HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
+_HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
 """½ log 2π, the constant of every normal log density."""
 _MIN_DRAWS_PER_THREAD = 64
+
+
+@numba.vectorize(["float64(float64, float64)"], cache=True)
+def log_normal(deviation: float, variance: float) -> float:  # pragma: no cover - compiled
+    """Log N(deviation; 0, variance), elementwise.
+
+    A NumPy ufunc (arrays broadcast), also callable with scalars from compiled code. Kernels
+    in other modules compile it in (``gibbs.theta_writer``), and numba's disk cache does not
+    see when it changes: after editing it, delete the cached ``*.nbi``/``*.nbc`` files.
+    """
+    return -0.5 * (deviation * deviation / variance + np.log(variance)) - _HALF_LOG_2PI
 
 
 def conditional(theta: np.ndarray, b: np.ndarray, se: np.ndarray) -> np.ndarray:
@@ -58,7 +72,7 @@ def conditional(theta: np.ndarray, b: np.ndarray, se: np.ndarray) -> np.ndarray:
     out = np.empty(theta.shape, dtype=theta.dtype)
     flat_out = out.reshape(-1, *b.shape)
     flat_theta = np.ascontiguousarray(theta).reshape(flat_out.shape)
-    log_norm = -0.5 * np.log(var_b) - HALF_LOG_2PI
+    log_norm = -0.5 * np.log(var_b) - _HALF_LOG_2PI
     inverse_var = 1.0 / var_b
     _in_threads(
         lambda lo, hi: _conditional_kernel(b, inverse_var, log_norm, flat_theta, lo, hi, flat_out),
@@ -126,7 +140,7 @@ def prior_predictive(
     b, var_b = _data(b, se)
     variance = var_b + s0**2
     out = np.empty((*lead, *b.shape), dtype=dtype)
-    out[:] = -0.5 * ((b - mu0) ** 2 / variance + np.log(variance)) - HALF_LOG_2PI
+    out[:] = log_normal(b - mu0, variance)
     return out
 
 
@@ -140,8 +154,15 @@ def conditional_total(theta: np.ndarray, b: np.ndarray, se: np.ndarray) -> np.nd
         lambda lo, hi: _conditional_total_kernel(b, inverse_var, flat_theta, lo, hi, totals),
         totals.size,
     )
-    constant = float(np.sum(-0.5 * np.log(var_b) - HALF_LOG_2PI))
-    return (totals + constant).reshape(theta.shape[:2])
+    return (totals + conditional_constant(var_b)).reshape(theta.shape[:2])
+
+
+def conditional_constant(var_b: np.ndarray) -> float:
+    """The part of the conditional log-likelihood total that does not depend on θ.
+
+    Σ over covariates and features of -½ log(2π s²), for variances ``var_b``.
+    """
+    return float(np.sum(-0.5 * np.log(var_b) - _HALF_LOG_2PI))
 
 
 def _data(b: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +187,7 @@ def _cpu_count() -> int:
     return os.cpu_count() or 1  # pragma: no cover - platforms without affinity
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled_kernel
 def _marginal_kernel(
     b: np.ndarray,
     var_b: np.ndarray,
@@ -185,11 +206,10 @@ def _marginal_kernel(
             means = parent_mean[s, k]
             for j in range(n_features):
                 variance = var_b[k, j] + tau_sq
-                z = b[k, j] - means[parent_index[j]]
-                out[s, k, j] = -0.5 * (z * z / variance + np.log(variance)) - HALF_LOG_2PI
+                out[s, k, j] = log_normal(b[k, j] - means[parent_index[j]], variance)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled_kernel
 def _conditional_kernel(
     b: np.ndarray,
     inverse_var: np.ndarray,
@@ -208,7 +228,7 @@ def _conditional_kernel(
                 out[s, k, j] = log_norm[k, j] - 0.5 * z * z * inverse_var[k, j]
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled_kernel
 def _conditional_total_kernel(
     b: np.ndarray,
     inverse_var: np.ndarray,

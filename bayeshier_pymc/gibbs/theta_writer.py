@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bayeshier_pymc._numba import vector_kernel
-from bayeshier_pymc.log_likelihood import HALF_LOG_2PI
+from bayeshier_pymc.log_likelihood import conditional_constant, log_normal
 from bayeshier_pymc.model import group_mean_name
 
 if TYPE_CHECKING:
@@ -106,8 +106,7 @@ class ThetaWriter:
         """
         if self._done is not None:
             self._done.result()
-        constant = float(np.sum(-0.5 * np.log(self._var_b) - HALF_LOG_2PI))
-        return self._totals + constant
+        return self._totals + conditional_constant(self._var_b)
 
     def close(self) -> None:
         """Stop the thread (after :meth:`finish`, or early after an error in the sweeps)."""
@@ -180,9 +179,5 @@ def _theta_kernel(
                 residual = b[k, j] - row[j]
                 total += residual * residual * inverse_var_b[k, j]
             for j in range(n_features):
-                variance = var_b[k, j] + tau_sq
-                deviation = b[k, j] - parent[j]
-                row_log_likelihood[j] = (
-                    -0.5 * (deviation * deviation / variance + np.log(variance)) - HALF_LOG_2PI
-                )
+                row_log_likelihood[j] = log_normal(b[k, j] - parent[j], var_b[k, j] + tau_sq)
         totals[c, draw] = -0.5 * total
