@@ -83,7 +83,7 @@ against the standard errors)."""
 MAX_SHRINK = 200
 """Shrinkage iterations after which a slice update is declared broken."""
 LOG_BLOCK = 32
-"""Values multiplied together before one logarithm is taken in :func:`_sum_log`."""
+"""Values multiplied together before one logarithm is taken in :func:`_lane_sum_log`."""
 
 
 @dataclass(frozen=True)
@@ -142,15 +142,12 @@ class TreeData:
         return np.cumsum([0, 0, *self.n_units[1:]])
 
     @cached_property
-    def level_zero_data(self) -> tuple[np.ndarray, np.ndarray]:
-        """The level-0 messages (the data) in the form the compiled τ update reads.
+    def lanes(self) -> tuple[np.ndarray, np.ndarray]:
+        """``b`` and ``var_b`` in lane layout (features × rows).
 
-        Each b less the b of the first feature of its group (rows × m), and that first b
-        (rows × groups): the shifts that :func:`_row_level_term` computes on every call,
-        fixed for the data.
+        The compiled τ update reads the data this way (:func:`_lane_level_term`).
         """
-        first = self.b[:, self.starts[0]]
-        return self.b - first[:, self.parent_index[0]], first
+        return np.ascontiguousarray(self.b.T), np.ascontiguousarray(self.var_b.T)
 
     @classmethod
     def build(
@@ -424,79 +421,158 @@ def level_term(
     y_parent, v_parent : numpy.ndarray
         Messages N(ȳ; u, 1/P) to the level-(``level`` + 1) units.
     """
-    return _level_term_kernel(
-        np.ascontiguousarray(y), np.ascontiguousarray(v), np.square(tau), data.starts[level]
+    y_lanes, v_lanes = np.ascontiguousarray(y.T), np.ascontiguousarray(v.T)
+    n_parents, n_rows = data.n_units[level + 1], y.shape[0]
+    parent_y, parent_v = np.empty((n_parents, n_rows)), np.empty((n_parents, n_rows))
+    term = np.empty(n_rows)
+    _lane_level_term(
+        y_lanes,
+        v_lanes,
+        np.square(tau),
+        data.starts[level],
+        parent_y,
+        parent_v,
+        np.empty_like(y_lanes),
+        np.empty_like(parent_y),
+        term,
     )
+    return term, np.ascontiguousarray(parent_y.T), np.ascontiguousarray(parent_v.T)
 
 
-@compiled_kernel
-def _row_level_term(
+@vector_kernel
+def _lane_level_term(
     y: np.ndarray,
     v: np.ndarray,
-    tau_sq: float,
+    tau_sq: np.ndarray,
     starts: np.ndarray,
     parent_y: np.ndarray,
     parent_v: np.ndarray,
-) -> float:  # pragma: no cover - compiled
-    """One row of :func:`level_term`, one pass over the contiguous children of each parent.
+    variance: np.ndarray,
+    precision: np.ndarray,
+    term: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """:func:`level_term` of every row at once, in *lane* layout: rows on the last axis.
 
-    Writes the messages to the parents into ``parent_y``, ``parent_v`` and returns the term.
-    Two exact rearrangements keep the pass cheap: the logarithms of every child's v + τ² and
-    every parent's precision P are summed as the logarithm of one running product (taken
-    whenever it leaves [1e-150, 1e150]), a few logarithms per row instead of one per unit;
-    and Σ (y - ȳ)² / (v + τ²) = S2 - S1²/P from the weighted sums S1, S2 of y shifted by the
-    parent's first child, which keeps them well conditioned.
+    ``y``, ``v`` are units × rows; ``parent_y``, ``parent_v`` (parents × rows) and ``term``
+    (rows) are written; ``variance`` and ``precision`` are scratch of at least units × rows.
+    Every row shares the tree, so the innermost loops run over rows and vectorise whatever
+    the group sizes. Two exact rearrangements keep the pass cheap:
+    Σ (y - ȳ)² / (v + τ²) = S2 - S1²/P from the weighted sums S1, S2 of y shifted by the
+    parent's first child (which keeps them well conditioned), and the logarithms of every
+    v + τ² and every P are summed by :func:`_lane_sum_log`, one per ``LOG_BLOCK`` values.
     """
-    n_children = y.size
+    n_units, n_rows = y.shape
     n_parents = starts.size
-    total = 0.0
-    product = 1.0
+    for j in range(n_units):
+        for r in range(n_rows):
+            variance[j, r] = v[j, r] + tau_sq[r]
+    s1 = np.empty(n_rows)
+    s2 = np.empty(n_rows)
+    term[:] = 0.0
     for h in range(n_parents):
         first = starts[h]
-        end = starts[h + 1] if h + 1 < n_parents else n_children
+        end = starts[h + 1] if h + 1 < n_parents else n_units
         shift = y[first]
-        precision = 0.0
-        s1 = 0.0
-        s2 = 0.0
+        group_precision = precision[h]
+        group_precision[:] = 0.0
+        s1[:] = 0.0
+        s2[:] = 0.0
         for j in range(first, end):
-            variance = v[j] + tau_sq
-            weight = 1.0 / variance
-            deviation = y[j] - shift
-            precision += weight
-            s1 += weight * deviation
-            s2 += weight * deviation * deviation
-            product, total = _into_log_product(product, variance, total)
-        mean = s1 / precision
-        product, total = _into_log_product(product, precision, total + s2 - s1 * mean)
-        parent_y[h] = shift + mean
-        parent_v[h] = 1.0 / precision
-    return -0.5 * (total + np.log(product))
-
-
-@compiled_kernel
-def _into_log_product(product: float, value: float, total: float) -> tuple[float, float]:
-    """Multiply ``value`` into a running product; returns the new product and log total.
-
-    The product is moved into the log total ``total`` whenever it leaves [1e-150, 1e150].
-    """
-    product *= value
-    if product < 1e-150 or product > 1e150:
-        return 1.0, total + np.log(product)
-    return product, total
-
-
-@compiled_kernel
-def _level_term_kernel(
-    y: np.ndarray, v: np.ndarray, tau_sq: np.ndarray, starts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
-    """:func:`level_term` for every row (numba)."""
-    n_rows = y.shape[0]
-    term = np.empty(n_rows)
-    parent_y = np.empty((n_rows, starts.size))
-    parent_v = np.empty((n_rows, starts.size))
+            for r in range(n_rows):
+                weight = 1.0 / variance[j, r]
+                deviation = y[j, r] - shift[r]
+                weighted = weight * deviation
+                group_precision[r] += weight
+                s1[r] += weighted
+                s2[r] += weighted * deviation
+        for r in range(n_rows):
+            mean = s1[r] / group_precision[r]
+            term[r] += s2[r] - s1[r] * mean
+            parent_y[h, r] = shift[r] + mean
+            parent_v[h, r] = 1.0 / group_precision[r]
+    _lane_sum_log(variance[:n_units], term)
+    _lane_sum_log(precision[:n_parents], term)
     for r in range(n_rows):
-        term[r] = _row_level_term(y[r], v[r], tau_sq[r], starts, parent_y[r], parent_v[r])
-    return term, parent_y, parent_v
+        term[r] *= -0.5
+
+
+@vector_kernel
+def _lane_sum_log(values: np.ndarray, total: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Add Σ_j log ``values[j, r]`` to ``total[r]`` (positive values, units × rows).
+
+    One logarithm per product of ``LOG_BLOCK`` values of a row; a block whose product leaves
+    the range of normal floats is summed value by value.
+    """
+    n_values, n_rows = values.shape
+    product = np.empty(n_rows)
+    for start in range(0, n_values, LOG_BLOCK):
+        stop = min(start + LOG_BLOCK, n_values)
+        product[:] = 1.0
+        for j in range(start, stop):
+            for r in range(n_rows):
+                product[r] *= values[j, r]
+        for r in range(n_rows):
+            if 1e-300 < product[r] < 1e300:
+                total[r] += np.log(product[r])
+            else:
+                for j in range(start, stop):
+                    total[r] += np.log(values[j, r])
+
+
+@compiled_kernel
+def _lane_evaluate_from(
+    level: int,
+    tau_sq: np.ndarray,
+    b: np.ndarray,
+    var_b: np.ndarray,
+    in_y: np.ndarray,
+    in_v: np.ndarray,
+    starts: np.ndarray,
+    starts_offsets: np.ndarray,
+    offsets: np.ndarray,
+    mu0: float,
+    s0: float,
+    terms: np.ndarray,
+    out_y: np.ndarray,
+    out_v: np.ndarray,
+    variance: np.ndarray,
+    precision: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """The terms and upward messages from ``level`` up, every row at once (lane layout).
+
+    ``tau_sq`` is levels × rows. The messages to the level's units are the data ``b``,
+    ``var_b`` (features × rows) at level 0, else ``in_y``, ``in_v``; like ``out_y``,
+    ``out_v``, these hold the messages to every level 1..D + 1, level l in rows
+    ``offsets[l]:offsets[l + 1]`` (:attr:`TreeData.message_offsets`). The terms of levels
+    ``level``..D and θ0 go to ``terms`` (levels + 1 × rows) and the messages to the levels
+    above into ``out_y``, ``out_v``. ``variance`` and ``precision`` are scratch at least as
+    large as ``b``.
+    """
+    depth = tau_sq.shape[0] - 1
+    for upper in range(level, depth + 1):
+        level_starts = starts[starts_offsets[upper] : starts_offsets[upper + 1]]
+        below = slice(offsets[upper], offsets[upper + 1])
+        out = slice(offsets[upper + 1], offsets[upper + 2])
+        if upper == 0:
+            y, v = b, var_b
+        elif upper == level:
+            y, v = in_y[below], in_v[below]
+        else:
+            y, v = out_y[below], out_v[below]
+        _lane_level_term(
+            y,
+            v,
+            tau_sq[upper],
+            level_starts,
+            out_y[out],
+            out_v[out],
+            variance,
+            precision,
+            terms[upper],
+        )
+    top = offsets[depth + 1]
+    for r in range(tau_sq.shape[1]):
+        terms[depth + 1, r] = _row_top_term(out_y[top, r], out_v[top, r], mu0, s0)
 
 
 @compiled_kernel
@@ -675,9 +751,10 @@ class ScaleKernel:
         deviations of the recorded log τ (rows × levels).
     frozen
         The proposal fixed by :meth:`stop_tuning`.
-    level_zero
-        Per row, τ_w and the level-0 term and messages computed for it (the costly part of
-        log p(b | τ)), reused by the next sweep while τ_w is unchanged.
+    current
+        The τ (rows × levels) left by the last independence update, with its terms and
+        messages in lane layout (see :func:`_independence_kernel`), reused by the next update
+        while τ is unchanged.
     """
 
     steps: int = DEFAULT_SCALE_STEPS
@@ -688,7 +765,7 @@ class ScaleKernel:
     mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
     m2: np.ndarray = field(default_factory=lambda: np.zeros(0))
     frozen: ScaleProposal | None = None
-    level_zero: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(
+    current: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(
         default=None, repr=False
     )
 
@@ -778,22 +855,19 @@ def _independence_updates(
     t_draws = rng.standard_t(PROPOSAL_DF, size=shape)
     log_uniform = np.log(rng.random(shape))
     offsets = data.message_offsets
-    message_y = np.empty((data.n_rows, offsets[-1]))
-    message_v = np.empty_like(message_y)
-    starts, starts_offsets = data.flat_starts
-    if kernel.level_zero is None:
-        n_parents = data.n_units[1]
-        kernel.level_zero = (
-            np.full(data.n_rows, np.nan),
-            np.empty(data.n_rows),
-            np.empty((data.n_rows, n_parents)),
-            np.empty((data.n_rows, n_parents)),
+    if kernel.current is None or kernel.current[0].shape != state.tau.shape:
+        lanes = (offsets[-1], data.n_rows)
+        kernel.current = (
+            np.full(state.tau.shape, np.nan),
+            np.empty((data.depth + 2, data.n_rows)),
+            np.empty(lanes),
+            np.empty(lanes),
         )
-    deviation, shift = data.level_zero_data
+    b, var_b = data.lanes
+    starts, starts_offsets = data.flat_starts
     acceptance = _independence_kernel(
-        deviation,
-        data.var_b,
-        shift,
+        b,
+        var_b,
         state.tau,
         levels,
         proposal.loc,
@@ -806,141 +880,17 @@ def _independence_updates(
         starts,
         starts_offsets,
         offsets,
-        message_y,
-        message_v,
-        *kernel.level_zero,
+        *kernel.current,
     )
+    _, _, message_y, message_v = kernel.current
     messages = [(data.b, data.var_b)] + [
         (
-            message_y[:, offsets[level] : offsets[level + 1]],
-            message_v[:, offsets[level] : offsets[level + 1]],
+            np.ascontiguousarray(message_y[offsets[level] : offsets[level + 1]].T),
+            np.ascontiguousarray(message_v[offsets[level] : offsets[level + 1]].T),
         )
         for level in range(1, data.depth + 2)
     ]
     return messages, acceptance
-
-
-@vector_kernel
-def _row_data_term(
-    deviation: np.ndarray,
-    var_b: np.ndarray,
-    shift: np.ndarray,
-    tau_sq: float,
-    starts: np.ndarray,
-    parent_y: np.ndarray,
-    parent_v: np.ndarray,
-    variance: np.ndarray,
-    weight: np.ndarray,
-) -> float:  # pragma: no cover - compiled
-    """:func:`_row_level_term` of level 0, where the messages are the data.
-
-    The data's shifts are fixed (:attr:`TreeData.level_zero_data`), which lets the costly
-    parts run as loops that vectorise: the variances s² + τ² and weights first
-    (``variance`` and ``weight`` are scratch rows), then the weighted sums per group, and
-    Σ log(s² + τ²) by :func:`_sum_log`.
-    """
-    for j in range(deviation.size):
-        variance[j] = var_b[j] + tau_sq
-        weight[j] = 1.0 / variance[j]
-    n_children = deviation.size
-    n_parents = starts.size
-    total = _sum_log(variance)
-    product = 1.0
-    for h in range(n_parents):
-        end = starts[h + 1] if h + 1 < n_parents else n_children
-        precision = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        for j in range(starts[h], end):
-            weighted = weight[j] * deviation[j]
-            precision += weight[j]
-            s1 += weighted
-            s2 += weighted * deviation[j]
-        mean = s1 / precision
-        product, total = _into_log_product(product, precision, total + s2 - s1 * mean)
-        parent_y[h] = shift[h] + mean
-        parent_v[h] = 1.0 / precision
-    return -0.5 * (total + np.log(product))
-
-
-@vector_kernel
-def _sum_log(values: np.ndarray) -> float:  # pragma: no cover - compiled
-    """Σ log of positive ``values``: one logarithm per product of ``LOG_BLOCK`` values.
-
-    A block whose product leaves the range of normal floats is summed value by value.
-    """
-    total = 0.0
-    for start in range(0, values.size, LOG_BLOCK):
-        stop = min(start + LOG_BLOCK, values.size)
-        product = 1.0
-        for j in range(start, stop):
-            product *= values[j]
-        if 1e-300 < product < 1e300:
-            total += np.log(product)
-        else:
-            for j in range(start, stop):
-                total += np.log(values[j])
-    return total
-
-
-@compiled_kernel
-def _row_log_marginal_from(
-    level: int,
-    y: np.ndarray,
-    v: np.ndarray,
-    data_row: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-    tau: np.ndarray,
-    starts: np.ndarray,
-    starts_offsets: np.ndarray,
-    offsets: np.ndarray,
-    mu0: float,
-    s0: float,
-    terms: np.ndarray,
-    message_y: np.ndarray,
-    message_v: np.ndarray,
-) -> None:  # pragma: no cover - compiled
-    """One row of :meth:`Evaluation.redo_from`: terms and messages from ``level`` up.
-
-    ``y``, ``v`` are the messages to the level's units (unused at level 0, which reads
-    ``data_row``: the row's deviations, variances and shifts of
-    :attr:`TreeData.level_zero_data` and two scratch rows); the terms of levels
-    ``level``..D and θ0 go to ``terms`` and the messages to levels above into
-    ``message_y``, ``message_v``.
-    """
-    depth = tau.size - 1
-    for upper in range(level, depth + 1):
-        level_starts = starts[starts_offsets[upper] : starts_offsets[upper + 1]]
-        out = slice(offsets[upper + 1], offsets[upper + 2])
-        tau_sq = tau[upper] * tau[upper]
-        if upper == 0:
-            deviation, var_b, shift, variance, weight = data_row
-            terms[0] = _row_data_term(
-                deviation,
-                var_b,
-                shift,
-                tau_sq,
-                level_starts,
-                message_y[out],
-                message_v[out],
-                variance,
-                weight,
-            )
-        elif upper == level:
-            terms[upper] = _row_level_term(
-                y, v, tau_sq, level_starts, message_y[out], message_v[out]
-            )
-        else:
-            below = slice(offsets[upper], offsets[upper + 1])
-            terms[upper] = _row_level_term(
-                message_y[below],
-                message_v[below],
-                tau_sq,
-                level_starts,
-                message_y[out],
-                message_v[out],
-            )
-    top = offsets[depth + 1]
-    terms[depth + 1] = _row_top_term(message_y[top], message_v[top], mu0, s0)
 
 
 @compiled_kernel
@@ -951,9 +901,8 @@ def _log_t_kernel(z: float) -> float:  # pragma: no cover - compiled
 
 @compiled_kernel
 def _independence_kernel(
-    deviation: np.ndarray,
+    b: np.ndarray,
     var_b: np.ndarray,
-    shift: np.ndarray,
     tau: np.ndarray,
     levels: np.ndarray,
     loc: np.ndarray,
@@ -966,105 +915,98 @@ def _independence_kernel(
     starts: np.ndarray,
     starts_offsets: np.ndarray,
     offsets: np.ndarray,
+    current_tau: np.ndarray,
+    terms: np.ndarray,
     message_y: np.ndarray,
     message_v: np.ndarray,
-    cache_tau: np.ndarray,
-    cache_term: np.ndarray,
-    cache_y: np.ndarray,
-    cache_v: np.ndarray,
 ) -> np.ndarray:  # pragma: no cover - compiled
-    """Independence MH on log τ of each level in ``levels``, row by row, in place.
+    """Independence MH on log τ of each level in ``levels``, all rows in step, in place.
 
     The target of level l is log p(b | τ) + log HalfCauchy(τ_l; A_l) + log τ_l (the
     Jacobian); the proposal is the t(5) of ``loc``, ``scale`` with the given draws. Only the
-    terms from level l up change with τ_l, so a proposal re-evaluates those alone. Returns
-    the share of accepted proposals per row and leaves the messages of the final τ in
-    ``message_y``, ``message_v``. The ``cache_*`` arrays hold, per row, the costly level-0
-    term and messages for τ_w = ``cache_tau``; they are used when τ_w still has that value
-    and refreshed at the end. ``deviation``, ``var_b`` and ``shift`` are the data as
-    :attr:`TreeData.level_zero_data` gives them.
+    terms from level l up change with τ_l, so a proposal re-evaluates those alone, for every
+    row at once (:func:`_lane_evaluate_from`); each row then accepts or rejects its own.
+    ``b``, ``var_b`` are the data in lane layout (:attr:`TreeData.lanes`). ``terms``,
+    ``message_y`` and ``message_v`` hold the evaluation of ``current_tau`` (lane layout): it
+    is reused when ``tau`` still equals ``current_tau`` (the previous call's result) and
+    computed afresh otherwise, and it is left holding the final τ's. Returns the share of
+    accepted proposals per row.
     """
     n_rows, n_levels = tau.shape
     n_steps = t_draws.shape[2]
-    acceptance = np.zeros(n_rows)
-    terms = np.empty(n_levels + 1)
-    proposed_terms = np.empty(n_levels + 1)
-    proposed_y = np.empty(message_y.shape[1])
-    proposed_v = np.empty(message_y.shape[1])
-    variance = np.empty(var_b.shape[1])
-    weight = np.empty(var_b.shape[1])
-    level_one = slice(offsets[1], offsets[2])
+    tau_sq = np.empty((n_levels, n_rows))
+    fresh = False
     for r in range(n_rows):
-        data_row = (deviation[r], var_b[r], shift[r], variance, weight)
-        row_tau = tau[r].copy()
-        if row_tau[0] == cache_tau[r]:
-            terms[0] = cache_term[r]
-            message_y[r, level_one] = cache_y[r]
-            message_v[r, level_one] = cache_v[r]
-            first = 1
-        else:
-            first = 0
-        _row_log_marginal_from(
-            first,
-            message_y[r, level_one],
-            message_v[r, level_one],
-            data_row,
-            row_tau,
-            starts,
-            starts_offsets,
-            offsets,
-            mu0,
-            s0,
+        for level in range(n_levels):
+            tau_sq[level, r] = tau[r, level] * tau[r, level]
+            fresh = fresh or tau[r, level] != current_tau[r, level]
+    variance = np.empty_like(b)
+    precision = np.empty_like(b)
+    lane_args = (starts, starts_offsets, offsets, mu0, s0)
+    if fresh:
+        _lane_evaluate_from(
+            0,
+            tau_sq,
+            b,
+            var_b,
+            message_y,
+            message_v,
+            *lane_args,
             terms,
-            message_y[r],
-            message_v[r],
+            message_y,
+            message_v,
+            variance,
+            precision,
         )
-        accepted = 0
-        for i in range(levels.size):
-            level = levels[i]
-            below = slice(offsets[level], offsets[level + 1])
-            above = slice(offsets[level + 1], offsets[-1])
-            for step in range(n_steps):
-                eta = np.log(row_tau[level])
-                proposal = loc[r, level] + scale[r, level] * t_draws[r, i, step]
-                row_tau[level] = np.exp(proposal)
-                _row_log_marginal_from(
-                    level,
-                    message_y[r, below],
-                    message_v[r, below],
-                    data_row,
-                    row_tau,
-                    starts,
-                    starts_offsets,
-                    offsets,
-                    mu0,
-                    s0,
-                    proposed_terms,
-                    proposed_y,
-                    proposed_v,
-                )
+    proposed_tau_sq = tau_sq.copy()
+    proposed_terms = np.empty_like(terms)
+    proposed_y = np.empty_like(message_y)
+    proposed_v = np.empty_like(message_v)
+    eta = np.empty(n_rows)
+    proposal = np.empty(n_rows)
+    accepted = np.zeros(n_rows)
+    for i in range(levels.size):
+        level = levels[i]
+        for step in range(n_steps):
+            for r in range(n_rows):
+                eta[r] = np.log(tau[r, level])
+                proposal[r] = loc[r, level] + scale[r, level] * t_draws[r, i, step]
+                proposed = np.exp(proposal[r])
+                proposed_tau_sq[level, r] = proposed * proposed
+            _lane_evaluate_from(
+                level,
+                proposed_tau_sq,
+                b,
+                var_b,
+                message_y,
+                message_v,
+                *lane_args,
+                proposed_terms,
+                proposed_y,
+                proposed_v,
+                variance,
+                precision,
+            )
+            for r in range(n_rows):
                 log_ratio = (
-                    np.sum(proposed_terms[level:])
-                    - np.sum(terms[level:])
-                    + log_scale_prior(proposal, tau_scale[level])
-                    - log_scale_prior(eta, tau_scale[level])
-                    + _log_t_kernel((eta - loc[r, level]) / scale[r, level])
-                    - _log_t_kernel((proposal - loc[r, level]) / scale[r, level])
+                    np.sum(proposed_terms[level:, r])
+                    - np.sum(terms[level:, r])
+                    + log_scale_prior(proposal[r], tau_scale[level])
+                    - log_scale_prior(eta[r], tau_scale[level])
+                    + _log_t_kernel((eta[r] - loc[r, level]) / scale[r, level])
+                    - _log_t_kernel((proposal[r] - loc[r, level]) / scale[r, level])
                 )
                 if log_uniform[r, i, step] < log_ratio:
-                    accepted += 1
-                    terms[level:] = proposed_terms[level:]
-                    message_y[r, above] = proposed_y[above]
-                    message_v[r, above] = proposed_v[above]
+                    accepted[r] += 1
+                    tau[r, level] = np.exp(proposal[r])
+                    tau_sq[level, r] = proposed_tau_sq[level, r]
+                    terms[level:, r] = proposed_terms[level:, r]
+                    message_y[offsets[level + 1] :, r] = proposed_y[offsets[level + 1] :, r]
+                    message_v[offsets[level + 1] :, r] = proposed_v[offsets[level + 1] :, r]
                 else:
-                    row_tau[level] = np.exp(eta)
-        tau[r] = row_tau
-        acceptance[r] = accepted / (levels.size * n_steps)
-        cache_tau[r] = row_tau[0]
-        cache_term[r] = terms[0]
-        cache_y[r] = message_y[r, level_one]
-        cache_v[r] = message_v[r, level_one]
-    return acceptance
+                    proposed_tau_sq[level, r] = tau_sq[level, r]
+    current_tau[:] = tau
+    return accepted / (levels.size * n_steps)
 
 
 def update_scales(
