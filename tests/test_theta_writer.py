@@ -104,6 +104,24 @@ def test_same_draws_with_and_without_the_thread(model):
         np.testing.assert_array_equal(alone, threaded)
 
 
+def test_the_thread_alone_writes_every_draw_and_stops(model):
+    """When the thread keeps up with the sweeps, finishing claims nothing and waits for it."""
+    stores, alone = _stores(model), _stores(model)
+    log_likelihood = store_array(stores["theta"].shape, np.float32)
+    expected = _write_all(
+        model, alone, store_array(stores["theta"].shape, np.float32), background=False
+    )
+    writer = ThetaWriter(model, np.random.SeedSequence(1), stores, log_likelihood, True)
+    try:
+        for draw in range(DRAWS):
+            writer.recorded(draw)
+        writer._done.result(timeout=60)  # the thread ends by itself after the last draw
+        np.testing.assert_array_equal(writer.finish(), expected)
+    finally:
+        writer.close()
+    np.testing.assert_array_equal(stores["theta"], alone["theta"])
+
+
 def test_close_stops_a_thread_left_waiting(model):
     """After an error in the sweeps the engine closes the writer without finishing it."""
     stores, complete = _stores(model), _stores(model)

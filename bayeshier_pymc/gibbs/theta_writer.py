@@ -11,13 +11,17 @@ The noise is drawn first, in one call per chain, from the writer's own generator
 NumPy's fastest) straight into the θ store; each draw's kernel then turns its noise into θ in
 place. With ``background=True`` a thread does all of this: it draws the noise while the main
 thread tunes (committing the store's memory on the way, which is slow on virtual machines),
-then follows the main thread's kept draws. NumPy's generator and the compiled kernel release
-the GIL. The draws are the same with or without the thread.
+then follows the main thread's kept draws. Once the main thread has swept them all, it
+writes the draws the thread has not reached yet alongside it (:meth:`ThetaWriter.finish`);
+each draw is claimed once, in order. NumPy's generator and the compiled kernel release the
+GIL. The draws are the same with or without the thread, whichever thread writes a draw.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -85,6 +89,8 @@ class ThetaWriter:
         self._inverse_var_b = 1.0 / self._var_b
         self._totals = np.empty(self._theta.shape[:2])
         self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._claims = itertools.count()
+        self._noise_drawn = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=1) if background else None
         self._done: Future[None] | None = None
         if self._pool is None:
@@ -100,11 +106,15 @@ class ThetaWriter:
             self._queue.put(draw)
 
     def finish(self) -> np.ndarray:
-        """Wait for every draw; the conditional log-likelihood total per (chain, draw).
+        """Write the draws left, alongside the thread; the conditional totals per (chain, draw).
 
-        The total is Σ over covariates and features of log N(b; θ, s²).
+        Call it once every draw is recorded. The total is Σ over covariates and features of
+        log N(b; θ, s²).
         """
         if self._done is not None:
+            self._noise_drawn.wait()
+            while self._write_next():
+                pass
             self._done.result()
         return self._totals + conditional_constant(self._var_b)
 
@@ -115,12 +125,25 @@ class ThetaWriter:
             self._pool.shutdown(wait=True)
 
     def _follow(self) -> None:
-        self._draw_noise()
-        for _ in range(self._theta.shape[1]):
-            draw = self._queue.get()
-            if draw == _STOP:
+        try:
+            self._draw_noise()
+        finally:
+            self._noise_drawn.set()
+        for _ in range(self._theta.shape[1]):  # one claim per recorded draw, at most
+            if self._queue.get() == _STOP or not self._write_next():
                 return
-            self._write(draw)
+
+    def _write_next(self) -> bool:
+        """Write the first draw no thread has claimed; False when none is left.
+
+        The thread claims one draw per recorded one, and :meth:`finish` claims only once all
+        are recorded, so a claimed draw is always in the stores.
+        """
+        draw = next(self._claims)
+        if draw >= self._theta.shape[1]:
+            return False
+        self._write(draw)
+        return True
 
     def _draw_noise(self) -> None:
         for chain_theta in self._theta:
