@@ -98,22 +98,25 @@ def test_log_marginal_and_messages_match_upward_pass(depth):
 
 @pytest.mark.parametrize("tau", [1e-9, 0.3, 4.0, 1e9])
 @pytest.mark.parametrize("se_scale", [1e-40, 1.0, 1e40])
-def test_level_term_matches_direct_formula(tau, se_scale):
+def test_feature_level_term_matches_direct_formula(tau, se_scale):
     """From scales far below to far above the standard errors, where the products of the
     variances that share one logarithm leave the range of floats."""
     rng = np.random.default_rng(3)
-    data, _, _ = _data(1, 4)
-    y = rng.normal(size=(4, 9)) * se_scale
-    v = (rng.uniform(0.3, 1.0, (4, 9)) * se_scale) ** 2
-    scales = tau * rng.uniform(0.5, 1.0, 4)
-    term, parent_y, parent_v = updates.level_term(data, 0, y, v, scales)
-    total = v + scales[:, None] ** 2
+    tree = TreeIndex.from_hierarchy(_hierarchy(1))
+    b = rng.normal(size=(4, 9)) * se_scale
+    var_b = (rng.uniform(0.3, 1.0, (4, 9)) * se_scale) ** 2
+    data = updates.TreeData.build(b, var_b, tree, np.ones(2), 0.0, 1.0)
+    scales = np.column_stack([tau * rng.uniform(0.5, 1.0, 4), np.ones(4)])
+    evaluation = updates.evaluate(data, scales)
+    y, v = data.b, data.var_b
+    total = v + scales[:, :1] ** 2
     index = data.parent_index[0]
     precision = np.stack([(1 / total)[:, index == h].sum(axis=1) for h in range(5)], axis=1)
     mean = np.stack([(y / total)[:, index == h].sum(axis=1) for h in range(5)], axis=1) / precision
     resid = y - mean[:, index]
     expected = -0.5 * ((np.log(total) + resid**2 / total).sum(1) + np.log(precision).sum(1))
-    np.testing.assert_allclose(term, expected, rtol=1e-12)
+    np.testing.assert_allclose(evaluation.terms[0], expected, rtol=1e-12)
+    parent_y, parent_v = evaluation.messages[1]
     np.testing.assert_allclose(parent_y, mean, rtol=1e-10, atol=1e-12 * se_scale)
     np.testing.assert_allclose(parent_v, 1 / precision, rtol=1e-12)
 

@@ -8,7 +8,7 @@ from scipy import stats
 
 import bayeshier_pymc as bh
 from bayeshier_pymc._memory import store_array
-from bayeshier_pymc.gibbs.theta_writer import ThetaWriter
+from bayeshier_pymc.gibbs.theta_writer import ThetaWriter, WrittenDraws
 from bayeshier_pymc.model import group_mean_name
 
 CHAINS, DRAWS = 2, 3000
@@ -24,13 +24,12 @@ def model(request) -> bh.ShrinkageModel:
     return bh.ShrinkageModel(fit, tree, depth=request.param)
 
 
-def _stores(model: bh.ShrinkageModel, dtype=np.float32) -> dict[str, np.ndarray]:
+def _stores(model: bh.ShrinkageModel) -> dict[str, np.ndarray]:
     """Posterior stores whose τ and group means are fixed draws of a random state."""
     rng = np.random.default_rng(4)
-    n_covariates, n_features = model.estimates.estimate.shape
+    n_covariates = model.estimates.estimate.shape[0]
     lead = (CHAINS, DRAWS, n_covariates)
     stores = {
-        "theta": store_array((*lead, n_features), dtype),
         "tau": np.broadcast_to(rng.uniform(0.05, 0.4, (1, 1, n_covariates, 1)), (*lead, 1)).copy(),
         "mu": np.broadcast_to(rng.normal(size=(1, 1, n_covariates)), lead).copy(),
     }
@@ -50,8 +49,8 @@ def _parent_mean(model: bh.ShrinkageModel, stores: dict[str, np.ndarray]) -> np.
     return means[:, model.tree.parents[0]]
 
 
-def _write_all(model, stores, log_likelihood, *, background: bool, seed: int = 1) -> np.ndarray:
-    writer = ThetaWriter(model, np.random.SeedSequence(seed), stores, log_likelihood, background)
+def _write_all(model, stores, *, background: bool, seed: int = 1, dtype=np.float32) -> WrittenDraws:
+    writer = ThetaWriter(model, np.random.SeedSequence(seed), stores, dtype, background)
     try:
         for draw in range(DRAWS):
             writer.recorded(draw)
@@ -63,15 +62,14 @@ def _write_all(model, stores, log_likelihood, *, background: bool, seed: int = 1
 def test_theta_draws_follow_their_exact_conditional(model):
     """θ_j | b, τ_w, parent ~ N(p + w (b_j - p), w s_j²), w = τ_w² / (τ_w² + s_j²)."""
     stores = _stores(model)
-    log_likelihood = store_array(stores["theta"].shape, np.float32)
-    _write_all(model, stores, log_likelihood, background=True)
+    written = _write_all(model, stores, background=True)
     b = model.estimates.estimate.to_numpy()
     var_b = model.estimates.se.to_numpy() ** 2
     tau_sq = stores["tau"][0, 0, :, :1] ** 2
     parent = _parent_mean(model, stores)
     weight = tau_sq / (tau_sq + var_b)
     mean, sd = parent + weight * (b - parent), np.sqrt(weight * var_b)
-    theta = stores["theta"].reshape(-1, *b.shape)
+    theta = written.theta.reshape(-1, *b.shape)
     p_values = [
         stats.kstest(theta[:, k, j], stats.norm(mean[k, j], sd[k, j]).cdf).pvalue
         for k in range(b.shape[0])
@@ -81,57 +79,45 @@ def test_theta_draws_follow_their_exact_conditional(model):
 
 
 def test_log_likelihoods_match_scipy(model):
-    stores = _stores(model, dtype=np.float64)
-    log_likelihood = store_array(stores["theta"].shape)
-    totals = _write_all(model, stores, log_likelihood, background=False)
+    stores = _stores(model)
+    written = _write_all(model, stores, background=False, dtype=np.float64)
     b = model.estimates.estimate.to_numpy()
     se = model.estimates.se.to_numpy()
     tau_w = stores["tau"][..., :1]
     marginal = stats.norm(_parent_mean(model, stores), np.sqrt(se**2 + tau_w**2)).logpdf(b)
-    np.testing.assert_allclose(log_likelihood, marginal, rtol=1e-12)
-    conditional = stats.norm(stores["theta"], se).logpdf(b).sum(axis=(2, 3))
-    np.testing.assert_allclose(totals, conditional, rtol=1e-10)  # sums reordered
+    np.testing.assert_allclose(written.log_likelihood, marginal, rtol=1e-12)
+    conditional = stats.norm(written.theta, se).logpdf(b).sum(axis=(2, 3))
+    np.testing.assert_allclose(written.conditional_total, conditional, rtol=1e-10)
 
 
 def test_same_draws_with_and_without_the_thread(model):
-    runs = []
-    for background in (False, True):
-        stores = _stores(model)
-        log_likelihood = store_array(stores["theta"].shape, np.float32)
-        totals = _write_all(model, stores, log_likelihood, background=background)
-        runs.append((stores["theta"], log_likelihood, totals))
-    for alone, threaded in zip(*runs, strict=True):
-        np.testing.assert_array_equal(alone, threaded)
+    alone, threaded = (_write_all(model, _stores(model), background=b) for b in (False, True))
+    for field in ("theta", "log_likelihood", "conditional_total"):
+        np.testing.assert_array_equal(getattr(alone, field), getattr(threaded, field))
 
 
 def test_the_thread_alone_writes_every_draw_and_stops(model):
     """When the thread keeps up with the sweeps, finishing claims nothing and waits for it."""
-    stores, alone = _stores(model), _stores(model)
-    log_likelihood = store_array(stores["theta"].shape, np.float32)
-    expected = _write_all(
-        model, alone, store_array(stores["theta"].shape, np.float32), background=False
-    )
-    writer = ThetaWriter(model, np.random.SeedSequence(1), stores, log_likelihood, True)
+    expected = _write_all(model, _stores(model), background=False)
+    writer = ThetaWriter(model, np.random.SeedSequence(1), _stores(model), np.float32, True)
     try:
         for draw in range(DRAWS):
             writer.recorded(draw)
         writer._done.result(timeout=60)  # the thread ends by itself after the last draw
-        np.testing.assert_array_equal(writer.finish(), expected)
+        written = writer.finish()
     finally:
         writer.close()
-    np.testing.assert_array_equal(stores["theta"], alone["theta"])
+    np.testing.assert_array_equal(written.theta, expected.theta)
+    np.testing.assert_array_equal(written.conditional_total, expected.conditional_total)
 
 
 def test_close_stops_a_thread_left_waiting(model):
     """After an error in the sweeps the engine closes the writer without finishing it."""
-    stores, complete = _stores(model), _stores(model)
-    _write_all(model, complete, store_array(complete["theta"].shape), background=False, seed=2)
-    writer = ThetaWriter(
-        model, np.random.SeedSequence(2), stores, store_array(stores["theta"].shape), True
-    )
+    complete = _write_all(model, _stores(model), background=False, seed=2)
+    writer = ThetaWriter(model, np.random.SeedSequence(2), _stores(model), np.float32, True)
     writer.recorded(0)
     writer.close()  # returns although draws 1.. never come; draw 0 was written first
-    np.testing.assert_array_equal(stores["theta"][:, 0], complete["theta"][:, 0])
+    np.testing.assert_array_equal(writer._theta[:, 0], complete.theta[:, 0])
 
 
 def test_a_model_without_pooling_is_refused():
@@ -139,14 +125,15 @@ def test_a_model_without_pooling_is_refused():
     model = bh.ShrinkageModel(bh.mlm(data.Y, data.X, x_intercept=False), depth="none")
     assert model.tree is None
     with pytest.raises(ValueError, match="without pooling"):
-        ThetaWriter(model, np.random.SeedSequence(0), {}, np.empty(0), False)
+        ThetaWriter(model, np.random.SeedSequence(0), {}, np.float32, False)
 
 
-def test_store_arrays_are_zeroed_writable_and_contiguous():
-    array = store_array((3, 4, 5), np.float32)
+@pytest.mark.parametrize("commit", [False, True])
+def test_store_arrays_are_zeroed_writable_and_contiguous(commit):
+    array = store_array((3, 4, 5), np.float32, commit=commit)
     assert array.dtype == np.float32 and array.shape == (3, 4, 5)
     assert array.flags.c_contiguous and array.flags.writeable
     assert not array.any()
     array[1, 2] = 7.0
     assert array.sum() == 35.0
-    assert store_array((0, 4)).shape == (0, 4)
+    assert store_array((0, 4), commit=commit).shape == (0, 4)

@@ -248,17 +248,23 @@ class _DrawStore:
 
     @staticmethod
     def allocate(
-        levels: tuple[str, ...], n_units: tuple[int, ...], lead: tuple[int, ...], theta_dtype: Any
+        levels: tuple[str, ...],
+        n_units: tuple[int, ...],
+        lead: tuple[int, ...],
+        theta_dtype: Any | None,
     ) -> dict[str, np.ndarray]:
-        """Stores for every posterior variable; ``lead`` is (chain, draw, covariate).
+        """Stores for the posterior variables; ``lead`` is (chain, draw, covariate).
 
-        See :func:`~bayeshier_pymc._memory.store_array` for why they are not ``numpy.empty``.
+        θ gets none when ``theta_dtype`` is None (the collapsed scheme's θ writer keeps its
+        own). See :func:`~bayeshier_pymc._memory.store_array` for why they are not
+        ``numpy.empty``.
         """
         arrays: dict[str, np.ndarray] = {
-            "theta": store_array((*lead, n_units[0]), theta_dtype),
             "mu": store_array(lead),
             "tau": store_array((*lead, len(n_units) - 1)),
         }
+        if theta_dtype is not None:
+            arrays["theta"] = store_array((*lead, n_units[0]), theta_dtype)
         for level, n in zip(levels, n_units[1:-1], strict=True):
             arrays[group_mean_name(level)] = store_array((*lead, n))
         return arrays
@@ -298,12 +304,13 @@ def _run_chains(
     """
     data = tree_data(model, chains)
     lead = (chains, settings.draws, model.estimates.estimate.shape[0])
+    collapsed = settings.scheme == "collapsed"
+    theta_store = None if collapsed else settings.theta_dtype
     store = _DrawStore(
         data,
         hierarchy.levels,
-        _DrawStore.allocate(hierarchy.levels, data.n_units, lead, settings.theta_dtype),
+        _DrawStore.allocate(hierarchy.levels, data.n_units, lead, theta_store),
     )
-    collapsed = settings.scheme == "collapsed"
     acceptance = np.full((chains, settings.draws), np.nan)
     sweep_seed, noise_seed = seed.spawn(2)
     rng = np.random.default_rng(sweep_seed)
@@ -312,12 +319,11 @@ def _run_chains(
     log_likelihood = None
     writer = None
     if collapsed:
-        log_likelihood = store_array(store.arrays["theta"].shape, settings.theta_dtype)
         writer = ThetaWriter(
             model,
             noise_seed,
             store.arrays,
-            log_likelihood,
+            settings.theta_dtype,
             background=(cores or os.cpu_count() or 1) >= 2,
         )
     total = settings.tune + settings.draws
@@ -348,7 +354,10 @@ def _run_chains(
             if (sweep + 1) % PROGRESS_EVERY == 0 or sweep + 1 == total:
                 bar.update(sweep + 1 - bar.n)
         if writer is not None:
-            stats = {"scale_acceptance": acceptance, "log_likelihood": writer.finish()}
+            written = writer.finish()
+            store.arrays["theta"] = written.theta
+            log_likelihood = written.log_likelihood
+            stats = {"scale_acceptance": acceptance, "log_likelihood": written.conditional_total}
     finally:
         if writer is not None:
             writer.close()

@@ -7,11 +7,12 @@ and :class:`ThetaWriter` turns each recorded draw into θ, reading the parents a
 posterior stores. In the same pass it writes the pointwise marginal log-likelihood
 log N(b_j; p, s_j² + τ_w²) and sums the conditional one, Σ log N(b_j; θ_j, s_j²), per draw.
 
-The noise is drawn first, in one call per chain, from the writer's own generator (SFC64,
-NumPy's fastest) straight into the θ store; each draw's kernel then turns its noise into θ in
-place. With ``background=True`` a thread does all of this: it draws the noise while the main
-thread tunes (committing the store's memory on the way, which is slow on virtual machines),
-then follows the main thread's kept draws. Once the main thread has swept them all, it
+The writer allocates the θ and log-likelihood stores, committing their memory at once
+(:func:`~bayeshier_pymc._memory.store_array`), and draws the noise first, in one call per
+chain, from its own generator (SFC64, NumPy's fastest) straight into the θ store; each draw's
+kernel then turns its noise into θ in place. With ``background=True`` a thread does all of
+this: it allocates and draws the noise while the main thread tunes, then follows the main
+thread's kept draws. Once the main thread has swept them all, it
 writes the draws the thread has not reached yet alongside it (:meth:`ThetaWriter.finish`);
 each draw is claimed once, in order. NumPy's generator and the compiled kernel release the
 GIL. The draws are the same with or without the thread, whichever thread writes a draw.
@@ -23,10 +24,12 @@ import itertools
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bayeshier_pymc._memory import store_array
 from bayeshier_pymc._numba import vector_kernel
 from bayeshier_pymc.log_likelihood import conditional_constant, log_normal
 from bayeshier_pymc.model import group_mean_name
@@ -34,14 +37,33 @@ from bayeshier_pymc.model import group_mean_name
 if TYPE_CHECKING:
     from bayeshier_pymc.shrinkage import ShrinkageModel
 
-__all__ = ["ThetaWriter"]
+__all__ = ["ThetaWriter", "WrittenDraws"]
 
 _STOP = -1
 """Queue item that ends the background thread early."""
 
 
+@dataclass(frozen=True)
+class WrittenDraws:
+    """What :meth:`ThetaWriter.finish` returns.
+
+    Attributes
+    ----------
+    theta
+        The θ draws, (chain, draw, covariate, feature).
+    log_likelihood
+        The marginal pointwise log-likelihood, log N(b; parent mean, s² + τ_w²), same shape.
+    conditional_total
+        Σ over covariates and features of log N(b; θ, s²), (chain, draw).
+    """
+
+    theta: np.ndarray
+    log_likelihood: np.ndarray
+    conditional_total: np.ndarray
+
+
 class ThetaWriter:
-    """Fills the θ and log-likelihood stores from the recorded τ and group means.
+    """Writes θ and its log-likelihoods from the recorded τ and group means.
 
     Parameters
     ----------
@@ -50,10 +72,10 @@ class ThetaWriter:
     seed
         Seed of the noise generator.
     posterior
-        The engine's stores, (chain, draw, covariate, ...): ``theta`` is filled here; ``tau``
-        and the means of θ's parents (``mu`` at depth 0) are read once a draw is recorded.
-    log_likelihood
-        (chain, draw, covariate, feature) store of the marginal log-likelihood.
+        The engine's stores, (chain, draw, covariate, ...): ``tau`` and the means of θ's
+        parents (``mu`` at depth 0), read once a draw is recorded.
+    dtype
+        Storage type of θ and of the log-likelihood.
     background
         Work in a thread of its own.
 
@@ -68,33 +90,34 @@ class ThetaWriter:
         model: ShrinkageModel,
         seed: np.random.SeedSequence,
         posterior: dict[str, np.ndarray],
-        log_likelihood: np.ndarray,
+        dtype: Any,
         background: bool,
     ):
         tree = model.tree
         if tree is None:
             raise ValueError("θ is written from its parents, which a model without pooling lacks.")
         self._rng = np.random.Generator(np.random.SFC64(seed))
-        self._theta = posterior["theta"]
-        self._log_likelihood = log_likelihood
+        self._b = np.ascontiguousarray(model.estimates.estimate.to_numpy(), dtype=float)
+        self._var_b = np.ascontiguousarray(model.estimates.se.to_numpy(), dtype=float) ** 2
+        self._inverse_var_b = 1.0 / self._var_b
         self._tau = posterior["tau"]
+        self._shape = (*self._tau.shape[:3], self._b.shape[1])
+        self._dtype = dtype
         if tree.depth:
             self._parent_mean = posterior[group_mean_name(tree.levels[0])]
             self._parent_index = tree.parents[0].astype(np.intp)
         else:
             self._parent_mean = posterior["mu"][..., None]
-            self._parent_index = np.zeros(self._theta.shape[-1], dtype=np.intp)
-        self._b = np.ascontiguousarray(model.estimates.estimate.to_numpy(), dtype=float)
-        self._var_b = np.ascontiguousarray(model.estimates.se.to_numpy(), dtype=float) ** 2
-        self._inverse_var_b = 1.0 / self._var_b
-        self._totals = np.empty(self._theta.shape[:2])
+            self._parent_index = np.zeros(self._shape[-1], dtype=np.intp)
+        self._theta = self._log_likelihood = np.empty(0, dtype=dtype)  # allocated by _prepare
+        self._totals = np.empty(self._shape[:2])
         self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._claims = itertools.count()
-        self._noise_drawn = threading.Event()
+        self._prepared = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=1) if background else None
         self._done: Future[None] | None = None
         if self._pool is None:
-            self._draw_noise()
+            self._prepare()
         else:
             self._done = self._pool.submit(self._follow)
 
@@ -105,18 +128,19 @@ class ThetaWriter:
         else:
             self._queue.put(draw)
 
-    def finish(self) -> np.ndarray:
-        """Write the draws left, alongside the thread; the conditional totals per (chain, draw).
+    def finish(self) -> WrittenDraws:
+        """Write the draws left, alongside the thread, and return all that was written.
 
-        Call it once every draw is recorded. The total is Σ over covariates and features of
-        log N(b; θ, s²).
+        Call it once every draw is recorded.
         """
         if self._done is not None:
-            self._noise_drawn.wait()
+            self._prepared.wait()
             while self._write_next():
                 pass
             self._done.result()
-        return self._totals + conditional_constant(self._var_b)
+        return WrittenDraws(
+            self._theta, self._log_likelihood, self._totals + conditional_constant(self._var_b)
+        )
 
     def close(self) -> None:
         """Stop the thread (after :meth:`finish`, or early after an error in the sweeps)."""
@@ -126,10 +150,10 @@ class ThetaWriter:
 
     def _follow(self) -> None:
         try:
-            self._draw_noise()
+            self._prepare()
         finally:
-            self._noise_drawn.set()
-        for _ in range(self._theta.shape[1]):  # one claim per recorded draw, at most
+            self._prepared.set()
+        for _ in range(self._shape[1]):  # one claim per recorded draw, at most
             if self._queue.get() == _STOP or not self._write_next():
                 return
 
@@ -140,12 +164,15 @@ class ThetaWriter:
         are recorded, so a claimed draw is always in the stores.
         """
         draw = next(self._claims)
-        if draw >= self._theta.shape[1]:
+        if draw >= self._shape[1]:
             return False
         self._write(draw)
         return True
 
-    def _draw_noise(self) -> None:
+    def _prepare(self) -> None:
+        """Allocate the stores and draw θ's noise into the θ store."""
+        self._theta = store_array(self._shape, self._dtype, commit=True)
+        self._log_likelihood = store_array(self._shape, self._dtype, commit=True)
         for chain_theta in self._theta:
             self._rng.standard_normal(out=chain_theta, dtype=chain_theta.dtype)
 

@@ -396,49 +396,6 @@ def update_scale_conjugate(
 
 
 # ---------------------------------------------------------------------------- collapsed algebra
-def level_term(
-    data: TreeData, level: int, y: np.ndarray, v: np.ndarray, tau: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Integrate out the level-``level`` units given messages to them and their scale.
-
-    Parameters
-    ----------
-    data
-        The sweep data.
-    level
-        Level of the units integrated out.
-    y, v
-        Messages N(y; u, v) to those units, rows × n_units[level].
-    tau
-        Their scale, one per row.
-
-    Returns
-    -------
-    term : numpy.ndarray
-        This level's contribution to log p(b | τ), one per row, up to a constant:
-        -½ Σ_units [log(v + τ²) + (y - ȳ_parent)² / (v + τ²)] - ½ Σ_parents log P, with P
-        and ȳ the precision and precision-weighted mean of the children of each parent.
-    y_parent, v_parent : numpy.ndarray
-        Messages N(ȳ; u, 1/P) to the level-(``level`` + 1) units.
-    """
-    y_lanes, v_lanes = np.ascontiguousarray(y.T), np.ascontiguousarray(v.T)
-    n_parents, n_rows = data.n_units[level + 1], y.shape[0]
-    parent_y, parent_v = np.empty((n_parents, n_rows)), np.empty((n_parents, n_rows))
-    term = np.empty(n_rows)
-    _lane_level_term(
-        y_lanes,
-        v_lanes,
-        np.square(tau),
-        data.starts[level],
-        parent_y,
-        parent_v,
-        np.empty_like(y_lanes),
-        np.empty_like(parent_y),
-        term,
-    )
-    return term, np.ascontiguousarray(parent_y.T), np.ascontiguousarray(parent_v.T)
-
-
 @vector_kernel
 def _lane_level_term(
     y: np.ndarray,
@@ -451,12 +408,18 @@ def _lane_level_term(
     precision: np.ndarray,
     term: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
-    """:func:`level_term` of every row at once, in *lane* layout: rows on the last axis.
+    """Integrate out one level's units given messages N(y; u, v) to them and their scale τ.
 
-    ``y``, ``v`` are units × rows; ``parent_y``, ``parent_v`` (parents × rows) and ``term``
-    (rows) are written; ``variance`` and ``precision`` are scratch of at least units × rows.
-    Every row shares the tree, so the innermost loops run over rows and vectorise whatever
-    the group sizes. Two exact rearrangements keep the pass cheap:
+    The level's contribution to log p(b | τ), up to a constant, goes to ``term`` (one per
+    row): -½ Σ_units [log(v + τ²) + (y - ȳ_parent)² / (v + τ²)] - ½ Σ_parents log P, with P
+    and ȳ the precision and precision-weighted mean of the children of each parent; the
+    messages N(ȳ; u, 1/P) to the parents go to ``parent_y``, ``parent_v``.
+
+    Every row at once, in *lane* layout (rows on the last axis): ``y``, ``v`` are units ×
+    rows, ``parent_y``, ``parent_v`` parents × rows; ``variance`` and ``precision`` are
+    scratch of at least units × rows. Every row shares the tree, so the innermost loops run
+    over rows and vectorise whatever the group sizes. Two exact rearrangements keep the pass
+    cheap:
     Σ (y - ȳ)² / (v + τ²) = S2 - S1²/P from the weighted sums S1, S2 of y shifted by the
     parent's first child (which keeps them well conditioned), and the logarithms of every
     v + τ² and every P are summed by :func:`_lane_sum_log`, one per ``LOG_BLOCK`` values.
@@ -582,21 +545,6 @@ def _row_top_term(y: float, v: float, mu0: float, s0: float) -> float:  # pragma
     return -0.5 * (np.log(total) + (y - mu0) ** 2 / total)
 
 
-def _top_term(data: TreeData, y: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """θ0 integrated out against its N(mu0, s0²) prior, one per row."""
-    return _top_term_kernel(y[:, 0].copy(), v[:, 0].copy(), data.mu0, data.s0)
-
-
-@compiled_kernel
-def _top_term_kernel(
-    y: np.ndarray, v: np.ndarray, mu0: float, s0: float
-) -> np.ndarray:  # pragma: no cover - compiled
-    out = np.empty(y.size)
-    for r in range(y.size):
-        out[r] = _row_top_term(y[r], v[r], mu0, s0)
-    return out
-
-
 @dataclass(frozen=True)
 class Evaluation:
     """log p(b | τ) of every row, level by level, with the upward messages, for one τ.
@@ -604,8 +552,8 @@ class Evaluation:
     Attributes
     ----------
     terms
-        For each level 0..D, its :func:`level_term`, then θ0's term (rows each); their sum
-        is log p(b | τ) up to a constant.
+        For each level 0..D, its term (:func:`_lane_level_term`), then θ0's (rows each);
+        their sum is log p(b | τ) up to a constant.
     messages
         The upward messages N(y; u, v) to the units of each level 0..D + 1 (θ0's last).
     """
@@ -624,14 +572,43 @@ class Evaluation:
 
     def redo_from(self, data: TreeData, level: int, tau: np.ndarray) -> Evaluation:
         """The evaluation for ``tau``, which differs from this one's only from ``level`` up."""
-        y, v = self.messages[level]
-        terms, messages = [], []
-        for upper in range(level, data.depth + 1):
-            term, y, v = level_term(data, upper, y, v, tau[:, upper])
-            terms.append(term)
-            messages.append((y, v))
-        terms.append(_top_term(data, y, v))
-        return Evaluation((*self.terms[:level], *terms), (*self.messages[: level + 1], *messages))
+        offsets = data.message_offsets
+        message_y, message_v = np.empty((2, offsets[-1], data.n_rows))
+        if level:
+            y, v = self.messages[level]
+            message_y[offsets[level] : offsets[level + 1]] = y.T
+            message_v[offsets[level] : offsets[level + 1]] = v.T
+        b, var_b = data.lanes
+        starts, starts_offsets = data.flat_starts
+        terms = np.empty((data.depth + 2, data.n_rows))
+        _lane_evaluate_from(
+            level,
+            np.ascontiguousarray(np.square(tau).T),
+            b,
+            var_b,
+            message_y,
+            message_v,
+            starts,
+            starts_offsets,
+            offsets,
+            data.mu0,
+            data.s0,
+            terms,
+            message_y,
+            message_v,
+            np.empty_like(b),
+            np.empty_like(b),
+        )
+        messages = [
+            (
+                np.ascontiguousarray(message_y[offsets[upper] : offsets[upper + 1]].T),
+                np.ascontiguousarray(message_v[offsets[upper] : offsets[upper + 1]].T),
+            )
+            for upper in range(level + 1, data.depth + 2)
+        ]
+        return Evaluation(
+            (*self.terms[:level], *terms[level:]), (*self.messages[: level + 1], *messages)
+        )
 
 
 def evaluate(data: TreeData, tau: np.ndarray) -> Evaluation:
