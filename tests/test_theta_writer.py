@@ -8,6 +8,7 @@ from scipy import stats
 
 import bayeshier_pymc as bh
 from bayeshier_pymc._memory import store_array
+from bayeshier_pymc.gibbs import theta_writer
 from bayeshier_pymc.gibbs.theta_writer import ThetaWriter, WrittenDraws
 from bayeshier_pymc.model import group_mean_name
 
@@ -109,6 +110,21 @@ def test_the_thread_alone_writes_every_draw_and_stops(model):
         writer.close()
     np.testing.assert_array_equal(written.theta, expected.theta)
     np.testing.assert_array_equal(written.conditional_total, expected.conditional_total)
+
+
+def test_finish_raises_what_stopped_the_thread(model, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise MemoryError("no room for the stores")
+
+    monkeypatch.setattr(theta_writer, "store_array", no_memory)
+    writer = ThetaWriter(model, np.random.SeedSequence(0), _stores(model), np.float32, True)
+    try:
+        for draw in range(DRAWS):
+            writer.recorded(draw)
+        with pytest.raises(MemoryError, match="no room"):
+            writer.finish()
+    finally:
+        writer.close()
 
 
 def test_close_stops_a_thread_left_waiting(model):

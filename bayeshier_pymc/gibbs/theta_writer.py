@@ -12,9 +12,9 @@ The writer allocates the θ and log-likelihood stores, committing their memory a
 chain, from its own generator (SFC64, NumPy's fastest) straight into the θ store; each draw's
 kernel then turns its noise into θ in place. With ``background=True`` a thread does all of
 this: it allocates and draws the noise while the main thread tunes, then follows the main
-thread's kept draws. Once the main thread has swept them all, it
-writes the draws the thread has not reached yet alongside it (:meth:`ThetaWriter.finish`);
-each draw is claimed once, in order. NumPy's generator and the compiled kernel release the
+thread's kept draws. Once the main thread has swept them all, it writes the draws the thread
+has not reached yet alongside it (:meth:`ThetaWriter.finish`); each draw is claimed once, in
+order. NumPy's generator and the compiled kernel release the
 GIL. The draws are the same with or without the thread, whichever thread writes a draw.
 """
 
@@ -114,6 +114,7 @@ class ThetaWriter:
         self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._claims = itertools.count()
         self._prepared = threading.Event()
+        self._ready = False
         self._pool = ThreadPoolExecutor(max_workers=1) if background else None
         self._done: Future[None] | None = None
         if self._pool is None:
@@ -135,7 +136,7 @@ class ThetaWriter:
         """
         if self._done is not None:
             self._prepared.wait()
-            while self._write_next():
+            while self._ready and self._write_next():
                 pass
             self._done.result()
         return WrittenDraws(
@@ -152,7 +153,7 @@ class ThetaWriter:
         try:
             self._prepare()
         finally:
-            self._prepared.set()
+            self._prepared.set()  # on failure too: finish() then skips to the error
         for _ in range(self._shape[1]):  # one claim per recorded draw, at most
             if self._queue.get() == _STOP or not self._write_next():
                 return
@@ -175,6 +176,7 @@ class ThetaWriter:
         self._log_likelihood = store_array(self._shape, self._dtype, commit=True)
         for chain_theta in self._theta:
             self._rng.standard_normal(out=chain_theta, dtype=chain_theta.dtype)
+        self._ready = True
 
     def _write(self, draw: int) -> None:
         _theta_kernel(
