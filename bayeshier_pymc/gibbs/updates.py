@@ -419,10 +419,10 @@ def _lane_level_term(
     rows, ``parent_y``, ``parent_v`` parents × rows; ``variance`` and ``precision`` are
     scratch of at least units × rows. Every row shares the tree, so the innermost loops run
     over rows and vectorise whatever the group sizes. Two exact rearrangements keep the pass
-    cheap:
-    Σ (y - ȳ)² / (v + τ²) = S2 - S1²/P from the weighted sums S1, S2 of y shifted by the
-    parent's first child (which keeps them well conditioned), and the logarithms of every
-    v + τ² and every P are summed by :func:`_lane_sum_log`, one per ``LOG_BLOCK`` values.
+    cheap: Σ (y - ȳ)² / (v + τ²) = S2 - S1²/P from the weighted sums S1, S2 of y shifted by
+    the parent's first child (which keeps them well conditioned), and the logarithms of
+    every v + τ² and every P are summed by :func:`_lane_sum_log`, one per ``LOG_BLOCK``
+    values.
     """
     n_units, n_rows = y.shape
     n_parents = starts.size
@@ -599,16 +599,23 @@ class Evaluation:
             np.empty_like(b),
             np.empty_like(b),
         )
-        messages = [
-            (
-                np.ascontiguousarray(message_y[offsets[upper] : offsets[upper + 1]].T),
-                np.ascontiguousarray(message_v[offsets[upper] : offsets[upper + 1]].T),
-            )
-            for upper in range(level + 1, data.depth + 2)
-        ]
+        messages = _messages_by_row(message_y, message_v, offsets, range(level + 1, data.depth + 2))
         return Evaluation(
             (*self.terms[:level], *terms[level:]), (*self.messages[: level + 1], *messages)
         )
+
+
+def _messages_by_row(
+    message_y: np.ndarray, message_v: np.ndarray, offsets: np.ndarray, levels: range
+) -> Messages:
+    """The messages to each of ``levels`` (1..D + 1) from lane layout, rows first."""
+    return [
+        (
+            np.ascontiguousarray(message_y[offsets[level] : offsets[level + 1]].T),
+            np.ascontiguousarray(message_v[offsets[level] : offsets[level + 1]].T),
+        )
+        for level in levels
+    ]
 
 
 def evaluate(data: TreeData, tau: np.ndarray) -> Evaluation:
@@ -860,14 +867,8 @@ def _independence_updates(
         *kernel.current,
     )
     _, _, message_y, message_v = kernel.current
-    messages = [(data.b, data.var_b)] + [
-        (
-            np.ascontiguousarray(message_y[offsets[level] : offsets[level + 1]].T),
-            np.ascontiguousarray(message_v[offsets[level] : offsets[level + 1]].T),
-        )
-        for level in range(1, data.depth + 2)
-    ]
-    return messages, acceptance
+    upper = _messages_by_row(message_y, message_v, offsets, range(1, data.depth + 2))
+    return [(data.b, data.var_b), *upper], acceptance
 
 
 @compiled_kernel
