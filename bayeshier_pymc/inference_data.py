@@ -193,11 +193,9 @@ def _pointwise(
         return pointwise.prior_predictive(
             b, se, mu0=mu0, s0=s0, lead=theta.shape[:2], dtype=theta.dtype
         )
-    if first_level is None:
-        parent_mean = draws["mu"][..., None]
-        parent_index = np.zeros(b.shape[1], dtype=np.intp)
-    else:
-        parent_mean = draws[group_mean_name(first_level)]
+    parent_mean, parent_index = pointwise.theta_parents(
+        draws, first_level, parent_index, b.shape[1]
+    )
     return pointwise.marginal(
         b,
         se,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,6 +27,7 @@ import numba
 import numpy as np
 
 from bayeshier_pymc._numba import compiled_kernel
+from bayeshier_pymc.model import group_mean_name
 
 __all__ = [
     "conditional",
@@ -35,6 +36,7 @@ __all__ = [
     "log_normal",
     "marginal",
     "prior_predictive",
+    "theta_parents",
 ]
 
 _HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
@@ -125,6 +127,23 @@ def marginal(
         flat_out.shape[0],
     )
     return out
+
+
+def theta_parents(
+    draws: Mapping[str, np.ndarray],
+    first_level: str | None,
+    parent_index: np.ndarray | None,
+    n_features: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The draws of the means of θ's parents and each feature's parent, for :func:`marginal`.
+
+    θ's parents are the groups of the first annotation level ``first_level`` (feature j in
+    group ``parent_index[j]``), or θ0 at depth 0 (``first_level=None``), then one group.
+    ``draws`` holds ``mu`` and the group means, (chain, draw, covariate, ...).
+    """
+    if first_level is None:
+        return draws["mu"][..., None], np.zeros(n_features, dtype=np.intp)
+    return draws[group_mean_name(first_level)], np.asarray(parent_index, dtype=np.intp)
 
 
 def prior_predictive(

@@ -272,9 +272,9 @@ class _DrawStore:
     def _by_chain(self, rows: np.ndarray) -> np.ndarray:
         return rows.reshape(self.chains, self.n_covariates, *rows.shape[1:])
 
-    def record(self, draw: int, state: TreeState, *, theta: bool) -> None:
-        """Store ``state`` as draw number ``draw`` of every chain (θ too if ``theta``)."""
-        if theta:
+    def record(self, draw: int, state: TreeState) -> None:
+        """Store ``state`` as draw number ``draw`` of every chain (θ too if it has θ's store)."""
+        if "theta" in self.arrays:
             self.arrays["theta"][:, draw] = self._by_chain(self.data.from_sorted(state.units[0]))
         self.arrays["mu"][:, draw] = self._by_chain(state.units[-1][:, 0])
         self.arrays["tau"][:, draw] = self._by_chain(state.tau)
@@ -347,7 +347,7 @@ def _run_chains(
                 conjugate_sweep(data, state, rng)
             if keep:
                 draw = sweep - settings.tune
-                store.record(draw, state, theta=not collapsed)
+                store.record(draw, state)
                 if writer is not None:
                     writer.recorded(draw)
                     acceptance[:, draw] = store.per_chain(accepted)

@@ -31,8 +31,7 @@ import numpy as np
 
 from bayeshier_pymc._memory import store_array
 from bayeshier_pymc._numba import vector_kernel
-from bayeshier_pymc.log_likelihood import conditional_constant, log_normal
-from bayeshier_pymc.model import group_mean_name
+from bayeshier_pymc.log_likelihood import conditional_constant, log_normal, theta_parents
 
 if TYPE_CHECKING:
     from bayeshier_pymc.shrinkage import ShrinkageModel
@@ -103,12 +102,12 @@ class ThetaWriter:
         self._tau = posterior["tau"]
         self._shape = (*self._tau.shape[:3], self._b.shape[1])
         self._dtype = dtype
-        if tree.depth:
-            self._parent_mean = posterior[group_mean_name(tree.levels[0])]
-            self._parent_index = tree.parents[0].astype(np.intp)
-        else:
-            self._parent_mean = posterior["mu"][..., None]
-            self._parent_index = np.zeros(self._shape[-1], dtype=np.intp)
+        self._parent_mean, self._parent_index = theta_parents(
+            posterior,
+            tree.levels[0] if tree.depth else None,
+            tree.parents[0] if tree.depth else None,
+            self._shape[-1],
+        )
         self._theta = self._log_likelihood = np.empty(0, dtype=dtype)  # allocated by _prepare
         self._totals = np.empty(self._shape[:2])
         self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()
