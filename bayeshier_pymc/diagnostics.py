@@ -1,7 +1,9 @@
 """Can the draws be trusted? One verdict from r̂, ESS, divergences, E-BFMI, tree depth and Pareto k.
 
-Thresholds (:class:`Thresholds`) follow Vehtari, Gelman, Simpson, Carpenter & Bürkner (2021),
-"Rank-normalization, folding, and localization: an improved R̂", and Stan's defaults:
+Thresholds (:class:`~bayeshier_pymc.convergence.Thresholds`, the same for the warning after
+sampling and for :func:`~bayeshier_pymc.sampler_comparison.compare_samplers`) follow Vehtari,
+Gelman, Simpson, Carpenter & Bürkner (2021), "Rank-normalization, folding, and localization: an
+improved R̂", and Stan's defaults:
 
 * rank-normalised split r̂ ≤ 1.01 for every quantity;
 * bulk and tail ESS ≥ 100 per chain (400 with 4 chains);
@@ -12,7 +14,8 @@ Thresholds (:class:`Thresholds`) follow Vehtari, Gelman, Simpson, Carpenter & B�
   importance sampling") for the chosen LOO.
 
 r̂, ESS and divergences decide :attr:`Diagnosis.ok`; E-BFMI, tree depth and Pareto k give
-warnings. NUTS-only checks are skipped for samplers that do not record them (Gibbs).
+warnings. NUTS-only checks are skipped for samplers that do not record them (Gibbs). r̂ and ESS
+are those of :mod:`bayeshier_pymc.convergence` (ArviZ's definitions, computed faster).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayeshier_pymc.convergence import Thresholds, posterior_rank_diagnostics
 from bayeshier_pymc.inference_data import LOG_LIKELIHOOD_NAMES, with_log_likelihood
 
 __all__ = [
@@ -66,31 +70,6 @@ _REMEDIES = {
     "tree_depth": "sampling is slow; raise max_treedepth or reparameterise",
     "pareto_k": "PSIS-LOO is unreliable for those points; see compare_depths(refit_bad_k=True)",
 }
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Limits used by :func:`diagnose` (Vehtari et al. 2021 conventions).
-
-    Attributes
-    ----------
-    r_hat
-        Largest acceptable rank-normalised split r̂.
-    ess_per_chain
-        Smallest acceptable bulk and tail ESS per chain.
-    divergences
-        Largest acceptable number of divergent transitions.
-    e_bfmi
-        Smallest acceptable E-BFMI of a chain.
-    max_treedepth
-        The sampler's maximum tree depth, used when only the depths are recorded.
-    """
-
-    r_hat: float = 1.01
-    ess_per_chain: float = 100.0
-    divergences: int = 0
-    e_bfmi: float = 0.3
-    max_treedepth: int = 10
 
 
 @dataclass(frozen=True)
@@ -233,14 +212,13 @@ Row = tuple[str, str, float, float, Status, str]
 
 def _convergence_rows(posterior: xr.Dataset, limits: Thresholds, n_chains: int) -> list[Row]:
     """Worst r̂, bulk ESS and tail ESS of every variable, with where it is worst."""
-    ess_min = limits.ess_per_chain * n_chains
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        measures = {
-            "r_hat": (az.rhat(posterior, method="rank"), "max", limits.r_hat),
-            "ess_bulk": (az.ess(posterior, method="bulk"), "min", ess_min),
-            "ess_tail": (az.ess(posterior, method="tail"), "min", ess_min),
-        }
+    ess_min = limits.min_ess(n_chains)
+    computed = posterior_rank_diagnostics(posterior)
+    measures = {
+        "r_hat": (computed["r_hat"], "max", limits.r_hat),
+        "ess_bulk": (computed["ess_bulk"], "min", ess_min),
+        "ess_tail": (computed["ess_tail"], "min", ess_min),
+    }
     rows: list[Row] = []
     for check, (values, worst, limit) in measures.items():
         for name in posterior.data_vars:
@@ -350,7 +328,7 @@ def _verdict(table: pd.DataFrame, ok: bool, limits: Thresholds, n_chains: int) -
     rules = asdict(limits)
     lines.append(
         f"Thresholds (Vehtari et al. 2021): r̂ ≤ {rules['r_hat']}; bulk and tail ESS ≥ "
-        f"{rules['ess_per_chain']:g} per chain (≥ {rules['ess_per_chain'] * n_chains:g} here); "
+        f"{rules['ess_per_chain']:g} per chain (≥ {limits.min_ess(n_chains):g} here); "
         f"divergences ≤ {rules['divergences']}; E-BFMI ≥ {rules['e_bfmi']}; no draw at the "
         "maximum tree depth; Pareto k ≤ min(1 − 1/log10(S), 0.7)."
     )

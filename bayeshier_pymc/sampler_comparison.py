@@ -5,13 +5,13 @@ Gibbs engine) and, per scalar parameter, reports both samplers' means and sds, t
 of their differences (difference over the root sum of squared Monte Carlo standard errors),
 bulk ESS per second of sampling time and r̂ computed over the chains of both samplers
 together. The samplers agree when every :math:`|z|` stays below a Bonferroni-aware threshold,
-``max(4, Φ⁻¹(1 - α / (2 K)))`` for K tests, and the joint r̂ is at most 1.01.
+``max(4, Φ⁻¹(1 - α / (2 K)))`` for K tests, and the joint r̂ is at most the r̂ limit of
+:class:`~bayeshier_pymc.convergence.Thresholds` (1.01).
 
-Diagnostics are computed here, vectorised over parameters, with the definitions of ArviZ
-(rank-normalised split r̂ and bulk ESS of Vehtari et al. 2021, Geyer's initial monotone
-sequence; MCSE of the mean from the split-chain ESS and of the sd as in ArviZ); ArviZ's
-per-parameter loops would cost more than the sampling. θ is compared on a subset of features
-by default (``theta_features``), again to keep the check cheap.
+r̂ and ESS are those of :mod:`bayeshier_pymc.convergence` (ArviZ's definitions, computed for
+all parameters at once); the MCSE of the mean comes from the split-chain ESS and that of the
+sd is ArviZ's. θ is compared on a subset of features by default (``theta_features``), to keep
+the check cheap.
 """
 
 from __future__ import annotations
@@ -24,25 +24,17 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy import special, stats
-from scipy.fft import next_fast_len
+from scipy import stats
 
-__all__ = [
-    "SamplerComparison",
-    "bulk_ess",
-    "compare_samplers",
-    "ess",
-    "rank_rhat",
-    "rhat_and_bulk_ess",
-]
+from bayeshier_pymc.convergence import Thresholds, ess, rank_diagnostics, rank_rhat, split_chains
+
+__all__ = ["SamplerComparison", "compare_samplers"]
 
 SAMPLE_DIMS = ("chain", "draw")
 MIN_Z = 4.0
 """Smallest :math:`|z|` threshold, whatever the number of tests."""
 ALPHA = 0.05
 """Family-wise error rate of the Bonferroni threshold."""
-MAX_RHAT = 1.01
-"""Largest r̂ over both samplers' chains taken together."""
 DEFAULT_THETA_FEATURES = 50
 """Features of θ compared by default (evenly spread); ``None`` compares all."""
 
@@ -162,7 +154,7 @@ def compare_samplers(
     names: tuple[str, str] | None = None,
     alpha: float = ALPHA,
     min_z: float = MIN_Z,
-    max_rhat: float = MAX_RHAT,
+    max_rhat: float = Thresholds.r_hat,
 ) -> SamplerComparison:
     """Compare the posteriors drawn by two samplers, parameter by parameter.
 
@@ -290,7 +282,7 @@ def _joint_chains(draws_a: np.ndarray, draws_b: np.ndarray) -> np.ndarray:
     return np.concatenate([draws_a[:, -n:], draws_b[:, -n:]], axis=0)
 
 
-# ------------------------------------------------------------------ vectorised diagnostics
+# ------------------------------------------------------------------ summaries
 def _summaries(draws: np.ndarray) -> dict[str, np.ndarray]:
     """Mean, sd, their MCSEs, bulk ESS and rank r̂ of (chain, draw, parameter) draws."""
     flat = draws.reshape(-1, draws.shape[-1])
@@ -298,98 +290,14 @@ def _summaries(draws: np.ndarray) -> dict[str, np.ndarray]:
     centred_sq = (draws - flat.mean(axis=0)) ** 2
     mean_sq = centred_sq.reshape(flat.shape).mean(axis=0)
     var_of_sq = ((centred_sq**2).reshape(flat.shape).mean(axis=0) - mean_sq**2) / ess(
-        _split(centred_sq)
+        split_chains(centred_sq)
     )
-    rhat, ess_bulk = rhat_and_bulk_ess(draws)
+    diagnostics = rank_diagnostics(draws)
     return {
         "mean": flat.mean(axis=0),
         "sd": sd,
-        "mcse_mean": sd / np.sqrt(ess(_split(draws))),
+        "mcse_mean": sd / np.sqrt(ess(split_chains(draws))),
         "mcse_sd": np.sqrt(var_of_sq / mean_sq / 4.0),
-        "ess_bulk": ess_bulk,
-        "rhat": rhat,
+        "ess_bulk": diagnostics.ess_bulk,
+        "rhat": diagnostics.r_hat,
     }
-
-
-def _split(draws: np.ndarray) -> np.ndarray:
-    """Split every chain in two halves (the middle draw of an odd count is dropped)."""
-    half = draws.shape[1] // 2
-    return np.concatenate([draws[:, :half], draws[:, -half:]], axis=0)
-
-
-def _z_scale(draws: np.ndarray) -> np.ndarray:
-    """Rank-normalise each parameter over all its draws (Blom offset 3/8)."""
-    flat = draws.reshape(-1, draws.shape[-1])
-    ranks = stats.rankdata(flat, axis=0, method="average")
-    z = special.ndtri((ranks - 0.375) / (flat.shape[0] + 0.25))
-    return z.reshape(draws.shape)
-
-
-def _rhat(draws: np.ndarray) -> np.ndarray:
-    """Classic r̂ of (chain, draw, parameter) draws."""
-    n = draws.shape[1]
-    between = n * draws.mean(axis=1).var(axis=0, ddof=1)
-    within = draws.var(axis=1, ddof=1).mean(axis=0)
-    return np.sqrt((between / within + n - 1) / n)
-
-
-def rank_rhat(draws: np.ndarray) -> np.ndarray:
-    """Rank-normalised split r̂ (max of bulk and folded), per parameter of (chain, draw, p)."""
-    split = _split(draws)
-    return _rank_rhat(split, _z_scale(split))
-
-
-def bulk_ess(draws: np.ndarray) -> np.ndarray:
-    """Bulk ESS per parameter of (chain, draw, p) draws, as ``arviz.ess(method="bulk")``.
-
-    :func:`ess` of the rank-normalised split chains (Vehtari et al. 2021).
-    """
-    return ess(_z_scale(_split(draws)))
-
-
-def rhat_and_bulk_ess(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`rank_rhat` and :func:`bulk_ess` of the same draws, ranking them once."""
-    split = _split(draws)
-    z = _z_scale(split)
-    return _rank_rhat(split, z), ess(z)
-
-
-def _rank_rhat(split: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """:func:`rank_rhat` of split chains ``split`` whose rank-normalised values are ``z``."""
-    median = np.median(split.reshape(-1, split.shape[-1]), axis=0)
-    return np.maximum(_rhat(z), _rhat(_z_scale(np.abs(split - median))))
-
-
-def _autocov(draws: np.ndarray) -> np.ndarray:
-    n = draws.shape[1]
-    centred = draws - draws.mean(axis=1, keepdims=True)
-    size = next_fast_len(2 * n)
-    spectrum = np.fft.rfft(centred, n=size, axis=1)
-    return np.fft.irfft(spectrum * np.conjugate(spectrum), n=size, axis=1)[:, :n] / n
-
-
-def ess(draws: np.ndarray) -> np.ndarray:
-    """Effective sample size per parameter of (chain, draw, p) draws (Geyer, as in ArviZ)."""
-    n_chain, n_draw, _ = draws.shape
-    acov = _autocov(draws)
-    mean_var = acov[:, 0].mean(axis=0) * n_draw / (n_draw - 1.0)
-    var_plus = mean_var * (n_draw - 1.0) / n_draw
-    if n_chain > 1:
-        var_plus = var_plus + draws.mean(axis=1).var(axis=0, ddof=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = 1.0 - (mean_var - acov.mean(axis=0)) / var_plus
-    rho[0] = 1.0
-    n_pairs = (n_draw - 3) // 2 + 1
-    pairs = rho[0 : 2 * n_pairs : 2] + rho[1 : 2 * n_pairs : 2]
-    stop = pairs <= 0.0
-    stop[0] = False
-    first_stop = np.where(stop.any(axis=0), stop.argmax(axis=0), n_pairs)
-    kept = np.arange(n_pairs)[:, None] < first_stop[None, :]
-    monotone = np.minimum.accumulate(np.where(kept, pairs, np.inf), axis=0)
-    tau = -1.0 + 2.0 * np.where(kept, monotone, 0.0).sum(axis=0)
-    next_even = rho[np.minimum(2 * first_stop, n_draw - 1), np.arange(rho.shape[1])]
-    tau += np.where((first_stop < n_pairs) & (next_even > 0), next_even, 0.0)
-    total = n_chain * n_draw
-    result = total / np.maximum(tau, 1.0 / np.log10(total))
-    constant = np.ptp(draws.reshape(-1, draws.shape[-1]), axis=0) < np.finfo(float).resolution
-    return np.where(constant, float(total), result)

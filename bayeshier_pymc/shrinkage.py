@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pymc as pm
 
-from bayeshier_pymc._convergence import warn_if_not_converged
+from bayeshier_pymc.convergence import warn_if_not_converged
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.gaussian_tree import TreeIndex, draw_tree, upward_pass
 from bayeshier_pymc.hierarchy import Hierarchy

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bayeshier_pymc import Hierarchy, ShrinkageModel, simulate
+from bayeshier_pymc.convergence import bulk_ess
 from bayeshier_pymc.gaussian_tree import TreeIndex
 from bayeshier_pymc.gibbs.updates import (
     DEFAULT_SCALE_STEPS,
@@ -35,7 +36,6 @@ from bayeshier_pymc.gibbs.updates import (
     initial_state,
 )
 from bayeshier_pymc.mlm import mlm
-from bayeshier_pymc.sampler_comparison import bulk_ess
 
 N_SAMPLES, N_FEATURES, N_COVARIATES = 60, 999, 10
 N_SUBCLASSES, N_SUPERCLASSES = 106, 9

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bayeshier_pymc as bh
-from bayeshier_pymc._convergence import ConvergenceWarning
+from bayeshier_pymc.convergence import ConvergenceWarning
 from bayeshier_pymc.gaussian_tree import TreeIndex, upward_pass
 
 FAST = settings(

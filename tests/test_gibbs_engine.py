@@ -7,12 +7,13 @@ import pytest
 from scipy import stats
 
 from bayeshier_pymc import Hierarchy, ShrinkageModel, simulate
+from bayeshier_pymc.convergence import bulk_ess, rank_rhat
 from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal, upward_pass
 from bayeshier_pymc.gibbs import sample_gibbs
 from bayeshier_pymc.inference_data import posterior_dims
 from bayeshier_pymc.mlm import mlm
 from bayeshier_pymc.model import model_coords
-from bayeshier_pymc.sampler_comparison import _summaries, bulk_ess, rank_rhat
+from bayeshier_pymc.sampler_comparison import _summaries
 
 Z_LIMIT = 4.0
 
@@ -184,7 +185,7 @@ def test_short_gibbs_run_warns_when_diagnostics_fail():
     import warnings
 
     from bayeshier_pymc import Hierarchy, ShrinkageModel, mlm, simulate
-    from bayeshier_pymc._convergence import ConvergenceWarning
+    from bayeshier_pymc.convergence import ConvergenceWarning
 
     study = simulate(60, 40, 2, random_seed=0)
     fit = mlm(study.Y, study.X, x_intercept=False)

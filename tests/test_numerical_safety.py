@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 import bayeshier_pymc as bh
-from bayeshier_pymc._convergence import ConvergenceWarning, check_convergence
+from bayeshier_pymc.convergence import ConvergenceWarning, check_convergence
 from bayeshier_pymc.gaussian_tree import TreeIndex, upward_pass
 
 

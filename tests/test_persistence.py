@@ -13,7 +13,7 @@ import xarray as xr
 
 import bayeshier_pymc as bh
 from bayeshier_pymc import results
-from bayeshier_pymc._convergence import ConvergenceWarning
+from bayeshier_pymc.convergence import ConvergenceWarning
 from bayeshier_pymc.inference_data import build_inference_data
 from bayeshier_pymc.persistence import load_results, save_results
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import bayeshier_pymc as bh
-from bayeshier_pymc._convergence import ConvergenceWarning
+from bayeshier_pymc.convergence import ConvergenceWarning
 
 SCRIPT = """
 import hashlib, warnings
