@@ -1,6 +1,14 @@
-"""Bayesian hierarchical shrinkage of metabolite effects, on PyMC."""
+"""Bayesian hierarchical shrinkage of metabolite effects, on PyMC.
 
+The submodules that ``import bayeshier_pymc`` does not need (the plots, which import
+matplotlib's pyplot, the Gibbs samplers, the command line, the pipeline and its report) are
+imported on first use: ``bh.plots.plot_shrinkage(...)`` works after ``import bayeshier_pymc as
+bh`` alone (PEP 562).
+"""
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from types import ModuleType
 
 from bayeshier_pymc import preprocess
 from bayeshier_pymc.datasets import demo_study
@@ -27,6 +35,9 @@ try:
     __version__ = version("bayeshier_pymc")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
+
+_LAZY_SUBMODULES = ("cli", "csv_inputs", "gibbs", "pipeline", "plots", "report")
+"""Public submodules imported on first attribute access rather than with the package."""
 
 __all__ = [
     "DepthComparison",
@@ -58,3 +69,14 @@ __all__ = [
     "simulation_study",
     "train_test_split",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    """Import a public submodule left out of ``import bayeshier_pymc`` on first use (PEP 562)."""
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_SUBMODULES})
