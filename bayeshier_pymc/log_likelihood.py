@@ -23,17 +23,16 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numba
 import numpy as np
 
 from bayeshier_pymc._numba import compiled_kernel
+from bayeshier_pymc.gaussian_tree.kernels import log_normal
 from bayeshier_pymc.model import group_mean_name
 
 __all__ = [
     "conditional",
     "conditional_constant",
     "conditional_total",
-    "log_normal",
     "marginal",
     "prior_predictive",
     "theta_parents",
@@ -42,17 +41,6 @@ __all__ = [
 _HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
 """½ log 2π, the constant of every normal log density."""
 _MIN_DRAWS_PER_THREAD = 64
-
-
-@numba.vectorize(["float64(float64, float64)"], cache=True)
-def log_normal(deviation: float, variance: float) -> float:  # pragma: no cover - compiled
-    """Log N(deviation; 0, variance), elementwise.
-
-    A NumPy ufunc (arrays broadcast), also callable with scalars from compiled code. Kernels
-    in other modules compile it in (``gibbs.theta_writer``), and numba's disk cache does not
-    see when it changes: after editing it, delete the cached ``*.nbi``/``*.nbc`` files.
-    """
-    return -0.5 * (deviation * deviation / variance + np.log(variance)) - _HALF_LOG_2PI
 
 
 def conditional(theta: np.ndarray, b: np.ndarray, se: np.ndarray) -> np.ndarray:

@@ -28,12 +28,9 @@ import numpy as np
 
 from bayeshier_pymc import Hierarchy, ShrinkageModel, simulate
 from bayeshier_pymc.gaussian_tree import TreeIndex
-from bayeshier_pymc.gibbs.updates import (
-    DEFAULT_SCALE_STEPS,
-    TreeData,
-    conjugate_sweep,
-    initial_state,
-)
+from bayeshier_pymc.gibbs.layout import TreeData
+from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS
+from bayeshier_pymc.gibbs.sweeps import conjugate_sweep, initial_state
 from bayeshier_pymc.mlm import mlm
 from bayeshier_pymc.sampler_comparison import bulk_ess
 
