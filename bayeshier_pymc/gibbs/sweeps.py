@@ -26,6 +26,7 @@ from bayeshier_pymc.gibbs.layout import TreeData, TreeState
 from bayeshier_pymc.gibbs.scale_kernels import Messages, ScaleKernel, evaluate, update_scales
 
 __all__ = [
+    "children_message",
     "collapsed_sweep",
     "conjugate_sweep",
     "draw_inverse_gamma",
@@ -122,7 +123,8 @@ def draw_units_given_scales(
 ) -> None:
     """Draw θ0, the group means and, with ``lowest_level=0``, θ exactly given τ, top-down.
 
-    ``messages`` are the upward messages given the current τ (:attr:`Evaluation.messages`).
+    ``messages`` are the upward messages given the current τ
+    (:attr:`~bayeshier_pymc.gibbs.scale_kernels.Evaluation.messages`).
     """
     for level in range(data.depth + 1, lowest_level - 1, -1):
         draw_units(data, state, level, messages[level], rng)
@@ -152,6 +154,7 @@ def update_scale_conjugate(
     state.tau[:, level] = draw_scale(sum_sq, data.n_units[level], mixing, rng)
 
 
+# ---------------------------------------------------------------------------- collapsed sweep
 def collapsed_sweep(
     data: TreeData,
     state: TreeState,
