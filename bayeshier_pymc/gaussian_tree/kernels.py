@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from bayeshier_pymc._numba import compiled_kernel, vector_kernel
+from bayeshier_pymc._numba import compiled_kernel, inline_kernel, vector_kernel
 
 __all__ = [
     "LOG_BLOCK",
@@ -86,7 +86,7 @@ class LaneScratch(NamedTuple):
     precision: np.ndarray
 
 
-@compiled_kernel
+@inline_kernel
 def posterior_normal(
     prior_mean: float, prior_var: float, y: float, v: float
 ) -> tuple[float, float]:  # pragma: no cover - compiled
@@ -256,7 +256,7 @@ def upward_pass_from(
 
 
 # ------------------------------------------------------------------------------ downward draws
-@compiled_kernel
+@vector_kernel
 def draw_children(
     parent: np.ndarray,
     parent_index: np.ndarray,
