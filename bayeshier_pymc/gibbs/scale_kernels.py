@@ -29,7 +29,7 @@ from bayeshier_pymc.gibbs.layout import TreeData, TreeState
 __all__ = [
     "DEFAULT_SCALE_STEPS",
     "Evaluation",
-    "Messages",
+    "RowMessages",
     "ScaleKernel",
     "ScaleProposal",
     "ScaleTuning",
@@ -39,8 +39,8 @@ __all__ = [
     "update_scales",
 ]
 
-Messages = list[tuple[np.ndarray, np.ndarray]]
-"""Upward messages N(y; u, v) to the units of each level, θ0's last (rows × 1 arrays)."""
+RowMessages = list[tuple[np.ndarray, np.ndarray]]
+"""Upward messages N(y; u, v) to the units of each level, rows first, θ0's last (rows × 1)."""
 
 PROPOSAL_DF = 5.0
 """Degrees of freedom of the Student-t independence proposal on log τ."""
@@ -136,7 +136,7 @@ def _scratch(problem: LaneProblem) -> LaneScratch:
     return LaneScratch(np.empty_like(problem.b), np.empty_like(problem.b))
 
 
-def _messages_by_row(messages: LaneMessages, offsets: np.ndarray, levels: range) -> Messages:
+def _messages_by_row(messages: LaneMessages, offsets: np.ndarray, levels: range) -> RowMessages:
     """The messages to each of ``levels`` (1..D + 1) from lane layout, rows first."""
     return [
         (
@@ -389,7 +389,7 @@ def _independence_updates(
     kernel: ScaleKernel,
     levels: np.ndarray,
     rng: np.random.Generator,
-) -> tuple[Messages, np.ndarray]:
+) -> tuple[RowMessages, np.ndarray]:
     """Independence MH steps for each of ``levels`` in the compiled kernel.
 
     ``kernel.steps`` steps per level, one while tuning (tuning draws are discarded, so the
@@ -508,7 +508,7 @@ def update_scales(
     kernel: ScaleKernel,
     rng: np.random.Generator,
     levels: list[int] | None = None,
-) -> tuple[Messages, np.ndarray]:
+) -> tuple[RowMessages, np.ndarray]:
     """Update log τ of each level from p(τ_level | b, other τ), in turn and in place.
 
     Parameters
@@ -524,7 +524,7 @@ def update_scales(
 
     Returns
     -------
-    messages : Messages
+    messages : RowMessages
         The upward messages to every level given the new τ.
     acceptance : numpy.ndarray
         Per row, the share of MH proposals accepted (NaN for slice sampling).

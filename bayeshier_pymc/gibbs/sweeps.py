@@ -23,7 +23,7 @@ import numpy as np
 from bayeshier_pymc.gaussian_tree import posterior_normal
 from bayeshier_pymc.gaussian_tree.kernels import draw_children
 from bayeshier_pymc.gibbs.layout import TreeData, TreeState
-from bayeshier_pymc.gibbs.scale_kernels import Messages, ScaleKernel, evaluate, update_scales
+from bayeshier_pymc.gibbs.scale_kernels import RowMessages, ScaleKernel, evaluate, update_scales
 
 __all__ = [
     "children_message",
@@ -117,7 +117,7 @@ def draw_units(
 def draw_units_given_scales(
     data: TreeData,
     state: TreeState,
-    messages: Messages,
+    messages: RowMessages,
     rng: np.random.Generator,
     lowest_level: int = 0,
 ) -> None:
