@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from bayeshier_pymc._numba import compiled_kernel
-from bayeshier_pymc.gaussian_tree.kernels import log_normal
+from bayeshier_pymc.gaussian_tree.kernels import log_normal, pointwise_marginal
 from bayeshier_pymc.model import group_mean_name
 
 __all__ = [
@@ -111,7 +111,7 @@ def marginal(
     scales = np.ascontiguousarray(tau_w, dtype=float).reshape(flat_out.shape[0], b.shape[0])
     index = np.ascontiguousarray(parent_index, dtype=np.intp)
     _in_threads(
-        lambda lo, hi: _marginal_kernel(b, var_b, means, index, scales, lo, hi, flat_out),
+        lambda lo, hi: pointwise_marginal(b, var_b, means, index, scales, lo, hi, flat_out),
         flat_out.shape[0],
     )
     return out
@@ -192,28 +192,6 @@ def _cpu_count() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1  # pragma: no cover - platforms without affinity
-
-
-@compiled_kernel
-def _marginal_kernel(
-    b: np.ndarray,
-    var_b: np.ndarray,
-    parent_mean: np.ndarray,
-    parent_index: np.ndarray,
-    tau_w: np.ndarray,
-    start: int,
-    stop: int,
-    out: np.ndarray,
-) -> None:  # pragma: no cover - compiled
-    """out[s, k, j] = log N(b_kj; parent_mean[s, k, parent(j)], s_kj² + τ_w[s, k]²)."""
-    n_covariates, n_features = b.shape
-    for s in range(start, stop):
-        for k in range(n_covariates):
-            tau_sq = tau_w[s, k] * tau_w[s, k]
-            means = parent_mean[s, k]
-            for j in range(n_features):
-                variance = var_b[k, j] + tau_sq
-                out[s, k, j] = log_normal(b[k, j] - means[parent_index[j]], variance)
 
 
 @compiled_kernel

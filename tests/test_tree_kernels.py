@@ -13,6 +13,7 @@ from bayeshier_pymc.gaussian_tree import (
     LOG_2PI,
     TreeIndex,
     group_log_predictive,
+    pointwise_marginal,
     posterior_moments,
     posterior_normal,
     upward_pass,
@@ -23,6 +24,7 @@ from bayeshier_pymc.gaussian_tree.kernels import (
     draw_children,
     write_theta_draw,
 )
+from bayeshier_pymc.gaussian_tree.kernels import pointwise_marginal as compiled_pointwise_marginal
 from bayeshier_pymc.gaussian_tree.pytensor_ops import PYTENSOR_OPS
 from bayeshier_pymc.gibbs.layout import TreeData
 from bayeshier_pymc.gibbs.scale_kernels import evaluate
@@ -139,6 +141,20 @@ def test_group_predictive_matches_dense_conditioning(seed):
             below = tree.parents[level][below]
 
 
+def test_pointwise_marginal_integrates_theta_out():
+    """log N(b_j; p, s_j² + τ_0²) = log ∫ N(b_j; θ, s_j²) N(θ; p, τ_0²) dθ, against the dense
+    joint of one feature with its parent fixed (a depth-0 tree with θ0 known exactly)."""
+    tree = TreeIndex(1, (), ())
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        b, var_b, tau = rng.normal(), rng.uniform(0.1, 2.0), rng.uniform(0.01, 3.0, 1)
+        parent = rng.normal()
+        # θ0 = parent exactly: s0 → 0 makes the tree's marginal the pointwise one
+        expected = upward_pass(np.array([b]), np.array([var_b]), tau, tree, parent, 0.0)
+        got = pointwise_marginal(np.array([b]), np.array([var_b]), np.array([parent]), tau)
+        np.testing.assert_allclose(got, expected.log_marginal, rtol=1e-12)
+
+
 # ------------------------------------------------------------------ compiled against reference
 @pytest.mark.parametrize("seed", TREE_SEEDS)
 @pytest.mark.parametrize("tau_scale", EXTREME_TAU)
@@ -212,8 +228,21 @@ def test_compiled_theta_draw_matches_reference(tau_scale):
     mean, var = posterior_normal(parent, tau_sq, b, var_b)
     theta = mean + np.sqrt(var) * noise
     np.testing.assert_allclose(stores.theta, theta, rtol=1e-10, atol=1e-10)
-    marginal = stats.norm(parent, np.sqrt(var_b + tau_sq)).logpdf(b)
+    marginal = pointwise_marginal(b, var_b, parent, tau)
     np.testing.assert_allclose(stores.log_likelihood, marginal, rtol=1e-10)
+    flat = (-1, covariates)
+    compiled = np.empty((chains * draws, covariates, features))
+    compiled_pointwise_marginal(
+        b,
+        var_b,
+        parent_mean.reshape(*flat, groups),
+        parent_index,
+        tau[..., 0].reshape(flat),
+        0,
+        chains * draws,
+        compiled,
+    )
+    np.testing.assert_allclose(compiled.reshape(marginal.shape), marginal, rtol=1e-10)
     totals = -0.5 * ((b - stores.theta) ** 2 / var_b).sum(axis=(2, 3))
     np.testing.assert_allclose(stores.totals, totals, rtol=1e-10)
 

@@ -72,6 +72,7 @@ __all__ = [
     "draw_tree",
     "group_log_predictive",
     "level_variance",
+    "pointwise_marginal",
     "posterior_moments",
     "posterior_normal",
     "upward_pass",
@@ -346,6 +347,19 @@ def posterior_moments(
         variances.insert(0, var)
         parent_mean, parent_var = mean, var
     return means, variances
+
+
+def pointwise_marginal(
+    b: np.ndarray, var_b: np.ndarray, parent_mean: np.ndarray, tau: np.ndarray
+) -> np.ndarray:
+    """Log N(b_j; parent mean, s_j² + τ_0²): each estimate given θ_j's parent, θ_j integrated out.
+
+    ``b``, ``var_b`` and ``parent_mean`` (the value of each θ_j's parent) have shape
+    ``(..., m)``, ``tau`` ``(..., depth + 1)``.
+    """
+    total = var_b + level_variance(tau, 0)
+    deviation = b - parent_mean
+    return -0.5 * (LOG_2PI + np.log(total) + deviation * deviation / total)
 
 
 def group_log_predictive(

@@ -9,6 +9,8 @@ the same formulas, and is tested against it (``tests/test_tree_kernels.py``). Th
     leaves the levels below l unchanged): the terms of log p(b | τ) and the messages.
 :func:`draw_children`
     One level of the downward draw: every unit from its posterior given its parent.
+:func:`pointwise_marginal`
+    The marginal log-likelihood of every b_j given its parent's value, θ_j integrated out.
 :func:`write_theta_draw`
     The θ writer's job for one stored draw: θ given its parents and τ_w, with the pointwise
     marginal log-likelihood and the conditional one summed.
@@ -32,6 +34,7 @@ __all__ = [
     "ThetaStores",
     "draw_children",
     "log_normal",
+    "pointwise_marginal",
     "posterior_normal",
     "sum_log",
     "upward_pass_from",
@@ -253,6 +256,32 @@ def upward_pass_from(
     top = offsets[depth + 1]
     for r in range(level_var.shape[1]):
         terms[depth + 1, r] = top_term(out.y[top, r], out.v[top, r], problem.mu0, problem.s0)
+
+
+@compiled_kernel
+def pointwise_marginal(
+    b: np.ndarray,
+    var_b: np.ndarray,
+    parent_mean: np.ndarray,
+    parent_index: np.ndarray,
+    tau_w: np.ndarray,
+    start: int,
+    stop: int,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """out[s, k, j] = log N(b_kj; parent_mean[s, k, parent(j)], s_kj² + τ_w[s, k]²).
+
+    For the draws s in ``start:stop``: θ integrated out given its parent
+    (:func:`bayeshier_pymc.gaussian_tree.pointwise_marginal`).
+    """
+    n_covariates, n_features = b.shape
+    for s in range(start, stop):
+        for k in range(n_covariates):
+            tau_sq = tau_w[s, k] * tau_w[s, k]
+            means = parent_mean[s, k]
+            for j in range(n_features):
+                variance = var_b[k, j] + tau_sq
+                out[s, k, j] = log_normal(b[k, j] - means[parent_index[j]], variance)
 
 
 # ------------------------------------------------------------------------------ downward draws
