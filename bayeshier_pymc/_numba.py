@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numba
 
-__all__ = ["VECTOR_MATH", "compiled_kernel", "vector_kernel"]
+__all__ = ["VECTOR_MATH", "compiled_kernel", "inline_kernel", "vector_kernel"]
 
 VECTOR_MATH = {"reassoc", "contract", "arcp", "nsz"}
 """The fastmath flags of :data:`vector_kernel`: reorder sums (so that reductions vectorise),
@@ -23,3 +23,7 @@ compiled_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")
 vector_kernel = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=VECTOR_MATH)
 """Decorator of a compiled kernel whose loops should vectorise, sums included (the order of
 summation may change, so results may differ from :data:`compiled_kernel`'s in the last bits)."""
+
+inline_kernel = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+"""Decorator of a small compiled formula that numba inlines into each compiled caller, where it
+takes the caller's settings (a :data:`vector_kernel` caller vectorises it with its loop)."""

@@ -52,7 +52,7 @@ from bayeshier_pymc.diagnostics import (
     loo_elpd,
 )
 from bayeshier_pymc.estimates import Estimates
-from bayeshier_pymc.gaussian_tree import NUMPY_OPS, TreeIndex, upward_pass
+from bayeshier_pymc.gaussian_tree import NUMPY_OPS, TreeIndex, group_log_predictive
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.shrinkage import ShrinkageModel
 
@@ -475,8 +475,15 @@ def _held_out_values(
     to_group = _unit_to_group(full, unit_level, target)
     return np.stack(
         [
-            _held_out_log_lik(
-                b[c], var_b[c], tau_values[:, :, c], tree, unit_level, to_group, priors
+            group_log_predictive(
+                b[c],
+                var_b[c],
+                tau_values[:, :, c],
+                tree,
+                priors["mu0"],
+                priors["s0"],
+                unit_level,
+                to_group,
             )
             for c in range(b.shape[0])
         ],
@@ -542,111 +549,6 @@ def _unit_to_group(full: Hierarchy, unit_level: int, target: int) -> np.ndarray:
     for parent in full.parents[unit_level:target]:
         codes = parent[codes]
     return codes
-
-
-def _parent_index(tree: TreeIndex, level: int) -> np.ndarray:
-    """Parent of every unit at ``level`` (0 = features); units of the top level hang from θ0."""
-    if level < tree.depth:
-        return tree.parents[level]
-    return np.zeros(tree.n_units[level], dtype=np.intp)
-
-
-def _held_out_log_lik(
-    b: np.ndarray,
-    var_b: np.ndarray,
-    tau: np.ndarray,
-    tree: TreeIndex,
-    unit_level: int,
-    to_group: np.ndarray,
-    priors: Mapping[str, Any],
-) -> np.ndarray:
-    """Log p(b_G | b_−G, τ) for one covariate; ``tau`` is (chain, draw, depth + 1)."""
-    messages = upward_pass(b, var_b, tau, tree, priors["mu0"], priors["s0"])
-    ys = [*messages.y[:-1], messages.y[-1][..., None]]
-    vs = [*messages.v[:-1], messages.v[-1][..., None]]
-    log_norm = _log_normalisers(ys, vs, tau, tree, unit_level)
-    out_mean, out_var = _outside(ys, vs, tau, tree, unit_level, priors)
-    # the held-out units' messages as functions of their common parent, combined per group
-    scale = tau[..., unit_level][..., None]
-    precision = 1.0 / (vs[unit_level] + scale * scale)
-    n_groups = int(to_group.max()) + 1
-    group_precision = NUMPY_OPS.segment_sum(precision, to_group, n_groups)
-    group_y = NUMPY_OPS.segment_sum(precision * ys[unit_level], to_group, n_groups)
-    group_y = group_y / group_precision
-    resid = ys[unit_level] - group_y[..., to_group]
-    group_log_norm = NUMPY_OPS.segment_sum(
-        log_norm + 0.5 * (np.log(precision) - _LOG_2PI) - 0.5 * precision * resid * resid,
-        to_group,
-        n_groups,
-    ) - 0.5 * (np.log(group_precision) - _LOG_2PI)
-    # the parent without the group: its outside belief times its other children's messages
-    parent = _parent_index(tree, unit_level)[_first_unit(to_group, n_groups)]
-    parent_precision = 1.0 / vs[unit_level + 1][..., parent]
-    others = np.maximum(parent_precision - group_precision, 0.0)
-    cavity_precision = 1.0 / out_var[..., parent] + others
-    cavity_mean = (
-        out_mean[..., parent] / out_var[..., parent]
-        + parent_precision * ys[unit_level + 1][..., parent]
-        - group_precision * group_y
-    ) / cavity_precision
-    total = 1.0 / group_precision + 1.0 / cavity_precision
-    return group_log_norm - 0.5 * (_LOG_2PI + np.log(total) + (group_y - cavity_mean) ** 2 / total)
-
-
-def _first_unit(to_group: np.ndarray, n_groups: int) -> np.ndarray:
-    """Index of one unit of every group (all units of a group share a parent)."""
-    first = np.empty(n_groups, dtype=np.intp)
-    first[to_group[::-1]] = np.arange(len(to_group))[::-1]
-    return first
-
-
-def _log_normalisers(
-    ys: list[np.ndarray],
-    vs: list[np.ndarray],
-    tau: np.ndarray,
-    tree: TreeIndex,
-    unit_level: int,
-) -> np.ndarray:
-    """Log C_u with ∏ (data below unit u) = C_u · N(y_u; u, v_u), for the units of a level."""
-    log_norm = np.zeros(ys[0].shape)
-    for level in range(unit_level):
-        parent, n_parents = tree.parents[level], tree.n_groups[level]
-        scale = tau[..., level][..., None]
-        total = vs[level] + scale * scale
-        resid = ys[level] - ys[level + 1][..., parent]
-        log_norm = NUMPY_OPS.segment_sum(
-            log_norm - 0.5 * (_LOG_2PI + np.log(total) + resid * resid / total),
-            parent,
-            n_parents,
-        ) + 0.5 * (_LOG_2PI + np.log(vs[level + 1]))
-    return np.broadcast_to(log_norm, ys[unit_level].shape)
-
-
-def _outside(
-    ys: list[np.ndarray],
-    vs: list[np.ndarray],
-    tau: np.ndarray,
-    tree: TreeIndex,
-    unit_level: int,
-    priors: Mapping[str, Any],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of every level-(unit_level + 1) unit given the data outside it."""
-    shape = ys[-1].shape
-    mean = np.full(shape, float(priors["mu0"]))
-    var = np.full(shape, float(priors["s0"]) ** 2)
-    for level in range(tree.depth, unit_level, -1):
-        parent = _parent_index(tree, level)
-        scale = tau[..., level][..., None]
-        own = 1.0 / (vs[level] + scale * scale)
-        parent_precision = 1.0 / vs[level + 1][..., parent]
-        precision = 1.0 / var[..., parent] + np.maximum(parent_precision - own, 0.0)
-        mean = (
-            mean[..., parent] / var[..., parent]
-            + parent_precision * ys[level + 1][..., parent]
-            - own * ys[level]
-        ) / precision
-        var = 1.0 / precision + scale * scale
-    return mean, var
 
 
 # ---------------------------------------------------------------------- helpers

@@ -23,17 +23,16 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numba
 import numpy as np
 
 from bayeshier_pymc._numba import compiled_kernel
+from bayeshier_pymc.gaussian_tree.kernels import log_normal, pointwise_marginal
 from bayeshier_pymc.model import group_mean_name
 
 __all__ = [
     "conditional",
     "conditional_constant",
     "conditional_total",
-    "log_normal",
     "marginal",
     "prior_predictive",
     "theta_parents",
@@ -42,17 +41,6 @@ __all__ = [
 _HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
 """½ log 2π, the constant of every normal log density."""
 _MIN_DRAWS_PER_THREAD = 64
-
-
-@numba.vectorize(["float64(float64, float64)"], cache=True)
-def log_normal(deviation: float, variance: float) -> float:  # pragma: no cover - compiled
-    """Log N(deviation; 0, variance), elementwise.
-
-    A NumPy ufunc (arrays broadcast), also callable with scalars from compiled code. Kernels
-    in other modules compile it in (``gibbs.theta_writer``), and numba's disk cache does not
-    see when it changes: after editing it, delete the cached ``*.nbi``/``*.nbc`` files.
-    """
-    return -0.5 * (deviation * deviation / variance + np.log(variance)) - _HALF_LOG_2PI
 
 
 def conditional(theta: np.ndarray, b: np.ndarray, se: np.ndarray) -> np.ndarray:
@@ -123,7 +111,7 @@ def marginal(
     scales = np.ascontiguousarray(tau_w, dtype=float).reshape(flat_out.shape[0], b.shape[0])
     index = np.ascontiguousarray(parent_index, dtype=np.intp)
     _in_threads(
-        lambda lo, hi: _marginal_kernel(b, var_b, means, index, scales, lo, hi, flat_out),
+        lambda lo, hi: pointwise_marginal(b, var_b, means, index, scales, lo, hi, flat_out),
         flat_out.shape[0],
     )
     return out
@@ -204,28 +192,6 @@ def _cpu_count() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1  # pragma: no cover - platforms without affinity
-
-
-@compiled_kernel
-def _marginal_kernel(
-    b: np.ndarray,
-    var_b: np.ndarray,
-    parent_mean: np.ndarray,
-    parent_index: np.ndarray,
-    tau_w: np.ndarray,
-    start: int,
-    stop: int,
-    out: np.ndarray,
-) -> None:  # pragma: no cover - compiled
-    """out[s, k, j] = log N(b_kj; parent_mean[s, k, parent(j)], s_kj² + τ_w[s, k]²)."""
-    n_covariates, n_features = b.shape
-    for s in range(start, stop):
-        for k in range(n_covariates):
-            tau_sq = tau_w[s, k] * tau_w[s, k]
-            means = parent_mean[s, k]
-            for j in range(n_features):
-                variance = var_b[k, j] + tau_sq
-                out[s, k, j] = log_normal(b[k, j] - means[parent_index[j]], variance)
 
 
 @compiled_kernel

@@ -27,7 +27,8 @@ import pytensor.tensor as pt
 from scipy import optimize
 
 from bayeshier_pymc.estimates import Estimates
-from bayeshier_pymc.gaussian_tree import ArrayOps, TreeIndex, upward_pass
+from bayeshier_pymc.gaussian_tree import TreeIndex, upward_pass
+from bayeshier_pymc.gaussian_tree.pytensor_ops import PYTENSOR_OPS
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.priors import Priors
 
@@ -44,19 +45,6 @@ __all__ = [
 Centering = Literal["centered", "noncentered"]
 Parameterization = str | Mapping[str, Centering]
 FULL_PARAMETERIZATIONS = ("centered", "noncentered", "auto")
-
-
-def _pytensor_segment_sum(
-    values: pt.TensorVariable, index: np.ndarray, n: int
-) -> pt.TensorVariable:
-    """Sum the last axis of a (covariate, unit) tensor into ``n`` groups."""
-    zeros = pt.zeros((n, values.shape[0]), dtype=values.dtype)
-    return pt.inc_subtensor(zeros[index], values.T).T
-
-
-PYTENSOR_OPS = ArrayOps(
-    log=pt.log, sum_last=lambda x: x.sum(axis=-1), segment_sum=_pytensor_segment_sum
-)
 
 
 def scale_levels(hierarchy: Hierarchy) -> tuple[str, ...]:

@@ -29,12 +29,9 @@ import numpy as np
 from bayeshier_pymc import Hierarchy, ShrinkageModel, simulate
 from bayeshier_pymc.convergence import bulk_ess
 from bayeshier_pymc.gaussian_tree import TreeIndex
-from bayeshier_pymc.gibbs.updates import (
-    DEFAULT_SCALE_STEPS,
-    TreeData,
-    conjugate_sweep,
-    initial_state,
-)
+from bayeshier_pymc.gibbs.layout import TreeData
+from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS
+from bayeshier_pymc.gibbs.sweeps import conjugate_sweep, initial_state
 from bayeshier_pymc.mlm import mlm
 
 N_SAMPLES, N_FEATURES, N_COVARIATES = 60, 999, 10

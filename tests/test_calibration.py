@@ -19,7 +19,7 @@ import pytest
 from scipy import stats
 
 from bayeshier_pymc import Hierarchy, ShrinkageModel
-from bayeshier_pymc.gibbs import sample_gibbs, updates
+from bayeshier_pymc.gibbs import sample_gibbs, sweeps
 from bayeshier_pymc.model import group_mean_name
 
 PRIORS = {"mu0": 0.0, "s0": 1.0, "tau_scale": 1.0}
@@ -130,12 +130,12 @@ def test_other_samplers_are_calibrated_quick(sampler):
 
 def _draw_scale_without_half(sum_sq, n_units, mixing, rng):
     """The planted bug: rate SS + 1/λ instead of SS/2 + 1/λ."""
-    return np.sqrt(updates.draw_inverse_gamma(0.5 * (n_units + 1), sum_sq + 1.0 / mixing, rng))
+    return np.sqrt(sweeps.draw_inverse_gamma(0.5 * (n_units + 1), sum_sq + 1.0 / mixing, rng))
 
 
 def test_calibration_catches_a_dropped_half(monkeypatch):
     """The test of the test: the same check rejects a sweep with a dropped 1/2."""
-    monkeypatch.setattr(updates, "draw_scale", _draw_scale_without_half)
+    monkeypatch.setattr(sweeps, "draw_scale", _draw_scale_without_half)
     p_values = calibration(1, "conjugate", n_reps=100, seed=7)
     assert min(p_values["tau[0]"], p_values["tau[1]"]) < 1e-6, p_values
     with pytest.raises(AssertionError, match="not uniform"):

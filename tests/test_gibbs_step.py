@@ -10,7 +10,7 @@ from scipy import stats
 
 from bayeshier_pymc import Hierarchy, ShrinkageModel, simulate
 from bayeshier_pymc.gibbs import TreeGibbs, sample_gibbs
-from bayeshier_pymc.gibbs.updates import sum_sq_deviations
+from bayeshier_pymc.gibbs.sweeps import sum_sq_deviations
 from bayeshier_pymc.inference_data import posterior_dims
 from bayeshier_pymc.mlm import mlm
 from bayeshier_pymc.model import group_mean_name
@@ -110,7 +110,7 @@ def test_scale_conditional_matches_the_model_logp(centred, level):
 
 
 def test_collapsed_scale_target_matches_the_collapsed_model(shrinkage, centred):
-    from bayeshier_pymc.gibbs.updates import evaluate, log_scale_prior
+    from bayeshier_pymc.gibbs.scale_kernels import evaluate, log_scale_prior
 
     _, step = centred
     collapsed = shrinkage.build("collapsed")

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
-from bayeshier_pymc.gaussian_tree import TreeIndex, upward_pass
-from bayeshier_pymc.gibbs import updates
+from bayeshier_pymc.gaussian_tree import TreeIndex, kernels, upward_pass
+from bayeshier_pymc.gibbs import layout, scale_kernels, sweeps
 from bayeshier_pymc.hierarchy import Hierarchy
 
 KS_LEVEL = 1e-3
@@ -28,24 +28,24 @@ def _hierarchy(depth: int) -> Hierarchy:
     return Hierarchy.from_frame(annotations, ["sub", "super"]).truncate(depth)
 
 
-def _data(depth: int, rows: int, seed: int = 0) -> tuple[updates.TreeData, np.ndarray, np.ndarray]:
+def _data(depth: int, rows: int, seed: int = 0) -> tuple[layout.TreeData, np.ndarray, np.ndarray]:
     """Identical rows of one data set (so rows are independent replicates of one update)."""
     rng = np.random.default_rng(seed)
     b, se = rng.normal(0.0, 1.0, size=9), rng.uniform(0.3, 0.8, size=9)
     tree = TreeIndex.from_hierarchy(_hierarchy(depth))
     scales = np.array([0.8, 1.2, 0.5][: depth + 1])
-    data = updates.TreeData.build(
+    data = layout.TreeData.build(
         np.tile(b, (rows, 1)), np.tile(se**2, (rows, 1)), tree, scales, 0.2, 1.5
     )
     return data, b, se
 
 
-def _fixed_state(data: updates.TreeData, seed: int = 1) -> updates.TreeState:
+def _fixed_state(data: layout.TreeData, seed: int = 1) -> layout.TreeState:
     """One random state, copied to every row."""
     rng = np.random.default_rng(seed)
     tau = np.tile(rng.uniform(0.4, 1.0, size=data.depth + 1), (data.n_rows, 1))
     units = [np.tile(rng.normal(size=n), (data.n_rows, 1)) for n in data.n_units]
-    return updates.TreeState(tau, units)
+    return layout.TreeState(tau, units)
 
 
 def _ks(draws: np.ndarray, cdf) -> float:
@@ -55,7 +55,7 @@ def _ks(draws: np.ndarray, cdf) -> float:
 # ----------------------------------------------------------------------------- structure
 def test_tree_data_sorts_every_level_by_parent():
     tree = TreeIndex.from_hierarchy(_hierarchy(2))
-    data = updates.TreeData.build(np.zeros((2, 9)), np.ones((2, 9)), tree, np.ones(3), 0.0, 1.0)
+    data = layout.TreeData.build(np.zeros((2, 9)), np.ones((2, 9)), tree, np.ones(3), 0.0, 1.0)
     values = np.random.default_rng(0).normal(size=(2, 9))
     for level in range(3):
         assert np.all(np.diff(data.parent_index[level]) >= 0)
@@ -77,12 +77,12 @@ def test_log_marginal_and_messages_match_upward_pass(depth):
     rng = np.random.default_rng(2)
     tree = TreeIndex.from_hierarchy(_hierarchy(depth))
     b, var_b = rng.normal(size=(3, 9)), rng.uniform(0.1, 1.0, size=(3, 9))
-    data = updates.TreeData.build(b, var_b, tree, np.ones(depth + 1), 0.3, 1.7)
+    data = layout.TreeData.build(b, var_b, tree, np.ones(depth + 1), 0.3, 1.7)
     differences = []
     for _ in range(5):
         tau = rng.uniform(0.05, 2.0, size=(3, depth + 1))
         reference = upward_pass(b, var_b, tau, tree, 0.3, 1.7)
-        evaluation = updates.evaluate(data, tau)
+        evaluation = scale_kernels.evaluate(data, tau)
         differences.append(evaluation.log_marginal - reference.log_marginal)
         messages = evaluation.messages
         for level in range(1, depth + 1):
@@ -105,9 +105,9 @@ def test_feature_level_term_matches_direct_formula(tau, se_scale):
     tree = TreeIndex.from_hierarchy(_hierarchy(1))
     b = rng.normal(size=(4, 9)) * se_scale
     var_b = (rng.uniform(0.3, 1.0, (4, 9)) * se_scale) ** 2
-    data = updates.TreeData.build(b, var_b, tree, np.ones(2), 0.0, 1.0)
+    data = layout.TreeData.build(b, var_b, tree, np.ones(2), 0.0, 1.0)
     scales = np.column_stack([tau * rng.uniform(0.5, 1.0, 4), np.ones(4)])
-    evaluation = updates.evaluate(data, scales)
+    evaluation = scale_kernels.evaluate(data, scales)
     y, v = data.b, data.var_b
     total = v + scales[:, :1] ** 2
     index = data.parent_index[0]
@@ -125,14 +125,14 @@ def test_lane_sum_log_survives_products_out_of_range():
     values = np.exp(np.random.default_rng(5).uniform(-600.0, 600.0, size=(1000, 3)))
     for n in (1000, 7):
         total = np.ones(3)
-        updates._lane_sum_log(values[:n], total)
+        kernels.sum_log(values[:n], total)
         np.testing.assert_allclose(total, 1.0 + np.log(values[:n]).sum(axis=0), rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------- primitives
 def test_inverse_gamma_draws_follow_scipy():
     rng = np.random.default_rng(4)
-    draws = updates.draw_inverse_gamma(2.5, np.full(20_000, 3.0), rng)
+    draws = sweeps.draw_inverse_gamma(2.5, np.full(20_000, 3.0), rng)
     assert _ks(draws, stats.invgamma(2.5, scale=3.0).cdf) > KS_LEVEL
 
 
@@ -141,8 +141,8 @@ def test_mixing_and_scale_without_data_give_the_half_cauchy_prior():
     rng = np.random.default_rng(5)
     tau = np.full(N_ROWS, 3.0)
     for _ in range(30):
-        mixing = updates.draw_mixing(tau, 0.7, rng)
-        tau = updates.draw_scale(np.zeros(N_ROWS), 0, mixing, rng)
+        mixing = sweeps.draw_mixing(tau, 0.7, rng)
+        tau = sweeps.draw_scale(np.zeros(N_ROWS), 0, mixing, rng)
     assert _ks(tau, stats.halfcauchy(scale=0.7).cdf) > KS_LEVEL
 
 
@@ -165,7 +165,7 @@ def test_conjugate_scale_update_has_the_model_conditional(level):
     ).sum(axis=0)
     rng = np.random.default_rng(6)
     for _ in range(30):
-        updates.update_scale_conjugate(data, state, level, rng)
+        sweeps.update_scale_conjugate(data, state, level, rng)
     assert _ks(state.tau[:, level], _grid_cdf(log_density, grid)) > KS_LEVEL
 
 
@@ -194,7 +194,7 @@ def test_unit_update_has_the_exact_conditional(depth, level):
     data, b, se = _data(depth, N_ROWS)
     state = _fixed_state(data)
     mean, sd = _exact_unit_conditional(data, state, level, b, se)
-    updates.update_units(data, state, level, np.random.default_rng(7))
+    sweeps.update_units(data, state, level, np.random.default_rng(7))
     draws = state.units[level]
     for unit in (0, data.n_units[level] - 1):
         cdf = stats.norm(mean[unit], sd[unit]).cdf
@@ -243,9 +243,9 @@ def test_units_given_scales_are_exact(depth):
     tau = np.array([0.6, 0.9, 0.4][: depth + 1])
     exact = _dense_unit_posteriors(_hierarchy(depth), b, se, tau, data.mu0, data.s0)
     units = [np.zeros((N_ROWS, n)) for n in data.n_units]
-    state = updates.TreeState(np.tile(tau, (N_ROWS, 1)), units)
-    messages = list(updates.evaluate(data, state.tau).messages)
-    updates.draw_units_given_scales(data, state, messages, np.random.default_rng(8))
+    state = layout.TreeState(np.tile(tau, (N_ROWS, 1)), units)
+    messages = list(scale_kernels.evaluate(data, state.tau).messages)
+    sweeps.draw_units_given_scales(data, state, messages, np.random.default_rng(8))
     for level, (mean, sd) in enumerate(exact):
         draws = state.units[level] if level > depth else data.from_sorted(state.units[level], level)
         for unit in {0, len(mean) - 1}:
@@ -269,14 +269,16 @@ def test_collapsed_scale_update_has_the_exact_conditional(depth, level, method):
         + grid
     )
     shape = (N_ROWS, depth + 1)
-    kernel = updates.ScaleKernel()
+    kernel = scale_kernels.ScaleKernel()
     if method != "slice":  # a deliberately imperfect, frozen proposal
-        frozen = updates.ScaleProposal(np.full(shape, -0.5), np.full(shape, 1.2))
-        kernel = updates.ScaleKernel(tuning=False, frozen=frozen)
-    state = updates.TreeState(np.tile(tau, (N_ROWS, 1)), [])
+        frozen = scale_kernels.ScaleProposal(np.full(shape, -0.5), np.full(shape, 1.2))
+        kernel = scale_kernels.ScaleKernel(
+            state=scale_kernels.ScaleTuning(tuning=False, frozen=frozen)
+        )
+    state = layout.TreeState(np.tile(tau, (N_ROWS, 1)), [])
     rng = np.random.default_rng(9)
     for _ in range(25):
-        updates.update_scales(data, state, kernel, rng, levels=[level])
+        scale_kernels.update_scales(data, state, kernel, rng, levels=[level])
     assert kernel.uses_slice == (method == "slice")
     assert _ks(np.log(state.tau[:, level]), _grid_cdf(log_target, grid)) > KS_LEVEL
     np.testing.assert_array_equal(
@@ -290,22 +292,22 @@ def test_collapsed_sweep_messages_follow_the_new_scales(tune):
     the MH kernel's kept evaluation follows τ even when τ is changed between updates."""
     data, _, _ = _data(2, 6)
     rng = np.random.default_rng(10)
-    state = updates.initial_state(data, rng)
-    kernel = updates.ScaleKernel.for_tuning(tune=tune)
+    state = sweeps.initial_state(data, rng)
+    kernel = scale_kernels.ScaleKernel.for_tuning(tune=tune)
     for _ in range(12):
-        messages, acceptance = updates.update_scales(data, state, kernel, rng)
+        messages, acceptance = scale_kernels.update_scales(data, state, kernel, rng)
         kernel.observe(np.log(state.tau))
     kernel.stop_tuning()
-    messages, acceptance = updates.update_scales(data, state, kernel, rng)
+    messages, acceptance = scale_kernels.update_scales(data, state, kernel, rng)
     assert kernel.uses_slice == (tune == 400)  # 12 sweeps fit a proposal only when tune = 8
     assert acceptance.shape == (6,)
     assert np.isnan(acceptance).all() == kernel.uses_slice
     if not kernel.uses_slice:  # τ changed behind the kernel's back: its evaluation is redone
         state.tau *= 1.5
-        messages, acceptance = updates.update_scales(data, state, kernel, rng)
-        _, terms, _, _ = kernel.current
-        np.testing.assert_allclose(terms, updates.evaluate(data, state.tau).terms)
-    fresh = updates.evaluate(data, state.tau)
+        messages, acceptance = scale_kernels.update_scales(data, state, kernel, rng)
+        expected = scale_kernels.evaluate(data, state.tau).terms
+        np.testing.assert_allclose(kernel.cache.terms, expected)
+    fresh = scale_kernels.evaluate(data, state.tau)
     for got, expected in zip(messages, fresh.messages, strict=True):
         np.testing.assert_allclose(got[0], expected[0])
         np.testing.assert_allclose(got[1], expected[1])
@@ -315,10 +317,10 @@ def test_collapsed_sweep_messages_follow_the_new_scales(tune):
 def test_collapsed_sweep_draws_only_the_units_asked_for(lowest):
     data, _, _ = _data(2, 4)
     rng = np.random.default_rng(12)
-    state = updates.initial_state(data, rng)
+    state = sweeps.initial_state(data, rng)
     before = [units.copy() for units in state.units]
-    updates.collapsed_sweep(
-        data, state, updates.ScaleKernel.for_tuning(10), rng, draw_units_from=lowest
+    sweeps.collapsed_sweep(
+        data, state, scale_kernels.ScaleKernel.for_tuning(10), rng, draw_units_from=lowest
     )
     for level, (old, new) in enumerate(zip(before, state.units, strict=True)):
         drawn = lowest is not None and level >= lowest
@@ -327,7 +329,7 @@ def test_collapsed_sweep_draws_only_the_units_asked_for(lowest):
 
 def test_initial_states_differ_between_rows():
     data, _, _ = _data(1, 4)
-    state = updates.initial_state(data, np.random.default_rng(11))
+    state = sweeps.initial_state(data, np.random.default_rng(11))
     assert len(np.unique(state.tau[:, 0])) == 4
     assert np.all((state.tau <= data.tau_scale) & (state.tau >= data.tau_scale / 20))
     assert len(np.unique(state.units[0][:, 0])) == 4
@@ -335,4 +337,4 @@ def test_initial_states_differ_between_rows():
 
 def test_kernel_rejects_zero_steps():
     with pytest.raises(ValueError, match="scale_steps"):
-        updates.ScaleKernel(steps=0)
+        scale_kernels.ScaleKernel(steps=0)

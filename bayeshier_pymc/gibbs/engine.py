@@ -1,6 +1,6 @@
 """The vectorised Gibbs engine: every chain and covariate in one NumPy sweep.
 
-``sample_gibbs(model)`` runs the sweeps of :mod:`bayeshier_pymc.gibbs.updates` on rows that are
+``sample_gibbs(model)`` runs the sweeps of :mod:`bayeshier_pymc.gibbs.sweeps` on rows that are
 (chain, covariate) pairs, stores the kept draws and returns the InferenceData contract of
 :func:`~bayeshier_pymc.inference_data.build_inference_data`, with the same variables, dims and
 coordinates as NUTS. ``backend="pymc"`` runs the same sweep as a PyMC step method
@@ -31,16 +31,10 @@ from tqdm.auto import tqdm
 
 from bayeshier_pymc._memory import store_array
 from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal
+from bayeshier_pymc.gibbs.layout import TreeData, TreeState
+from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS, ScaleKernel
+from bayeshier_pymc.gibbs.sweeps import collapsed_sweep, conjugate_sweep, initial_state
 from bayeshier_pymc.gibbs.theta_writer import ThetaWriter
-from bayeshier_pymc.gibbs.updates import (
-    DEFAULT_SCALE_STEPS,
-    ScaleKernel,
-    TreeData,
-    TreeState,
-    collapsed_sweep,
-    conjugate_sweep,
-    initial_state,
-)
 from bayeshier_pymc.inference_data import build_inference_data
 from bayeshier_pymc.log_likelihood import conditional_total
 from bayeshier_pymc.model import group_mean_name
@@ -86,7 +80,7 @@ def sample_gibbs(
     scheme
         ``"collapsed"`` (default): τ from its collapsed conditional, everything else exactly
         given τ (mixes τ well); ``"conjugate"``: the centred conjugate sweep of the research
-        algorithm. See :mod:`bayeshier_pymc.gibbs.updates`.
+        algorithm. See :mod:`bayeshier_pymc.gibbs.sweeps`.
     scale_steps
         Metropolis–Hastings steps per τ and sweep in the collapsed scheme.
     theta_dtype

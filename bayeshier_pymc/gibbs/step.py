@@ -2,7 +2,7 @@
 
 :class:`TreeGibbs` updates every free variable of ``ShrinkageModel.build("centered")`` (``tau``,
 ``mu``, each ``<level>_mean`` and ``theta``) in one block, with the sweeps of
-:mod:`bayeshier_pymc.gibbs.updates`; the rows of those sweeps are the covariates. The prior
+:mod:`bayeshier_pymc.gibbs.sweeps`; the rows of those sweeps are the covariates. The prior
 parameters (HalfCauchy scales of ``tau``, mean and sd of ``mu``), the estimates and their
 standard errors are read from the model's variables. The HalfCauchy mixing variables λ of the
 conjugate scheme are not model variables: each sweep draws them afresh from λ | τ right before
@@ -30,11 +30,9 @@ from pymc.util import get_random_generator
 from pytensor.graph.basic import Constant, Variable
 
 from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal
-from bayeshier_pymc.gibbs.updates import (
-    DEFAULT_SCALE_STEPS,
-    ScaleKernel,
-    TreeData,
-    TreeState,
+from bayeshier_pymc.gibbs.layout import TreeData, TreeState
+from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS, ScaleKernel
+from bayeshier_pymc.gibbs.sweeps import (
     collapsed_sweep,
     conjugate_sweep,
     draw_normal,
@@ -79,7 +77,7 @@ class TreeGibbs(BlockedStep):
         ``"conjugate"`` (default): the centred sweep, θ, the group means and θ0 from their
         normal conditionals and λ, τ² from inverse gammas; ``"collapsed"``: τ from its
         collapsed conditional, then everything else exactly (see
-        :mod:`bayeshier_pymc.gibbs.updates`).
+        :mod:`bayeshier_pymc.gibbs.sweeps`).
     scale_steps
         Metropolis–Hastings steps per τ and sweep in the collapsed scheme.
     model

@@ -1,11 +1,13 @@
 """The kept θ draws of the collapsed engine and their log-likelihoods, written off the sweep.
 
 In the collapsed sweep nothing conditions on θ: given a sweep's τ_w and the means of θ's
-parent groups, θ_j | b, τ ~ N(p + w (b_j - p), w s_j²) with w = τ_w² / (τ_w² + s_j²),
-independently over j. The engine therefore sweeps only τ and the group means, records them,
-and :class:`ThetaWriter` turns each recorded draw into θ, reading the parents and τ_w from the
-posterior stores. In the same pass it writes the pointwise marginal log-likelihood
-log N(b_j; p, s_j² + τ_w²) and sums the conditional one, Σ log N(b_j; θ_j, s_j²), per draw.
+parent groups, θ_j | b, τ ~ N(w b_j + (1 - w) p, w s_j²) with w = τ_w² / (τ_w² + s_j²),
+independently over j (the lowest level of the tree's downward draw,
+:func:`~bayeshier_pymc.gaussian_tree.kernels.write_theta_draw`). The engine therefore sweeps
+only τ and the group means, records them, and :class:`ThetaWriter` turns each recorded draw
+into θ, reading the parents and τ_w from the posterior stores. In the same pass it writes the
+pointwise marginal log-likelihood log N(b_j; p, s_j² + τ_w²) and sums the conditional one,
+Σ log N(b_j; θ_j, s_j²), per draw.
 
 The writer allocates the θ and log-likelihood stores, committing their memory at once
 (:func:`~bayeshier_pymc._memory.store_array`), and draws the noise first, in one call per
@@ -30,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bayeshier_pymc._memory import store_array
-from bayeshier_pymc._numba import vector_kernel
-from bayeshier_pymc.log_likelihood import conditional_constant, log_normal, theta_parents
+from bayeshier_pymc.gaussian_tree.kernels import ThetaData, ThetaStores, write_theta_draw
+from bayeshier_pymc.log_likelihood import conditional_constant, theta_parents
 
 if TYPE_CHECKING:
     from bayeshier_pymc.shrinkage import ShrinkageModel
@@ -98,16 +100,16 @@ class ThetaWriter:
         self._rng = np.random.Generator(np.random.SFC64(seed))
         self._b = np.ascontiguousarray(model.estimates.estimate.to_numpy(), dtype=float)
         self._var_b = np.ascontiguousarray(model.estimates.se.to_numpy(), dtype=float) ** 2
-        self._inverse_var_b = 1.0 / self._var_b
         self._tau = posterior["tau"]
         self._shape = (*self._tau.shape[:3], self._b.shape[1])
         self._dtype = dtype
-        self._parent_mean, self._parent_index = theta_parents(
+        self._parent_mean, parent_index = theta_parents(
             posterior,
             tree.levels[0] if tree.depth else None,
             tree.parents[0] if tree.depth else None,
             self._shape[-1],
         )
+        self._data = ThetaData(self._b, self._var_b, 1.0 / self._var_b, parent_index)
         self._theta = self._log_likelihood = np.empty(0, dtype=dtype)  # allocated by _prepare
         self._totals = np.empty(self._shape[:2])
         self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -178,57 +180,7 @@ class ThetaWriter:
         self._ready = True
 
     def _write(self, draw: int) -> None:
-        _theta_kernel(
-            self._b,
-            self._var_b,
-            self._inverse_var_b,
-            self._parent_mean,
-            self._parent_index,
-            self._tau,
-            draw,
-            self._theta,
-            self._log_likelihood,
-            self._totals,
+        stores = ThetaStores(
+            self._parent_mean, self._tau, self._theta, self._log_likelihood, self._totals
         )
-
-
-@vector_kernel
-def _theta_kernel(
-    b: np.ndarray,
-    var_b: np.ndarray,
-    inverse_var_b: np.ndarray,
-    parent_mean: np.ndarray,
-    parent_index: np.ndarray,
-    tau: np.ndarray,
-    draw: int,
-    theta: np.ndarray,
-    log_likelihood: np.ndarray,
-    totals: np.ndarray,
-) -> None:  # pragma: no cover - compiled
-    """Draw number ``draw`` of every chain: θ from the noise in ``theta``, in place.
-
-    Arrays are whole stores, (chain, draw, covariate, ...), so that each row is contiguous
-    and the inner loop vectorises. ``totals[chain, draw]`` gets -½ Σ (b - θ)² / s², the
-    conditional log-likelihood without its constant, from θ as stored.
-    """
-    n_chains, _, n_covariates, n_features = theta.shape
-    parent = np.empty(n_features)
-    for c in range(n_chains):
-        total = 0.0
-        for k in range(n_covariates):
-            means = parent_mean[c, draw, k]
-            for j in range(n_features):
-                parent[j] = means[parent_index[j]]
-            tau_sq = tau[c, draw, k, 0] * tau[c, draw, k, 0]
-            row = theta[c, draw, k]
-            row_log_likelihood = log_likelihood[c, draw, k]
-            for j in range(n_features):
-                weight = tau_sq / (var_b[k, j] + tau_sq)
-                shrunk = parent[j] + weight * (b[k, j] - parent[j])
-                row[j] = shrunk + np.sqrt(weight * var_b[k, j]) * row[j]
-            for j in range(n_features):
-                residual = b[k, j] - row[j]
-                total += residual * residual * inverse_var_b[k, j]
-            for j in range(n_features):
-                row_log_likelihood[j] = log_normal(b[k, j] - parent[j], var_b[k, j] + tau_sq)
-        totals[c, draw] = -0.5 * total
+        write_theta_draw(self._data, stores, draw)

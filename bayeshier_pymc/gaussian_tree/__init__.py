@@ -1,0 +1,488 @@
+"""Exact Gaussian algebra on the annotation tree given the scales τ: the one reference.
+
+With every τ fixed, the model
+
+    b_j ~ N(θ_j, s_j²),  θ_j ~ N(u¹_h(j), τ_0²),  u¹_h ~ N(u²_g(h), τ_1²), …,  u^D ~ N(θ0, τ_D²),
+    θ0 ~ N(mu0, s0²)
+
+is jointly Gaussian on a tree. This module is the plain NumPy reference of everything the
+package computes on that tree: the upward pass (the log marginal likelihood p(b | τ)), exact
+downward draws from p(θ0, group means, θ | b, τ), the posterior mean and variance of every
+unit, and the predictive of a held-out group (leave-one-group-out). The upward pass also runs
+on PyTensor tensors (the collapsed PyMC model, :mod:`.pytensor_ops`) through
+:class:`ArrayOps`; :mod:`.kernels` holds the compiled (numba) versions the Gibbs engine runs,
+each tested against this reference. Each formula has one numerically stable form, written
+here and copied verbatim by the kernels.
+
+Glossary
+--------
+unit
+    One Gaussian quantity of the tree: a θ_j, the mean of one group, or θ0.
+level
+    The units of one kind: level 0 the θ_j (one per feature), level d = 1..D the groups of the
+    d-th annotation level (finest first), level D + 1 θ0 alone. ``depth`` is D, the number of
+    annotation levels.
+parent, children
+    The unit one level up that a unit is drawn around (the groups of level D hang from θ0),
+    and the units one level down drawn around it. A θ_j's only "child" is its estimate b_j.
+scale, level variance
+    ``tau[..., d]`` is the sd of the level-d units around their parents; the level variance
+    τ_d² is their prior variance given the parent (:func:`level_variance`, the one place where
+    τ enters). θ0 has the fixed prior N(mu0, s0²).
+message
+    ``N(y; u, v)``: the likelihood of all data below a unit as a function of its value u, up
+    to a constant (y and v its mean and variance). A θ_j's message is its data, N(b_j; θ_j,
+    s_j²). The messages of a unit's children, each widened by the level variance, multiply
+    into the unit's message: the upward pass.
+parent mean
+    The value of a unit's parent; given it, the unit is N(parent mean, level variance) a priori.
+posterior of a unit given its parent
+    Prior N(parent mean, τ²) times the message N(y; u, v): mean w·y + (1 − w)·parent mean with
+    w = τ² / (τ² + v), variance w·v (:func:`posterior_normal`). The downward pass draws every
+    level from it, θ0 first.
+cavity
+    The distribution of a unit given all data except that below one of its children: what the
+    child's subtree is predicted from when it is held out (:func:`group_log_predictive`).
+outside
+    The distribution of a unit given all data outside its own subtree.
+row
+    One independent copy of the tree problem (one covariate; in the Gibbs engine one
+    (chain, covariate) pair). Arrays here have the rows in their leading axes.
+lane layout
+    The compiled kernels' layout: units first, rows last (units × rows), so that every
+    innermost loop runs over rows, which share the tree, and vectorises whatever the group
+    sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bayeshier_pymc.hierarchy import Hierarchy
+
+__all__ = [
+    "NUMPY_OPS",
+    "ArrayOps",
+    "Messages",
+    "TreeIndex",
+    "draw_tree",
+    "group_log_predictive",
+    "level_variance",
+    "pointwise_marginal",
+    "posterior_moments",
+    "posterior_normal",
+    "upward_pass",
+]
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass(frozen=True)
+class TreeIndex:
+    """Integer structure of a tree of ``depth`` annotation levels over ``n_features`` features.
+
+    ``parents[0]`` maps features to level-1 groups, ``parents[d]`` maps level-d groups to
+    level-(d+1) groups; the groups of the last level all hang from θ0.
+    """
+
+    n_features: int
+    parents: tuple[np.ndarray, ...]
+    n_groups: tuple[int, ...]
+
+    @classmethod
+    def from_hierarchy(cls, hierarchy: Hierarchy) -> TreeIndex:
+        """The integer structure of ``hierarchy``."""
+        return cls(hierarchy.n_features, tuple(hierarchy.parents), hierarchy.n_groups)
+
+    @property
+    def depth(self) -> int:
+        """Number of annotation levels."""
+        return len(self.parents)
+
+    @property
+    def n_units(self) -> tuple[int, ...]:
+        """Number of units per level: features, each annotation level's groups, then θ0."""
+        return (self.n_features, *self.n_groups, 1)
+
+    def parent_of(self, level: int) -> np.ndarray:
+        """The parent of every unit of ``level`` (0..D); the top level's hang from θ0 (0)."""
+        if level < self.depth:
+            return self.parents[level]
+        return np.zeros(self.n_units[level], dtype=np.intp)
+
+
+@dataclass(frozen=True)
+class ArrayOps:
+    """The few array operations the tree algebra needs, for one array library."""
+
+    log: Callable[[Any], Any]
+    sum_last: Callable[[Any], Any]
+    segment_sum: Callable[[Any, np.ndarray, int], Any]
+
+
+def _numpy_segment_sum(values: np.ndarray, index: np.ndarray, n_segments: int) -> np.ndarray:
+    """Sum ``values`` over its last axis into ``n_segments`` bins given by ``index``."""
+    lead = values.shape[:-1]
+    flat = values.reshape(-1, values.shape[-1])
+    offsets = np.arange(flat.shape[0])[:, None] * n_segments
+    sums = np.bincount(
+        (offsets + index[None, :]).ravel(),
+        weights=flat.ravel(),
+        minlength=flat.shape[0] * n_segments,
+    )
+    return sums.reshape(*lead, n_segments)
+
+
+NUMPY_OPS = ArrayOps(log=np.log, sum_last=lambda x: x.sum(axis=-1), segment_sum=_numpy_segment_sum)
+
+
+def level_variance(tau: Any, level: int) -> Any:
+    """Prior variance of the level-``level`` units around their parents, shape ``(..., 1)``.
+
+    The one place where the scales enter the algebra: τ_level² (``tau`` is ``(..., D + 1)``).
+    """
+    scale = tau[..., level][..., None]
+    return scale * scale
+
+
+@dataclass(frozen=True)
+class Messages:
+    """Upward messages and the marginal likelihood.
+
+    ``y`` and ``v`` hold one message per level (features first, then each annotation level,
+    then θ0); ``log_marginal`` is ``log p(b | τ)`` summed over features.
+    """
+
+    y: tuple[Any, ...]
+    v: tuple[Any, ...]
+    log_marginal: Any
+
+
+def upward_pass(
+    b: Any,
+    var_b: Any,
+    tau: Any,
+    tree: TreeIndex,
+    mu0: float,
+    s0: float,
+    ops: ArrayOps = NUMPY_OPS,
+) -> Messages:
+    """Collapse the tree bottom-up given the scales.
+
+    Parameters
+    ----------
+    b, var_b
+        Estimates and their variances ``s²``, shape ``(..., m)``.
+    tau
+        Scales, shape ``(..., depth + 1)``: ``tau[..., 0]`` is the sd of θ_j around its group,
+        ``tau[..., d]`` that of the level-d groups around their parents.
+    tree
+        The tree structure.
+    mu0, s0
+        Prior mean and sd of θ0.
+    ops
+        Array operations (NumPy by default; PyTensor for the PyMC model).
+
+    Returns
+    -------
+    Messages
+        ``y[0], v[0]`` are ``b, var_b``; ``y[d], v[d]`` the messages of the level-d groups;
+        ``y[-1], v[-1]`` that of θ0 (shape ``(...,)``); and ``log_marginal`` with shape
+        ``(...,)``.
+
+    Notes
+    -----
+    Per level, with P_h = Σ_children 1 / (v + τ²) and ȳ_h = Σ_children (y / (v + τ²)) / P_h,
+    the level adds -½ Σ_children [log 2π (v + τ²) + (y - ȳ_parent)² / (v + τ²)]
+    + ½ Σ_parents log (2π / P_h) to log p(b | τ), and the parents' messages are N(ȳ; u, 1/P).
+    """
+    ys, vs = [b], [var_b]
+    log_marginal = 0.0
+    y, v = b, var_b
+    for level in range(tree.depth + 1):
+        total_var = v + level_variance(tau, level)
+        precision = 1.0 / total_var
+        if level < tree.depth:
+            index, n_parents = tree.parents[level], tree.n_groups[level]
+
+            def collect(x: Any, index: np.ndarray = index, n: int = n_parents) -> Any:
+                return ops.segment_sum(x, index, n)
+
+            def spread(x: Any, index: np.ndarray = index) -> Any:
+                return x[..., index]
+
+        else:
+
+            def collect(x: Any) -> Any:
+                return ops.sum_last(x)[..., None]
+
+            def spread(x: Any) -> Any:
+                return x
+
+        parent_precision = collect(precision)
+        parent_y = collect(precision * y) / parent_precision
+        resid = y - spread(parent_y)
+        n_children, n_parents = tree.n_units[level], tree.n_units[level + 1]
+        log_marginal = (
+            log_marginal
+            - 0.5 * ops.sum_last(ops.log(total_var) + precision * resid * resid)
+            - 0.5 * ops.sum_last(ops.log(parent_precision))
+            - 0.5 * LOG_2PI * (n_children - n_parents)
+        )
+        y, v = parent_y, 1.0 / parent_precision
+        ys.append(y)
+        vs.append(v)
+    y_top, v_top = y[..., 0], v[..., 0]
+    total = v_top + s0 * s0
+    log_marginal = log_marginal - 0.5 * (
+        LOG_2PI + ops.log(total) + (y_top - mu0) * (y_top - mu0) / total
+    )
+    ys[-1], vs[-1] = y_top, v_top
+    return Messages(tuple(ys), tuple(vs), log_marginal)
+
+
+def posterior_normal(
+    prior_mean: np.ndarray, prior_var: np.ndarray, y: np.ndarray, v: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of u given u ~ N(prior_mean, prior_var) and a message N(y; u, v).
+
+    Written with weights ``prior_var / (prior_var + v)`` so that a scale near zero or a tiny
+    standard error stays finite, and as a convex combination of ``y`` and ``prior_mean`` (not
+    ``prior_mean + w (y - prior_mean)``) so that a huge ``prior_mean`` with ``w ≈ 1`` does not
+    cancel ``y`` away. The compiled kernels (:mod:`.kernels`) use this form, term for term.
+    """
+    total = prior_var + v
+    weight = prior_var / total
+    return weight * y + (v / total) * prior_mean, weight * v
+
+
+def draw_tree(
+    messages: Messages,
+    tau: np.ndarray,
+    tree: TreeIndex,
+    mu0: float,
+    s0: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Draw θ0, the group means and θ exactly from p(· | b, τ), top-down.
+
+    Each level is drawn from its posterior given its parent (:func:`posterior_normal`) as
+    ``mean + sqrt(var) · z``, with one standard normal ``z`` per unit, θ0 first, then each
+    level downwards, every level's normals drawn in one call in the tree's order of units.
+
+    Parameters
+    ----------
+    messages
+        The result of :func:`upward_pass` on NumPy arrays for the same ``tau``.
+    tau
+        Scales, shape ``(..., depth + 1)``.
+    tree
+        The tree structure.
+    mu0, s0
+        Prior mean and sd of θ0.
+    rng
+        Random generator.
+
+    Returns
+    -------
+    theta0 : numpy.ndarray
+        Shape ``(...,)``.
+    group_means : list of numpy.ndarray
+        For each annotation level, finest first, shape ``(..., n_groups)``.
+    theta : numpy.ndarray
+        Shape ``(..., m)``.
+    """
+    mean, var = posterior_normal(mu0, s0 * s0, messages.y[-1], messages.v[-1])
+    theta0 = mean + np.sqrt(var) * rng.standard_normal(mean.shape)
+    values = theta0[..., None]
+    draws: list[np.ndarray] = []
+    for level in range(tree.depth, -1, -1):
+        prior_mean = values[..., tree.parents[level]] if level < tree.depth else values
+        mean, var = posterior_normal(
+            prior_mean, level_variance(tau, level), messages.y[level], messages.v[level]
+        )
+        values = mean + np.sqrt(var) * rng.standard_normal(mean.shape)
+        draws.append(values)
+    theta = draws.pop()
+    return theta0, draws[::-1], theta
+
+
+def posterior_moments(
+    messages: Messages, tau: np.ndarray, tree: TreeIndex, mu0: float, s0: float
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Posterior mean and variance of every unit given b and τ, top-down.
+
+    A unit u with parent p is N(w y + (1 - w) p, w v) given p and the data below u
+    (:func:`posterior_normal`), and p is independent of the data below u given p's own
+    posterior; so E[u | b] = w y + (1 - w) E[p | b] and Var[u | b] = w v + (1 - w)² Var[p | b].
+
+    Parameters
+    ----------
+    messages
+        The result of :func:`upward_pass` on NumPy arrays for the same ``tau``.
+    tau, tree, mu0, s0
+        As in :func:`upward_pass`.
+
+    Returns
+    -------
+    means, variances : list of numpy.ndarray
+        One array per level, features first, then each annotation level, then θ0 (shape
+        ``(...,)``), like ``messages.y``.
+    """
+    mean, var = posterior_normal(mu0, s0 * s0, messages.y[-1], messages.v[-1])
+    means, variances = [mean], [var]
+    parent_mean, parent_var = mean[..., None], var[..., None]
+    for level in range(tree.depth, -1, -1):
+        index = tree.parent_of(level)
+        prior_var = level_variance(tau, level)
+        y, v = messages.y[level], messages.v[level]
+        mean, conditional_var = posterior_normal(parent_mean[..., index], prior_var, y, v)
+        parent_weight = v / (prior_var + v)
+        var = conditional_var + parent_weight * parent_weight * parent_var[..., index]
+        means.insert(0, mean)
+        variances.insert(0, var)
+        parent_mean, parent_var = mean, var
+    return means, variances
+
+
+def pointwise_marginal(
+    b: np.ndarray, var_b: np.ndarray, parent_mean: np.ndarray, tau: np.ndarray
+) -> np.ndarray:
+    """Log N(b_j; parent mean, s_j² + τ_0²): each estimate given θ_j's parent, θ_j integrated out.
+
+    ``b``, ``var_b`` and ``parent_mean`` (the value of each θ_j's parent) have shape
+    ``(..., m)``, ``tau`` ``(..., depth + 1)``.
+    """
+    total = var_b + level_variance(tau, 0)
+    deviation = b - parent_mean
+    return -0.5 * (LOG_2PI + np.log(total) + deviation * deviation / total)
+
+
+def group_log_predictive(
+    b: np.ndarray,
+    var_b: np.ndarray,
+    tau: np.ndarray,
+    tree: TreeIndex,
+    mu0: float,
+    s0: float,
+    unit_level: int,
+    to_group: np.ndarray,
+) -> np.ndarray:
+    """Log p(b_G | b_−G, τ) for every held-out group G of units of ``unit_level``.
+
+    The units of ``unit_level`` (0 = features) are partitioned into groups by ``to_group``
+    (all units of a group share one parent); the data below a group's units are held out
+    together and predicted from the rest. The group's messages, combined into one message
+    about the common parent, are integrated against the parent's cavity: its outside
+    distribution (given all data outside its subtree) times its other children's messages.
+
+    Parameters
+    ----------
+    b, var_b
+        Estimates and their variances, shape ``(m,)``.
+    tau
+        Scales, shape ``(..., depth + 1)``.
+    tree, mu0, s0
+        As in :func:`upward_pass`.
+    unit_level
+        The level of the held-out units.
+    to_group
+        The group (0..G-1) of each unit of ``unit_level``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(..., G)``.
+    """
+    messages = upward_pass(b, var_b, tau, tree, mu0, s0)
+    ys = [*messages.y[:-1], messages.y[-1][..., None]]
+    vs = [*messages.v[:-1], messages.v[-1][..., None]]
+    log_norm = _log_normalisers(ys, vs, tau, tree, unit_level)
+    out_mean, out_var = _outside(ys, vs, tau, tree, unit_level, mu0, s0)
+    # the held-out units' messages as functions of their common parent, combined per group
+    precision = 1.0 / (vs[unit_level] + level_variance(tau, unit_level))
+    n_groups = int(to_group.max()) + 1
+    group_precision = _numpy_segment_sum(precision, to_group, n_groups)
+    group_y = _numpy_segment_sum(precision * ys[unit_level], to_group, n_groups)
+    group_y = group_y / group_precision
+    resid = ys[unit_level] - group_y[..., to_group]
+    group_log_norm = _numpy_segment_sum(
+        log_norm + 0.5 * (np.log(precision) - LOG_2PI) - 0.5 * precision * resid * resid,
+        to_group,
+        n_groups,
+    ) - 0.5 * (np.log(group_precision) - LOG_2PI)
+    # the cavity of the parent: its outside belief times its other children's messages
+    parent = tree.parent_of(unit_level)[_first_unit(to_group, n_groups)]
+    parent_precision = 1.0 / vs[unit_level + 1][..., parent]
+    others = np.maximum(parent_precision - group_precision, 0.0)
+    cavity_precision = 1.0 / out_var[..., parent] + others
+    cavity_mean = (
+        out_mean[..., parent] / out_var[..., parent]
+        + parent_precision * ys[unit_level + 1][..., parent]
+        - group_precision * group_y
+    ) / cavity_precision
+    total = 1.0 / group_precision + 1.0 / cavity_precision
+    return group_log_norm - 0.5 * (LOG_2PI + np.log(total) + (group_y - cavity_mean) ** 2 / total)
+
+
+def _first_unit(to_group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Index of one unit of every group (all units of a group share a parent)."""
+    first = np.empty(n_groups, dtype=np.intp)
+    first[to_group[::-1]] = np.arange(len(to_group))[::-1]
+    return first
+
+
+def _log_normalisers(
+    ys: list[np.ndarray],
+    vs: list[np.ndarray],
+    tau: np.ndarray,
+    tree: TreeIndex,
+    unit_level: int,
+) -> np.ndarray:
+    """Log C_u with ∏ (data below unit u) = C_u · N(y_u; u, v_u), for the units of a level."""
+    log_norm = np.zeros(ys[0].shape)
+    for level in range(unit_level):
+        parent, n_parents = tree.parents[level], tree.n_groups[level]
+        total = vs[level] + level_variance(tau, level)
+        resid = ys[level] - ys[level + 1][..., parent]
+        log_norm = _numpy_segment_sum(
+            log_norm - 0.5 * (LOG_2PI + np.log(total) + resid * resid / total),
+            parent,
+            n_parents,
+        ) + 0.5 * (LOG_2PI + np.log(vs[level + 1]))
+    return np.broadcast_to(log_norm, ys[unit_level].shape)
+
+
+def _outside(
+    ys: list[np.ndarray],
+    vs: list[np.ndarray],
+    tau: np.ndarray,
+    tree: TreeIndex,
+    unit_level: int,
+    mu0: float,
+    s0: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of every level-(unit_level + 1) unit given the data outside it.
+
+    ``ys``, ``vs`` are the upward messages with θ0's as a one-unit level.
+    """
+    shape = ys[-1].shape
+    mean = np.full(shape, float(mu0))
+    var = np.full(shape, float(s0) ** 2)
+    for level in range(tree.depth, unit_level, -1):
+        parent = tree.parent_of(level)
+        prior_var = level_variance(tau, level)
+        own = 1.0 / (vs[level] + prior_var)
+        parent_precision = 1.0 / vs[level + 1][..., parent]
+        precision = 1.0 / var[..., parent] + np.maximum(parent_precision - own, 0.0)
+        mean = (
+            mean[..., parent] / var[..., parent]
+            + parent_precision * ys[level + 1][..., parent]
+            - own * ys[level]
+        ) / precision
+        var = 1.0 / precision + prior_var
+    return mean, var

@@ -1,0 +1,190 @@
+"""The layout of the Gibbs sweeps: the data every sweep reads and the state it changes.
+
+A *row* is one independent copy of the tree problem (see the glossary of
+:mod:`bayeshier_pymc.gaussian_tree`): one covariate in the PyMC step, one (chain, covariate)
+pair in the engine. Every array has the rows first, except the lane layout that the compiled
+upward pass reads (:attr:`TreeData.lane_problem`).
+
+``units[0]`` holds θ (rows × m), ``units[l]`` the means of the level-l groups (l = 1..D) and
+``units[D + 1]`` θ0 as a rows × 1 array. Every level ``l <= D`` thus has a parent level
+``l + 1``, and ``tau[:, l]`` is the sd of the level-l units around their parents; θ0 has the
+fixed prior N(mu0, s0²). Inside :class:`TreeData` and :class:`TreeState` the units of every
+level are sorted by their parent, so that the children of a unit are a contiguous slice;
+:meth:`TreeData.to_sorted` and :meth:`TreeData.from_sorted` convert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from bayeshier_pymc.gaussian_tree import TreeIndex
+from bayeshier_pymc.gaussian_tree.kernels import LaneProblem
+
+__all__ = ["TreeData", "TreeState"]
+
+
+@dataclass(frozen=True)
+class TreeData:
+    """Everything a sweep reads but never changes.
+
+    The units of every level are sorted by their parent, so that the children of a unit are
+    a contiguous slice; ``orders`` maps back to the caller's order.
+
+    Attributes
+    ----------
+    b, var_b
+        Estimates and their variances, rows × m (sorted features).
+    tau_scale
+        HalfCauchy scale A of each τ, shape ``(D + 1,)``.
+    mu0, s0
+        Mean and sd of the normal prior of θ0.
+    parent_index
+        For each level l = 0..D, the parent (a level-(l + 1) unit) of each level-l unit;
+        non-decreasing.
+    starts
+        For each level l = 0..D, the first level-l child of each level-(l + 1) unit.
+    n_units
+        Units per level: m, each annotation level's groups, then 1 (θ0).
+    n_children
+        For each level, the number of children of each unit (1 for a θ_j: its b_j).
+    orders
+        For each level l = 0..D, the caller's index of each sorted unit.
+    positions
+        The inverse permutations of ``orders``.
+    """
+
+    b: np.ndarray
+    var_b: np.ndarray
+    tau_scale: np.ndarray
+    mu0: float
+    s0: float
+    parent_index: tuple[np.ndarray, ...]
+    starts: tuple[np.ndarray, ...]
+    n_units: tuple[int, ...]
+    n_children: tuple[np.ndarray, ...]
+    orders: tuple[np.ndarray, ...]
+    positions: tuple[np.ndarray, ...]
+
+    @cached_property
+    def message_offsets(self) -> np.ndarray:
+        """Where the units of each level 1..D + 1 begin in a lane array of all levels' messages.
+
+        Index ``l`` holds the start of level ``l`` (index 0 is unused and equals index 1).
+        """
+        return np.cumsum([0, 0, *self.n_units[1:]])
+
+    @cached_property
+    def lane_problem(self) -> LaneProblem:
+        """The data, tree and θ0 prior in lane layout, for the compiled upward pass."""
+        return LaneProblem(
+            b=np.ascontiguousarray(self.b.T),
+            var_b=np.ascontiguousarray(self.var_b.T),
+            first_child=np.concatenate(self.starts),
+            first_child_offsets=np.cumsum([0, *(s.size for s in self.starts)]),
+            message_offsets=self.message_offsets,
+            mu0=self.mu0,
+            s0=self.s0,
+        )
+
+    @classmethod
+    def build(
+        cls,
+        b: np.ndarray,
+        var_b: np.ndarray,
+        tree: TreeIndex,
+        tau_scale: np.ndarray,
+        mu0: float,
+        s0: float,
+    ) -> TreeData:
+        """Assemble the data of ``b.shape[0]`` rows on ``tree``.
+
+        Parameters
+        ----------
+        b, var_b
+            Rows × m arrays, features in the order of ``tree``.
+        tree
+            The integer tree structure.
+        tau_scale
+            HalfCauchy scale of each τ, one per level (features first).
+        mu0, s0
+            Prior mean and sd of θ0.
+        """
+        orders, parent_index = _sorted_levels(tree)
+        n_units = tree.n_units
+        b = np.asarray(b, dtype=float)
+        var_b = np.broadcast_to(np.asarray(var_b, dtype=float), b.shape)
+        return cls(
+            b=np.ascontiguousarray(b[:, orders[0]]),
+            var_b=np.ascontiguousarray(var_b[:, orders[0]]),
+            tau_scale=np.asarray(tau_scale, dtype=float),
+            mu0=float(mu0),
+            s0=float(s0),
+            parent_index=parent_index,
+            starts=tuple(np.flatnonzero(np.diff(i, prepend=-1)) for i in parent_index),
+            n_units=n_units,
+            n_children=(
+                np.ones(n_units[0]),
+                *(
+                    np.bincount(index, minlength=n).astype(float)
+                    for index, n in zip(parent_index, n_units[1:], strict=True)
+                ),
+            ),
+            orders=orders,
+            positions=tuple(np.argsort(order) for order in orders),
+        )
+
+    @property
+    def depth(self) -> int:
+        """Number of annotation levels D."""
+        return len(self.n_units) - 2
+
+    @property
+    def n_rows(self) -> int:
+        """Number of independent rows."""
+        return self.b.shape[0]
+
+    def to_sorted(self, values: np.ndarray, level: int = 0) -> np.ndarray:
+        """Units of ``level`` (last axis) from the caller's order to the internal one."""
+        return values[..., self.orders[level]]
+
+    def from_sorted(self, values: np.ndarray, level: int = 0) -> np.ndarray:
+        """Units of ``level`` (last axis) from the internal order to the caller's one."""
+        return values[..., self.positions[level]]
+
+    def sum_into_parents(self, values: np.ndarray, level: int) -> np.ndarray:
+        """Sum rows × n_units[level] ``values`` into their parents (rows × n_units[level+1])."""
+        return np.add.reduceat(values, self.starts[level], axis=-1)
+
+
+def _sorted_levels(tree: TreeIndex) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """Orders that sort every level's units by parent, and the parent index after sorting."""
+    n_top = tree.n_units[-2]
+    orders = [np.arange(n_top)]
+    parent_index = [np.zeros(n_top, dtype=np.intp)]
+    position = np.arange(n_top)
+    for level in range(tree.depth - 1, -1, -1):
+        parent_position = position[tree.parents[level]]
+        order = np.argsort(parent_position, kind="stable")
+        orders.insert(0, order)
+        parent_index.insert(0, parent_position[order].astype(np.intp))
+        position = np.argsort(order)
+    return tuple(orders), tuple(parent_index)
+
+
+@dataclass
+class TreeState:
+    """The sampled quantities of every row.
+
+    Attributes
+    ----------
+    tau
+        Rows × (D + 1) scales.
+    units
+        ``D + 2`` arrays: θ (sorted features), the group means finest first, θ0 (rows × 1).
+    """
+
+    tau: np.ndarray
+    units: list[np.ndarray]

@@ -1,0 +1,262 @@
+"""The tree algebra: the NumPy reference against dense Gaussian computations, and every
+compiled version (numba kernels, the PyTensor graph) against the reference to 1e-10."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from scipy import stats
+
+from bayeshier_pymc.gaussian_tree import (
+    LOG_2PI,
+    TreeIndex,
+    group_log_predictive,
+    pointwise_marginal,
+    posterior_moments,
+    posterior_normal,
+    upward_pass,
+)
+from bayeshier_pymc.gaussian_tree.kernels import (
+    ThetaData,
+    ThetaStores,
+    draw_children,
+    write_theta_draw,
+)
+from bayeshier_pymc.gaussian_tree.kernels import pointwise_marginal as compiled_pointwise_marginal
+from bayeshier_pymc.gaussian_tree.pytensor_ops import PYTENSOR_OPS
+from bayeshier_pymc.gibbs.layout import TreeData
+from bayeshier_pymc.gibbs.scale_kernels import evaluate
+
+MU0, S0 = 0.4, 1.3
+TREE_SEEDS = range(6)
+EXTREME_TAU = [1e-6, 1e-2, 1.0, 1e2, 1e6]
+
+
+def _random_tree(seed: int, max_features: int = 14) -> TreeIndex:
+    """A random tree, depth 0..3, with group sizes from 1 to most of a level (skewed)."""
+    rng = np.random.default_rng(seed)
+    depth = seed % 4
+    n_units = [1]
+    parents: list[np.ndarray] = []
+    for _ in range(depth + 1):
+        n_parents = n_units[0]
+        n = int(rng.integers(n_parents, max(n_parents + 1, max_features // 2) + 1))
+        n = max_features if len(n_units) == depth + 1 else n
+        shares = rng.dirichlet(np.full(n_parents, 0.4))
+        index = np.concatenate(
+            [np.arange(n_parents), rng.choice(n_parents, n - n_parents, p=shares)]
+        )
+        parents.insert(0, rng.permutation(index).astype(np.intp))
+        n_units.insert(0, n)
+    # parents[d] maps level-d units to level-(d + 1) units; the top level hangs from θ0
+    return TreeIndex(n_units[0], tuple(parents[:-1]), tuple(n_units[1:-1]))
+
+
+def _dense(tree: TreeIndex, tau: np.ndarray, var_b: np.ndarray):
+    """Prior mean and covariance of (every unit, level 0 first and θ0 last, then b)."""
+    sizes = tree.n_units
+    n_units = sum(sizes)
+    m = tree.n_features
+    loadings: list[np.ndarray] = [np.zeros((1, n_units))]
+    loadings[0][0, n_units - 1] = 1.0
+    variances = np.empty(n_units)
+    variances[n_units - 1] = S0**2
+    offsets = np.cumsum([0, *sizes])
+    for level in range(tree.depth, -1, -1):
+        own = np.eye(n_units)[offsets[level] : offsets[level + 1]]
+        loadings.insert(0, loadings[0][tree.parent_of(level)] + own)
+        variances[offsets[level] : offsets[level + 1]] = tau[level] ** 2
+    unit_loadings = np.vstack(loadings)
+    cov_units = (unit_loadings * variances) @ unit_loadings.T
+    mean = np.full(n_units + m, MU0)
+    cov = np.zeros((n_units + m, n_units + m))
+    cov[:n_units, :n_units] = cov_units
+    cov[n_units:, :n_units] = cov_units[:m]
+    cov[:n_units, n_units:] = cov_units[:, :m]
+    cov[n_units:, n_units:] = cov_units[:m, :m] + np.diag(var_b)
+    return mean, cov, offsets
+
+
+def _data(tree: TreeIndex, seed: int, scale: float = 1.0):
+    rng = np.random.default_rng(100 + seed)
+    b = rng.normal(MU0, 2.0, tree.n_features) * scale
+    var_b = (rng.uniform(0.2, 1.5, tree.n_features) * scale) ** 2
+    tau = rng.uniform(0.2, 1.5, tree.depth + 1) * scale
+    return b, var_b, tau
+
+
+# ------------------------------------------------------------------ reference against dense
+@pytest.mark.parametrize("seed", TREE_SEEDS)
+def test_reference_matches_dense_gaussian(seed):
+    """log p(b | τ), posterior means and variances of every unit against dense conditioning."""
+    tree = _random_tree(seed)
+    b, var_b, tau = _data(tree, seed)
+    mean, cov, offsets = _dense(tree, tau, var_b)
+    n = offsets[-1]
+    messages = upward_pass(b, var_b, tau, tree, MU0, S0)
+    expected = stats.multivariate_normal(mean[n:], cov[n:, n:]).logpdf(b)
+    np.testing.assert_allclose(messages.log_marginal, expected, rtol=1e-10)
+    gain = np.linalg.solve(cov[n:, n:], cov[n:, :n]).T
+    post_mean = mean[:n] + gain @ (b - mean[n:])
+    post_var = np.diag(cov[:n, :n] - gain @ cov[n:, :n])
+    means, variances = posterior_moments(messages, tau, tree, MU0, S0)
+    for level in range(tree.depth + 2):
+        units = slice(offsets[level], offsets[level + 1])
+        np.testing.assert_allclose(np.atleast_1d(means[level]), post_mean[units], rtol=1e-9)
+        np.testing.assert_allclose(np.atleast_1d(variances[level]), post_var[units], rtol=1e-9)
+
+
+def _sibling_blocks(tree: TreeIndex, level: int, rng: np.random.Generator) -> np.ndarray:
+    """A random partition of the level's units in which every block shares one parent."""
+    parent = tree.parent_of(level)
+    block = parent * tree.n_units[level] + rng.integers(0, 2, parent.size)
+    return np.unique(block, return_inverse=True)[1]
+
+
+@pytest.mark.parametrize("seed", TREE_SEEDS)
+def test_group_predictive_matches_dense_conditioning(seed):
+    """log p(b_G | b_−G, τ) for single units and sibling blocks at every level."""
+    tree = _random_tree(seed)
+    b, var_b, tau = _data(tree, seed)
+    mean, cov, offsets = _dense(tree, tau, var_b)
+    n = offsets[-1]
+    rng = np.random.default_rng(seed)
+    below = np.arange(tree.n_features)  # each feature's ancestor at the current level
+    for level in range(tree.depth + 1):
+        singles = np.arange(tree.n_units[level])
+        for to_group in (singles, _sibling_blocks(tree, level, rng)):
+            got = group_log_predictive(b, var_b, tau, tree, MU0, S0, level, to_group)
+            for group in range(int(to_group.max()) + 1):
+                held = np.isin(below, np.flatnonzero(to_group == group))
+                kept = ~held
+                sigma = cov[n:, n:]
+                gain = np.linalg.solve(sigma[np.ix_(kept, kept)], sigma[np.ix_(kept, held)]).T
+                cond_mean = mean[n:][held] + gain @ (b[kept] - mean[n:][kept])
+                cond_cov = sigma[np.ix_(held, held)] - gain @ sigma[np.ix_(kept, held)]
+                expected = stats.multivariate_normal(cond_mean, cond_cov).logpdf(b[held])
+                np.testing.assert_allclose(got[group], expected, rtol=1e-9)
+        if level < tree.depth:
+            below = tree.parents[level][below]
+
+
+def test_pointwise_marginal_integrates_theta_out():
+    """log N(b_j; p, s_j² + τ_0²) = log ∫ N(b_j; θ, s_j²) N(θ; p, τ_0²) dθ, against the dense
+    joint of one feature with its parent fixed (a depth-0 tree with θ0 known exactly)."""
+    tree = TreeIndex(1, (), ())
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        b, var_b, tau = rng.normal(), rng.uniform(0.1, 2.0), rng.uniform(0.01, 3.0, 1)
+        parent = rng.normal()
+        # θ0 = parent exactly: s0 → 0 makes the tree's marginal the pointwise one
+        expected = upward_pass(np.array([b]), np.array([var_b]), tau, tree, parent, 0.0)
+        got = pointwise_marginal(np.array([b]), np.array([var_b]), np.array([parent]), tau)
+        np.testing.assert_allclose(got, expected.log_marginal, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ compiled against reference
+@pytest.mark.parametrize("seed", TREE_SEEDS)
+@pytest.mark.parametrize("tau_scale", EXTREME_TAU)
+def test_compiled_upward_pass_matches_reference(seed, tau_scale):
+    tree = _random_tree(seed)
+    rng = np.random.default_rng(seed)
+    rows = 5
+    b = rng.normal(0.0, 2.0, (rows, tree.n_features))
+    var_b = rng.uniform(0.1, 2.0, (rows, tree.n_features)) ** 2
+    tau = tau_scale * rng.uniform(0.5, 2.0, (rows, tree.depth + 1))
+    data = TreeData.build(b, var_b, tree, np.ones(tree.depth + 1), MU0, S0)
+    reference = upward_pass(b, var_b, tau, tree, MU0, S0)
+    evaluation = evaluate(data, tau)
+    constant = -0.5 * LOG_2PI * tree.n_features  # the kernels drop every 2π
+    np.testing.assert_allclose(
+        evaluation.log_marginal + constant, reference.log_marginal, rtol=1e-10
+    )
+    for level in range(1, tree.depth + 2):
+        y, v = evaluation.messages[level]
+        if level <= tree.depth:
+            y, v = data.from_sorted(y, level), data.from_sorted(v, level)
+        else:
+            y, v = y[:, 0], v[:, 0]
+        np.testing.assert_allclose(y, reference.y[level], rtol=1e-10, atol=1e-10 * np.abs(b).max())
+        np.testing.assert_allclose(v, reference.v[level], rtol=1e-10)
+    # from a middle level up, reusing the messages below it
+    if tree.depth:
+        changed = tau.copy()
+        changed[:, -1] *= 3.0
+        partial = evaluation.updated_from(data, tree.depth, changed).log_marginal
+        np.testing.assert_allclose(partial, evaluate(data, changed).log_marginal, rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", TREE_SEEDS)
+@pytest.mark.parametrize("tau_scale", EXTREME_TAU)
+def test_compiled_downward_draw_matches_reference(seed, tau_scale):
+    """One level drawn from its posterior given the parents, with the same noise."""
+    tree = _random_tree(seed)
+    rng = np.random.default_rng(seed)
+    rows, level = 4, 0
+    parent_index = tree.parent_of(level)
+    parent = rng.normal(0.0, 1e4, (rows, tree.n_units[level + 1]))  # far from y: cancellation
+    level_var = (tau_scale * rng.uniform(0.5, 2.0, rows)) ** 2
+    y = rng.normal(size=(rows, tree.n_units[level]))
+    v = rng.uniform(0.1, 2.0, (rows, tree.n_units[level])) ** 2
+    noise = rng.standard_normal(y.shape)
+    mean, var = posterior_normal(parent[:, parent_index], level_var[:, None], y, v)
+    expected = mean + np.sqrt(var) * noise
+    got = draw_children(parent, parent_index, level_var, y, v, noise)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("tau_scale", EXTREME_TAU)
+def test_compiled_theta_draw_matches_reference(tau_scale):
+    """θ given its parents and τ_w, the marginal log-likelihood and the conditional total."""
+    rng = np.random.default_rng(7)
+    chains, draws, covariates, features, groups = 2, 3, 2, 9, 4
+    b = rng.normal(size=(covariates, features))
+    var_b = rng.uniform(0.1, 2.0, (covariates, features)) ** 2
+    parent_index = np.concatenate([np.arange(groups), rng.integers(0, groups, features - groups)])
+    lead = (chains, draws, covariates)
+    parent_mean = rng.normal(size=(*lead, groups))
+    tau = tau_scale * rng.uniform(0.5, 2.0, (*lead, 1))
+    noise = rng.standard_normal((*lead, features))
+    stores = ThetaStores(parent_mean, tau, noise.copy(), np.empty_like(noise), np.zeros(lead[:2]))
+    data = ThetaData(b, var_b, 1.0 / var_b, parent_index)
+    for draw in range(draws):
+        write_theta_draw(data, stores, draw)
+    parent = parent_mean[..., parent_index]
+    tau_sq = tau**2
+    mean, var = posterior_normal(parent, tau_sq, b, var_b)
+    theta = mean + np.sqrt(var) * noise
+    np.testing.assert_allclose(stores.theta, theta, rtol=1e-10, atol=1e-10)
+    marginal = pointwise_marginal(b, var_b, parent, tau)
+    np.testing.assert_allclose(stores.log_likelihood, marginal, rtol=1e-10)
+    flat = (-1, covariates)
+    compiled = np.empty((chains * draws, covariates, features))
+    compiled_pointwise_marginal(
+        b,
+        var_b,
+        parent_mean.reshape(*flat, groups),
+        parent_index,
+        tau[..., 0].reshape(flat),
+        0,
+        chains * draws,
+        compiled,
+    )
+    np.testing.assert_allclose(compiled.reshape(marginal.shape), marginal, rtol=1e-10)
+    totals = -0.5 * ((b - stores.theta) ** 2 / var_b).sum(axis=(2, 3))
+    np.testing.assert_allclose(stores.totals, totals, rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed", TREE_SEEDS)
+def test_pytensor_graph_matches_reference(seed):
+    """The collapsed model's log p(b | τ), built through PYTENSOR_OPS."""
+    tree = _random_tree(seed)
+    rng = np.random.default_rng(seed)
+    b = rng.normal(size=(3, tree.n_features))
+    var_b = rng.uniform(0.1, 2.0, (3, tree.n_features)) ** 2
+    tau_values = rng.uniform(1e-3, 10.0, (3, tree.depth + 1))
+    b_tensor, tau_tensor = pt.dmatrix("b"), pt.dmatrix("tau")
+    graph = upward_pass(b_tensor, var_b, tau_tensor, tree, MU0, S0, ops=PYTENSOR_OPS)
+    log_marginal = pytensor.function([b_tensor, tau_tensor], graph.log_marginal)(b, tau_values)
+    expected = upward_pass(b, var_b, tau_values, tree, MU0, S0).log_marginal
+    np.testing.assert_allclose(log_marginal, expected, rtol=1e-10)
