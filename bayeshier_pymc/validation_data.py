@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bayeshier_pymc.covariance import residual_divisor
 from bayeshier_pymc.hierarchy import Hierarchy
+from bayeshier_pymc.mlm import mlm
 from bayeshier_pymc.preprocess import preprocess
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "blended_residual_covariance",
     "read_liver_lipidome",
     "read_qmdiab",
+    "real_residual_covariance",
 ]
 
 QMDIAB_FILES = ("qmdiab_plasma_data.csv", "qmdiab_plasma_samples.csv", "qmdiab_plasma_features.csv")
@@ -155,3 +158,23 @@ def blended_residual_covariance(
     blended = (1.0 - diagonal_share) * cov
     blended[np.diag_indices_from(blended)] = np.diag(cov)
     return blended
+
+
+def real_residual_covariance(study: ValidationStudy, diagonal_share: float = 0.2) -> np.ndarray:
+    """The residual covariance of ``study`` after stage 1, blended towards its diagonal.
+
+    Parameters
+    ----------
+    study
+        A study from :func:`read_qmdiab` or :func:`read_liver_lipidome`.
+    diagonal_share
+        Weight of the diagonal (see :func:`blended_residual_covariance`).
+
+    Returns
+    -------
+    numpy.ndarray
+        m × m, in the order of ``study.Y``'s features.
+    """
+    fit = mlm(study.Y, study.X)
+    divisor = residual_divisor(fit.n_obs, fit.X.shape[1], fit.dof)
+    return blended_residual_covariance(fit.residuals.to_numpy(), divisor, diagonal_share)

@@ -23,16 +23,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bayeshier_pymc import mlm
 from bayeshier_pymc.calibration import StageTwo, known_truth_check, split_half_check
-from bayeshier_pymc.covariance import residual_divisor
 from bayeshier_pymc.validation_data import (
     LIVER_FILES,
     QMDIAB_FILES,
-    blended_residual_covariance,
     has_files,
     read_liver_lipidome,
     read_qmdiab,
+    real_residual_covariance,
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -64,6 +62,7 @@ def main() -> None:
             f"covariates {list(study.X.columns)}, {study.hierarchy}"
         )
         split_rows, truth_rows, mse = {}, {}, {}
+        covariance = real_residual_covariance(study) if args.replicates > 0 else None
         for depth in DEPTHS:
             stage_two = StageTwo(depth=depth, draws=args.draws, tune=args.draws // 2)
             start = time.perf_counter()
@@ -79,9 +78,6 @@ def main() -> None:
             mse[depth] = halves.drop(index="mean")["mse"].to_numpy()
             print(f"  depth {depth}: split halves in {time.perf_counter() - start:.0f} s")
             if args.replicates > 0:
-                fit = mlm(study.Y, study.X)
-                divisor = residual_divisor(fit.n_obs, fit.X.shape[1], fit.dof)
-                covariance = blended_residual_covariance(fit.residuals.to_numpy(), divisor)
                 truth = known_truth_check(
                     study.X,
                     study.hierarchy,
