@@ -72,13 +72,13 @@ def test_known_truth_arithmetic_on_a_tiny_case():
         sd=array([0.1, 0.1, 0.1]),
         lower=array([0.2, -0.1, 0.7]),
         upper=array([0.6, 0.3, 1.1]),
-        lfsr=array([0.01, 0.02, 0.2]),
+        lfsr=array([0.01, 0.02, 0.03]),
     )
     scores = known_truth_scores(truth, np.array([[0.7, 0.3, 1.0]]), posterior)
     assert scores["coverage"] == pytest.approx(2 / 3)
-    assert scores["calls"] == 2
-    assert scores["false_sign_rate"] == 0.5
-    assert scores["claimed_lfsr"] == pytest.approx(0.015)
+    assert scores["calls"] == 3
+    assert scores["false_sign_rate"] == pytest.approx(1 / 3)
+    assert scores["claimed_lfsr"] == pytest.approx(0.02)
     assert scores["mse"] == pytest.approx((0.01 + 0.09 + 0.01) / 3)
     assert scores["mse_raw"] == pytest.approx((0.04 + 0.25) / 3)
 
@@ -108,6 +108,7 @@ def test_known_truth_check_of_unshrunk_estimates_covers_under_correlated_noise(r
         tree,
         covariance,
         stage_two=stage_one_as_posterior,
+        feature_sd=1.0,
         n_replicates=30,
         random_seed=2,
     )
