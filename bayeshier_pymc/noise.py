@@ -28,7 +28,9 @@ between-node variance by moments); ``"none"`` keeps the raw increments, ``"compl
 pooled increment per level. Negative increments are set to zero (variances); a node without
 pairs (a single child) gets zero, its child carries its noise. Each metabolite keeps as its own
 variance what remains of its residual variance after its shared path, at least
-``min_own_share`` of it.
+``min_own_share`` of it; a feature much quieter than its group's shared noise thus gets a total
+variance above its own residual variance (conservative: on the liver lipidome 18% of the lipids,
+median 1.24×; QMDiab 7%, median 1.41×).
 """
 
 from __future__ import annotations
