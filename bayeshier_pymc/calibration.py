@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy import stats
 
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.mlm import MLMFit, mlm
@@ -42,6 +43,7 @@ __all__ = [
     "known_truth_scores",
     "split_half_check",
     "split_half_scores",
+    "stage_one_posterior",
 ]
 
 Z_95 = 1.959963984540054
@@ -117,6 +119,29 @@ class StageTwo:
 
 
 StageTwoFit = Callable[[MLMFit, Hierarchy, Sequence[Any], int], PosteriorSummary]
+
+
+def stage_one_posterior(
+    fit: MLMFit,
+    hierarchy: Hierarchy,
+    covariates: Sequence[Any],
+    random_seed: int,
+) -> PosteriorSummary:
+    """The unshrunk reference: θ ~ N(b, se²) from stage 1 alone (a stage-2 stand-in).
+
+    Its intervals and lfsr are those of the stage-1 estimates (normal, not t), so the checks
+    run with it measure how far stage 1's own assumptions hold on the data. ``hierarchy`` and
+    ``random_seed`` are unused (the signature of a stage-2 fit).
+    """
+    mean = fit.coef.sel(covariate=list(covariates))
+    sd = fit.se.sel(covariate=list(covariates))
+    return PosteriorSummary(
+        mean=mean,
+        sd=sd,
+        lower=mean - Z_95 * sd,
+        upper=mean + Z_95 * sd,
+        lfsr=xr.apply_ufunc(stats.norm.sf, np.abs(mean / sd)),
+    )
 
 
 def split_half_scores(

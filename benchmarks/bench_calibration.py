@@ -2,7 +2,8 @@
 
 Run ``python benchmarks/bench_calibration.py [--data ../shared/data] [--splits 6]``. For QMDiab
 plasma and the liver lipidome (skipped with a message when their CSVs are absent) and each
-depth 0, 1, 2 it prints, with the Gibbs engine:
+depth 0, 1, 2 it prints, with the Gibbs engine (a last row, ``stage 1``, scores the unshrunk
+estimates, θ ~ N(b, se²), as a reference):
 
 * split halves (:func:`bayeshier_pymc.calibration.split_half_check`): 95% predictive coverage
   of the other half's estimates (goal 93–97%), sign errors among lfsr < 0.05 calls where the
@@ -23,7 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bayeshier_pymc.calibration import StageTwo, known_truth_check, split_half_check
+from bayeshier_pymc.calibration import (
+    StageTwo,
+    known_truth_check,
+    split_half_check,
+    stage_one_posterior,
+)
 from bayeshier_pymc.validation_data import (
     LIVER_FILES,
     QMDIAB_FILES,
@@ -63,8 +69,12 @@ def main() -> None:
         )
         split_rows, truth_rows, mse = {}, {}, {}
         covariance = real_residual_covariance(study) if args.replicates > 0 else None
-        for depth in DEPTHS:
-            stage_two = StageTwo(depth=depth, draws=args.draws, tune=args.draws // 2)
+        for depth in (*DEPTHS, "stage 1"):
+            stage_two = (
+                stage_one_posterior
+                if depth == "stage 1"
+                else StageTwo(depth=depth, draws=args.draws, tune=args.draws // 2)
+            )
             start = time.perf_counter()
             halves = split_half_check(
                 study.Y,
@@ -88,7 +98,7 @@ def main() -> None:
                 )
                 truth_rows[depth] = truth.loc["mean"]
         table = pd.DataFrame(split_rows).T.rename_axis("depth")
-        differences = {depth: mse[depth] - mse[0] for depth in DEPTHS}
+        differences = {depth: mse[depth] - mse[0] for depth in mse}
         table["mse_minus_depth0"] = [d.mean() for d in differences.values()]
         table["se_of_difference"] = [
             d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else np.nan for d in differences.values()

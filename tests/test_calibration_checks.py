@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from bayeshier_pymc import Hierarchy, simulate
 from bayeshier_pymc.calibration import (
@@ -15,6 +14,7 @@ from bayeshier_pymc.calibration import (
     known_truth_scores,
     split_half_check,
     split_half_scores,
+    stage_one_posterior,
 )
 from bayeshier_pymc.validation_data import (
     LIVER_FILES,
@@ -22,19 +22,6 @@ from bayeshier_pymc.validation_data import (
     has_files,
     read_liver_lipidome,
 )
-
-
-def stage_one_as_posterior(fit, hierarchy, covariates, random_seed) -> PosteriorSummary:
-    """No shrinkage: θ ~ N(b, se²), whose intervals and lfsr are exact for unbiased b."""
-    mean = fit.coef.sel(covariate=covariates)
-    sd = fit.se.sel(covariate=covariates)
-    return PosteriorSummary(
-        mean=mean,
-        sd=sd,
-        lower=mean - 1.959963984540054 * sd,
-        upper=mean + 1.959963984540054 * sd,
-        lfsr=mean * 0 + stats.norm.sf(np.abs(mean / sd)),
-    )
 
 
 def test_split_half_arithmetic_on_a_tiny_case():
@@ -88,7 +75,7 @@ def test_split_halves_of_unshrunk_estimates_are_calibrated():
     study = simulate(n=120, m=300, p=2, random_seed=3)
     tree = Hierarchy.from_frame(study.annotations, ["subclass"])
     result = split_half_check(
-        study.Y, study.X, tree, stage_two=stage_one_as_posterior, n_splits=4, random_seed=1
+        study.Y, study.X, tree, stage_two=stage_one_posterior, n_splits=4, random_seed=1
     )
     assert list(result.index) == [0, 1, 2, 3, "mean"]
     mean = result.loc["mean"]
@@ -107,7 +94,7 @@ def test_known_truth_check_of_unshrunk_estimates_covers_under_correlated_noise(r
         study.X,
         tree,
         covariance,
-        stage_two=stage_one_as_posterior,
+        stage_two=stage_one_posterior,
         feature_sd=1.0,
         n_replicates=30,
         random_seed=2,
@@ -117,9 +104,9 @@ def test_known_truth_check_of_unshrunk_estimates_covers_under_correlated_noise(r
     assert abs(coverage.mean() - 0.945) < 3.0 * coverage.std(ddof=1) / np.sqrt(coverage.size)
     assert result.loc["mean", "mse_gain"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="positive definite"):
-        known_truth_check(study.X, tree, -np.eye(40), stage_two=stage_one_as_posterior)
+        known_truth_check(study.X, tree, -np.eye(40), stage_two=stage_one_posterior)
     with pytest.raises(ValueError, match="40 × 40"):
-        known_truth_check(study.X, tree, np.eye(3), stage_two=stage_one_as_posterior)
+        known_truth_check(study.X, tree, np.eye(3), stage_two=stage_one_posterior)
 
 
 @pytest.mark.filterwarnings("ignore:the sampler's diagnostics failed")
@@ -140,7 +127,7 @@ def test_split_halves_of_the_liver_lipidome_are_calibrated_before_shrinkage(shar
         study.Y,
         study.X,
         study.hierarchy,
-        stage_two=stage_one_as_posterior,
+        stage_two=stage_one_posterior,
         n_splits=3,
         random_seed=0,
     )
