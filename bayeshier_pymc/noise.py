@@ -116,6 +116,23 @@ class TreeNoise:
             )
         return self.residual.scaled(float(self.covariate_scale[covariate]))
 
+    def align(self, features: object) -> TreeNoise:
+        """The same noise restricted to ``features``, in that order (a node's variance stays).
+
+        Raises
+        ------
+        ValueError
+            For features the noise structure does not cover.
+        """
+        tree = self.hierarchy.align(features)
+        kept = self.hierarchy.features.get_indexer(tree.features)
+        groups = tuple(
+            variances[self.hierarchy.groups[level].get_indexer(tree.groups[level])]
+            for level, variances in enumerate(self.residual.groups)
+        )
+        residual = NodeVariances(self.residual.top, groups, self.residual.own[kept])
+        return TreeNoise(tree, residual, self.covariate_scale, self.estimation)
+
     def shared_variance(self) -> np.ndarray:
         """Each feature's residual variance shared with others (the sum over its path)."""
         shared = np.full(self.hierarchy.n_features, self.residual.top)

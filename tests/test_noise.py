@@ -72,6 +72,15 @@ def test_dense_covariance_and_own_variances_reproduce_the_residual_variances(rng
     assert np.allclose(noise.covariance("b"), noise.covariate_scale["b"] * dense)
 
 
+def test_aligned_noise_is_the_submatrix_of_the_dense_covariance(rng):
+    noise = tree_noise(_study(100, rng), _hierarchy())
+    order = [5, 0, 17, 20, 3]  # drops every feature of s1 and s4
+    aligned = noise.align([f"f{j}" for j in order])
+    assert np.allclose(aligned.covariance("a"), noise.covariance("a")[np.ix_(order, order)])
+    with pytest.raises(ValueError, match="no annotation"):
+        noise.align(["f0", "g9"])
+
+
 def test_own_variances_stay_positive_when_a_group_member_is_quiet(rng):
     fit = _study(300, rng)
     y = fit.Y.copy()
