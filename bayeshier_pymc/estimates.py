@@ -11,6 +11,7 @@ import pandas as pd
 import xarray as xr
 
 from bayeshier_pymc._validation import as_finite_matrix, check_positive, check_unique_labels
+from bayeshier_pymc.noise import TreeNoise
 
 __all__ = ["Estimates"]
 
@@ -23,10 +24,13 @@ class Estimates:
     """Estimates ``b`` and standard errors ``s`` with dims ``("covariate", "feature")``.
 
     Build it with :meth:`from_any`, which accepts a stage-1 fit, a tidy frame or arrays.
+    ``noise`` is the estimates' correlated-noise structure
+    (:func:`~bayeshier_pymc.noise.tree_noise`), or ``None`` for independent errors (``se²``).
     """
 
     estimate: xr.DataArray
     se: xr.DataArray
+    noise: TreeNoise | None = None
 
     @property
     def covariates(self) -> pd.Index:
@@ -44,6 +48,7 @@ class Estimates:
         estimates: Any,
         *,
         covariates: list[Any] | None = None,
+        noise: TreeNoise | None = None,
     ) -> Estimates:
         """Normalise any supported stage-1 output.
 
@@ -57,6 +62,10 @@ class Estimates:
             DataFrames (covariates as rows, features as columns).
         covariates
             Keep only these covariates, in this order.
+        noise
+            The estimates' noise structure (its features in the estimates' order, every
+            covariate among its covariates); default: the one ``estimates`` carries, if any
+            (an :class:`Estimates`), else none.
 
         Returns
         -------
@@ -66,7 +75,8 @@ class Estimates:
         ------
         ValueError
             For an unknown input type, mismatched shapes or labels, duplicated labels,
-            non-finite values, or standard errors that are not strictly positive.
+            non-finite values, standard errors that are not strictly positive, or a noise
+            structure whose features or covariates do not match.
         """
         if isinstance(estimates, Estimates):
             result = estimates
@@ -95,8 +105,13 @@ class Estimates:
                     f"{result.covariates.tolist()!r}."
                 )
             result = Estimates(
-                result.estimate.sel(covariate=covariates), result.se.sel(covariate=covariates)
+                result.estimate.sel(covariate=covariates),
+                result.se.sel(covariate=covariates),
+                result.noise,
             )
+        if noise is not None:
+            _check_noise(noise, result)
+            result = Estimates(result.estimate, result.se, noise)
         return result
 
     @classmethod
@@ -169,6 +184,16 @@ class Estimates:
         """Tidy frame with columns ``covariate, feature, estimate, se``."""
         frame = xr.Dataset({"estimate": self.estimate, "se": self.se}).to_dataframe()
         return frame.reset_index()[list(TIDY_COLUMNS)]
+
+
+def _check_noise(noise: object, estimates: Estimates) -> None:
+    if not isinstance(noise, TreeNoise):
+        raise ValueError(f"noise must be a TreeNoise, got {type(noise).__name__}.")
+    if not noise.features.equals(estimates.features):
+        raise ValueError("the noise structure's features differ from the estimates' (or order).")
+    absent = estimates.covariates.difference(noise.covariate_scale.index)
+    if len(absent):
+        raise ValueError(f"the noise structure lacks covariate(s) {absent.tolist()!r}.")
 
 
 def _labels_of(values: Any) -> tuple[pd.Index | None, pd.Index | None]:

@@ -273,6 +273,20 @@ class MLMFit:
         )
 
     @cached_property
+    def coef_variance_factor(self) -> xr.DataArray:
+        """``c_kk = [(X'X)⁻¹]_kk`` per covariate: ``Cov(B̂_k·) = c_kk A Σ A'``.
+
+        ``A = (Z'WZ)⁻¹ Z'W``, or the identity for ``Z=None``. The standard errors are
+        ``se_kj² = c_kk (A Σ̂ A')_jj``, the plain (not sandwich) ones.
+        """
+        return xr.DataArray(
+            self._core.xtx_inv_diag.copy(),
+            dims=(COVARIATE,),
+            coords={COVARIATE: _coord(self._x_design.columns)},
+            name="coef_variance_factor",
+        )
+
+    @cached_property
     def fitted(self) -> xr.DataArray:
         """Fitted values ``X B̂ Z'`` (sample, feature)."""
         return self._sample_array(self._y - self._residual_values, "fitted")

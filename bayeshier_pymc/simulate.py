@@ -9,7 +9,36 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-__all__ = ["SimulatedStudy", "simulate", "train_test_split"]
+__all__ = ["ResidualNoise", "SimulatedStudy", "simulate", "train_test_split"]
+
+
+@dataclass(frozen=True)
+class ResidualNoise:
+    """Correlated residuals for :func:`simulate`, added to (or replacing) the independent ones.
+
+    Each component is switched off by its default; with all defaults the residuals are the
+    independent ``N(0, sigma_y²)`` ones.
+
+    Attributes
+    ----------
+    covariance
+        An m × m positive definite covariance (e.g. a real data set's,
+        :func:`bayeshier_pymc.validation_data.real_residual_covariance`): the rows of the base
+        residuals are ``N(0, covariance)`` instead of ``N(0, sigma_y² I)``.
+    subclass_sd, superclass_sd, global_sd
+        Tree-structured noise: per sample, one ``N(0, sd²)`` value shared by the metabolites of
+        each subclass, of each superclass (needs ``n_superclasses``), and by all.
+    n_factors, factor_sd
+        Factor residuals: ``F L'`` with ``F`` (n × n_factors) standard normal and loadings
+        ``L`` (m × n_factors) drawn once ``N(0, factor_sd²)``.
+    """
+
+    covariance: np.ndarray | None = None
+    subclass_sd: float = 0.0
+    superclass_sd: float = 0.0
+    global_sd: float = 0.0
+    n_factors: int = 0
+    factor_sd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -27,12 +56,16 @@ class SimulatedStudy:
     annotations
         Feature annotation table (index: feature; columns: ``subclass`` and, with
         superclasses, ``superclass``).
+    residual_covariance
+        The true m × m covariance of a residual row with correlated residuals
+        (:class:`ResidualNoise`); ``None`` for independent ones (``sigma_y² I``).
     """
 
     X: pd.DataFrame
     Y: pd.DataFrame
     B: xr.DataArray
     annotations: pd.DataFrame
+    residual_covariance: np.ndarray | None = None
 
     @property
     def levels(self) -> list[str]:
@@ -52,6 +85,7 @@ def simulate(
     sigma_y: float = 1.0,
     n_superclasses: int | Sequence[int] | None = None,
     tau_u: float = 0.12,
+    residuals: ResidualNoise | None = None,
     random_seed: int | None = None,
 ) -> SimulatedStudy:
     """Simulate the research design.
@@ -59,7 +93,9 @@ def simulate(
     X ~ N(0, 1) (n × p); for each covariate k, θ0_k ~ N(0, theta0_scale²); superclass means
     α_gk ~ N(θ0_k, tau_u²) (only with ``n_superclasses``); subclass means
     β_hk ~ N(α_g(h)k or θ0_k, tau_v²); θ_jk ~ N(β_h(j)k, tau_w²); Y = X B + E with
-    E ~ N(0, sigma_y²). There is no intercept.
+    E ~ N(0, sigma_y²), or correlated residuals (``residuals``). There is no intercept. The
+    correlated components are drawn after everything else, so a seed gives the same truth and
+    X with and without them, and the independent setting's numbers are those of before.
 
     Parameters
     ----------
@@ -77,6 +113,8 @@ def simulate(
     n_superclasses
         Group the subclasses, in order, into superclasses: an integer splits them as evenly
         as possible into that many; a sequence gives the number of subclasses in each.
+    residuals
+        Correlated residuals (see :class:`ResidualNoise`); ``None``: independent ones.
     random_seed
         Seed of the generator.
 
@@ -105,7 +143,12 @@ def simulate(
     theta = rng.normal(beta[:, subclass_of], tau_w)
 
     X = rng.normal(size=(n, p))
-    Y = X @ theta + rng.normal(0.0, sigma_y, size=(n, m))
+    if residuals is None:
+        noise, residual_covariance = rng.normal(0.0, sigma_y, size=(n, m)), None
+    else:
+        groups = [subclass_of] if super_of_sub is None else [subclass_of, super_of_sub[subclass_of]]
+        noise, residual_covariance = _correlated_residuals(residuals, n, groups, sigma_y, rng)
+    Y = X @ theta + noise
 
     samples = pd.Index([f"sample_{i}" for i in range(n)], name="sample")
     covariates = pd.Index([f"x{k}" for k in range(p)], name="covariate")
@@ -123,7 +166,52 @@ def simulate(
             name="B",
         ),
         annotations=annotations,
+        residual_covariance=residual_covariance,
     )
+
+
+def _correlated_residuals(
+    settings: ResidualNoise,
+    n: int,
+    groups: list[np.ndarray],
+    sigma_y: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals (n × m) of ``settings`` and their true row covariance (m × m).
+
+    ``groups`` holds the subclass and, with superclasses, the superclass of every metabolite.
+    """
+    m = groups[0].size
+    if settings.superclass_sd > 0 and len(groups) < 2:
+        raise ValueError("superclass_sd needs a study with superclasses (n_superclasses).")
+    sds = (settings.subclass_sd, settings.superclass_sd, settings.global_sd, settings.factor_sd)
+    if min(sds) < 0 or settings.n_factors < 0:
+        raise ValueError("the residual noise's sds and n_factors must not be negative.")
+    if settings.covariance is None:
+        noise = rng.normal(0.0, sigma_y, size=(n, m))
+        covariance = sigma_y**2 * np.eye(m)
+    else:
+        covariance = np.array(settings.covariance, dtype=float)
+        if covariance.shape != (m, m):
+            raise ValueError(f"the residual covariance must be {m} × {m}, got {covariance.shape}.")
+        try:
+            factor = np.linalg.cholesky(covariance)
+        except np.linalg.LinAlgError as error:
+            raise ValueError("the residual covariance must be positive definite.") from error
+        noise = rng.standard_normal((n, m)) @ factor.T
+    shared = [
+        (np.zeros(m, dtype=np.intp), settings.global_sd),
+        *((codes, sd) for codes, sd in zip(groups, sds[:2], strict=False)),
+    ]
+    for codes, sd in shared:
+        if sd > 0:
+            noise += rng.normal(0.0, sd, size=(n, codes.max() + 1))[:, codes]
+            covariance += sd**2 * (codes[:, None] == codes[None, :])
+    if settings.n_factors > 0 and settings.factor_sd > 0:
+        loadings = rng.normal(0.0, settings.factor_sd, size=(m, settings.n_factors))
+        noise += rng.standard_normal((n, settings.n_factors)) @ loadings.T
+        covariance += loadings @ loadings.T
+    return noise, covariance
 
 
 def _superclass_map(n_superclasses: int | Sequence[int], n_sub: int) -> np.ndarray:
@@ -183,6 +271,12 @@ def train_test_split(
     order = np.random.default_rng(random_seed).permutation(n)
     parts = (np.sort(order[:n_train]), np.sort(order[n_train:]))
     return tuple(  # type: ignore[return-value]
-        SimulatedStudy(study.X.iloc[rows], study.Y.iloc[rows], study.B, study.annotations)
+        SimulatedStudy(
+            study.X.iloc[rows],
+            study.Y.iloc[rows],
+            study.B,
+            study.annotations,
+            study.residual_covariance,
+        )
         for rows in parts
     )

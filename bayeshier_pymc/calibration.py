@@ -1,0 +1,382 @@
+"""Calibration checks on data the model did not generate.
+
+* :func:`split_half_check` (real data, truth unknown): the samples are split at random into
+  halves A and B and stage 1 is fitted on each. B's estimates are independent of A's and
+  unbiased for the truth, so with A's posterior mean μ and sd σ:
+
+  - the 95% predictive interval ``|b_B − μ| ≤ 1.96 √(σ² + s_B²)`` should cover ≈ 95%;
+  - among A's calls (lfsr < 0.05) where B is strongly significant (``|b_B / s_B| > 3``), the
+    share whose sign disagrees with B should be about the calls' mean lfsr;
+  - ``mean((b_B − μ)²) − mean(s_B²)`` is A's coefficient MSE without knowing the truth;
+    the same with raw ``b_A`` in place of μ gives stage 1's, and their ratio the MSE gain.
+
+* :func:`known_truth_check` (real noise, known truth): ``Y = X B + E`` with a real design, E's
+  rows drawn from a given (e.g. a real data set's) residual covariance, and true effects with
+  group structure; it reports the coverage of the true θ, the false sign rate among
+  lfsr < 0.05 calls against their mean lfsr, and the MSE gain over stage 1.
+
+Stage 2 is any callable ``stage_two(fit, hierarchy, covariates, random_seed)`` returning a
+:class:`PosteriorSummary`; :class:`StageTwo` runs :class:`~bayeshier_pymc.ShrinkageModel` with
+given settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats
+
+from bayeshier_pymc.hierarchy import Hierarchy
+from bayeshier_pymc.mlm import MLMFit, mlm
+from bayeshier_pymc.results import coefficient_summary
+from bayeshier_pymc.shrinkage import ShrinkageModel
+
+__all__ = [
+    "PosteriorSummary",
+    "StageTwo",
+    "known_truth_check",
+    "known_truth_scores",
+    "split_half_check",
+    "split_half_scores",
+    "stage_one_posterior",
+]
+
+Z_95 = 1.959963984540054
+LFSR_LEVEL = 0.05
+STRONG_Z = 3.0
+
+
+@dataclass(frozen=True)
+class PosteriorSummary:
+    """Posterior mean, sd, 95% interval and lfsr of θ, each (covariate, feature)."""
+
+    mean: xr.DataArray
+    sd: xr.DataArray
+    lower: xr.DataArray
+    upper: xr.DataArray
+    lfsr: xr.DataArray
+
+
+@dataclass(frozen=True)
+class StageTwo:
+    """Fit :class:`~bayeshier_pymc.ShrinkageModel` to a stage-1 fit with these settings.
+
+    Attributes
+    ----------
+    depth
+        Annotation levels used (``None``: all; 0: one global mean).
+    sampler
+        ``"gibbs"`` (default, fast) or ``"nuts"``.
+    draws, tune, chains
+        Passed to :meth:`ShrinkageModel.sample`.
+    priors
+        Prior settings (default: the package's).
+    sample_options
+        Further keyword arguments of :meth:`ShrinkageModel.sample`.
+    """
+
+    depth: int | None = None
+    sampler: Literal["gibbs", "nuts"] = "gibbs"
+    draws: int = 1000
+    tune: int = 500
+    chains: int = 4
+    priors: Mapping[str, Any] | None = None
+    sample_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(
+        self,
+        fit: MLMFit,
+        hierarchy: Hierarchy,
+        covariates: Sequence[Any],
+        random_seed: int,
+    ) -> PosteriorSummary:
+        """Shrink ``covariates`` of ``fit`` along ``hierarchy`` and summarise θ."""
+        model = ShrinkageModel(
+            fit, hierarchy, depth=self.depth, priors=self.priors, covariates=list(covariates)
+        )
+        idata = model.sample(
+            self.sampler,
+            draws=self.draws,
+            tune=self.tune,
+            chains=self.chains,
+            random_seed=random_seed,
+            progressbar=False,
+            **self.sample_options,
+        )
+        summary = coefficient_summary(idata, hdi_prob=0.95)
+        return PosteriorSummary(
+            mean=summary["mean"],
+            sd=summary["sd"],
+            lower=summary["hdi_lower"],
+            upper=summary["hdi_upper"],
+            lfsr=summary["lfsr"],
+        )
+
+
+StageTwoFit = Callable[[MLMFit, Hierarchy, Sequence[Any], int], PosteriorSummary]
+
+
+def stage_one_posterior(
+    fit: MLMFit,
+    hierarchy: Hierarchy,
+    covariates: Sequence[Any],
+    random_seed: int,
+) -> PosteriorSummary:
+    """The unshrunk reference: θ ~ N(b, se²) from stage 1 alone (a stage-2 stand-in).
+
+    Its intervals and lfsr are those of the stage-1 estimates (normal, not t), so the checks
+    run with it measure how far stage 1's own assumptions hold on the data. ``hierarchy`` and
+    ``random_seed`` are unused (the signature of a stage-2 fit).
+    """
+    mean = fit.coef.sel(covariate=list(covariates))
+    sd = fit.se.sel(covariate=list(covariates))
+    return PosteriorSummary(
+        mean=mean,
+        sd=sd,
+        lower=mean - Z_95 * sd,
+        upper=mean + Z_95 * sd,
+        lfsr=xr.apply_ufunc(stats.norm.sf, np.abs(mean / sd)),
+    )
+
+
+def split_half_scores(
+    b_a: np.ndarray,
+    b_b: np.ndarray,
+    s_b: np.ndarray,
+    mean: np.ndarray,
+    sd: np.ndarray,
+    lfsr: np.ndarray,
+) -> dict[str, float]:
+    """Scores of half A's posterior against half B's independent estimates.
+
+    Parameters
+    ----------
+    b_a
+        Half A's stage-1 estimates.
+    b_b, s_b
+        Half B's estimates and standard errors.
+    mean, sd, lfsr
+        Half A's posterior mean, sd and lfsr of θ. All arrays have one shape.
+
+    Returns
+    -------
+    dict
+        ``coverage`` of the 95% predictive intervals; ``calls`` (lfsr < 0.05),
+        ``checked_calls`` (of those, ``|b_B / s_B| > 3``), their ``sign_error_rate`` against B
+        and ``claimed_lfsr`` (their mean lfsr; NaN without checked calls); ``mse`` and
+        ``mse_raw`` (A's posterior mean and raw estimates, truth-free) and ``mse_gain``
+        (``mse_raw / mse``).
+    """
+    arrays = [np.asarray(a, dtype=float).ravel() for a in (b_a, b_b, s_b, mean, sd, lfsr)]
+    if len({a.size for a in arrays}) != 1:
+        raise ValueError("the split-half arrays must all have the same number of values.")
+    b_a, b_b, s_b, mean, sd, lfsr = arrays
+    covered = np.abs(b_b - mean) <= Z_95 * np.sqrt(sd * sd + s_b * s_b)
+    calls = lfsr < LFSR_LEVEL
+    checked = calls & (np.abs(b_b / s_b) > STRONG_Z)
+    wrong = np.sign(mean[checked]) != np.sign(b_b[checked])
+    noise = float(np.mean(s_b * s_b))
+    mse = float(np.mean((b_b - mean) ** 2)) - noise
+    mse_raw = float(np.mean((b_b - b_a) ** 2)) - noise
+    return {
+        "coverage": float(covered.mean()),
+        "calls": int(calls.sum()),
+        "checked_calls": int(checked.sum()),
+        "sign_error_rate": float(wrong.mean()) if checked.any() else float("nan"),
+        "claimed_lfsr": float(lfsr[checked].mean()) if checked.any() else float("nan"),
+        "mse": mse,
+        "mse_raw": mse_raw,
+        "mse_gain": mse_raw / mse,
+    }
+
+
+def split_half_check(
+    Y: pd.DataFrame,
+    X: pd.DataFrame,
+    hierarchy: Hierarchy,
+    *,
+    stage_two: StageTwoFit | None = None,
+    covariates: Sequence[Any] | None = None,
+    n_splits: int = 6,
+    random_seed: int = 0,
+) -> pd.DataFrame:
+    """Split-half calibration check on real data (see the module docstring).
+
+    Parameters
+    ----------
+    Y
+        Responses, samples × features (cleaned, e.g. log-transformed).
+    X
+        Sample covariates, samples × covariates, without an intercept (one is added).
+    hierarchy
+        The features' annotation tree.
+    stage_two
+        The stage-2 fit (default: :class:`StageTwo` with its defaults).
+    covariates
+        Covariates checked (default: every column of X).
+    n_splits
+        Number of random splits.
+    random_seed
+        Seed of the splits and of the stage-2 fits.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per split (index ``split`` 0, 1, …) and a ``"mean"`` row, columns as
+        :func:`split_half_scores` returns (the ``mean`` row averages the rates and MSEs over
+        splits, ``mse_gain`` is the ratio of the averaged MSEs).
+    """
+    stage_two = StageTwo() if stage_two is None else stage_two
+    covariates = list(X.columns) if covariates is None else list(covariates)
+    if n_splits < 1:
+        raise ValueError(f"n_splits must be at least 1, got {n_splits}.")
+    n_obs = Y.shape[0]
+    if X.shape[0] != n_obs:
+        raise ValueError(f"Y has {n_obs} samples but X has {X.shape[0]}.")
+    seeds = np.random.SeedSequence(random_seed).spawn(n_splits)
+    rows = {}
+    for split, seed in enumerate(seeds):
+        order = np.random.default_rng(seed).permutation(n_obs)
+        half_a, half_b = np.sort(order[: n_obs // 2]), np.sort(order[n_obs // 2 :])
+        fit_a = mlm(Y.iloc[half_a], X.iloc[half_a])
+        fit_b = mlm(Y.iloc[half_b], X.iloc[half_b])
+        posterior = stage_two(fit_a, hierarchy, covariates, int(seed.generate_state(1)[0]))
+
+        features = posterior.mean["feature"]
+        b_a, b_b, s_b = (
+            values.sel(covariate=covariates, feature=features).to_numpy()
+            for values in (fit_a.coef, fit_b.coef, fit_b.se)
+        )
+        rows[split] = split_half_scores(
+            b_a,
+            b_b,
+            s_b,
+            posterior.mean.sel(covariate=covariates).to_numpy(),
+            posterior.sd.sel(covariate=covariates).to_numpy(),
+            posterior.lfsr.sel(covariate=covariates).to_numpy(),
+        )
+    return _with_mean_row(pd.DataFrame.from_dict(rows, orient="index").rename_axis("split"))
+
+
+def known_truth_scores(
+    truth: np.ndarray, b: np.ndarray, posterior: PosteriorSummary
+) -> dict[str, float]:
+    """Scores of a posterior against the true θ.
+
+    Parameters
+    ----------
+    truth
+        True θ, (covariate, feature) in the posterior's order.
+    b
+        Stage-1 estimates, same shape.
+    posterior
+        The posterior summary.
+
+    Returns
+    -------
+    dict
+        ``coverage`` of the true θ by the 95% intervals; ``calls`` (lfsr < 0.05), their
+        ``false_sign_rate`` (posterior mean's sign differs from the truth's) and
+        ``claimed_lfsr``; ``mse``, ``mse_raw`` and ``mse_gain``.
+    """
+    lower, upper = posterior.lower.to_numpy(), posterior.upper.to_numpy()
+    mean, lfsr = posterior.mean.to_numpy(), posterior.lfsr.to_numpy()
+    calls = lfsr < LFSR_LEVEL
+    mse = float(np.mean((mean - truth) ** 2))
+    mse_raw = float(np.mean((b - truth) ** 2))
+    return {
+        "coverage": float(np.mean((lower <= truth) & (truth <= upper))),
+        "calls": int(calls.sum()),
+        "false_sign_rate": float(np.mean(np.sign(mean[calls]) != np.sign(truth[calls])))
+        if calls.any()
+        else float("nan"),
+        "claimed_lfsr": float(lfsr[calls].mean()) if calls.any() else float("nan"),
+        "mse": mse,
+        "mse_raw": mse_raw,
+        "mse_gain": mse_raw / mse,
+    }
+
+
+def known_truth_check(
+    X: pd.DataFrame,
+    hierarchy: Hierarchy,
+    covariance: np.ndarray,
+    *,
+    stage_two: StageTwoFit | None = None,
+    group_sd: float = 0.3,
+    feature_sd: float = 0.1,
+    n_replicates: int = 3,
+    random_seed: int = 0,
+) -> pd.DataFrame:
+    """Real noise, known truth: simulate ``Y = X B + E`` and score stage 2 against B.
+
+    True effects of every covariate are group effects at the finest annotation level
+    (``N(0, group_sd²)``, one per group) plus feature deviations (``N(0, feature_sd²)``); the
+    intercept is 0. E's rows are ``N(0, covariance)``. Stage 1 is fitted with an intercept.
+
+    Parameters
+    ----------
+    X
+        Real sample covariates, samples × covariates, without an intercept.
+    hierarchy
+        The features' tree (at least one level); its features are Y's.
+    covariance
+        Residual covariance, m × m, positive definite (e.g.
+        :func:`bayeshier_pymc.validation_data.blended_residual_covariance`).
+    stage_two
+        The stage-2 fit (default: :class:`StageTwo`).
+    group_sd, feature_sd
+        Standard deviations of the group effects and of the features around them.
+    n_replicates
+        Number of simulated data sets.
+    random_seed
+        Seed of the simulation and of the stage-2 fits.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per replicate and a ``"mean"`` row, columns as :func:`known_truth_scores`.
+    """
+    stage_two = StageTwo() if stage_two is None else stage_two
+    m = hierarchy.n_features
+    covariance = np.asarray(covariance, dtype=float)
+    if covariance.shape != (m, m):
+        raise ValueError(
+            f"covariance must be {m} × {m} (the tree's features), got {covariance.shape}."
+        )
+    if hierarchy.depth < 1:
+        raise ValueError("the known-truth check needs a hierarchy with at least one level.")
+    try:
+        factor = np.linalg.cholesky(covariance)
+    except np.linalg.LinAlgError as error:
+        raise ValueError("covariance must be symmetric positive definite.") from error
+    groups = hierarchy.membership(0)
+    covariates = list(X.columns)
+    seeds = np.random.SeedSequence(random_seed).spawn(n_replicates)
+    rows = {}
+    for replicate, seed in enumerate(seeds):
+        rng = np.random.default_rng(seed)
+        group_effects = rng.normal(0.0, group_sd, size=(len(covariates), hierarchy.n_groups[0]))
+        truth = group_effects[:, groups] + rng.normal(0.0, feature_sd, (len(covariates), m))
+        noise = rng.standard_normal((X.shape[0], m)) @ factor.T
+        y = pd.DataFrame(X.to_numpy() @ truth + noise, index=X.index, columns=hierarchy.features)
+        fit = mlm(y, X)
+        posterior = stage_two(fit, hierarchy, covariates, int(seed.generate_state(1)[0]))
+        order = hierarchy.features.get_indexer(posterior.mean["feature"].to_numpy())
+        b = fit.coef.sel(covariate=covariates, feature=posterior.mean["feature"]).to_numpy()
+        rows[replicate] = known_truth_scores(truth[:, order], b, posterior)
+    return _with_mean_row(pd.DataFrame.from_dict(rows, orient="index").rename_axis("replicate"))
+
+
+def _with_mean_row(frame: pd.DataFrame) -> pd.DataFrame:
+    """Append the mean over rows; the gain of the mean row is the ratio of the mean MSEs."""
+    mean = frame.mean(numeric_only=True)
+    mean["mse_gain"] = mean["mse_raw"] / mean["mse"]
+    result = pd.concat([frame.astype(float), mean.to_frame("mean").T])
+    result.index.name = frame.index.name
+    return result
