@@ -309,7 +309,9 @@ def add_log_likelihood(
 ) -> az.InferenceData:
     """Store the pointwise log-likelihood ``kind`` in ``idata.log_likelihood``, in place.
 
-    After ``add_log_likelihood(idata, "conditional")`` the fit holds both forms; give
+    The one function of the package that changes the InferenceData it is given: adding a
+    group to the caller's fit is its job (use :func:`with_log_likelihood` for a light copy
+    instead). After ``add_log_likelihood(idata, "conditional")`` the fit holds both forms; give
     ``az.loo`` / ``az.compare`` the ``var_name`` to use.
 
     Parameters

@@ -166,7 +166,10 @@ def sample_gibbs(
     backend: Literal["numpy", "pymc"] = "numpy",
     cores: int | None = None,
 ) -> az.InferenceData:
-    """Sample the shrinkage posterior by Gibbs sampling: :func:`sample` with ``"gibbs"``.
+    """Sample the shrinkage posterior by Gibbs sampling.
+
+    :func:`sample` with ``"gibbs"``, without its convergence warning (for runs too short
+    for diagnostics, such as tests and benchmarks).
 
     Parameters
     ----------
@@ -202,9 +205,8 @@ def sample_gibbs(
         and, for the collapsed scheme, ``scale_acceptance``; ``attrs["sampling_time"]`` is in
         seconds.
     """
-    return sample(
+    run = _sample_gibbs(
         problem,
-        "gibbs",
         draws=draws,
         tune=tune,
         chains=chains,
@@ -216,6 +218,7 @@ def sample_gibbs(
         theta_dtype=theta_dtype,
         backend=backend,
     )
+    return finish(problem, run)
 
 
 def draw_given_scales(
