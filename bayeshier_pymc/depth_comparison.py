@@ -442,9 +442,9 @@ def group_log_likelihood(
     xarray.DataArray
         Dims ``("chain", "draw", "covariate", level)``.
     """
-    full, target = _group_target(idata, hierarchy, level)
-    tau = idata.posterior.get("tau")
-    values = _held_out_values(idata, full, target, tau)
+    problem = problem_from_idata(idata)
+    full, target = _group_target(problem, hierarchy, level)
+    values = _held_out_values(problem, full, target, idata.posterior.get("tau"), _n_draws(idata))
     level = "feature" if target == 0 else full.levels[target - 1]
     labels = full.features if target == 0 else full.groups[target - 1]
     return xr.DataArray(
@@ -453,37 +453,48 @@ def group_log_likelihood(
         coords={
             "chain": idata.posterior["chain"].to_numpy(),
             "draw": idata.posterior["draw"].to_numpy(),
-            "covariate": idata.observed_data["covariate"].to_numpy(),
+            "covariate": problem.covariates.to_numpy(),
             level: np.asarray(labels),
         },
         name=GROUP_LOG_LIKELIHOOD,
     )
 
 
+def _n_draws(idata: az.InferenceData) -> tuple[int, int]:
+    """Numbers of chains and draws of a fit."""
+    return idata.posterior.sizes["chain"], idata.posterior.sizes["draw"]
+
+
 def _group_target(
-    idata: az.InferenceData, hierarchy: Hierarchy, level: str | None
+    problem: ShrinkageProblem, hierarchy: Hierarchy, level: str | None
 ) -> tuple[Hierarchy, int]:
     """The tree aligned with the fit's features and the position of ``level`` (0 = feature)."""
-    full = hierarchy.align(idata.observed_data["feature"].to_numpy())
+    full = hierarchy.align(problem.features)
     level = full.levels[0] if level is None else level
     if level != "feature" and level not in full.levels:
         raise ValueError(f"unknown level {level!r}; the hierarchy has {list(full.levels)!r}.")
-    _check_fit_matches(problem_from_idata(idata), full)
+    _check_fit_matches(problem, full)
     return full, 0 if level == "feature" else full.levels.index(level) + 1
 
 
 def _held_out_values(
-    idata: az.InferenceData, full: Hierarchy, target: int, tau: xr.DataArray | None
+    problem: ShrinkageProblem,
+    full: Hierarchy,
+    target: int,
+    tau: xr.DataArray | None,
+    n_draws: tuple[int, int],
 ) -> np.ndarray:
-    """Log p(b_G | b_−G, τ) as (chain, draw, covariate, group) for the draws ``tau``."""
-    problem = problem_from_idata(idata)
+    """Log p(b_G | b_−G, τ) as (chain, draw, covariate, group) for the draws ``tau``.
+
+    Without pooling (or without ``tau``) the value is the same in each of the ``n_draws``
+    (chains, draws).
+    """
     priors = problem.priors
     b, var_b = problem.b, problem.var_b
     if not problem.pooled or tau is None:
         per_group = _no_pooling_group_log_lik(b, var_b, _unit_to_group(full, 0, target), priors)
-        shape = (idata.posterior.sizes["chain"], idata.posterior.sizes["draw"], *per_group.shape)
-        return np.broadcast_to(per_group, shape).copy()
-    tau_values = tau.sel(covariate=idata.observed_data["covariate"].to_numpy())
+        return np.broadcast_to(per_group, (*n_draws, *per_group.shape)).copy()
+    tau_values = tau.sel(covariate=problem.covariates.to_numpy())
     tau_values = tau_values.transpose("chain", "draw", "covariate", "level").to_numpy()
     tree = TreeIndex.from_hierarchy(full.truncate(problem.index.depth))
     unit_level = min(target, tree.depth)
@@ -521,7 +532,8 @@ def _refit_bad_groups(
     the fit without G; every covariate of G is replaced. Returns the new ELPDData and the
     labels of the refitted groups.
     """
-    full, target = _group_target(idata, hierarchy, level)
+    problem = problem_from_idata(idata)
+    full, target = _group_target(problem, hierarchy, level)
     k = np.array(elpd["pareto_k"])
     bad_groups = np.flatnonzero((k > elpd["good_k"]).any(axis=0))
     if bad_groups.size == 0:
@@ -530,7 +542,9 @@ def _refit_bad_groups(
     loo_i = np.array(elpd["loo_i"])
     for group in bad_groups:
         refitted = refit(full.features[members != group])
-        values = _held_out_values(idata, full, target, refitted.posterior["tau"])[..., group]
+        values = _held_out_values(
+            problem, full, target, refitted.posterior["tau"], _n_draws(idata)
+        )[..., group]
         draws = values.reshape(-1, values.shape[-1])
         loo_i[:, group] = logsumexp(draws, axis=0) - np.log(draws.shape[0])
         k[:, group] = np.nan
@@ -685,7 +699,7 @@ def _as_mapping(
     pairs = (
         [(_key(depth), idata) for depth, idata in fits.items()]
         if isinstance(fits, Mapping)
-        else [(_key(idata.attrs["depth"]), idata) for idata in fits]
+        else [(_key(problem_from_idata(idata).depth), idata) for idata in fits]
     )
     mapping = dict(pairs)
     if len(mapping) != len(pairs):
@@ -699,10 +713,10 @@ def _check_same_data(fits: Mapping[Depth, az.InferenceData]) -> None:
     """LOO elpds are comparable only on the same estimates."""
     reference = None
     for depth, idata in fits.items():
-        b = idata.observed_data["b"]
+        b = problem_from_idata(idata).b
         if reference is None:
             reference = b
-        elif not (b.shape == reference.shape and bool((b == reference).all())):
+        elif not np.array_equal(b, reference):
             raise ValueError(f"the fit at depth {depth} was made on other estimates.")
 
 
