@@ -374,7 +374,6 @@ def _sample_gibbs(
         posterior, stats = _run_step(
             problem, draws, tune, chains, cores, random_seed, progressbar, scheme, scale_steps
         )
-        elapsed = time.perf_counter() - start
         label = f"gibbs ({scheme}, pymc step)"
     else:
         posterior, stats, log_likelihood = run_engine(
@@ -389,8 +388,8 @@ def _sample_gibbs(
             theta_dtype=theta_dtype,
             cores=cores,
         )
-        elapsed = time.perf_counter() - start
         label = f"gibbs ({scheme})"
+    elapsed = time.perf_counter() - start
     if "log_likelihood" not in stats:
         stats = {
             **stats,

@@ -201,7 +201,7 @@ def _sweep_data(model: pm.Model, problem: ShrinkageProblem) -> tuple[TreeData, _
         )
     if problem.tree is None:
         flat = TreeIndex(problem.b.shape[1], (), ())
-        data = TreeData.build(problem.b, problem.se**2, flat, np.ones(1), priors.mu0, priors.s0)
+        data = TreeData.build(problem.b, problem.var_b, flat, np.ones(1), priors.mu0, priors.s0)
         return data, _Names("", ())
     names = _Names(
         tau_value=model.rvs_to_values[model["tau"]].name,
@@ -216,6 +216,6 @@ def _sweep_data(model: pm.Model, problem: ShrinkageProblem) -> tuple[TreeData, _
     if not isinstance(model.rvs_to_transforms[model["tau"]], LogTransform):
         raise ValueError("TreeGibbs expects tau with PyMC's default log transform.")
     data = TreeData.build(
-        problem.b, problem.se**2, problem.index, priors.tau_scale, priors.mu0, priors.s0
+        problem.b, problem.var_b, problem.index, priors.tau_scale, priors.mu0, priors.s0
     )
     return data, names
