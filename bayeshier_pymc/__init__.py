@@ -1,7 +1,7 @@
 """Bayesian hierarchical shrinkage of metabolite effects, on PyMC.
 
 The submodules that ``import bayeshier_pymc`` does not need (the plots, which import
-matplotlib's pyplot, the Gibbs samplers, the command line, the pipeline and its report) are
+matplotlib's pyplot, the command line, the pipeline and its report) are
 imported on first use: ``bh.plots.plot_shrinkage(...)`` works after ``import bayeshier_pymc as
 bh`` alone (PEP 562).
 """
@@ -36,7 +36,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-_LAZY_SUBMODULES = ("cli", "csv_inputs", "gibbs", "pipeline", "plots", "report")
+_LAZY_SUBMODULES = ("cli", "csv_inputs", "pipeline", "plots", "report")
 """Public submodules imported on first attribute access rather than with the package."""
 
 __all__ = [

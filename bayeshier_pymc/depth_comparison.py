@@ -29,7 +29,6 @@ across depths; ``"none"`` (no pooling) predicts every b_j from its fixed prior.
 from __future__ import annotations
 
 import html
-import json
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +53,9 @@ from bayeshier_pymc.diagnostics import (
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.gaussian_tree import NUMPY_OPS, TreeIndex, group_log_predictive
 from bayeshier_pymc.hierarchy import Hierarchy
+from bayeshier_pymc.inference_data import problem_from_idata
+from bayeshier_pymc.priors import Priors
+from bayeshier_pymc.problem import ShrinkageProblem
 from bayeshier_pymc.shrinkage import ShrinkageModel
 
 __all__ = [
@@ -305,7 +307,7 @@ def compare_depths(
                 group_level,
                 lambda features, depth=depth: fit(depth, features),
             )
-    return _comparison(fits, elpds, loo, hierarchy, rule or RecommendationRule(), refits)
+    return _comparison(fits, elpds, loo, rule or RecommendationRule(), refits)
 
 
 def compare_fits(
@@ -337,7 +339,6 @@ def compare_fits(
         fits,
         _elpds(fits, hierarchy, loo, group_level),
         loo,
-        hierarchy,
         rule or RecommendationRule(),
     )
 
@@ -348,23 +349,39 @@ def _elpds(
     loo: LooKind,
     group_level: str | None,
 ) -> dict[Depth, Any]:
-    """PSIS-LOO of every fit, adding the group log-likelihood first for ``loo="group"``."""
+    """PSIS-LOO of every fit; for ``loo="group"`` the fits are replaced by light copies.
+
+    The copies (see :func:`_with_group_log_likelihood`) hold the group log-likelihood; the
+    fits given are left as they are.
+    """
     _check_same_data(fits)
     if loo == "group":
         if hierarchy is None:
             raise ValueError("loo='group' needs the hierarchy whose groups are left out.")
-        for idata in fits.values():
-            idata.log_likelihood[GROUP_LOG_LIKELIHOOD] = group_log_likelihood(
-                idata, hierarchy, group_level
-            )
+        for depth, idata in fits.items():
+            fits[depth] = _with_group_log_likelihood(idata, hierarchy, group_level)
     return {depth: loo_elpd(idata, loo) for depth, idata in fits.items()}
+
+
+def _with_group_log_likelihood(
+    idata: az.InferenceData, hierarchy: Hierarchy, level: str | None
+) -> az.InferenceData:
+    """A copy of ``idata`` whose ``log_likelihood`` also holds ``b_group``.
+
+    The copy shares every other group (and the arrays of ``log_likelihood``) with ``idata``,
+    which is left unchanged.
+    """
+    values = group_log_likelihood(idata, hierarchy, level)
+    groups = {group: idata[group] for group in idata.groups()}
+    log_likelihood = groups.get("log_likelihood", xr.Dataset())
+    groups["log_likelihood"] = log_likelihood.assign({GROUP_LOG_LIKELIHOOD: values})
+    return az.InferenceData(attrs=dict(idata.attrs), **groups)
 
 
 def _comparison(
     fits: dict[Depth, az.InferenceData],
     elpds: dict[Depth, Any],
     loo: LooKind,
-    hierarchy: Hierarchy | None,
     rule: RecommendationRule,
     refits: dict[Depth, list[str]] | None = None,
 ) -> DepthComparison:
@@ -373,7 +390,6 @@ def _comparison(
         warnings.simplefilter("ignore", UserWarning)
         warnings.filterwarnings("ignore", message="The inplace keyword")
         table = az.compare({str(depth): elpd for depth, elpd in elpds.items()}, ic="loo")
-    levels = hierarchy.levels if hierarchy is not None else ()
     return DepthComparison(
         table=table,
         fits=fits,
@@ -385,7 +401,7 @@ def _comparison(
         recommended=rule.choose(table),
         rule=rule,
         diagnostics={depth: _diagnose_hyperparameters(idata) for depth, idata in fits.items()},
-        descriptions={depth: _describe(depth, fits[depth], levels) for depth in fits},
+        descriptions={depth: _describe(depth, fits[depth]) for depth in fits},
         refits=refits or {},
     )
 
@@ -426,9 +442,9 @@ def group_log_likelihood(
     xarray.DataArray
         Dims ``("chain", "draw", "covariate", level)``.
     """
-    full, target = _group_target(idata, hierarchy, level)
-    tau = idata.posterior.get("tau")
-    values = _held_out_values(idata, full, target, tau)
+    problem = problem_from_idata(idata)
+    full, target = _group_target(problem, hierarchy, level)
+    values = _held_out_values(problem, full, target, idata.posterior.get("tau"), _n_draws(idata))
     level = "feature" if target == 0 else full.levels[target - 1]
     labels = full.features if target == 0 else full.groups[target - 1]
     return xr.DataArray(
@@ -437,41 +453,51 @@ def group_log_likelihood(
         coords={
             "chain": idata.posterior["chain"].to_numpy(),
             "draw": idata.posterior["draw"].to_numpy(),
-            "covariate": idata.observed_data["covariate"].to_numpy(),
+            "covariate": problem.covariates.to_numpy(),
             level: np.asarray(labels),
         },
         name=GROUP_LOG_LIKELIHOOD,
     )
 
 
+def _n_draws(idata: az.InferenceData) -> tuple[int, int]:
+    """Numbers of chains and draws of a fit."""
+    return idata.posterior.sizes["chain"], idata.posterior.sizes["draw"]
+
+
 def _group_target(
-    idata: az.InferenceData, hierarchy: Hierarchy, level: str | None
+    problem: ShrinkageProblem, hierarchy: Hierarchy, level: str | None
 ) -> tuple[Hierarchy, int]:
     """The tree aligned with the fit's features and the position of ``level`` (0 = feature)."""
-    full = hierarchy.align(idata.observed_data["feature"].to_numpy())
+    full = hierarchy.align(problem.features)
     level = full.levels[0] if level is None else level
     if level != "feature" and level not in full.levels:
         raise ValueError(f"unknown level {level!r}; the hierarchy has {list(full.levels)!r}.")
-    _check_fit_matches(idata, full, str(idata.attrs["depth"]))
+    _check_fit_matches(problem, full)
     return full, 0 if level == "feature" else full.levels.index(level) + 1
 
 
 def _held_out_values(
-    idata: az.InferenceData, full: Hierarchy, target: int, tau: xr.DataArray | None
+    problem: ShrinkageProblem,
+    full: Hierarchy,
+    target: int,
+    tau: xr.DataArray | None,
+    n_draws: tuple[int, int],
 ) -> np.ndarray:
-    """Log p(b_G | b_−G, τ) as (chain, draw, covariate, group) for the draws ``tau``."""
-    depth = str(idata.attrs["depth"])
-    priors = json.loads(idata.attrs["priors"])
-    b = idata.observed_data["b"].to_numpy()
-    var_b = idata.constant_data["se"].to_numpy() ** 2
-    if depth == "none" or tau is None:
+    """Log p(b_G | b_−G, τ) as (chain, draw, covariate, group) for the draws ``tau``.
+
+    Without pooling (or without ``tau``) the value is the same in each of the ``n_draws``
+    (chains, draws).
+    """
+    priors = problem.priors
+    b, var_b = problem.b, problem.var_b
+    if not problem.pooled or tau is None:
         per_group = _no_pooling_group_log_lik(b, var_b, _unit_to_group(full, 0, target), priors)
-        shape = (idata.posterior.sizes["chain"], idata.posterior.sizes["draw"], *per_group.shape)
-        return np.broadcast_to(per_group, shape).copy()
-    tau_values = tau.sel(covariate=idata.observed_data["covariate"].to_numpy())
+        return np.broadcast_to(per_group, (*n_draws, *per_group.shape)).copy()
+    tau_values = tau.sel(covariate=problem.covariates.to_numpy())
     tau_values = tau_values.transpose("chain", "draw", "covariate", "level").to_numpy()
-    tree = TreeIndex.from_hierarchy(full.truncate(int(depth)))
-    unit_level = min(target, int(depth))
+    tree = TreeIndex.from_hierarchy(full.truncate(problem.index.depth))
+    unit_level = min(target, tree.depth)
     to_group = _unit_to_group(full, unit_level, target)
     return np.stack(
         [
@@ -480,8 +506,8 @@ def _held_out_values(
                 var_b[c],
                 tau_values[:, :, c],
                 tree,
-                priors["mu0"],
-                priors["s0"],
+                priors.mu0,
+                priors.s0,
                 unit_level,
                 to_group,
             )
@@ -492,11 +518,11 @@ def _held_out_values(
 
 
 def _no_pooling_group_log_lik(
-    b: np.ndarray, var_b: np.ndarray, to_group: np.ndarray, priors: Mapping[str, Any]
+    b: np.ndarray, var_b: np.ndarray, to_group: np.ndarray, priors: Priors
 ) -> np.ndarray:
     """Σ over each group's features of log N(b_j; mu0, s_j² + s0²), as (covariate, group)."""
-    total = var_b + priors["s0"] ** 2
-    per_feature = -0.5 * (_LOG_2PI + np.log(total) + (b - priors["mu0"]) ** 2 / total)
+    total = var_b + priors.s0**2
+    per_feature = -0.5 * (_LOG_2PI + np.log(total) + (b - priors.mu0) ** 2 / total)
     return NUMPY_OPS.segment_sum(per_feature, to_group, int(to_group.max()) + 1)
 
 
@@ -513,7 +539,8 @@ def _refit_bad_groups(
     the fit without G; every covariate of G is replaced. Returns the new ELPDData and the
     labels of the refitted groups.
     """
-    full, target = _group_target(idata, hierarchy, level)
+    problem = problem_from_idata(idata)
+    full, target = _group_target(problem, hierarchy, level)
     k = np.array(elpd["pareto_k"])
     bad_groups = np.flatnonzero((k > elpd["good_k"]).any(axis=0))
     if bad_groups.size == 0:
@@ -522,7 +549,9 @@ def _refit_bad_groups(
     loo_i = np.array(elpd["loo_i"])
     for group in bad_groups:
         refitted = refit(full.features[members != group])
-        values = _held_out_values(idata, full, target, refitted.posterior["tau"])[..., group]
+        values = _held_out_values(
+            problem, full, target, refitted.posterior["tau"], _n_draws(idata)
+        )[..., group]
         draws = values.reshape(-1, values.shape[-1])
         loo_i[:, group] = logsumexp(draws, axis=0) - np.log(draws.shape[0])
         k[:, group] = np.nan
@@ -572,7 +601,7 @@ def _as_mapping(
     pairs = (
         [(_key(depth), idata) for depth, idata in fits.items()]
         if isinstance(fits, Mapping)
-        else [(_key(idata.attrs["depth"]), idata) for idata in fits]
+        else [(_key(problem_from_idata(idata).depth), idata) for idata in fits]
     )
     mapping = dict(pairs)
     if len(mapping) != len(pairs):
@@ -586,25 +615,24 @@ def _check_same_data(fits: Mapping[Depth, az.InferenceData]) -> None:
     """LOO elpds are comparable only on the same estimates."""
     reference = None
     for depth, idata in fits.items():
-        b = idata.observed_data["b"]
+        b = problem_from_idata(idata).b
         if reference is None:
             reference = b
-        elif not (b.shape == reference.shape and bool((b == reference).all())):
+        elif not np.array_equal(b, reference):
             raise ValueError(f"the fit at depth {depth} was made on other estimates.")
 
 
-def _check_fit_matches(idata: az.InferenceData, full: Hierarchy, depth: str) -> None:
-    if depth == "none":
+def _check_fit_matches(problem: ShrinkageProblem, full: Hierarchy) -> None:
+    if problem.tree is None:
         return
-    levels = idata.attrs.get("levels", [])
-    levels = [levels] if isinstance(levels, str) else list(levels)
-    if levels != list(full.levels[: int(depth)]):
+    levels = list(problem.tree.levels)
+    if levels != list(full.levels[: problem.tree.depth]):
         raise ValueError(
-            f"the fit uses levels {levels!r}, not the first {depth} of the hierarchy "
+            f"the fit uses levels {levels!r}, not the first {problem.depth} of the hierarchy "
             f"{list(full.levels)!r}."
         )
     for index, level in enumerate(levels):
-        stored = idata.constant_data[f"{level}_index"].to_numpy()
+        stored = problem.tree.parents[index]
         if not np.array_equal(stored, full.parents[index]):
             raise ValueError(f"the fit's {level!r} groups differ from the hierarchy's.")
 
@@ -624,11 +652,9 @@ def _pareto_k_counts(elpd: Any) -> dict[str, float]:
     }
 
 
-def _describe(depth: Depth, idata: az.InferenceData, levels: Sequence[str] | None) -> str:
+def _describe(depth: Depth, idata: az.InferenceData) -> str:
     if depth == "none":
         return "no pooling"
     if depth == 0:
         return "global mean"
-    used = idata.attrs.get("levels", levels[: int(depth)] if levels else [])
-    used = [used] if isinstance(used, str) else list(used)
-    return " within ".join(used)
+    return " within ".join(problem_from_idata(idata).levels)

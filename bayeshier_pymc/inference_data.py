@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from importlib.metadata import version
 from typing import Any, Literal
 
 import arviz as az
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from bayeshier_pymc import log_likelihood as pointwise
-from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.model import group_mean_name, model_coords
 from bayeshier_pymc.priors import Priors
+from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = [
     "DEFAULT_LOG_LIKELIHOOD",
@@ -25,6 +25,7 @@ __all__ = [
     "log_likelihood_dataset",
     "loo",
     "posterior_dims",
+    "problem_from_idata",
     "with_log_likelihood",
 ]
 
@@ -65,12 +66,9 @@ def posterior_dims(hierarchy: Hierarchy | None) -> dict[str, tuple[str, ...]]:
 
 def build_inference_data(
     posterior: Mapping[str, np.ndarray],
-    estimates: Estimates,
-    hierarchy: Hierarchy | None,
-    priors: Priors,
+    problem: ShrinkageProblem,
     *,
     sampler: str,
-    depth: int | str,
     sample_stats: xr.Dataset | Mapping[str, np.ndarray] | None = None,
     attrs: Mapping[str, Any] | None = None,
     log_likelihood: np.ndarray | None = None,
@@ -82,13 +80,10 @@ def build_inference_data(
     posterior
         Arrays with leading dims (chain, draw) for ``theta`` and, with pooling, ``mu``,
         ``tau`` and ``<level>_mean``.
-    estimates, hierarchy, priors
-        What the model was built from (``hierarchy`` truncated to the depth used, or ``None``
-        for no pooling).
+    problem
+        What was sampled; its depth, levels and priors are stored in ``attrs``.
     sampler
         Name stored in ``attrs["sampler"]``.
-    depth
-        Stored in ``attrs["depth"]``.
     sample_stats
         Sampler statistics with leading dims (chain, draw).
     attrs
@@ -103,6 +98,7 @@ def build_inference_data(
         With groups ``posterior``, ``log_likelihood``, ``sample_stats``, ``observed_data`` and
         ``constant_data``.
     """
+    estimates, hierarchy = problem.estimates, problem.tree
     dims = posterior_dims(hierarchy)
     missing = sorted(set(dims) - set(posterior))
     if missing:
@@ -116,20 +112,9 @@ def build_inference_data(
         }
     )
     posterior_ds = _dataset({name: posterior[name] for name in dims}, dims, coords)
-    b = estimates.estimate.to_numpy()
-    se = estimates.se.to_numpy()
+    b, se = problem.b, problem.se
     if log_likelihood is None:
-        first_level = hierarchy.levels[0] if hierarchy is not None and hierarchy.depth else None
-        log_likelihood = _pointwise(
-            DEFAULT_LOG_LIKELIHOOD,
-            posterior,
-            b,
-            se,
-            first_level=first_level,
-            parent_index=hierarchy.parents[0] if first_level is not None else None,
-            mu0=priors.mu0,
-            s0=priors.s0,
-        )
+        log_likelihood = _pointwise(DEFAULT_LOG_LIKELIHOOD, posterior, problem)
     pointwise_values = {LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD]: log_likelihood}
     obs_dims = {name: ("covariate", "feature") for name in pointwise_values}
     groups: dict[str, xr.Dataset] = {
@@ -152,9 +137,9 @@ def build_inference_data(
         {
             "bayeshier_pymc_version": version("bayeshier_pymc"),
             "sampler": sampler,
-            "depth": str(depth),
+            "depth": str(problem.depth),
             "levels": list(hierarchy.levels) if hierarchy is not None else [],
-            "priors": priors.to_json(),
+            "priors": problem.priors.to_json(),
             "default_log_likelihood": LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD],
             **(attrs or {}),
         }
@@ -170,31 +155,26 @@ def _check_kind(kind: str) -> LogLikelihoodKind:
     return kind  # type: ignore[return-value]
 
 
-def _pointwise(
-    kind: str,
-    draws: Mapping[str, np.ndarray],
-    b: np.ndarray,
-    se: np.ndarray,
-    *,
-    first_level: str | None,
-    parent_index: np.ndarray | None,
-    mu0: float,
-    s0: float,
-) -> np.ndarray:
+def _pointwise(kind: str, draws: Mapping[str, np.ndarray], problem: ShrinkageProblem) -> np.ndarray:
     """The pointwise log-likelihood ``kind`` (chain, draw, covariate, feature), θ's type.
 
-    ``first_level`` is the annotation level of θ's parents (``None`` at depth 0, where θ0
-    is the parent, and without pooling, where ``draws`` has no ``mu``).
+    θ's parents are the means of the first annotation level, θ0 at depth 0; without pooling
+    b_j is predicted from θ_j's fixed prior.
     """
     theta = draws["theta"]
+    b, se, priors = problem.b, problem.se, problem.priors
     if kind == "conditional":
         return pointwise.conditional(theta, b, se)
-    if "mu" not in draws:
+    if not problem.pooled:
         return pointwise.prior_predictive(
-            b, se, mu0=mu0, s0=s0, lead=theta.shape[:2], dtype=theta.dtype
+            b, se, mu0=priors.mu0, s0=priors.s0, lead=theta.shape[:2], dtype=theta.dtype
         )
+    first_level = problem.levels[0] if problem.levels else None
     parent_mean, parent_index = pointwise.theta_parents(
-        draws, first_level, parent_index, b.shape[1]
+        draws,
+        first_level,
+        problem.tree.parents[0] if first_level is not None else None,  # type: ignore[union-attr]
+        b.shape[1],
     )
     return pointwise.marginal(
         b,
@@ -204,6 +184,89 @@ def _pointwise(
         tau_w=draws["tau"][..., 0],
         dtype=theta.dtype,
     )
+
+
+def problem_from_idata(idata: az.InferenceData) -> ShrinkageProblem:
+    """The problem a fit was sampled from, read back from its InferenceData.
+
+    The one reader of the contract: the estimates from ``observed_data["b"]`` and
+    ``constant_data["se"]``, the depth and levels from ``attrs``, the tree from the
+    ``<level>_index`` maps of ``constant_data`` (group labels from the coordinate of each
+    level, or ``0 … n − 1`` where the InferenceData has none), and the priors through
+    :meth:`~bayeshier_pymc.priors.Priors.from_json`.
+
+    Parameters
+    ----------
+    idata
+        A result of :meth:`ShrinkageModel.sample`, or one loaded by
+        :func:`~bayeshier_pymc.persistence.load_results`.
+
+    Returns
+    -------
+    ShrinkageProblem
+
+    Raises
+    ------
+    ValueError
+        If ``idata`` lacks a part of the contract.
+    """
+    groups = set(idata.groups())
+    attrs = idata.attrs
+    absent = [key for key in ("depth", "levels", "priors") if key not in attrs]
+    absent += [
+        f"{group}[{name!r}]"
+        for group, name in (("observed_data", "b"), ("constant_data", "se"))
+        if group not in groups or name not in idata[group]
+    ]
+    if absent:
+        raise ValueError(
+            f"the InferenceData lacks {', '.join(absent)}: it is not a result of "
+            "ShrinkageModel.sample (see ARCHITECTURE.md, 'The InferenceData contract')."
+        )
+    b = idata.observed_data["b"].transpose("covariate", "feature")
+    se = idata.constant_data["se"].transpose("covariate", "feature")
+    levels = tuple(attrs["levels"])
+    depth_attr = str(attrs["depth"])
+    depth: int | str = depth_attr if depth_attr == "none" else int(depth_attr)
+    tree = None
+    if depth != "none":
+        if len(levels) != depth:
+            raise ValueError(f"the fit's depth is {depth} but it names levels {list(levels)!r}.")
+        tree = _tree_from_idata(idata, b.indexes["feature"], levels)
+    scale_levels = ("feature", *levels) if tree is not None else ("feature",)
+    return ShrinkageProblem(
+        b=b.to_numpy(),
+        se=se.to_numpy(),
+        covariates=b.indexes["covariate"],
+        features=b.indexes["feature"],
+        tree=tree,
+        priors=Priors.from_json(attrs["priors"], scale_levels),
+        depth=depth,  # type: ignore[arg-type]
+    )
+
+
+def _tree_from_idata(
+    idata: az.InferenceData, features: pd.Index, levels: tuple[str, ...]
+) -> Hierarchy:
+    parents = []
+    for level in levels:
+        name = f"{level}_index"
+        if name not in idata.constant_data:
+            raise ValueError(f"the InferenceData lacks constant_data[{name!r}] of level {level!r}.")
+        parents.append(idata.constant_data[name].to_numpy().astype(np.intp))
+    groups = []
+    for level, parent in zip(levels, parents, strict=True):
+        labels = next(
+            (
+                idata[group][level].to_numpy()
+                for group in idata.groups()
+                if level in idata[group].coords
+            ),
+            None,
+        )
+        n_groups = int(parent.max()) + 1 if parent.size else 0
+        groups.append(pd.Index(labels if labels is not None else np.arange(n_groups), name=level))
+    return Hierarchy(pd.Index(features, name="feature"), levels, tuple(groups), tuple(parents))
 
 
 def log_likelihood_dataset(idata: az.InferenceData, kind: LogLikelihoodKind) -> xr.Dataset:
@@ -223,30 +286,17 @@ def log_likelihood_dataset(idata: az.InferenceData, kind: LogLikelihoodKind) -> 
         One variable, ``b_marginal`` or ``b_conditional`` (chain, draw, covariate, feature).
     """
     _check_kind(kind)
+    problem = problem_from_idata(idata)
     post = idata.posterior
     lead = ("chain", "draw", "covariate")
-    levels = list(idata.attrs.get("levels", []))
     draws = {"theta": post["theta"].transpose(*lead, "feature").to_numpy()}
-    first_level = levels[0] if levels else None
-    parent_index = None
-    if "mu" in post:
+    if problem.pooled:
         draws["mu"] = post["mu"].transpose(*lead).to_numpy()
         draws["tau"] = post["tau"].transpose(*lead, "level").to_numpy()
-        if first_level is not None:
-            name = group_mean_name(first_level)
-            draws[name] = post[name].transpose(*lead, first_level).to_numpy()
-            parent_index = idata.constant_data[f"{first_level}_index"].to_numpy()
-    priors = json.loads(idata.attrs["priors"])
-    values = _pointwise(
-        kind,
-        draws,
-        idata.observed_data["b"].transpose("covariate", "feature").to_numpy(),
-        idata.constant_data["se"].transpose("covariate", "feature").to_numpy(),
-        first_level=first_level,
-        parent_index=parent_index,
-        mu0=float(priors["mu0"]),
-        s0=float(priors["s0"]),
-    )
+        for level in problem.levels[:1]:
+            name = group_mean_name(level)
+            draws[name] = post[name].transpose(*lead, level).to_numpy()
+    values = _pointwise(kind, draws, problem)
     theta = post["theta"].transpose(*lead, "feature")
     return xr.Dataset(
         {LOG_LIKELIHOOD_NAMES[kind]: (theta.dims, values)},
@@ -259,7 +309,9 @@ def add_log_likelihood(
 ) -> az.InferenceData:
     """Store the pointwise log-likelihood ``kind`` in ``idata.log_likelihood``, in place.
 
-    After ``add_log_likelihood(idata, "conditional")`` the fit holds both forms; give
+    The one function of the package that changes the InferenceData it is given: adding a
+    group to the caller's fit is its job (use :func:`with_log_likelihood` for a light copy
+    instead). After ``add_log_likelihood(idata, "conditional")`` the fit holds both forms; give
     ``az.loo`` / ``az.compare`` the ``var_name`` to use.
 
     Parameters

@@ -97,3 +97,28 @@ class Priors:
                 "tau_scale": dict(zip(self.scale_levels, self.tau_scale.tolist(), strict=True)),
             }
         )
+
+    @classmethod
+    def from_json(cls, text: str, scale_levels: Sequence[str]) -> Priors:
+        """The priors stored by :meth:`to_json`, resolved for ``scale_levels``.
+
+        Parameters
+        ----------
+        text
+            A JSON object with any of ``mu0``, ``s0``, ``tau_scale`` (settings it lacks take
+            their defaults, as in :meth:`resolve`).
+        scale_levels
+            ``("feature", <annotation levels used>...)``.
+
+        Raises
+        ------
+        ValueError
+            If ``text`` is not a JSON object, or for any reason :meth:`resolve` gives.
+        """
+        try:
+            settings = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as err:
+            raise ValueError(f"the stored priors are not JSON: {text!r}.") from err
+        if not isinstance(settings, dict):
+            raise ValueError(f"the stored priors must be a JSON object, got {text!r}.")
+        return cls.resolve(settings, scale_levels)

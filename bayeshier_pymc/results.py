@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.mlm import MLMFit
+from bayeshier_pymc.model import group_mean_name
 
 __all__ = [
     "coefficient_matrix",
@@ -87,8 +89,9 @@ def coefficient_table(idata: az.InferenceData, hdi_prob: float = 0.95) -> pd.Dat
         hdi_upper, lfsr`` (posterior), one row per covariate × feature.
     """
     summary = coefficient_summary(idata, hdi_prob)
-    summary["estimate"] = idata.observed_data["b"]
-    summary["se"] = idata.constant_data["se"]
+    estimates = problem_from_idata(idata).estimates
+    summary["estimate"] = estimates.estimate
+    summary["se"] = estimates.se
     columns = ["estimate", "se", "mean", "sd", "hdi_lower", "hdi_upper", "lfsr"]
     return summary[columns].to_dataframe().reset_index()
 
@@ -149,7 +152,7 @@ def scale_summary(idata: az.InferenceData, hdi_prob: float = 0.95) -> pd.DataFra
     pandas.DataFrame
         Columns ``covariate, level, mean, sd, hdi_lower, hdi_upper, variance_share``.
     """
-    if "tau" not in idata.posterior:
+    if not problem_from_idata(idata).pooled:
         raise ValueError("this fit has no scales (a model without pooling).")
     tau = idata.posterior["tau"]
     summary = _summarise(tau, hdi_prob).drop_vars("lfsr")
@@ -168,25 +171,13 @@ def group_effects(
     pandas.DataFrame
         Columns ``covariate, <level>, mean, sd, hdi_lower, hdi_upper, lfsr, n_features``.
     """
-    levels = list(idata.attrs.get("levels", []))
-    if isinstance(levels, str):
-        levels = [levels]
-    if not levels:
+    tree = problem_from_idata(idata).tree
+    if tree is None or not tree.levels:
         raise ValueError("this fit has no annotation levels, so no group effects.")
-    level = levels[0] if level is None else level
-    if level not in levels:
-        raise ValueError(f"unknown level {level!r}; the fit used {levels!r}.")
-    summary = _summarise(idata.posterior[f"{level}_mean"], hdi_prob)
+    level = tree.levels[0] if level is None else level
+    if level not in tree.levels:
+        raise ValueError(f"unknown level {level!r}; the fit used {list(tree.levels)!r}.")
+    summary = _summarise(idata.posterior[group_mean_name(level)], hdi_prob)
     frame = summary.to_dataframe().reset_index()
-    frame["n_features"] = frame[level].map(_group_sizes(idata, level, levels))
+    frame["n_features"] = frame[level].map(tree.group_sizes(level))
     return frame
-
-
-def _group_sizes(idata: az.InferenceData, level: str, levels: list[str]) -> pd.Series:
-    """Number of features in each group of ``level``, from the stored index maps."""
-    codes = idata.constant_data[f"{levels[0]}_index"].to_numpy()
-    for coarser in levels[1 : levels.index(level) + 1]:
-        codes = idata.constant_data[f"{coarser}_index"].to_numpy()[codes]
-    labels = idata.posterior[level].to_numpy()
-    counts = np.bincount(codes, minlength=len(labels))
-    return pd.Series(counts, index=labels)

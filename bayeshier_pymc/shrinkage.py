@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import html
-import os
-import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -13,19 +11,15 @@ import numpy as np
 import pandas as pd
 import pymc as pm
 
-from bayeshier_pymc.convergence import warn_if_not_converged
 from bayeshier_pymc.estimates import Estimates
-from bayeshier_pymc.gaussian_tree import TreeIndex, draw_tree, upward_pass
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.inference_data import build_inference_data, posterior_dims
-from bayeshier_pymc.model import Parameterization, build_model, group_mean_name, scale_levels
+from bayeshier_pymc.inference_data import problem_from_idata
+from bayeshier_pymc.model import Parameterization, build_model, scale_levels
 from bayeshier_pymc.priors import Priors
+from bayeshier_pymc.problem import ShrinkageProblem
+from bayeshier_pymc.sampling import DEFAULT_NUTS_SAMPLER, NutsSampler, draw_given_scales, sample
 
 __all__ = ["DEFAULT_NUTS_SAMPLER", "ShrinkageModel"]
-
-NutsSampler = Literal["pymc", "nutpie", "numpyro"]
-DEFAULT_NUTS_SAMPLER: NutsSampler = "numpyro"
-"""Fastest NUTS backend measured on the research simulation (``benchmarks/bench_nuts.py``)."""
 
 
 class ShrinkageModel:
@@ -60,27 +54,61 @@ class ShrinkageModel:
         priors: Mapping[str, Any] | None = None,
         covariates: list[Any] | None = None,
     ) -> None:
-        self.estimates = Estimates.from_any(estimates, covariates=covariates)
-        if hierarchy is not None and not isinstance(hierarchy, Hierarchy):
-            raise ValueError(
-                "hierarchy must be a Hierarchy (see Hierarchy.from_frame), got "
-                f"{type(hierarchy).__name__}."
-            )
-        self.depth: int | str = _resolve_depth(depth, hierarchy)
-        self.tree: Hierarchy | None
-        if self.depth == "none":
-            self.tree = None
-            levels: tuple[str, ...] = ("feature",)
-        else:
-            full = hierarchy if hierarchy is not None else _flat(self.estimates.features)
-            self.tree = full.align(self.estimates.features).truncate(int(self.depth))
-            levels = scale_levels(self.tree)
-        self.priors = Priors.resolve(priors, levels)
+        self.problem = ShrinkageProblem.build(
+            Estimates.from_any(estimates, covariates=covariates), hierarchy, depth, priors
+        )
+
+    @classmethod
+    def from_problem(cls, problem: ShrinkageProblem) -> ShrinkageModel:
+        """The model of an already built :class:`~bayeshier_pymc.problem.ShrinkageProblem`."""
+        if not isinstance(problem, ShrinkageProblem):
+            raise ValueError(f"problem must be a ShrinkageProblem, got {type(problem).__name__}.")
+        model = cls.__new__(cls)
+        model.problem = problem
+        return model
+
+    @classmethod
+    def from_idata(cls, idata: az.InferenceData) -> ShrinkageModel:
+        """The model a fit was sampled from, ready to sample again.
+
+        Parameters
+        ----------
+        idata
+            A result of :meth:`sample` (or one loaded by
+            :func:`~bayeshier_pymc.persistence.load_results`).
+
+        Returns
+        -------
+        ShrinkageModel
+            With the fit's estimates, tree (truncated to its depth) and priors: sampling it
+            with the same settings and seed gives the same draws as the fit.
+        """
+        return cls.from_problem(problem_from_idata(idata))
+
+    @property
+    def estimates(self) -> Estimates:
+        """The stage-1 estimates."""
+        return self.problem.estimates
+
+    @property
+    def tree(self) -> Hierarchy | None:
+        """The annotation tree, truncated to the depth used; ``None`` for no pooling."""
+        return self.problem.tree
+
+    @property
+    def depth(self) -> int | str:
+        """The number of annotation levels used, or ``"none"``."""
+        return self.problem.depth
+
+    @property
+    def priors(self) -> Priors:
+        """The resolved priors."""
+        return self.problem.priors
 
     @property
     def pooled(self) -> bool:
         """Whether the model pools features (False for ``depth="none"``)."""
-        return self.tree is not None
+        return self.problem.pooled
 
     def build(self, parameterization: Parameterization = "collapsed") -> pm.Model:
         """The PyMC model (see :func:`bayeshier_pymc.model.build_model`)."""
@@ -88,7 +116,7 @@ class ShrinkageModel:
 
     def sample(
         self,
-        sampler: Literal["nuts", "gibbs"] = "nuts",
+        sampler: str = "nuts",
         *,
         draws: int = 1000,
         tune: int = 1000,
@@ -106,9 +134,10 @@ class ShrinkageModel:
         Parameters
         ----------
         sampler
-            ``"nuts"`` or ``"gibbs"`` (:func:`bayeshier_pymc.gibbs.sample_gibbs`: the
+            ``"nuts"`` or ``"gibbs"`` (:func:`bayeshier_pymc.sampling.sample_gibbs`: the
             vectorised Gibbs engine; ``nuts_sampler``, ``parameterization`` and
-            ``target_accept`` do not apply, ``**sampler_kwargs`` go to ``sample_gibbs``).
+            ``target_accept`` do not apply, ``**sampler_kwargs`` go to ``sample_gibbs``);
+            see :data:`bayeshier_pymc.sampling.SAMPLERS`.
         draws, tune, chains
             Kept draws and tuning steps per chain, and the number of chains.
         cores
@@ -126,125 +155,43 @@ class ShrinkageModel:
         progressbar
             Show progress.
         **sampler_kwargs
-            Passed to :func:`pymc.sample`.
+            Passed to :func:`pymc.sample` (NUTS) or to ``sample_gibbs``.
 
         Returns
         -------
         arviz.InferenceData
             The layout of :func:`bayeshier_pymc.inference_data.build_inference_data`.
         """
-        if sampler == "gibbs":
-            from bayeshier_pymc.gibbs import sample_gibbs
-
-            idata = sample_gibbs(
-                self,
-                draws=draws,
-                tune=tune,
-                chains=chains,
-                cores=cores,
-                random_seed=random_seed,
-                progressbar=progressbar,
-                **sampler_kwargs,
+        options = dict(sampler_kwargs)
+        if sampler == "nuts":
+            options.update(
+                nuts_sampler=nuts_sampler,
+                parameterization=parameterization,
+                target_accept=target_accept,
             )
-            warn_if_not_converged(idata)
-            return idata
-        if sampler != "nuts":
-            raise ValueError(f"unknown sampler {sampler!r}; use 'nuts' or 'gibbs'.")
-        if nuts_sampler not in ("pymc", "nutpie", "numpyro"):
-            raise ValueError(
-                f"unknown nuts_sampler {nuts_sampler!r}; use 'pymc', 'nutpie' or 'numpyro'."
-            )
-        if nuts_sampler == "numpyro":
-            # one JAX CPU device runs "parallel" chains one after another; vectorised chains
-            # were 1.6x faster on the research simulation (2 cores)
-            numpyro_options = {"chain_method": "vectorized"}
-            numpyro_options.update(sampler_kwargs.pop("nuts_sampler_kwargs", {}))
-            sampler_kwargs["nuts_sampler_kwargs"] = numpyro_options
-        collapsed = self.pooled and parameterization == "collapsed"
-        model = self.build(parameterization if self.pooled else "collapsed")
-        seed_sequence = np.random.SeedSequence(random_seed)
-        nuts_seed = int(seed_sequence.generate_state(1)[0] % (2**31))
-        start = time.perf_counter()
-        raw = pm.sample(
+        return sample(
+            self.problem,
+            sampler,
             draws=draws,
             tune=tune,
             chains=chains,
-            cores=cores or min(chains, os.cpu_count() or 1),
-            random_seed=nuts_seed,
-            nuts_sampler=nuts_sampler,
-            target_accept=target_accept,
+            cores=cores,
+            random_seed=random_seed,
             progressbar=progressbar,
-            model=model,
-            compute_convergence_checks=False,
-            **sampler_kwargs,
+            **options,
         )
-        if collapsed:
-            tau = raw.posterior["tau"].to_numpy()
-            posterior = self.draw_given_scales(
-                tau, np.random.default_rng(seed_sequence.spawn(1)[0])
-            )
-        else:
-            posterior = {name: raw.posterior[name].to_numpy() for name in posterior_dims(self.tree)}
-        elapsed = time.perf_counter() - start
-        idata = build_inference_data(
-            posterior,
-            self.estimates,
-            self.tree,
-            self.priors,
-            sampler=f"nuts ({nuts_sampler})",
-            depth=self.depth,
-            sample_stats=raw.sample_stats,
-            attrs={
-                "parameterization": parameterization
-                if isinstance(parameterization, str)
-                else repr(dict(parameterization)),
-                "sampling_time": elapsed,
-                "random_seed": "None" if random_seed is None else int(random_seed),
-            },
-        )
-        warn_if_not_converged(idata)
-        return idata
 
     def draw_given_scales(self, tau: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Exact draws of θ0, the group means and θ given scale draws ``tau``.
 
-        Parameters
-        ----------
-        tau
-            Array (chain, draw, covariate, level).
-        rng
-            Random generator.
-
-        Returns
-        -------
-        dict
-            ``mu``, ``tau``, ``<level>_mean`` and ``theta``, each with leading (chain, draw).
+        ``tau`` is (chain, draw, covariate, level); see
+        :func:`bayeshier_pymc.sampling.draw_given_scales`.
         """
-        if self.tree is None:
-            raise ValueError("a model without pooling has no scales to condition on.")
-        index = TreeIndex.from_hierarchy(self.tree)
-        b = self.estimates.estimate.to_numpy()
-        var_b = self.estimates.se.to_numpy() ** 2
-        per_chain = []
-        for chain_tau in tau:
-            messages = upward_pass(b, var_b, chain_tau, index, self.priors.mu0, self.priors.s0)
-            per_chain.append(
-                draw_tree(messages, chain_tau, index, self.priors.mu0, self.priors.s0, rng)
-            )
-        posterior = {
-            "mu": np.stack([theta0 for theta0, _, _ in per_chain]),
-            "tau": tau,
-            "theta": np.stack([theta for _, _, theta in per_chain]),
-        }
-        for level_index, level in enumerate(self.tree.levels):
-            posterior[group_mean_name(level)] = np.stack(
-                [groups[level_index] for _, groups, _ in per_chain]
-            )
-        return posterior
+        return draw_given_scales(self.problem, tau, rng)
 
     def __repr__(self) -> str:
         p, m = self.estimates.estimate.shape
-        tree = "no pooling" if self.tree is None else repr(self.tree)
+        tree = repr(self.tree) if self.pooled else "no pooling"
         return f"ShrinkageModel({p} covariates × {m} features; depth={self.depth}; {tree})"
 
     def describe(self) -> pd.DataFrame:
@@ -277,25 +224,3 @@ class ShrinkageModel:
 
     def _repr_html_(self) -> str:
         return f"<div><p>{html.escape(repr(self))}</p>{self.describe().to_html()}</div>"
-
-
-def _flat(features: pd.Index) -> Hierarchy:
-    return Hierarchy(pd.Index(features, name="feature"), (), (), ())
-
-
-def _resolve_depth(depth: int | str | None, hierarchy: Hierarchy | None) -> int | str:
-    available = hierarchy.depth if hierarchy is not None else 0
-    if depth is None:
-        return available
-    if isinstance(depth, str):
-        if depth != "none":
-            raise ValueError(f"depth must be an integer or 'none', got {depth!r}.")
-        return depth
-    if isinstance(depth, bool) or not isinstance(depth, int | np.integer):
-        raise ValueError(f"depth must be an integer or 'none', got {depth!r}.")
-    if not 0 <= depth <= available:
-        levels = list(hierarchy.levels) if hierarchy is not None else []
-        raise ValueError(
-            f"depth {depth} is beyond the annotation levels given ({available}: {levels!r})."
-        )
-    return int(depth)

@@ -19,8 +19,9 @@ import pytest
 from scipy import stats
 
 from bayeshier_pymc import Hierarchy, ShrinkageModel
-from bayeshier_pymc.gibbs import sample_gibbs, sweeps
+from bayeshier_pymc.gibbs import sweeps
 from bayeshier_pymc.model import group_mean_name
+from bayeshier_pymc.sampling import sample_gibbs
 
 PRIORS = {"mu0": 0.0, "s0": 1.0, "tau_scale": 1.0}
 N_RANKS = 99
@@ -105,9 +106,9 @@ def run_sampler(model: ShrinkageModel, sampler: str, seed: int):
     """Fit with one of 'collapsed', 'conjugate' (engine), 'step' (PyMC step) or 'nuts'."""
     common = {"draws": 500, "tune": 300, "chains": 2, "random_seed": seed, "progressbar": False}
     if sampler in ("collapsed", "conjugate"):
-        return sample_gibbs(model, scheme=sampler, **common)
+        return sample_gibbs(model.problem, scheme=sampler, **common)
     if sampler == "step":
-        return sample_gibbs(model, scheme="conjugate", backend="pymc", cores=1, **common)
+        return sample_gibbs(model.problem, scheme="conjugate", backend="pymc", cores=1, **common)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return model.sample("nuts", nuts_sampler="pymc", cores=1, **common)

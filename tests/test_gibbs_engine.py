@@ -9,11 +9,11 @@ from scipy import stats
 from bayeshier_pymc import Hierarchy, ShrinkageModel, simulate
 from bayeshier_pymc.convergence import bulk_ess, rank_rhat
 from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal, upward_pass
-from bayeshier_pymc.gibbs import sample_gibbs
 from bayeshier_pymc.inference_data import posterior_dims
 from bayeshier_pymc.mlm import mlm
 from bayeshier_pymc.model import model_coords
 from bayeshier_pymc.sampler_comparison import _summaries
+from bayeshier_pymc.sampling import sample_gibbs
 
 Z_LIMIT = 4.0
 
@@ -68,7 +68,13 @@ def test_engine_returns_the_contract(depth):
 def test_same_seed_same_draws_and_chains_start_apart(depth_one):
     def run(seed, scheme):
         return sample_gibbs(
-            depth_one, draws=5, tune=0, chains=4, random_seed=seed, progressbar=False, scheme=scheme
+            depth_one.problem,
+            draws=5,
+            tune=0,
+            chains=4,
+            random_seed=seed,
+            progressbar=False,
+            scheme=scheme,
         )
 
     for scheme in ("collapsed", "conjugate"):
@@ -81,16 +87,16 @@ def test_same_seed_same_draws_and_chains_start_apart(depth_one):
 
 
 def test_progress_bar_and_argument_checks(depth_one, capsys):
-    sample_gibbs(depth_one, draws=150, tune=0, chains=1, random_seed=0, progressbar=True)
+    sample_gibbs(depth_one.problem, draws=150, tune=0, chains=1, random_seed=0, progressbar=True)
     assert "Gibbs (collapsed)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="scheme"):
-        sample_gibbs(depth_one, draws=5, scheme="asis")
+        sample_gibbs(depth_one.problem, draws=5, scheme="asis")
     with pytest.raises(ValueError, match="backend"):
-        sample_gibbs(depth_one, draws=5, backend="jax")
+        sample_gibbs(depth_one.problem, draws=5, backend="jax")
     with pytest.raises(ValueError, match="draws >= 1"):
-        sample_gibbs(depth_one, draws=0)
+        sample_gibbs(depth_one.problem, draws=0)
     with pytest.raises(ValueError, match="theta_dtype must be float32 or float64"):
-        sample_gibbs(depth_one, draws=5, theta_dtype=np.float16)
+        sample_gibbs(depth_one.problem, draws=5, theta_dtype=np.float16)
 
 
 def _exact_posterior_means(model: ShrinkageModel, covariate: int, features: list[int]):
@@ -125,7 +131,7 @@ def _exact_posterior_means(model: ShrinkageModel, covariate: int, features: list
 def test_engine_reproduces_the_exact_posterior(depth_one, scheme):
     features = [0, 25, 59]
     idata = sample_gibbs(
-        depth_one,
+        depth_one.problem,
         draws=2000,
         tune=500,
         chains=4,
@@ -164,7 +170,13 @@ def test_collapsed_scheme_mixes_tau_w_where_the_centred_sweep_crawls():
     ratios, rhats, conjugate = [], [], []
     for scheme in ("collapsed", "conjugate"):
         idata = sample_gibbs(
-            model, draws=1000, tune=500, chains=4, random_seed=2, progressbar=False, scheme=scheme
+            model.problem,
+            draws=1000,
+            tune=500,
+            chains=4,
+            random_seed=2,
+            progressbar=False,
+            scheme=scheme,
         )
         tau_w = idata.posterior["tau"].isel(level=0).transpose("chain", "draw", "covariate")
         theta = idata.posterior["theta"].transpose("chain", "draw", "covariate", "feature")

@@ -9,11 +9,12 @@ import pytest
 from scipy import stats
 
 from bayeshier_pymc import Hierarchy, ShrinkageModel, simulate
-from bayeshier_pymc.gibbs import TreeGibbs, sample_gibbs
+from bayeshier_pymc.gibbs import TreeGibbs
 from bayeshier_pymc.gibbs.sweeps import sum_sq_deviations
 from bayeshier_pymc.inference_data import posterior_dims
 from bayeshier_pymc.mlm import mlm
 from bayeshier_pymc.model import group_mean_name
+from bayeshier_pymc.sampling import sample_gibbs
 
 PRIORS = {"mu0": 0.3, "s0": 2.0, "tau_scale": [0.5, 2.0, 0.8]}
 
@@ -30,7 +31,7 @@ def shrinkage() -> ShrinkageModel:
 def centred(shrinkage):
     model = shrinkage.build("centered")
     with model:
-        step = TreeGibbs(hierarchy=shrinkage.tree)
+        step = TreeGibbs(problem=shrinkage.problem)
     return model, step
 
 
@@ -164,13 +165,14 @@ def test_step_survives_cloudpickle(centred):
 
 def test_step_refuses_models_it_cannot_sweep(shrinkage):
     with shrinkage.build("noncentered"), pytest.raises(ValueError, match="centred model"):
-        TreeGibbs(hierarchy=shrinkage.tree)
+        TreeGibbs(problem=shrinkage.problem)
+    unpooled = ShrinkageModel(shrinkage.estimates, depth="none").problem
     with shrinkage.build("centered"), pytest.raises(ValueError, match="hierarchy"):
-        TreeGibbs(hierarchy=None)
+        TreeGibbs(problem=unpooled)
     with shrinkage.build("centered") as model, pytest.raises(ValueError, match="every free"):
-        TreeGibbs([model.rvs_to_values[model["theta"]]], hierarchy=shrinkage.tree)
+        TreeGibbs([model.rvs_to_values[model["theta"]]], problem=shrinkage.problem)
     with shrinkage.build("centered"), pytest.raises(ValueError, match="scheme"):
-        TreeGibbs(hierarchy=shrinkage.tree, scheme="asis")
+        TreeGibbs(problem=shrinkage.problem, scheme="asis")
 
 
 @pytest.mark.parametrize("scheme", ["conjugate", "collapsed"])
@@ -178,7 +180,7 @@ def test_pm_sample_runs_the_step_from_dispersed_starts(shrinkage, scheme):
     runs = []
     for seed in (7, 7, 8):
         with shrinkage.build("centered"):
-            step = TreeGibbs(hierarchy=shrinkage.tree, scheme=scheme)
+            step = TreeGibbs(problem=shrinkage.problem, scheme=scheme)
             runs.append(
                 pm.sample(
                     draws=30,
@@ -204,7 +206,7 @@ def test_pm_sample_runs_the_step_from_dispersed_starts(shrinkage, scheme):
 
 def test_pymc_backend_returns_the_contract(shrinkage):
     idata = sample_gibbs(
-        shrinkage,
+        shrinkage.problem,
         draws=20,
         tune=20,
         chains=2,
@@ -214,7 +216,9 @@ def test_pymc_backend_returns_the_contract(shrinkage):
         cores=1,
         scheme="conjugate",
     )
-    engine = sample_gibbs(shrinkage, draws=20, tune=20, chains=2, random_seed=1, progressbar=False)
+    engine = sample_gibbs(
+        shrinkage.problem, draws=20, tune=20, chains=2, random_seed=1, progressbar=False
+    )
     for group in ("posterior", "log_likelihood", "observed_data", "constant_data"):
         assert set(idata[group].data_vars) == set(engine[group].data_vars)
         for name in idata[group].data_vars:
@@ -230,7 +234,7 @@ def test_pymc_backend_returns_the_contract(shrinkage):
 def test_step_samples_the_no_pooling_model_exactly(shrinkage):
     flat = ShrinkageModel(shrinkage.estimates, shrinkage.tree, depth="none", priors={"s0": 2.0})
     with flat.build() as model:
-        step = TreeGibbs(hierarchy=None)
+        step = TreeGibbs(problem=flat.problem)
         point = model.initial_point()
         step.set_rng(np.random.default_rng(3))
         draws = np.stack([step.step(point)[0]["theta"][0, 0] for _ in range(3000)])

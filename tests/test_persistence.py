@@ -35,11 +35,8 @@ def fitted() -> tuple[az.InferenceData, bh.Hierarchy, bh.MLMFit]:
     posterior = model.draw_given_scales(np.abs(rng.normal(size=(2, 20, 2, 3))), rng)
     idata = build_inference_data(
         posterior,
-        model.estimates,
-        model.tree,
-        model.priors,
+        model.problem,
         sampler="test",
-        depth=2,
         sample_stats={"diverging": np.zeros((2, 20), bool)},
         attrs={"flag": True, "nothing": None, "one": ["x"], "random_seed": 7},
     )
@@ -107,9 +104,7 @@ def test_mixed_type_and_numeric_labels_survive(tmp_path: Path) -> None:
         )
     )
     posterior = model.draw_given_scales(np.ones((1, 5, 1, 1)), rng)
-    idata = build_inference_data(
-        posterior, model.estimates, model.tree, model.priors, sampler="t", depth=0
-    )
+    idata = build_inference_data(posterior, model.problem, sampler="t")
     loaded, tree, frame = load_results(save_results(tmp_path / "m.nc", idata, hierarchy=model.tree))
     assert_same_idata(idata, loaded)
     # xarray holds mixed coordinate labels as text; the hierarchy keeps the original types

@@ -37,9 +37,7 @@ def exact_fit(m, depth=None, seed=0):
     rng = np.random.default_rng(seed)
     tau = tau_hat * np.exp(rng.normal(0.0, 0.15, size=(2, 200, *tau_hat.shape)))
     posterior = model.draw_given_scales(tau, rng)
-    return build_inference_data(
-        posterior, model.estimates, model.tree, model.priors, sampler="exact", depth=model.depth
-    )
+    return build_inference_data(posterior, model.problem, sampler="exact")
 
 
 @pytest.fixture(scope="module", params=[20, 2000], ids=["m20", "m2000"])

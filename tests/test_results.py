@@ -44,7 +44,7 @@ def _fake_idata():
             coords=coords,
         ),
     )
-    idata.attrs["levels"] = ["sub"]
+    idata.attrs.update(levels=["sub"], depth="1", priors="{}")
     return idata
 
 
@@ -105,6 +105,7 @@ def test_group_effects_counts_features():
 def test_errors_for_fits_without_pooling_or_levels():
     idata = _fake_idata()
     del idata.posterior["tau"]
+    idata.attrs["depth"] = "none"
     with pytest.raises(ValueError, match="no scales"):
         bh.scale_summary(idata)
     idata.attrs["levels"] = []

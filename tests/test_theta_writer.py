@@ -51,7 +51,7 @@ def _parent_mean(model: bh.ShrinkageModel, stores: dict[str, np.ndarray]) -> np.
 
 
 def _write_all(model, stores, *, background: bool, seed: int = 1, dtype=np.float32) -> WrittenDraws:
-    writer = ThetaWriter(model, np.random.SeedSequence(seed), stores, dtype, background)
+    writer = ThetaWriter(model.problem, np.random.SeedSequence(seed), stores, dtype, background)
     try:
         for draw in range(DRAWS):
             writer.recorded(draw)
@@ -100,7 +100,7 @@ def test_same_draws_with_and_without_the_thread(model):
 def test_the_thread_alone_writes_every_draw_and_stops(model):
     """When the thread keeps up with the sweeps, finishing claims nothing and waits for it."""
     expected = _write_all(model, _stores(model), background=False)
-    writer = ThetaWriter(model, np.random.SeedSequence(1), _stores(model), np.float32, True)
+    writer = ThetaWriter(model.problem, np.random.SeedSequence(1), _stores(model), np.float32, True)
     try:
         for draw in range(DRAWS):
             writer.recorded(draw)
@@ -117,7 +117,7 @@ def test_finish_raises_what_stopped_the_thread(model, monkeypatch):
         raise MemoryError("no room for the stores")
 
     monkeypatch.setattr(theta_writer, "store_array", no_memory)
-    writer = ThetaWriter(model, np.random.SeedSequence(0), _stores(model), np.float32, True)
+    writer = ThetaWriter(model.problem, np.random.SeedSequence(0), _stores(model), np.float32, True)
     try:
         for draw in range(DRAWS):
             writer.recorded(draw)
@@ -130,7 +130,7 @@ def test_finish_raises_what_stopped_the_thread(model, monkeypatch):
 def test_close_stops_a_thread_left_waiting(model):
     """After an error in the sweeps the engine closes the writer without finishing it."""
     complete = _write_all(model, _stores(model), background=False, seed=2)
-    writer = ThetaWriter(model, np.random.SeedSequence(2), _stores(model), np.float32, True)
+    writer = ThetaWriter(model.problem, np.random.SeedSequence(2), _stores(model), np.float32, True)
     writer.recorded(0)
     writer.close()  # returns although draws 1.. never come; draw 0 was written first
     np.testing.assert_array_equal(writer._theta[:, 0], complete.theta[:, 0])
@@ -141,7 +141,7 @@ def test_a_model_without_pooling_is_refused():
     model = bh.ShrinkageModel(bh.mlm(data.Y, data.X, x_intercept=False), depth="none")
     assert model.tree is None
     with pytest.raises(ValueError, match="without pooling"):
-        ThetaWriter(model, np.random.SeedSequence(0), {}, np.float32, False)
+        ThetaWriter(model.problem, np.random.SeedSequence(0), {}, np.float32, False)
 
 
 @pytest.mark.parametrize("commit", [False, True])

@@ -1,10 +1,9 @@
 """The vectorised Gibbs engine: every chain and covariate in one NumPy sweep.
 
-``sample_gibbs(model)`` runs the sweeps of :mod:`bayeshier_pymc.gibbs.sweeps` on rows that are
-(chain, covariate) pairs, stores the kept draws and returns the InferenceData contract of
-:func:`~bayeshier_pymc.inference_data.build_inference_data`, with the same variables, dims and
-coordinates as NUTS. ``backend="pymc"`` runs the same sweep as a PyMC step method
-(:class:`~bayeshier_pymc.gibbs.step.TreeGibbs`) through ``pymc.sample`` instead.
+:func:`run_engine` runs the sweeps of :mod:`bayeshier_pymc.gibbs.sweeps` on rows that are
+(chain, covariate) pairs for a :class:`~bayeshier_pymc.problem.ShrinkageProblem` and returns the
+kept draws; :mod:`bayeshier_pymc.sampling` turns them into the InferenceData contract (the
+same variables, dims and coordinates as NUTS).
 
 Two cores: in the collapsed scheme nothing in a sweep conditions on θ, so the sweeps skip θ
 (the largest single cost of a sweep); the kept θ draws and their log-likelihoods are written
@@ -21,29 +20,25 @@ of 6e-8, far below any Monte Carlo error. Every other variable is float64.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-import arviz as az
 import numpy as np
 from tqdm.auto import tqdm
 
 from bayeshier_pymc._memory import store_array
-from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal
+from bayeshier_pymc.gaussian_tree import posterior_normal
 from bayeshier_pymc.gibbs.layout import TreeData, TreeState
-from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS, ScaleKernel
+from bayeshier_pymc.gibbs.scale_kernels import ScaleKernel
 from bayeshier_pymc.gibbs.sweeps import collapsed_sweep, conjugate_sweep, initial_state
 from bayeshier_pymc.gibbs.theta_writer import ThetaWriter
-from bayeshier_pymc.inference_data import build_inference_data
-from bayeshier_pymc.log_likelihood import conditional_total
 from bayeshier_pymc.model import group_mean_name
+from bayeshier_pymc.problem import ShrinkageProblem
 
 if TYPE_CHECKING:
     from bayeshier_pymc.hierarchy import Hierarchy
-    from bayeshier_pymc.shrinkage import ShrinkageModel
 
-__all__ = ["SCHEMES", "sample_gibbs"]
+__all__ = ["SCHEMES", "EngineDraws", "check_settings", "run_engine", "tree_data"]
 
 Scheme = Literal["collapsed", "conjugate"]
 SCHEMES: tuple[str, ...] = ("collapsed", "conjugate")
@@ -51,26 +46,46 @@ PROGRESS_EVERY = 100
 """Sweeps between progress-bar refreshes."""
 
 
-def sample_gibbs(
-    model: ShrinkageModel,
+class EngineDraws(NamedTuple):
+    """What :func:`run_engine` returns.
+
+    Attributes
+    ----------
+    posterior
+        The kept draws, (chain, draw, covariate, ...): ``theta`` and, with pooling, ``mu``,
+        ``tau`` and ``<level>_mean``.
+    stats
+        Sampler statistics, (chain, draw): for the collapsed scheme ``scale_acceptance`` and
+        ``log_likelihood`` (Σ log N(b; θ, s²) per draw); empty otherwise.
+    log_likelihood
+        The marginal pointwise log-likelihood if the collapsed scheme computed it while
+        sampling, else ``None``.
+    """
+
+    posterior: dict[str, np.ndarray]
+    stats: dict[str, np.ndarray]
+    log_likelihood: np.ndarray | None
+
+
+def run_engine(
+    problem: ShrinkageProblem,
     *,
-    draws: int = 1000,
-    tune: int = 1000,
-    chains: int = 4,
-    random_seed: int | None = None,
-    progressbar: bool = True,
-    scheme: Scheme = "collapsed",
-    scale_steps: int = DEFAULT_SCALE_STEPS,
-    theta_dtype: Any = np.float32,
-    backend: Literal["numpy", "pymc"] = "numpy",
-    cores: int | None = None,
-) -> az.InferenceData:
-    """Sample the shrinkage posterior by Gibbs sampling.
+    draws: int,
+    tune: int,
+    chains: int,
+    random_seed: int | None,
+    progressbar: bool,
+    scheme: Scheme,
+    scale_steps: int,
+    theta_dtype: Any,
+    cores: int | None,
+) -> EngineDraws:
+    """Sample the shrinkage posterior of ``problem`` with the vectorised Gibbs engine.
 
     Parameters
     ----------
-    model
-        The :class:`~bayeshier_pymc.shrinkage.ShrinkageModel`.
+    problem
+        What to sample.
     draws, tune, chains
         Kept sweeps and tuning sweeps per chain, and the number of chains.
     random_seed
@@ -78,120 +93,29 @@ def sample_gibbs(
     progressbar
         Show a progress bar.
     scheme
-        ``"collapsed"`` (default): τ from its collapsed conditional, everything else exactly
-        given τ (mixes τ well); ``"conjugate"``: the centred conjugate sweep of the research
+        ``"collapsed"``: τ from its collapsed conditional, everything else exactly given τ
+        (mixes τ well); ``"conjugate"``: the centred conjugate sweep of the research
         algorithm. See :mod:`bayeshier_pymc.gibbs.sweeps`.
     scale_steps
         Metropolis–Hastings steps per τ and sweep in the collapsed scheme.
     theta_dtype
-        Storage type of the engine's θ draws and pointwise log-likelihood: float32 (default;
-        see the module docstring) or float64 (``backend="pymc"`` keeps PyMC's float64).
-    backend
-        ``"numpy"`` (default): the vectorised engine; ``"pymc"``: ``pymc.sample`` with the
-        :class:`~bayeshier_pymc.gibbs.step.TreeGibbs` step on the centred model.
+        Storage type of θ and of the pointwise log-likelihood (see the module docstring).
     cores
-        With 2 or more (default: the CPUs), θ is drawn in a background thread; with
-        ``backend="pymc"``, the processes of ``pymc.sample`` (default ``min(chains, CPUs)``).
-
-    Returns
-    -------
-    arviz.InferenceData
-        The contract of :func:`~bayeshier_pymc.inference_data.build_inference_data`;
-        ``sample_stats`` holds ``log_likelihood`` (Σ log N(b; θ, s²) per draw) and, for the
-        collapsed scheme, ``scale_acceptance``; ``attrs["sampling_time"]`` is in seconds.
+        With 2 or more (``None``: the CPUs), θ is drawn in a background thread.
     """
-    _check_arguments(draws, tune, chains, scheme, backend, theta_dtype)
-    if backend == "pymc":
-        from bayeshier_pymc.gibbs.step import sample_with_step
-
-        return sample_with_step(
-            model,
-            draws=draws,
-            tune=tune,
-            chains=chains,
-            random_seed=random_seed,
-            progressbar=progressbar,
-            scheme=scheme,
-            scale_steps=scale_steps,
-            cores=cores or min(chains, os.cpu_count() or 1),
-        )
+    check_settings(draws, tune, chains, scheme, theta_dtype)
     seed = np.random.SeedSequence(random_seed)
-    start = time.perf_counter()
-    log_likelihood = None
-    stats: dict[str, np.ndarray] = {}
-    if model.tree is None:
+    if problem.tree is None:
         rng = np.random.default_rng(seed)
-        posterior = _sample_no_pooling(model, draws, chains, theta_dtype, rng)
-    else:
-        settings = _Settings(draws, tune, scheme, scale_steps, theta_dtype)
-        posterior, stats, log_likelihood = _run_chains(
-            model, model.tree, chains, settings, seed, progressbar, cores
-        )
-    elapsed = time.perf_counter() - start
-    return finish_inference_data(
-        model,
-        posterior,
-        stats,
-        sampler=f"gibbs ({scheme})",
-        sampling_time=elapsed,
-        scheme=scheme,
-        scale_steps=scale_steps,
-        tune=tune,
-        random_seed=random_seed,
-        log_likelihood=log_likelihood,
+        return EngineDraws(_sample_no_pooling(problem, draws, chains, theta_dtype, rng), {}, None)
+    settings = _Settings(draws, tune, scheme, scale_steps, theta_dtype)
+    return EngineDraws(
+        *_run_chains(problem, problem.tree, chains, settings, seed, progressbar, cores)
     )
 
 
-def finish_inference_data(
-    model: ShrinkageModel,
-    posterior: dict[str, np.ndarray],
-    stats: dict[str, np.ndarray],
-    *,
-    sampler: str,
-    sampling_time: float,
-    scheme: str,
-    scale_steps: int,
-    tune: int,
-    random_seed: int | None,
-    log_likelihood: np.ndarray | None = None,
-) -> az.InferenceData:
-    """Build the contract with the run's settings as attrs; add the log-likelihood stat.
-
-    ``log_likelihood`` is the default pointwise log-likelihood if it was computed while
-    sampling. ``sample_stats["log_likelihood"]`` is the per-draw Σ log N(b; θ, s²), computed
-    here unless ``stats`` has it already.
-    """
-    if "log_likelihood" not in stats:
-        stats = {
-            **stats,
-            "log_likelihood": conditional_total(
-                posterior["theta"],
-                model.estimates.estimate.to_numpy(),
-                model.estimates.se.to_numpy(),
-            ),
-        }
-    return build_inference_data(
-        posterior,
-        model.estimates,
-        model.tree,
-        model.priors,
-        sampler=sampler,
-        depth=model.depth,
-        sample_stats=stats,
-        attrs={
-            "sampling_time": sampling_time,
-            "scheme": scheme,
-            "scale_steps": scale_steps,
-            "tuning_steps": tune,
-            "random_seed": "None" if random_seed is None else int(random_seed),
-        },
-        log_likelihood=log_likelihood,
-    )
-
-
-def _check_arguments(
-    draws: int, tune: int, chains: int, scheme: str, backend: str, theta_dtype: Any
-) -> None:
+def check_settings(draws: int, tune: int, chains: int, scheme: str, theta_dtype: Any) -> None:
+    """Raise a ValueError naming the first setting of a Gibbs run that is out of range."""
     if draws < 1 or tune < 0 or chains < 1:
         raise ValueError(
             f"need draws >= 1, tune >= 0 and chains >= 1; got draws={draws}, tune={tune}, "
@@ -199,25 +123,21 @@ def _check_arguments(
         )
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; use one of {SCHEMES!r}.")
-    if backend not in ("numpy", "pymc"):
-        raise ValueError(f"unknown backend {backend!r}; use 'numpy' or 'pymc'.")
     if np.dtype(theta_dtype) not in (np.float32, np.float64):
         raise ValueError(f"theta_dtype must be float32 or float64, got {np.dtype(theta_dtype)}.")
 
 
-def tree_data(model: ShrinkageModel, copies: int) -> TreeData:
-    """The sweep data of ``model`` with every covariate repeated ``copies`` times (chains)."""
-    if model.tree is None:
-        raise ValueError("a model without pooling has no tree to sweep.")
-    b = model.estimates.estimate.to_numpy()
-    var_b = model.estimates.se.to_numpy() ** 2
+def tree_data(problem: ShrinkageProblem, copies: int) -> TreeData:
+    """The sweep data of ``problem`` with every covariate repeated ``copies`` times (chains)."""
+    if problem.tree is None:
+        raise ValueError("a problem without pooling has no tree to sweep.")
     return TreeData.build(
-        np.tile(b, (copies, 1)),
-        np.tile(var_b, (copies, 1)),
-        TreeIndex.from_hierarchy(model.tree),
-        model.priors.tau_scale,
-        model.priors.mu0,
-        model.priors.s0,
+        np.tile(problem.b, (copies, 1)),
+        np.tile(problem.var_b, (copies, 1)),
+        problem.index,
+        problem.priors.tau_scale,
+        problem.priors.mu0,
+        problem.priors.s0,
     )
 
 
@@ -282,7 +202,7 @@ class _DrawStore:
 
 
 def _run_chains(
-    model: ShrinkageModel,
+    problem: ShrinkageProblem,
     hierarchy: Hierarchy,
     chains: int,
     settings: _Settings,
@@ -296,8 +216,8 @@ def _run_chains(
     log-likelihood if it was computed while sampling (by the collapsed scheme, which also
     puts the per-draw conditional total in the statistics).
     """
-    data = tree_data(model, chains)
-    lead = (chains, settings.draws, model.estimates.estimate.shape[0])
+    data = tree_data(problem, chains)
+    lead = (chains, settings.draws, problem.b.shape[0])
     collapsed = settings.scheme == "collapsed"
     theta_store = None if collapsed else settings.theta_dtype
     store = _DrawStore(
@@ -314,7 +234,7 @@ def _run_chains(
     writer = None
     if collapsed:
         writer = ThetaWriter(
-            model,
+            problem,
             noise_seed,
             store.arrays,
             settings.theta_dtype,
@@ -360,16 +280,15 @@ def _run_chains(
 
 
 def _sample_no_pooling(
-    model: ShrinkageModel,
+    problem: ShrinkageProblem,
     draws: int,
     chains: int,
     theta_dtype: Any,
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """Exact independent draws of θ_j | b_j ~ N(mu0, s0²) prior × N(b_j; θ_j, s_j²)."""
-    b = model.estimates.estimate.to_numpy()
-    var_b = model.estimates.se.to_numpy() ** 2
-    mean, var = posterior_normal(model.priors.mu0, model.priors.s0**2, b, var_b)
+    b, var_b = problem.b, problem.var_b
+    mean, var = posterior_normal(problem.priors.mu0, problem.priors.s0**2, b, var_b)
     noise = rng.standard_normal((chains, draws, *b.shape), dtype=np.float32)
     theta = (mean + np.sqrt(var) * noise).astype(theta_dtype, copy=False)
     return {"theta": theta}

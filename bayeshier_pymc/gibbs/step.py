@@ -2,32 +2,32 @@
 
 :class:`TreeGibbs` updates every free variable of ``ShrinkageModel.build("centered")`` (``tau``,
 ``mu``, each ``<level>_mean`` and ``theta``) in one block, with the sweeps of
-:mod:`bayeshier_pymc.gibbs.sweeps`; the rows of those sweeps are the covariates. The prior
-parameters (HalfCauchy scales of ``tau``, mean and sd of ``mu``), the estimates and their
-standard errors are read from the model's variables. The HalfCauchy mixing variables λ of the
+:mod:`bayeshier_pymc.gibbs.sweeps`; the rows of those sweeps are the covariates. The estimates,
+their standard errors, the tree and the priors come from the
+:class:`~bayeshier_pymc.problem.ShrinkageProblem` the model was built from; only the names of
+the variables are read from the model. The HalfCauchy mixing variables λ of the
 conjugate scheme are not model variables: each sweep draws them afresh from λ | τ right before
 τ² | λ uses them, so the step carries no hidden state for them. The collapsed scheme's proposal
 tuning is per-chain state of the step (reset for every chain by PyMC's sampling state).
 
-PyMC does not jitter the start when a custom step is given: pass
-:meth:`TreeGibbs.initial_points` as ``initvals`` so that chains start apart, as
-:func:`sample_with_step` does.
+The step is only a step: it builds no InferenceData. PyMC does not jitter the start when a
+custom step is given: pass :meth:`TreeGibbs.initial_points` as ``initvals`` so that chains start
+apart, as :func:`bayeshier_pymc.sampling.sample` does with ``sampler="gibbs",
+backend="pymc"``.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-import arviz as az
 import numpy as np
 import pymc as pm
 from pymc.logprob.transforms import LogTransform
 from pymc.step_methods.compound import BlockedStep, StepMethodState
 from pymc.step_methods.state import dataclass_state
 from pymc.util import get_random_generator
-from pytensor.graph.basic import Constant, Variable
+from pytensor.graph.basic import Variable
 
 from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal
 from bayeshier_pymc.gibbs.layout import TreeData, TreeState
@@ -38,13 +38,10 @@ from bayeshier_pymc.gibbs.sweeps import (
     draw_normal,
     initial_state,
 )
-from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.model import group_mean_name
+from bayeshier_pymc.problem import ShrinkageProblem
 
-if TYPE_CHECKING:
-    from bayeshier_pymc.shrinkage import ShrinkageModel
-
-__all__ = ["TreeGibbs", "sample_with_step"]
+__all__ = ["TreeGibbs"]
 
 
 @dataclass_state
@@ -70,9 +67,9 @@ class TreeGibbs(BlockedStep):
     ----------
     vars
         The model's value variables (default: all of them; the step must own all).
-    hierarchy
-        The tree the model was built on (``ShrinkageModel.tree``); ``None`` for the
-        no-pooling model, whose θ_j are then drawn exactly from their posterior.
+    problem
+        The problem the model was built from (``ShrinkageModel.problem``): estimates, tree
+        and priors. Without pooling the θ_j are drawn exactly from their posterior.
     scheme
         ``"conjugate"`` (default): the centred sweep, θ, the group means and θ0 from their
         normal conditionals and λ, τ² from inverse gammas; ``"collapsed"``: τ from its
@@ -97,7 +94,7 @@ class TreeGibbs(BlockedStep):
         self,
         vars: list[Variable] | None = None,
         *,
-        hierarchy: Hierarchy | None,
+        problem: ShrinkageProblem,
         scheme: str = "conjugate",
         scale_steps: int = DEFAULT_SCALE_STEPS,
         model: pm.Model | None = None,
@@ -109,8 +106,8 @@ class TreeGibbs(BlockedStep):
             raise ValueError(f"unknown scheme {scheme!r}; use 'conjugate' or 'collapsed'.")
         self.vars = list(model.value_vars) if vars is None else list(vars)
         self.scheme = scheme
-        self.pooled = "tau" in model.named_vars
-        self.data, self.names = _read_model(model, hierarchy, self.pooled)
+        self.pooled = problem.pooled
+        self.data, self.names = _sweep_data(model, problem)
         self.kernel = ScaleKernel(steps=scale_steps)
         self.tune = True
         self.rng = get_random_generator(rng)
@@ -187,33 +184,26 @@ class TreeGibbs(BlockedStep):
         return values
 
 
-def _value(variable: Variable) -> np.ndarray:
-    """The numeric value of a constant or shared variable of the model graph."""
-    if isinstance(variable, Constant):
-        return np.asarray(variable.data)
-    return np.asarray(variable.eval())
-
-
-def _dist_params(model: pm.Model, name: str) -> list[np.ndarray]:
-    rv = model[name]
-    return [_value(p) for p in rv.owner.op.dist_params(rv.owner)]
-
-
-def _read_model(
-    model: pm.Model, hierarchy: Hierarchy | None, pooled: bool
-) -> tuple[TreeData, _Names]:
-    """Sweep data and variable names from the centred model's variables."""
-    b = _value(model.rvs_to_values[model["b"]])
-    se = _dist_params(model, "b")[1]
-    if not pooled:
-        mu0, s0 = (float(np.ravel(x)[0]) for x in _dist_params(model, "theta"))
-        flat = TreeIndex(b.shape[1], (), ())
-        return TreeData.build(b, se**2, flat, np.ones(1), mu0, s0), _Names("", ())
-    if hierarchy is None:
-        raise ValueError("a pooled model needs its hierarchy (ShrinkageModel.tree).")
+def _sweep_data(model: pm.Model, problem: ShrinkageProblem) -> tuple[TreeData, _Names]:
+    """Sweep data from ``problem`` and variable names from ``model``, checked against each other."""
+    n_features = model.rvs_to_values[model["b"]].type.shape[-1]
+    if n_features is not None and n_features != problem.b.shape[1]:
+        raise ValueError(
+            f"the model has {n_features} features but the problem {problem.b.shape[1]}."
+        )
+    priors = problem.priors
+    if problem.tree is None and "tau" in model.named_vars:
+        raise ValueError(
+            "the model pools features but the problem has no hierarchy (depth='none'); give "
+            "the problem the model was built from (ShrinkageModel.problem)."
+        )
+    if problem.tree is None:
+        flat = TreeIndex(problem.b.shape[1], (), ())
+        data = TreeData.build(problem.b, problem.var_b, flat, np.ones(1), priors.mu0, priors.s0)
+        return data, _Names("", ())
     names = _Names(
         tau_value=model.rvs_to_values[model["tau"]].name,
-        group_means=tuple(group_mean_name(level) for level in hierarchy.levels),
+        group_means=tuple(group_mean_name(level) for level in problem.tree.levels),
     )
     expected = {"tau", "mu", "theta", *names.group_means}
     if not expected <= set(model.named_vars) or model["theta"] not in model.free_RVs:
@@ -223,58 +213,7 @@ def _read_model(
         )
     if not isinstance(model.rvs_to_transforms[model["tau"]], LogTransform):
         raise ValueError("TreeGibbs expects tau with PyMC's default log transform.")
-    tau_scale = np.broadcast_to(_dist_params(model, "tau")[-1], (hierarchy.depth + 1,))
-    mu0, s0 = (float(np.ravel(x)[0]) for x in _dist_params(model, "mu"))
-    tree = TreeIndex.from_hierarchy(hierarchy)
-    if b.shape[1] != tree.n_features:
-        raise ValueError(
-            f"the model has {b.shape[1]} features but the hierarchy {tree.n_features}."
-        )
-    return TreeData.build(b, se**2, tree, tau_scale, mu0, s0), names
-
-
-def sample_with_step(
-    model: ShrinkageModel,
-    *,
-    draws: int,
-    tune: int,
-    chains: int,
-    random_seed: int | None,
-    progressbar: bool,
-    scheme: str,
-    scale_steps: int,
-    cores: int,
-) -> az.InferenceData:
-    """``pymc.sample`` with :class:`TreeGibbs` on ``model``'s centred model, as the contract."""
-    from bayeshier_pymc.gibbs.engine import finish_inference_data
-    from bayeshier_pymc.inference_data import posterior_dims
-
-    pymc_model = model.build("centered" if model.pooled else "collapsed")
-    seeds = np.random.SeedSequence(random_seed).generate_state(2)
-    with pymc_model:
-        step = TreeGibbs(hierarchy=model.tree, scheme=scheme, scale_steps=scale_steps)
-        start = time.perf_counter()
-        raw = pm.sample(
-            draws=draws,
-            tune=tune,
-            chains=chains,
-            cores=cores,
-            step=step,
-            initvals=step.initial_points(chains, seeds[0]),
-            random_seed=int(seeds[1] % 2**31),
-            progressbar=progressbar,
-            compute_convergence_checks=False,
-        )
-        elapsed = time.perf_counter() - start
-    posterior = {name: raw.posterior[name].to_numpy() for name in posterior_dims(model.tree)}
-    return finish_inference_data(
-        model,
-        posterior,
-        {"scale_acceptance": raw.sample_stats["scale_acceptance"].to_numpy()},
-        sampler=f"gibbs ({scheme}, pymc step)",
-        sampling_time=elapsed,
-        scheme=scheme,
-        scale_steps=scale_steps,
-        tune=tune,
-        random_seed=random_seed,
+    data = TreeData.build(
+        problem.b, problem.var_b, problem.index, priors.tau_scale, priors.mu0, priors.s0
     )
+    return data, names

@@ -27,16 +27,14 @@ import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bayeshier_pymc._memory import store_array
 from bayeshier_pymc.gaussian_tree.kernels import ThetaData, ThetaStores, write_theta_draw
 from bayeshier_pymc.log_likelihood import conditional_constant, theta_parents
-
-if TYPE_CHECKING:
-    from bayeshier_pymc.shrinkage import ShrinkageModel
+from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = ["ThetaWriter", "WrittenDraws"]
 
@@ -68,8 +66,8 @@ class ThetaWriter:
 
     Parameters
     ----------
-    model
-        The model sampled (a pooled one).
+    problem
+        The problem sampled (a pooled one).
     seed
         Seed of the noise generator.
     posterior
@@ -88,18 +86,18 @@ class ThetaWriter:
 
     def __init__(
         self,
-        model: ShrinkageModel,
+        problem: ShrinkageProblem,
         seed: np.random.SeedSequence,
         posterior: dict[str, np.ndarray],
         dtype: Any,
         background: bool,
     ):
-        tree = model.tree
+        tree = problem.tree
         if tree is None:
             raise ValueError("θ is written from its parents, which a model without pooling lacks.")
         self._rng = np.random.Generator(np.random.SFC64(seed))
-        self._b = np.ascontiguousarray(model.estimates.estimate.to_numpy(), dtype=float)
-        self._var_b = np.ascontiguousarray(model.estimates.se.to_numpy(), dtype=float) ** 2
+        self._b = np.ascontiguousarray(problem.b, dtype=float)
+        self._var_b = np.ascontiguousarray(problem.se, dtype=float) ** 2
         self._tau = posterior["tau"]
         self._shape = (*self._tau.shape[:3], self._b.shape[1])
         self._dtype = dtype

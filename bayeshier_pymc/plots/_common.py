@@ -12,6 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_hex, to_rgb
 
 from bayeshier_pymc.design import INTERCEPT
+from bayeshier_pymc.inference_data import problem_from_idata
 
 ALL_FEATURES = "all features"
 
@@ -32,12 +33,6 @@ def pick_covariate(idata: az.InferenceData, covariate: object | None) -> object:
     if covariate not in covariates:
         raise ValueError(f"unknown covariate {covariate!r}; the fit has {covariates!r}.")
     return covariate
-
-
-def fit_levels(idata: az.InferenceData) -> list[str]:
-    """Annotation levels of a fit, finest first (empty for depth 0 and no pooling)."""
-    levels = idata.attrs.get("levels", [])
-    return [levels] if isinstance(levels, str) else list(levels)
 
 
 @dataclass(frozen=True)
@@ -69,19 +64,18 @@ class Groups:
 
 def feature_groups(idata: az.InferenceData, level: str | None) -> Groups:
     """The groups of ``level`` (default: the finest level of the fit) for every feature."""
-    levels = fit_levels(idata)
+    tree = problem_from_idata(idata).tree
+    levels = list(tree.levels) if tree is not None else []
     n_features = idata.posterior.sizes["feature"]
-    if not levels:
+    if tree is None or not levels:
         if level is not None:
             raise ValueError(f"level {level!r} given, but the fit has no annotation level.")
         return Groups(None, pd.Index([ALL_FEATURES]), np.zeros(n_features, np.intp), ["0.35"])
     level = levels[0] if level is None else level
     if level not in levels:
         raise ValueError(f"unknown level {level!r}; the fit used {levels!r}.")
-    codes = idata.constant_data[f"{levels[0]}_index"].to_numpy()
-    for coarser in levels[1 : levels.index(level) + 1]:
-        codes = idata.constant_data[f"{coarser}_index"].to_numpy()[codes]
-    labels = pd.Index(idata.posterior[level].to_numpy())
+    labels = pd.Index(tree.groups[levels.index(level)])
+    codes = tree.membership(level)
     return Groups(level, labels, codes.astype(np.intp), group_colors(len(labels)))
 
 

@@ -7,6 +7,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
+from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.plots._common import (
     feature_groups,
     new_axes,
@@ -52,7 +53,8 @@ def plot_shrinkage(
     """
     covariate = pick_covariate(idata, covariate)
     groups = feature_groups(idata, level)
-    estimate = idata.observed_data["b"].sel(covariate=covariate).to_numpy()
+    problem = problem_from_idata(idata)
+    estimate = problem.b[problem.covariates.get_loc(covariate)]
     shrunk = posterior_mean(idata, "theta", covariate)
     group_means = (
         posterior_mean(idata, f"{groups.level}_mean", covariate)
@@ -92,7 +94,7 @@ def plot_shrinkage(
             c="black",
             zorder=4,
         )
-    if "mu" in idata.posterior:
+    if problem.pooled:
         ax.axvline(posterior_mean(idata, "mu", covariate), color="0.3", ls="--", lw=1)
     for r in range(0, len(order), 2):
         ax.axhspan(r - 0.5, r + 0.5, color="0.94", zorder=0)
@@ -108,7 +110,7 @@ def plot_shrinkage(
         fontsize="medium",
     )
     ax.legend(
-        handles=_legend_handles(groups.level, "mu" in idata.posterior),
+        handles=_legend_handles(groups.level, problem.pooled),
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
         fontsize="small",

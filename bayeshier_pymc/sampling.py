@@ -1,0 +1,451 @@
+"""The sampler registry: one place chooses a sampler by name, one place finishes its draws.
+
+Every sampler takes a :class:`~bayeshier_pymc.problem.ShrinkageProblem` and returns a
+:class:`SamplerRun` (its draws, statistics and settings); :func:`sample` looks the sampler up in
+:data:`SAMPLERS`, runs it, turns the run into the InferenceData contract
+(:func:`~bayeshier_pymc.inference_data.build_inference_data`) and warns when the
+convergence diagnostics fail. :class:`~bayeshier_pymc.shrinkage.ShrinkageModel` is the user's
+way in; it builds the problem and calls :func:`sample`.
+
+``"nuts"``
+    ``pymc.sample`` with the ``pymc``, ``nutpie`` or ``numpyro`` NUTS backend, on the collapsed
+    model by default (θ0, the group means and θ then drawn exactly given each τ draw by
+    :func:`draw_given_scales`) or on a full parameterisation.
+``"gibbs"``
+    The vectorised Gibbs engine (:func:`~bayeshier_pymc.gibbs.engine.run_engine`), or with
+    ``backend="pymc"`` ``pymc.sample`` with the
+    :class:`~bayeshier_pymc.gibbs.step.TreeGibbs` step on the centred model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import arviz as az
+import numpy as np
+import pymc as pm
+import xarray as xr
+
+from bayeshier_pymc.convergence import warn_if_not_converged
+from bayeshier_pymc.gaussian_tree import draw_tree, upward_pass
+from bayeshier_pymc.gibbs.engine import check_settings, run_engine
+from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS
+from bayeshier_pymc.gibbs.step import TreeGibbs
+from bayeshier_pymc.inference_data import build_inference_data, posterior_dims
+from bayeshier_pymc.log_likelihood import conditional_total
+from bayeshier_pymc.model import Parameterization, build_model, group_mean_name
+from bayeshier_pymc.problem import ShrinkageProblem
+
+__all__ = [
+    "DEFAULT_NUTS_SAMPLER",
+    "NUTS_SAMPLERS",
+    "SAMPLERS",
+    "SamplerRun",
+    "draw_given_scales",
+    "finish",
+    "sample",
+    "sample_gibbs",
+]
+
+NutsSampler = Literal["pymc", "nutpie", "numpyro"]
+NUTS_SAMPLERS: tuple[str, ...] = ("pymc", "nutpie", "numpyro")
+DEFAULT_NUTS_SAMPLER: NutsSampler = "numpyro"
+"""Fastest NUTS backend measured on the research simulation (``benchmarks/bench_nuts.py``)."""
+
+
+@dataclass(frozen=True)
+class SamplerRun:
+    """What a sampler of :data:`SAMPLERS` returns, before it becomes the contract.
+
+    Attributes
+    ----------
+    posterior
+        Draws with leading dims (chain, draw): ``theta`` and, with pooling, ``mu``, ``tau`` and
+        ``<level>_mean``.
+    sample_stats
+        Sampler statistics with leading dims (chain, draw).
+    sampler
+        Name stored in ``attrs["sampler"]``.
+    attrs
+        The run's settings, stored in the InferenceData's attrs.
+    log_likelihood
+        The default pointwise log-likelihood if the sampler computed it.
+    """
+
+    posterior: Mapping[str, np.ndarray]
+    sample_stats: xr.Dataset | Mapping[str, np.ndarray]
+    sampler: str
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    log_likelihood: np.ndarray | None = None
+
+
+def sample(
+    problem: ShrinkageProblem,
+    sampler: str = "nuts",
+    *,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    cores: int | None = None,
+    random_seed: int | None = None,
+    progressbar: bool = True,
+    **options: Any,
+) -> az.InferenceData:
+    """Draw from the posterior of ``problem`` with the sampler named ``sampler``.
+
+    Parameters
+    ----------
+    problem
+        What to sample.
+    sampler
+        A name in :data:`SAMPLERS`: ``"nuts"`` or ``"gibbs"``.
+    draws, tune, chains
+        Kept draws and tuning steps per chain, and the number of chains.
+    cores
+        CPUs the sampler may use (default: all, at most one process per chain).
+    random_seed
+        The same seed gives the same draws.
+    progressbar
+        Show progress.
+    **options
+        The sampler's own options: for ``"nuts"`` see :func:`_sample_nuts`
+        (``nuts_sampler``, ``parameterization``, ``target_accept`` and :func:`pymc.sample`'s
+        keywords), for ``"gibbs"`` see :func:`sample_gibbs`.
+
+    Returns
+    -------
+    arviz.InferenceData
+        The contract of :func:`~bayeshier_pymc.inference_data.build_inference_data`; a
+        :class:`~bayeshier_pymc.convergence.ConvergenceWarning` is emitted when the
+        diagnostics fail.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; use one of {sorted(SAMPLERS)!r}.")
+    run = SAMPLERS[sampler](
+        problem,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        cores=cores,
+        random_seed=random_seed,
+        progressbar=progressbar,
+        **options,
+    )
+    idata = finish(problem, run)
+    warn_if_not_converged(idata, stacklevel=4)
+    return idata
+
+
+def finish(problem: ShrinkageProblem, run: SamplerRun) -> az.InferenceData:
+    """The InferenceData contract of ``run``, a run of a sampler on ``problem``."""
+    return build_inference_data(
+        run.posterior,
+        problem,
+        sampler=run.sampler,
+        sample_stats=run.sample_stats,
+        attrs=run.attrs,
+        log_likelihood=run.log_likelihood,
+    )
+
+
+def sample_gibbs(
+    problem: ShrinkageProblem,
+    *,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    random_seed: int | None = None,
+    progressbar: bool = True,
+    scheme: Literal["collapsed", "conjugate"] = "collapsed",
+    scale_steps: int = DEFAULT_SCALE_STEPS,
+    theta_dtype: Any = np.float32,
+    backend: Literal["numpy", "pymc"] = "numpy",
+    cores: int | None = None,
+) -> az.InferenceData:
+    """Sample the shrinkage posterior by Gibbs sampling.
+
+    :func:`sample` with ``"gibbs"``, without its convergence warning (for runs too short
+    for diagnostics, such as tests and benchmarks).
+
+    Parameters
+    ----------
+    problem
+        What to sample.
+    draws, tune, chains
+        Kept sweeps and tuning sweeps per chain, and the number of chains.
+    random_seed
+        The same seed gives the same draws.
+    progressbar
+        Show a progress bar.
+    scheme
+        ``"collapsed"`` (default): τ from its collapsed conditional, everything else exactly
+        given τ (mixes τ well); ``"conjugate"``: the centred conjugate sweep of the research
+        algorithm. See :mod:`bayeshier_pymc.gibbs.sweeps`.
+    scale_steps
+        Metropolis–Hastings steps per τ and sweep in the collapsed scheme.
+    theta_dtype
+        Storage type of the engine's θ draws and pointwise log-likelihood: float32 (default;
+        see :mod:`bayeshier_pymc.gibbs.engine`) or float64 (``backend="pymc"`` keeps PyMC's
+        float64).
+    backend
+        ``"numpy"`` (default): the vectorised engine; ``"pymc"``: ``pymc.sample`` with the
+        :class:`~bayeshier_pymc.gibbs.step.TreeGibbs` step on the centred model.
+    cores
+        With 2 or more (default: the CPUs), θ is drawn in a background thread; with
+        ``backend="pymc"``, the processes of ``pymc.sample`` (default ``min(chains, CPUs)``).
+
+    Returns
+    -------
+    arviz.InferenceData
+        The contract; ``sample_stats`` holds ``log_likelihood`` (Σ log N(b; θ, s²) per draw)
+        and, for the collapsed scheme, ``scale_acceptance``; ``attrs["sampling_time"]`` is in
+        seconds.
+    """
+    run = _sample_gibbs(
+        problem,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        cores=cores,
+        random_seed=random_seed,
+        progressbar=progressbar,
+        scheme=scheme,
+        scale_steps=scale_steps,
+        theta_dtype=theta_dtype,
+        backend=backend,
+    )
+    return finish(problem, run)
+
+
+def draw_given_scales(
+    problem: ShrinkageProblem, tau: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Exact draws of θ0, the group means and θ given scale draws ``tau``.
+
+    Parameters
+    ----------
+    problem
+        A pooled problem.
+    tau
+        Array (chain, draw, covariate, level).
+    rng
+        Random generator.
+
+    Returns
+    -------
+    dict
+        ``mu``, ``tau``, ``<level>_mean`` and ``theta``, each with leading (chain, draw).
+    """
+    if problem.tree is None:
+        raise ValueError("a model without pooling has no scales to condition on.")
+    index = problem.index
+    b = problem.b
+    var_b = problem.var_b
+    per_chain = []
+    for chain_tau in tau:
+        messages = upward_pass(b, var_b, chain_tau, index, problem.priors.mu0, problem.priors.s0)
+        per_chain.append(
+            draw_tree(messages, chain_tau, index, problem.priors.mu0, problem.priors.s0, rng)
+        )
+    posterior = {
+        "mu": np.stack([theta0 for theta0, _, _ in per_chain]),
+        "tau": tau,
+        "theta": np.stack([theta for _, _, theta in per_chain]),
+    }
+    for level_index, level in enumerate(problem.tree.levels):
+        posterior[group_mean_name(level)] = np.stack(
+            [groups[level_index] for _, groups, _ in per_chain]
+        )
+    return posterior
+
+
+def _default_cores(cores: int | None, chains: int) -> int:
+    """Processes for ``pymc.sample``: PyMC's own guess ran chains one after another on 2 CPUs."""
+    return cores or min(chains, os.cpu_count() or 1)
+
+
+def _seed_attr(random_seed: int | None) -> int | str:
+    return "None" if random_seed is None else int(random_seed)
+
+
+def _sample_nuts(
+    problem: ShrinkageProblem,
+    *,
+    draws: int,
+    tune: int,
+    chains: int,
+    cores: int | None,
+    random_seed: int | None,
+    progressbar: bool,
+    nuts_sampler: NutsSampler = DEFAULT_NUTS_SAMPLER,
+    parameterization: Parameterization = "collapsed",
+    target_accept: float = 0.9,
+    **pymc_kwargs: Any,
+) -> SamplerRun:
+    """NUTS through ``pymc.sample`` with the backend ``nuts_sampler``.
+
+    On the collapsed model (the default with pooling) NUTS samples τ only and θ0, the group
+    means and θ are drawn exactly given each τ draw (:func:`draw_given_scales`), with a
+    generator spawned from ``random_seed``. ``**pymc_kwargs`` go to :func:`pymc.sample`.
+    """
+    if nuts_sampler not in NUTS_SAMPLERS:
+        raise ValueError(
+            f"unknown nuts_sampler {nuts_sampler!r}; use 'pymc', 'nutpie' or 'numpyro'."
+        )
+    if nuts_sampler == "numpyro":
+        # one JAX CPU device runs "parallel" chains one after another; vectorised chains
+        # were 1.6x faster on the research simulation (2 cores)
+        numpyro_options = {"chain_method": "vectorized"}
+        numpyro_options.update(pymc_kwargs.pop("nuts_sampler_kwargs", {}))
+        pymc_kwargs["nuts_sampler_kwargs"] = numpyro_options
+    collapsed = problem.pooled and parameterization == "collapsed"
+    model = build_model(
+        problem.estimates,
+        problem.tree,
+        problem.priors,
+        parameterization if problem.pooled else "collapsed",
+    )
+    seed_sequence = np.random.SeedSequence(random_seed)
+    nuts_seed = int(seed_sequence.generate_state(1)[0] % (2**31))
+    start = time.perf_counter()
+    raw = pm.sample(
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        cores=_default_cores(cores, chains),
+        random_seed=nuts_seed,
+        nuts_sampler=nuts_sampler,
+        target_accept=target_accept,
+        progressbar=progressbar,
+        model=model,
+        compute_convergence_checks=False,
+        **pymc_kwargs,
+    )
+    if collapsed:
+        tau = raw.posterior["tau"].to_numpy()
+        rng = np.random.default_rng(seed_sequence.spawn(1)[0])
+        posterior = draw_given_scales(problem, tau, rng)
+    else:
+        posterior = {name: raw.posterior[name].to_numpy() for name in posterior_dims(problem.tree)}
+    elapsed = time.perf_counter() - start
+    return SamplerRun(
+        posterior,
+        raw.sample_stats,
+        sampler=f"nuts ({nuts_sampler})",
+        attrs={
+            "parameterization": parameterization
+            if isinstance(parameterization, str)
+            else repr(dict(parameterization)),
+            "sampling_time": elapsed,
+            "random_seed": _seed_attr(random_seed),
+        },
+    )
+
+
+def _sample_gibbs(
+    problem: ShrinkageProblem,
+    *,
+    draws: int,
+    tune: int,
+    chains: int,
+    cores: int | None,
+    random_seed: int | None,
+    progressbar: bool,
+    scheme: str = "collapsed",
+    scale_steps: int = DEFAULT_SCALE_STEPS,
+    theta_dtype: Any = np.float32,
+    backend: str = "numpy",
+) -> SamplerRun:
+    """The Gibbs engine (``backend="numpy"``) or the PyMC step (``"pymc"``).
+
+    See :func:`sample_gibbs` for the options.
+    """
+    check_settings(draws, tune, chains, scheme, theta_dtype)
+    if backend not in ("numpy", "pymc"):
+        raise ValueError(f"unknown backend {backend!r}; use 'numpy' or 'pymc'.")
+    log_likelihood = None
+    start = time.perf_counter()
+    if backend == "pymc":
+        cores = _default_cores(cores, chains)
+        posterior, stats = _run_step(
+            problem, draws, tune, chains, cores, random_seed, progressbar, scheme, scale_steps
+        )
+        label = f"gibbs ({scheme}, pymc step)"
+    else:
+        posterior, stats, log_likelihood = run_engine(
+            problem,
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            random_seed=random_seed,
+            progressbar=progressbar,
+            scheme=scheme,  # type: ignore[arg-type]
+            scale_steps=scale_steps,
+            theta_dtype=theta_dtype,
+            cores=cores,
+        )
+        label = f"gibbs ({scheme})"
+    elapsed = time.perf_counter() - start
+    if "log_likelihood" not in stats:
+        stats = {
+            **stats,
+            "log_likelihood": conditional_total(posterior["theta"], problem.b, problem.se),
+        }
+    return SamplerRun(
+        posterior,
+        stats,
+        sampler=label,
+        attrs={
+            "sampling_time": elapsed,
+            "scheme": scheme,
+            "scale_steps": scale_steps,
+            "tuning_steps": tune,
+            "random_seed": _seed_attr(random_seed),
+        },
+        log_likelihood=log_likelihood,
+    )
+
+
+def _run_step(
+    problem: ShrinkageProblem,
+    draws: int,
+    tune: int,
+    chains: int,
+    cores: int,
+    random_seed: int | None,
+    progressbar: bool,
+    scheme: str,
+    scale_steps: int,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``pymc.sample`` with :class:`TreeGibbs` on the centred model: posterior and stats."""
+    model = build_model(
+        problem.estimates,
+        problem.tree,
+        problem.priors,
+        "centered" if problem.pooled else "collapsed",
+    )
+    seeds = np.random.SeedSequence(random_seed).generate_state(2)
+    with model:
+        step = TreeGibbs(problem=problem, scheme=scheme, scale_steps=scale_steps)
+        raw = pm.sample(
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            cores=cores,
+            step=step,
+            initvals=step.initial_points(chains, seeds[0]),
+            random_seed=int(seeds[1] % 2**31),
+            progressbar=progressbar,
+            compute_convergence_checks=False,
+        )
+    posterior = {name: raw.posterior[name].to_numpy() for name in posterior_dims(problem.tree)}
+    return posterior, {"scale_acceptance": raw.sample_stats["scale_acceptance"].to_numpy()}
+
+
+SAMPLERS: dict[str, Callable[..., SamplerRun]] = {"nuts": _sample_nuts, "gibbs": _sample_gibbs}
+"""Sampler name → function ``(problem, *, draws, tune, chains, cores, random_seed,
+progressbar, **options) -> SamplerRun``."""
