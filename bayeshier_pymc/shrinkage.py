@@ -14,6 +14,8 @@ import pandas as pd
 import pymc as pm
 
 from bayeshier_pymc._convergence import warn_if_not_converged
+from bayeshier_pymc._interrupt import numpyro_steps_from_python
+from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.gaussian_tree import TreeIndex, draw_tree, upward_pass
 from bayeshier_pymc.hierarchy import Hierarchy
@@ -94,7 +96,7 @@ class ShrinkageModel:
         tune: int = 1000,
         chains: int = 4,
         cores: int | None = None,
-        random_seed: int | None = None,
+        random_seed: int | np.random.Generator | None = None,
         nuts_sampler: NutsSampler = DEFAULT_NUTS_SAMPLER,
         parameterization: Parameterization = "collapsed",
         target_accept: float = 0.9,
@@ -115,7 +117,8 @@ class ShrinkageModel:
             Processes for PyMC's own sampler (default: ``min(chains, CPUs)``; PyMC's own
             guess is half the CPUs, which ran chains one after another on 2 cores).
         random_seed
-            The same seed gives the same draws.
+            An integer in [0, 2**63) or a :class:`numpy.random.Generator` (one seed is drawn
+            from it); the same seed gives the same draws.
         nuts_sampler
             ``"numpyro"`` (default: fastest measured here, ``benchmarks/bench_nuts.py``),
             ``"nutpie"`` or ``"pymc"``.
@@ -132,7 +135,17 @@ class ShrinkageModel:
         -------
         arviz.InferenceData
             The layout of :func:`bayeshier_pymc.inference_data.build_inference_data`.
+
+        Raises
+        ------
+        ValueError
+            For a bad argument, before any compilation or tuning.
+        KeyboardInterrupt
+            On Ctrl-C, within about a second whatever the phase; nothing is left running.
         """
+        draws, tune, chains, cores, random_seed = check_sampler_arguments(
+            draws=draws, tune=tune, chains=chains, cores=cores, random_seed=random_seed
+        )
         if sampler == "gibbs":
             from bayeshier_pymc.gibbs import sample_gibbs
 
@@ -165,19 +178,20 @@ class ShrinkageModel:
         seed_sequence = np.random.SeedSequence(random_seed)
         nuts_seed = int(seed_sequence.generate_state(1)[0] % (2**31))
         start = time.perf_counter()
-        raw = pm.sample(
-            draws=draws,
-            tune=tune,
-            chains=chains,
-            cores=cores or min(chains, os.cpu_count() or 1),
-            random_seed=nuts_seed,
-            nuts_sampler=nuts_sampler,
-            target_accept=target_accept,
-            progressbar=progressbar,
-            model=model,
-            compute_convergence_checks=False,
-            **sampler_kwargs,
-        )
+        with numpyro_steps_from_python(nuts_sampler, progressbar):
+            raw = pm.sample(
+                draws=draws,
+                tune=tune,
+                chains=chains,
+                cores=cores or min(chains, os.cpu_count() or 1),
+                random_seed=nuts_seed,
+                nuts_sampler=nuts_sampler,
+                target_accept=target_accept,
+                progressbar=progressbar,
+                model=model,
+                compute_convergence_checks=False,
+                **sampler_kwargs,
+            )
         if collapsed:
             tau = raw.posterior["tau"].to_numpy()
             posterior = self.draw_given_scales(

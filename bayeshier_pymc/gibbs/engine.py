@@ -318,14 +318,6 @@ def _run_chains(
     kernel = ScaleKernel.for_tuning(settings.tune, settings.scale_steps)
     log_likelihood = None
     writer = None
-    if collapsed:
-        writer = ThetaWriter(
-            model,
-            noise_seed,
-            store.arrays,
-            settings.theta_dtype,
-            background=(cores or os.cpu_count() or 1) >= 2,
-        )
     total = settings.tune + settings.draws
     bar = tqdm(
         total=total,
@@ -335,6 +327,14 @@ def _run_chains(
     )
     stats: dict[str, np.ndarray] = {}
     try:
+        if collapsed:
+            writer = ThetaWriter(
+                model,
+                noise_seed,
+                store.arrays,
+                settings.theta_dtype,
+                background=(cores or os.cpu_count() or 1) >= 2,
+            )
         for sweep in range(total):
             keep = sweep >= settings.tune
             if sweep == settings.tune:
