@@ -8,6 +8,12 @@ between two steps. :func:`numpyro_steps_from_python` makes numpyro take that loo
 asked. The steps are the same compiled function either way: the draws for a seed do not
 change (``tests/test_interrupts.py``).
 
+JAX collects its buffers from a garbage-collector callback, and a KeyboardInterrupt raised
+while Python runs such a callback is printed ("Exception ignored in ...") and dropped: a
+Ctrl-C while the model was built was lost that way and the run went on. Within a function
+decorated with :func:`stops_on_ctrl_c`, Ctrl-C therefore raises KeyboardInterrupt again every
+quarter of a second until the function is left.
+
 It covers numpyro's vectorised chains (``chain_method="vectorized"``, the default of
 :meth:`~bayeshier_pymc.shrinkage.ShrinkageModel.sample`); parallel chains report progress from
 inside the compiled loop and stay one call.
@@ -15,15 +21,21 @@ inside the compiled loop and stay one call.
 
 from __future__ import annotations
 
+import _thread
+import functools
 import logging
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["numpyro_steps_from_python"]
+__all__ = ["numpyro_steps_from_python", "stops_on_ctrl_c"]
 
 logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @contextmanager
@@ -67,6 +79,68 @@ def numpyro_steps_from_python(nuts_sampler: str, progressbar: bool) -> Iterator[
         yield
     finally:
         numpyro_mcmc.fori_collect = collect
+
+
+def stops_on_ctrl_c(function: Callable[P, R]) -> Callable[P, R]:
+    """``function`` with Ctrl-C raising KeyboardInterrupt until it is left, however often lost.
+
+    Parameters
+    ----------
+    function
+        Run in the main thread for the repeat to apply (elsewhere it runs as it is).
+
+    Returns
+    -------
+    callable
+        The wrapped function.
+    """
+
+    @functools.wraps(function)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _ctrl_c_until_left():
+            return function(*args, **kwargs)
+
+    return wrapped
+
+
+REPEAT_EVERY = 0.25
+"""Seconds between two KeyboardInterrupts raised for one Ctrl-C until the block is left."""
+
+
+@contextmanager
+def _ctrl_c_until_left() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt in the block, again and again until it is left.
+
+    Outside the main thread, where signal handlers cannot be set, the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    leaving = threading.Event()
+    repeater = threading.Thread(
+        target=lambda: _repeat_until(leaving), name="bayeshier-ctrl-c", daemon=True
+    )
+
+    def handler(signum: int, frame: Any) -> None:
+        if not repeater.is_alive() and not leaving.is_set():
+            repeater.start()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        try:
+            leaving.set()
+            if repeater.is_alive():
+                repeater.join()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _repeat_until(leaving: threading.Event) -> None:
+    while not leaving.wait(REPEAT_EVERY):
+        _thread.interrupt_main()
 
 
 class _Steps:

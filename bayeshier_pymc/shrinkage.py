@@ -14,7 +14,7 @@ import pandas as pd
 import pymc as pm
 
 from bayeshier_pymc._convergence import warn_if_not_converged
-from bayeshier_pymc._interrupt import numpyro_steps_from_python
+from bayeshier_pymc._interrupt import numpyro_steps_from_python, stops_on_ctrl_c
 from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.gaussian_tree import TreeIndex, draw_tree, upward_pass
@@ -88,6 +88,7 @@ class ShrinkageModel:
         """The PyMC model (see :func:`bayeshier_pymc.model.build_model`)."""
         return build_model(self.estimates, self.tree, self.priors, parameterization)
 
+    @stops_on_ctrl_c
     def sample(
         self,
         sampler: Literal["nuts", "gibbs"] = "nuts",

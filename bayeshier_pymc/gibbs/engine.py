@@ -360,7 +360,7 @@ def _run_chains(
             stats = {"scale_acceptance": acceptance, "log_likelihood": written.conditional_total}
     finally:
         if writer is not None:
-            writer.close()
+            writer.close(abandon=True)
         bar.close()
     return store.arrays, stats, log_likelihood
 

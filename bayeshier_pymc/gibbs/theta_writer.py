@@ -143,14 +143,20 @@ class ThetaWriter:
             self._theta, self._log_likelihood, self._totals + conditional_constant(self._var_b)
         )
 
-    def close(self) -> None:
+    def close(self, *, abandon: bool = False) -> None:
         """Stop the thread (after :meth:`finish`, or early after an error in the sweeps).
 
-        The thread stops after the draw, or the block of noise, it is writing: it neither
-        works through the draws still queued nor finishes drawing the noise.
+        Parameters
+        ----------
+        abandon
+            Stop after the draw, or the draw's noise, under way, leaving the draws still
+            queued unwritten: what the engine does, whose stores are of no use once it stops
+            early (on an error or Ctrl-C). Without it the thread first writes every draw
+            recorded.
         """
         if self._pool is not None:
-            self._stopping.set()
+            if abandon:
+                self._stopping.set()
             self._queue.put(_STOP)
             self._pool.shutdown(wait=True)
 
