@@ -15,13 +15,30 @@ def _log(line: str) -> None:
 
 
 def _sampler_options(args: argparse.Namespace) -> dict[str, int]:
-    return {"draws": args.draws, "tune": args.tune, "chains": args.chains, "random_seed": args.seed}
+    """The sampler settings, checked (with the output folder) before any work starts."""
+    from bayeshier_pymc._validation import check_sampler_arguments
+    from bayeshier_pymc.pipeline import prepare_output_folder
+    from bayeshier_pymc.sampler_comparison import MIN_DRAWS
+
+    checked = check_sampler_arguments(
+        draws=args.draws, tune=args.tune, chains=args.chains, random_seed=args.seed
+    )
+    if checked.draws < MIN_DRAWS:
+        raise ValueError(f"--draws must be at least {MIN_DRAWS} (the samplers are compared).")
+    prepare_output_folder(args.out)
+    return {
+        "draws": checked.draws,
+        "tune": checked.tune,
+        "chains": checked.chains,
+        "random_seed": args.seed,
+    }
 
 
 def _demo(args: argparse.Namespace) -> int:
     from bayeshier_pymc.datasets import demo_study
     from bayeshier_pymc.pipeline import run_pipeline
 
+    options = _sampler_options(args)
     study = demo_study()
     _log(
         f"demo study: {study.Y.shape[0]} samples × {study.Y.shape[1]} metabolites, "
@@ -34,7 +51,7 @@ def _demo(args: argparse.Namespace) -> int:
         study.levels,
         args.out,
         log=_log,
-        **_sampler_options(args),
+        **options,
     )
     return 0
 
@@ -44,6 +61,7 @@ def _fit(args: argparse.Namespace) -> int:
     from bayeshier_pymc.csv_inputs import read_study
     from bayeshier_pymc.pipeline import run_pipeline
 
+    options = _sampler_options(args)
     study = read_study(
         args.responses,
         args.samples,
@@ -73,7 +91,7 @@ def _fit(args: argparse.Namespace) -> int:
         covariates=args.covariates,
         missing=args.missing,
         log=_log,
-        **_sampler_options(args),
+        **options,
     )
     return 0
 
