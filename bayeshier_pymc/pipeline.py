@@ -9,11 +9,11 @@ from pathlib import Path
 import arviz as az
 import pandas as pd
 
+from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.depth_comparison import DepthComparison, compare_depths
 from bayeshier_pymc.diagnostics import Diagnosis, diagnose
 from bayeshier_pymc.hierarchy import Hierarchy, MissingPolicy
 from bayeshier_pymc.mlm import MLMFit, mlm
-from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.persistence import check_output_file, save_results
 from bayeshier_pymc.report import write_report
 from bayeshier_pymc.results import coefficient_table, scale_summary
