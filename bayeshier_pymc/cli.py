@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -253,9 +254,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_package_log() -> None:
+    """Print what the package logs at INFO (e.g. what each filter removed) as it runs."""
+    package = logging.getLogger("bayeshier_pymc")
+    if not package.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
+    _show_package_log()
     try:
         return int(args.handler(args))
     except ValueError as err:
