@@ -119,7 +119,7 @@ def check_convergence(
     return ConvergenceReport(divergences, rhat_value, ess_value, tuple(problems))
 
 
-def warn_if_not_converged(idata: az.InferenceData, *, stacklevel: int = 3) -> ConvergenceReport:
+def warn_if_not_converged(idata: az.InferenceData, *, stacklevel: int = 4) -> ConvergenceReport:
     """Run :func:`check_convergence` and emit a :class:`ConvergenceWarning` if it fails.
 
     Parameters
@@ -127,7 +127,8 @@ def warn_if_not_converged(idata: az.InferenceData, *, stacklevel: int = 3) -> Co
     idata
         A result of :meth:`ShrinkageModel.sample`.
     stacklevel
-        Passed to :func:`warnings.warn` (the default points at the caller of ``sample``).
+        Passed to :func:`warnings.warn` (the default points at the caller of ``sample``,
+        past its Ctrl-C wrapper, :func:`~bayeshier_pymc._interrupt.stops_on_ctrl_c`).
 
     Returns
     -------

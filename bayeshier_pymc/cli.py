@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["main"]
@@ -254,22 +255,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_package_log() -> None:
-    """Print what the package logs at INFO (e.g. what each filter removed) as it runs."""
+@contextmanager
+def _package_log_on_stdout() -> Iterator[None]:
+    """Print what the package logs at INFO (e.g. what each filter removed) while it runs."""
     package = logging.getLogger("bayeshier_pymc")
-    if not package.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        package.addHandler(handler)
-        package.setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    _show_package_log()
     try:
-        return int(args.handler(args))
+        with _package_log_on_stdout():
+            return int(args.handler(args))
     except ValueError as err:
         print(f"bayeshier: error: {err}", file=sys.stderr)
         return 2

@@ -337,8 +337,8 @@ def load_results(path: str | os.PathLike[str]) -> LoadedResults:
         raise ValueError(f"no results file at {str(path)!r}.")
     try:
         present = _group_names(path)
-    except OSError as err:
-        raise ValueError(f"{str(path)!r} is not a netCDF file: {err}") from err
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(f"{str(path)!r} is not a netCDF file, or is damaged: {err}") from err
     if IDATA_GROUP not in present:
         raise ValueError(f"{str(path)!r} was not written by save_results (no 'idata' group).")
     if f"{IDATA_GROUP}/posterior" not in present:
