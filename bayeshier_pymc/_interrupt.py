@@ -11,8 +11,7 @@ change (``tests/test_interrupts.py``).
 JAX collects its buffers from a garbage-collector callback, and a KeyboardInterrupt raised
 while Python runs such a callback is printed ("Exception ignored in ...") and dropped: a
 Ctrl-C while the model was built was lost that way and the run went on. Within a function
-decorated with :func:`stops_on_ctrl_c`, Ctrl-C therefore raises KeyboardInterrupt again every
-quarter of a second until the function is left.
+decorated with :func:`stops_on_ctrl_c`, a KeyboardInterrupt dropped so is raised again.
 
 It covers numpyro's vectorised chains (``chain_method="vectorized"``, the default of
 :meth:`~bayeshier_pymc.shrinkage.ShrinkageModel.sample`); parallel chains report progress from
@@ -24,7 +23,7 @@ from __future__ import annotations
 import _thread
 import functools
 import logging
-import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -82,12 +81,12 @@ def numpyro_steps_from_python(nuts_sampler: str, progressbar: bool) -> Iterator[
 
 
 def stops_on_ctrl_c(function: Callable[P, R]) -> Callable[P, R]:
-    """``function`` with Ctrl-C raising KeyboardInterrupt until it is left, however often lost.
+    """``function`` with a KeyboardInterrupt that Python drops raised again.
 
     Parameters
     ----------
     function
-        Run in the main thread for the repeat to apply (elsewhere it runs as it is).
+        The function to wrap.
 
     Returns
     -------
@@ -97,50 +96,40 @@ def stops_on_ctrl_c(function: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(function)
     def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
-        with _ctrl_c_until_left():
+        with _raise_dropped_interrupts():
             return function(*args, **kwargs)
 
     return wrapped
 
 
-REPEAT_EVERY = 0.25
-"""Seconds between two KeyboardInterrupts raised for one Ctrl-C until the block is left."""
+RAISE_AGAIN_AFTER = 0.01
+"""Seconds after which a dropped KeyboardInterrupt is raised again."""
 
 
 @contextmanager
-def _ctrl_c_until_left() -> Iterator[None]:
-    """Ctrl-C raises KeyboardInterrupt in the block, again and again until it is left.
+def _raise_dropped_interrupts() -> Iterator[None]:
+    """A KeyboardInterrupt that Python drops within the block is raised again.
 
-    Outside the main thread, where signal handlers cannot be set, the block runs as it is.
+    Python drops an exception raised in a garbage-collector callback or a finaliser, handing
+    it to :func:`sys.unraisablehook`; for a KeyboardInterrupt the hook here asks for it again
+    (:func:`_thread.interrupt_main`) from a short-lived thread, a moment later: asked from
+    the hook itself, it would be raised within the hook, and dropped again.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    leaving = threading.Event()
-    repeater = threading.Thread(
-        target=lambda: _repeat_until(leaving), name="bayeshier-ctrl-c", daemon=True
-    )
+    previous = sys.unraisablehook
 
-    def handler(signum: int, frame: Any) -> None:
-        if not repeater.is_alive() and not leaving.is_set():
-            repeater.start()
-        raise KeyboardInterrupt
+    def raise_again(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            timer = threading.Timer(RAISE_AGAIN_AFTER, _thread.interrupt_main)
+            timer.daemon = True
+            timer.start()
+        else:
+            previous(unraisable)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = raise_again
     try:
         yield
     finally:
-        try:
-            leaving.set()
-            if repeater.is_alive():
-                repeater.join()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
-def _repeat_until(leaving: threading.Event) -> None:
-    while not leaving.wait(REPEAT_EVERY):
-        _thread.interrupt_main()
+        sys.unraisablehook = previous
 
 
 class _Steps:

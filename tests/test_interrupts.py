@@ -125,8 +125,8 @@ def test_ctrl_c_stops_a_run_within_seconds_and_leaves_nothing(phase):
             child.wait()
     text = "".join(output)
     assert interrupted is not None and returncode in (-signal.SIGINT, 1), text
-    assert interrupted < 3.0, (interrupted, text)
-    assert exited < 15.0, (exited, text)
+    assert interrupted < 5.0, (interrupted, text)
+    assert exited < 20.0, (exited, text)
     with pytest.raises(ProcessLookupError):  # no process of the child's session is left
         os.killpg(child.pid, 0)
 
