@@ -73,10 +73,6 @@ def _header(path: Path, what: str) -> list[str]:
     return header
 
 
-def _first(labels: pd.Index) -> str:
-    return f"{len(labels)} ({labels[:5].tolist()!r}{'…' if len(labels) > 5 else ''})"
-
-
 def _match_as_numbers(ids: pd.Index, others: pd.Index) -> bool:
     """Whether every id of ``ids`` would match one of ``others`` if both were read as numbers."""
     as_numbers = pd.to_numeric(ids, errors="coerce")
@@ -163,9 +159,10 @@ def read_study(
         )
     if len(unannotated):
         logger.info(
-            "left out %s response feature(s) without annotation: %s",
+            "left out %d response feature(s) without annotation: %r%s",
             len(unannotated),
-            _first(unannotated),
+            unannotated[:5].tolist(),
+            "…" if len(unannotated) > 5 else "",
         )
     return CsvStudy(
         responses=y[usable],

@@ -184,3 +184,27 @@ def test_an_abandoned_theta_writer_stops_after_the_draw_under_way(small_model, m
     start = time.perf_counter()
     writer.close(abandon=True)
     assert time.perf_counter() - start < 1.0
+
+
+def test_numpyro_stepped_from_python_gives_the_same_draws(small_model):
+    """The loop that lets Ctrl-C in runs the same compiled step: the draws do not change."""
+    import pymc as pm
+
+    from bayeshier_pymc._interrupt import numpyro_steps_from_python
+
+    model = small_model.build()
+    options = {
+        "draws": 30,
+        "tune": 30,
+        "chains": 2,
+        "random_seed": 3,
+        "nuts_sampler": "numpyro",
+        "progressbar": False,
+        "model": model,
+        "compute_convergence_checks": False,
+        "nuts_sampler_kwargs": {"chain_method": "vectorized"},
+    }
+    whole = pm.sample(**options).posterior["tau"].to_numpy()
+    with numpyro_steps_from_python("numpyro", progressbar=False):
+        stepped = pm.sample(**options).posterior["tau"].to_numpy()
+    np.testing.assert_array_equal(stepped, whole)

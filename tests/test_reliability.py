@@ -253,7 +253,7 @@ def test_every_filter_logs_what_it_removed(tmp_path, caplog):
         responses.iloc[:7, 0] = np.nan
         kept = preprocess.drop_sparse_features(responses, 0.5)
     assert list(kept.columns) == ["M2"]
-    assert "left out 2 response feature(s) without annotation: 2 (['M3', 'M4'])" in caplog.text
+    assert "left out 2 response feature(s) without annotation: ['M3', 'M4']" in caplog.text
     assert "dropped 1 of 2 feature(s) missing in more than 0.5 of the samples: ['M1']" in (
         caplog.text
     )
