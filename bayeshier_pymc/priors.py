@@ -100,15 +100,12 @@ class Priors:
                 ]
             )
         else:
-            if isinstance(scale, np.ndarray):
-                entries = list(scale.ravel())
-            elif isinstance(scale, Sequence) and not isinstance(scale, str):
-                entries = list(scale)
-            else:
-                entries = [scale]
-            scales = np.array([_number(entry, "priors['tau_scale']") for entry in entries])
+            listed = np.asarray([scale] if isinstance(scale, str) else scale, dtype=object)
+            scales = np.array(
+                [_number(entry, "priors['tau_scale']") for entry in listed.ravel()]
+            ).reshape(listed.shape)
             if np.ndim(scale) == 0:
-                scales = np.full(len(levels), scales[0])
+                scales = np.full(len(levels), float(scales))
             if scales.shape != (len(levels),):
                 raise ValueError(
                     f"priors['tau_scale'] has {scales.size} entries but the model has "
