@@ -560,10 +560,10 @@ def _feature_labels(response: design.Response, z_design: Design | None, count: i
 def _check_dimensions(x_design: Design) -> None:
     n_obs, n_cov = x_design.matrix.shape
     if n_obs <= n_cov:
-        counted = " (the intercept included)" if INTERCEPT in x_design.columns else ""
+        counted = "; p counts the intercept" if INTERCEPT in x_design.columns else ""
         raise ValueError(
-            f"X has n={n_obs} samples and p={n_cov} columns{counted}; the model needs n > p "
-            f"(residual degrees of freedom n - p = {n_obs - n_cov})."
+            f"X has n={n_obs} samples and p={n_cov} columns; the model needs n > p "
+            f"(residual degrees of freedom n - p = {n_obs - n_cov}{counted})."
         )
 
 
