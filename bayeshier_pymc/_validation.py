@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -73,3 +74,83 @@ def check_positive(values: np.ndarray, name: str) -> None:
             f"{name} must be strictly positive; {len(bad)} value(s) are not, the first "
             f"({values[first]!r}) at position {first}."
         )
+
+
+SEED_LIMIT = 2**63
+"""Integer seeds lie in [0, SEED_LIMIT): they are stored as int64 with the results."""
+
+
+class SamplerArguments(NamedTuple):
+    """Sampler arguments after :func:`check_sampler_arguments`."""
+
+    draws: int
+    tune: int
+    chains: int
+    cores: int | None
+    random_seed: int | None
+
+
+def check_sampler_arguments(
+    *,
+    draws: object,
+    tune: object,
+    chains: object,
+    cores: object = None,
+    random_seed: object = None,
+) -> SamplerArguments:
+    """Check the sampler arguments before any work starts and return them normalised.
+
+    Parameters
+    ----------
+    draws, tune, chains
+        Kept draws per chain (at least 1), tuning steps per chain (at least 0) and chains
+        (at least 1): integers (Python or NumPy, not booleans).
+    cores
+        ``None`` or an integer of at least 1.
+    random_seed
+        ``None``, an integer in [0, 2**63) or a :class:`numpy.random.Generator`, which is
+        turned into an integer seed by drawing one from it (the same generator state gives
+        the same seed, as in PyMC).
+
+    Returns
+    -------
+    SamplerArguments
+        Python integers (and ``None`` where given).
+
+    Raises
+    ------
+    ValueError
+        Naming the argument and what it must be.
+    """
+    checked = {
+        name: _count(value, name, minimum)
+        for name, value, minimum in (("draws", draws, 1), ("tune", tune, 0), ("chains", chains, 1))
+    }
+    return SamplerArguments(
+        cores=None if cores is None else _count(cores, "cores", 1),
+        random_seed=_seed(random_seed),
+        **checked,
+    )
+
+
+def _count(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}.")
+    return int(value)
+
+
+def _seed(random_seed: object) -> int | None:
+    if random_seed is None:
+        return None
+    if isinstance(random_seed, np.random.Generator):
+        return int(random_seed.integers(SEED_LIMIT))
+    if isinstance(random_seed, bool) or not isinstance(random_seed, int | np.integer):
+        raise ValueError(
+            "random_seed must be None, an integer in [0, 2**63) or a numpy.random.Generator, "
+            f"got {random_seed!r}."
+        )
+    if not 0 <= random_seed < SEED_LIMIT:
+        raise ValueError(f"random_seed must lie in [0, 2**63), got {random_seed}.")
+    return int(random_seed)

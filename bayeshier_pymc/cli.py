@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["main"]
@@ -15,13 +17,30 @@ def _log(line: str) -> None:
 
 
 def _sampler_options(args: argparse.Namespace) -> dict[str, int]:
-    return {"draws": args.draws, "tune": args.tune, "chains": args.chains, "random_seed": args.seed}
+    """The sampler settings, checked (with the output folder) before any work starts."""
+    from bayeshier_pymc._validation import check_sampler_arguments
+    from bayeshier_pymc.pipeline import prepare_output_folder
+    from bayeshier_pymc.sampler_comparison import MIN_DRAWS
+
+    checked = check_sampler_arguments(
+        draws=args.draws, tune=args.tune, chains=args.chains, random_seed=args.seed
+    )
+    if checked.draws < MIN_DRAWS:
+        raise ValueError(f"--draws must be at least {MIN_DRAWS} (the samplers are compared).")
+    prepare_output_folder(args.out)
+    return {
+        "draws": checked.draws,
+        "tune": checked.tune,
+        "chains": checked.chains,
+        "random_seed": args.seed,
+    }
 
 
 def _demo(args: argparse.Namespace) -> int:
     from bayeshier_pymc.datasets import demo_study
     from bayeshier_pymc.pipeline import run_pipeline
 
+    options = _sampler_options(args)
     study = demo_study()
     _log(
         f"demo study: {study.Y.shape[0]} samples × {study.Y.shape[1]} metabolites, "
@@ -34,7 +53,7 @@ def _demo(args: argparse.Namespace) -> int:
         study.levels,
         args.out,
         log=_log,
-        **_sampler_options(args),
+        **options,
     )
     return 0
 
@@ -44,6 +63,7 @@ def _fit(args: argparse.Namespace) -> int:
     from bayeshier_pymc.csv_inputs import read_study
     from bayeshier_pymc.pipeline import run_pipeline
 
+    options = _sampler_options(args)
     study = read_study(
         args.responses,
         args.samples,
@@ -73,7 +93,7 @@ def _fit(args: argparse.Namespace) -> int:
         covariates=args.covariates,
         missing=args.missing,
         log=_log,
-        **_sampler_options(args),
+        **options,
     )
     return 0
 
@@ -235,11 +255,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _package_log_on_stdout() -> Iterator[None]:
+    """Print what the package logs at INFO (e.g. what each filter removed) while it runs."""
+    package = logging.getLogger("bayeshier_pymc")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        return int(args.handler(args))
+        with _package_log_on_stdout():
+            return int(args.handler(args))
     except ValueError as err:
         print(f"bayeshier: error: {err}", file=sys.stderr)
         return 2

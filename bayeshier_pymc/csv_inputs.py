@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 __all__ = ["CsvStudy", "read_study"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -21,25 +26,58 @@ class CsvStudy:
 
 
 def _read(path: Path | str, what: str, id_column: str | None) -> pd.DataFrame:
+    """One table, its identifiers as text exactly as written, checked by name."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"the {what} file {str(path)!r} does not exist.")
-    frame = pd.read_csv(path)
+    header = _header(path, what)
+    column = id_column or header[0]
+    if column not in header:
+        raise ValueError(
+            f"the {what} file {str(path)!r} has no column {column!r} (columns: {header[:10]!r}…)."
+        )
+    frame = pd.read_csv(path, dtype={column: str})
     if frame.empty:
         raise ValueError(f"the {what} file {str(path)!r} has no rows.")
-    column = id_column or frame.columns[0]
-    if column not in frame.columns:
+    ids = frame[column]
+    if ids.isna().any():
         raise ValueError(
-            f"the {what} file {str(path)!r} has no column {column!r} "
-            f"(columns: {list(frame.columns)[:10]!r}…)."
+            f"the {what} file {str(path)!r} has {int(ids.isna().sum())} row(s) without an "
+            f"identifier in {column!r}."
         )
-    ids = frame[column].astype(str)
     if ids.duplicated().any():
         raise ValueError(
             f"the {what} file {str(path)!r} repeats identifiers in {column!r}, e.g. "
             f"{ids[ids.duplicated()].iloc[0]!r}."
         )
     return frame.drop(columns=column).set_axis(pd.Index(ids, name=column), axis=0)
+
+
+def _header(path: Path, what: str) -> list[str]:
+    """The column names as written (pandas renames a repeated one ``x.1``)."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), None)
+    if not header:
+        raise ValueError(f"the {what} file {str(path)!r} is empty.")
+    if len(header) == 1:
+        raise ValueError(
+            f"the {what} file {str(path)!r} has one column only ({header[0][:60]!r}); "
+            "wrong separator? The files must be comma-separated."
+        )
+    counts = Counter(header)
+    repeated = [name for name, count in counts.items() if count > 1]
+    if repeated:
+        raise ValueError(
+            f"the {what} file {str(path)!r} repeats the column header(s) {repeated[:5]!r}."
+        )
+    return header
+
+
+def _match_as_numbers(ids: pd.Index, others: pd.Index) -> bool:
+    """Whether every id of ``ids`` would match one of ``others`` if both were read as numbers."""
+    as_numbers = pd.to_numeric(ids, errors="coerce")
+    other_numbers = pd.to_numeric(others, errors="coerce")
+    return bool(as_numbers.notna().all() and pd.Index(as_numbers).isin(other_numbers).all())
 
 
 def read_study(
@@ -69,7 +107,12 @@ def read_study(
     drop_unannotated
         Drop response features that have no row in the annotation file, or whose
         annotation is missing at every level (e.g. unnamed Metabolon features), instead of
-        raising.
+        raising; how many and the first few are logged (INFO, ``bayeshier_pymc`` logger).
+
+    Notes
+    -----
+    Identifiers are read and matched exactly as text: ``001`` in one file is not ``1`` in
+    another.
 
     Returns
     -------
@@ -78,8 +121,9 @@ def read_study(
     Raises
     ------
     ValueError
-        For a missing file or column, a non-numeric response column, or sample / feature
-        identifiers that do not match.
+        For a missing or empty file, a file with one column only (wrong separator), repeated
+        column headers or identifiers, a missing column, a non-numeric response column, or
+        sample / feature identifiers that do not match; each message names the file.
     """
     y = _read(responses, "responses", sample_id)
     x = _read(samples, "samples", sample_id)
@@ -99,7 +143,8 @@ def read_study(
     if len(missing_samples):
         raise ValueError(
             f"{len(missing_samples)} response sample(s) have no row in the samples file, e.g. "
-            f"{missing_samples[:5].tolist()!r}."
+            f"{missing_samples[:5].tolist()!r}; identifiers are matched exactly as text"
+            + (" ('001' is not '1')." if _match_as_numbers(y.index, x.index) else ".")
         )
     features = pd.Index(y.columns.astype(str))
     y = y.set_axis(features, axis=1)
@@ -111,6 +156,13 @@ def read_study(
             f"{len(unannotated)} response feature(s) have no annotation, e.g. "
             f"{unannotated[:5].tolist()!r}; pass drop_unannotated (--drop-unannotated) to "
             "leave them out."
+        )
+    if len(unannotated):
+        logger.info(
+            "left out %d response feature(s) without annotation: %r%s",
+            len(unannotated),
+            unannotated[:5].tolist(),
+            "…" if len(unannotated) > 5 else "",
         )
     return CsvStudy(
         responses=y[usable],

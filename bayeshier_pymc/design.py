@@ -291,6 +291,12 @@ def _formula_design(
         materialized = model_matrix(formula, frame, na_action="raise")
     except (FormulaicError, ValueError) as err:
         raise ValueError(f"could not build {name} from the formula {formula!r}: {err}") from err
+    empty_terms = [str(term) for term, at in materialized.model_spec.term_indices.items() if not at]
+    if empty_terms:
+        raise ValueError(
+            f"the formula term(s) {empty_terms!r} of {name} yield no column (e.g. a categorical "
+            "with one level in the data); drop them from the formula."
+        )
     matrix_frame = materialized.rename(columns={_FORMULAIC_INTERCEPT: INTERCEPT})
     if not intercept and INTERCEPT in matrix_frame.columns:
         raise ValueError(
@@ -364,7 +370,20 @@ def _finite_values(frame: pd.DataFrame, name: str) -> np.ndarray:
         )
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {frame.shape}).")
-    return as_finite_matrix(frame.to_numpy(dtype=np.float64, na_value=np.nan), name)
+    values = frame.to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = np.isfinite(values)
+    if not finite.all():
+        row, column = (int(i) for i in np.argwhere(~finite)[0])
+        columns = frame.columns[~finite.all(axis=0)]
+        empty = frame.columns[~finite.any(axis=0)]
+        raise ValueError(
+            f"{name} holds {int((~finite).sum())} non-finite value(s) (NaN or inf) in "
+            f"{len(columns)} column(s) {columns[:5].tolist()!r}; the first in column "
+            f"{frame.columns[column]!r}, row {frame.index[row]!r} (position {(row, column)})"
+            + (f"; column(s) {empty[:5].tolist()!r} hold no finite value" if len(empty) else "")
+            + ". Impute or drop them first (see bayeshier_pymc.preprocess)."
+        )
+    return as_finite_matrix(values, name)
 
 
 def _as_2d(values: object, name: str) -> np.ndarray:

@@ -145,6 +145,8 @@ class Estimates:
     @classmethod
     def _from_arrays(cls, estimate: Any, se: Any) -> Estimates:
         covariates, features = _labels_of(estimate)
+        _refuse_booleans(estimate, "estimates")
+        _refuse_booleans(se, "standard errors (se)")
         b = as_finite_matrix(np.atleast_2d(np.asarray(estimate, dtype=float)), "estimates")
         s = as_finite_matrix(np.atleast_2d(np.asarray(se, dtype=float)), "standard errors (se)")
         if b.shape != s.shape:
@@ -152,6 +154,7 @@ class Estimates:
                 f"estimates have shape {b.shape} but standard errors have shape {s.shape}."
             )
         check_positive(s, "standard errors (se)")
+        check_stage2_range(b, s)
         se_covariates, se_features = _labels_of(se)
         if covariates is None:
             covariates = se_covariates
@@ -194,6 +197,39 @@ def _check_noise(noise: object, estimates: Estimates) -> None:
     absent = estimates.covariates.difference(noise.covariate_scale.index)
     if len(absent):
         raise ValueError(f"the noise structure lacks covariate(s) {absent.tolist()!r}.")
+
+
+STAGE2_LIMIT = 1e100
+"""|estimate| ≤ STAGE2_LIMIT and se in [1/STAGE2_LIMIT, STAGE2_LIMIT]: squares and sums of
+squares (s² + τ², (b - θ)²) then stay far from float64's overflow and underflow, as in stage 1."""
+
+
+def check_stage2_range(b: np.ndarray, s: np.ndarray) -> None:
+    """Raise if an estimate or a standard error lies where the stage-2 algebra is not exact.
+
+    Parameters
+    ----------
+    b, s
+        Finite estimates and positive standard errors, covariate × feature.
+    """
+    for values, name, low in (
+        (np.abs(b), "estimates", 0.0),
+        (s, "standard errors (se)", 1.0 / STAGE2_LIMIT),
+    ):
+        outside = (values > STAGE2_LIMIT) | (values < low)
+        if outside.any():
+            first = tuple(int(i) for i in np.argwhere(outside)[0])
+            bound = "|value| <= 1e100" if low == 0 else "[1e-100, 1e100]"
+            raise ValueError(
+                f"{name} hold {int(outside.sum())} value(s) outside {bound}, the first "
+                f"({values[first]!r}) at position {first}; rescale the responses or covariates."
+            )
+
+
+def _refuse_booleans(values: Any, name: str) -> None:
+    dtypes = values.dtypes if isinstance(values, pd.DataFrame) else [np.asarray(values).dtype]
+    if any(pd.api.types.is_bool_dtype(dtype) for dtype in dtypes):
+        raise ValueError(f"{name} must be numbers, got booleans.")
 
 
 def _labels_of(values: Any) -> tuple[pd.Index | None, pd.Index | None]:

@@ -34,7 +34,7 @@ import xarray as xr
 
 from bayeshier_pymc import covariance, design, permutation
 from bayeshier_pymc._validation import as_finite_matrix, check_positive
-from bayeshier_pymc.design import Design
+from bayeshier_pymc.design import INTERCEPT, Design
 
 COVARIATE = "covariate"
 FEATURE = "feature"
@@ -574,9 +574,10 @@ def _feature_labels(response: design.Response, z_design: Design | None, count: i
 def _check_dimensions(x_design: Design) -> None:
     n_obs, n_cov = x_design.matrix.shape
     if n_obs <= n_cov:
+        counted = "; p counts the intercept" if INTERCEPT in x_design.columns else ""
         raise ValueError(
             f"X has n={n_obs} samples and p={n_cov} columns; the model needs n > p "
-            f"(residual degrees of freedom n - p = {n_obs - n_cov})."
+            f"(residual degrees of freedom n - p = {n_obs - n_cov}{counted})."
         )
 
 

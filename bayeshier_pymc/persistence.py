@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,7 +29,7 @@ import xarray as xr
 
 from bayeshier_pymc.hierarchy import Hierarchy
 
-__all__ = ["LoadedResults", "load_results", "save_results"]
+__all__ = ["LoadedResults", "check_output_file", "load_results", "save_results"]
 
 IDATA_GROUP = "idata"
 HIERARCHY_GROUP = "bayeshier/hierarchy"
@@ -220,7 +221,8 @@ def save_results(
     Parameters
     ----------
     path
-        File to write (overwritten if it exists).
+        File to write (overwritten if it exists). It is written whole or not at all: to a
+        temporary file in the same folder, renamed to ``path`` once complete.
     idata
         A result of :meth:`ShrinkageModel.sample` (any InferenceData works).
     hierarchy
@@ -237,26 +239,65 @@ def save_results(
     Raises
     ------
     ValueError
-        If ``idata`` is not an InferenceData, ``hierarchy`` not a Hierarchy, or ``fit`` neither
-        a stage-1 fit nor a DataFrame.
+        If ``idata`` is not an InferenceData, ``hierarchy`` not a Hierarchy, ``fit`` neither
+        a stage-1 fit nor a DataFrame, or ``path`` a folder or in a folder that does not
+        exist.
     """
+    path = check_output_file(path)
     if not isinstance(idata, az.InferenceData):
         raise ValueError(f"idata must be an arviz.InferenceData, got {type(idata).__name__}.")
     if hierarchy is not None and not isinstance(hierarchy, Hierarchy):
         raise ValueError(f"hierarchy must be a Hierarchy, got {type(hierarchy).__name__}.")
-    path = Path(path)
     groups = {group: _encode_dataset(idata[group]) for group in idata.groups()}
     top_attrs = _encode_attrs(dict(idata.attrs))
     top_attrs["bayeshier_format_version"] = _FORMAT_VERSION
     encoded = az.InferenceData(attrs=top_attrs, **groups)
-    encoded.to_netcdf(str(path), base_group=IDATA_GROUP)
-    if hierarchy is not None:
-        _hierarchy_dataset(hierarchy).to_netcdf(
-            path, mode="a", group=HIERARCHY_GROUP, engine=_ENGINE
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    try:
+        encoded.to_netcdf(partial, base_group=IDATA_GROUP)
+        if hierarchy is not None:
+            _hierarchy_dataset(hierarchy).to_netcdf(
+                partial, mode="a", group=HIERARCHY_GROUP, engine=_ENGINE
+            )
+        if fit is not None:
+            frame, meta = _fit_frame(fit)
+            _stage1_dataset(frame, meta).to_netcdf(
+                partial, mode="a", group=STAGE1_GROUP, engine=_ENGINE
+            )
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_output_file(path: str | os.PathLike[str]) -> Path:
+    """Refuse a path that cannot take a results file, before anything is computed.
+
+    Parameters
+    ----------
+    path
+        The file to write.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is a folder, or its folder does not exist or is not a folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cannot write results to {str(path)!r}: it is a folder; name a file.")
+    if not path.parent.is_dir():
+        raise ValueError(
+            f"cannot write results to {str(path)!r}: the folder {str(path.parent)!r} does not "
+            "exist."
         )
-    if fit is not None:
-        frame, meta = _fit_frame(fit)
-        _stage1_dataset(frame, meta).to_netcdf(path, mode="a", group=STAGE1_GROUP, engine=_ENGINE)
     return path
 
 
@@ -288,17 +329,30 @@ def load_results(path: str | os.PathLike[str]) -> LoadedResults:
     Raises
     ------
     ValueError
-        If the file does not exist or was not written by :func:`save_results`.
+        If the file does not exist, was not written by :func:`save_results`, lacks the
+        posterior, or cannot be read (damaged); the message names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no results file at {str(path)!r}.")
     try:
         present = _group_names(path)
-    except OSError as err:
-        raise ValueError(f"{str(path)!r} is not a netCDF file: {err}") from err
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(f"{str(path)!r} is not a netCDF file, or is damaged: {err}") from err
     if IDATA_GROUP not in present:
         raise ValueError(f"{str(path)!r} was not written by save_results (no 'idata' group).")
+    if f"{IDATA_GROUP}/posterior" not in present:
+        raise ValueError(
+            f"{str(path)!r} is incomplete: its 'idata' group holds no posterior (a write that "
+            "stopped part way?)."
+        )
+    try:
+        return _read_results(path, present)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"could not read the results file {str(path)!r}: {err}") from err
+
+
+def _read_results(path: Path, present: set[str]) -> LoadedResults:
     with az.rc_context({"data.load": "eager"}):
         raw = az.InferenceData.from_netcdf(str(path), base_group=IDATA_GROUP)
     attrs = _decode_attrs(dict(raw.attrs))

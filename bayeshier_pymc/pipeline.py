@@ -9,17 +9,18 @@ from pathlib import Path
 import arviz as az
 import pandas as pd
 
+from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.depth_comparison import DepthComparison, compare_depths
 from bayeshier_pymc.diagnostics import Diagnosis, diagnose
 from bayeshier_pymc.hierarchy import Hierarchy, MissingPolicy
 from bayeshier_pymc.mlm import MLMFit, mlm
-from bayeshier_pymc.persistence import save_results
+from bayeshier_pymc.persistence import check_output_file, save_results
 from bayeshier_pymc.report import write_report
 from bayeshier_pymc.results import coefficient_table, scale_summary
-from bayeshier_pymc.sampler_comparison import SamplerComparison, compare_samplers
+from bayeshier_pymc.sampler_comparison import MIN_DRAWS, SamplerComparison, compare_samplers
 from bayeshier_pymc.shrinkage import ShrinkageModel
 
-__all__ = ["PipelineResult", "run_pipeline"]
+__all__ = ["PipelineResult", "prepare_output_folder", "run_pipeline"]
 
 
 @dataclass
@@ -76,7 +77,7 @@ def run_pipeline(
     levels
         Annotation columns, finest first.
     out_dir
-        Folder for the outputs (created if needed).
+        Folder for the outputs (created if needed; see :func:`prepare_output_folder`).
     data
         Sample table for a formula ``X``.
     covariates
@@ -93,9 +94,19 @@ def run_pipeline(
     Returns
     -------
     PipelineResult
+
+    Raises
+    ------
+    ValueError
+        For bad sampler arguments or output folder, before any work.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_sampler_arguments(draws=draws, tune=tune, chains=chains, random_seed=random_seed)
+    if draws < MIN_DRAWS:
+        raise ValueError(
+            f"the pipeline compares the samplers, which needs draws >= {MIN_DRAWS} per chain; "
+            f"got draws={draws}."
+        )
+    out = prepare_output_folder(out_dir)
     log("stage 1: matrix linear model")
     fit = mlm(Y, X, data=data)
     hierarchy = Hierarchy.from_frame(annotations, list(levels), missing=missing)
@@ -153,6 +164,35 @@ def run_pipeline(
         scales,
         [*files, *figures, report],
     )
+
+
+def prepare_output_folder(out_dir: Path | str) -> Path:
+    """Create the output folder, refusing a path that cannot be one, before any work.
+
+    Parameters
+    ----------
+    out_dir
+        The folder (created with its parents if needed).
+
+    Returns
+    -------
+    pathlib.Path
+        The folder.
+
+    Raises
+    ------
+    ValueError
+        If ``out_dir`` names an existing file, or cannot be created (the reason is named).
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output folder {str(out)!r} is an existing file; name a folder.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the output folder {str(out)!r}: {err}") from err
+    check_output_file(out / "results.nc")
+    return out
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:

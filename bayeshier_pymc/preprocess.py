@@ -11,10 +11,14 @@ transform → standardise.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
 from bayeshier_pymc._validation import check_unique_labels
+
+logger = logging.getLogger(__name__)
 
 IMPUTE_METHODS = ("half_min", "min", "median")
 
@@ -70,12 +74,23 @@ def drop_sparse_features(df: pd.DataFrame, max_missing: float = 0.2) -> pd.DataF
     Returns
     -------
     pandas.DataFrame
-        The frame restricted to features with missing fraction ``<= max_missing``.
+        The frame restricted to features with missing fraction ``<= max_missing``; how many
+        were dropped, and the first few, is logged (INFO, ``bayeshier_pymc`` logger).
     """
     values = _numeric_frame(df)
     if not 0.0 <= max_missing <= 1.0:
         raise ValueError(f"max_missing must lie in [0, 1], got {max_missing!r}.")
     keep = values.isna().mean(axis=0) <= max_missing
+    if not keep.all():
+        dropped = values.columns[~keep]
+        logger.info(
+            "dropped %d of %d feature(s) missing in more than %g of the samples: %r%s",
+            len(dropped),
+            len(keep),
+            max_missing,
+            dropped[:5].tolist(),
+            "…" if len(dropped) > 5 else "",
+        )
     return values.loc[:, keep]
 
 

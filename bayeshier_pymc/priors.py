@@ -15,6 +15,17 @@ DEFAULT_PRIORS: dict[str, Any] = {"mu0": 0.0, "s0": 1.0, "tau_scale": 1.0}
 """The research model's priors: θ0 ~ N(mu0, s0²), every τ ~ HalfCauchy(tau_scale)."""
 
 
+PRIOR_LIMIT = 1e100
+"""Prior means and scales are bounded like the stage-2 inputs (see ``estimates.STAGE2_LIMIT``)."""
+
+
+def _number(value: Any, name: str) -> float:
+    """``value`` as a float, refusing booleans, text and anything else by ``name``."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Priors:
     """Resolved priors for a tree with the given scale levels.
@@ -51,20 +62,28 @@ class Priors:
         Raises
         ------
         ValueError
-            For unknown keys, non-finite values, non-positive scales, or a ``tau_scale`` that
-            does not match the levels.
+            For a ``priors`` that is not a mapping, unknown keys, values that are not numbers
+            (booleans and text included), values beyond 1e100 (scales below 1e-100 too), or a
+            ``tau_scale`` that does not match the levels; each message names the prior.
         """
+        if priors is not None and not isinstance(priors, Mapping):
+            raise ValueError(
+                f"priors must be a mapping such as {{'s0': 2.0}}, got {type(priors).__name__}."
+            )
         merged = {**DEFAULT_PRIORS, **(priors or {})}
         unknown = sorted(set(merged) - set(DEFAULT_PRIORS))
         if unknown:
             raise ValueError(
                 f"unknown prior setting(s) {unknown!r}; known: {sorted(DEFAULT_PRIORS)!r}."
             )
-        mu0, s0 = float(merged["mu0"]), float(merged["s0"])
-        if not np.isfinite(mu0):
-            raise ValueError(f"priors['mu0'] must be finite, got {mu0!r}.")
-        if not (np.isfinite(s0) and s0 > 0):
-            raise ValueError(f"priors['s0'] must be a positive finite number, got {s0!r}.")
+        mu0 = _number(merged["mu0"], "priors['mu0']")
+        s0 = _number(merged["s0"], "priors['s0']")
+        if not abs(mu0) <= PRIOR_LIMIT:
+            raise ValueError(f"priors['mu0'] must be finite with |mu0| <= 1e100, got {mu0!r}.")
+        if not 1 / PRIOR_LIMIT <= s0 <= PRIOR_LIMIT:
+            raise ValueError(
+                f"priors['s0'] must be a positive number in [1e-100, 1e100], got {s0!r}."
+            )
         levels = tuple(scale_levels)
         scale = merged["tau_scale"]
         if isinstance(scale, Mapping):
@@ -74,18 +93,29 @@ class Priors:
                     f"priors['tau_scale'] names unknown level(s) {absent!r}; levels: {levels!r}."
                 )
             default = float(DEFAULT_PRIORS["tau_scale"])
-            scales = np.array([float(scale.get(level, default)) for level in levels])
+            scales = np.array(
+                [
+                    _number(scale.get(level, default), f"priors['tau_scale'][{level!r}]")
+                    for level in levels
+                ]
+            )
         else:
-            scales = np.atleast_1d(np.asarray(scale, dtype=float))
+            listed = np.asarray([scale] if isinstance(scale, str) else scale, dtype=object)
+            scales = np.array(
+                [_number(entry, "priors['tau_scale']") for entry in listed.ravel()]
+            ).reshape(listed.shape)
             if np.ndim(scale) == 0:
-                scales = np.full(len(levels), scales[0])
+                scales = np.full(len(levels), float(scales))
             if scales.shape != (len(levels),):
                 raise ValueError(
                     f"priors['tau_scale'] has {scales.size} entries but the model has "
                     f"{len(levels)} scale level(s) {levels!r}."
                 )
-        if not (np.isfinite(scales).all() and (scales > 0).all()):
-            raise ValueError(f"priors['tau_scale'] must be positive and finite, got {scales!r}.")
+        if not ((scales >= 1 / PRIOR_LIMIT) & (scales <= PRIOR_LIMIT)).all():
+            raise ValueError(
+                f"priors['tau_scale'] must be positive and finite, in [1e-100, 1e100], got "
+                f"{scales!r}."
+            )
         return cls(mu0=mu0, s0=s0, tau_scale=scales, scale_levels=levels)
 
     def to_json(self) -> str:

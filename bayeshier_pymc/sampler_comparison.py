@@ -30,6 +30,9 @@ from bayeshier_pymc.convergence import Thresholds, ess, rank_diagnostics, rank_r
 
 __all__ = ["SamplerComparison", "compare_samplers"]
 
+MIN_DRAWS = 4
+"""Fewest kept draws per chain for which the samplers are compared."""
+
 SAMPLE_DIMS = ("chain", "draw")
 MIN_Z = 4.0
 """Smallest :math:`|z|` threshold, whatever the number of tests."""
@@ -250,8 +253,8 @@ def _stack(
         flat = values.to_numpy().reshape(values.sizes["chain"], values.sizes["draw"], -1)
         arrays.append(flat.astype(float))
         labels += _labels(name, values, extra)
-    if arrays[0].shape[1] < 4:
-        raise ValueError("need at least 4 draws per chain to compare samplers.")
+    if arrays[0].shape[1] < MIN_DRAWS:
+        raise ValueError(f"need at least {MIN_DRAWS} draws per chain to compare samplers.")
     return np.concatenate(arrays, axis=-1), labels
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
+from bayeshier_pymc._interrupt import numpyro_steps_from_python
 from bayeshier_pymc.convergence import warn_if_not_converged
 from bayeshier_pymc.gaussian_tree import draw_tree, upward_pass
 from bayeshier_pymc.gibbs.engine import check_settings, run_engine
@@ -136,7 +137,9 @@ def sample(
         **options,
     )
     idata = finish(problem, run)
-    warn_if_not_converged(idata, stacklevel=4)
+    # the warning points at the user's line: here ← ShrinkageModel.sample ← its Ctrl-C
+    # wrapper (_interrupt.stops_on_ctrl_c) ← the caller
+    warn_if_not_converged(idata, stacklevel=5)
     return idata
 
 
@@ -312,19 +315,20 @@ def _sample_nuts(
     seed_sequence = np.random.SeedSequence(random_seed)
     nuts_seed = int(seed_sequence.generate_state(1)[0] % (2**31))
     start = time.perf_counter()
-    raw = pm.sample(
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        cores=_default_cores(cores, chains),
-        random_seed=nuts_seed,
-        nuts_sampler=nuts_sampler,
-        target_accept=target_accept,
-        progressbar=progressbar,
-        model=model,
-        compute_convergence_checks=False,
-        **pymc_kwargs,
-    )
+    with numpyro_steps_from_python(nuts_sampler, progressbar):
+        raw = pm.sample(
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            cores=_default_cores(cores, chains),
+            random_seed=nuts_seed,
+            nuts_sampler=nuts_sampler,
+            target_accept=target_accept,
+            progressbar=progressbar,
+            model=model,
+            compute_convergence_checks=False,
+            **pymc_kwargs,
+        )
     if collapsed:
         tau = raw.posterior["tau"].to_numpy()
         rng = np.random.default_rng(seed_sequence.spawn(1)[0])

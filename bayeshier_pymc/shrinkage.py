@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pymc as pm
 
+from bayeshier_pymc._interrupt import stops_on_ctrl_c
+from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import problem_from_idata
@@ -114,6 +116,7 @@ class ShrinkageModel:
         """The PyMC model (see :func:`bayeshier_pymc.model.build_model`)."""
         return build_model(self.estimates, self.tree, self.priors, parameterization)
 
+    @stops_on_ctrl_c
     def sample(
         self,
         sampler: str = "nuts",
@@ -122,7 +125,7 @@ class ShrinkageModel:
         tune: int = 1000,
         chains: int = 4,
         cores: int | None = None,
-        random_seed: int | None = None,
+        random_seed: int | np.random.Generator | None = None,
         nuts_sampler: NutsSampler = DEFAULT_NUTS_SAMPLER,
         parameterization: Parameterization = "collapsed",
         target_accept: float = 0.9,
@@ -144,7 +147,8 @@ class ShrinkageModel:
             Processes for PyMC's own sampler (default: ``min(chains, CPUs)``; PyMC's own
             guess is half the CPUs, which ran chains one after another on 2 cores).
         random_seed
-            The same seed gives the same draws.
+            An integer in [0, 2**63) or a :class:`numpy.random.Generator` (one seed is drawn
+            from it); the same seed gives the same draws.
         nuts_sampler
             ``"numpyro"`` (default: fastest measured here, ``benchmarks/bench_nuts.py``),
             ``"nutpie"`` or ``"pymc"``.
@@ -161,7 +165,17 @@ class ShrinkageModel:
         -------
         arviz.InferenceData
             The layout of :func:`bayeshier_pymc.inference_data.build_inference_data`.
+
+        Raises
+        ------
+        ValueError
+            For a bad argument, before any compilation or tuning.
+        KeyboardInterrupt
+            On Ctrl-C, within about a second whatever the phase; nothing is left running.
         """
+        draws, tune, chains, cores, random_seed = check_sampler_arguments(
+            draws=draws, tune=tune, chains=chains, cores=cores, random_seed=random_seed
+        )
         options = dict(sampler_kwargs)
         if sampler == "nuts":
             options.update(

@@ -40,6 +40,7 @@ CATALOGUE = [
     r"zero residual variance",
     r"rank-deficient",
     r"outside \[1e-100, 1e100\]",
+    r"outside \|value\| <= 1e100",
     r"overflow or underflow float64",
     r"must be strictly positive",
     r"have no .* annotation",

@@ -232,14 +232,6 @@ def _run_chains(
     kernel = ScaleKernel.for_tuning(settings.tune, settings.scale_steps)
     log_likelihood = None
     writer = None
-    if collapsed:
-        writer = ThetaWriter(
-            problem,
-            noise_seed,
-            store.arrays,
-            settings.theta_dtype,
-            background=(cores or os.cpu_count() or 1) >= 2,
-        )
     total = settings.tune + settings.draws
     bar = tqdm(
         total=total,
@@ -249,6 +241,14 @@ def _run_chains(
     )
     stats: dict[str, np.ndarray] = {}
     try:
+        if collapsed:
+            writer = ThetaWriter(
+                problem,
+                noise_seed,
+                store.arrays,
+                settings.theta_dtype,
+                background=(cores or os.cpu_count() or 1) >= 2,
+            )
         for sweep in range(total):
             keep = sweep >= settings.tune
             if sweep == settings.tune:
@@ -274,7 +274,7 @@ def _run_chains(
             stats = {"scale_acceptance": acceptance, "log_likelihood": written.conditional_total}
     finally:
         if writer is not None:
-            writer.close()
+            writer.close(abandon=True)
         bar.close()
     return store.arrays, stats, log_likelihood
 

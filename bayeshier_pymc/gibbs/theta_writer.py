@@ -113,6 +113,7 @@ class ThetaWriter:
         self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._claims = itertools.count()
         self._prepared = threading.Event()
+        self._stopping = threading.Event()
         self._ready = False
         self._pool = ThreadPoolExecutor(max_workers=1) if background else None
         self._done: Future[None] | None = None
@@ -142,9 +143,20 @@ class ThetaWriter:
             self._theta, self._log_likelihood, self._totals + conditional_constant(self._var_b)
         )
 
-    def close(self) -> None:
-        """Stop the thread (after :meth:`finish`, or early after an error in the sweeps)."""
+    def close(self, *, abandon: bool = False) -> None:
+        """Stop the thread (after :meth:`finish`, or early after an error in the sweeps).
+
+        Parameters
+        ----------
+        abandon
+            Stop after the draw, or the draw's noise, under way, leaving the draws still
+            queued unwritten: what the engine does, whose stores are of no use once it stops
+            early (on an error or Ctrl-C). Without it the thread first writes every draw
+            recorded.
+        """
         if self._pool is not None:
+            if abandon:
+                self._stopping.set()
             self._queue.put(_STOP)
             self._pool.shutdown(wait=True)
 
@@ -154,7 +166,7 @@ class ThetaWriter:
         finally:
             self._prepared.set()  # on failure too: finish() then skips to the error
         for _ in range(self._shape[1]):  # one claim per recorded draw, at most
-            if self._queue.get() == _STOP or not self._write_next():
+            if self._queue.get() == _STOP or self._stopping.is_set() or not self._write_next():
                 return
 
     def _write_next(self) -> bool:
@@ -170,11 +182,19 @@ class ThetaWriter:
         return True
 
     def _prepare(self) -> None:
-        """Allocate the stores and draw θ's noise into the θ store."""
+        """Allocate the stores and draw θ's noise into the θ store, one draw at a time.
+
+        Filling the draws one after another gives the same noise as one call per chain; it
+        lets :meth:`close` stop the thread between two of them.
+        """
         self._theta = store_array(self._shape, self._dtype, commit=True)
+        if self._stopping.is_set():
+            return
         self._log_likelihood = store_array(self._shape, self._dtype, commit=True)
-        for chain_theta in self._theta:
-            self._rng.standard_normal(out=chain_theta, dtype=chain_theta.dtype)
+        for draw_theta in self._theta.reshape(-1, *self._shape[2:]):
+            if self._stopping.is_set():
+                return
+            self._rng.standard_normal(out=draw_theta, dtype=draw_theta.dtype)
         self._ready = True
 
     def _write(self, draw: int) -> None:
