@@ -178,7 +178,7 @@ def test_an_abandoned_theta_writer_stops_after_the_draw_under_way(small_model, m
         write(self, draw)
 
     monkeypatch.setattr(ThetaWriter, "_write", slow_write)
-    writer = ThetaWriter(small_model, np.random.SeedSequence(0), stores, np.float32, True)
+    writer = ThetaWriter(small_model.problem, np.random.SeedSequence(0), stores, np.float32, True)
     for draw in range(200):
         writer.recorded(draw)
     start = time.perf_counter()

@@ -22,7 +22,7 @@ from bayeshier_pymc.shrinkage import ShrinkageModel
 
 HUGE_SEED = 99999999999999999999999
 
-pytestmark = pytest.mark.filterwarnings("ignore::bayeshier_pymc._convergence.ConvergenceWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::bayeshier_pymc.convergence.ConvergenceWarning")
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,10 @@ def no_sampling(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
-    monkeypatch.setattr("bayeshier_pymc.shrinkage.pm.sample", forbidden)
+    monkeypatch.setattr("bayeshier_pymc.sampling.pm.sample", forbidden)
     monkeypatch.setattr(ShrinkageModel, "build", forbidden)
-    monkeypatch.setattr("bayeshier_pymc.gibbs.sample_gibbs", forbidden)
+    monkeypatch.setattr("bayeshier_pymc.sampling.build_model", forbidden)
+    monkeypatch.setattr("bayeshier_pymc.sampling.run_engine", forbidden)
 
 
 # ---------------------------------------------------------------- 3. sampler arguments
