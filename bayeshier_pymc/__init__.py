@@ -11,14 +11,17 @@ from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
 from bayeshier_pymc import preprocess
+from bayeshier_pymc.calibration import known_truth_check, split_half_check
 from bayeshier_pymc.datasets import demo_study
 from bayeshier_pymc.depth_comparison import DepthComparison, compare_depths
 from bayeshier_pymc.diagnostics import Diagnosis, diagnose
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.inference_data import add_log_likelihood, loo
+from bayeshier_pymc.inference_data import add_log_likelihood, loo, problem_from_idata
 from bayeshier_pymc.mlm import MLMFit, mlm
+from bayeshier_pymc.noise import TreeNoise, tree_noise
 from bayeshier_pymc.persistence import load_results, save_results
+from bayeshier_pymc.problem import ShrinkageProblem
 from bayeshier_pymc.results import (
     coefficient_matrix,
     coefficient_summary,
@@ -27,6 +30,7 @@ from bayeshier_pymc.results import (
     scale_summary,
 )
 from bayeshier_pymc.sampler_comparison import SamplerComparison, compare_samplers
+from bayeshier_pymc.sampling import sample
 from bayeshier_pymc.shrinkage import ShrinkageModel
 from bayeshier_pymc.simulate import SimulatedStudy, simulate, train_test_split
 from bayeshier_pymc.study import StudyResult, simulation_study
@@ -47,8 +51,10 @@ __all__ = [
     "MLMFit",
     "SamplerComparison",
     "ShrinkageModel",
+    "ShrinkageProblem",
     "SimulatedStudy",
     "StudyResult",
+    "TreeNoise",
     "__version__",
     "add_log_likelihood",
     "coefficient_matrix",
@@ -59,15 +65,20 @@ __all__ = [
     "demo_study",
     "diagnose",
     "group_effects",
+    "known_truth_check",
     "load_results",
     "loo",
     "mlm",
     "preprocess",
+    "problem_from_idata",
+    "sample",
     "save_results",
     "scale_summary",
     "simulate",
     "simulation_study",
+    "split_half_check",
     "train_test_split",
+    "tree_noise",
 ]
 
 
