@@ -22,9 +22,11 @@ draws for hundreds of parameters, where ArviZ's loop over parameters costs most.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import arviz as az
@@ -58,6 +60,8 @@ TAIL_PROBABILITIES = (0.05, 0.95)
 """Quantiles whose indicator functions give the tail ESS (the smaller of the two)."""
 BLOCK_VALUES = 4_000_000
 """Values (chain × draw × parameter) handled at once: the temporaries stay near 32 MB each."""
+_PACKAGE = Path(__file__).resolve().parent
+"""The package's folder: frames of files under it are the package's own."""
 
 
 @dataclass(frozen=True)
@@ -404,15 +408,16 @@ def check_convergence(
     return ConvergenceReport(divergences, rhat_value, ess_value, tuple(problems))
 
 
-def warn_if_not_converged(idata: az.InferenceData, *, stacklevel: int = 3) -> ConvergenceReport:
+def warn_if_not_converged(idata: az.InferenceData) -> ConvergenceReport:
     """Run :func:`check_convergence` and emit a :class:`ConvergenceWarning` if it fails.
+
+    The warning points at the first line outside this package that led here (the user's
+    call of :meth:`ShrinkageModel.sample` or :func:`bayeshier_pymc.sampling.sample`).
 
     Parameters
     ----------
     idata
         A result of :meth:`ShrinkageModel.sample`.
-    stacklevel
-        Passed to :func:`warnings.warn` (the default points at the caller of ``sample``).
 
     Returns
     -------
@@ -426,6 +431,18 @@ def warn_if_not_converged(idata: az.InferenceData, *, stacklevel: int = 3) -> Co
             + ". Draw longer chains (more tune/draws), raise target_accept, or try another "
             "parameterization before trusting these results.",
             ConvergenceWarning,
-            stacklevel=stacklevel,
+            stacklevel=_caller_outside_package(),
         )
     return report
+
+
+def _caller_outside_package() -> int:
+    """``stacklevel`` naming the first frame outside the package, seen from this one's caller."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(
+        _PACKAGE
+    ):
+        frame = frame.f_back
+        level += 1
+    return level

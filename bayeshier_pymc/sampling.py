@@ -137,9 +137,7 @@ def sample(
         **options,
     )
     idata = finish(problem, run)
-    # the warning points at the user's line: here ← ShrinkageModel.sample ← its Ctrl-C
-    # wrapper (_interrupt.stops_on_ctrl_c) ← the caller
-    warn_if_not_converged(idata, stacklevel=5)
+    warn_if_not_converged(idata)
     return idata
 
 

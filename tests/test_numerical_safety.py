@@ -146,3 +146,17 @@ def test_sample_warns_on_a_short_run_and_not_on_a_good_one() -> None:
         warnings.simplefilter("error", ConvergenceWarning)
         idata = model.sample(draws=1000, tune=500, chains=2, random_seed=1, progressbar=False)
     assert check_convergence(idata).ok
+
+
+def test_the_convergence_warning_names_the_callers_line() -> None:
+    """Through ShrinkageModel.sample (and its Ctrl-C wrapper) or the registry's sample, the
+    warning names this file, not a frame of the package."""
+    rng = np.random.default_rng(8)
+    model = bh.ShrinkageModel((rng.normal(size=(1, 8)), np.full((1, 8), 0.5)))
+    short = {"draws": 10, "tune": 10, "chains": 2, "random_seed": 1, "progressbar": False}
+    with pytest.warns(ConvergenceWarning) as by_model:
+        model.sample("gibbs", **short)
+    with pytest.warns(ConvergenceWarning) as by_registry:
+        bh.sample(model.problem, "gibbs", **short)
+    for record in (*by_model, *by_registry):
+        assert record.filename == __file__
