@@ -113,9 +113,12 @@ def sample(
     progressbar
         Show progress.
     **options
-        The sampler's own options: for ``"nuts"`` see :func:`_sample_nuts`
-        (``nuts_sampler``, ``parameterization``, ``target_accept`` and :func:`pymc.sample`'s
-        keywords), for ``"gibbs"`` see :func:`sample_gibbs`.
+        The sampler's own options. ``"nuts"``: ``nuts_sampler`` (one of
+        :data:`NUTS_SAMPLERS`, default :data:`DEFAULT_NUTS_SAMPLER`), ``parameterization``
+        (``"collapsed"``, the default: NUTS samples τ and the rest is drawn by
+        :func:`draw_given_scales`; or a full-model choice, see :mod:`bayeshier_pymc.model`),
+        ``target_accept`` (default 0.9) and :func:`pymc.sample`'s keywords. ``"gibbs"``: the
+        keywords of :func:`sample_gibbs`.
 
     Returns
     -------
