@@ -369,12 +369,12 @@ def _sample_gibbs(
 
     See :func:`sample_gibbs` for the options.
     """
-    check_settings(draws, tune, chains, scheme, theta_dtype)
     if backend not in ("numpy", "pymc"):
         raise ValueError(f"unknown backend {backend!r}; use 'numpy' or 'pymc'.")
     log_likelihood = None
     start = time.perf_counter()
     if backend == "pymc":
+        check_settings(draws, tune, chains, scheme, theta_dtype)  # run_engine checks its own
         cores = _default_cores(cores, chains)
         posterior, stats = _run_step(
             problem, draws, tune, chains, cores, random_seed, progressbar, scheme, scale_steps
