@@ -21,7 +21,7 @@ from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
 from bayeshier_pymc.sampling import DEFAULT_NUTS_SAMPLER, NutsSampler, draw_given_scales, sample
 
-__all__ = ["DEFAULT_NUTS_SAMPLER", "ShrinkageModel"]
+__all__ = ["ShrinkageModel"]
 
 
 class ShrinkageModel:
