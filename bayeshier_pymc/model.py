@@ -47,9 +47,12 @@ Parameterization = str | Mapping[str, Centering]
 FULL_PARAMETERIZATIONS = ("centered", "noncentered", "auto")
 
 
-def scale_levels(hierarchy: Hierarchy) -> tuple[str, ...]:
-    """Coordinates of the ``level`` dim of ``tau``: ``"feature"`` then each annotation level."""
-    return ("feature", *hierarchy.levels)
+def scale_levels(hierarchy: Hierarchy | None) -> tuple[str, ...]:
+    """Coordinates of the ``level`` dim of ``tau``: ``"feature"`` then each annotation level.
+
+    Without pooling (``hierarchy=None``) only ``"feature"``, the level of the priors' one scale.
+    """
+    return ("feature", *(hierarchy.levels if hierarchy is not None else ()))
 
 
 def group_mean_name(level: str) -> str:

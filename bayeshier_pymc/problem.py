@@ -116,14 +116,13 @@ class ShrinkageProblem:
         if resolved != "none":
             full = hierarchy if hierarchy is not None else _flat(estimates.features)
             tree = full.align(estimates.features).truncate(resolved)
-        levels = scale_levels(tree) if tree is not None else ("feature",)
         return cls(
             b=estimates.estimate.to_numpy(),
             se=estimates.se.to_numpy(),
             covariates=estimates.covariates,
             features=estimates.features,
             tree=tree,
-            priors=Priors.resolve(priors, levels),
+            priors=Priors.resolve(priors, scale_levels(tree)),
             depth=resolved,
         )
 
@@ -140,7 +139,7 @@ class ShrinkageProblem:
     @property
     def scale_levels(self) -> tuple[str, ...]:
         """The levels of τ: ``"feature"`` then each annotation level used."""
-        return scale_levels(self.tree) if self.tree is not None else ("feature",)
+        return scale_levels(self.tree)
 
     @cached_property
     def var_b(self) -> np.ndarray:
