@@ -138,7 +138,7 @@ def build_inference_data(
             "bayeshier_pymc_version": version("bayeshier_pymc"),
             "sampler": sampler,
             "depth": str(problem.depth),
-            "levels": list(hierarchy.levels) if hierarchy is not None else [],
+            "levels": list(problem.levels),
             "priors": problem.priors.to_json(),
             "default_log_likelihood": LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD],
             **(attrs or {}),
