@@ -26,12 +26,16 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-from bayeshier_pymc.convergence import Thresholds, ess, rank_diagnostics, rank_rhat, split_chains
+from bayeshier_pymc.convergence import (
+    MIN_DRAWS,
+    Thresholds,
+    ess,
+    rank_diagnostics,
+    rank_rhat,
+    split_chains,
+)
 
 __all__ = ["SamplerComparison", "compare_samplers"]
-
-MIN_DRAWS = 4
-"""Fewest kept draws per chain for which the samplers are compared."""
 
 SAMPLE_DIMS = ("chain", "draw")
 MIN_Z = 4.0
