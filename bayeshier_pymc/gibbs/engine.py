@@ -38,7 +38,7 @@ from bayeshier_pymc.problem import ShrinkageProblem
 if TYPE_CHECKING:
     from bayeshier_pymc.hierarchy import Hierarchy
 
-__all__ = ["SCHEMES", "EngineDraws", "check_settings", "run_engine", "tree_data"]
+__all__ = ["SCHEMES", "EngineDraws", "check_settings", "run_engine"]
 
 Scheme = Literal["collapsed", "conjugate"]
 SCHEMES: tuple[str, ...] = ("collapsed", "conjugate")
@@ -127,20 +127,6 @@ def check_settings(draws: int, tune: int, chains: int, scheme: str, theta_dtype:
         raise ValueError(f"theta_dtype must be float32 or float64, got {np.dtype(theta_dtype)}.")
 
 
-def tree_data(problem: ShrinkageProblem, copies: int) -> TreeData:
-    """The sweep data of ``problem`` with every covariate repeated ``copies`` times (chains)."""
-    if problem.tree is None:
-        raise ValueError("a problem without pooling has no tree to sweep.")
-    return TreeData.build(
-        np.tile(problem.b, (copies, 1)),
-        np.tile(problem.var_b, (copies, 1)),
-        problem.index,
-        problem.priors.tau_scale,
-        problem.priors.mu0,
-        problem.priors.s0,
-    )
-
-
 @dataclass(frozen=True)
 class _Settings:
     draws: int
@@ -216,7 +202,7 @@ def _run_chains(
     log-likelihood if it was computed while sampling (by the collapsed scheme, which also
     puts the per-draw conditional total in the statistics).
     """
-    data = tree_data(problem, chains)
+    data = TreeData.from_problem(problem, chains)
     lead = (chains, settings.draws, problem.b.shape[0])
     collapsed = settings.scheme == "collapsed"
     theta_store = None if collapsed else settings.theta_dtype

@@ -22,6 +22,7 @@ import numpy as np
 
 from bayeshier_pymc.gaussian_tree import TreeIndex
 from bayeshier_pymc.gaussian_tree.kernels import LaneProblem
+from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = ["TreeData", "TreeState"]
 
@@ -134,6 +135,21 @@ class TreeData:
             ),
             orders=orders,
             positions=tuple(np.argsort(order) for order in orders),
+        )
+
+    @classmethod
+    def from_problem(cls, problem: ShrinkageProblem, copies: int = 1) -> TreeData:
+        """The data of a pooled ``problem``, every covariate repeated ``copies`` times (chains)."""
+        if problem.tree is None:
+            raise ValueError("a problem without pooling has no tree to sweep.")
+        priors = problem.priors
+        return cls.build(
+            np.tile(problem.b, (copies, 1)),
+            np.tile(problem.var_b, (copies, 1)),
+            problem.index,
+            priors.tau_scale,
+            priors.mu0,
+            priors.s0,
         )
 
     @property

@@ -213,7 +213,4 @@ def _sweep_data(model: pm.Model, problem: ShrinkageProblem) -> tuple[TreeData, _
         )
     if not isinstance(model.rvs_to_transforms[model["tau"]], LogTransform):
         raise ValueError("TreeGibbs expects tau with PyMC's default log transform.")
-    data = TreeData.build(
-        problem.b, problem.var_b, problem.index, priors.tau_scale, priors.mu0, priors.s0
-    )
-    return data, names
+    return TreeData.from_problem(problem), names
