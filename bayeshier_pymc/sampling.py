@@ -307,12 +307,8 @@ def _sample_nuts(
         numpyro_options.update(pymc_kwargs.pop("nuts_sampler_kwargs", {}))
         pymc_kwargs["nuts_sampler_kwargs"] = numpyro_options
     collapsed = problem.pooled and parameterization == "collapsed"
-    model = build_model(
-        problem.estimates,
-        problem.tree,
-        problem.priors,
-        parameterization if problem.pooled else "collapsed",
-    )
+    # without pooling build_model ignores the parameterisation
+    model = build_model(problem.estimates, problem.tree, problem.priors, parameterization)
     seed_sequence = np.random.SeedSequence(random_seed)
     nuts_seed = int(seed_sequence.generate_state(1)[0] % (2**31))
     start = time.perf_counter()
@@ -335,7 +331,7 @@ def _sample_nuts(
         rng = np.random.default_rng(seed_sequence.spawn(1)[0])
         posterior = draw_given_scales(problem, tau, rng)
     else:
-        posterior = {name: raw.posterior[name].to_numpy() for name in posterior_dims(problem.tree)}
+        posterior = _posterior_arrays(raw, problem)
     elapsed = time.perf_counter() - start
     return SamplerRun(
         posterior,
@@ -427,12 +423,7 @@ def _run_step(
     scale_steps: int,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``pymc.sample`` with :class:`TreeGibbs` on the centred model: posterior and stats."""
-    model = build_model(
-        problem.estimates,
-        problem.tree,
-        problem.priors,
-        "centered" if problem.pooled else "collapsed",
-    )
+    model = build_model(problem.estimates, problem.tree, problem.priors, "centered")
     seeds = np.random.SeedSequence(random_seed).generate_state(2)
     with model:
         step = TreeGibbs(problem=problem, scheme=scheme, scale_steps=scale_steps)
@@ -447,8 +438,13 @@ def _run_step(
             progressbar=progressbar,
             compute_convergence_checks=False,
         )
-    posterior = {name: raw.posterior[name].to_numpy() for name in posterior_dims(problem.tree)}
+    posterior = _posterior_arrays(raw, problem)
     return posterior, {"scale_acceptance": raw.sample_stats["scale_acceptance"].to_numpy()}
+
+
+def _posterior_arrays(raw: az.InferenceData, problem: ShrinkageProblem) -> dict[str, np.ndarray]:
+    """The contract's posterior variables of a ``pymc.sample`` result, as arrays."""
+    return {name: raw.posterior[name].to_numpy() for name in posterior_dims(problem.tree)}
 
 
 SAMPLERS: dict[str, Callable[..., SamplerRun]] = {"nuts": _sample_nuts, "gibbs": _sample_gibbs}
