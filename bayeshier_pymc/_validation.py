@@ -76,6 +76,20 @@ def check_positive(values: np.ndarray, name: str) -> None:
         )
 
 
+def covariance_factor(covariance: np.ndarray, size: int, name: str) -> np.ndarray:
+    """The lower Cholesky factor of ``covariance``, which must be ``size`` × ``size``.
+
+    Raises a ValueError naming ``name`` for another shape or a matrix that is not symmetric
+    positive definite.
+    """
+    if covariance.shape != (size, size):
+        raise ValueError(f"{name} must be {size} × {size}, got {covariance.shape}.")
+    try:
+        return np.linalg.cholesky(covariance)
+    except np.linalg.LinAlgError as error:
+        raise ValueError(f"{name} must be symmetric positive definite.") from error
+
+
 SEED_LIMIT = 2**63
 """Integer seeds lie in [0, SEED_LIMIT): they are stored as int64 with the results."""
 

@@ -31,6 +31,7 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
+from bayeshier_pymc._validation import covariance_factor
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.mlm import MLMFit, mlm
 from bayeshier_pymc.results import coefficient_summary
@@ -344,17 +345,11 @@ def known_truth_check(
     """
     stage_two = StageTwo() if stage_two is None else stage_two
     m = hierarchy.n_features
-    covariance = np.asarray(covariance, dtype=float)
-    if covariance.shape != (m, m):
-        raise ValueError(
-            f"covariance must be {m} × {m} (the tree's features), got {covariance.shape}."
-        )
     if hierarchy.depth < 1:
         raise ValueError("the known-truth check needs a hierarchy with at least one level.")
-    try:
-        factor = np.linalg.cholesky(covariance)
-    except np.linalg.LinAlgError as error:
-        raise ValueError("covariance must be symmetric positive definite.") from error
+    factor = covariance_factor(
+        np.asarray(covariance, dtype=float), m, "covariance (one row per feature of the tree)"
+    )
     groups = hierarchy.membership(0)
     covariates = list(X.columns)
     seeds = np.random.SeedSequence(random_seed).spawn(n_replicates)

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayeshier_pymc._validation import covariance_factor
+
 __all__ = ["ResidualNoise", "SimulatedStudy", "simulate", "train_test_split"]
 
 
@@ -192,12 +194,7 @@ def _correlated_residuals(
         covariance = sigma_y**2 * np.eye(m)
     else:
         covariance = np.array(settings.covariance, dtype=float)
-        if covariance.shape != (m, m):
-            raise ValueError(f"the residual covariance must be {m} × {m}, got {covariance.shape}.")
-        try:
-            factor = np.linalg.cholesky(covariance)
-        except np.linalg.LinAlgError as error:
-            raise ValueError("the residual covariance must be positive definite.") from error
+        factor = covariance_factor(covariance, m, "the residual covariance")
         noise = rng.standard_normal((n, m)) @ factor.T
     shared = [
         (np.zeros(m, dtype=np.intp), settings.global_sd),
