@@ -1,4 +1,4 @@
-"""Gibbs sampling of the tree model: shared updates, a PyMC step method and a NumPy engine.
+"""Gibbs sampling of the tree model: shared sweeps, a PyMC step method and a NumPy engine.
 
 See ``docs/gibbs.md`` for the schemes, the τ mixing and the storage choices;
 :func:`bayeshier_pymc.sampling.sample_gibbs` runs either and returns the InferenceData.
