@@ -51,7 +51,7 @@ from bayeshier_pymc.diagnostics import (
     loo_elpd,
 )
 from bayeshier_pymc.estimates import Estimates
-from bayeshier_pymc.gaussian_tree import NUMPY_OPS, TreeIndex, group_log_predictive
+from bayeshier_pymc.gaussian_tree import LOG_2PI, NUMPY_OPS, TreeIndex, group_log_predictive
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.priors import Priors
@@ -69,7 +69,6 @@ __all__ = [
 ]
 
 Depth = int | str
-_LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 # ---------------------------------------------------------------------- the result
@@ -522,7 +521,7 @@ def _no_pooling_group_log_lik(
 ) -> np.ndarray:
     """Σ over each group's features of log N(b_j; mu0, s_j² + s0²), as (covariate, group)."""
     total = var_b + priors.s0**2
-    per_feature = -0.5 * (_LOG_2PI + np.log(total) + (b - priors.mu0) ** 2 / total)
+    per_feature = -0.5 * (LOG_2PI + np.log(total) + (b - priors.mu0) ** 2 / total)
     return NUMPY_OPS.segment_sum(per_feature, to_group, int(to_group.max()) + 1)
 
 

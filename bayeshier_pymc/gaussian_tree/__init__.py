@@ -65,6 +65,7 @@ import numpy as np
 from bayeshier_pymc.hierarchy import Hierarchy
 
 __all__ = [
+    "LOG_2PI",
     "NUMPY_OPS",
     "ArrayOps",
     "Messages",
