@@ -31,6 +31,7 @@ import pymc as pm
 import xarray as xr
 
 from bayeshier_pymc._interrupt import numpyro_steps_from_python
+from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.convergence import warn_if_not_converged
 from bayeshier_pymc.gaussian_tree import draw_tree, upward_pass
 from bayeshier_pymc.gibbs.engine import check_settings, run_engine
@@ -92,7 +93,7 @@ def sample(
     tune: int = 1000,
     chains: int = 4,
     cores: int | None = None,
-    random_seed: int | None = None,
+    random_seed: int | np.random.Generator | None = None,
     progressbar: bool = True,
     **options: Any,
 ) -> az.InferenceData:
@@ -109,7 +110,8 @@ def sample(
     cores
         CPUs the sampler may use (default: all, at most one process per chain).
     random_seed
-        The same seed gives the same draws.
+        An integer in [0, 2**63) or a :class:`numpy.random.Generator` (one seed is drawn
+        from it); the same seed gives the same draws.
     progressbar
         Show progress.
     **options
@@ -126,19 +128,18 @@ def sample(
         The contract of :func:`~bayeshier_pymc.inference_data.build_inference_data`; a
         :class:`~bayeshier_pymc.convergence.ConvergenceWarning` is emitted when the
         diagnostics fail.
+
+    Raises
+    ------
+    ValueError
+        For a bad argument, before any compilation or tuning.
     """
+    checked = check_sampler_arguments(
+        draws=draws, tune=tune, chains=chains, cores=cores, random_seed=random_seed
+    )
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; use one of {sorted(SAMPLERS)!r}.")
-    run = SAMPLERS[sampler](
-        problem,
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        cores=cores,
-        random_seed=random_seed,
-        progressbar=progressbar,
-        **options,
-    )
+    run = SAMPLERS[sampler](problem, **checked._asdict(), progressbar=progressbar, **options)
     idata = finish(problem, run)
     warn_if_not_converged(idata)
     return idata

@@ -12,7 +12,6 @@ import pandas as pd
 import pymc as pm
 
 from bayeshier_pymc._interrupt import stops_on_ctrl_c
-from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import problem_from_idata
@@ -173,9 +172,6 @@ class ShrinkageModel:
         KeyboardInterrupt
             On Ctrl-C, within about a second whatever the phase; nothing is left running.
         """
-        draws, tune, chains, cores, random_seed = check_sampler_arguments(
-            draws=draws, tune=tune, chains=chains, cores=cores, random_seed=random_seed
-        )
         options = dict(sampler_kwargs)
         if sampler == "nuts":
             options.update(

@@ -67,6 +67,8 @@ def test_bad_sampler_arguments_are_refused_before_any_work(
 ):
     with pytest.raises(ValueError, match=message):
         model.sample(sampler, **arguments)
+    with pytest.raises(ValueError, match=message):
+        bh.sample(model.problem, sampler, **arguments)
 
 
 def test_a_numpy_generator_is_a_seed(model):
