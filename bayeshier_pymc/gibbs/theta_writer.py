@@ -40,6 +40,8 @@ __all__ = ["ThetaWriter", "WrittenDraws"]
 
 _STOP = -1
 """Queue item that ends the background thread early."""
+NOISE_BLOCK = 1 << 20
+"""Normal draws per call of the noise generator (about 4 ms): the longest wait of ``close``."""
 
 
 @dataclass(frozen=True)
@@ -182,19 +184,23 @@ class ThetaWriter:
         return True
 
     def _prepare(self) -> None:
-        """Allocate the stores and draw θ's noise into the θ store, one draw at a time.
+        """Allocate the stores and draw θ's noise into the θ store, a block of draws at a time.
 
-        Filling the draws one after another gives the same noise as one call per chain; it
-        lets :meth:`close` stop the thread between two of them.
+        Filling the draws block after block gives the same noise as one call per chain; it
+        lets :meth:`close` stop the thread between two blocks (a few milliseconds each). One
+        call per draw instead cost 0.13 s of the 1.2 s engine job at the COPDGene shape.
         """
         self._theta = store_array(self._shape, self._dtype, commit=True)
         if self._stopping.is_set():
             return
         self._log_likelihood = store_array(self._shape, self._dtype, commit=True)
-        for draw_theta in self._theta.reshape(-1, *self._shape[2:]):
+        draws = self._theta.reshape(-1, *self._shape[2:])
+        per_block = max(1, NOISE_BLOCK // (draws.size // len(draws)))
+        for start in range(0, len(draws), per_block):
             if self._stopping.is_set():
                 return
-            self._rng.standard_normal(out=draw_theta, dtype=draw_theta.dtype)
+            block = draws[start : start + per_block]
+            self._rng.standard_normal(out=block, dtype=block.dtype)
         self._ready = True
 
     def _write(self, draw: int) -> None:
