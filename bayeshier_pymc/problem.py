@@ -111,6 +111,14 @@ class ShrinkageProblem:
                 "hierarchy must be a Hierarchy (see Hierarchy.from_frame), got "
                 f"{type(hierarchy).__name__}."
             )
+        if estimates.noise is not None:
+            # refused rather than ignored: the samplers' likelihood is still the independent one
+            raise ValueError(
+                "stage 2 cannot yet use a correlated-noise structure (Estimates.noise): its "
+                "samplers and LOO treat the estimates as independent. Fit without noise= "
+                "(the noise structure is for bayeshier_pymc.calibration and simulation until "
+                "the structured likelihood lands)."
+            )
         resolved = resolve_depth(depth, hierarchy)
         tree = None
         if resolved != "none":

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayeshier_pymc import Estimates, Hierarchy, mlm
+from bayeshier_pymc import Estimates, Hierarchy, ShrinkageModel, mlm
 from bayeshier_pymc.noise import TreeNoise, tree_noise
 
 SUB = np.repeat(np.arange(6), [5, 4, 6, 3, 4, 2])
@@ -144,6 +144,14 @@ def test_estimates_carry_a_noise_structure_only_when_given(rng):
     assert set(noise.estimation.index) == {"top", "sub", "super"}
     assert Estimates.from_any(carried, covariates=["b"]).noise is noise
     assert isinstance(carried.noise, TreeNoise)
+
+
+def test_stage_two_refuses_a_noise_structure_it_would_ignore(rng):
+    """Until the samplers use it, a noise structure is refused, never silently dropped."""
+    fit = _study(100, rng)
+    carried = Estimates.from_any(fit, noise=tree_noise(fit, _hierarchy()))
+    with pytest.raises(ValueError, match=r"cannot yet use a correlated-noise structure"):
+        ShrinkageModel(carried, _hierarchy())
 
 
 def test_bad_inputs_raise_clear_errors(rng):
