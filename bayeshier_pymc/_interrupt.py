@@ -23,6 +23,7 @@ from __future__ import annotations
 import _thread
 import functools
 import logging
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["numpyro_steps_from_python", "stops_on_ctrl_c"]
+__all__ = ["caught_interrupts_raised", "numpyro_steps_from_python", "stops_on_ctrl_c"]
 
 logger = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -78,6 +79,38 @@ def numpyro_steps_from_python(nuts_sampler: str, progressbar: bool) -> Iterator[
         yield
     finally:
         numpyro_mcmc.fori_collect = collect
+
+
+@contextmanager
+def caught_interrupts_raised() -> Iterator[None]:
+    """Raise ``KeyboardInterrupt`` after a block that caught a Ctrl-C and returned.
+
+    PyMC's own sampler (NUTS or a custom step) catches the KeyboardInterrupt of Ctrl-C, stops
+    and returns the draws made so far, as if the run had ended: the fit would then go on with
+    a truncated run. Around :func:`pymc.sample`, a Ctrl-C received in the block is raised
+    again once it returns. Only in the main thread, and only while Python's default Ctrl-C
+    handler is in place (otherwise the block runs unchanged).
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    received = threading.Event()
+
+    def remember(signum: int, frame: Any) -> None:
+        received.set()
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, remember)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received.is_set():
+        logger.debug("a Ctrl-C caught inside the sampler is raised again")
+        raise KeyboardInterrupt
 
 
 def stops_on_ctrl_c(function: Callable[P, R]) -> Callable[P, R]:

@@ -30,7 +30,7 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
-from bayeshier_pymc._interrupt import numpyro_steps_from_python
+from bayeshier_pymc._interrupt import caught_interrupts_raised, numpyro_steps_from_python
 from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.convergence import warn_if_not_converged
 from bayeshier_pymc.gaussian_tree import draw_tree, upward_pass
@@ -313,7 +313,7 @@ def _sample_nuts(
     seed_sequence = np.random.SeedSequence(random_seed)
     nuts_seed = int(seed_sequence.generate_state(1)[0] % (2**31))
     start = time.perf_counter()
-    with numpyro_steps_from_python(nuts_sampler, progressbar):
+    with caught_interrupts_raised(), numpyro_steps_from_python(nuts_sampler, progressbar):
         raw = pm.sample(
             draws=draws,
             tune=tune,
@@ -426,7 +426,7 @@ def _run_step(
     """``pymc.sample`` with :class:`TreeGibbs` on the centred model: posterior and stats."""
     model = build_model(problem.estimates, problem.tree, problem.priors, "centered")
     seeds = np.random.SeedSequence(random_seed).generate_state(2)
-    with model:
+    with model, caught_interrupts_raised():
         step = TreeGibbs(problem=problem, scheme=scheme, scale_steps=scale_steps)
         raw = pm.sample(
             draws=draws,

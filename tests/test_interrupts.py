@@ -52,6 +52,20 @@ CHILDREN = {
         "NUTS sampling",
         0.5,
     ),
+    "pymc nuts sampling": (
+        "logging.getLogger('pymc').setLevel(logging.INFO)\n"
+        "model.sample(nuts_sampler='pymc', draws=100_000, tune=20, chains=2, cores=2,\n"
+        "             random_seed=1, progressbar=False)",
+        "NUTS: [tau]",
+        3.0,
+    ),
+    "gibbs pymc step sampling": (
+        "logging.getLogger('pymc').setLevel(logging.INFO)\n"
+        "model.sample('gibbs', backend='pymc', draws=100_000, tune=20, chains=2, cores=2,\n"
+        "             random_seed=1, progressbar=False)",
+        "TreeGibbs: [",
+        3.0,
+    ),
     "gibbs tuning": (
         "print('start', flush=True)\n"
         "model.sample('gibbs', draws=100, tune=10_000_000, chains=4, cores=2, progressbar=False)",
