@@ -51,7 +51,12 @@ from bayeshier_pymc.diagnostics import (
     loo_elpd,
 )
 from bayeshier_pymc.estimates import Estimates
-from bayeshier_pymc.gaussian_tree import LOG_2PI, NUMPY_OPS, TreeIndex, group_log_predictive
+from bayeshier_pymc.gaussian_tree import (
+    NUMPY_OPS,
+    TreeIndex,
+    group_log_predictive,
+    normal_log_density,
+)
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.priors import Priors
@@ -520,8 +525,7 @@ def _no_pooling_group_log_lik(
     b: np.ndarray, var_b: np.ndarray, to_group: np.ndarray, priors: Priors
 ) -> np.ndarray:
     """Σ over each group's features of log N(b_j; mu0, s_j² + s0²), as (covariate, group)."""
-    total = var_b + priors.s0**2
-    per_feature = -0.5 * (LOG_2PI + np.log(total) + (b - priors.mu0) ** 2 / total)
+    per_feature = normal_log_density(b - priors.mu0, var_b + priors.s0**2)
     return NUMPY_OPS.segment_sum(per_feature, to_group, int(to_group.max()) + 1)
 
 

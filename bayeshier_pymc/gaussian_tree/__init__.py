@@ -73,6 +73,7 @@ __all__ = [
     "draw_tree",
     "group_log_predictive",
     "level_variance",
+    "normal_log_density",
     "pointwise_marginal",
     "posterior_moments",
     "posterior_normal",
@@ -80,6 +81,11 @@ __all__ = [
 ]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def normal_log_density(deviation: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """Log N(deviation; 0, variance), elementwise: the one NumPy form of the reference."""
+    return -0.5 * (LOG_2PI + np.log(variance) + deviation * deviation / variance)
 
 
 @dataclass(frozen=True)
@@ -358,9 +364,7 @@ def pointwise_marginal(
     ``b``, ``var_b`` and ``parent_mean`` (the value of each θ_j's parent) have shape
     ``(..., m)``, ``tau`` ``(..., depth + 1)``.
     """
-    total = var_b + level_variance(tau, 0)
-    deviation = b - parent_mean
-    return -0.5 * (LOG_2PI + np.log(total) + deviation * deviation / total)
+    return normal_log_density(b - parent_mean, var_b + level_variance(tau, 0))
 
 
 def group_log_predictive(
@@ -427,7 +431,7 @@ def group_log_predictive(
         - group_precision * group_y
     ) / cavity_precision
     total = 1.0 / group_precision + 1.0 / cavity_precision
-    return group_log_norm - 0.5 * (LOG_2PI + np.log(total) + (group_y - cavity_mean) ** 2 / total)
+    return group_log_norm + normal_log_density(group_y - cavity_mean, total)
 
 
 def _first_unit(to_group: np.ndarray, n_groups: int) -> np.ndarray:
@@ -451,7 +455,7 @@ def _log_normalisers(
         total = vs[level] + level_variance(tau, level)
         resid = ys[level] - ys[level + 1][..., parent]
         log_norm = _numpy_segment_sum(
-            log_norm - 0.5 * (LOG_2PI + np.log(total) + resid * resid / total),
+            log_norm + normal_log_density(resid, total),
             parent,
             n_parents,
         ) + 0.5 * (LOG_2PI + np.log(vs[level + 1]))
