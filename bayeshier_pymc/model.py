@@ -1,6 +1,9 @@
 """Build the stage-2 PyMC model: a pure function of estimates, tree, priors and parameterisation.
 
-Two forms of the same posterior are available.
+Two forms of the same posterior are available. With correlated estimates (a
+:class:`NoiseModel`: tree-structured noise, see :mod:`bayeshier_pymc.noise`) both use the same
+likelihood: the collapsed model's tree pass carries the shared-noise variances, and the full
+model adds log N(b; θ, Σ) by the same O(m) pass over b − θ (a ``pm.Potential``).
 
 ``"collapsed"`` (the default for NUTS)
     Given the scales τ, every other quantity is Gaussian on a tree, so θ0, the group means and
@@ -19,6 +22,7 @@ Two forms of the same posterior are available.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -27,13 +31,14 @@ import pytensor.tensor as pt
 from scipy import optimize
 
 from bayeshier_pymc.estimates import Estimates
-from bayeshier_pymc.gaussian_tree import TreeIndex, upward_pass
+from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, noise_log_density, upward_pass
 from bayeshier_pymc.gaussian_tree.pytensor_ops import PYTENSOR_OPS
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.priors import Priors
 
 __all__ = [
     "FULL_PARAMETERIZATIONS",
+    "NoiseModel",
     "build_model",
     "choose_centering",
     "empirical_bayes_scales",
@@ -45,6 +50,33 @@ __all__ = [
 Centering = Literal["centered", "noncentered"]
 Parameterization = str | Mapping[str, Centering]
 FULL_PARAMETERIZATIONS = ("centered", "noncentered", "auto")
+
+
+@dataclass(frozen=True, eq=False)
+class NoiseModel:
+    """Tree-structured noise of the estimates, in the form the likelihood uses.
+
+    Attributes
+    ----------
+    tree
+        The tree of the noise (at least as deep as the effect tree; its finest levels are the
+        effect tree's).
+    shared
+        Shared-noise variances at its nodes, covariates leading.
+    own
+        Each estimate's own noise variance (covariate, feature).
+    """
+
+    tree: TreeIndex
+    shared: NodeNoise
+    own: np.ndarray
+
+    def pad(self, tau: pt.TensorVariable, n_levels: int) -> pt.TensorVariable:
+        """Scales (covariate, ``n_levels``) with zero columns for the noise tree's unused levels."""
+        missing = self.tree.depth + 1 - n_levels
+        if missing == 0:
+            return tau
+        return pt.concatenate([tau, pt.zeros((self.own.shape[0], missing))], axis=1)
 
 
 def scale_levels(hierarchy: Hierarchy | None) -> tuple[str, ...]:
@@ -77,6 +109,7 @@ def build_model(
     hierarchy: Hierarchy | None,
     priors: Priors,
     parameterization: Parameterization = "collapsed",
+    noise: NoiseModel | None = None,
 ) -> pm.Model:
     """Build the PyMC model of the shrinkage posterior.
 
@@ -93,6 +126,8 @@ def build_model(
         ``"collapsed"`` (default), ``"centered"``, ``"noncentered"``, ``"auto"``, or a mapping
         from scale level (``"feature"`` or an annotation level) to ``"centered"`` /
         ``"noncentered"``. See the module docstring.
+    noise
+        Tree-structured noise of the estimates; ``None``: independent, b ~ N(θ, se²).
 
     Returns
     -------
@@ -103,42 +138,61 @@ def build_model(
     b = estimates.estimate.to_numpy()
     se = estimates.se.to_numpy()
     if hierarchy is None:
-        return _no_pooling_model(estimates, priors)
+        return _no_pooling_model(estimates, priors, noise)
     coords = model_coords(estimates, hierarchy)
     with pm.Model(coords=coords) as model:
         pm.Data("se", se, dims=("covariate", "feature"))
         tau = pm.HalfCauchy("tau", beta=priors.tau_scale, dims=("covariate", "level"))
         if parameterization == "collapsed":
             b_data = pm.Data("b", b, dims=("covariate", "feature"))
-            messages = upward_pass(
-                b_data,
-                se**2,
-                tau,
-                TreeIndex.from_hierarchy(hierarchy),
-                priors.mu0,
-                priors.s0,
-                ops=PYTENSOR_OPS,
-            )
+            if noise is None:
+                messages = upward_pass(
+                    b_data,
+                    se**2,
+                    tau,
+                    TreeIndex.from_hierarchy(hierarchy),
+                    priors.mu0,
+                    priors.s0,
+                    ops=PYTENSOR_OPS,
+                )
+            else:
+                messages = upward_pass(
+                    b_data,
+                    noise.own,
+                    noise.pad(tau, hierarchy.depth + 1),
+                    noise.tree,
+                    priors.mu0,
+                    priors.s0,
+                    ops=PYTENSOR_OPS,
+                    noise=noise.shared,
+                )
             pm.Potential("b_marginal_loglik", messages.log_marginal.sum())
         else:
             centering = resolve_centering(parameterization, estimates, hierarchy, priors)
             theta = _full_tree(tau, hierarchy, priors, centering)
-            pm.Normal("b", mu=theta, sigma=se, observed=b, dims=("covariate", "feature"))
+            _likelihood(theta, b, se, noise)
     return model
 
 
-def _no_pooling_model(estimates: Estimates, priors: Priors) -> pm.Model:
+def _likelihood(
+    theta: pt.TensorVariable, b: np.ndarray, se: np.ndarray, noise: NoiseModel | None
+) -> None:
+    """Add the likelihood: b ~ N(θ, se²) independently, or N(θ, Σ) with tree-structured Σ."""
+    if noise is None:
+        pm.Normal("b", mu=theta, sigma=se, observed=b, dims=("covariate", "feature"))
+        return
+    pm.Data("b", b, dims=("covariate", "feature"))
+    log_density = noise_log_density(b - theta, noise.own, noise.tree, noise.shared, PYTENSOR_OPS)
+    pm.Potential("b_loglik", log_density.sum())
+
+
+def _no_pooling_model(estimates: Estimates, priors: Priors, noise: NoiseModel | None) -> pm.Model:
     coords = {"covariate": estimates.covariates.tolist(), "feature": estimates.features.tolist()}
     with pm.Model(coords=coords) as model:
-        se = pm.Data("se", estimates.se.to_numpy(), dims=("covariate", "feature"))
+        se = estimates.se.to_numpy()
+        pm.Data("se", se, dims=("covariate", "feature"))
         theta = pm.Normal("theta", priors.mu0, priors.s0, dims=("covariate", "feature"))
-        pm.Normal(
-            "b",
-            mu=theta,
-            sigma=se,
-            observed=estimates.estimate.to_numpy(),
-            dims=("covariate", "feature"),
-        )
+        _likelihood(theta, estimates.estimate.to_numpy(), se, noise)
     return model
 
 

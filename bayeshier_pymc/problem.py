@@ -2,10 +2,23 @@
 
 A problem is the data and the model choices of one shrinkage fit, frozen: the stage-1
 estimates ``b`` and their standard errors as arrays with their labels, the annotation tree
-aligned with the features and truncated to the depth used (``None`` for no pooling), and the
-resolved priors. :class:`~bayeshier_pymc.shrinkage.ShrinkageModel` builds one from the user's
-inputs (:meth:`ShrinkageProblem.build`) and
-:func:`~bayeshier_pymc.inference_data.problem_from_idata` reads one back from a fit.
+aligned with the features and truncated to the depth used (``None`` for no pooling), the
+resolved priors and, for correlated estimates, their tree-structured noise.
+
+Noise and the algebra tree
+--------------------------
+Without a noise structure the estimates are independent, b_j ~ N(θ_j, se_j²), and the tree
+algebra runs on the effect tree. With one (:class:`~bayeshier_pymc.noise.TreeNoise`), every
+covariate's estimates carry noise shared at the nodes of the *noise tree* (all annotation
+levels of the noise structure, whatever the depth used) plus each feature's own noise
+(:attr:`ShrinkageProblem.var_b`). The algebra then runs on the noise tree
+(:attr:`ShrinkageProblem.index`) with the scales of the levels the effects do not use fixed
+at zero (:meth:`ShrinkageProblem.algebra_scales`): the likelihood of b is the same at every
+depth, so fits at different depths (and without pooling) are comparable by LOO.
+
+:class:`~bayeshier_pymc.shrinkage.ShrinkageModel` builds a problem from the user's inputs
+(:meth:`ShrinkageProblem.build`) and :func:`~bayeshier_pymc.inference_data.problem_from_idata`
+reads one back from a fit.
 """
 
 from __future__ import annotations
@@ -20,9 +33,9 @@ import pandas as pd
 import xarray as xr
 
 from bayeshier_pymc.estimates import DIMS, Estimates
-from bayeshier_pymc.gaussian_tree import TreeIndex
+from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.model import scale_levels
+from bayeshier_pymc.model import NoiseModel, scale_levels
 from bayeshier_pymc.priors import Priors
 
 __all__ = ["Depth", "ShrinkageProblem", "resolve_depth"]
@@ -50,6 +63,14 @@ class ShrinkageProblem:
         The resolved priors; ``priors.scale_levels`` are ``"feature"`` then the tree's levels.
     depth
         Number of annotation levels used, or ``"none"`` (no pooling).
+    noise_tree
+        The tree of the estimates' shared noise, aligned with ``features`` (all its levels;
+        the effect tree's levels are its finest ones); ``None`` for independent estimates.
+    noise
+        The shared-noise variances of every covariate's estimates at the nodes of
+        ``noise_tree``, covariates leading; ``None`` for independent estimates.
+    own_variance
+        Each estimate's own noise variance (covariate, feature), with ``noise``.
     """
 
     b: np.ndarray
@@ -59,6 +80,9 @@ class ShrinkageProblem:
     tree: Hierarchy | None
     priors: Priors
     depth: Depth
+    noise_tree: Hierarchy | None = None
+    noise: NodeNoise | None = None
+    own_variance: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for name in ("b", "se"):
@@ -83,6 +107,34 @@ class ShrinkageProblem:
             raise ValueError(
                 f"the priors are for scale levels {self.priors.scale_levels!r}, the tree has "
                 f"{self.scale_levels!r}."
+            )
+        self._check_noise(shape)
+
+    def _check_noise(self, shape: tuple[int, int]) -> None:
+        parts = (self.noise_tree, self.noise, self.own_variance)
+        if all(part is None for part in parts):
+            return
+        if any(part is None for part in parts):
+            raise ValueError("noise_tree, noise and own_variance go together: give all or none.")
+        tree, noise = self.noise_tree, self.noise
+        assert tree is not None and noise is not None  # for the type checker
+        if not tree.features.equals(pd.Index(self.features)):
+            raise ValueError("the noise tree's features differ from the estimates' features.")
+        if self.tree is not None:
+            check_effect_levels(self.tree, tree)
+        own = np.asarray(self.own_variance, dtype=float)
+        object.__setattr__(self, "own_variance", own)
+        expected = [(shape[0], n) for n in tree.n_groups]
+        if own.shape != shape or [np.shape(g) for g in noise.groups] != expected:
+            raise ValueError(
+                f"the noise variances must be per covariate and node: own {shape}, groups "
+                f"{expected}; got {own.shape} and {[np.shape(g) for g in noise.groups]}."
+            )
+        values = np.concatenate([own.ravel(), np.ravel(noise.top), *map(np.ravel, noise.groups)])
+        if not np.all(np.isfinite(values)) or own.min() <= 0 or values.min() < 0:
+            raise ValueError(
+                "noise variances must be finite, the own ones positive and the shared ones "
+                "non-negative."
             )
 
     @classmethod
@@ -111,19 +163,26 @@ class ShrinkageProblem:
                 "hierarchy must be a Hierarchy (see Hierarchy.from_frame), got "
                 f"{type(hierarchy).__name__}."
             )
-        if estimates.noise is not None:
-            # refused rather than ignored: the samplers' likelihood is still the independent one
-            raise ValueError(
-                "stage 2 cannot yet use a correlated-noise structure (Estimates.noise): its "
-                "samplers and LOO treat the estimates as independent. Fit without noise= "
-                "(the noise structure is for bayeshier_pymc.calibration and simulation until "
-                "the structured likelihood lands)."
-            )
         resolved = resolve_depth(depth, hierarchy)
         tree = None
         if resolved != "none":
             full = hierarchy if hierarchy is not None else _flat(estimates.features)
             tree = full.align(estimates.features).truncate(resolved)
+        noise_parts: dict[str, Any] = {}
+        if estimates.noise is not None:
+            structure = estimates.noise.align(estimates.features)
+            per_covariate = [structure.for_covariate(c) for c in estimates.covariates]
+            noise_parts = {
+                "noise_tree": structure.hierarchy,
+                "noise": NodeNoise(
+                    tuple(
+                        np.stack(level)
+                        for level in zip(*(v.groups for v in per_covariate), strict=True)
+                    ),
+                    np.array([v.top for v in per_covariate]),
+                ),
+                "own_variance": np.stack([v.own for v in per_covariate]),
+            }
         return cls(
             b=estimates.estimate.to_numpy(),
             se=estimates.se.to_numpy(),
@@ -132,6 +191,7 @@ class ShrinkageProblem:
             tree=tree,
             priors=Priors.resolve(priors, scale_levels(tree)),
             depth=resolved,
+            **noise_parts,
         )
 
     @property
@@ -149,17 +209,52 @@ class ShrinkageProblem:
         """The levels of τ: ``"feature"`` then each annotation level used."""
         return scale_levels(self.tree)
 
+    @property
+    def correlated(self) -> bool:
+        """Whether the estimates carry tree-structured (correlated) noise."""
+        return self.noise is not None
+
+    @cached_property
+    def noise_model(self) -> NoiseModel | None:
+        """The noise in the form :func:`~bayeshier_pymc.model.build_model` takes, or ``None``."""
+        if self.noise is None:
+            return None
+        return NoiseModel(self.index, self.noise, self.var_b)
+
     @cached_property
     def var_b(self) -> np.ndarray:
-        """Squared standard errors, (covariate, feature)."""
-        return self.se**2
+        """Each estimate's variance given its total, (covariate, feature).
+
+        The squared standard errors for independent estimates; with correlated noise, each
+        estimate's own noise variance (the shared parts are in :attr:`noise`).
+        """
+        return self.own_variance if self.own_variance is not None else self.se**2
+
+    @cached_property
+    def algebra_tree(self) -> Hierarchy:
+        """The tree the Gaussian algebra runs on: the noise tree, else the effect tree."""
+        tree = self.noise_tree if self.noise_tree is not None else self.tree
+        if tree is None:
+            raise ValueError("a problem without pooling and without noise has no tree.")
+        return tree
 
     @cached_property
     def index(self) -> TreeIndex:
-        """The integer structure of the tree (of a pooled problem)."""
-        if self.tree is None:
-            raise ValueError("a problem without pooling has no tree.")
-        return TreeIndex.from_hierarchy(self.tree)
+        """The integer structure of :attr:`algebra_tree`."""
+        return TreeIndex.from_hierarchy(self.algebra_tree)
+
+    def algebra_scales(self, tau: np.ndarray) -> np.ndarray:
+        """Scales ``(..., depth + 1)`` padded with zeros to the levels of :attr:`index`.
+
+        The levels of the noise tree that the effects do not use have no effect variation
+        (scale zero); without noise this is ``tau`` itself. Without pooling pass
+        ``tau = s0`` (shape ``(..., 1)``): every θ_j varies around a fixed mu0.
+        """
+        tau = np.asarray(tau, dtype=float)
+        missing = self.index.depth + 1 - tau.shape[-1]
+        if missing == 0:
+            return tau
+        return np.concatenate([tau, np.zeros((*tau.shape[:-1], missing))], axis=-1)
 
     @property
     def estimates(self) -> Estimates:
@@ -195,6 +290,33 @@ def resolve_depth(depth: int | str | None, hierarchy: Hierarchy | None) -> Depth
             f"depth {depth} is beyond the annotation levels given ({available}: {levels!r})."
         )
     return int(depth)
+
+
+def check_effect_levels(effect_tree: Hierarchy, noise_tree: Hierarchy) -> None:
+    """Check that the effect tree's levels are the noise tree's finest levels.
+
+    Raises
+    ------
+    ValueError
+        Naming the first level that differs.
+    """
+    if effect_tree.depth > noise_tree.depth:
+        raise ValueError(
+            f"the model uses {effect_tree.depth} annotation levels {list(effect_tree.levels)!r} "
+            f"but the noise structure has only {list(noise_tree.levels)!r}: estimate the noise "
+            "on the same tree (bayeshier_pymc.tree_noise(fit, hierarchy))."
+        )
+    for level, name in enumerate(effect_tree.levels):
+        same = name == noise_tree.levels[level] and np.array_equal(
+            effect_tree.groups[level][effect_tree.membership(level)],
+            noise_tree.groups[level][noise_tree.membership(level)],
+        )
+        if not same:
+            raise ValueError(
+                f"annotation level {name!r} of the model differs from level "
+                f"{noise_tree.levels[level]!r} of the noise structure: estimate the noise on "
+                "the same tree (bayeshier_pymc.tree_noise(fit, hierarchy))."
+            )
 
 
 def _flat(features: pd.Index) -> Hierarchy:

@@ -247,15 +247,15 @@ def draw_given_scales(
     """
     if problem.tree is None:
         raise ValueError("a model without pooling has no scales to condition on.")
-    index = problem.index
+    index, noise = problem.index, problem.noise
     b = problem.b
     var_b = problem.var_b
+    mu0, s0 = problem.priors.mu0, problem.priors.s0
     per_chain = []
     for chain_tau in tau:
-        messages = upward_pass(b, var_b, chain_tau, index, problem.priors.mu0, problem.priors.s0)
-        per_chain.append(
-            draw_tree(messages, chain_tau, index, problem.priors.mu0, problem.priors.s0, rng)
-        )
+        scales = problem.algebra_scales(chain_tau)
+        messages = upward_pass(b, var_b, scales, index, mu0, s0, noise=noise)
+        per_chain.append(draw_tree(messages, scales, index, mu0, s0, rng, noise=noise))
     posterior = {
         "mu": np.stack([theta0 for theta0, _, _ in per_chain]),
         "tau": tau,
@@ -309,7 +309,9 @@ def _sample_nuts(
         pymc_kwargs["nuts_sampler_kwargs"] = numpyro_options
     collapsed = problem.pooled and parameterization == "collapsed"
     # without pooling build_model ignores the parameterisation
-    model = build_model(problem.estimates, problem.tree, problem.priors, parameterization)
+    model = build_model(
+        problem.estimates, problem.tree, problem.priors, parameterization, problem.noise_model
+    )
     seed_sequence = np.random.SeedSequence(random_seed)
     nuts_seed = int(seed_sequence.generate_state(1)[0] % (2**31))
     start = time.perf_counter()
@@ -424,7 +426,9 @@ def _run_step(
     scale_steps: int,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``pymc.sample`` with :class:`TreeGibbs` on the centred model: posterior and stats."""
-    model = build_model(problem.estimates, problem.tree, problem.priors, "centered")
+    model = build_model(
+        problem.estimates, problem.tree, problem.priors, "centered", problem.noise_model
+    )
     seeds = np.random.SeedSequence(random_seed).generate_state(2)
     with model, caught_interrupts_raised():
         step = TreeGibbs(problem=problem, scheme=scheme, scale_steps=scale_steps)

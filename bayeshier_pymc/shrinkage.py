@@ -15,12 +15,43 @@ from bayeshier_pymc._interrupt import stops_on_ctrl_c
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import problem_from_idata
+from bayeshier_pymc.mlm import MLMFit
 from bayeshier_pymc.model import Parameterization, build_model, scale_levels
+from bayeshier_pymc.noise import TreeNoise, tree_noise
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
 from bayeshier_pymc.sampling import DEFAULT_NUTS_SAMPLER, NutsSampler, draw_given_scales, sample
 
-__all__ = ["ShrinkageModel"]
+__all__ = ["NOISE_CHOICES", "ShrinkageModel", "with_noise"]
+
+NoiseChoice = Literal["auto", "tree", "independent"] | TreeNoise
+NOISE_CHOICES = ("auto", "tree", "independent")
+
+
+def with_noise(
+    estimates: Estimates, source: Any, hierarchy: Hierarchy | None, noise: NoiseChoice
+) -> Estimates:
+    """``estimates`` with the noise structure chosen by ``noise`` (see :class:`ShrinkageModel`).
+
+    ``source`` is what the user passed (a stage-1 fit can give its residuals' noise).
+    """
+    if isinstance(noise, TreeNoise):
+        return Estimates.from_any(estimates, noise=noise)
+    if not isinstance(noise, str) or noise not in NOISE_CHOICES:
+        raise ValueError(f"noise must be one of {NOISE_CHOICES!r} or a TreeNoise, got {noise!r}.")
+    if noise == "independent":
+        return Estimates(estimates.estimate, estimates.se)
+    if estimates.noise is not None:
+        return estimates
+    if isinstance(source, MLMFit) and source.Z is None and hierarchy is not None:
+        return Estimates.from_any(estimates, noise=tree_noise(source, hierarchy))
+    if noise == "tree":
+        raise ValueError(
+            "noise='tree' needs a noise structure: pass a stage-1 fit (MLMFit without a "
+            "feature design) and a hierarchy, or estimates carrying one "
+            "(Estimates.from_any(..., noise=tree_noise(fit, hierarchy)))."
+        )
+    return estimates
 
 
 class ShrinkageModel:
@@ -44,6 +75,23 @@ class ShrinkageModel:
         number, one per scale level, or a mapping from level name to scale.
     covariates
         Shrink only these covariates (default: all).
+    noise
+        The stage-1 errors' correlation. ``"auto"`` (default): the noise structure the
+        estimates carry, or, for a stage-1 fit without a feature design and with a
+        ``hierarchy``, tree-structured noise estimated from its residuals
+        (:func:`~bayeshier_pymc.noise.tree_noise`); otherwise independent errors (a tidy
+        frame or arrays carry no correlation). ``"tree"``: like ``"auto"`` but an error
+        where no noise structure can be had. ``"independent"``: b_j ~ N(θ_j, se_j²)
+        independently, the research model (ignores any correlation). A
+        :class:`~bayeshier_pymc.noise.TreeNoise`: that structure.
+
+    Notes
+    -----
+    The m estimates of one covariate share their samples, so their errors are correlated
+    (``Cov = c_kk Σ``); a model that treats them as independent reads shared noise as group
+    effects and is overconfident (see ``docs/calibration.md``). Each covariate's estimates are
+    modelled with their own marginal covariance; that is valid whatever the correlation
+    between covariates.
     """
 
     def __init__(
@@ -54,10 +102,11 @@ class ShrinkageModel:
         depth: int | Literal["none"] | None = None,
         priors: Mapping[str, Any] | None = None,
         covariates: list[Any] | None = None,
+        noise: NoiseChoice = "auto",
     ) -> None:
-        self.problem = ShrinkageProblem.build(
-            Estimates.from_any(estimates, covariates=covariates), hierarchy, depth, priors
-        )
+        chosen = Estimates.from_any(estimates, covariates=covariates)
+        chosen = with_noise(chosen, estimates, hierarchy, noise)
+        self.problem = ShrinkageProblem.build(chosen, hierarchy, depth, priors)
 
     @classmethod
     def from_problem(cls, problem: ShrinkageProblem) -> ShrinkageModel:
@@ -113,7 +162,9 @@ class ShrinkageModel:
 
     def build(self, parameterization: Parameterization = "collapsed") -> pm.Model:
         """The PyMC model (see :func:`bayeshier_pymc.model.build_model`)."""
-        return build_model(self.estimates, self.tree, self.priors, parameterization)
+        return build_model(
+            self.estimates, self.tree, self.priors, parameterization, self.problem.noise_model
+        )
 
     @stops_on_ctrl_c
     def sample(

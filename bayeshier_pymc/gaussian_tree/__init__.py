@@ -48,6 +48,15 @@ outside
 row
     One independent copy of the tree problem (one covariate; in the Gibbs engine one
     (chain, covariate) pair). Arrays here have the rows in their leading axes.
+shared noise, total
+    With correlated stage-1 errors (:class:`NodeNoise`) every group node g and the top carry
+    a known noise variance n_g shared by all features below them: b_j = θ_j + N_h(j) + ε_j
+    with N_h the sum of the noise on h's path to the top and ε_j of variance ``var_b``. The
+    algebra then runs on the *totals* T_u = effect_u + N_u (N_u the noise on u's path, T_j =
+    θ_j + N_h(j) for a feature): the same tree, with level variance τ² + n_u and θ0's prior
+    variance s0² + n_top (:func:`level_variance`, :func:`top_variance`). Given the totals, each
+    node's increment T_u − T_parent splits into effect and noise independently of the others
+    (:func:`split_totals`), which turns drawn totals into effects exactly.
 lane layout
     The compiled kernels' layout: units first, rows last (units × rows), so that every
     innermost loop runs over rows, which share the tree, and vectorises whatever the group
@@ -69,14 +78,18 @@ __all__ = [
     "NUMPY_OPS",
     "ArrayOps",
     "Messages",
+    "NodeNoise",
     "TreeIndex",
     "draw_tree",
     "group_log_predictive",
     "level_variance",
+    "noise_log_density",
     "normal_log_density",
     "pointwise_marginal",
     "posterior_moments",
     "posterior_normal",
+    "split_totals",
+    "top_variance",
     "upward_pass",
 ]
 
@@ -147,13 +160,45 @@ def _numpy_segment_sum(values: np.ndarray, index: np.ndarray, n_segments: int) -
 NUMPY_OPS = ArrayOps(log=np.log, sum_last=lambda x: x.sum(axis=-1), segment_sum=_numpy_segment_sum)
 
 
-def level_variance(tau: Any, level: int) -> Any:
-    """Prior variance of the level-``level`` units around their parents, shape ``(..., 1)``.
+@dataclass(frozen=True)
+class NodeNoise:
+    """Known variances of the noise shared at the group nodes and the top of a tree.
 
-    The one place where the scales enter the algebra: τ_level² (``tau`` is ``(..., D + 1)``).
+    The leaves' own noise variance is the ``var_b`` every function takes; this holds the
+    rest (see *shared noise* in the module docstring). Rows lead, as in every array here.
+
+    Attributes
+    ----------
+    groups
+        For each annotation level of the tree, finest first, shape ``(..., n_groups)``.
+    top
+        The noise shared by all features, shape ``(...,)``.
+    """
+
+    groups: tuple[Any, ...]
+    top: Any
+
+    def row(self, index: Any) -> NodeNoise:
+        """The noise of the rows ``index`` (e.g. one covariate)."""
+        return NodeNoise(tuple(g[index] for g in self.groups), self.top[index])
+
+
+def level_variance(tau: Any, level: int, noise: NodeNoise | None = None) -> Any:
+    """Prior variance of the level-``level`` units around their parents.
+
+    The one place where the scales enter the algebra: τ_level² (``tau`` is ``(..., D + 1)``),
+    shape ``(..., 1)``; with shared ``noise`` the totals' variance τ_level² + n_u, shape
+    ``(..., n_units)`` (the features, level 0, carry no shared noise of their own).
     """
     scale = tau[..., level][..., None]
-    return scale * scale
+    if noise is None or level == 0:
+        return scale * scale
+    return scale * scale + noise.groups[level - 1]
+
+
+def top_variance(s0: float, noise: NodeNoise | None = None) -> Any:
+    """Prior variance of θ0 (s0²), or of its total (s0² + n_top) with shared ``noise``."""
+    return s0 * s0 if noise is None else s0 * s0 + noise.top
 
 
 @dataclass(frozen=True)
@@ -177,6 +222,7 @@ def upward_pass(
     mu0: float,
     s0: float,
     ops: ArrayOps = NUMPY_OPS,
+    noise: NodeNoise | None = None,
 ) -> Messages:
     """Collapse the tree bottom-up given the scales.
 
@@ -193,6 +239,9 @@ def upward_pass(
         Prior mean and sd of θ0.
     ops
         Array operations (NumPy by default; PyTensor for the PyMC model).
+    noise
+        Shared noise at the group nodes and the top (``var_b`` is then each feature's own
+        noise variance); the messages are then about the totals.
 
     Returns
     -------
@@ -211,7 +260,7 @@ def upward_pass(
     log_marginal = 0.0
     y, v = b, var_b
     for level in range(tree.depth + 1):
-        total_var = v + level_variance(tau, level)
+        total_var = v + level_variance(tau, level, noise)
         precision = 1.0 / total_var
         if level < tree.depth:
             index, n_parents = tree.parents[level], tree.n_groups[level]
@@ -244,7 +293,7 @@ def upward_pass(
         ys.append(y)
         vs.append(v)
     y_top, v_top = y[..., 0], v[..., 0]
-    total = v_top + s0 * s0
+    total = v_top + top_variance(s0, noise)
     log_marginal = log_marginal - 0.5 * (
         LOG_2PI + ops.log(total) + (y_top - mu0) * (y_top - mu0) / total
     )
@@ -274,17 +323,21 @@ def draw_tree(
     mu0: float,
     s0: float,
     rng: np.random.Generator,
+    noise: NodeNoise | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """Draw θ0, the group means and θ exactly from p(· | b, τ), top-down.
 
     Each level is drawn from its posterior given its parent (:func:`posterior_normal`) as
     ``mean + sqrt(var) · z``, with one standard normal ``z`` per unit, θ0 first, then each
     level downwards, every level's normals drawn in one call in the tree's order of units.
+    With shared ``noise`` these are draws of the totals, which :func:`split_totals` then
+    turns into effects with one more normal per node (without noise no other normal is
+    drawn, so the draws are those of the independent model).
 
     Parameters
     ----------
     messages
-        The result of :func:`upward_pass` on NumPy arrays for the same ``tau``.
+        The result of :func:`upward_pass` on NumPy arrays for the same ``tau`` and ``noise``.
     tau
         Scales, shape ``(..., depth + 1)``.
     tree
@@ -293,6 +346,8 @@ def draw_tree(
         Prior mean and sd of θ0.
     rng
         Random generator.
+    noise
+        Shared noise at the group nodes and the top, or ``None``.
 
     Returns
     -------
@@ -303,19 +358,92 @@ def draw_tree(
     theta : numpy.ndarray
         Shape ``(..., m)``.
     """
-    mean, var = posterior_normal(mu0, s0 * s0, messages.y[-1], messages.v[-1])
+    mean, var = posterior_normal(mu0, top_variance(s0, noise), messages.y[-1], messages.v[-1])
     theta0 = mean + np.sqrt(var) * rng.standard_normal(mean.shape)
     values = theta0[..., None]
     draws: list[np.ndarray] = []
     for level in range(tree.depth, -1, -1):
         prior_mean = values[..., tree.parents[level]] if level < tree.depth else values
         mean, var = posterior_normal(
-            prior_mean, level_variance(tau, level), messages.y[level], messages.v[level]
+            prior_mean, level_variance(tau, level, noise), messages.y[level], messages.v[level]
         )
         values = mean + np.sqrt(var) * rng.standard_normal(mean.shape)
         draws.append(values)
     theta = draws.pop()
-    return theta0, draws[::-1], theta
+    if noise is None:
+        return theta0, draws[::-1], theta
+    return split_totals(theta0, draws[::-1], theta, tau, tree, mu0, s0, noise, rng)
+
+
+def split_totals(
+    theta0_total: np.ndarray,
+    group_totals: list[np.ndarray],
+    feature_totals: np.ndarray,
+    tau: np.ndarray,
+    tree: TreeIndex,
+    mu0: float,
+    s0: float,
+    noise: NodeNoise,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Effects θ0, group means and θ drawn exactly given the totals, top-down.
+
+    Each node's increment T_u − T_parent is its effect increment, N(0, τ²), plus its noise,
+    N(0, n_u); given the totals these pairs are independent across nodes, and the noise is
+    drawn from N(w · increment, w τ²) with w = n_u / (n_u + τ²) (0 where both vanish). At
+    the top, T0 − mu0 is θ0 − mu0, N(0, s0²), plus the top noise. A unit's effect is its total
+    minus the noise on its path; a feature's, its total minus its parent's path noise.
+
+    Returns
+    -------
+    tuple
+        ``(theta0, group_means, theta)`` as :func:`draw_tree` returns them.
+    """
+    path_noise = _noise_given_increment(noise.top, s0 * s0, theta0_total - mu0, rng)
+    theta0 = theta0_total - path_noise
+    path_noise = path_noise[..., None]
+    parent_total = theta0_total[..., None]
+    group_means: list[np.ndarray] = []
+    for level in range(tree.depth, 0, -1):
+        parent = tree.parent_of(level)
+        total = group_totals[level - 1]
+        scale = tau[..., level][..., None]
+        eta = _noise_given_increment(
+            noise.groups[level - 1], scale * scale, total - parent_total[..., parent], rng
+        )
+        path_noise = path_noise[..., parent] + eta
+        group_means.insert(0, total - path_noise)
+        parent_total = total
+    theta = feature_totals - path_noise[..., tree.parent_of(0)]
+    return theta0, group_means, theta
+
+
+def _noise_given_increment(
+    noise_var: Any, effect_var: Any, increment: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Draw η from p(η | η + δ = increment), η ~ N(0, noise_var), δ ~ N(0, effect_var)."""
+    total = noise_var + effect_var
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = np.where(total > 0.0, noise_var / total, 0.0)
+    mean = weight * increment
+    return mean + np.sqrt(weight * effect_var) * rng.standard_normal(mean.shape)
+
+
+def noise_log_density(
+    residual: Any,
+    var_b: Any,
+    tree: TreeIndex,
+    noise: NodeNoise,
+    ops: ArrayOps = NUMPY_OPS,
+) -> Any:
+    """Log N(residual; 0, Σ) for tree-structured noise Σ: the likelihood of b given θ.
+
+    Σ has ``var_b`` on its diagonal plus, for every pair, the shared noise of the nodes they
+    have in common: the upward pass with every scale zero and θ0 fixed at 0 (O(m), never
+    the m × m matrix). ``residual`` is b − θ, shape ``(..., m)``; returns shape ``(...,)``.
+    """
+    zeros = np.zeros(tree.depth + 1)
+    return upward_pass(residual, var_b, zeros, tree, 0.0, 0.0, ops, noise).log_marginal
 
 
 def posterior_moments(
@@ -376,6 +504,7 @@ def group_log_predictive(
     s0: float,
     unit_level: int,
     to_group: np.ndarray,
+    noise: NodeNoise | None = None,
 ) -> np.ndarray:
     """Log p(b_G | b_−G, τ) for every held-out group G of units of ``unit_level``.
 
@@ -397,19 +526,23 @@ def group_log_predictive(
         The level of the held-out units.
     to_group
         The group (0..G-1) of each unit of ``unit_level``.
+    noise
+        Shared noise at the group nodes and the top (``var_b`` the features' own noise), or
+        ``None``. With correlated estimates this is the leave-one-out predictive of the
+        non-factorised normal model (Bürkner, Gabry & Vehtari 2021).
 
     Returns
     -------
     numpy.ndarray
         Shape ``(..., G)``.
     """
-    messages = upward_pass(b, var_b, tau, tree, mu0, s0)
+    messages = upward_pass(b, var_b, tau, tree, mu0, s0, noise=noise)
     ys = [*messages.y[:-1], messages.y[-1][..., None]]
     vs = [*messages.v[:-1], messages.v[-1][..., None]]
-    log_norm = _log_normalisers(ys, vs, tau, tree, unit_level)
-    out_mean, out_var = _outside(ys, vs, tau, tree, unit_level, mu0, s0)
+    log_norm = _log_normalisers(ys, vs, tau, tree, unit_level, noise)
+    out_mean, out_var = _outside(ys, vs, tau, tree, unit_level, mu0, s0, noise)
     # the held-out units' messages as functions of their common parent, combined per group
-    precision = 1.0 / (vs[unit_level] + level_variance(tau, unit_level))
+    precision = 1.0 / (vs[unit_level] + level_variance(tau, unit_level, noise))
     n_groups = int(to_group.max()) + 1
     group_precision = _numpy_segment_sum(precision, to_group, n_groups)
     group_y = _numpy_segment_sum(precision * ys[unit_level], to_group, n_groups)
@@ -447,12 +580,13 @@ def _log_normalisers(
     tau: np.ndarray,
     tree: TreeIndex,
     unit_level: int,
+    noise: NodeNoise | None,
 ) -> np.ndarray:
     """Log C_u with ∏ (data below unit u) = C_u · N(y_u; u, v_u), for the units of a level."""
     log_norm = np.zeros(ys[0].shape)
     for level in range(unit_level):
         parent, n_parents = tree.parents[level], tree.n_groups[level]
-        total = vs[level] + level_variance(tau, level)
+        total = vs[level] + level_variance(tau, level, noise)
         resid = ys[level] - ys[level + 1][..., parent]
         log_norm = _numpy_segment_sum(
             log_norm + normal_log_density(resid, total),
@@ -470,6 +604,7 @@ def _outside(
     unit_level: int,
     mu0: float,
     s0: float,
+    noise: NodeNoise | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance of every level-(unit_level + 1) unit given the data outside it.
 
@@ -477,10 +612,10 @@ def _outside(
     """
     shape = ys[-1].shape
     mean = np.full(shape, float(mu0))
-    var = np.full(shape, float(s0) ** 2)
+    var = np.broadcast_to(top_variance(s0, noise), shape[:-1])[..., None] * np.ones(shape)
     for level in range(tree.depth, unit_level, -1):
         parent = tree.parent_of(level)
-        prior_var = level_variance(tau, level)
+        prior_var = level_variance(tau, level, noise)
         own = 1.0 / (vs[level] + prior_var)
         parent_precision = 1.0 / vs[level + 1][..., parent]
         precision = 1.0 / var[..., parent] + np.maximum(parent_precision - own, 0.0)
