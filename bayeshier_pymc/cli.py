@@ -33,6 +33,7 @@ def _sampler_options(args: argparse.Namespace) -> dict[str, int]:
         "tune": checked.tune,
         "chains": checked.chains,
         "random_seed": args.seed,
+        "noise": args.noise,
     }
 
 
@@ -153,6 +154,14 @@ def _add_sampler_arguments(parser: argparse.ArgumentParser, default_out: str) ->
     parser.add_argument("--tune", type=int, default=1000, help="tuning steps per chain")
     parser.add_argument("--chains", type=int, default=4, help="number of chains")
     parser.add_argument("--seed", type=int, default=2026, help="random seed")
+    parser.add_argument(
+        "--noise",
+        choices=["auto", "independent"],
+        default="auto",
+        help="stage-1 errors: 'auto' (default) models their correlation along the tree, "
+        "estimated from the residuals; 'independent' treats them as independent (the "
+        "research model, overconfident on correlated data)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

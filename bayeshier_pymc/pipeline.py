@@ -18,7 +18,7 @@ from bayeshier_pymc.persistence import check_output_file, save_results
 from bayeshier_pymc.report import write_report
 from bayeshier_pymc.results import coefficient_table, scale_summary
 from bayeshier_pymc.sampler_comparison import MIN_DRAWS, SamplerComparison, compare_samplers
-from bayeshier_pymc.shrinkage import ShrinkageModel
+from bayeshier_pymc.shrinkage import NoiseChoice, ShrinkageModel
 
 __all__ = ["PipelineResult", "prepare_output_folder", "run_pipeline"]
 
@@ -54,6 +54,7 @@ def run_pipeline(
     tune: int = 1000,
     chains: int = 4,
     random_seed: int = 2026,
+    noise: NoiseChoice = "auto",
     title: str = "bayeshier_pymc analysis",
     log: Callable[[str], None] = print,
 ) -> PipelineResult:
@@ -86,6 +87,9 @@ def run_pipeline(
         What a missing annotation means (see :meth:`Hierarchy.from_frame`).
     draws, tune, chains, random_seed
         Sampler settings.
+    noise
+        The stage-1 errors' correlation (see :class:`~bayeshier_pymc.ShrinkageModel`):
+        ``"auto"`` (default) models it along the tree; ``"independent"`` ignores it.
     title
         Title of the report.
     log
@@ -112,8 +116,8 @@ def run_pipeline(
     hierarchy = Hierarchy.from_frame(annotations, list(levels), missing=missing)
     chosen = covariates or [c for c in fit.coef.indexes["covariate"] if c != "(Intercept)"]
     settings = {"draws": draws, "tune": tune, "chains": chains, "random_seed": random_seed}
-    model = ShrinkageModel(fit, hierarchy, covariates=chosen)
-    log(f"stage 2: NUTS, {len(chosen)} covariate(s) along {hierarchy!r}")
+    model = ShrinkageModel(fit, hierarchy, covariates=chosen, noise=noise)
+    log(f"stage 2: NUTS, {len(chosen)} covariate(s) along {hierarchy!r}; {model.noise_description}")
     idata = model.sample(progressbar=False, **settings)
     log("stage 2: Gibbs engine on the same posterior")
     gibbs = model.sample("gibbs", progressbar=False, **settings)

@@ -67,7 +67,8 @@ def write_report(
     top = top[["covariate", "feature", "estimate", "mean", "hdi_lower", "hdi_upper", "lfsr"]]
     sections = [
         f"# {title}",
-        f"{fit.n_obs} samples × {fit.Y.shape[1]} features; {model!r}.",
+        f"{fit.n_obs} samples × {fit.Y.shape[1]} features; {model!r}. "
+        f"Stage-1 errors: {model.noise_description}.",
         "## Stage 1: matrix linear model",
         _table(significant),
         "## Stage 2: shrinkage along the annotation tree (NUTS)",

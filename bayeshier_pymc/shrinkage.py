@@ -160,6 +160,15 @@ class ShrinkageModel:
         """Whether the model pools features (False for ``depth="none"``)."""
         return self.problem.pooled
 
+    @property
+    def noise_description(self) -> str:
+        """One line naming the likelihood of the estimates (independent or correlated)."""
+        if not self.problem.correlated:
+            return "independent (b_j ~ N(θ_j, se_j²))"
+        tree = self.problem.noise_tree
+        levels = ", ".join(tree.levels) if tree is not None and tree.levels else "all features"
+        return f"correlated, tree-structured noise shared within {levels} and by all"
+
     def build(self, parameterization: Parameterization = "collapsed") -> pm.Model:
         """The PyMC model (see :func:`bayeshier_pymc.model.build_model`)."""
         return build_model(
@@ -253,7 +262,8 @@ class ShrinkageModel:
     def __repr__(self) -> str:
         p, m = self.estimates.estimate.shape
         tree = repr(self.tree) if self.pooled else "no pooling"
-        return f"ShrinkageModel({p} covariates × {m} features; depth={self.depth}; {tree})"
+        noise = "correlated noise" if self.problem.correlated else "independent noise"
+        return f"ShrinkageModel({p} covariates × {m} features; depth={self.depth}; {tree}; {noise})"
 
     def describe(self) -> pd.DataFrame:
         """One row per scale level: number of units, units per parent group, and the prior."""
