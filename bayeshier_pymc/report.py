@@ -10,6 +10,7 @@ import pandas as pd
 from bayeshier_pymc.depth_comparison import DepthComparison
 from bayeshier_pymc.diagnostics import Diagnosis
 from bayeshier_pymc.mlm import MLMFit
+from bayeshier_pymc.results import DEFAULT_ALPHA
 from bayeshier_pymc.sampler_comparison import SamplerComparison
 from bayeshier_pymc.shrinkage import ShrinkageModel
 
@@ -57,14 +58,16 @@ def write_report(
         .sum()
         .reset_index(name="BH 5% significant")
     )
+    alpha = coefficients.attrs.get("alpha", DEFAULT_ALPHA)
     confident = (
-        coefficients.assign(confident=coefficients["lfsr"] < 0.05)
-        .groupby("covariate", sort=False)["confident"]
+        coefficients.groupby("covariate", sort=False)["called"]
         .sum()
-        .reset_index(name="lfsr < 0.05")
+        .reset_index(name=f"called (q-value ≤ {alpha:g})")
     )
     top = coefficients.sort_values("lfsr").head(TOP_EFFECTS)
-    top = top[["covariate", "feature", "estimate", "mean", "hdi_lower", "hdi_upper", "lfsr"]]
+    top = top[
+        ["covariate", "feature", "estimate", "mean", "hdi_lower", "hdi_upper", "lfsr", "qvalue"]
+    ]
     sections = [
         f"# {title}",
         f"{fit.n_obs} samples × {fit.Y.shape[1]} features; {model!r}. "
@@ -73,6 +76,9 @@ def write_report(
         _table(significant),
         "## Stage 2: shrinkage along the annotation tree (NUTS)",
         _table(confident),
+        "An effect is called when its q-value (the mean local false sign rate of every effect "
+        "at least as confidently signed) is at most the level: the expected share of wrong "
+        "signs among the called effects is then at most that level.",
         f"Scales per level (posterior mean, 95% HDI, share of the between-feature variance):\n\n"
         f"{_table(scales)}",
         f"Most confidently signed effects (smallest local false sign rate):\n\n{_table(top)}",

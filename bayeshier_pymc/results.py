@@ -1,7 +1,16 @@
 """Shrunken coefficients, local false sign rates, scales per level and group effects.
 
 Every function takes the InferenceData returned by :meth:`ShrinkageModel.sample` (or loaded
-back from netCDF) and returns labelled pandas / xarray objects.
+back from netCDF) and returns labelled pandas / xarray objects. Intervals are highest-density
+intervals at ``hdi_prob``, by default ArviZ's ``az.rcParams["stats.ci_prob"]`` (0.94 unless
+set), as in ``az.summary``.
+
+Signs and multiple testing (Stephens 2017, ashr): ``prob_positive`` and ``prob_negative``
+are P(θ > 0 | b) and P(θ < 0 | b); the local false sign rate ``lfsr`` = min(P(θ ≥ 0),
+P(θ ≤ 0)) is the probability that the sign of the posterior mean is wrong; the q-value of an
+effect (ashr's *s-value*) is the mean lfsr of all effects of its covariate with an lfsr at most
+as large, the expected share of wrong signs if every such effect is called. Calling the
+effects with ``qvalue <= alpha`` keeps the expected false sign rate of the list at most alpha.
 """
 
 from __future__ import annotations
@@ -16,15 +25,20 @@ from bayeshier_pymc.mlm import MLMFit
 from bayeshier_pymc.model import group_mean_name
 
 __all__ = [
+    "DEFAULT_ALPHA",
     "coefficient_matrix",
     "coefficient_summary",
     "coefficient_table",
     "group_effects",
     "lfsr",
+    "qvalue",
+    "resolve_hdi_prob",
     "scale_summary",
 ]
 
 SAMPLE_DIMS = ("chain", "draw")
+DEFAULT_ALPHA = 0.05
+"""Default target false sign rate of the list of called effects (``coefficient_table``)."""
 
 
 def lfsr(draws: xr.DataArray) -> xr.DataArray:
@@ -38,62 +52,126 @@ def lfsr(draws: xr.DataArray) -> xr.DataArray:
     return np.minimum(positive, negative).rename("lfsr")
 
 
+def qvalue(local_rates: xr.DataArray, dim: str = "feature") -> xr.DataArray:
+    """q-values of local false sign rates: the running mean of the sorted rates along ``dim``.
+
+    ashr's s-values (Stephens 2017): calling every effect whose q-value is at most alpha
+    calls a list whose expected false sign rate is at most alpha. Each slice along the other
+    dims (each covariate) is its own list.
+    """
+
+    def running_mean(values: np.ndarray) -> np.ndarray:
+        order = np.argsort(values, axis=-1, kind="stable")
+        ordered = np.take_along_axis(values, order, axis=-1)
+        means = np.cumsum(ordered, axis=-1) / np.arange(1, values.shape[-1] + 1)
+        out = np.empty_like(means)
+        np.put_along_axis(out, order, means, axis=-1)
+        return out
+
+    return xr.apply_ufunc(
+        running_mean, local_rates, input_core_dims=[[dim]], output_core_dims=[[dim]]
+    ).rename("qvalue")
+
+
+def resolve_hdi_prob(hdi_prob: float | None) -> float:
+    """``hdi_prob``, or ArviZ's ``rcParams["stats.ci_prob"]`` for ``None``, checked."""
+    prob = az.rcParams["stats.ci_prob"] if hdi_prob is None else hdi_prob
+    if not 0.0 < prob < 1.0:
+        raise ValueError(f"hdi_prob must lie in (0, 1), got {prob}.")
+    return float(prob)
+
+
 def _interval(draws: xr.DataArray, hdi_prob: float) -> tuple[xr.DataArray, xr.DataArray]:
-    if not 0.0 < hdi_prob < 1.0:
-        raise ValueError(f"hdi_prob must lie in (0, 1), got {hdi_prob}.")
     hdi = az.hdi(draws, hdi_prob=hdi_prob)[draws.name]
     return hdi.sel(hdi="lower", drop=True), hdi.sel(hdi="higher", drop=True)
 
 
-def _summarise(draws: xr.DataArray, hdi_prob: float) -> xr.Dataset:
-    lower, upper = _interval(draws, hdi_prob)
+def _summarise(draws: xr.DataArray, hdi_prob: float | None) -> xr.Dataset:
+    prob = resolve_hdi_prob(hdi_prob)
+    lower, upper = _interval(draws, prob)
     summary = xr.Dataset(
         {
             "mean": draws.mean(SAMPLE_DIMS),
             "sd": draws.std(SAMPLE_DIMS, ddof=1),
             "hdi_lower": lower,
             "hdi_upper": upper,
+            "prob_positive": (draws > 0).mean(SAMPLE_DIMS),
+            "prob_negative": (draws < 0).mean(SAMPLE_DIMS),
             "lfsr": lfsr(draws),
         }
     )
-    summary.attrs["hdi_prob"] = hdi_prob
+    summary.attrs["hdi_prob"] = prob
     return summary
 
 
-def coefficient_summary(idata: az.InferenceData, hdi_prob: float = 0.95) -> xr.Dataset:
-    """Posterior mean, sd, HDI and lfsr of every shrunken coefficient θ.
+def coefficient_summary(idata: az.InferenceData, hdi_prob: float | None = None) -> xr.Dataset:
+    """Posterior mean, sd, HDI, sign probabilities, lfsr and q-value of every θ.
 
     Parameters
     ----------
     idata
         A result of :meth:`ShrinkageModel.sample`.
     hdi_prob
-        Probability mass of the highest-density interval.
+        Probability mass of the highest-density interval (default: ArviZ's
+        ``rcParams["stats.ci_prob"]``).
 
     Returns
     -------
     xarray.Dataset
-        Variables ``mean``, ``sd``, ``hdi_lower``, ``hdi_upper``, ``lfsr``, each with dims
-        ``("covariate", "feature")``.
+        Variables ``mean``, ``sd``, ``hdi_lower``, ``hdi_upper``, ``prob_positive``,
+        ``prob_negative``, ``lfsr`` and ``qvalue`` (per covariate), each with dims
+        ``("covariate", "feature")``; ``attrs["hdi_prob"]`` is the level used.
     """
-    return _summarise(idata.posterior["theta"], hdi_prob)
+    summary = _summarise(idata.posterior["theta"], hdi_prob)
+    summary["qvalue"] = qvalue(summary["lfsr"])
+    return summary
 
 
-def coefficient_table(idata: az.InferenceData, hdi_prob: float = 0.95) -> pd.DataFrame:
+def coefficient_table(
+    idata: az.InferenceData, hdi_prob: float | None = None, alpha: float = DEFAULT_ALPHA
+) -> pd.DataFrame:
     """Tidy table of the shrunken coefficients beside the stage-1 estimates.
+
+    Parameters
+    ----------
+    idata
+        A result of :meth:`ShrinkageModel.sample`.
+    hdi_prob
+        Interval level (default: ArviZ's ``rcParams["stats.ci_prob"]``).
+    alpha
+        Target false sign rate of the called effects: ``called`` marks the effects with
+        ``qvalue <= alpha`` (see the module docstring).
 
     Returns
     -------
     pandas.DataFrame
         Columns ``covariate, feature, estimate, se`` (stage 1) and ``mean, sd, hdi_lower,
-        hdi_upper, lfsr`` (posterior), one row per covariate × feature.
+        hdi_upper, prob_positive, prob_negative, lfsr, qvalue, called`` (posterior), one row
+        per covariate × feature; ``attrs["hdi_prob"]`` and ``attrs["alpha"]`` hold the levels.
     """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
     summary = coefficient_summary(idata, hdi_prob)
     estimates = problem_from_idata(idata).estimates
     summary["estimate"] = estimates.estimate
     summary["se"] = estimates.se
-    columns = ["estimate", "se", "mean", "sd", "hdi_lower", "hdi_upper", "lfsr"]
-    return summary[columns].to_dataframe().reset_index()
+    summary["called"] = summary["qvalue"] <= alpha
+    columns = [
+        "estimate",
+        "se",
+        "mean",
+        "sd",
+        "hdi_lower",
+        "hdi_upper",
+        "prob_positive",
+        "prob_negative",
+        "lfsr",
+        "qvalue",
+        "called",
+    ]
+    table = summary[columns].to_dataframe().reset_index()
+    table.attrs.update(hdi_prob=summary.attrs["hdi_prob"], alpha=alpha)
+    return table
 
 
 def coefficient_matrix(idata: az.InferenceData, fit: MLMFit | None = None) -> xr.DataArray:
@@ -141,7 +219,7 @@ def coefficient_matrix(idata: az.InferenceData, fit: MLMFit | None = None) -> xr
     return coef
 
 
-def scale_summary(idata: az.InferenceData, hdi_prob: float = 0.95) -> pd.DataFrame:
+def scale_summary(idata: az.InferenceData, hdi_prob: float | None = None) -> pd.DataFrame:
     """τ per covariate and level with intervals, and each level's share of the variance.
 
     The share of level L is τ_L² / Σ_levels τ², averaged over draws: how much of the
@@ -155,21 +233,22 @@ def scale_summary(idata: az.InferenceData, hdi_prob: float = 0.95) -> pd.DataFra
     if not problem_from_idata(idata).pooled:
         raise ValueError("this fit has no scales (a model without pooling).")
     tau = idata.posterior["tau"]
-    summary = _summarise(tau, hdi_prob).drop_vars("lfsr")
+    summary = _summarise(tau, hdi_prob).drop_vars(["lfsr", "prob_positive", "prob_negative"])
     squared = tau**2
     summary["variance_share"] = (squared / squared.sum("level")).mean(SAMPLE_DIMS)
     return summary.to_dataframe().reset_index()
 
 
 def group_effects(
-    idata: az.InferenceData, level: str | None = None, hdi_prob: float = 0.95
+    idata: az.InferenceData, level: str | None = None, hdi_prob: float | None = None
 ) -> pd.DataFrame:
     """Posterior summaries of the group means at one annotation level (default: the finest).
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``covariate, <level>, mean, sd, hdi_lower, hdi_upper, lfsr, n_features``.
+        Columns ``covariate, <level>, mean, sd, hdi_lower, hdi_upper, prob_positive,
+        prob_negative, lfsr, n_features``.
     """
     tree = problem_from_idata(idata).tree
     if tree is None or not tree.levels:

@@ -6,7 +6,7 @@ import pytest
 import xarray as xr
 
 import bayeshier_pymc as bh
-from bayeshier_pymc.results import lfsr
+from bayeshier_pymc.results import lfsr, qvalue
 
 
 def _fake_idata():
@@ -80,11 +80,59 @@ def test_coefficient_summary_and_table():
         "sd",
         "hdi_lower",
         "hdi_upper",
+        "prob_positive",
+        "prob_negative",
         "lfsr",
+        "qvalue",
+        "called",
     ]
     assert table.loc[table.feature == "a", "estimate"].item() == 1.1
     matrix = bh.coefficient_matrix(idata)
     assert matrix.dims == ("covariate", "feature") and matrix.name == "coef"
+
+
+def test_qvalue_is_the_running_mean_of_sorted_lfsr():
+    """ashr's definition, per covariate: mean lfsr of every effect at most as uncertain."""
+    rates = xr.DataArray(
+        [[0.3, 0.01, 0.2, 0.05], [0.0, 0.4, 0.4, 0.1]], dims=("covariate", "feature")
+    )
+    expected = [
+        [(0.01 + 0.05 + 0.2 + 0.3) / 4, 0.01, (0.01 + 0.05 + 0.2) / 3, (0.01 + 0.05) / 2],
+        [0.0, (0.0 + 0.1 + 0.4) / 3, (0.0 + 0.1 + 0.4 + 0.4) / 4, 0.05],
+    ]
+    got = qvalue(rates)
+    # tied rates: the stable sort gives the first tied effect the smaller running mean
+    np.testing.assert_allclose(got, expected)
+    assert got.dims == ("covariate", "feature")
+
+
+def test_sign_probabilities_calls_and_default_interval_level():
+    idata = _fake_idata()
+    summary = bh.coefficient_summary(idata)
+    # the interval level follows ArviZ's rcParams
+    assert summary.attrs["hdi_prob"] == az.rcParams["stats.ci_prob"]
+    with az.rc_context({"stats.ci_prob": 0.5}):
+        narrow = bh.coefficient_summary(idata)
+    assert narrow.attrs["hdi_prob"] == 0.5
+    assert bool(
+        (
+            (narrow["hdi_upper"] - narrow["hdi_lower"])
+            < (summary["hdi_upper"] - summary["hdi_lower"])
+        ).all()
+    )
+    theta = idata.posterior["theta"]
+    np.testing.assert_allclose(summary["prob_positive"], (theta > 0).mean(("chain", "draw")))
+    np.testing.assert_allclose(
+        summary["lfsr"],
+        np.minimum(1 - summary["prob_negative"], 1 - summary["prob_positive"]),
+    )
+    strict = bh.coefficient_table(idata, alpha=0.001)
+    loose = bh.coefficient_table(idata, alpha=0.2)
+    np.testing.assert_array_equal(loose["called"], loose["qvalue"] <= 0.2)
+    assert strict["called"].sum() <= loose["called"].sum()
+    assert loose.attrs["alpha"] == 0.2
+    with pytest.raises(ValueError, match=r"alpha must lie in \(0, 1\)"):
+        bh.coefficient_table(idata, alpha=5)
 
 
 def test_scale_summary_shares():

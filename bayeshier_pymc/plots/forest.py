@@ -17,7 +17,7 @@ from bayeshier_pymc.plots._common import (
     posterior_mean,
     text_color,
 )
-from bayeshier_pymc.results import lfsr
+from bayeshier_pymc.results import lfsr, resolve_hdi_prob
 
 __all__ = ["plot_forest_by_group"]
 
@@ -32,7 +32,7 @@ def plot_forest_by_group(
     top_k: int | None = 40,
     page: int = 0,
     sort_by: SortBy = "lfsr",
-    hdi_prob: float = 0.95,
+    hdi_prob: float | None = None,
     ax: Axes | None = None,
 ) -> Axes:
     """Posterior intervals of θ_j (through :func:`arviz.plot_forest`), grouped by annotation.
@@ -58,7 +58,8 @@ def plot_forest_by_group(
     sort_by
         ``"lfsr"`` (smallest first, ties by absolute mean) or ``"abs_mean"``.
     hdi_prob
-        Probability of the highest-density intervals.
+        Probability of the highest-density intervals (default: ArviZ's
+        ``rcParams["stats.ci_prob"]``).
     ax
         Axes to draw on (default: a new figure sized to the rows).
 
@@ -66,6 +67,7 @@ def plot_forest_by_group(
     -------
     matplotlib.axes.Axes
     """
+    hdi_prob = resolve_hdi_prob(hdi_prob)
     covariate = pick_covariate(idata, covariate)
     groups = feature_groups(idata, level)
     theta = idata.posterior["theta"].sel(covariate=covariate)

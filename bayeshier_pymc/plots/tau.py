@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.axes import Axes
 
 from bayeshier_pymc.plots._common import group_colors, new_axes
-from bayeshier_pymc.results import scale_summary
+from bayeshier_pymc.results import resolve_hdi_prob, scale_summary
 
 __all__ = ["plot_tau"]
 
@@ -20,7 +20,7 @@ def plot_tau(
     idata: az.InferenceData,
     *,
     covariates: Sequence[object] | None = None,
-    hdi_prob: float = 0.95,
+    hdi_prob: float | None = None,
     ax: Axes | None = None,
 ) -> Axes:
     """Posterior mean and HDI of τ for every level (rows) and covariate (colours).
@@ -35,7 +35,8 @@ def plot_tau(
     covariates
         Covariates to show (default: all).
     hdi_prob
-        Probability of the highest-density intervals.
+        Probability of the highest-density intervals (default: ArviZ's
+        ``rcParams["stats.ci_prob"]``).
     ax
         Axes to draw on (default: a new figure).
 
@@ -43,6 +44,7 @@ def plot_tau(
     -------
     matplotlib.axes.Axes
     """
+    hdi_prob = resolve_hdi_prob(hdi_prob)
     table = scale_summary(idata, hdi_prob)
     available = list(dict.fromkeys(table["covariate"]))
     chosen = available if covariates is None else list(covariates)
