@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -221,6 +222,36 @@ class Hierarchy:
     def __repr__(self) -> str:
         sizes = ", ".join(f"{lv}: {n}" for lv, n in zip(self.levels, self.n_groups, strict=True))
         return f"Hierarchy({self.n_features} features; {sizes or 'no levels'})"
+
+    def describe(self, largest: int = 3) -> pd.DataFrame:
+        """One row per level: groups, features per group (min, median, max), largest groups.
+
+        Parameters
+        ----------
+        largest
+            How many of the largest groups to name per level.
+        """
+        rows = []
+        for level in self.levels:
+            sizes = self.group_sizes(level)
+            top = sizes.sort_values(ascending=False, kind="stable").head(largest)
+            rows.append(
+                {
+                    "level": level,
+                    "groups": len(sizes),
+                    "min_size": int(sizes.min()),
+                    "median_size": float(sizes.median()),
+                    "max_size": int(sizes.max()),
+                    "largest_groups": ", ".join(f"{name} ({n})" for name, n in top.items()),
+                }
+            )
+        columns = ["groups", "min_size", "median_size", "max_size", "largest_groups"]
+        return pd.DataFrame(rows, columns=["level", *columns]).set_index("level")
+
+    def _repr_html_(self) -> str:
+        """A notebook summary: the repr and :meth:`describe`'s table."""
+        head = f"<p>{html.escape(repr(self))}, finest level first</p>"
+        return f"<div>{head}{self.describe().to_html()}</div>"
 
 
 RESERVED_LEVEL_NAMES = frozenset(

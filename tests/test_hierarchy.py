@@ -87,3 +87,19 @@ def test_truncate(annotations):
     assert tree.truncate(0).depth == 0
     with pytest.raises(ValueError, match=r"outside 0\.\.2"):
         tree.truncate(3)
+
+
+def test_describe_and_html_summary():
+    annotations = pd.DataFrame(
+        {"sub": ["a", "a", "a", "b", "c", "c"], "super": ["X", "X", "X", "X", "Y", "Y"]},
+        index=[f"f{j}" for j in range(6)],
+    )
+    tree = Hierarchy.from_frame(annotations, ["sub", "super"])
+    table = tree.describe(largest=2)
+    assert table.index.tolist() == ["sub", "super"]
+    assert table.loc["sub", "groups"] == 3
+    assert (table.loc["sub", "min_size"], table.loc["sub", "max_size"]) == (1, 3)
+    assert table.loc["sub", "largest_groups"] == "a (3), c (2)"
+    assert table.loc["super", "largest_groups"] == "X (4), Y (2)"
+    rendered = tree._repr_html_()
+    assert "Hierarchy(6 features" in rendered and "<table" in rendered
