@@ -21,6 +21,7 @@ from bayeshier_pymc.inference_data import add_log_likelihood, loo, problem_from_
 from bayeshier_pymc.mlm import MLMFit, mlm
 from bayeshier_pymc.noise import TreeNoise, tree_noise
 from bayeshier_pymc.persistence import load_results, save_results
+from bayeshier_pymc.prediction import predict_new
 from bayeshier_pymc.problem import ShrinkageProblem
 from bayeshier_pymc.results import (
     coefficient_matrix,
@@ -69,6 +70,7 @@ __all__ = [
     "load_results",
     "loo",
     "mlm",
+    "predict_new",
     "preprocess",
     "problem_from_idata",
     "sample",
