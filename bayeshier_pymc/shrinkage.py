@@ -18,6 +18,7 @@ from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.mlm import MLMFit
 from bayeshier_pymc.model import Parameterization, build_model, scale_levels
 from bayeshier_pymc.noise import TreeNoise, tree_noise
+from bayeshier_pymc.prediction import predict_new
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
 from bayeshier_pymc.sampling import DEFAULT_NUTS_SAMPLER, NutsSampler, draw_given_scales, sample
@@ -258,6 +259,22 @@ class ShrinkageModel:
         :func:`bayeshier_pymc.sampling.draw_given_scales`.
         """
         return draw_given_scales(self.problem, tau, rng)
+
+    def predict_new(
+        self,
+        idata: az.InferenceData,
+        annotations: pd.DataFrame,
+        *,
+        random_seed: int | None = None,
+    ) -> az.InferenceData:
+        """Posterior draws of θ for features this model did not estimate, from its fit ``idata``.
+
+        See :func:`bayeshier_pymc.prediction.predict_new`.
+        """
+        fitted = problem_from_idata(idata)
+        if not fitted.features.equals(self.problem.features) or fitted.depth != self.depth:
+            raise ValueError("idata is not a fit of this model (other features or depth).")
+        return predict_new(idata, annotations, random_seed=random_seed)
 
     def __repr__(self) -> str:
         p, m = self.estimates.estimate.shape

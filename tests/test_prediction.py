@@ -88,6 +88,27 @@ def test_same_seed_same_draws_and_labels(fitted):
     assert first.predictions["feature"].to_numpy().tolist() == ["x"]
 
 
+def test_the_model_method_checks_its_fit(fitted):
+    idata, tree = fitted
+    new = _annotations({"x": (tree.groups[0][1], tree.groups[1][tree.parents[1][1]])})
+    model = ShrinkageModel.from_idata(idata)
+    via_model = model.predict_new(idata, new, random_seed=2)
+    np.testing.assert_array_equal(
+        via_model.predictions["theta"], predict_new(idata, new, random_seed=2).predictions["theta"]
+    )
+    other = ShrinkageModel.from_problem(model.problem)
+    other.problem = ShrinkageModel(
+        {
+            "estimate": idata.observed_data["b"].to_pandas(),
+            "se": idata.constant_data["se"].to_pandas(),
+        },
+        tree.align(model.problem.features),
+        depth=1,
+    ).problem
+    with pytest.raises(ValueError, match="not a fit of this model"):
+        other.predict_new(idata, new)
+
+
 def test_bad_annotations_are_named(fitted):
     idata, tree = fitted
     estimated = tree.features[0]
