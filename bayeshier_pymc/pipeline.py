@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import arviz as az
+import numpy as np
 import pandas as pd
 
 from bayeshier_pymc._validation import check_sampler_arguments
@@ -199,6 +201,15 @@ def prepare_output_folder(out_dir: Path | str) -> Path:
     return out
 
 
+def _plot_ppc(idata: az.InferenceData) -> Any:
+    """The estimates against their leave-one-out replicates (first covariate), one panel."""
+    first = idata.posterior["covariate"].to_numpy()[0]
+    axes = az.plot_ppc(idata, coords={"covariate": [first]}, num_pp_samples=50)
+    ax = np.ravel(axes)[0]
+    ax.set_title(f"estimates of {first} and their held-out replicates", fontsize="medium")
+    return ax
+
+
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
     frame.to_csv(path, index=False)
     return path
@@ -218,6 +229,7 @@ def _write_figures(
         "volcano.png": lambda ax: plots.plot_volcano(idata, ax=ax),
         "tau.png": lambda ax: plots.plot_tau(idata, ax=ax),
         "depths.png": lambda ax: plots.plot_compare(depths, ax=ax),
+        "posterior_predictive.png": lambda ax: _plot_ppc(idata),
     }
     paths = []
     for name, draw in drawers.items():

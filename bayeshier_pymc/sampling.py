@@ -40,6 +40,7 @@ from bayeshier_pymc.gibbs.step import TreeGibbs
 from bayeshier_pymc.inference_data import build_inference_data, posterior_dims
 from bayeshier_pymc.log_likelihood import conditional_total
 from bayeshier_pymc.model import Parameterization, build_model, group_mean_name
+from bayeshier_pymc.predictive import add_posterior_predictive, predictive_generator
 from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = [
@@ -146,8 +147,12 @@ def sample(
 
 
 def finish(problem: ShrinkageProblem, run: SamplerRun) -> az.InferenceData:
-    """The InferenceData contract of ``run``, a run of a sampler on ``problem``."""
-    return build_inference_data(
+    """The InferenceData contract of ``run``, a run of a sampler on ``problem``.
+
+    Replicated estimates (``posterior_predictive``) are drawn here, for every sampler, from
+    their own stream under the run's seed (:mod:`bayeshier_pymc.predictive`).
+    """
+    idata = build_inference_data(
         run.posterior,
         problem,
         sampler=run.sampler,
@@ -155,6 +160,8 @@ def finish(problem: ShrinkageProblem, run: SamplerRun) -> az.InferenceData:
         attrs=run.attrs,
         log_likelihood=run.log_likelihood,
     )
+    rng = predictive_generator(run.attrs.get("random_seed"))
+    return add_posterior_predictive(idata, problem, rng)
 
 
 def sample_gibbs(

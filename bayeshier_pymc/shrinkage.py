@@ -19,6 +19,7 @@ from bayeshier_pymc.mlm import MLMFit
 from bayeshier_pymc.model import Parameterization, build_model, scale_levels
 from bayeshier_pymc.noise import TreeNoise, tree_noise
 from bayeshier_pymc.prediction import predict_new
+from bayeshier_pymc.predictive import prior_predictive
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
 from bayeshier_pymc.sampling import DEFAULT_NUTS_SAMPLER, NutsSampler, draw_given_scales, sample
@@ -251,6 +252,16 @@ class ShrinkageModel:
             progressbar=progressbar,
             **options,
         )
+
+    def sample_prior_predictive(
+        self, draws: int = 500, *, random_seed: int | None = None
+    ) -> az.InferenceData:
+        """Parameters from the prior and replicated estimates given them.
+
+        See :func:`bayeshier_pymc.predictive.prior_predictive`; ``az.plot_ppc(result,
+        group="prior")`` compares them with the estimates.
+        """
+        return prior_predictive(self.problem, draws, np.random.default_rng(random_seed))
 
     def draw_given_scales(self, tau: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Exact draws of θ0, the group means and θ given scale draws ``tau``.

@@ -40,6 +40,7 @@ def test_demo_writes_results(tmp_path, capsys):
         "volcano.png",
         "tau.png",
         "depths.png",
+        "posterior_predictive.png",
         "sampler_comparison.png",
     ]:
         assert (tmp_path / name).stat().st_size > 0, name

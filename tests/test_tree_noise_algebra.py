@@ -17,8 +17,10 @@ from scipy import stats
 from bayeshier_pymc.gaussian_tree import (
     NodeNoise,
     TreeIndex,
+    draw_noise,
     draw_tree,
     group_log_predictive,
+    leave_one_out_normal,
     noise_log_density,
     upward_pass,
 )
@@ -170,3 +172,45 @@ def test_noise_log_density_is_the_dense_normal(depth):
     got = noise_log_density(residual, own, tree, noise)
     want = stats.multivariate_normal(np.zeros(tree.n_features), _dense_noise(hierarchy, own, noise))
     np.testing.assert_allclose(got, want.logpdf(residual), rtol=1e-10)
+
+
+@pytest.mark.parametrize("depth", [0, 2, 3])
+def test_drawn_noise_has_the_tree_covariance(depth):
+    """Noise draws have covariance Σ (own variances plus shared node variances), within MC error."""
+    hierarchy = _hierarchy(depth, depth, m=8)
+    tree = TreeIndex.from_hierarchy(hierarchy)
+    own, noise = _noise(tree, depth)
+    n = 100_000
+    draws = draw_noise(own, tree, noise, np.random.default_rng(depth), lead=(n,))
+    expected = _dense_noise(hierarchy, own, noise)
+    scale = np.sqrt(np.outer(np.diag(expected), np.diag(expected)))
+    # the sample covariance's sd is about sqrt((σ_ii σ_jj + σ_ij²) / n) ≤ sqrt(2 / n) · scale
+    np.testing.assert_array_less(
+        np.abs(np.cov(draws, rowvar=False) - expected), 4.5 * np.sqrt(2 / n) * scale
+    )
+    independent = draw_noise(own, tree, None, np.random.default_rng(0), lead=(n,))
+    np.testing.assert_allclose(independent.var(axis=0), own, rtol=4.5 * np.sqrt(2 / n))
+
+
+@pytest.mark.parametrize(("seed", "depth", "used"), CASES)
+def test_leave_one_out_normal_matches_dense(seed, depth, used):
+    """The leave-one-out predictive's mean and variance against dense conditioning."""
+    hierarchy = _hierarchy(seed, depth)
+    tree = TreeIndex.from_hierarchy(hierarchy)
+    own, noise = _noise(tree, seed)
+    rng = np.random.default_rng(seed)
+    b = rng.normal(MU0, 1.5, tree.n_features)
+    tau_used = rng.uniform(0.2, 1.2, used + 1)
+    tau = np.concatenate([tau_used, np.zeros(depth - used)])
+    cov = _dense_noise(hierarchy, own, noise) + _effect_cov(hierarchy.truncate(used), tau_used)
+    precision = np.linalg.inv(cov)
+    diagonal = np.diag(precision)
+    expected_mean = b - precision @ (b - MU0) / diagonal
+    mean, variance = leave_one_out_normal(b, own, tau, tree, MU0, S0, noise)
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(variance, 1.0 / diagonal, rtol=1e-9)
+    if used == depth:
+        # without noise: the independent model's predictive
+        mean, variance = leave_one_out_normal(b, own, tau, tree, MU0, S0)
+        precision = np.linalg.inv(np.diag(own) + _effect_cov(hierarchy, tau_used))
+        np.testing.assert_allclose(variance, 1.0 / np.diag(precision), rtol=1e-9)

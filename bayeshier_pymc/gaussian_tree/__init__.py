@@ -80,8 +80,10 @@ __all__ = [
     "Messages",
     "NodeNoise",
     "TreeIndex",
+    "draw_noise",
     "draw_tree",
     "group_log_predictive",
+    "leave_one_out_normal",
     "level_variance",
     "noise_log_density",
     "normal_log_density",
@@ -429,6 +431,47 @@ def _noise_given_increment(
     return mean + np.sqrt(weight * effect_var) * rng.standard_normal(mean.shape)
 
 
+def draw_noise(
+    var_b: np.ndarray,
+    tree: TreeIndex | None,
+    noise: NodeNoise | None,
+    rng: np.random.Generator,
+    lead: tuple[int, ...] = (),
+) -> np.ndarray:
+    """Draws of the estimates' noise: N(0, var_b) each, plus the shared noise of every node.
+
+    Parameters
+    ----------
+    var_b
+        Own noise variances, shape ``(..., m)`` (rows, e.g. covariates, leading).
+    tree
+        The tree of the shared noise (``None`` without ``noise``).
+    noise
+        Shared-noise variances at the nodes, rows leading like ``var_b``; ``None``: the noise
+        is independent.
+    rng
+        Random generator: the own noise is drawn first, then the top's, then each level's
+        from the coarsest down.
+    lead
+        Leading shape of the draws (e.g. chain, draw).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(*lead, ..., m)``.
+    """
+    own = np.sqrt(var_b) * rng.standard_normal((*lead, *np.shape(var_b)))
+    if noise is None or tree is None:
+        return own
+    top = np.asarray(noise.top)
+    path = (np.sqrt(top) * rng.standard_normal((*lead, *top.shape)))[..., None]
+    for level in range(tree.depth, 0, -1):
+        variances = noise.groups[level - 1]
+        shared = np.sqrt(variances) * rng.standard_normal((*lead, *np.shape(variances)))
+        path = path[..., tree.parent_of(level)] + shared
+    return own + path[..., tree.parent_of(0)]
+
+
 def noise_log_density(
     residual: Any,
     var_b: Any,
@@ -447,19 +490,25 @@ def noise_log_density(
 
 
 def posterior_moments(
-    messages: Messages, tau: np.ndarray, tree: TreeIndex, mu0: float, s0: float
+    messages: Messages,
+    tau: np.ndarray,
+    tree: TreeIndex,
+    mu0: float,
+    s0: float,
+    noise: NodeNoise | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Posterior mean and variance of every unit given b and τ, top-down.
 
     A unit u with parent p is N(w y + (1 - w) p, w v) given p and the data below u
     (:func:`posterior_normal`), and p is independent of the data below u given p's own
     posterior; so E[u | b] = w y + (1 - w) E[p | b] and Var[u | b] = w v + (1 - w)² Var[p | b].
+    With shared ``noise`` these are the moments of the totals.
 
     Parameters
     ----------
     messages
-        The result of :func:`upward_pass` on NumPy arrays for the same ``tau``.
-    tau, tree, mu0, s0
+        The result of :func:`upward_pass` on NumPy arrays for the same ``tau`` and ``noise``.
+    tau, tree, mu0, s0, noise
         As in :func:`upward_pass`.
 
     Returns
@@ -468,12 +517,12 @@ def posterior_moments(
         One array per level, features first, then each annotation level, then θ0 (shape
         ``(...,)``), like ``messages.y``.
     """
-    mean, var = posterior_normal(mu0, s0 * s0, messages.y[-1], messages.v[-1])
+    mean, var = posterior_normal(mu0, top_variance(s0, noise), messages.y[-1], messages.v[-1])
     means, variances = [mean], [var]
     parent_mean, parent_var = mean[..., None], var[..., None]
     for level in range(tree.depth, -1, -1):
         index = tree.parent_of(level)
-        prior_var = level_variance(tau, level)
+        prior_var = level_variance(tau, level, noise)
         y, v = messages.y[level], messages.v[level]
         mean, conditional_var = posterior_normal(parent_mean[..., index], prior_var, y, v)
         parent_weight = v / (prior_var + v)
@@ -482,6 +531,44 @@ def posterior_moments(
         variances.insert(0, var)
         parent_mean, parent_var = mean, var
     return means, variances
+
+
+def leave_one_out_normal(
+    b: np.ndarray,
+    var_b: np.ndarray,
+    tau: np.ndarray,
+    tree: TreeIndex,
+    mu0: float,
+    s0: float,
+    noise: NodeNoise | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the normal p(b_j | b_−j, τ), for every feature j.
+
+    For b ~ N(μ, K) the leave-one-out predictive is N(b_j − [K⁻¹(b − μ)]_j / [K⁻¹]_jj,
+    1 / [K⁻¹]_jj). On the tree, with the posterior mean E_p and variance V_p of θ_j's parent
+    (its total, with ``noise``) given all of b, and t = τ_0² + s_j²:
+    [K⁻¹(b − μ)]_j = (b_j − E_p) / t and [K⁻¹]_jj = (t − V_p) / t², so the predictive is
+    N(b_j − (b_j − E_p) t / (t − V_p), t² / (t − V_p)): O(m), no cancellation when τ is
+    large against s_j. The predictive :func:`group_log_predictive` scores for single features.
+
+    Parameters
+    ----------
+    b, var_b, tau, tree, mu0, s0, noise
+        As in :func:`upward_pass` (``b`` and ``var_b`` of shape ``(..., m)``).
+
+    Returns
+    -------
+    mean, variance : numpy.ndarray
+        Shape ``(..., m)``.
+    """
+    messages = upward_pass(b, var_b, tau, tree, mu0, s0, noise=noise)
+    means, variances = posterior_moments(messages, tau, tree, mu0, s0, noise)
+    parent = tree.parent_of(0)
+    parent_mean = means[1][..., parent] if tree.depth else means[1][..., None]
+    parent_var = variances[1][..., parent] if tree.depth else variances[1][..., None]
+    total = var_b + level_variance(tau, 0)
+    remaining = total - parent_var
+    return b - (b - parent_mean) * total / remaining, total * total / remaining
 
 
 def pointwise_marginal(
