@@ -1,4 +1,9 @@
-"""The ``bayeshier`` command: ``demo``, ``fit``, ``simulate`` and ``study``."""
+"""The ``bayeshier`` command: ``demo``, ``fit``, ``simulate`` and ``study``.
+
+Results go to files; progress (one line per step, and a bar per sampling step) goes to stderr,
+``--quiet`` silences both. Every problem with the inputs or the file system is one line on
+stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -13,27 +18,55 @@ __all__ = ["main"]
 
 
 def _log(line: str) -> None:
-    print(line, flush=True)
+    """One progress line, on stderr."""
+    print(line, file=sys.stderr, flush=True)
 
 
-def _sampler_options(args: argparse.Namespace) -> dict[str, int]:
+def _silent(line: str) -> None:
+    """``--quiet``: progress lines are dropped."""
+
+
+def _depth(value: str) -> int | str:
+    """``--depth``: a number of annotation levels or ``none``."""
+    if value == "none":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--depth must be a number of levels or 'none', got {value!r}"
+        ) from None
+
+
+def _sampler_options(args: argparse.Namespace) -> dict[str, object]:
     """The sampler settings, checked (with the output folder) before any work starts."""
     from bayeshier_pymc._validation import check_sampler_arguments
     from bayeshier_pymc.pipeline import prepare_output_folder
     from bayeshier_pymc.sampler_comparison import MIN_DRAWS
 
     checked = check_sampler_arguments(
-        draws=args.draws, tune=args.tune, chains=args.chains, random_seed=args.seed
+        draws=args.draws,
+        tune=args.tune,
+        chains=args.chains,
+        cores=args.cores,
+        random_seed=args.seed,
     )
-    if checked.draws < MIN_DRAWS:
-        raise ValueError(f"--draws must be at least {MIN_DRAWS} (the samplers are compared).")
+    if args.compare and checked.draws < MIN_DRAWS:
+        raise ValueError(
+            f"--draws must be at least {MIN_DRAWS} (the samplers are compared; or --no-compare)."
+        )
     prepare_output_folder(args.out)
     return {
         "draws": checked.draws,
         "tune": checked.tune,
         "chains": checked.chains,
+        "cores": checked.cores,
         "random_seed": args.seed,
         "noise": args.noise,
+        "sampler": args.sampler,
+        "depth": args.depth,
+        "compare": args.compare,
+        "progressbar": not args.quiet,
     }
 
 
@@ -43,7 +76,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     options = _sampler_options(args)
     study = demo_study()
-    _log(
+    args.log(
         f"demo study: {study.Y.shape[0]} samples × {study.Y.shape[1]} metabolites, "
         f"covariates {list(study.X.columns)}, levels {study.levels}"
     )
@@ -53,7 +86,7 @@ def _demo(args: argparse.Namespace) -> int:
         study.annotations,
         study.levels,
         args.out,
-        log=_log,
+        log=args.log,
         **options,
     )
     return 0
@@ -83,7 +116,7 @@ def _fit(args: argparse.Namespace) -> int:
         responses = preprocess.log_transform(responses, base=args.log_base)
     if args.standardize:
         responses = preprocess.standardize(responses)
-    _log(f"read {responses.shape[0]} samples × {responses.shape[1]} features")
+    args.log(f"read {responses.shape[0]} samples × {responses.shape[1]} features")
     run_pipeline(
         responses,
         args.formula,
@@ -93,7 +126,7 @@ def _fit(args: argparse.Namespace) -> int:
         data=study.samples,
         covariates=args.covariates,
         missing=args.missing,
-        log=_log,
+        log=args.log,
         **options,
     )
     return 0
@@ -112,8 +145,8 @@ def _simulate(args: argparse.Namespace) -> int:
     study.annotations.to_csv(out / "annotations.csv")
     study.B.to_pandas().to_csv(out / "true_effects.csv")
     covariates = " + ".join(study.X.columns)
-    _log(f"wrote responses.csv, samples.csv, annotations.csv, true_effects.csv to {out}")
-    _log(
+    args.log(f"wrote responses.csv, samples.csv, annotations.csv, true_effects.csv to {out}")
+    args.log(
         f"try: bayeshier fit --responses {out}/responses.csv --samples {out}/samples.csv "
         f"--annotations {out}/annotations.csv --formula '0 + {covariates}' "
         f"--levels {' '.join(study.levels)}"
@@ -132,19 +165,19 @@ def _study(args: argparse.Namespace) -> int:
     ]
     if not settings:
         raise ValueError("no study rows match --rows and --heterogeneity.")
-    _log(f"simulation study: {len(settings)} row(s) × {args.replicates} replicate(s)")
+    args.log(f"simulation study: {len(settings)} row(s) × {args.replicates} replicate(s)")
     result = simulation_study(
         [StudySetting(s.n, s.m, s.heterogeneity, s.superclasses) for s in settings],
         replicates=args.replicates,
         sampler=args.sampler,
         random_seed=args.seed,
-        log=_log,
+        log=args.log,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     result.table.to_csv(args.out / "study.csv", index=False)
     result.replicates.to_csv(args.out / "study_replicates.csv", index=False)
-    _log(result.table.round(3).to_string(index=False))
-    _log(f"wrote {args.out / 'study.csv'} and {args.out / 'study_replicates.csv'}")
+    print(result.table.round(3).to_string(index=False), flush=True)
+    args.log(f"wrote {args.out / 'study.csv'} and {args.out / 'study_replicates.csv'}")
     return 0
 
 
@@ -154,6 +187,27 @@ def _add_sampler_arguments(parser: argparse.ArgumentParser, default_out: str) ->
     parser.add_argument("--tune", type=int, default=1000, help="tuning steps per chain")
     parser.add_argument("--chains", type=int, default=4, help="number of chains")
     parser.add_argument("--seed", type=int, default=2026, help="random seed")
+    parser.add_argument(
+        "--sampler",
+        choices=["nuts", "gibbs"],
+        default="nuts",
+        help="sampler of the reported draws (default: nuts; gibbs is much faster)",
+    )
+    parser.add_argument(
+        "--depth",
+        type=_depth,
+        help="annotation levels used, finest first (default: all; 'none': no pooling)",
+    )
+    parser.add_argument(
+        "--no-compare",
+        dest="compare",
+        action="store_false",
+        help="skip the second sampler and the depth comparison",
+    )
+    parser.add_argument("--cores", type=int, help="CPUs for the samplers (default: all)")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress lines or bars (errors still show)"
+    )
     parser.add_argument(
         "--noise",
         choices=["auto", "independent"],
@@ -168,6 +222,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bayeshier", description="Bayesian hierarchical shrinkage of metabolite effects."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
@@ -264,11 +319,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("bayeshier_pymc")
+
+
 @contextmanager
-def _package_log_on_stdout() -> Iterator[None]:
+def _package_log_on_stderr() -> Iterator[None]:
     """Print what the package logs at INFO (e.g. what each filter removed) while it runs."""
     package = logging.getLogger("bayeshier_pymc")
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     level = package.level
     package.addHandler(handler)
@@ -283,12 +344,23 @@ def _package_log_on_stdout() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
+    quiet = bool(getattr(args, "quiet", False))
+    args.log = _silent if quiet else _log
     try:
-        with _package_log_on_stdout():
+        if quiet:
             return int(args.handler(args))
-    except ValueError as err:
-        print(f"bayeshier: error: {err}", file=sys.stderr)
+        with _package_log_on_stderr():
+            return int(args.handler(args))
+    except (ValueError, OSError) as err:
+        print(f"bayeshier: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: Exception) -> str:
+    """The error as one line; a file-system error names the file and the reason."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.strerror or type(err).__name__}: {err.filename}"
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

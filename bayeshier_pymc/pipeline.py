@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import arviz as az
 import numpy as np
@@ -17,6 +17,7 @@ from bayeshier_pymc.diagnostics import Diagnosis, diagnose
 from bayeshier_pymc.hierarchy import Hierarchy, MissingPolicy
 from bayeshier_pymc.mlm import MLMFit, mlm
 from bayeshier_pymc.persistence import check_output_file, save_results
+from bayeshier_pymc.problem import Depth
 from bayeshier_pymc.report import write_report
 from bayeshier_pymc.results import coefficient_table, scale_summary
 from bayeshier_pymc.sampler_comparison import MIN_DRAWS, SamplerComparison, compare_samplers
@@ -33,9 +34,9 @@ class PipelineResult:
     hierarchy: Hierarchy
     model: ShrinkageModel
     idata: az.InferenceData
-    gibbs: az.InferenceData
-    samplers: SamplerComparison
-    depths: DepthComparison
+    second: az.InferenceData | None
+    samplers: SamplerComparison | None
+    depths: DepthComparison | None
     diagnosis: Diagnosis
     coefficients: pd.DataFrame
     scales: pd.DataFrame
@@ -57,17 +58,23 @@ def run_pipeline(
     chains: int = 4,
     random_seed: int = 2026,
     noise: NoiseChoice = "auto",
+    sampler: Literal["nuts", "gibbs"] = "nuts",
+    depth: Depth | None = None,
+    compare: bool = True,
+    cores: int | None = None,
+    progressbar: bool = False,
     title: str = "bayeshier_pymc analysis",
     log: Callable[[str], None] = print,
 ) -> PipelineResult:
     """Fit both stages, check them, compare depths, and write the results.
 
-    Steps: stage-1 matrix linear model; stage-2 shrinkage with NUTS (the result that is
-    reported) and with the Gibbs engine; agreement of the two samplers; diagnostics;
-    PSIS-LOO comparison of the depths ("none", 0, …, all levels) with the Gibbs engine; then
-    ``stage1_estimates.csv``, ``shrunken_effects.csv``, ``scales.csv``, ``depths.csv``,
-    ``sampler_agreement.csv``, ``results.nc`` (InferenceData, hierarchy and stage-1 summary,
-    see :func:`~bayeshier_pymc.persistence.load_results`), PNG figures and ``report.md``.
+    Steps: stage-1 matrix linear model; stage-2 shrinkage with ``sampler`` (the result that
+    is reported); with ``compare``, the other sampler on the same posterior and the agreement
+    of the two, and the PSIS-LOO comparison of the depths ("none", 0, …, all levels) with the
+    Gibbs engine; diagnostics; then ``stage1_estimates.csv``, ``shrunken_effects.csv``,
+    ``scales.csv``, (with ``compare``) ``depths.csv`` and ``sampler_agreement.csv``,
+    ``results.nc`` (InferenceData, hierarchy and stage-1 summary, see
+    :func:`~bayeshier_pymc.persistence.load_results`), PNG figures and ``report.md``.
 
     Parameters
     ----------
@@ -92,6 +99,16 @@ def run_pipeline(
     noise
         The stage-1 errors' correlation (see :class:`~bayeshier_pymc.ShrinkageModel`):
         ``"auto"`` (default) models it along the tree; ``"independent"`` ignores it.
+    sampler
+        The sampler whose draws are reported: ``"nuts"`` (default) or ``"gibbs"``.
+    depth
+        Annotation levels used (default: all; ``"none"``: no pooling).
+    compare
+        Also run the other sampler (agreement check) and compare the depths by LOO.
+    cores
+        CPUs for the samplers (default: all).
+    progressbar
+        Show a progress bar (on stderr) for every sampling step.
     title
         Title of the report.
     log
@@ -106,42 +123,61 @@ def run_pipeline(
     ValueError
         For bad sampler arguments or output folder, before any work.
     """
-    check_sampler_arguments(draws=draws, tune=tune, chains=chains, random_seed=random_seed)
-    if draws < MIN_DRAWS:
+    check_sampler_arguments(
+        draws=draws, tune=tune, chains=chains, cores=cores, random_seed=random_seed
+    )
+    if sampler not in ("nuts", "gibbs"):
+        raise ValueError(f"sampler must be 'nuts' or 'gibbs', got {sampler!r}.")
+    if compare and draws < MIN_DRAWS:
         raise ValueError(
             f"the pipeline compares the samplers, which needs draws >= {MIN_DRAWS} per chain; "
-            f"got draws={draws}."
+            f"got draws={draws} (or turn the comparisons off)."
         )
     out = prepare_output_folder(out_dir)
     log("stage 1: matrix linear model")
     fit = mlm(Y, X, data=data)
     hierarchy = Hierarchy.from_frame(annotations, list(levels), missing=missing)
     chosen = covariates or [c for c in fit.coef.indexes["covariate"] if c != "(Intercept)"]
-    settings = {"draws": draws, "tune": tune, "chains": chains, "random_seed": random_seed}
-    model = ShrinkageModel(fit, hierarchy, covariates=chosen, noise=noise)
-    log(f"stage 2: NUTS, {len(chosen)} covariate(s) along {hierarchy!r}; {model.noise_description}")
-    idata = model.sample(progressbar=False, **settings)
-    log("stage 2: Gibbs engine on the same posterior")
-    gibbs = model.sample("gibbs", progressbar=False, **settings)
-    samplers = compare_samplers(idata, gibbs)
-    log(f"sampler agreement: {'ok' if samplers.ok else 'NOT ok'}")
+    settings = {
+        "draws": draws,
+        "tune": tune,
+        "chains": chains,
+        "cores": cores,
+        "random_seed": random_seed,
+        "progressbar": progressbar,
+    }
+    model = ShrinkageModel(fit, hierarchy, depth=depth, covariates=chosen, noise=noise)
+    names = {"nuts": "NUTS", "gibbs": "the Gibbs engine"}
+    log(
+        f"stage 2: {names[sampler]}, {len(chosen)} covariate(s) along {hierarchy!r}, "
+        f"depth {model.depth}; errors {model.noise_description}"
+    )
+    idata = model.sample(sampler, **settings)
+    second = samplers = depths = None
+    if compare:
+        other = "gibbs" if sampler == "nuts" else "nuts"
+        log(f"stage 2: {names[other]} on the same posterior")
+        second = model.sample(other, **settings)
+        samplers = compare_samplers(idata, second)
+        log(f"sampler agreement: {'ok' if samplers.ok else 'NOT ok'}")
     diagnosis = diagnose(idata)
     log(f"diagnostics: {'ok' if diagnosis.ok else 'problems found'}")
-    log("depth comparison (PSIS-LOO, marginal likelihood, Gibbs engine)")
-    depths = compare_depths(
-        fit, hierarchy, covariates=chosen, sampler="gibbs", progressbar=False, **settings
-    )
-    log(f"recommended depth: {depths.recommended}")
+    if compare:
+        log("depth comparison (PSIS-LOO, marginal likelihood, Gibbs engine)")
+        depths = compare_depths(
+            fit, hierarchy, covariates=chosen, sampler="gibbs", noise=noise, **settings
+        )
+        log(f"recommended depth: {depths.recommended}")
     coefficients = coefficient_table(idata)
-    scales = scale_summary(idata)
-    files = [
-        _write_csv(fit.to_frame(), out / "stage1_estimates.csv"),
-        _write_csv(coefficients, out / "shrunken_effects.csv"),
-        _write_csv(scales, out / "scales.csv"),
-        _write_csv(depths.summary.reset_index(names="depth"), out / "depths.csv"),
-        _write_csv(samplers.table.reset_index(), out / "sampler_agreement.csv"),
-        save_results(out / "results.nc", idata, hierarchy=hierarchy, fit=fit),
-    ]
+    scales = scale_summary(idata) if model.pooled else None
+    tables = {"stage1_estimates.csv": fit.to_frame(), "shrunken_effects.csv": coefficients}
+    if scales is not None:
+        tables["scales.csv"] = scales
+    if depths is not None and samplers is not None:
+        tables["depths.csv"] = depths.summary.reset_index(names="depth")
+        tables["sampler_agreement.csv"] = samplers.table.reset_index()
+    files = [_write_csv(frame, out / name) for name, frame in tables.items()]
+    files.append(save_results(out / "results.nc", idata, hierarchy=hierarchy, fit=fit))
     figures = _write_figures(idata, samplers, depths, out)
     report = write_report(
         out / "report.md",
@@ -154,6 +190,7 @@ def run_pipeline(
         depths=depths,
         diagnosis=diagnosis,
         figures=figures,
+        sampler=str(idata.attrs["sampler"]),
     )
     for path in [*files, *figures, report]:
         log(f"wrote {path}")
@@ -162,7 +199,7 @@ def run_pipeline(
         hierarchy,
         model,
         idata,
-        gibbs,
+        second,
         samplers,
         depths,
         diagnosis,
@@ -216,30 +253,38 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def _write_figures(
-    idata: az.InferenceData, samplers: SamplerComparison, depths: DepthComparison, out: Path
+    idata: az.InferenceData,
+    samplers: SamplerComparison | None,
+    depths: DepthComparison | None,
+    out: Path,
 ) -> list[Path]:
     """One PNG per figure; the first covariate is shown where a figure shows one."""
     import matplotlib.pyplot as plt
 
     from bayeshier_pymc import plots
 
-    drawers = {
-        "shrinkage.png": lambda ax: plots.plot_shrinkage(idata, ax=ax),
-        "forest_by_group.png": lambda ax: plots.plot_forest_by_group(idata, ax=ax),
+    pooled = "tau" in idata.posterior
+    drawers: dict[str, Callable[[Any], Any]] = {
         "volcano.png": lambda ax: plots.plot_volcano(idata, ax=ax),
-        "tau.png": lambda ax: plots.plot_tau(idata, ax=ax),
-        "depths.png": lambda ax: plots.plot_compare(depths, ax=ax),
         "posterior_predictive.png": lambda ax: _plot_ppc(idata),
     }
+    if pooled:
+        drawers["shrinkage.png"] = lambda ax: plots.plot_shrinkage(idata, ax=ax)
+        drawers["tau.png"] = lambda ax: plots.plot_tau(idata, ax=ax)
+        if idata.attrs.get("levels"):
+            drawers["forest_by_group.png"] = lambda ax: plots.plot_forest_by_group(idata, ax=ax)
+    if depths is not None:
+        drawers["depths.png"] = lambda ax: plots.plot_compare(depths, ax=ax)
     paths = []
     for name, draw in drawers.items():
         axes = draw(None)
         axes.figure.savefig(out / name, dpi=110, bbox_inches="tight")
         plt.close(axes.figure)
         paths.append(out / name)
-    panels = plots.plot_sampler_comparison(samplers)
-    figure = panels.flat[0].figure
-    figure.savefig(out / "sampler_comparison.png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    paths.append(out / "sampler_comparison.png")
+    if samplers is not None:
+        panels = plots.plot_sampler_comparison(samplers)
+        figure = panels.flat[0].figure
+        figure.savefig(out / "sampler_comparison.png", dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        paths.append(out / "sampler_comparison.png")
     return paths

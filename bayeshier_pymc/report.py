@@ -38,13 +38,17 @@ def write_report(
     fit: MLMFit,
     model: ShrinkageModel,
     coefficients: pd.DataFrame,
-    scales: pd.DataFrame,
-    samplers: SamplerComparison,
-    depths: DepthComparison,
+    scales: pd.DataFrame | None,
+    samplers: SamplerComparison | None,
+    depths: DepthComparison | None,
     diagnosis: Diagnosis,
     figures: Sequence[Path],
+    sampler: str = "NUTS",
 ) -> Path:
     """Write ``report.md``: data, stage 1, shrinkage, checks, depth choice and figures.
+
+    ``scales``, ``samplers`` and ``depths`` are left out where ``None`` (no pooling, no
+    comparisons); ``sampler`` names the sampler of the reported draws.
 
     Returns
     -------
@@ -74,23 +78,33 @@ def write_report(
         f"Stage-1 errors: {model.noise_description}.",
         "## Stage 1: matrix linear model",
         _table(significant),
-        "## Stage 2: shrinkage along the annotation tree (NUTS)",
+        f"## Stage 2: shrinkage along the annotation tree ({sampler})",
         _table(confident),
         "An effect is called when its q-value (the mean local false sign rate of every effect "
         "at least as confidently signed) is at most the level: the expected share of wrong "
         "signs among the called effects is then at most that level.",
-        f"Scales per level (posterior mean, 95% HDI, share of the between-feature variance):\n\n"
-        f"{_table(scales)}",
+    ]
+    if scales is not None:
+        sections.append(
+            "Scales per level (posterior mean, HDI, share of the between-feature variance):"
+            f"\n\n{_table(scales)}"
+        )
+    sections += [
         f"Most confidently signed effects (smallest local false sign rate):\n\n{_table(top)}",
         "## Checks",
         f"**Diagnostics** ({'ok' if diagnosis.ok else 'problems'}): {diagnosis.verdict}",
-        f"**NUTS vs Gibbs**: {'the samplers agree' if samplers.ok else 'the samplers disagree'}"
-        + ("" if samplers.ok else ": " + "; ".join(samplers.problems)),
-        "## Which depth of the tree?",
-        _table(depths.summary.reset_index(names="depth")),
-        depths.verdict,
-        "## Figures",
-        *(f"![{figure.stem}]({figure.name})" for figure in figures),
     ]
+    if samplers is not None:
+        sections.append(
+            f"**NUTS vs Gibbs**: {'the samplers agree' if samplers.ok else 'the samplers disagree'}"
+            + ("" if samplers.ok else ": " + "; ".join(samplers.problems))
+        )
+    if depths is not None:
+        sections += [
+            "## Which depth of the tree?",
+            _table(depths.summary.reset_index(names="depth")),
+            depths.verdict,
+        ]
+    sections += ["## Figures", *(f"![{figure.stem}]({figure.name})" for figure in figures)]
     path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
     return path

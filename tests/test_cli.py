@@ -25,8 +25,8 @@ def test_help_on_every_subcommand(command):
 
 def test_demo_writes_results(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), *TINY]) == 0
-    out = capsys.readouterr().out
-    assert "stage 1" in out and "stage 2" in out
+    err = capsys.readouterr().err
+    assert "stage 1" in err and "stage 2" in err
     effects = pd.read_csv(tmp_path / "shrunken_effects.csv")
     assert set(effects["covariate"]) == {"age", "bmi", "sex"}
     assert len(effects) == 3 * 300
@@ -89,6 +89,41 @@ def test_simulate_then_fit(simulated):
     assert main(_fit_args(simulated)) == 0
     scales = pd.read_csv(simulated.parent / "fit" / "scales.csv")
     assert set(scales["level"]) == {"feature", "subclass", "superclass"}
+
+
+def test_fast_path_flags(simulated, capsys):
+    """One sampler at one depth, no comparisons, nothing on the terminal."""
+    out = simulated.parent / "fast"
+    args = _fit_args(simulated, **{"--out": out})
+    args += ["--sampler", "gibbs", "--depth", "1", "--no-compare", "--quiet", "--cores", "1"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+    scales = pd.read_csv(out / "scales.csv")
+    assert set(scales["level"]) == {"feature", "subclass"}
+    assert not (out / "depths.csv").exists() and not (out / "sampler_comparison.png").exists()
+    report = (out / "report.md").read_text()
+    assert "gibbs" in report and "Which depth" not in report
+    # no pooling, and a depth the tree does not have
+    none = _fit_args(simulated, **{"--out": simulated.parent / "none"})
+    assert main([*none, "--depth", "none", "--no-compare", "--quiet"]) == 0
+    assert main([*none, "--depth", "5", "--no-compare"]) == 2
+    assert "depth 5 is beyond the annotation levels" in capsys.readouterr().err
+
+
+def test_version_and_file_system_errors(simulated, tmp_path, capsys):
+    result = subprocess.run(
+        [sys.executable, "-m", "bayeshier_pymc.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert re.fullmatch(r"bayeshier \S+\n", result.stdout)
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    assert main(_fit_args(simulated, **{"--out": blocked / "results"})) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bayeshier: error:") and len(err.strip().splitlines()) == 1
 
 
 def _corrupt(sim, name, edit):
