@@ -15,7 +15,14 @@ from scipy import stats
 
 from bayeshier_pymc import Hierarchy, ShrinkageModel
 from bayeshier_pymc.convergence import bulk_ess, ess, split_chains
-from bayeshier_pymc.gaussian_tree import LOG_2PI, noise_log_density, upward_pass
+from bayeshier_pymc.gaussian_tree import (
+    LOG_2PI,
+    NodeNoise,
+    TreeIndex,
+    noise_log_density,
+    upward_pass,
+)
+from bayeshier_pymc.gaussian_tree import split_totals as reference_split
 from bayeshier_pymc.gibbs.layout import TreeData, TreeState
 from bayeshier_pymc.gibbs.scale_kernels import evaluate
 from bayeshier_pymc.gibbs.step import TreeGibbs
@@ -126,6 +133,58 @@ def test_compiled_pass_with_noise_is_the_reference(study, depth):
     changed[:, -1] *= 2.0
     partial = evaluation.updated_from(data, depth, changed).log_marginal
     np.testing.assert_allclose(partial, evaluate(data, changed).log_marginal, rtol=1e-12)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_compiled_split_is_the_reference(depth):
+    """The engine's split of totals into effects is the reference's, given the same normals."""
+    rng = np.random.default_rng(depth)
+    rows, n_groups = 3, (5, 2)[:depth]
+    sizes = (12, *n_groups)
+    # parents sorted, every group non-empty: the engine's order is the tree's
+    parents = tuple(
+        np.sort(np.concatenate([np.arange(n), rng.integers(0, n, sizes[level] - n)]))
+        for level, n in enumerate(n_groups)
+    )
+    tree = TreeIndex(12, parents, n_groups)
+    noise = NodeNoise(
+        tuple(rng.uniform(0.0, 0.5, (rows, n)) * (rng.uniform(size=n) > 0.3) for n in n_groups),
+        rng.uniform(0.0, 0.5, rows),
+    )
+    # the effects use the finest level at most: a coarser one has scale zero
+    used = min(depth, 1) + 1
+    tau = np.zeros((rows, depth + 1))
+    tau[:, :used] = rng.uniform(0.1, 1.0, (rows, used))
+    b = np.zeros((rows, tree.n_features))
+    data = TreeData.build(b, 1.0, tree, np.ones(depth + 1), 0.3, 0.7, noise)
+    assert all(np.array_equal(order, np.arange(order.size)) for order in data.orders)
+    totals = [rng.normal(size=(rows, n)) for n in tree.n_units]
+    reference_rng = np.random.default_rng(9)
+    theta0, groups, theta = reference_split(
+        totals[-1][:, 0], totals[1:-1], totals[0], tau, tree, 0.3, 0.7, noise, reference_rng
+    )
+    # the reference draws θ0's normal first, then each level's, coarsest first
+    replay = np.random.default_rng(9)
+    normals = [replay.standard_normal(rows)[:, None]]
+    normals += [replay.standard_normal((rows, n)) for n in tree.n_units[-2:0:-1]]
+    state = TreeState(tau, totals)
+    units, parent_noise = split_effects(data, state, _Replay(np.concatenate(normals[::-1], 1)))
+    np.testing.assert_allclose(units[-1][:, 0], theta0, rtol=1e-12)
+    for got, want in zip(units[:-1], groups, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    got_theta = totals[0] - parent_noise[:, data.parent_index[0]]
+    np.testing.assert_allclose(got_theta, theta, rtol=1e-12, atol=1e-14)
+
+
+class _Replay:
+    """A stand-in generator whose one call to ``standard_normal`` returns given normals."""
+
+    def __init__(self, normals: np.ndarray):
+        self.normals = normals
+
+    def standard_normal(self, shape: tuple[int, ...]) -> np.ndarray:
+        assert shape == self.normals.shape
+        return self.normals
 
 
 @pytest.mark.parametrize("depth", [0, 1, 2])

@@ -88,7 +88,6 @@ __all__ = [
     "pointwise_marginal",
     "posterior_moments",
     "posterior_normal",
-    "split_group_totals",
     "split_totals",
     "top_variance",
     "upward_pass",
@@ -400,32 +399,6 @@ def split_totals(
     tuple
         ``(theta0, group_means, theta)`` as :func:`draw_tree` returns them.
     """
-    theta0, group_means, parent_noise = split_group_totals(
-        theta0_total, group_totals, tau, tree, mu0, s0, noise, rng
-    )
-    theta = feature_totals - parent_noise[..., tree.parent_of(0)]
-    return theta0, group_means, theta
-
-
-def split_group_totals(
-    theta0_total: np.ndarray,
-    group_totals: list[np.ndarray],
-    tau: np.ndarray,
-    tree: TreeIndex,
-    mu0: float,
-    s0: float,
-    noise: NodeNoise,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """The part of :func:`split_totals` above the features: θ0 and the group means.
-
-    Returns
-    -------
-    tuple
-        ``(theta0, group_means, parent_noise)``: ``parent_noise`` is the noise on the path of
-        each of θ's parents (the level-1 groups, or θ0 as one group at depth 0), shape
-        ``(..., n_parents)``; a feature's effect is its total minus its parent's.
-    """
     path_noise = _noise_given_increment(noise.top, s0 * s0, theta0_total - mu0, rng)
     theta0 = theta0_total - path_noise
     path_noise = path_noise[..., None]
@@ -441,7 +414,8 @@ def split_group_totals(
         path_noise = path_noise[..., parent] + eta
         group_means.insert(0, total - path_noise)
         parent_total = total
-    return theta0, group_means, path_noise
+    theta = feature_totals - path_noise[..., tree.parent_of(0)]
+    return theta0, group_means, theta
 
 
 def _noise_given_increment(

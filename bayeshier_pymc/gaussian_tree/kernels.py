@@ -14,6 +14,8 @@ the same formulas, and is tested against it (``tests/test_tree_kernels.py``). Th
 :func:`write_theta_draw`
     The θ writer's job for one stored draw: θ given its parents and τ_w, with the pointwise
     marginal log-likelihood and the conditional one summed.
+:func:`split_totals`
+    The split of drawn totals into effects, every group and θ0 of every row in one pass.
 :func:`write_correlated_theta_draw`
     The same with tree-structured (shared) noise: θ's total given its parent's total, less
     the parent's path noise, and log N(b; θ, Σ) summed (:func:`noise_quadratic`).
@@ -47,6 +49,7 @@ __all__ = [
     "LaneProblem",
     "LaneScratch",
     "NoisePrecision",
+    "SplitTree",
     "ThetaData",
     "ThetaStores",
     "TotalStores",
@@ -56,6 +59,7 @@ __all__ = [
     "noise_quadratic",
     "pointwise_marginal",
     "posterior_normal",
+    "split_totals",
     "sum_log",
     "upward_pass_from",
     "write_correlated_theta_draw",
@@ -564,3 +568,74 @@ def write_correlated_theta_draw(
                 residual[j] = b[k, j] - row[j]
             total += precision.constant[k] - 0.5 * noise_quadratic(residual, k, precision, work)
         stores.totals[c, draw] = total
+
+
+class SplitTree(NamedTuple):
+    """The groups and θ0 of a tree as :func:`split_totals` walks them, rows first.
+
+    Units are numbered level by level, finest first, θ0 last (the order of the state's units
+    1..D + 1, concatenated), so that every parent comes after its children.
+
+    Attributes
+    ----------
+    parent
+        The parent (in this numbering) of every group.
+    unit_level
+        The level (1..D + 1) of every unit, θ0's last.
+    noise
+        Rows × units: the shared-noise variance of every unit.
+    """
+
+    parent: np.ndarray
+    unit_level: np.ndarray
+    noise: np.ndarray
+
+
+@inline_kernel
+def _noise_given_increment(
+    noise_var: float, effect_var: float, increment: float, normal: float
+) -> float:  # pragma: no cover - compiled
+    """η from p(η | η + δ = increment), η ~ N(0, noise_var), δ ~ N(0, effect_var)."""
+    total = noise_var + effect_var
+    weight = noise_var / total if total > 0.0 else 0.0
+    return weight * increment + np.sqrt(weight * effect_var) * normal
+
+
+@compiled_kernel
+def split_totals(
+    totals: np.ndarray,
+    effect_var: np.ndarray,
+    tree: SplitTree,
+    mu0: float,
+    normals: np.ndarray,
+    effects: np.ndarray,
+    path_noise: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Effects and path noise of every group and θ0 from their totals, in place.
+
+    :func:`bayeshier_pymc.gaussian_tree.split_totals` above the features, top-down: each
+    unit's increment over its parent's total (θ0's over mu0) splits into effect and noise;
+    the unit's path noise is its parent's plus its own, its effect its total less its path
+    noise. ``totals``, ``normals`` (standard normal), ``effects`` and ``path_noise`` are
+    rows × units (:class:`SplitTree`'s numbering); ``effect_var`` is rows × (D + 2): the
+    effect variance τ_l² of each level l = 1..D, then θ0's prior variance s0² (index 0
+    unused).
+    """
+    n_rows, n_units = totals.shape
+    top = n_units - 1
+    for r in range(n_rows):
+        eta = _noise_given_increment(
+            tree.noise[r, top], effect_var[r, -1], totals[r, top] - mu0, normals[r, top]
+        )
+        path_noise[r, top] = eta
+        effects[r, top] = totals[r, top] - eta
+        for u in range(top - 1, -1, -1):
+            parent = tree.parent[u]
+            eta = _noise_given_increment(
+                tree.noise[r, u],
+                effect_var[r, tree.unit_level[u]],
+                totals[r, u] - totals[r, parent],
+                normals[r, u],
+            )
+            path_noise[r, u] = path_noise[r, parent] + eta
+            effects[r, u] = totals[r, u] - path_noise[r, u]

@@ -29,7 +29,7 @@ from functools import cached_property
 import numpy as np
 
 from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex
-from bayeshier_pymc.gaussian_tree.kernels import LaneProblem
+from bayeshier_pymc.gaussian_tree.kernels import LaneProblem, SplitTree
 from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = ["TreeData", "TreeState"]
@@ -88,7 +88,9 @@ class TreeData:
 
     @cached_property
     def message_offsets(self) -> np.ndarray:
-        """Where the units of each level 1..D + 1 begin in a lane array of all levels' messages.
+        """Where the units of each level 1..D + 1 begin among all levels' units, concatenated.
+
+        As in a lane array of all levels' messages, or in :attr:`split_tree`.
 
         Index ``l`` holds the start of level ``l`` (index 0 is unused and equals index 1).
         """
@@ -109,14 +111,23 @@ class TreeData:
         )
 
     @cached_property
-    def sorted_tree(self) -> TreeIndex:
-        """The tree in the sorted order of the units."""
-        return TreeIndex(self.n_units[0], self.parent_index[:-1], self.n_units[1:-1])
+    def split_tree(self) -> SplitTree:
+        """The groups and θ0, their parents and shared noise, for the compiled split.
 
-    @cached_property
-    def node_noise(self) -> NodeNoise:
-        """The shared noise in the sorted order of the units, rows first."""
-        return NodeNoise(self.noise[:-1], self.noise[-1][:, 0])
+        The units are numbered as in a lane array of messages (:attr:`message_offsets`).
+        """
+        offsets = self.message_offsets
+        return SplitTree(
+            parent=np.concatenate(
+                [
+                    offsets[level + 1] + self.parent_index[level]
+                    for level in range(1, self.depth + 1)
+                ]
+                + [np.zeros(1, dtype=np.intp)]
+            ).astype(np.intp),
+            unit_level=np.repeat(np.arange(1, self.depth + 2), self.n_units[1:]).astype(np.intp),
+            noise=np.ascontiguousarray(np.concatenate(self.noise, axis=1)),
+        )
 
     @property
     def n_scales(self) -> int:

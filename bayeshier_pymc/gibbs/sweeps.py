@@ -27,14 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bayeshier_pymc.gaussian_tree import (
-    Messages,
-    draw_tree,
-    posterior_normal,
-    split_group_totals,
-    upward_pass,
-)
-from bayeshier_pymc.gaussian_tree.kernels import draw_children
+from bayeshier_pymc.gaussian_tree import Messages, draw_tree, posterior_normal, upward_pass
+from bayeshier_pymc.gaussian_tree.kernels import draw_children, split_totals
 from bayeshier_pymc.gibbs.layout import TreeData, TreeState
 from bayeshier_pymc.gibbs.scale_kernels import RowMessages, ScaleKernel, evaluate, update_scales
 from bayeshier_pymc.problem import ShrinkageProblem
@@ -156,9 +150,9 @@ def split_effects(
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Effects from the totals of a state with shared noise, drawn exactly given them.
 
-    The group means and θ0 are split from their totals by
-    :func:`~bayeshier_pymc.gaussian_tree.split_group_totals` on the sorted tree; a feature's
-    effect is its total less the noise on its parent's path.
+    The group means and θ0 are split from their totals, top-down, by the compiled
+    :func:`~bayeshier_pymc.gaussian_tree.kernels.split_totals` (one standard normal per
+    unit); a feature's effect is its total less the noise on its parent's path.
 
     Returns
     -------
@@ -168,17 +162,15 @@ def split_effects(
     parent_noise : numpy.ndarray
         The noise on the path of each of θ's parents, rows × ``n_units[1]``.
     """
-    theta0, group_means, parent_noise = split_group_totals(
-        state.units[-1][:, 0],
-        state.units[1:-1],
-        data.algebra_scales(state.tau),
-        data.sorted_tree,
-        data.mu0,
-        data.s0,
-        data.node_noise,
-        rng,
-    )
-    return [*group_means, theta0[:, None]], parent_noise
+    totals = np.concatenate(state.units[1:], axis=1)
+    effect_var = np.empty((data.n_rows, data.depth + 2))
+    effect_var[:, :-1] = np.square(data.algebra_scales(state.tau))
+    effect_var[:, -1] = data.s0**2
+    effects, path_noise = np.empty_like(totals), np.empty_like(totals)
+    normals = rng.standard_normal(totals.shape)
+    split_totals(totals, effect_var, data.split_tree, data.mu0, normals, effects, path_noise)
+    units = np.split(effects, data.message_offsets[2:-1], axis=1)
+    return units, path_noise[:, : data.n_units[1]]
 
 
 def draw_unpooled(problem: ShrinkageProblem, n_draws: int, rng: np.random.Generator) -> np.ndarray:
