@@ -31,7 +31,8 @@ from bayeshier_pymc.gibbs.theta_writer import ThetaParents, ThetaWriter
 from bayeshier_pymc.mlm import mlm
 from bayeshier_pymc.model import build_model, group_mean_name
 from bayeshier_pymc.problem import ShrinkageProblem
-from bayeshier_pymc.sampling import sample_gibbs
+from bayeshier_pymc.sampler_comparison import compare_samplers
+from bayeshier_pymc.sampling import sample, sample_gibbs
 from bayeshier_pymc.simulate import ResidualNoise, simulate
 from tests.dense_gaussian import dense_posterior
 
@@ -302,6 +303,18 @@ def test_engine_tau_posterior_matches_quadrature(study, depth, n_grid):
     mcse = sd / np.sqrt(ess(split_chains(draws)))
     z = (draws.mean(axis=(0, 1)) - mean) / mcse
     assert np.all(np.abs(z) < Z_LIMIT), (z, mean, draws.mean(axis=(0, 1)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_engine_agrees_with_collapsed_nuts(study, depth):
+    """Every posterior variable of the engine against PyMC's NUTS on the collapsed model."""
+    problem = _problem(study, depth)
+    settings = {"draws": 1000, "tune": 1000, "chains": 4, "progressbar": False}
+    engine = sample_gibbs(problem, random_seed=11, **settings)
+    nuts = sample(problem, "nuts", nuts_sampler="pymc", cores=1, random_seed=12, **settings)
+    comparison = compare_samplers(engine, nuts, theta_features=None)
+    assert comparison.ok, comparison.problems
 
 
 def test_tau_w_mixes_at_least_half_as_well_as_theta(study):
