@@ -33,10 +33,11 @@ import xarray as xr
 from bayeshier_pymc._interrupt import caught_interrupts_raised, numpyro_steps_from_python
 from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.convergence import warn_if_not_converged
-from bayeshier_pymc.gaussian_tree import draw_tree, upward_pass
+from bayeshier_pymc.gaussian_tree import draw_tree, noise_log_density, upward_pass
 from bayeshier_pymc.gibbs.engine import check_settings, run_engine
 from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS
 from bayeshier_pymc.gibbs.step import TreeGibbs
+from bayeshier_pymc.gibbs.sweeps import check_scheme
 from bayeshier_pymc.inference_data import build_inference_data, posterior_dims
 from bayeshier_pymc.log_likelihood import conditional_total
 from bayeshier_pymc.model import Parameterization, build_model, group_mean_name
@@ -213,9 +214,9 @@ def sample_gibbs(
     Returns
     -------
     arviz.InferenceData
-        The contract; ``sample_stats`` holds ``log_likelihood`` (Σ log N(b; θ, s²) per draw)
-        and, for the collapsed scheme, ``scale_acceptance``; ``attrs["sampling_time"]`` is in
-        seconds.
+        The contract; ``sample_stats`` holds ``log_likelihood`` (Σ log N(b; θ, s²) per draw;
+        with shared noise Σ log N(b; θ, Σ) per covariate, summed) and, for the collapsed
+        scheme, ``scale_acceptance``; ``attrs["sampling_time"]`` is in seconds.
     """
     run = _sample_gibbs(
         problem,
@@ -377,6 +378,7 @@ def _sample_gibbs(
     """
     if backend not in ("numpy", "pymc"):
         raise ValueError(f"unknown backend {backend!r}; use 'numpy' or 'pymc'.")
+    check_scheme(problem, scheme)
     log_likelihood = None
     start = time.perf_counter()
     if backend == "pymc":
@@ -402,10 +404,7 @@ def _sample_gibbs(
         label = f"gibbs ({scheme})"
     elapsed = time.perf_counter() - start
     if "log_likelihood" not in stats:
-        stats = {
-            **stats,
-            "log_likelihood": conditional_total(posterior["theta"], problem.b, problem.se),
-        }
+        stats = {**stats, "log_likelihood": _conditional_total(problem, posterior["theta"])}
     return SamplerRun(
         posterior,
         stats,
@@ -418,6 +417,20 @@ def _sample_gibbs(
             "random_seed": _seed_attr(random_seed),
         },
         log_likelihood=log_likelihood,
+    )
+
+
+def _conditional_total(problem: ShrinkageProblem, theta: np.ndarray) -> np.ndarray:
+    """Σ over covariates of log p(b | θ) per (chain, draw): N(θ, s²), or N(θ, Σ) with noise."""
+    if problem.noise is None:
+        return conditional_total(theta, problem.b, problem.se)
+    return np.stack(  # chain by chain, to bound the temporaries
+        [
+            noise_log_density(problem.b - chain, problem.var_b, problem.index, problem.noise).sum(
+                axis=-1
+            )
+            for chain in theta
+        ]
     )
 
 

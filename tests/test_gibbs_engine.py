@@ -24,7 +24,7 @@ def _model(m=60, p=2, n=60, depth=None, seed=11, **kwargs) -> ShrinkageModel:
     )
     fit = mlm(study.Y, study.X, x_intercept=False)
     tree = Hierarchy.from_frame(study.annotations, ["subclass", "superclass"])
-    return ShrinkageModel(fit, tree, depth=depth)
+    return ShrinkageModel(fit, tree, depth=depth, noise="independent")
 
 
 @pytest.fixture(scope="module")

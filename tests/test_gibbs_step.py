@@ -24,7 +24,7 @@ def shrinkage() -> ShrinkageModel:
     study = simulate(n=40, m=30, p=2, proportions=(0.5, 0.3, 0.2), n_superclasses=2, random_seed=3)
     fit = mlm(study.Y, study.X, x_intercept=False)
     tree = Hierarchy.from_frame(study.annotations, ["subclass", "superclass"])
-    return ShrinkageModel(fit, tree, priors=PRIORS)
+    return ShrinkageModel(fit, tree, priors=PRIORS, noise="independent")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ def model(request) -> bh.ShrinkageModel:
     data = bh.simulate(n=40, m=12, p=2, proportions=(0.5, 0.5), n_superclasses=1, random_seed=3)
     fit = bh.mlm(data.Y, data.X, x_intercept=False)
     tree = bh.Hierarchy.from_frame(data.annotations, ["subclass"])
-    return bh.ShrinkageModel(fit, tree, depth=request.param)
+    return bh.ShrinkageModel(fit, tree, depth=request.param, noise="independent")
 
 
 def _stores(model: bh.ShrinkageModel) -> dict[str, np.ndarray]:

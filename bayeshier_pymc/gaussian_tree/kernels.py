@@ -14,6 +14,16 @@ the same formulas, and is tested against it (``tests/test_tree_kernels.py``). Th
 :func:`write_theta_draw`
     The θ writer's job for one stored draw: θ given its parents and τ_w, with the pointwise
     marginal log-likelihood and the conditional one summed.
+:func:`split_totals`
+    The split of drawn totals into effects, every group and θ0 of every row in one pass.
+:func:`write_correlated_theta_draw`
+    The same with tree-structured (shared) noise: θ's total given its parent's total, less
+    the parent's path noise, and log N(b; θ, Σ) summed (:func:`noise_quadratic`).
+
+With shared noise (*shared noise, total* in the glossary) the upward pass and the downward
+draws run on the totals: every unit of the groups' levels and θ0 carries its noise variance
+in :attr:`LaneProblem.noise`, added to its level variance (zeros for independent estimates,
+which leaves every number as it was).
 """
 
 from __future__ import annotations
@@ -24,20 +34,35 @@ import numba
 import numpy as np
 
 from bayeshier_pymc._numba import compiled_kernel, inline_kernel, vector_kernel
+from bayeshier_pymc.gaussian_tree import (
+    NodeNoise,
+    TreeIndex,
+    level_variance,
+    noise_log_density,
+    top_variance,
+    upward_pass,
+)
 
 __all__ = [
     "LOG_BLOCK",
     "LaneMessages",
     "LaneProblem",
     "LaneScratch",
+    "NoisePrecision",
+    "SplitTree",
     "ThetaData",
     "ThetaStores",
+    "TotalStores",
     "draw_children",
     "log_normal",
+    "noise_precision",
+    "noise_quadratic",
     "pointwise_marginal",
     "posterior_normal",
+    "split_totals",
     "sum_log",
     "upward_pass_from",
+    "write_correlated_theta_draw",
     "write_theta_draw",
 ]
 
@@ -64,6 +89,9 @@ class LaneProblem(NamedTuple):
         0 unused, equal to index 1; the last entry is the total).
     mu0, s0
         Mean and sd of θ0's prior.
+    noise
+        The shared-noise variance of every unit of levels 1..D + 1 (θ0's last), at the
+        units' places in a :class:`LaneMessages` array; zeros for independent estimates.
     """
 
     b: np.ndarray
@@ -73,6 +101,7 @@ class LaneProblem(NamedTuple):
     message_offsets: np.ndarray
     mu0: float
     s0: float
+    noise: np.ndarray
 
 
 class LaneMessages(NamedTuple):
@@ -143,6 +172,7 @@ def level_term(
     child_y: np.ndarray,
     child_v: np.ndarray,
     level_var: np.ndarray,
+    unit_noise: np.ndarray,
     first_child: np.ndarray,
     parent_y: np.ndarray,
     parent_v: np.ndarray,
@@ -154,7 +184,8 @@ def level_term(
     The level's contribution to log p(b | τ), up to a constant, goes to ``term`` (one per
     row): -½ Σ_units [log(v + τ²) + (y - ȳ_parent)² / (v + τ²)] - ½ Σ_parents log P, with P
     and ȳ the precision and precision-weighted mean of the children of each parent; the
-    messages N(ȳ; u, 1/P) to the parents go to ``parent_y``, ``parent_v``.
+    messages N(ȳ; u, 1/P) to the parents go to ``parent_y``, ``parent_v``. With shared
+    noise each unit's τ² is τ² + n_u (``unit_noise``, units × rows; no rows: none).
 
     Lane layout: ``child_y``, ``child_v`` are units × rows, ``parent_y``, ``parent_v``
     parents × rows, ``level_var`` one per row. Two exact rearrangements keep the pass cheap:
@@ -168,6 +199,10 @@ def level_term(
     for j in range(n_units):
         for r in range(n_rows):
             variance[j, r] = child_v[j, r] + level_var[r]
+    if unit_noise.shape[0]:
+        for j in range(n_units):
+            for r in range(n_rows):
+                variance[j, r] += unit_noise[j, r]
     s1 = np.empty(n_rows)
     s2 = np.empty(n_rows)
     term[:] = 0.0
@@ -199,9 +234,9 @@ def level_term(
 
 
 @compiled_kernel
-def top_term(y: float, v: float, mu0: float, s0: float) -> float:  # pragma: no cover
-    """θ0 integrated out: log N(y; mu0, v + s0²) up to a constant."""
-    total = v + s0 * s0
+def top_term(y: float, v: float, mu0: float, s0: float, noise: float) -> float:  # pragma: no cover
+    """θ0 integrated out: log N(y; mu0, v + s0² + n_top) up to a constant."""
+    total = v + s0 * s0 + noise
     return -0.5 * (np.log(total) + (y - mu0) ** 2 / total)
 
 
@@ -222,9 +257,10 @@ def upward_pass_from(
     level
         The lowest level whose term is recomputed.
     level_var
-        The level variances τ² (levels × rows).
+        The level variances τ² (levels × rows), every level of the tree (zero for a level
+        without effect variation).
     problem
-        Data, tree and θ0 prior.
+        Data, tree, shared noise and θ0 prior.
     given
         The messages to the units of ``level`` (read only when ``level > 0``; level 0's are
         the data). It may be ``out`` itself.
@@ -251,11 +287,21 @@ def upward_pass_from(
         else:
             y, v = out.y[below], out.v[below]
         level_term(
-            y, v, level_var[upper], first_child, out.y[above], out.v[above], scratch, terms[upper]
+            y,
+            v,
+            level_var[upper],
+            problem.noise[below],
+            first_child,
+            out.y[above],
+            out.v[above],
+            scratch,
+            terms[upper],
         )
     top = offsets[depth + 1]
     for r in range(level_var.shape[1]):
-        terms[depth + 1, r] = top_term(out.y[top, r], out.v[top, r], problem.mu0, problem.s0)
+        terms[depth + 1, r] = top_term(
+            out.y[top, r], out.v[top, r], problem.mu0, problem.s0, problem.noise[top, r]
+        )
 
 
 @compiled_kernel
@@ -290,6 +336,7 @@ def draw_children(
     parent: np.ndarray,
     parent_index: np.ndarray,
     level_var: np.ndarray,
+    unit_noise: np.ndarray,
     y: np.ndarray,
     v: np.ndarray,
     noise: np.ndarray,
@@ -298,9 +345,19 @@ def draw_children(
 
     Each unit j of every row r is drawn from N(parent[r, parent_index[j]], level_var[r]) ×
     N(y; u, v) (:func:`posterior_normal`), with ``noise`` standard normal (rows × units).
+    With shared noise (``unit_noise``, rows × units; no columns: none) the units are totals
+    and the prior variance is level_var[r] + unit_noise[r, j].
     """
     n_rows, n_units = y.shape
     out = np.empty((n_rows, n_units))
+    if unit_noise.shape[1]:
+        for r in range(n_rows):
+            for j in range(n_units):
+                mean, var = posterior_normal(
+                    parent[r, parent_index[j]], level_var[r] + unit_noise[r, j], y[r, j], v[r, j]
+                )
+                out[r, j] = mean + np.sqrt(var) * noise[r, j]
+        return out
     for r in range(n_rows):
         for j in range(n_units):
             mean, var = posterior_normal(parent[r, parent_index[j]], level_var[r], y[r, j], v[r, j])
@@ -369,3 +426,216 @@ def write_theta_draw(
             for j in range(n_features):
                 row_log_likelihood[j] = log_normal(b[k, j] - parent[j], var_b[k, j] + tau_sq)
         stores.totals[c, draw] = -0.5 * total
+
+
+# ------------------------------------------------------------------------------ shared noise
+class NoisePrecision(NamedTuple):
+    """Tree-structured noise Σ of every covariate's estimates, for :func:`noise_quadratic`.
+
+    The upward pass of the residuals b − θ with every scale zero (the pass of
+    :func:`bayeshier_pymc.gaussian_tree.noise_log_density`), its θ-free parts computed once.
+    Units are numbered level by level: the features, each annotation level's groups, θ0.
+
+    Attributes
+    ----------
+    parent
+        The parent, within the next level, of every unit of levels 0..D.
+    level_offsets
+        Where each level 0..D + 1 begins in the unit numbering, then the total (D + 3).
+    weight
+        (covariate, unit): 1 / (v_u + n_u), the precision of each unit's message about its
+        parent (v_u its upward message's variance, n_u its shared noise; a feature's own
+        noise variance for a feature).
+    message_variance
+        (covariate, unit): v_u, 1 / Σ of the children's weights (a feature's own variance).
+    constant
+        (covariate,): log N(0; 0, Σ), the part of log N(r; 0, Σ) free of r.
+    """
+
+    parent: np.ndarray
+    level_offsets: np.ndarray
+    weight: np.ndarray
+    message_variance: np.ndarray
+    constant: np.ndarray
+
+
+def noise_precision(var_b: np.ndarray, tree: TreeIndex, noise: NodeNoise) -> NoisePrecision:
+    """:class:`NoisePrecision` of own variances ``var_b`` (covariate × feature) and ``noise``.
+
+    ``noise`` has the covariates leading; the weights come from the reference upward pass.
+    """
+    var_b = np.asarray(var_b, dtype=float)
+    zeros = np.zeros(tree.depth + 1)
+    messages = upward_pass(np.zeros_like(var_b), var_b, zeros, tree, 0.0, 0.0, noise=noise)
+    variances = [*messages.v[:-1], messages.v[-1][:, None]]
+    shared = [
+        *(
+            np.broadcast_to(level_variance(zeros, level, noise), v.shape)
+            for level, v in enumerate(variances[:-1])
+        ),
+        np.broadcast_to(
+            np.asarray(top_variance(0.0, noise), dtype=float)[:, None], (len(var_b), 1)
+        ),
+    ]
+    message_variance = np.concatenate(variances, axis=1)
+    return NoisePrecision(
+        parent=np.concatenate([tree.parent_of(level) for level in range(tree.depth + 1)]).astype(
+            np.intp
+        ),
+        level_offsets=np.cumsum([0, *tree.n_units]),
+        weight=1.0 / (message_variance + np.concatenate(shared, axis=1)),
+        message_variance=message_variance,
+        constant=noise_log_density(np.zeros_like(var_b), var_b, tree, noise),
+    )
+
+
+@inline_kernel
+def noise_quadratic(
+    residual: np.ndarray, covariate: int, precision: NoisePrecision, work: np.ndarray
+) -> float:  # pragma: no cover - compiled
+    """The quadratic form r' Σ⁻¹ r of one covariate's residuals r = b − θ, in O(m).
+
+    log N(r; 0, Σ) is ``precision.constant[covariate] - ½`` this. ``work`` holds one value
+    per unit. Per level, each parent's value is the weighted mean of its children's and the
+    level adds Σ weight · (child − parent)²; θ0's value (mean 0) adds weight · value².
+    """
+    parent, offsets = precision.parent, precision.level_offsets
+    weight = precision.weight[covariate]
+    message_variance = precision.message_variance[covariate]
+    n_features = offsets[1]
+    for j in range(n_features):
+        work[j] = residual[j]
+    quadratic = 0.0
+    for level in range(offsets.size - 2):
+        first, stop = offsets[level], offsets[level + 1]
+        parents = offsets[level + 1]
+        for h in range(parents, offsets[level + 2]):
+            work[h] = 0.0
+        for u in range(first, stop):
+            work[parents + parent[u]] += weight[u] * work[u]
+        for h in range(parents, offsets[level + 2]):
+            work[h] *= message_variance[h]
+        for u in range(first, stop):
+            deviation = work[u] - work[parents + parent[u]]
+            quadratic += weight[u] * deviation * deviation
+    top = offsets[-2]
+    return quadratic + weight[top] * work[top] * work[top]
+
+
+class TotalStores(NamedTuple):
+    """The stores, (chain, draw, covariate, ...), of :func:`write_correlated_theta_draw`.
+
+    ``parent_total`` (the totals of θ's parents in the noise tree), ``parent_noise`` (the
+    noise on their paths) and ``tau`` are read; ``theta`` holds standard normal noise and
+    receives θ; ``totals`` (chain, draw) receives Σ_k log N(b_k; θ_k, Σ_k).
+    """
+
+    parent_total: np.ndarray
+    parent_noise: np.ndarray
+    tau: np.ndarray
+    theta: np.ndarray
+    totals: np.ndarray
+
+
+@compiled_kernel
+def write_correlated_theta_draw(
+    data: ThetaData, precision: NoisePrecision, stores: TotalStores, draw: int
+) -> None:  # pragma: no cover - compiled
+    """Draw number ``draw`` of every chain with shared noise: θ from ``stores.theta``'s noise.
+
+    θ_j's total T_j | T_h, τ_w ~ N(T_h, τ_w²) × N(b_j; T_j, own variance) (the lowest level
+    of the downward draw on the totals), and θ_j = T_j − N_h with N_h the noise on the path
+    of θ_j's parent h (``data.parent_index``: parents in the noise tree).
+    ``totals[chain, draw]`` gets Σ over covariates of log N(b; θ, Σ).
+    """
+    b, var_b, _, parent_index = data
+    theta = stores.theta
+    n_chains, _, n_covariates, n_features = theta.shape
+    work = np.empty(precision.weight.shape[1])
+    residual = np.empty(n_features)
+    for c in range(n_chains):
+        total = 0.0
+        for k in range(n_covariates):
+            parent_total = stores.parent_total[c, draw, k]
+            parent_noise = stores.parent_noise[c, draw, k]
+            tau_sq = stores.tau[c, draw, k, 0] * stores.tau[c, draw, k, 0]
+            row = theta[c, draw, k]
+            for j in range(n_features):
+                h = parent_index[j]
+                mean, var = posterior_normal(parent_total[h], tau_sq, b[k, j], var_b[k, j])
+                row[j] = mean + np.sqrt(var) * row[j] - parent_noise[h]
+            for j in range(n_features):
+                residual[j] = b[k, j] - row[j]
+            total += precision.constant[k] - 0.5 * noise_quadratic(residual, k, precision, work)
+        stores.totals[c, draw] = total
+
+
+class SplitTree(NamedTuple):
+    """The groups and θ0 of a tree as :func:`split_totals` walks them, rows first.
+
+    Units are numbered level by level, finest first, θ0 last (the order of the state's units
+    1..D + 1, concatenated), so that every parent comes after its children.
+
+    Attributes
+    ----------
+    parent
+        The parent (in this numbering) of every group.
+    unit_level
+        The level (1..D + 1) of every unit, θ0's last.
+    noise
+        Rows × units: the shared-noise variance of every unit.
+    """
+
+    parent: np.ndarray
+    unit_level: np.ndarray
+    noise: np.ndarray
+
+
+@inline_kernel
+def _noise_given_increment(
+    noise_var: float, effect_var: float, increment: float, normal: float
+) -> float:  # pragma: no cover - compiled
+    """η from p(η | η + δ = increment), η ~ N(0, noise_var), δ ~ N(0, effect_var)."""
+    total = noise_var + effect_var
+    weight = noise_var / total if total > 0.0 else 0.0
+    return weight * increment + np.sqrt(weight * effect_var) * normal
+
+
+@compiled_kernel
+def split_totals(
+    totals: np.ndarray,
+    effect_var: np.ndarray,
+    tree: SplitTree,
+    mu0: float,
+    normals: np.ndarray,
+    effects: np.ndarray,
+    path_noise: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Effects and path noise of every group and θ0 from their totals, in place.
+
+    :func:`bayeshier_pymc.gaussian_tree.split_totals` above the features, top-down: each
+    unit's increment over its parent's total (θ0's over mu0) splits into effect and noise;
+    the unit's path noise is its parent's plus its own, its effect its total less its path
+    noise. ``totals``, ``normals`` (standard normal), ``effects`` and ``path_noise`` are
+    rows × units (:class:`SplitTree`'s numbering); ``effect_var`` is rows × (D + 2): the
+    effect variance τ_l² of each level l = 1..D, then θ0's prior variance s0² (index 0
+    unused).
+    """
+    n_rows, n_units = totals.shape
+    top = n_units - 1
+    for r in range(n_rows):
+        eta = _noise_given_increment(
+            tree.noise[r, top], effect_var[r, -1], totals[r, top] - mu0, normals[r, top]
+        )
+        path_noise[r, top] = eta
+        effects[r, top] = totals[r, top] - eta
+        for u in range(top - 1, -1, -1):
+            parent = tree.parent[u]
+            eta = _noise_given_increment(
+                tree.noise[r, u],
+                effect_var[r, tree.unit_level[u]],
+                totals[r, u] - totals[r, parent],
+                normals[r, u],
+            )
+            path_noise[r, u] = path_noise[r, parent] + eta
+            effects[r, u] = totals[r, u] - path_noise[r, u]

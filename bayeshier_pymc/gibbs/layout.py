@@ -11,6 +11,14 @@ upward pass reads (:attr:`TreeData.lane_problem`).
 fixed prior N(mu0, s0²). Inside :class:`TreeData` and :class:`TreeState` the units of every
 level are sorted by their parent, so that the children of a unit are a contiguous slice;
 :meth:`TreeData.to_sorted` and :meth:`TreeData.from_sorted` convert.
+
+With correlated estimates (tree-structured noise, *shared noise, total* in the glossary) the
+tree is the problem's noise tree (:attr:`~bayeshier_pymc.problem.ShrinkageProblem.index`),
+which may have more levels than the effects use: τ has one column per effect level
+(:attr:`TreeData.n_scales`) and the levels above have no effect variation (scale zero,
+:meth:`TreeData.algebra_scales`). The units then hold the totals (effect plus the noise on
+their path) that the sweeps draw; :func:`~bayeshier_pymc.gibbs.sweeps.split_effects` turns
+them into effects.
 """
 
 from __future__ import annotations
@@ -20,8 +28,8 @@ from functools import cached_property
 
 import numpy as np
 
-from bayeshier_pymc.gaussian_tree import TreeIndex
-from bayeshier_pymc.gaussian_tree.kernels import LaneProblem
+from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex
+from bayeshier_pymc.gaussian_tree.kernels import LaneProblem, SplitTree
 from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = ["TreeData", "TreeState"]
@@ -37,9 +45,11 @@ class TreeData:
     Attributes
     ----------
     b, var_b
-        Estimates and their variances, rows × m (sorted features).
+        Estimates and their variances, rows × m (sorted features); with shared noise, the
+        own noise variances.
     tau_scale
-        HalfCauchy scale A of each τ, shape ``(D + 1,)``.
+        HalfCauchy scale A of each τ, shape ``(n_scales,)`` (``D + 1`` unless the effects
+        use fewer levels than the tree has).
     mu0, s0
         Mean and sd of the normal prior of θ0.
     parent_index
@@ -55,6 +65,11 @@ class TreeData:
         For each level l = 0..D, the caller's index of each sorted unit.
     positions
         The inverse permutations of ``orders``.
+    noise
+        For each level 1..D + 1, rows × units (sorted): the shared-noise variance of every
+        group and of θ0; zeros for independent estimates.
+    correlated
+        Whether the estimates carry shared noise (the units are then totals).
     """
 
     b: np.ndarray
@@ -68,10 +83,14 @@ class TreeData:
     n_children: tuple[np.ndarray, ...]
     orders: tuple[np.ndarray, ...]
     positions: tuple[np.ndarray, ...]
+    noise: tuple[np.ndarray, ...]
+    correlated: bool
 
     @cached_property
     def message_offsets(self) -> np.ndarray:
-        """Where the units of each level 1..D + 1 begin in a lane array of all levels' messages.
+        """Where the units of each level 1..D + 1 begin among all levels' units, concatenated.
+
+        As in a lane array of all levels' messages, or in :attr:`split_tree`.
 
         Index ``l`` holds the start of level ``l`` (index 0 is unused and equals index 1).
         """
@@ -88,7 +107,39 @@ class TreeData:
             message_offsets=self.message_offsets,
             mu0=self.mu0,
             s0=self.s0,
+            noise=np.ascontiguousarray(np.concatenate([n.T for n in self.noise])),
         )
+
+    @cached_property
+    def split_tree(self) -> SplitTree:
+        """The groups and θ0, their parents and shared noise, for the compiled split.
+
+        The units are numbered as in a lane array of messages (:attr:`message_offsets`).
+        """
+        offsets = self.message_offsets
+        return SplitTree(
+            parent=np.concatenate(
+                [
+                    offsets[level + 1] + self.parent_index[level]
+                    for level in range(1, self.depth + 1)
+                ]
+                + [np.zeros(1, dtype=np.intp)]
+            ).astype(np.intp),
+            unit_level=np.repeat(np.arange(1, self.depth + 2), self.n_units[1:]).astype(np.intp),
+            noise=np.ascontiguousarray(np.concatenate(self.noise, axis=1)),
+        )
+
+    @property
+    def n_scales(self) -> int:
+        """Number of sampled scales: the levels with effect variation, features first."""
+        return self.tau_scale.size
+
+    def algebra_scales(self, tau: np.ndarray) -> np.ndarray:
+        """Scales (rows × n_scales) padded with zeros to every level of the tree (D + 1)."""
+        missing = self.depth + 1 - tau.shape[-1]
+        if missing == 0:
+            return tau
+        return np.concatenate([tau, np.zeros((*tau.shape[:-1], missing))], axis=-1)
 
     @classmethod
     def build(
@@ -99,6 +150,7 @@ class TreeData:
         tau_scale: np.ndarray,
         mu0: float,
         s0: float,
+        noise: NodeNoise | None = None,
     ) -> TreeData:
         """Assemble the data of ``b.shape[0]`` rows on ``tree``.
 
@@ -109,14 +161,29 @@ class TreeData:
         tree
             The integer tree structure.
         tau_scale
-            HalfCauchy scale of each τ, one per level (features first).
+            HalfCauchy scale of each τ, one per level with effect variation (features first);
+            the levels above have scale zero.
         mu0, s0
             Prior mean and sd of θ0.
+        noise
+            Shared noise at the groups and the top, rows first, groups in the order of
+            ``tree``; ``None`` for independent estimates (``var_b`` their variances).
         """
         orders, parent_index = _sorted_levels(tree)
         n_units = tree.n_units
         b = np.asarray(b, dtype=float)
         var_b = np.broadcast_to(np.asarray(var_b, dtype=float), b.shape)
+        n_rows = b.shape[0]
+        if noise is None:
+            shared = tuple(np.zeros((n_rows, n)) for n in n_units[1:])
+        else:
+            shared = (
+                *(
+                    np.ascontiguousarray(np.broadcast_to(g, (n_rows, n))[:, order], dtype=float)
+                    for g, n, order in zip(noise.groups, n_units[1:-1], orders[1:], strict=True)
+                ),
+                np.broadcast_to(np.asarray(noise.top, dtype=float), (n_rows,))[:, None].copy(),
+            )
         return cls(
             b=np.ascontiguousarray(b[:, orders[0]]),
             var_b=np.ascontiguousarray(var_b[:, orders[0]]),
@@ -135,14 +202,24 @@ class TreeData:
             ),
             orders=orders,
             positions=tuple(np.argsort(order) for order in orders),
+            noise=shared,
+            correlated=noise is not None,
         )
 
     @classmethod
     def from_problem(cls, problem: ShrinkageProblem, copies: int = 1) -> TreeData:
-        """The data of a pooled ``problem``, every covariate repeated ``copies`` times (chains)."""
+        """The data of a pooled ``problem``, every covariate repeated ``copies`` times (chains).
+
+        The tree is the problem's algebra tree (its noise tree with correlated estimates).
+        """
         if problem.tree is None:
             raise ValueError("a problem without pooling has no tree to sweep.")
         priors = problem.priors
+        noise = problem.noise
+        if noise is not None:
+            noise = NodeNoise(
+                tuple(np.tile(g, (copies, 1)) for g in noise.groups), np.tile(noise.top, copies)
+            )
         return cls.build(
             np.tile(problem.b, (copies, 1)),
             np.tile(problem.var_b, (copies, 1)),
@@ -150,6 +227,7 @@ class TreeData:
             priors.tau_scale,
             priors.mu0,
             priors.s0,
+            noise,
         )
 
     @property

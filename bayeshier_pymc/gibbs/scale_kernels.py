@@ -6,6 +6,10 @@ Each log τ_l is updated from p(τ_l | b, other τ) ∝ p(b | τ) HalfCauchy(τ_
 result per row). While tuning, slice sampling with stepping out (Neal 2003) runs first; then
 independence Metropolis–Hastings with a Student-t proposal fitted to the draws so far
 (:class:`ScaleKernel`, whose tuning state is the dataclass :class:`ScaleTuning`).
+
+With correlated estimates the pass runs on the totals of the noise tree (each unit's level
+variance τ² + n_u, :class:`~bayeshier_pymc.gaussian_tree.kernels.LaneProblem`'s ``noise``);
+only the scales of the effect levels are updated, those above stay zero.
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ class Evaluation:
         terms = np.empty((data.depth + 2, data.n_rows))
         upward_pass_from(
             level,
-            _level_variances(tau),
+            _level_variances(data.algebra_scales(tau)),
             problem,
             messages,
             terms,
@@ -128,7 +132,7 @@ def evaluate(data: TreeData, tau: np.ndarray) -> Evaluation:
 
 
 def _level_variances(tau: np.ndarray) -> np.ndarray:
-    """The level variances τ² in lane layout (levels × rows)."""
+    """The level variances τ² in lane layout (levels × rows), from every level's scales."""
     return np.ascontiguousarray(np.square(tau).T)
 
 
@@ -446,13 +450,15 @@ def _independence_kernel(
     those alone, for every row at once (:func:`upward_pass_from`); each row then accepts or
     rejects its own. ``cache`` is reused when ``tau`` still equals ``cache.tau`` (the
     previous call's result) and computed afresh otherwise, and it is left holding the final
-    τ's evaluation. Returns the share of accepted proposals per row.
+    τ's evaluation. Returns the share of accepted proposals per row. ``tau`` holds the
+    sampled scales; the tree's levels above them have scale zero.
     """
     n_rows, n_levels = tau.shape
     n_steps = draws.t.shape[2]
     offsets = problem.message_offsets
     terms, messages = cache.terms, cache.messages
-    level_var = np.empty((n_levels, n_rows))
+    # every level of the tree: those above the sampled scales have no effect variation
+    level_var = np.zeros((offsets.size - 2, n_rows))
     fresh = False
     for r in range(n_rows):
         for level in range(n_levels):
@@ -520,7 +526,7 @@ def update_scales(
     rng
         Random generator.
     levels
-        The levels updated, in this order (default: all, finest first).
+        The levels updated, in this order (default: every sampled scale, finest first).
 
     Returns
     -------
@@ -529,7 +535,7 @@ def update_scales(
     acceptance : numpy.ndarray
         Per row, the share of MH proposals accepted (NaN for slice sampling).
     """
-    chosen = np.arange(data.depth + 1) if levels is None else np.asarray(levels, dtype=np.intp)
+    chosen = np.arange(data.n_scales) if levels is None else np.asarray(levels, dtype=np.intp)
     if not kernel.uses_slice:
         return _independence_updates(data, state, kernel, chosen, rng)
     current = evaluate(data, state.tau)

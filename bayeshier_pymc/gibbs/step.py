@@ -10,6 +10,12 @@ conjugate scheme are not model variables: each sweep draws them afresh from λ |
 τ² | λ uses them, so the step carries no hidden state for them. The collapsed scheme's proposal
 tuning is per-chain state of the step (reset for every chain by PyMC's sampling state).
 
+With correlated estimates (tree-structured noise; the centred model then has the potential
+``b_loglik`` instead of an observed ``b``) only the collapsed scheme applies: it samples the
+totals of the noise tree and splits them into effects
+(:func:`~bayeshier_pymc.gibbs.sweeps.split_effects`); without pooling θ is drawn by
+:func:`~bayeshier_pymc.gibbs.sweeps.draw_unpooled`.
+
 The step is only a step: it builds no InferenceData. PyMC does not jitter the start when a
 custom step is given: pass :meth:`TreeGibbs.initial_points` as ``initvals`` so that chains start
 apart, as :func:`bayeshier_pymc.sampling.sample` does with ``sampler="gibbs",
@@ -33,10 +39,13 @@ from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal
 from bayeshier_pymc.gibbs.layout import TreeData, TreeState
 from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS, ScaleKernel
 from bayeshier_pymc.gibbs.sweeps import (
+    check_scheme,
     collapsed_sweep,
     conjugate_sweep,
     draw_normal,
+    draw_unpooled,
     initial_state,
+    split_effects,
 )
 from bayeshier_pymc.model import group_mean_name
 from bayeshier_pymc.problem import ShrinkageProblem
@@ -74,7 +83,8 @@ class TreeGibbs(BlockedStep):
         ``"conjugate"`` (default): the centred sweep, θ, the group means and θ0 from their
         normal conditionals and λ, τ² from inverse gammas; ``"collapsed"``: τ from its
         collapsed conditional, then everything else exactly (see
-        :mod:`bayeshier_pymc.gibbs.sweeps`).
+        :mod:`bayeshier_pymc.gibbs.sweeps`). Estimates with shared noise need
+        ``"collapsed"``.
     scale_steps
         Metropolis–Hastings steps per τ and sweep in the collapsed scheme.
     model
@@ -104,9 +114,11 @@ class TreeGibbs(BlockedStep):
         model = pm.modelcontext(model)
         if scheme not in ("conjugate", "collapsed"):
             raise ValueError(f"unknown scheme {scheme!r}; use 'conjugate' or 'collapsed'.")
+        check_scheme(problem, scheme)
         self.vars = list(model.value_vars) if vars is None else list(vars)
         self.scheme = scheme
         self.pooled = problem.pooled
+        self.problem = problem
         self.data, self.names = _sweep_data(model, problem)
         self.kernel = ScaleKernel(steps=scale_steps)
         self.tune = True
@@ -127,8 +139,11 @@ class TreeGibbs(BlockedStep):
         """One sweep from ``point``; returns the new point and the step's statistics."""
         new_point = dict(point)
         if not self.pooled:
-            mean, var = posterior_normal(self.data.mu0, self.data.s0**2, *self._no_pooling())
-            new_point["theta"] = draw_normal(mean, var, self.rng)
+            if self.problem.correlated:
+                new_point["theta"] = draw_unpooled(self.problem, 1, self.rng)[0]
+            else:
+                mean, var = posterior_normal(self.data.mu0, self.data.s0**2, *self._no_pooling())
+                new_point["theta"] = draw_normal(mean, var, self.rng)
             return new_point, [{"scale_acceptance": np.nan}]
         state = self._state_from_point(point)
         acceptance = np.nan
@@ -136,7 +151,7 @@ class TreeGibbs(BlockedStep):
             conjugate_sweep(self.data, state, self.rng)
         else:
             acceptance = float(np.mean(collapsed_sweep(self.data, state, self.kernel, self.rng)))
-        new_point.update(self._values_from_state(state))
+        new_point.update(self._values_from_state(state, self.rng))
         return new_point, [{"scale_acceptance": acceptance}]
 
     def initial_points(self, chains: int, rng: Any = None) -> list[dict[str, np.ndarray]]:
@@ -151,7 +166,7 @@ class TreeGibbs(BlockedStep):
             return [{"theta": draw_normal(b, var_b, generator)} for _ in range(chains)]
         points = []
         for _ in range(chains):
-            values = self._values_from_state(initial_state(self.data, generator))
+            values = self._values_from_state(initial_state(self.data, generator), generator)
             values["tau"] = np.exp(values.pop(self.names.tau_value))
             points.append(values)
         return points
@@ -160,10 +175,15 @@ class TreeGibbs(BlockedStep):
         return self.data.from_sorted(self.data.b), self.data.from_sorted(self.data.var_b)
 
     def _state_from_point(self, point: dict[str, np.ndarray]) -> TreeState:
+        """The state of ``point``; the noise tree's levels the model lacks get zeros.
+
+        The collapsed sweep, the only one with shared noise, reads only τ of the state.
+        """
         means = [
             self.data.to_sorted(np.asarray(point[name], dtype=float), level)
             for level, name in enumerate(self.names.group_means, start=1)
         ]
+        means += [np.zeros((self.data.n_rows, n)) for n in self.data.n_units[len(means) + 1 : -1]]
         return TreeState(
             tau=np.exp(np.asarray(point[self.names.tau_value], dtype=float)),
             units=[
@@ -173,20 +193,29 @@ class TreeGibbs(BlockedStep):
             ],
         )
 
-    def _values_from_state(self, state: TreeState) -> dict[str, np.ndarray]:
+    def _values_from_state(
+        self, state: TreeState, rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
+        """The model's values of ``state``: with shared noise, effects split from the totals."""
+        units, theta = state.units[1:], state.units[0]
+        if self.data.correlated:
+            units, parent_noise = split_effects(self.data, state, rng)
+            theta = theta - parent_noise[:, self.data.parent_index[0]]
         values = {
             self.names.tau_value: np.log(state.tau),
-            "mu": state.units[-1][:, 0].copy(),
-            "theta": self.data.from_sorted(state.units[0]),
+            "mu": units[-1][:, 0].copy(),
+            "theta": self.data.from_sorted(theta),
         }
         for level, name in enumerate(self.names.group_means, start=1):
-            values[name] = self.data.from_sorted(state.units[level], level)
+            values[name] = self.data.from_sorted(units[level - 1], level)
         return values
 
 
 def _sweep_data(model: pm.Model, problem: ShrinkageProblem) -> tuple[TreeData, _Names]:
     """Sweep data from ``problem`` and variable names from ``model``, checked against each other."""
-    n_features = model.rvs_to_values[model["b"]].type.shape[-1]
+    # b is observed, or with shared noise a data container of the likelihood's potential
+    b = model["b"]
+    n_features = model.rvs_to_values.get(b, b).type.shape[-1]
     if n_features is not None and n_features != problem.b.shape[1]:
         raise ValueError(
             f"the model has {n_features} features but the problem {problem.b.shape[1]}."

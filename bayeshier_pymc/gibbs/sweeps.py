@@ -14,18 +14,27 @@ of :mod:`bayeshier_pymc.gaussian_tree`).
     (:mod:`bayeshier_pymc.gibbs.scale_kernels`). Then θ0, the group means and θ are drawn
     exactly from p(· | b, τ) by the downward pass. Conditioning on no unit removes the slow
     centred dependence between τ_w and θ that the conjugate sweep suffers from.
+
+With correlated estimates (tree-structured noise) the collapsed sweep runs on the totals of
+the noise tree: the τ updates integrate the shared noise out with everything else, the
+downward pass draws totals, and :func:`split_effects` splits them into effects exactly.
+The conjugate sweep conditions on θ through b ~ N(θ, s²) with independent errors; it has no
+form for shared noise (:func:`check_scheme`). :func:`draw_unpooled` draws θ without pooling
+under shared noise.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from bayeshier_pymc.gaussian_tree import posterior_normal
-from bayeshier_pymc.gaussian_tree.kernels import draw_children
+from bayeshier_pymc.gaussian_tree import Messages, draw_tree, posterior_normal, upward_pass
+from bayeshier_pymc.gaussian_tree.kernels import draw_children, split_totals
 from bayeshier_pymc.gibbs.layout import TreeData, TreeState
 from bayeshier_pymc.gibbs.scale_kernels import RowMessages, ScaleKernel, evaluate, update_scales
+from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = [
+    "check_scheme",
     "children_message",
     "collapsed_sweep",
     "conjugate_sweep",
@@ -35,7 +44,9 @@ __all__ = [
     "draw_scale",
     "draw_units",
     "draw_units_given_scales",
+    "draw_unpooled",
     "initial_state",
+    "split_effects",
     "sum_sq_deviations",
     "update_scale_conjugate",
     "update_units",
@@ -97,17 +108,21 @@ def draw_units(
 
     The prior is N(parent, τ_level²), or N(mu0, s0²) for θ0; the conditional is
     :func:`~bayeshier_pymc.gaussian_tree.posterior_normal` (compiled below θ0:
-    :func:`~bayeshier_pymc.gaussian_tree.kernels.draw_children`).
+    :func:`~bayeshier_pymc.gaussian_tree.kernels.draw_children`). With shared noise the
+    units are totals and each prior variance has the unit's noise variance added.
     """
     y, v = message
     if level > data.depth:
-        mean, var = posterior_normal(data.mu0, data.s0**2, y, v)
+        prior_var = data.s0**2 + data.noise[-1] if data.correlated else data.s0**2
+        mean, var = posterior_normal(data.mu0, prior_var, y, v)
         state.units[level] = draw_normal(mean, var, rng)
         return
+    with_noise = data.correlated and level > 0
     state.units[level] = draw_children(
         state.units[level + 1],
         data.parent_index[level],
-        np.square(state.tau[:, level]),
+        np.square(data.algebra_scales(state.tau)[:, level]),
+        data.noise[level - 1] if with_noise else np.empty((data.n_rows, 0)),
         y,
         v,
         rng.standard_normal(np.shape(y)),
@@ -128,6 +143,67 @@ def draw_units_given_scales(
     """
     for level in range(data.depth + 1, lowest_level - 1, -1):
         draw_units(data, state, level, messages[level], rng)
+
+
+def split_effects(
+    data: TreeData, state: TreeState, rng: np.random.Generator
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Effects from the totals of a state with shared noise, drawn exactly given them.
+
+    The group means and θ0 are split from their totals, top-down, by the compiled
+    :func:`~bayeshier_pymc.gaussian_tree.kernels.split_totals` (one standard normal per
+    unit); a feature's effect is its total less the noise on its parent's path.
+
+    Returns
+    -------
+    units : list of numpy.ndarray
+        The group means of every level of the tree (finest first), then θ0 (rows × 1),
+        sorted as the state's units.
+    parent_noise : numpy.ndarray
+        The noise on the path of each of θ's parents, rows × ``n_units[1]``.
+    """
+    totals = np.concatenate(state.units[1:], axis=1)
+    effect_var = np.empty((data.n_rows, data.depth + 2))
+    effect_var[:, :-1] = np.square(data.algebra_scales(state.tau))
+    effect_var[:, -1] = data.s0**2
+    effects, path_noise = np.empty_like(totals), np.empty_like(totals)
+    normals = rng.standard_normal(totals.shape)
+    split_totals(totals, effect_var, data.split_tree, data.mu0, normals, effects, path_noise)
+    units = np.split(effects, data.message_offsets[2:-1], axis=1)
+    return units, path_noise[:, : data.n_units[1]]
+
+
+def draw_unpooled(problem: ShrinkageProblem, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Exact draws (n_draws, covariate, feature) of θ without pooling, under shared noise.
+
+    Each θ_j ~ N(mu0, s0²) independently a priori: the tree algebra on the noise tree with
+    scales [s0, 0, …, 0] and θ0 fixed at mu0 (prior sd zero), whose downward draw of the
+    totals, split into effects, is :func:`~bayeshier_pymc.gaussian_tree.draw_tree`. The
+    messages do not depend on the draw, so the pass runs once.
+    """
+    priors = problem.priors
+    n_covariates = problem.b.shape[0]
+    scales = problem.algebra_scales(np.full((n_covariates, 1), priors.s0))
+    index, noise = problem.index, problem.noise
+    messages = upward_pass(problem.b, problem.var_b, scales, index, priors.mu0, 0.0, noise=noise)
+    lead = (n_draws, n_covariates)
+    repeated = Messages(
+        tuple(np.broadcast_to(y, (*lead, *np.shape(y)[1:])) for y in messages.y),
+        tuple(np.broadcast_to(v, (*lead, *np.shape(v)[1:])) for v in messages.v),
+        messages.log_marginal,
+    )
+    scales = np.broadcast_to(scales, (*lead, scales.shape[-1]))
+    return draw_tree(repeated, scales, index, priors.mu0, 0.0, rng, noise=noise)[2]
+
+
+def check_scheme(problem: ShrinkageProblem, scheme: str) -> None:
+    """Refuse the conjugate scheme for estimates with shared noise, before any work."""
+    if scheme == "conjugate" and problem.correlated:
+        raise ValueError(
+            "scheme='conjugate' needs independent estimates, but these carry a correlated-noise "
+            "structure; use scheme='collapsed' (the default), or noise='independent' in "
+            "ShrinkageModel for the independent research model."
+        )
 
 
 def sum_sq_deviations(data: TreeData, state: TreeState, level: int) -> np.ndarray:
@@ -199,7 +275,7 @@ def initial_state(data: TreeData, rng: np.random.Generator) -> TreeState:
     them, so each chain starts from a different, internally consistent point.
     """
     log_scale = np.log(data.tau_scale)
-    tau = np.exp(log_scale - np.log(20.0) * rng.random((data.n_rows, data.depth + 1)))
+    tau = np.exp(log_scale - np.log(20.0) * rng.random((data.n_rows, data.n_scales)))
     state = TreeState(tau, [np.zeros((data.n_rows, n)) for n in data.n_units])
     draw_units_given_scales(data, state, list(evaluate(data, tau).messages), rng)
     return state

@@ -9,6 +9,14 @@ into θ, reading the parents and τ_w from the posterior stores. In the same pas
 pointwise marginal log-likelihood log N(b_j; p, s_j² + τ_w²) and sums the conditional one,
 Σ log N(b_j; θ_j, s_j²), per draw.
 
+With correlated estimates (tree-structured noise) the engine records instead the totals of
+θ's parents in the noise tree and the noise on their paths (:class:`ThetaParents`): θ_j's
+total is drawn given its parent's and θ_j is that total less the parent's path noise
+(:func:`~bayeshier_pymc.gaussian_tree.kernels.write_correlated_theta_draw`). The pointwise
+marginal log N(b_j; p, s_j² + τ_w²) is then not the model's likelihood and is not written
+(the default pointwise log-likelihood is computed afterwards); the per-draw total is
+log N(b; θ, Σ) with the tree-structured Σ.
+
 The writer allocates the θ and log-likelihood stores, committing their memory at once
 (:func:`~bayeshier_pymc._memory.store_array`), and draws the noise first, in one call per
 chain, from its own generator (SFC64, NumPy's fastest) straight into the θ store; each draw's
@@ -27,21 +35,39 @@ import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from bayeshier_pymc._memory import store_array
-from bayeshier_pymc.gaussian_tree.kernels import ThetaData, ThetaStores, write_theta_draw
+from bayeshier_pymc.gaussian_tree.kernels import (
+    ThetaData,
+    ThetaStores,
+    TotalStores,
+    noise_precision,
+    write_correlated_theta_draw,
+    write_theta_draw,
+)
 from bayeshier_pymc.log_likelihood import conditional_constant, theta_parents
 from bayeshier_pymc.problem import ShrinkageProblem
 
-__all__ = ["ThetaWriter", "WrittenDraws"]
+__all__ = ["ThetaParents", "ThetaWriter", "WrittenDraws"]
 
 _STOP = -1
 """Queue item that ends the background thread early."""
 NOISE_BLOCK = 1 << 20
 """Normal draws per call of the noise generator (about 4 ms): the longest wait of ``close``."""
+
+
+class ThetaParents(NamedTuple):
+    """The stores, (chain, draw, covariate, parent), of θ's parents under shared noise.
+
+    ``total``: the totals of θ's parents in the noise tree (its first level's groups, or θ0
+    as one group); ``noise``: the noise on their paths.
+    """
+
+    total: np.ndarray
+    noise: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -53,13 +79,15 @@ class WrittenDraws:
     theta
         The θ draws, (chain, draw, covariate, feature).
     log_likelihood
-        The marginal pointwise log-likelihood, log N(b; parent mean, s² + τ_w²), same shape.
+        The marginal pointwise log-likelihood, log N(b; parent mean, s² + τ_w²), same shape;
+        ``None`` with shared noise.
     conditional_total
-        Σ over covariates and features of log N(b; θ, s²), (chain, draw).
+        Σ over covariates and features of log N(b; θ, s²), (chain, draw); with shared noise
+        Σ over covariates of log N(b; θ, Σ).
     """
 
     theta: np.ndarray
-    log_likelihood: np.ndarray
+    log_likelihood: np.ndarray | None
     conditional_total: np.ndarray
 
 
@@ -79,6 +107,8 @@ class ThetaWriter:
         Storage type of θ and of the log-likelihood.
     background
         Work in a thread of its own.
+    parents
+        With shared noise (``problem.correlated``), the engine's stores of θ's parents.
 
     Notes
     -----
@@ -93,22 +123,31 @@ class ThetaWriter:
         posterior: dict[str, np.ndarray],
         dtype: Any,
         background: bool,
+        parents: ThetaParents | None = None,
     ):
         tree = problem.tree
         if tree is None:
             raise ValueError("θ is written from its parents, which a model without pooling lacks.")
+        if (parents is None) == problem.correlated:
+            raise ValueError("the stores of θ's parents go with shared noise, and only with it.")
         self._rng = np.random.Generator(np.random.SFC64(seed))
         self._b = np.ascontiguousarray(problem.b, dtype=float)
-        self._var_b = np.ascontiguousarray(problem.se, dtype=float) ** 2
+        self._var_b = np.ascontiguousarray(problem.var_b, dtype=float)
         self._tau = posterior["tau"]
         self._shape = (*self._tau.shape[:3], self._b.shape[1])
         self._dtype = dtype
-        self._parent_mean, parent_index = theta_parents(
-            posterior,
-            tree.levels[0] if tree.depth else None,
-            tree.parents[0] if tree.depth else None,
-            self._shape[-1],
-        )
+        self._parents = parents
+        if parents is None:
+            self._parent_mean, parent_index = theta_parents(
+                posterior,
+                tree.levels[0] if tree.depth else None,
+                tree.parents[0] if tree.depth else None,
+                self._shape[-1],
+            )
+        else:
+            parent_index = problem.index.parent_of(0)
+            assert problem.noise is not None  # for the type checker: correlated
+            self._precision = noise_precision(self._var_b, problem.index, problem.noise)
         self._data = ThetaData(self._b, self._var_b, 1.0 / self._var_b, parent_index)
         self._theta = self._log_likelihood = np.empty(0, dtype=dtype)  # allocated by _prepare
         self._totals = np.empty(self._shape[:2])
@@ -141,6 +180,8 @@ class ThetaWriter:
             while self._ready and self._write_next():
                 pass
             self._done.result()
+        if self._parents is not None:
+            return WrittenDraws(self._theta, None, self._totals)
         return WrittenDraws(
             self._theta, self._log_likelihood, self._totals + conditional_constant(self._var_b)
         )
@@ -193,7 +234,8 @@ class ThetaWriter:
         self._theta = store_array(self._shape, self._dtype, commit=True)
         if self._stopping.is_set():
             return
-        self._log_likelihood = store_array(self._shape, self._dtype, commit=True)
+        if self._parents is None:
+            self._log_likelihood = store_array(self._shape, self._dtype, commit=True)
         draws = self._theta.reshape(-1, *self._shape[2:])
         per_block = max(1, NOISE_BLOCK // (draws.size // len(draws)))
         for start in range(0, len(draws), per_block):
@@ -204,6 +246,12 @@ class ThetaWriter:
         self._ready = True
 
     def _write(self, draw: int) -> None:
+        if self._parents is not None:
+            totals = TotalStores(
+                self._parents.total, self._parents.noise, self._tau, self._theta, self._totals
+            )
+            write_correlated_theta_draw(self._data, self._precision, totals, draw)
+            return
         stores = ThetaStores(
             self._parent_mean, self._tau, self._theta, self._log_likelihood, self._totals
         )
