@@ -24,6 +24,16 @@ Three leave-out questions are available (``loo=``), each a different prediction 
 
 Every model in a comparison is scored on the same held-out units, so the elpds are comparable
 across depths; ``"none"`` (no pooling) predicts every b_j from its fixed prior.
+
+Correlated estimates (tree-structured noise, the default for a stage-1 fit with a hierarchy)
+are no longer independent given the parameters: each question is then asked of the joint
+normal of b (Bürkner, Gabry & Vehtari 2021). ``"marginal"`` is log p(b_j | b_−j, τ), the
+prediction of one estimate from all the others *including the correlated members of its
+groups*; ``"conditional"`` is log p(b_j | b_−j, θ) under the noise covariance; ``"group"``
+is log p(b_G | b_−G, τ). All run on the noise tree, whatever the depth, and
+:func:`compare_depths` keeps the same noise structure at every depth (no pooling included),
+so that every model has the same likelihood of b and the elpds stay comparable;
+:func:`compare_fits` refuses fits whose noise differs.
 """
 
 from __future__ import annotations

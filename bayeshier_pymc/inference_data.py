@@ -58,6 +58,19 @@ Pareto k) wherever pooling is weak; on the marginal form PSIS only reweights the
 group means, and is reliable. The conditional form is kept for users with replicate
 measurements per metabolite and for comparison (see ``docs/model_comparison.md``).
 
+With correlated estimates (``attrs["noise"] == "tree"``: tree-structured noise shared by the
+metabolites of a group) the b_j are not independent given the parameters, and the pointwise
+terms are the leave-one-out predictives of the non-factorised normal model (Bürkner, Gabry &
+Vehtari 2021). ``b_marginal`` is log p(b_j | b_−j, τ): θ0, every group mean and θ integrated
+out exactly given each draw of τ, so PSIS reweights only τ. Feature LOO then answers: how well
+is one metabolite's estimate predicted from all the others, *including its correlated
+neighbours*, whose errors it shares (a metabolite whose whole class moved together is no
+surprise). Without pooling it is exact (no τ: the same in every draw). ``b_conditional`` is
+log p(b_j | b_−j, θ) under the noise covariance: meaningful (it is what the paper reweights),
+but it has the conditional form's PSIS failure as θ_j rests on b_j. Leave-one-group-out
+(:func:`~bayeshier_pymc.depth_comparison.group_log_likelihood`) is log p(b_G | b_−G, τ) on the
+same joint normal. Independent estimates keep the formulas above, number for number.
+
 Only the default is stored by :func:`build_inference_data` (so ``az.loo(idata)`` and
 ``az.compare`` need no ``var_name``); :func:`add_log_likelihood` adds the other one, and
 :func:`loo` computes it on demand.
