@@ -77,7 +77,7 @@ def _fabricated_fit(study, depth, seed=0, noise="auto"):
     return problem, build_inference_data(_draws(problem, seed), problem, sampler="test")
 
 
-def _covariance(problem: ShrinkageProblem, c: int) -> np.ndarray:
+def dense_noise_covariance(problem: ShrinkageProblem, c: int) -> np.ndarray:
     """The dense noise covariance of covariate ``c``'s estimates."""
     tree, noise = problem.noise_tree, problem.noise
     matrix = np.full((len(problem.features),) * 2, float(noise.top[c]))
@@ -95,7 +95,7 @@ def _dense_loo(problem, c, tau):
         args = (np.array([priors.s0]), flat, priors.mu0, 0.0)
     else:
         args = (tau, problem.tree, priors.mu0, priors.s0)
-    return leave_one_out_log_predictive(problem.b[c], _covariance(problem, c), *args)
+    return leave_one_out_log_predictive(problem.b[c], dense_noise_covariance(problem, c), *args)
 
 
 @pytest.mark.parametrize("depth", ["none", 0, 1, 2])
@@ -119,7 +119,7 @@ def test_conditional_is_the_leave_one_out_predictive_given_theta(study, depth):
     got = log_likelihood_dataset(idata, "conditional")["b_conditional"].to_numpy()
     theta = idata.posterior["theta"].to_numpy()
     for c in range(len(problem.covariates)):
-        precision = np.linalg.inv(_covariance(problem, c))
+        precision = np.linalg.inv(dense_noise_covariance(problem, c))
         diagonal = np.diag(precision)
         for chain, draw in np.ndindex(got.shape[:2]):
             residual = problem.b[c] - theta[chain, draw, c]
@@ -141,10 +141,14 @@ def test_group_loo_is_the_dense_leave_one_group_out_predictive(study, depth, lev
         for chain, draw in np.ndindex(got.shape[:2]):
             if depth == "none":
                 flat = problem.noise_tree.truncate(0)
-                effect = marginal_covariance(_covariance(problem, c), [priors.s0], flat, 0.0)
+                effect = marginal_covariance(
+                    dense_noise_covariance(problem, c), [priors.s0], flat, 0.0
+                )
             else:
                 tau = idata.posterior["tau"].to_numpy()[chain, draw, c]
-                effect = marginal_covariance(_covariance(problem, c), tau, problem.tree, priors.s0)
+                effect = marginal_covariance(
+                    dense_noise_covariance(problem, c), tau, problem.tree, priors.s0
+                )
             for group in range(codes.max() + 1):
                 held, kept = codes == group, codes != group
                 gain = np.linalg.solve(effect[np.ix_(kept, kept)], effect[np.ix_(kept, held)]).T
