@@ -24,6 +24,16 @@ Three leave-out questions are available (``loo=``), each a different prediction 
 
 Every model in a comparison is scored on the same held-out units, so the elpds are comparable
 across depths; ``"none"`` (no pooling) predicts every b_j from its fixed prior.
+
+Correlated estimates (tree-structured noise, the default for a stage-1 fit with a hierarchy)
+are no longer independent given the parameters: each question is then asked of the joint
+normal of b (Bürkner, Gabry & Vehtari 2021). ``"marginal"`` is log p(b_j | b_−j, τ), the
+prediction of one estimate from all the others *including the correlated members of its
+groups*; ``"conditional"`` is log p(b_j | b_−j, θ) under the noise covariance; ``"group"``
+is log p(b_G | b_−G, τ). All run on the noise tree, whatever the depth, and
+:func:`compare_depths` keeps the same noise structure at every depth (no pooling included),
+so that every model has the same likelihood of b and the elpds stay comparable;
+:func:`compare_fits` refuses fits whose noise differs.
 """
 
 from __future__ import annotations
@@ -51,17 +61,13 @@ from bayeshier_pymc.diagnostics import (
     loo_elpd,
 )
 from bayeshier_pymc.estimates import Estimates
-from bayeshier_pymc.gaussian_tree import (
-    NUMPY_OPS,
-    TreeIndex,
-    group_log_predictive,
-    normal_log_density,
-)
+from bayeshier_pymc.gaussian_tree import NUMPY_OPS, normal_log_density
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import problem_from_idata
+from bayeshier_pymc.log_likelihood import held_out_predictive
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
-from bayeshier_pymc.shrinkage import ShrinkageModel
+from bayeshier_pymc.shrinkage import NoiseChoice, ShrinkageModel, with_noise
 
 __all__ = [
     "GROUP_LOG_LIKELIHOOD",
@@ -245,6 +251,7 @@ def compare_depths(
     covariates: list[Any] | None = None,
     rule: RecommendationRule | None = None,
     refit_bad_k: bool = False,
+    noise: NoiseChoice = "auto",
     **sample_kwargs: Any,
 ) -> DepthComparison:
     """Fit the shrinkage model at several depths of the tree and compare them by PSIS-LOO.
@@ -274,6 +281,11 @@ def compare_depths(
         With ``loo="group"``: refit the model without every group that has a Pareto k
         above good_k and replace its PSIS estimate by the exact
         ``log mean_s p(b_G | b_−G, τ_s)`` over the refit's draws (one fit per such group).
+    noise
+        The estimates' noise, as in :class:`ShrinkageModel` (default ``"auto"``: the
+        tree-structured noise of a stage-1 fit). It is chosen once and kept at every depth
+        (``"none"`` included), so that every model has the same likelihood of b and the
+        elpds are comparable.
     **sample_kwargs
         Passed to :meth:`ShrinkageModel.sample` (``draws``, ``tune``, ``chains``,
         ``random_seed``, ``nuts_sampler``, ``progressbar``, …).
@@ -291,11 +303,14 @@ def compare_depths(
     if refit_bad_k and loo != "group":
         raise ValueError("refit_bad_k needs loo='group'.")
 
+    # the noise structure is chosen once, so that every depth has the same likelihood of b
+    data = with_noise(
+        Estimates.from_any(estimates, covariates=covariates), estimates, hierarchy, noise
+    )
+
     def fit(depth: Depth, features: pd.Index | None = None) -> az.InferenceData:
-        data = Estimates.from_any(estimates, covariates=covariates)
-        if features is not None:
-            data = Estimates(data.estimate.sel(feature=features), data.se.sel(feature=features))
-        model = ShrinkageModel(data, hierarchy, depth=depth, priors=priors)
+        subset = data if features is None else _restricted(data, features)
+        model = ShrinkageModel(subset, hierarchy, depth=depth, priors=priors)
         return model.sample(sampler, **sample_kwargs)
 
     depths = _default_depths(hierarchy) if depths is None else list(depths)
@@ -491,33 +506,21 @@ def _held_out_values(
     """Log p(b_G | b_−G, τ) as (chain, draw, covariate, group) for the draws ``tau``.
 
     Without pooling (or without ``tau``) the value is the same in each of the ``n_draws``
-    (chains, draws).
+    (chains, draws). With correlated estimates the algebra runs on the noise tree, so the
+    held-out groups' noise shared with the rest is accounted for.
     """
-    priors = problem.priors
-    b, var_b = problem.b, problem.var_b
-    if not problem.pooled or tau is None:
-        per_group = _no_pooling_group_log_lik(b, var_b, _unit_to_group(full, 0, target), priors)
+    pooled = problem.pooled and tau is not None
+    if not pooled and not problem.correlated:
+        to_group = _unit_to_group(full, 0, target)
+        per_group = _no_pooling_group_log_lik(problem.b, problem.var_b, to_group, problem.priors)
         return np.broadcast_to(per_group, (*n_draws, *per_group.shape)).copy()
-    tau_values = tau.sel(covariate=problem.covariates.to_numpy())
-    tau_values = tau_values.transpose("chain", "draw", "covariate", "level").to_numpy()
-    tree = TreeIndex.from_hierarchy(full.truncate(problem.index.depth))
-    unit_level = min(target, tree.depth)
-    to_group = _unit_to_group(full, unit_level, target)
-    return np.stack(
-        [
-            group_log_predictive(
-                b[c],
-                var_b[c],
-                tau_values[:, :, c],
-                tree,
-                priors.mu0,
-                priors.s0,
-                unit_level,
-                to_group,
-            )
-            for c in range(b.shape[0])
-        ],
-        axis=2,
+    tau_values = None
+    if pooled:
+        tau_values = tau.sel(covariate=problem.covariates.to_numpy())  # type: ignore[union-attr]
+        tau_values = tau_values.transpose("chain", "draw", "covariate", "level").to_numpy()
+    unit_level = min(target, problem.index.depth)
+    return held_out_predictive(
+        problem, tau_values, unit_level, _unit_to_group(full, unit_level, target), lead=n_draws
     )
 
 
@@ -575,6 +578,14 @@ def _with_points(elpd: Any, loo_i: np.ndarray, k: np.ndarray) -> Any:
     return updated
 
 
+def _restricted(estimates: Estimates, features: pd.Index) -> Estimates:
+    """``estimates`` restricted to ``features``, with their noise structure."""
+    noise = estimates.noise.align(features) if estimates.noise is not None else None
+    return Estimates(
+        estimates.estimate.sel(feature=features), estimates.se.sel(feature=features), noise
+    )
+
+
 def _unit_to_group(full: Hierarchy, unit_level: int, target: int) -> np.ndarray:
     """Map the units of ``unit_level`` (0 = features) to their groups at level ``target``."""
     codes = np.arange(full.n_features if unit_level == 0 else full.n_groups[unit_level - 1])
@@ -615,29 +626,55 @@ def _as_mapping(
 
 
 def _check_same_data(fits: Mapping[Depth, az.InferenceData]) -> None:
-    """LOO elpds are comparable only on the same estimates."""
+    """LOO elpds are comparable only on the same estimates with the same noise."""
     reference = None
     for depth, idata in fits.items():
-        b = problem_from_idata(idata).b
+        b, kind, variances = _likelihood_data(problem_from_idata(idata))
         if reference is None:
-            reference = b
-        elif not np.array_equal(b, reference):
+            reference = b, kind, variances
+            continue
+        if not np.array_equal(b, reference[0]):
             raise ValueError(f"the fit at depth {depth} was made on other estimates.")
+        same_noise = (
+            kind == reference[1]
+            and len(variances) == len(reference[2])
+            and all(np.array_equal(a, r) for a, r in zip(variances, reference[2], strict=True))
+        )
+        if not same_noise:
+            raise ValueError(
+                f"the fit at depth {depth} has another noise model of the estimates ({kind} "
+                f"noise, against {reference[1]}): its elpd is not comparable; fit every depth "
+                "with the same noise= (compare_depths does)."
+            )
+
+
+def _likelihood_data(problem: ShrinkageProblem) -> tuple[np.ndarray, str, tuple[np.ndarray, ...]]:
+    """The estimates, the kind of noise and its variances: what the likelihood of b uses."""
+    if problem.noise is None:
+        return problem.b, "independent", (problem.var_b,)
+    variances = (problem.var_b, np.asarray(problem.noise.top), *problem.noise.groups)
+    return problem.b, "tree", tuple(np.asarray(v) for v in variances)
 
 
 def _check_fit_matches(problem: ShrinkageProblem, full: Hierarchy) -> None:
-    if problem.tree is None:
+    """The fit's tree (its noise tree, for correlated estimates) must be the hierarchy's top.
+
+    For correlated estimates only the levels the hierarchy has are compared.
+    """
+    if not problem.pooled and not problem.correlated:
         return
-    levels = list(problem.tree.levels)
-    if levels != list(full.levels[: problem.tree.depth]):
+    tree = problem.algebra_tree
+    n_levels = min(tree.depth, full.depth) if problem.correlated else tree.depth
+    levels = list(tree.levels[:n_levels])
+    kind = "noise structure" if problem.correlated else "fit"
+    if levels != list(full.levels[:n_levels]):
         raise ValueError(
-            f"the fit uses levels {levels!r}, not the first {problem.depth} of the hierarchy "
+            f"the {kind} uses levels {levels!r}, not the first {n_levels} of the hierarchy "
             f"{list(full.levels)!r}."
         )
     for index, level in enumerate(levels):
-        stored = problem.tree.parents[index]
-        if not np.array_equal(stored, full.parents[index]):
-            raise ValueError(f"the fit's {level!r} groups differ from the hierarchy's.")
+        if not np.array_equal(tree.parents[index], full.parents[index]):
+            raise ValueError(f"the {kind}'s {level!r} groups differ from the hierarchy's.")
 
 
 def _pareto_k_counts(elpd: Any) -> dict[str, float]:

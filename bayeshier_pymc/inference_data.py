@@ -12,6 +12,7 @@ import pandas as pd
 import xarray as xr
 
 from bayeshier_pymc import log_likelihood as pointwise
+from bayeshier_pymc.gaussian_tree import NodeNoise
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.model import group_mean_name, model_coords
 from bayeshier_pymc.priors import Priors
@@ -20,14 +21,25 @@ from bayeshier_pymc.problem import ShrinkageProblem
 __all__ = [
     "DEFAULT_LOG_LIKELIHOOD",
     "LOG_LIKELIHOOD_NAMES",
+    "NOISE_KINDS",
+    "OWN_VARIANCE",
+    "SHARED_VARIANCE",
     "add_log_likelihood",
     "build_inference_data",
     "log_likelihood_dataset",
     "loo",
     "posterior_dims",
     "problem_from_idata",
+    "shared_variance_name",
     "with_log_likelihood",
 ]
+
+NOISE_KINDS = ("tree", "independent")
+"""Values of ``attrs["noise"]``: the likelihood of b the fit used."""
+OWN_VARIANCE = "own_variance"
+"""Each estimate's own noise variance (covariate, feature), for correlated estimates."""
+SHARED_VARIANCE = "shared_variance"
+"""The noise variance shared by all features (covariate), for correlated estimates."""
 
 LogLikelihoodKind = Literal["marginal", "conditional"]
 LOG_LIKELIHOOD_NAMES: dict[str, str] = {
@@ -46,10 +58,28 @@ Pareto k) wherever pooling is weak; on the marginal form PSIS only reweights the
 group means, and is reliable. The conditional form is kept for users with replicate
 measurements per metabolite and for comparison (see ``docs/model_comparison.md``).
 
+With correlated estimates (``attrs["noise"] == "tree"``: tree-structured noise shared by the
+metabolites of a group) the b_j are not independent given the parameters, and the pointwise
+terms are the leave-one-out predictives of the non-factorised normal model (Bürkner, Gabry &
+Vehtari 2021). ``b_marginal`` is log p(b_j | b_−j, τ): θ0, every group mean and θ integrated
+out exactly given each draw of τ, so PSIS reweights only τ. Feature LOO then answers: how well
+is one metabolite's estimate predicted from all the others, *including its correlated
+neighbours*, whose errors it shares (a metabolite whose whole class moved together is no
+surprise). Without pooling it is exact (no τ: the same in every draw). ``b_conditional`` is
+log p(b_j | b_−j, θ) under the noise covariance: meaningful (it is what the paper reweights),
+but it has the conditional form's PSIS failure as θ_j rests on b_j. Leave-one-group-out
+(:func:`~bayeshier_pymc.depth_comparison.group_log_likelihood`) is log p(b_G | b_−G, τ) on the
+same joint normal. Independent estimates keep the formulas above, number for number.
+
 Only the default is stored by :func:`build_inference_data` (so ``az.loo(idata)`` and
 ``az.compare`` need no ``var_name``); :func:`add_log_likelihood` adds the other one, and
 :func:`loo` computes it on demand.
 """
+
+
+def shared_variance_name(level: str) -> str:
+    """Name of the noise variance shared within each group of ``level`` (covariate, level)."""
+    return f"{level}_{SHARED_VARIANCE}"
 
 
 def posterior_dims(hierarchy: Hierarchy | None) -> dict[str, tuple[str, ...]]:
@@ -112,7 +142,7 @@ def build_inference_data(
         }
     )
     posterior_ds = _dataset({name: posterior[name] for name in dims}, dims, coords)
-    b, se = problem.b, problem.se
+    b = problem.b
     if log_likelihood is None:
         log_likelihood = _pointwise(DEFAULT_LOG_LIKELIHOOD, posterior, problem)
     pointwise_values = {LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD]: log_likelihood}
@@ -124,7 +154,7 @@ def build_inference_data(
             {"b": (("covariate", "feature"), b)},
             coords={"covariate": coords["covariate"], "feature": coords["feature"]},
         ),
-        "constant_data": _constant_data(se, hierarchy, coords),
+        "constant_data": _constant_data(problem, coords),
     }
     if sample_stats is not None:
         groups["sample_stats"] = (
@@ -141,12 +171,20 @@ def build_inference_data(
             "levels": list(problem.levels),
             "priors": problem.priors.to_json(),
             "default_log_likelihood": LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD],
+            **_noise_attrs(problem),
             **(attrs or {}),
         }
     )
     for group in idata.groups():
         idata[group].attrs.update(idata.attrs)
     return idata
+
+
+def _noise_attrs(problem: ShrinkageProblem) -> dict[str, Any]:
+    """``noise`` ("tree" or "independent") and, for tree noise, the noise tree's levels."""
+    if problem.noise_tree is None:
+        return {"noise": "independent"}
+    return {"noise": "tree", "noise_levels": list(problem.noise_tree.levels)}
 
 
 def _check_kind(kind: str) -> LogLikelihoodKind:
@@ -158,11 +196,25 @@ def _check_kind(kind: str) -> LogLikelihoodKind:
 def _pointwise(kind: str, draws: Mapping[str, np.ndarray], problem: ShrinkageProblem) -> np.ndarray:
     """The pointwise log-likelihood ``kind`` (chain, draw, covariate, feature), θ's type.
 
-    θ's parents are the means of the first annotation level, θ0 at depth 0; without pooling
-    b_j is predicted from θ_j's fixed prior.
+    Independent estimates: θ's parents are the means of the first annotation level, θ0 at
+    depth 0; without pooling b_j is predicted from θ_j's fixed prior. Correlated estimates:
+    the leave-one-out predictives log p(b_j | b_−j, τ) (exact and the same in every draw
+    without pooling) and log p(b_j | b_−j, θ).
     """
     theta = draws["theta"]
     b, se, priors = problem.b, problem.se, problem.priors
+    if problem.correlated:
+        if kind == "conditional":
+            return pointwise.conditional_leave_one_out(theta, problem)
+        features = np.arange(b.shape[1])
+        return pointwise.held_out_predictive(
+            problem,
+            draws["tau"] if problem.pooled else None,
+            0,
+            features,
+            lead=theta.shape[:2],
+            dtype=theta.dtype,
+        )
     if kind == "conditional":
         return pointwise.conditional(theta, b, se)
     if not problem.pooled:
@@ -192,8 +244,10 @@ def problem_from_idata(idata: az.InferenceData) -> ShrinkageProblem:
     The one reader of the contract: the estimates from ``observed_data["b"]`` and
     ``constant_data["se"]``, the depth and levels from ``attrs``, the tree from the
     ``<level>_index`` maps of ``constant_data`` (group labels from the coordinate of each
-    level, or ``0 … n − 1`` where the InferenceData has none), and the priors through
-    :meth:`~bayeshier_pymc.priors.Priors.from_json`.
+    level, or ``0 … n − 1`` where the InferenceData has none), the priors through
+    :meth:`~bayeshier_pymc.priors.Priors.from_json` and, where ``attrs["noise"]`` is
+    ``"tree"``, the noise: its tree (the maps of ``attrs["noise_levels"]``), own variances
+    and shared variances. A fit without ``attrs["noise"]`` has independent estimates.
 
     Parameters
     ----------
@@ -242,7 +296,40 @@ def problem_from_idata(idata: az.InferenceData) -> ShrinkageProblem:
         tree=tree,
         priors=Priors.from_json(attrs["priors"], scale_levels),
         depth=depth,  # type: ignore[arg-type]
+        **_noise_from_idata(idata, b.indexes["feature"]),
     )
+
+
+def _noise_from_idata(idata: az.InferenceData, features: pd.Index) -> dict[str, Any]:
+    """The problem's ``noise_tree``, ``noise`` and ``own_variance`` (none if independent).
+
+    A fit without ``attrs["noise"]`` (written before correlated estimates) is independent.
+    """
+    kind = idata.attrs.get("noise", "independent")
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"attrs['noise'] must be one of {NOISE_KINDS!r}, got {kind!r}.")
+    if kind == "independent":
+        return {}
+    levels = tuple(idata.attrs.get("noise_levels", ()))
+    constant = idata.constant_data
+    names = [OWN_VARIANCE, SHARED_VARIANCE, *map(shared_variance_name, levels)]
+    absent = [name for name in names if name not in constant]
+    if absent:
+        raise ValueError(
+            f"the fit has tree-structured noise but its constant_data lacks {absent!r}."
+        )
+
+    def values(name: str, *dims: str) -> np.ndarray:
+        return constant[name].transpose("covariate", *dims).to_numpy()
+
+    return {
+        "noise_tree": _tree_from_idata(idata, features, levels),
+        "noise": NodeNoise(
+            tuple(values(shared_variance_name(level), level) for level in levels),
+            values(SHARED_VARIANCE),
+        ),
+        "own_variance": values(OWN_VARIANCE, "feature"),
+    }
 
 
 def _tree_from_idata(
@@ -349,18 +436,30 @@ def with_log_likelihood(idata: az.InferenceData, kind: LogLikelihoodKind) -> az.
     )
 
 
-def _constant_data(
-    se: np.ndarray, hierarchy: Hierarchy | None, coords: Mapping[str, list[object]]
-) -> xr.Dataset:
-    data: dict[str, tuple[tuple[str, ...], np.ndarray]] = {"se": (("covariate", "feature"), se)}
-    if hierarchy is not None:
-        child_dims = ("feature", *hierarchy.levels)[: hierarchy.depth]
-        for level, child_dim, parent in zip(
-            hierarchy.levels, child_dims, hierarchy.parents, strict=True
+def _constant_data(problem: ShrinkageProblem, coords: Mapping[str, list[object]]) -> xr.Dataset:
+    """``se``, the trees' ``<level>_index`` maps and, for correlated estimates, the noise.
+
+    The maps cover the noise tree's levels beyond the effect tree's too (the effect tree's
+    levels are its finest ones, with the same maps); their group labels become coordinates.
+    """
+    dims = ("covariate", "feature")
+    data: dict[str, tuple[tuple[str, ...], np.ndarray]] = {"se": (dims, problem.se)}
+    all_coords = dict(coords)
+    tree = problem.noise_tree if problem.noise_tree is not None else problem.tree
+    if tree is not None:
+        child_dims = ("feature", *tree.levels)[: tree.depth]
+        for level, child_dim, parent, labels in zip(
+            tree.levels, child_dims, tree.parents, tree.groups, strict=True
         ):
             data[f"{level}_index"] = ((child_dim,), parent.astype(np.int64))
-    used = {d for dims, _ in data.values() for d in dims}
-    return xr.Dataset(data, coords={k: v for k, v in coords.items() if k in used})
+            all_coords.setdefault(level, labels.tolist())
+    if problem.noise is not None and problem.noise_tree is not None:
+        data[OWN_VARIANCE] = (dims, np.asarray(problem.own_variance))
+        data[SHARED_VARIANCE] = (("covariate",), np.asarray(problem.noise.top, dtype=float))
+        for level, variances in zip(problem.noise_tree.levels, problem.noise.groups, strict=True):
+            data[shared_variance_name(level)] = (("covariate", level), np.asarray(variances))
+    used = {d for dims_, _ in data.values() for d in dims_}
+    return xr.Dataset(data, coords={k: v for k, v in all_coords.items() if k in used})
 
 
 def _dataset(

@@ -3,7 +3,9 @@
 Two forms of the same posterior are available. With correlated estimates (a
 :class:`NoiseModel`: tree-structured noise, see :mod:`bayeshier_pymc.noise`) both use the same
 likelihood: the collapsed model's tree pass carries the shared-noise variances, and the full
-model adds log N(b; θ, Σ) by the same O(m) pass over b − θ (a ``pm.Potential``).
+model's observed ``b`` has log density log N(b; θ, Σ), the same O(m) pass over b − θ (one
+``pm.CustomDist`` over every covariate and feature, whose random draws give posterior
+predictive draws of b with the correlated noise).
 
 ``"collapsed"`` (the default for NUTS)
     Given the scales τ, every other quantity is Gaussian on a tree, so θ0, the group means and
@@ -70,6 +72,24 @@ class NoiseModel:
     tree: TreeIndex
     shared: NodeNoise
     own: np.ndarray
+
+    def draw(
+        self, mean: np.ndarray, rng: np.random.Generator, size: tuple[int, ...] | None = None
+    ) -> np.ndarray:
+        """``mean`` (..., covariate, feature) plus one draw of the noise of the estimates.
+
+        Each covariate's noise is its own variance per feature plus, shared by the features
+        below them, one normal per node of the tree and one for the top.
+        """
+        shape = np.broadcast_shapes(mean.shape, tuple(size or ()))
+        noise = np.sqrt(self.own) * rng.standard_normal(shape)
+        noise += np.sqrt(self.shared.top)[:, None] * rng.standard_normal((*shape[:-1], 1))
+        codes = np.arange(self.tree.n_features)
+        for parents, variances in zip(self.tree.parents, self.shared.groups, strict=True):
+            codes = parents[codes]
+            node = np.sqrt(variances) * rng.standard_normal((*shape[:-1], variances.shape[-1]))
+            noise += node[..., codes]
+        return mean + noise
 
     def pad(self, tau: pt.TensorVariable, n_levels: int) -> pt.TensorVariable:
         """Scales (covariate, ``n_levels``) with zero columns for the noise tree's unused levels."""
@@ -181,9 +201,23 @@ def _likelihood(
     if noise is None:
         pm.Normal("b", mu=theta, sigma=se, observed=b, dims=("covariate", "feature"))
         return
-    pm.Data("b", b, dims=("covariate", "feature"))
-    log_density = noise_log_density(b - theta, noise.own, noise.tree, noise.shared, PYTENSOR_OPS)
-    pm.Potential("b_loglik", log_density.sum())
+
+    def log_density(value: pt.TensorVariable, mean: pt.TensorVariable) -> pt.TensorVariable:
+        # static shapes, which the JAX backend needs for the tree's segment sums
+        residual = pt.specify_shape(value - mean, noise.own.shape)
+        return noise_log_density(residual, noise.own, noise.tree, noise.shared, PYTENSOR_OPS).sum()
+
+    # one multivariate variable over (covariate, feature): its noise parameters are per
+    # covariate, so it has no batch dimension
+    pm.CustomDist(
+        "b",
+        theta,
+        logp=log_density,
+        random=lambda mean, rng, size: noise.draw(mean, rng, size),
+        signature="(c,m)->(c,m)",
+        observed=b,
+        dims=("covariate", "feature"),
+    )
 
 
 def _no_pooling_model(estimates: Estimates, priors: Priors, noise: NoiseModel | None) -> pm.Model:

@@ -293,7 +293,7 @@ def resolve_depth(depth: int | str | None, hierarchy: Hierarchy | None) -> Depth
 
 
 def check_effect_levels(effect_tree: Hierarchy, noise_tree: Hierarchy) -> None:
-    """Check that the effect tree's levels are the noise tree's finest levels.
+    """Check that the effect tree's levels are the noise tree's finest, in the same order.
 
     Raises
     ------
@@ -307,9 +307,11 @@ def check_effect_levels(effect_tree: Hierarchy, noise_tree: Hierarchy) -> None:
             "on the same tree (bayeshier_pymc.tree_noise(fit, hierarchy))."
         )
     for level, name in enumerate(effect_tree.levels):
-        same = name == noise_tree.levels[level] and np.array_equal(
-            effect_tree.groups[level][effect_tree.membership(level)],
-            noise_tree.groups[level][noise_tree.membership(level)],
+        # the same groups in the same order: the InferenceData stores one map per level
+        same = (
+            name == noise_tree.levels[level]
+            and effect_tree.groups[level].equals(noise_tree.groups[level])
+            and np.array_equal(effect_tree.parents[level], noise_tree.parents[level])
         )
         if not same:
             raise ValueError(

@@ -642,14 +642,14 @@ def group_log_predictive(
     ) - 0.5 * (np.log(group_precision) - LOG_2PI)
     # the cavity of the parent: its outside belief times its other children's messages
     parent = tree.parent_of(unit_level)[_first_unit(to_group, n_groups)]
-    parent_precision = 1.0 / vs[unit_level + 1][..., parent]
-    others = np.maximum(parent_precision - group_precision, 0.0)
-    cavity_precision = 1.0 / out_var[..., parent] + others
-    cavity_mean = (
-        out_mean[..., parent] / out_var[..., parent]
-        + parent_precision * ys[unit_level + 1][..., parent]
-        - group_precision * group_y
-    ) / cavity_precision
+    cavity_mean, cavity_precision = _cavity(
+        out_mean[..., parent],
+        out_var[..., parent],
+        1.0 / vs[unit_level + 1][..., parent],
+        ys[unit_level + 1][..., parent],
+        group_precision,
+        group_y,
+    )
     total = 1.0 / group_precision + 1.0 / cavity_precision
     return group_log_norm + normal_log_density(group_y - cavity_mean, total)
 
@@ -703,13 +703,37 @@ def _outside(
     for level in range(tree.depth, unit_level, -1):
         parent = tree.parent_of(level)
         prior_var = level_variance(tau, level, noise)
-        own = 1.0 / (vs[level] + prior_var)
-        parent_precision = 1.0 / vs[level + 1][..., parent]
-        precision = 1.0 / var[..., parent] + np.maximum(parent_precision - own, 0.0)
-        mean = (
-            mean[..., parent] / var[..., parent]
-            + parent_precision * ys[level + 1][..., parent]
-            - own * ys[level]
-        ) / precision
+        mean, precision = _cavity(
+            mean[..., parent],
+            var[..., parent],
+            1.0 / vs[level + 1][..., parent],
+            ys[level + 1][..., parent],
+            1.0 / (vs[level] + prior_var),
+            ys[level],
+        )
         var = 1.0 / precision + prior_var
     return mean, var
+
+
+def _cavity(
+    outside_mean: np.ndarray,
+    outside_var: np.ndarray,
+    message_precision: np.ndarray,
+    message_y: np.ndarray,
+    held_precision: np.ndarray,
+    held_y: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision of a unit given the data outside it and all but some of its children.
+
+    Its outside distribution N(outside_mean, outside_var) times its message (precision
+    ``message_precision``, mean ``message_y``) divided by the held-out children's (precision
+    ``held_precision``, mean ``held_y``). An outside variance of zero (θ0 known exactly: no
+    pooling, whose θ0 is mu0, without shared noise at the top) stays a point mass: precision
+    infinite, mean ``outside_mean``.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = 1.0 / outside_var + np.maximum(message_precision - held_precision, 0.0)
+        mean = (
+            outside_mean / outside_var + message_precision * message_y - held_precision * held_y
+        ) / precision
+    return np.where(outside_var > 0.0, mean, outside_mean), precision
