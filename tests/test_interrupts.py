@@ -192,7 +192,11 @@ def test_an_abandoned_theta_writer_stops_after_the_draw_under_way(small_model, m
         write(self, draw)
 
     monkeypatch.setattr(ThetaWriter, "_write", slow_write)
-    writer = ThetaWriter(small_model.problem, np.random.SeedSequence(0), stores, np.float32, True)
+    # the stores of the independent model's writer (θ's parents are the posterior's)
+    problem = bh.ShrinkageModel(
+        small_model.estimates, small_model.tree, noise="independent"
+    ).problem
+    writer = ThetaWriter(problem, np.random.SeedSequence(0), stores, np.float32, True)
     for draw in range(200):
         writer.recorded(draw)
     start = time.perf_counter()
