@@ -146,12 +146,15 @@ def test_estimates_carry_a_noise_structure_only_when_given(rng):
     assert isinstance(carried.noise, TreeNoise)
 
 
-def test_stage_two_refuses_a_noise_structure_it_would_ignore(rng):
-    """Until the samplers use it, a noise structure is refused, never silently dropped."""
+def test_stage_two_uses_a_carried_noise_structure(rng):
+    """A noise structure the estimates carry is the stage-2 likelihood, never silently dropped."""
     fit = _study(100, rng)
-    carried = Estimates.from_any(fit, noise=tree_noise(fit, _hierarchy()))
-    with pytest.raises(ValueError, match=r"cannot yet use a correlated-noise structure"):
-        ShrinkageModel(carried, _hierarchy())
+    noise = tree_noise(fit, _hierarchy())
+    carried = Estimates.from_any(fit, noise=noise)
+    problem = ShrinkageModel(carried, _hierarchy()).problem
+    assert problem.correlated
+    for k, covariate in enumerate(problem.covariates):
+        np.testing.assert_allclose(problem.var_b[k], noise.for_covariate(covariate).own)
 
 
 def test_bad_inputs_raise_clear_errors(rng):
