@@ -15,7 +15,9 @@ import pytest
 from scipy import stats
 
 import bayeshier_pymc as bh
+from bayeshier_pymc import depth_comparison
 from bayeshier_pymc.depth_comparison import compare_depths, compare_fits, group_log_likelihood
+from bayeshier_pymc.diagnostics import loo_elpd
 from bayeshier_pymc.inference_data import (
     build_inference_data,
     log_likelihood_dataset,
@@ -236,3 +238,38 @@ def test_compare_depths_keeps_the_noise_at_every_depth(study, comparison):
     assert np.isfinite(comparison.table["elpd_loo"]).all()
     # no pooling has exact LOO, the same in every draw
     assert comparison.pareto_k.loc["none", "n_exact"] == comparison.pareto_k.loc["none", "n_points"]
+
+
+def test_exact_refits_keep_the_noise_of_the_features_kept(study, monkeypatch):
+    """Every refit without a group has the noise of the remaining features, nothing else."""
+    fit, tree = study
+    reference = bh.ShrinkageModel(fit, tree).problem
+    sampled: list[ShrinkageProblem] = []
+    sample = bh.ShrinkageModel.sample
+
+    def recording(self, *args, **kwargs):
+        sampled.append(self.problem)
+        return sample(self, *args, **kwargs)
+
+    def first_group_bad(idata, kind):
+        elpd = loo_elpd(idata, kind)
+        # the first group (of 6 features) refitted at every pooled depth (no pooling is exact)
+        k = np.where(np.isnan(elpd["pareto_k"]), np.nan, 0.0)
+        k[:, 0] += 1.0
+        elpd["pareto_k"] = elpd["pareto_k"].copy(data=k)
+        return elpd
+
+    monkeypatch.setattr(bh.ShrinkageModel, "sample", recording)
+    monkeypatch.setattr(depth_comparison, "loo_elpd", first_group_bad)
+    comparison = compare_depths(
+        fit, tree, depths=("none", 1), loo="group", refit_bad_k=True, random_seed=6, **NUTS
+    )
+    assert comparison.refits == {"none": [], 1: ["subclass_0"]}
+    refits = [problem for problem in sampled if len(problem.features) < len(reference.features)]
+    assert len(refits) == 1
+    for problem in refits:
+        assert problem.correlated and problem.noise_tree.levels == reference.noise_tree.levels
+        kept = reference.features.get_indexer(problem.features)
+        np.testing.assert_array_equal(problem.own_variance, reference.own_variance[:, kept])
+        np.testing.assert_array_equal(problem.noise.top, reference.noise.top)
+    assert np.isfinite(comparison.table["elpd_loo"]).all()
