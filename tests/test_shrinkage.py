@@ -67,7 +67,7 @@ def test_arviz_works_directly(idata):
 
 def test_marginal_log_likelihood_is_the_predictive_density(fit, tree):
     """Independent estimates: b_marginal is log N(b; parent mean, se² + τ_w²) per draw."""
-    idata = ShrinkageModel(fit, tree, noise="independent").sample("gibbs", random_seed=11, **FAST)
+    idata = ShrinkageModel(fit, tree, noise="independent").sample(random_seed=11, **FAST)
     post = idata.posterior.isel(chain=0, draw=7)
     parent = post["subclass_mean"].values[:, idata.constant_data["subclass_index"].values]
     sd = np.sqrt(idata.constant_data["se"].values ** 2 + post["tau"].values[:, :1] ** 2)
