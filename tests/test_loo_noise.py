@@ -288,7 +288,10 @@ def test_compare_depths_recommends_the_true_depth_under_correlated_noise(truth, 
     every LOO recommends 0. Truth 2: leave-one-group-out recommends 2 (leaving one metabolite
     out cannot see the superclass level, with or without noise).
     """
-    scales = {0: {"tau_w": 0.15, "tau_v": 0.0, "tau_u": 0.0}, 2: {"tau_w": 0.05, "tau_v": 0.05}}
+    scales = {
+        0: {"tau_w": 0.15, "tau_v": 0.0, "tau_u": 0.0},
+        2: {"tau_w": 0.05, "tau_v": 0.05, "tau_u": 0.6},
+    }
     sim = simulate(
         n=60,
         m=240,
