@@ -10,8 +10,8 @@ conjugate scheme are not model variables: each sweep draws them afresh from λ |
 τ² | λ uses them, so the step carries no hidden state for them. The collapsed scheme's proposal
 tuning is per-chain state of the step (reset for every chain by PyMC's sampling state).
 
-With correlated estimates (tree-structured noise; the centred model then has the potential
-``b_loglik`` instead of an observed ``b``) only the collapsed scheme applies: it samples the
+With correlated estimates (tree-structured noise; the centred model's observed ``b`` then has
+the tree-noise density) only the collapsed scheme applies: it samples the
 totals of the noise tree and splits them into effects
 (:func:`~bayeshier_pymc.gibbs.sweeps.split_effects`); without pooling θ is drawn by
 :func:`~bayeshier_pymc.gibbs.sweeps.draw_unpooled`.
