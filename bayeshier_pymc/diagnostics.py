@@ -47,7 +47,9 @@ LooKind = Literal["marginal", "conditional", "group"]
 GROUP_LOG_LIKELIHOOD = "b_group"
 """Name of the leave-one-group-out log-likelihood (added by the depth comparison)."""
 LOO_QUESTIONS: dict[str, str] = {
-    "marginal": "leave one metabolite out: how well is a new metabolite of a known group predicted",
+    "marginal": "leave one metabolite out: how well is its estimate predicted from all the "
+    "others (a new metabolite of a known group; with correlated estimates its neighbours' "
+    "shared noise helps too, so prefer the group LOO to ask whether a level carries effects)",
     "conditional": "leave one estimate out with the likelihood conditional on θ_j: with one "
     "estimate per metabolite its exact target is the marginal one, but PSIS on this form is "
     "unreliable because θ_j rests on that estimate alone",
