@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -46,6 +47,7 @@ __all__ = [
     "StageTwo",
     "known_truth_check",
     "known_truth_scores",
+    "posterior_summary",
     "split_half_check",
     "split_half_scores",
     "stage_one_posterior",
@@ -130,14 +132,19 @@ class StageTwo:
             progressbar=False,
             **self.sample_options,
         )
-        summary = coefficient_summary(idata, hdi_prob=0.95)
-        return PosteriorSummary(
-            mean=summary["mean"],
-            sd=summary["sd"],
-            lower=summary["hdi_lower"],
-            upper=summary["hdi_upper"],
-            lfsr=summary["lfsr"],
-        )
+        return posterior_summary(idata)
+
+
+def posterior_summary(idata: az.InferenceData) -> PosteriorSummary:
+    """The :class:`PosteriorSummary` of a shrinkage fit: mean, sd, 95% HDI and lfsr of θ."""
+    summary = coefficient_summary(idata, hdi_prob=0.95)
+    return PosteriorSummary(
+        mean=summary["mean"],
+        sd=summary["sd"],
+        lower=summary["hdi_lower"],
+        upper=summary["hdi_upper"],
+        lfsr=summary["lfsr"],
+    )
 
 
 StageTwoFit = Callable[[MLMFit, Hierarchy, Sequence[Any], int], PosteriorSummary]
