@@ -164,9 +164,11 @@ def simulate_correlated(
     return ShrinkageModel((b, se), tree, priors=PRIORS, noise=chosen), truth
 
 
-def correlated_calibration(depth: int, n_reps: int, seed: int, noise: str = "auto"):
+def correlated_calibration(
+    depth: int, n_reps: int, seed: int, noise: str = "auto", sampler: str = "nuts"
+) -> dict[str, float]:
     model, truth = simulate_correlated(depth, n_reps, seed, noise)
-    return rank_p_values(run_sampler(model, "nuts", seed), truth)
+    return rank_p_values(run_sampler(model, sampler, seed), truth)
 
 
 @pytest.mark.parametrize("depth", [0, 1, 2])
