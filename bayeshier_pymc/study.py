@@ -368,6 +368,11 @@ def simulation_study(
         ``compare_depths`` the share of replicates whose recommended depth is the true one
         (``true_depth_share``); ``replicates`` has every replicate.
     """
+    unknown = [noise for noise in noise_models if noise not in NOISE_CHOICES]
+    if unknown or not noise_models:
+        raise ValueError(
+            f"noise_models must be a non-empty sequence of {NOISE_CHOICES!r}, got {noise_models!r}."
+        )
     rows = []
     for setting in settings if settings is not None else research_settings():
         for noise in noise_models:

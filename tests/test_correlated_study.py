@@ -80,6 +80,9 @@ def test_correlated_settings_rows():
 def test_run_replicate_rejects_an_unknown_noise_model():
     with pytest.raises(ValueError, match="noise must be one of"):
         run_replicate(StudySetting(30, 40, "moderate"), 0, p=2, noise="dense")
+    for noise_models in (("auto", "dense"), ()):
+        with pytest.raises(ValueError, match="noise_models must be"):
+            simulation_study([StudySetting(30, 40, "moderate")], noise_models=noise_models)
 
 
 @pytest.mark.filterwarnings("ignore:the sampler's diagnostics failed")
