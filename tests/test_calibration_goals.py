@@ -87,10 +87,11 @@ def test_qmdiab_split_half_sign_errors_are_within_twice_claimed(shared_data, dep
     assert result["sign_error_rate"] <= 2.0 * result["claimed_lfsr"]
 
 
-def test_liver_split_halves_at_the_recommended_depth(shared_data):
-    """Depth 2 (recommended by PSIS-LOO): no sign errors among ~11 checked calls per split,
-    and a lower coefficient MSE than the independent model's best depth (0), paired over
-    the six splits (measured gains 2.47 against 1.91)."""
+def test_liver_split_halves_at_the_full_depth(shared_data):
+    """Depth 2 (the whole noise tree): no sign errors among ~11 checked calls per split, and a
+    lower coefficient MSE than the independent model's best depth (0), paired over the six
+    splits (measured gains 2.47 against 1.91). PSIS-LOO puts depth 1 within 1.2 ± 1.7 elpd
+    and recommends it; its gain, 1.79, misses this goal (see docs/calibration.md)."""
     study = _study(shared_data, "liver")
     structured = _split_halves(study, 2)
     independent = _split_halves(study, 0, "independent")
