@@ -17,7 +17,11 @@
 
 Stage 2 is any callable ``stage_two(fit, hierarchy, covariates, random_seed)`` returning a
 :class:`PosteriorSummary`; :class:`StageTwo` runs :class:`~bayeshier_pymc.ShrinkageModel` with
-given settings.
+given settings. It is given the stage-1 fit itself, so with the default ``noise="auto"`` the
+estimates' tree-structured noise is estimated from that fit's residuals (half A's in the
+split-half check), exactly as a user's ``ShrinkageModel(fit, hierarchy)`` does;
+``StageTwo(noise="independent")`` runs the research model that treats the m estimates of a
+covariate as independent, for the comparison.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -42,6 +47,7 @@ __all__ = [
     "StageTwo",
     "known_truth_check",
     "known_truth_scores",
+    "posterior_summary",
     "split_half_check",
     "split_half_scores",
     "stage_one_posterior",
@@ -50,6 +56,8 @@ __all__ = [
 Z_95 = 1.959963984540054
 LFSR_LEVEL = 0.05
 STRONG_Z = 3.0
+NOISE_SETTINGS = ("auto", "independent")
+"""The noise models :class:`StageTwo` compares: the package default and the research model."""
 
 
 @dataclass(frozen=True)
@@ -72,22 +80,32 @@ class StageTwo:
     depth
         Annotation levels used (``None``: all; 0: one global mean).
     sampler
-        ``"gibbs"`` (default, fast) or ``"nuts"``.
+        ``"nuts"`` (default, as :meth:`ShrinkageModel.sample`) or ``"gibbs"``.
+    noise
+        The estimates' noise model, as :class:`~bayeshier_pymc.ShrinkageModel`'s ``noise``:
+        ``"auto"`` (default, the package's: tree-structured noise estimated from the stage-1
+        fit's residuals) or ``"independent"`` (the research model).
     draws, tune, chains
         Passed to :meth:`ShrinkageModel.sample`.
     priors
         Prior settings (default: the package's).
     sample_options
-        Further keyword arguments of :meth:`ShrinkageModel.sample`.
+        Further keyword arguments of :meth:`ShrinkageModel.sample` (e.g.
+        ``{"nuts_sampler": "pymc", "cores": 1}``).
     """
 
     depth: int | None = None
-    sampler: Literal["gibbs", "nuts"] = "gibbs"
+    sampler: Literal["gibbs", "nuts"] = "nuts"
+    noise: Literal["auto", "independent"] = "auto"
     draws: int = 1000
     tune: int = 500
     chains: int = 4
     priors: Mapping[str, Any] | None = None
     sample_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.noise not in NOISE_SETTINGS:
+            raise ValueError(f"noise must be one of {NOISE_SETTINGS!r}, got {self.noise!r}.")
 
     def __call__(
         self,
@@ -98,7 +116,12 @@ class StageTwo:
     ) -> PosteriorSummary:
         """Shrink ``covariates`` of ``fit`` along ``hierarchy`` and summarise θ."""
         model = ShrinkageModel(
-            fit, hierarchy, depth=self.depth, priors=self.priors, covariates=list(covariates)
+            fit,
+            hierarchy,
+            depth=self.depth,
+            priors=self.priors,
+            covariates=list(covariates),
+            noise=self.noise,
         )
         idata = model.sample(
             self.sampler,
@@ -109,14 +132,19 @@ class StageTwo:
             progressbar=False,
             **self.sample_options,
         )
-        summary = coefficient_summary(idata, hdi_prob=0.95)
-        return PosteriorSummary(
-            mean=summary["mean"],
-            sd=summary["sd"],
-            lower=summary["hdi_lower"],
-            upper=summary["hdi_upper"],
-            lfsr=summary["lfsr"],
-        )
+        return posterior_summary(idata)
+
+
+def posterior_summary(idata: az.InferenceData) -> PosteriorSummary:
+    """The :class:`PosteriorSummary` of a shrinkage fit: mean, sd, 95% HDI and lfsr of θ."""
+    summary = coefficient_summary(idata, hdi_prob=0.95)
+    return PosteriorSummary(
+        mean=summary["mean"],
+        sd=summary["sd"],
+        lower=summary["hdi_lower"],
+        upper=summary["hdi_upper"],
+        lfsr=summary["lfsr"],
+    )
 
 
 StageTwoFit = Callable[[MLMFit, Hierarchy, Sequence[Any], int], PosteriorSummary]

@@ -1,35 +1,47 @@
-"""Calibration on real data: split halves and real noise with a known truth.
+"""Calibration on real data, independent against tree-structured noise of the estimates.
 
 Run ``python benchmarks/bench_calibration.py [--data ../shared/data] [--splits 6]``. For QMDiab
-plasma and the liver lipidome (skipped with a message when their CSVs are absent) and each
-depth 0, 1, 2 it prints, with the Gibbs engine (a last row, ``stage 1``, scores the unshrunk
-estimates, θ ~ N(b, se²), as a reference):
+plasma and the liver lipidome (skipped with a message when their CSVs are absent), each noise
+model of stage 2 (``independent``: the research model, the m estimates of a covariate
+independent; ``structured``: the package default, tree-structured noise estimated from the
+stage-1 fit's residuals) and each depth 0, 1, 2 it prints (a last row, ``stage 1``, scores the
+unshrunk estimates, θ ~ N(b, se²), as a reference):
 
 * split halves (:func:`bayeshier_pymc.calibration.split_half_check`): 95% predictive coverage
   of the other half's estimates (goal 93–97%), sign errors among lfsr < 0.05 calls where the
   other half has |z| > 3 against their mean lfsr (goal ≤ 2×), and the truth-free
-  coefficient-MSE gain over stage 1, with the paired MSE difference to depth 0 over splits;
+  coefficient-MSE gain over stage 1, with the paired MSE difference to the independent model
+  at depth 0 over splits;
 * real noise, known truth (:func:`bayeshier_pymc.calibration.known_truth_check`, with
   ``--replicates`` > 0): the data set's design and residual covariance 0.8 S + 0.2 diag S,
   true effects = class effects (sd 0.3) + feature deviations (sd 0.1); coverage of the true θ,
-  false sign rate vs mean lfsr, MSE gain.
+  false sign rate vs mean lfsr (goal ≤ 5% and ≤ 2×), MSE gain;
+* with ``--compare``: the depth :func:`bayeshier_pymc.compare_fits` recommends (PSIS-LOO,
+  marginal) for each noise model on the whole data set, and that depth's split-half MSE gain.
+
+Stage 2 is NUTS on the collapsed model by default (``--nuts-sampler pymc``, one process per
+fit, so that it runs beside other jobs); ``--sampler gibbs`` uses the Gibbs engine.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from bayeshier_pymc import ShrinkageModel, mlm
 from bayeshier_pymc.calibration import (
     StageTwo,
     known_truth_check,
     split_half_check,
     stage_one_posterior,
 )
+from bayeshier_pymc.depth_comparison import compare_fits
 from bayeshier_pymc.validation_data import (
     LIVER_FILES,
     QMDIAB_FILES,
@@ -45,35 +57,65 @@ READERS = {
     "liver_lipidome": (LIVER_FILES, read_liver_lipidome),
 }
 DEPTHS = (0, 1, 2)
-COLUMNS = ["coverage", "calls", "checked_calls", "sign_error_rate", "claimed_lfsr", "mse_gain"]
+NOISE_MODELS = {"independent": "independent", "structured": "auto"}
+SPLIT_COLUMNS = [
+    "coverage",
+    "calls",
+    "checked_calls",
+    "sign_error_rate",
+    "claimed_lfsr",
+    "mse_gain",
+]
+TRUTH_COLUMNS = ["coverage", "calls", "false_sign_rate", "claimed_lfsr", "mse_gain"]
+REFERENCE = ("independent", 0)
 
 
 def main() -> None:
     """Run both checks on every data set found and print one table per check."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--datasets", nargs="+", choices=list(READERS), default=list(READERS))
     parser.add_argument("--splits", type=int, default=6)
     parser.add_argument("--replicates", type=int, default=3)
-    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--sampler", choices=["nuts", "gibbs"], default="nuts")
+    parser.add_argument("--nuts-sampler", default="pymc")
+    parser.add_argument("--draws", type=int, default=500)
+    parser.add_argument("--chains", type=int, default=2)
+    parser.add_argument("--compare", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    pd.set_option("display.width", 160)
-    for name, (files, reader) in READERS.items():
+    pd.set_option("display.width", 200)
+    warnings.simplefilter("ignore")
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    options = {"nuts_sampler": args.nuts_sampler, "cores": 1} if args.sampler == "nuts" else {}
+    for name in args.datasets:
+        files, reader = READERS[name]
         if not has_files(args.data, files):
             print(f"{name}: skipped, {args.data} lacks {files}")
             continue
         study = reader(args.data)
         print(
             f"\n{name}: {study.Y.shape[0]} samples × {study.Y.shape[1]} features, "
-            f"covariates {list(study.X.columns)}, {study.hierarchy}"
+            f"covariates {list(study.X.columns)}, {study.hierarchy}",
+            flush=True,
         )
-        split_rows, truth_rows, mse = {}, {}, {}
         covariance = real_residual_covariance(study) if args.replicates > 0 else None
-        for depth in (*DEPTHS, "stage 1"):
+        split_rows, truth_rows, mse = {}, {}, {}
+        models = [(noise, depth) for noise in NOISE_MODELS for depth in DEPTHS]
+        for key in [*models, ("stage 1", "")]:
+            noise, depth = key
             stage_two = (
                 stage_one_posterior
-                if depth == "stage 1"
-                else StageTwo(depth=depth, draws=args.draws, tune=args.draws // 2)
+                if noise == "stage 1"
+                else StageTwo(
+                    depth=depth,
+                    sampler=args.sampler,
+                    noise=NOISE_MODELS[noise],
+                    draws=args.draws,
+                    tune=args.draws,
+                    chains=args.chains,
+                    sample_options=options,
+                )
             )
             start = time.perf_counter()
             halves = split_half_check(
@@ -84,9 +126,8 @@ def main() -> None:
                 n_splits=args.splits,
                 random_seed=args.seed,
             )
-            split_rows[depth] = halves.loc["mean", COLUMNS]
-            mse[depth] = halves.drop(index="mean")["mse"].to_numpy()
-            print(f"  depth {depth}: split halves in {time.perf_counter() - start:.0f} s")
+            split_rows[key] = halves.loc["mean", SPLIT_COLUMNS]
+            mse[key] = halves.drop(index="mean")["mse"].to_numpy()
             if args.replicates > 0:
                 truth = known_truth_check(
                     study.X,
@@ -96,18 +137,43 @@ def main() -> None:
                     n_replicates=args.replicates,
                     random_seed=args.seed,
                 )
-                truth_rows[depth] = truth.loc["mean"]
-        table = pd.DataFrame(split_rows).T.rename_axis("depth")
-        differences = {depth: mse[depth] - mse[0] for depth in mse}
-        table["mse_minus_depth0"] = [d.mean() for d in differences.values()]
+                truth_rows[key] = truth.loc["mean", TRUTH_COLUMNS]
+            print(f"  {noise} {depth}: {time.perf_counter() - start:.0f} s", flush=True)
+        table = pd.DataFrame(split_rows).T.rename_axis(["noise", "depth"])
+        differences = {key: mse[key] - mse[REFERENCE] for key in mse}
+        table["mse_minus_indep0"] = [d.mean() for d in differences.values()]
         table["se_of_difference"] = [
             d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else np.nan for d in differences.values()
         ]
         print(f"{name}, split halves ({args.splits} splits, means; MSE differences paired):")
-        print(table.round(4).to_string())
+        print(table.round(4).to_string(), flush=True)
         if truth_rows:
             print(f"{name}, real noise with a known truth ({args.replicates} replicates, means):")
-            print(pd.DataFrame(truth_rows).T.rename_axis("depth").round(4).to_string())
+            frame = pd.DataFrame(truth_rows).T.rename_axis(["noise", "depth"])
+            print(frame.round(4).to_string(), flush=True)
+        if args.compare:
+            fit = mlm(study.Y, study.X)
+            for noise, setting in NOISE_MODELS.items():
+                fits = {
+                    depth: ShrinkageModel(fit, study.hierarchy, depth=depth, noise=setting).sample(
+                        args.sampler,
+                        draws=args.draws,
+                        tune=args.draws,
+                        chains=args.chains,
+                        random_seed=args.seed,
+                        progressbar=False,
+                        **options,
+                    )
+                    for depth in DEPTHS
+                }
+                comparison = compare_fits(fits)
+                best = comparison.recommended
+                print(
+                    f"{name}, {noise}: compare_fits recommends depth {best} "
+                    f"(elpd_loo {comparison.table['elpd_loo'].round(1).to_dict()}); "
+                    f"its split-half MSE gain {table.loc[(noise, best), 'mse_gain']:.2f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ over rank bins checks that, Bonferroni-corrected over the quantities of a run. T
 versions run in the default suite; the full versions (more replications, every depth and
 sampler) are marked ``slow``. A deliberately wrong update (a dropped 1/2 in the inverse-gamma
 rate of τ²) must fail the same test.
+
+With correlated estimates (issue 14) the estimates carry a fixed tree-structured noise on the
+full two-level tree whatever the depth fitted, b = θ + shared node noise + own noise, and the
+same ranks must be uniform; the model that ignores the shared noise (``noise="independent"``
+fitted to the same b, with each estimate's total variance) must fail the same test.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from scipy import stats
 from bayeshier_pymc import Hierarchy, ShrinkageModel
 from bayeshier_pymc.gibbs import sweeps
 from bayeshier_pymc.model import group_mean_name
+from bayeshier_pymc.noise import NodeVariances, TreeNoise
 from bayeshier_pymc.sampling import sample_gibbs
 
 PRIORS = {"mu0": 0.0, "s0": 1.0, "tau_scale": 1.0}
@@ -117,6 +123,78 @@ def run_sampler(model: ShrinkageModel, sampler: str, seed: int):
 def calibration(depth: int, sampler: str, n_reps: int, seed: int) -> dict[str, float]:
     model, truth = simulate_from_prior(depth, n_reps, seed)
     return rank_p_values(run_sampler(model, sampler, seed), truth)
+
+
+SHARED_NOISE = NodeVariances(
+    top=0.5**2, groups=(np.full(4, 0.6**2), np.full(2, 0.4**2)), own=np.zeros(12)
+)
+"""Shared noise variances of the correlated estimates: top, subclasses, superclasses."""
+
+
+def simulate_correlated(
+    depth: int, n_reps: int, seed: int, noise: str = "auto"
+) -> tuple[ShrinkageModel, dict[str, np.ndarray]]:
+    """As :func:`simulate_from_prior`, plus noise shared at every node of the full tree.
+
+    The estimates' own noise has variance se²; the shared noise (:data:`SHARED_NOISE`, on the
+    two-level tree whatever ``depth``) is drawn after everything else. The model is fitted
+    with that ``TreeNoise`` (``noise="auto"``), or, for ``noise="independent"``, as
+    independent estimates with their total variances (the shared noise ignored).
+    """
+    model, truth = simulate_from_prior(depth, n_reps, seed)
+    problem = model.problem
+    full = _hierarchy(2)
+    rng = np.random.default_rng([seed, 14])
+    shared = rng.normal(0.0, np.sqrt(SHARED_NOISE.top), (n_reps, 1))
+    for level, variances in enumerate(SHARED_NOISE.groups):
+        draws = rng.normal(0.0, np.sqrt(variances), (n_reps, variances.size))
+        shared = shared + draws[:, full.membership(level)]
+    covariates = problem.covariates
+    structure = TreeNoise(
+        hierarchy=full,
+        residual=NodeVariances(SHARED_NOISE.top, SHARED_NOISE.groups, problem.se[0] ** 2),
+        covariate_scale=pd.Series(1.0, index=covariates),
+        estimation=pd.DataFrame(),
+    )
+    b = pd.DataFrame(problem.b + shared, index=covariates, columns=full.features)
+    total_sd = np.sqrt(problem.se**2 + np.diag(structure.covariance()) - problem.se[0] ** 2)
+    se = pd.DataFrame(total_sd, index=covariates, columns=full.features)
+    chosen = structure if noise == "auto" else "independent"
+    tree = full.truncate(depth)
+    return ShrinkageModel((b, se), tree, priors=PRIORS, noise=chosen), truth
+
+
+def correlated_calibration(
+    depth: int, n_reps: int, seed: int, noise: str = "auto", sampler: str = "nuts"
+) -> dict[str, float]:
+    model, truth = simulate_correlated(depth, n_reps, seed, noise)
+    return rank_p_values(run_sampler(model, sampler, seed), truth)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_nuts_is_calibrated_with_correlated_noise_quick(depth):
+    assert_calibrated(correlated_calibration(depth, n_reps=100, seed=20 + depth))
+
+
+def test_correlated_calibration_catches_ignored_shared_noise():
+    """The test of the test: the independent-noise model fails on correlated estimates."""
+    p_values = correlated_calibration(1, n_reps=100, seed=21, noise="independent")
+    with pytest.raises(AssertionError, match="not uniform"):
+        assert_calibrated(p_values)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_nuts_is_calibrated_with_correlated_noise_full(depth):
+    assert_calibrated(correlated_calibration(depth, n_reps=500, seed=120 + depth))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_correlated_calibration_catches_ignored_shared_noise_at_every_depth(depth):
+    p_values = correlated_calibration(depth, n_reps=500, seed=120 + depth, noise="independent")
+    with pytest.raises(AssertionError, match="not uniform"):
+        assert_calibrated(p_values)
 
 
 @pytest.mark.parametrize("depth", [0, 1, 2])
