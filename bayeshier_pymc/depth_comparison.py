@@ -85,17 +85,24 @@ Depth = int | str
 # ---------------------------------------------------------------------- the result
 @dataclass(frozen=True)
 class RecommendationRule:
-    """Recommend the simplest depth whose elpd is close enough to the best.
+    """Recommend the simplest (or the deepest) depth whose elpd is close enough to the best.
 
     A depth is close enough when ``elpd_diff ≤ max(dse_factor × dse, negligible)``: within
     ``dse_factor`` standard errors of the difference, or below ``negligible`` elpd units, a
     difference too small to rank models by (Sivula, Magnusson & Vehtari 2022: below about 4
     the normal approximation of the difference is unreliable and the models predict alike).
     Simplest means fewest levels, with no pooling simplest of all.
+
+    ``prefer="deepest"`` recommends the deepest close-enough depth instead: a cautious choice
+    for correlated estimates, where a model shallower than the noise tree can only read a
+    real group shift as that group's shared noise (which LOO of b cannot tell apart) and is
+    then confidently wrong about the group's members, while a deeper model costs little, its
+    unneeded scales shrinking to zero (``docs/calibration.md`` measures both).
     """
 
     dse_factor: float = 2.0
     negligible: float = 4.0
+    prefer: Literal["simplest", "deepest"] = "simplest"
 
     def __post_init__(self) -> None:
         if not (self.dse_factor > 0 and self.negligible >= 0):
@@ -103,19 +110,27 @@ class RecommendationRule:
                 f"dse_factor must be positive and negligible non-negative, got "
                 f"{self.dse_factor!r} and {self.negligible!r}."
             )
+        if self.prefer not in ("simplest", "deepest"):
+            raise ValueError(f"prefer must be 'simplest' or 'deepest', got {self.prefer!r}.")
 
     def close_enough(self, row: pd.Series) -> bool:
         """Whether a row of the :func:`arviz.compare` table is close enough to the best."""
         return bool(row["elpd_diff"] <= max(self.dse_factor * row["dse"], self.negligible))
 
     def choose(self, table: pd.DataFrame) -> Depth:
-        """The simplest close-enough depth of an :func:`arviz.compare` table."""
-        return min((_key(i) for i in table.index if self.close_enough(table.loc[i])), key=_rank)
+        """The simplest (or deepest) close-enough depth of an :func:`arviz.compare` table."""
+        close = [_key(i) for i in table.index if self.close_enough(table.loc[i])]
+        return min(close, key=_rank) if self.prefer == "simplest" else max(close, key=_rank)
 
     def __str__(self) -> str:
+        which = (
+            "the simplest model (fewest levels; no pooling simplest)"
+            if self.prefer == "simplest"
+            else "the deepest model (most levels; correlated estimates)"
+        )
         return (
-            f"the simplest model (fewest levels; no pooling simplest) whose elpd is within "
-            f"max({self.dse_factor:g} × dse, {self.negligible:g}) of the best"
+            f"{which} whose elpd is within max({self.dse_factor:g} × dse, "
+            f"{self.negligible:g}) of the best"
         )
 
 
@@ -276,7 +291,8 @@ def compare_depths(
     priors, covariates
         Passed to :class:`ShrinkageModel`.
     rule
-        How the depth is recommended (default :class:`RecommendationRule`).
+        How the depth is recommended (default :class:`RecommendationRule`: the simplest
+        close-enough depth).
     refit_bad_k
         With ``loo="group"``: refit the model without every group that has a Pareto k
         above good_k and replace its PSIS estimate by the exact

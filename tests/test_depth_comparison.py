@@ -137,6 +137,19 @@ def test_rule_picks_the_simplest_close_model():
         RecommendationRule(dse_factor=0.0)
 
 
+def test_rule_can_prefer_the_deepest_close_model():
+    deepest = RecommendationRule(prefer="deepest")
+    table = pd.DataFrame(
+        [(0.0, 0.0), (3.0, 2.0), (3.5, 3.0), (50.0, 5.0)],
+        columns=["elpd_diff", "dse"],
+        index=["1", "2", "0", "none"],
+    )
+    assert deepest.choose(table) == 2 and RecommendationRule().choose(table) == 0
+    assert "the deepest model" in str(deepest)
+    with pytest.raises(ValueError, match="prefer must be"):
+        RecommendationRule(prefer="best")
+
+
 # ---------------------------------------------------------------------- real comparisons
 @pytest.fixture(scope="module")
 def subclass_truth():
