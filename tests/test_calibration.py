@@ -176,6 +176,27 @@ def test_nuts_is_calibrated_with_correlated_noise_quick(depth):
     assert_calibrated(correlated_calibration(depth, n_reps=100, seed=20 + depth))
 
 
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_gibbs_engine_is_calibrated_with_correlated_noise_quick(depth):
+    assert_calibrated(
+        correlated_calibration(depth, n_reps=150, seed=40 + depth, sampler="collapsed")
+    )
+
+
+def test_engine_calibration_catches_totals_taken_for_effects(monkeypatch):
+    """A planted bug: the engine reports the totals (effect plus shared noise) as effects."""
+    from bayeshier_pymc.gibbs import engine
+
+    def no_split(data, state, rng):
+        units = [np.array(unit, copy=True) for unit in state.units[1:]]
+        return units, np.zeros((data.n_rows, data.n_units[1]))
+
+    monkeypatch.setattr(engine, "split_effects", no_split)
+    p_values = correlated_calibration(1, n_reps=150, seed=41, sampler="collapsed")
+    with pytest.raises(AssertionError, match="not uniform"):
+        assert_calibrated(p_values)
+
+
 def test_correlated_calibration_catches_ignored_shared_noise():
     """The test of the test: the independent-noise model fails on correlated estimates."""
     p_values = correlated_calibration(1, n_reps=100, seed=21, noise="independent")
@@ -187,6 +208,14 @@ def test_correlated_calibration_catches_ignored_shared_noise():
 @pytest.mark.parametrize("depth", [0, 1, 2])
 def test_nuts_is_calibrated_with_correlated_noise_full(depth):
     assert_calibrated(correlated_calibration(depth, n_reps=500, seed=120 + depth))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_gibbs_engine_is_calibrated_with_correlated_noise_full(depth):
+    assert_calibrated(
+        correlated_calibration(depth, n_reps=600, seed=140 + depth, sampler="collapsed")
+    )
 
 
 @pytest.mark.slow
