@@ -214,3 +214,20 @@ def test_leave_one_out_normal_matches_dense(seed, depth, used):
         mean, variance = leave_one_out_normal(b, own, tau, tree, MU0, S0)
         precision = np.linalg.inv(np.diag(own) + _effect_cov(hierarchy, tau_used))
         np.testing.assert_allclose(variance, 1.0 / np.diag(precision), rtol=1e-9)
+
+
+@pytest.mark.parametrize("top_scale", [1e3, 1e5, 1e7])
+def test_leave_one_out_normal_stays_exact_for_a_parent_known_through_one_estimate(top_scale):
+    """A one-member group under a huge scale: its parent is known almost only through b_j."""
+    tree = TreeIndex(4, (np.array([0, 1, 1, 1]),), (2,))
+    b = np.array([0.3, -0.2, 0.1, 0.4])
+    var_b = np.full(4, 0.01)
+    tau = np.array([0.1, top_scale])
+    noise = NodeNoise((np.array([0.02, 0.03]),), np.asarray(0.01))
+    for shared in (None, noise):
+        mean, variance = leave_one_out_normal(b, var_b, tau, tree, MU0, S0, shared)
+        scored = group_log_predictive(b, var_b, tau, tree, MU0, S0, 0, np.arange(4), shared)
+        assert np.all(variance > 0)
+        np.testing.assert_allclose(
+            stats.norm(mean, np.sqrt(variance)).logpdf(b), scored, rtol=1e-9, atol=1e-12
+        )

@@ -490,25 +490,19 @@ def noise_log_density(
 
 
 def posterior_moments(
-    messages: Messages,
-    tau: np.ndarray,
-    tree: TreeIndex,
-    mu0: float,
-    s0: float,
-    noise: NodeNoise | None = None,
+    messages: Messages, tau: np.ndarray, tree: TreeIndex, mu0: float, s0: float
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Posterior mean and variance of every unit given b and τ, top-down.
 
     A unit u with parent p is N(w y + (1 - w) p, w v) given p and the data below u
     (:func:`posterior_normal`), and p is independent of the data below u given p's own
     posterior; so E[u | b] = w y + (1 - w) E[p | b] and Var[u | b] = w v + (1 - w)² Var[p | b].
-    With shared ``noise`` these are the moments of the totals.
 
     Parameters
     ----------
     messages
-        The result of :func:`upward_pass` on NumPy arrays for the same ``tau`` and ``noise``.
-    tau, tree, mu0, s0, noise
+        The result of :func:`upward_pass` on NumPy arrays for the same ``tau``.
+    tau, tree, mu0, s0
         As in :func:`upward_pass`.
 
     Returns
@@ -517,12 +511,12 @@ def posterior_moments(
         One array per level, features first, then each annotation level, then θ0 (shape
         ``(...,)``), like ``messages.y``.
     """
-    mean, var = posterior_normal(mu0, top_variance(s0, noise), messages.y[-1], messages.v[-1])
+    mean, var = posterior_normal(mu0, s0 * s0, messages.y[-1], messages.v[-1])
     means, variances = [mean], [var]
     parent_mean, parent_var = mean[..., None], var[..., None]
     for level in range(tree.depth, -1, -1):
         index = tree.parent_of(level)
-        prior_var = level_variance(tau, level, noise)
+        prior_var = level_variance(tau, level)
         y, v = messages.y[level], messages.v[level]
         mean, conditional_var = posterior_normal(parent_mean[..., index], prior_var, y, v)
         parent_weight = v / (prior_var + v)
@@ -544,12 +538,11 @@ def leave_one_out_normal(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance of the normal p(b_j | b_−j, τ), for every feature j.
 
-    For b ~ N(μ, K) the leave-one-out predictive is N(b_j − [K⁻¹(b − μ)]_j / [K⁻¹]_jj,
-    1 / [K⁻¹]_jj). On the tree, with the posterior mean E_p and variance V_p of θ_j's parent
-    (its total, with ``noise``) given all of b, and t = τ_0² + s_j²:
-    [K⁻¹(b − μ)]_j = (b_j − E_p) / t and [K⁻¹]_jj = (t − V_p) / t², so the predictive is
-    N(b_j − (b_j − E_p) t / (t − V_p), t² / (t − V_p)): O(m), no cancellation when τ is
-    large against s_j. The predictive :func:`group_log_predictive` scores for single features.
+    The predictive :func:`group_log_predictive` scores for single features, in the same
+    form: b_j given its parent is N(parent, s_j² + τ_0²), and the parent's cavity (its
+    belief given every other estimate) is N(m, 1 / P); so b_j | b_−j ~ N(m, s_j² + τ_0² + 1 / P).
+    Built from precisions, never from a difference of variances, so that it stays exact when
+    θ_j's parent is known almost only through b_j.
 
     Parameters
     ----------
@@ -562,13 +555,20 @@ def leave_one_out_normal(
         Shape ``(..., m)``.
     """
     messages = upward_pass(b, var_b, tau, tree, mu0, s0, noise=noise)
-    means, variances = posterior_moments(messages, tau, tree, mu0, s0, noise)
+    ys = [*messages.y[:-1], messages.y[-1][..., None]]
+    vs = [*messages.v[:-1], messages.v[-1][..., None]]
+    out_mean, out_var = _outside(ys, vs, tau, tree, 0, mu0, s0, noise)
+    precision = 1.0 / (var_b + level_variance(tau, 0, noise))
     parent = tree.parent_of(0)
-    parent_mean = means[1][..., parent] if tree.depth else means[1][..., None]
-    parent_var = variances[1][..., parent] if tree.depth else variances[1][..., None]
-    total = var_b + level_variance(tau, 0)
-    remaining = total - parent_var
-    return b - (b - parent_mean) * total / remaining, total * total / remaining
+    cavity_mean, cavity_precision = _cavity(
+        out_mean[..., parent],
+        out_var[..., parent],
+        1.0 / vs[1][..., parent],
+        ys[1][..., parent],
+        precision,
+        b,
+    )
+    return cavity_mean, 1.0 / precision + 1.0 / cavity_precision
 
 
 def pointwise_marginal(
