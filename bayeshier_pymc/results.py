@@ -64,6 +64,15 @@ def qvalue(local_rates: xr.DataArray, dim: str = "feature") -> xr.DataArray:
         order = np.argsort(values, axis=-1, kind="stable")
         ordered = np.take_along_axis(values, order, axis=-1)
         means = np.cumsum(ordered, axis=-1) / np.arange(1, values.shape[-1] + 1)
+        # tied rates get the mean over every effect at most as uncertain: the running mean
+        # at the end of their tie (draws make ties common: rates are multiples of 1 / S)
+        last_of_tie = np.empty_like(order)
+        flat_ordered = ordered.reshape(-1, ordered.shape[-1])
+        flat_last = last_of_tie.reshape(flat_ordered.shape)
+        for row, rates in enumerate(flat_ordered):
+            ends = np.flatnonzero(np.r_[rates[1:] != rates[:-1], True])
+            flat_last[row] = ends[np.searchsorted(ends, np.arange(rates.size))]
+        means = np.take_along_axis(means, last_of_tie, axis=-1)
         out = np.empty_like(means)
         np.put_along_axis(out, order, means, axis=-1)
         return out

@@ -8,15 +8,23 @@ default (collapsed, numpyro).
 
     python benchmarks/bench_nuts.py                    # every configuration
     python benchmarks/bench_nuts.py --quick            # backends on the collapsed model only
+    python benchmarks/bench_nuts.py --noise-cost       # tree noise against independent noise
+
+``--noise-cost`` times the default NUTS (collapsed, numpyro) at the COPDGene shape of
+``bench_gibbs.py`` (p=10, m=999, 106 subclasses in 9 superclasses, shared residual noise),
+with the tree-structured likelihood and with ``noise="independent"``, the two alternating
+over ``--runs`` runs, and prints the ratio of the median sampling times (goal ≤ 1.3×).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import warnings
 
 import arviz as az
+from bench_gibbs import SHARED_RESIDUALS, make_model
 
 import bayeshier_pymc as bh
 
@@ -51,11 +59,37 @@ def run(parameterization: str, backend: str, model: bh.ShrinkageModel) -> dict[s
     }
 
 
+def noise_cost(runs: int) -> None:
+    """Median sampling time of the default NUTS with tree noise over independent noise."""
+    models = {
+        noise: make_model(0, SHARED_RESIDUALS, noise=noise) for noise in ("auto", "independent")
+    }
+    times: dict[str, list[float]] = {noise: [] for noise in models}
+    for run_number in range(runs):
+        for noise, model in models.items():
+            idata = model.sample(random_seed=run_number, progressbar=False)
+            times[noise].append(float(idata.attrs["sampling_time"]))
+            print(f"run {run_number} {noise:<12} {times[noise][-1]:7.1f} s", flush=True)
+    medians = {noise: statistics.median(values) for noise, values in times.items()}
+    print(
+        f"NUTS sampling time, tree noise / independent: {medians['auto']:.1f} s / "
+        f"{medians['independent']:.1f} s = {medians['auto'] / medians['independent']:.2f}x "
+        "(goal <= 1.3x)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="collapsed model, every backend")
+    parser.add_argument(
+        "--noise-cost", action="store_true", help="tree noise against independent noise"
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs per noise model")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    if args.noise_cost:
+        noise_cost(args.runs)
+        return
     study = bh.simulate(60, 770, 10, random_seed=1)
     fit = bh.mlm(study.Y, study.X, x_intercept=False)
     model = bh.ShrinkageModel(fit, bh.Hierarchy.from_frame(study.annotations, ["subclass"]))
