@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.model import group_mean_name
 from bayeshier_pymc.problem import ShrinkageProblem
@@ -48,8 +49,9 @@ def predict_new(
         A result of :meth:`ShrinkageModel.sample`.
     annotations
         One row per new feature (its label as the index), one column per annotation level of
-        the fit (finest first; extra columns are ignored, a missing value puts the feature in
-        a new group of its own at that level).
+        the fit (finest first; extra columns are ignored). A missing value puts the feature in
+        a new group of its own at that level, unless a finer group of the feature is known to
+        the fit, whose parent it then takes.
     random_seed
         Seed of the draws of new group means and of θ.
 
@@ -128,6 +130,19 @@ def _check_annotations(
     return annotations.loc[:, list(levels)]
 
 
+def _with_known_ancestors(new: pd.DataFrame, tree: Hierarchy) -> pd.DataFrame:
+    """Fill a missing coarser label from the fit's tree where a finer group is known to it."""
+    filled = new.copy()
+    for level in range(tree.depth - 1):
+        name, parent_name = tree.levels[level], tree.levels[level + 1]
+        code = tree.groups[level].get_indexer(filled[name].astype(object))
+        fill = (code >= 0) & filled[parent_name].isna().to_numpy()
+        if fill.any():
+            parents = tree.parents[level + 1][code[fill]]
+            filled.loc[fill, parent_name] = tree.groups[level + 1][parents].to_numpy()
+    return filled
+
+
 def _draw_from_tree(
     problem: ShrinkageProblem,
     new: pd.DataFrame,
@@ -142,6 +157,7 @@ def _draw_from_tree(
     """
     tree = problem.tree
     assert tree is not None  # a pooled fit
+    new = _with_known_ancestors(new, tree)
     lead = ("chain", "draw", "covariate")
     depth = tree.depth
     values = posterior["mu"].transpose(*lead).to_numpy()[..., None]
