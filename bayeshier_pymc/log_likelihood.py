@@ -210,9 +210,9 @@ def held_out_predictive(
     for c in range(b.shape[0]):
         noise = problem.noise.row(c) if problem.noise is not None else None
         if tau is None:
-            scales = problem.algebra_scales(np.array([priors.s0]))
+            scales, top_sd = problem.unpooled_algebra()
             out[:, :, c] = group_log_predictive(
-                b[c], var_b[c], scales, index, priors.mu0, 0.0, unit_level, to_group, noise
+                b[c], var_b[c], scales, index, priors.mu0, top_sd, unit_level, to_group, noise
             )
             continue
         for chain, draws in _chunks(lead, index.n_features):

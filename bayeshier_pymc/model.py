@@ -33,7 +33,13 @@ import pytensor.tensor as pt
 from scipy import optimize
 
 from bayeshier_pymc.estimates import Estimates
-from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, noise_log_density, upward_pass
+from bayeshier_pymc.gaussian_tree import (
+    NodeNoise,
+    TreeIndex,
+    draw_noise,
+    noise_log_density,
+    upward_pass,
+)
 from bayeshier_pymc.gaussian_tree.pytensor_ops import PYTENSOR_OPS
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.priors import Priors
@@ -82,14 +88,8 @@ class NoiseModel:
         below them, one normal per node of the tree and one for the top.
         """
         shape = np.broadcast_shapes(mean.shape, tuple(size or ()))
-        noise = np.sqrt(self.own) * rng.standard_normal(shape)
-        noise += np.sqrt(self.shared.top)[:, None] * rng.standard_normal((*shape[:-1], 1))
-        codes = np.arange(self.tree.n_features)
-        for parents, variances in zip(self.tree.parents, self.shared.groups, strict=True):
-            codes = parents[codes]
-            node = np.sqrt(variances) * rng.standard_normal((*shape[:-1], variances.shape[-1]))
-            noise += node[..., codes]
-        return mean + noise
+        lead = shape[: len(shape) - self.own.ndim]
+        return mean + draw_noise(self.own, self.tree, self.shared, rng, lead=lead)
 
     def pad(self, tau: pt.TensorVariable, n_levels: int) -> pt.TensorVariable:
         """Scales (covariate, ``n_levels``) with zero columns for the noise tree's unused levels."""

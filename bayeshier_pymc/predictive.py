@@ -53,6 +53,7 @@ def posterior_predictive(
     tau: np.ndarray | None,
     lead: tuple[int, int],
     rng: np.random.Generator,
+    dtype: Any = np.float64,
 ) -> np.ndarray:
     """Replicates of every estimate from p(b_j | b_−j, τ), one per posterior draw.
 
@@ -66,27 +67,26 @@ def posterior_predictive(
         (chains, draws).
     rng
         Random generator.
+    dtype
+        Floating type of the result (θ's).
 
     Returns
     -------
     numpy.ndarray
-        (chain, draw, covariate, feature), float64.
+        (chain, draw, covariate, feature).
     """
     n_covariates, n_features = problem.b.shape
-    out = np.empty((lead[0] * lead[1], n_covariates, n_features))
-    priors = problem.priors
+    out = np.empty((lead[0] * lead[1], n_covariates, n_features), dtype=dtype)
     for k in range(n_covariates):
-        if problem.pooled:
-            assert tau is not None
-            scales = problem.algebra_scales(tau[:, :, k].reshape(-1, tau.shape[-1]))
-            s0 = priors.s0
-        else:
-            # no pooling: θ_j ~ N(mu0, s0²) independently, the tree's scales fixed
-            scales = np.zeros((1, problem.index.depth + 1)) if problem.correlated else None
-            s0 = 0.0
+        fixed = None if problem.pooled else _unpooled_moments(problem, k)
         for start in range(0, out.shape[0], CHUNK_DRAWS):
             stop = min(start + CHUNK_DRAWS, out.shape[0])
-            mean, variance = _leave_one_out(problem, k, scales, start, stop, s0)
+            if fixed is None:
+                assert tau is not None
+                scales = problem.algebra_scales(tau[:, :, k].reshape(-1, tau.shape[-1]))
+                mean, variance = _leave_one_out(problem, k, scales[start:stop], problem.priors.s0)
+            else:
+                mean, variance = fixed
             out[start:stop, k] = mean + np.sqrt(variance) * rng.standard_normal(
                 (stop - start, n_features)
             )
@@ -94,25 +94,23 @@ def posterior_predictive(
 
 
 def _leave_one_out(
-    problem: ShrinkageProblem,
-    k: int,
-    scales: np.ndarray | None,
-    start: int,
-    stop: int,
-    s0: float,
+    problem: ShrinkageProblem, k: int, scales: np.ndarray, top_sd: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of p(b_j | b_−j, τ) for covariate ``k`` and draws ``start:stop``."""
-    b, var_b, priors = problem.b[k], problem.var_b[k], problem.priors
-    if scales is None:
-        # independent estimates without pooling: b_j ~ N(mu0, s0² + se_j²)
-        return np.full_like(b, priors.mu0), var_b + priors.s0**2
+    """Mean and variance of p(b_j | b_−j, τ) for covariate ``k`` and the given scales."""
     noise = problem.noise.row(k) if problem.noise is not None else None
-    if problem.pooled:
-        chunk = scales[start:stop]
-    else:
-        chunk = np.broadcast_to(scales, (1, scales.shape[-1])).copy()
-        chunk[:, 0] = priors.s0
-    return leave_one_out_normal(b, var_b, chunk, problem.index, priors.mu0, s0, noise)
+    return leave_one_out_normal(
+        problem.b[k], problem.var_b[k], scales, problem.index, problem.priors.mu0, top_sd, noise
+    )
+
+
+def _unpooled_moments(problem: ShrinkageProblem, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """p(b_j | b_−j) without pooling, the same in every draw."""
+    if not problem.correlated:
+        # independent estimates: b_j ~ N(mu0, s0² + se_j²)
+        var_b = problem.var_b[k]
+        return np.full_like(var_b, problem.priors.mu0), var_b + problem.priors.s0**2
+    scales, top_sd = problem.unpooled_algebra()
+    return _leave_one_out(problem, k, scales, top_sd)
 
 
 def add_posterior_predictive(
@@ -123,10 +121,8 @@ def add_posterior_predictive(
     tau = (
         idata.posterior["tau"].transpose(*DIMS[:3], "level").to_numpy() if problem.pooled else None
     )
-    replicated = posterior_predictive(problem, tau, theta.shape[:2], rng)
-    dataset = xr.Dataset(
-        {"b": (DIMS, replicated.astype(theta.dtype, copy=False))}, coords=theta.coords
-    )
+    replicated = posterior_predictive(problem, tau, theta.shape[:2], rng, theta.dtype)
+    dataset = xr.Dataset({"b": (DIMS, replicated)}, coords=theta.coords)
     dataset.attrs.update(idata.posterior.attrs)
     idata.add_groups({"posterior_predictive": dataset})
     return idata

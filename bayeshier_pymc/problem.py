@@ -243,12 +243,20 @@ class ShrinkageProblem:
         """The integer structure of :attr:`algebra_tree`."""
         return TreeIndex.from_hierarchy(self.algebra_tree)
 
+    def unpooled_algebra(self) -> tuple[np.ndarray, float]:
+        """Scales (depth + 1,) and θ0's prior sd of the tree algebra without pooling.
+
+        Each θ_j ~ N(mu0, s0²) independently: on the noise tree, the features' scale is s0,
+        every group's zero, and θ0 is fixed at mu0 (prior sd zero).
+        """
+        return self.algebra_scales(np.array([self.priors.s0])), 0.0
+
     def algebra_scales(self, tau: np.ndarray) -> np.ndarray:
         """Scales ``(..., depth + 1)`` padded with zeros to the levels of :attr:`index`.
 
         The levels of the noise tree that the effects do not use have no effect variation
-        (scale zero); without noise this is ``tau`` itself. Without pooling pass
-        ``tau = s0`` (shape ``(..., 1)``): every θ_j varies around a fixed mu0.
+        (scale zero); without noise this is ``tau`` itself. Without pooling see
+        :meth:`unpooled_algebra`.
         """
         tau = np.asarray(tau, dtype=float)
         missing = self.index.depth + 1 - tau.shape[-1]

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bayeshier_pymc import Hierarchy, ShrinkageModel, mlm
-from bayeshier_pymc.gaussian_tree import leave_one_out_normal
+from bayeshier_pymc import Hierarchy, ShrinkageModel, mlm, tree_noise
 from bayeshier_pymc.predictive import posterior_predictive
 from bayeshier_pymc.sampling import sample_gibbs
 from bayeshier_pymc.simulate import ResidualNoise, simulate
+from tests.dense_gaussian import marginal_covariance
 
 
 def _tidy(b: np.ndarray, se: np.ndarray, features: pd.Index) -> dict[str, pd.DataFrame]:
@@ -70,14 +70,20 @@ def test_correlated_replicates_follow_the_leave_one_out_predictive(depth):
     n = 40_000
     tau = None if depth == "none" else np.full((1, n, 1, depth + 1), 0.3)
     replicated = posterior_predictive(problem, tau, (1, n), np.random.default_rng(1))[0, :, 0]
-    own, index, noise = problem.var_b[0], problem.index, problem.noise.row(0)
-    if depth == "none":
-        scales, s0 = np.r_[problem.priors.s0, np.zeros(index.depth)], 0.0
-    else:
-        scales, s0 = problem.algebra_scales(np.full(depth + 1, 0.3)), problem.priors.s0
-    mean, variance = leave_one_out_normal(
-        problem.b[0], own, scales, index, problem.priors.mu0, s0, noise
+    # the dense leave-one-out predictive of b ~ N(mu0, K): K = the effects' prior covariance
+    # given τ (s0² I without pooling) plus the tree noise's covariance
+    noise_cov = tree_noise(fit, tree).covariance(problem.covariates[0])
+    effects = (
+        problem.priors.s0**2 * np.eye(12)
+        if depth == "none"
+        else marginal_covariance(
+            np.zeros((12, 12)), np.full(depth + 1, 0.3), tree.truncate(depth), problem.priors.s0
+        )
     )
+    precision = np.linalg.inv(effects + noise_cov)
+    b = problem.b[0]
+    variance = 1.0 / np.diag(precision)
+    mean = b - precision @ (b - problem.priors.mu0) * variance
     np.testing.assert_array_less(
         np.abs(replicated.mean(axis=0) - mean), 4.5 * np.sqrt(variance / n)
     )

@@ -213,9 +213,8 @@ class TreeGibbs(BlockedStep):
 
 def _sweep_data(model: pm.Model, problem: ShrinkageProblem) -> tuple[TreeData, _Names]:
     """Sweep data from ``problem`` and variable names from ``model``, checked against each other."""
-    # b is observed, or with shared noise a data container of the likelihood's potential
-    b = model["b"]
-    n_features = model.rvs_to_values.get(b, b).type.shape[-1]
+    b = model["b"]  # observed: independently normal, or with the tree-noise density
+    n_features = model.rvs_to_values[b].type.shape[-1]
     if n_features is not None and n_features != problem.b.shape[1]:
         raise ValueError(
             f"the model has {n_features} features but the problem {problem.b.shape[1]}."

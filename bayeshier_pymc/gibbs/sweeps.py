@@ -183,9 +183,10 @@ def draw_unpooled(problem: ShrinkageProblem, n_draws: int, rng: np.random.Genera
     """
     priors = problem.priors
     n_covariates = problem.b.shape[0]
-    scales = problem.algebra_scales(np.full((n_covariates, 1), priors.s0))
+    scales, top_sd = problem.unpooled_algebra()
+    scales = np.broadcast_to(scales, (n_covariates, scales.size))
     index, noise = problem.index, problem.noise
-    messages = upward_pass(problem.b, problem.var_b, scales, index, priors.mu0, 0.0, noise=noise)
+    messages = upward_pass(problem.b, problem.var_b, scales, index, priors.mu0, top_sd, noise=noise)
     lead = (n_draws, n_covariates)
     repeated = Messages(
         tuple(np.broadcast_to(y, (*lead, *np.shape(y)[1:])) for y in messages.y),
@@ -193,7 +194,7 @@ def draw_unpooled(problem: ShrinkageProblem, n_draws: int, rng: np.random.Genera
         messages.log_marginal,
     )
     scales = np.broadcast_to(scales, (*lead, scales.shape[-1]))
-    return draw_tree(repeated, scales, index, priors.mu0, 0.0, rng, noise=noise)[2]
+    return draw_tree(repeated, scales, index, priors.mu0, top_sd, rng, noise=noise)[2]
 
 
 def check_scheme(problem: ShrinkageProblem, scheme: str) -> None:
