@@ -320,9 +320,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from importlib.metadata import version
+    from bayeshier_pymc import __version__
 
-    return version("bayeshier_pymc")
+    return __version__
 
 
 @contextmanager

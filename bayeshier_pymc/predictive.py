@@ -5,9 +5,12 @@ once by :func:`~bayeshier_pymc.sampling.finish` for every sampler), drawn after 
 the collapsed model's ``pm.Potential`` plays no role): for each posterior draw of the scales τ,
 each estimate b_j is replicated from its leave-one-out predictive p(b_j | b_−j, τ)
 (:func:`~bayeshier_pymc.gaussian_tree.leave_one_out_normal`), with the estimates' noise,
-independent or tree-structured. That is the predictive the default pointwise log-likelihood
-scores, so ``az.loo_pit(idata)`` is exact and ``az.plot_ppc(idata)`` compares the estimates
-with what the model predicts for them when each is held out. Replicates θ_j + e drawn around
+independent or tree-structured. With correlated estimates (and without pooling) that is the
+very predictive the default pointwise log-likelihood scores; for independent pooled fits the
+log-likelihood scores b_j given the parent's draw, whose importance weights give the same
+leave-one-out posterior of τ. Either way ``az.loo_pit(idata)`` checks each estimate against
+its leave-one-out predictive, and ``az.plot_ppc(idata)`` compares the estimates with what the
+model predicts for them when each is held out. Replicates θ_j + e drawn around
 each θ_j's own posterior would reuse b_j twice: a metabolite's θ follows its estimate, and an
 outlier or a heavy-tailed error would hide in its own replicate. :func:`prior_predictive`
 draws every parameter from the prior and b from the noise

@@ -292,7 +292,9 @@ def resolve_depth(depth: int | str | None, hierarchy: Hierarchy | None) -> Depth
         return "none"
     if isinstance(depth, bool) or not isinstance(depth, int | np.integer):
         raise ValueError(f"depth must be an integer or 'none', got {depth!r}.")
-    if not 0 <= depth <= available:
+    if depth < 0:
+        raise ValueError(f"depth must be 0 or more (or 'none'), got {depth}.")
+    if depth > available:
         levels = list(hierarchy.levels) if hierarchy is not None else []
         raise ValueError(
             f"depth {depth} is beyond the annotation levels given ({available}: {levels!r})."

@@ -149,6 +149,8 @@ def test_no_pooling_matches_the_closed_form():
 def test_bad_input_gets_clear_errors(fit, tree, study):
     with pytest.raises(ValueError, match=r"depth 3 is beyond the annotation levels given \(2"):
         ShrinkageModel(fit, tree, depth=3)
+    with pytest.raises(ValueError, match="depth must be 0 or more"):
+        ShrinkageModel(fit, tree, depth=-1)
     with pytest.raises(ValueError, match="depth must be an integer or 'none'"):
         ShrinkageModel(fit, tree, depth="all")
     partial = Hierarchy.from_frame(study.annotations.iloc[2:], ["subclass"])
