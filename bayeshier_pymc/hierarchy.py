@@ -59,6 +59,12 @@ class Hierarchy:
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    def flat(cls, features: Sequence[object] | pd.Index) -> Hierarchy:
+        """The tree without annotation levels: every feature hangs from θ0."""
+        labels = check_unique_labels(features, "features")
+        return cls(pd.Index(labels, name="feature"), (), (), ())
+
+    @classmethod
     def from_frame(
         cls,
         annotations: pd.DataFrame,

@@ -166,7 +166,7 @@ class ShrinkageProblem:
         resolved = resolve_depth(depth, hierarchy)
         tree = None
         if resolved != "none":
-            full = hierarchy if hierarchy is not None else _flat(estimates.features)
+            full = hierarchy if hierarchy is not None else Hierarchy.flat(estimates.features)
             tree = full.align(estimates.features).truncate(resolved)
         noise_parts: dict[str, Any] = {}
         if estimates.noise is not None:
@@ -329,7 +329,3 @@ def check_effect_levels(effect_tree: Hierarchy, noise_tree: Hierarchy) -> None:
                 f"{noise_tree.levels[level]!r} of the noise structure: estimate the noise on "
                 "the same tree (bayeshier_pymc.tree_noise(fit, hierarchy))."
             )
-
-
-def _flat(features: pd.Index) -> Hierarchy:
-    return Hierarchy(pd.Index(features, name="feature"), (), (), ())

@@ -45,8 +45,10 @@ def with_noise(
         return Estimates(estimates.estimate, estimates.se)
     if estimates.noise is not None:
         return estimates
-    if isinstance(source, MLMFit) and source.Z is None and hierarchy is not None:
-        return Estimates.from_any(estimates, noise=tree_noise(source, hierarchy))
+    if isinstance(source, MLMFit) and source.Z is None:
+        # without a tree the noise shared by all features still aliases with θ0
+        tree = hierarchy if hierarchy is not None else Hierarchy.flat(source.Y.columns)
+        return Estimates.from_any(estimates, noise=tree_noise(source, tree))
     if noise == "tree":
         raise ValueError(
             "noise='tree' needs a noise structure: pass a stage-1 fit (MLMFit without a "
@@ -79,10 +81,10 @@ class ShrinkageModel:
         Shrink only these covariates (default: all).
     noise
         The stage-1 errors' correlation. ``"auto"`` (default): the noise structure the
-        estimates carry, or, for a stage-1 fit without a feature design and with a
-        ``hierarchy``, tree-structured noise estimated from its residuals
-        (:func:`~bayeshier_pymc.noise.tree_noise`); otherwise independent errors (a tidy
-        frame or arrays carry no correlation). ``"tree"``: like ``"auto"`` but an error
+        estimates carry, or, for a stage-1 fit without a feature design, tree-structured noise
+        estimated from its residuals (:func:`~bayeshier_pymc.noise.tree_noise`; without a
+        ``hierarchy``, the noise shared by all features); otherwise independent errors (a
+        tidy frame or arrays carry no correlation). ``"tree"``: like ``"auto"`` but an error
         where no noise structure can be had. ``"independent"``: b_j ~ N(θ_j, se_j²)
         independently, the research model (ignores any correlation). A
         :class:`~bayeshier_pymc.noise.TreeNoise`: that structure.

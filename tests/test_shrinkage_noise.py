@@ -64,6 +64,18 @@ def test_shallower_fits_keep_the_whole_noise_tree(study, depth):
         assert np.all(padded[:, depth + 1 :] == 0.0) and np.all(padded[:, : depth + 1] == 1.0)
 
 
+def test_without_a_tree_the_noise_shared_by_all_is_modelled(study):
+    """With no hierarchy, the noise shared by every feature (it aliases with θ0) is kept."""
+    fit, _ = study
+    problem = ShrinkageModel(fit).problem
+    assert problem.correlated and problem.index.depth == 0 and problem.depth == 0
+    flat = tree_noise(fit, Hierarchy.flat(fit.Y.columns))
+    np.testing.assert_allclose(
+        problem.noise.top, flat.covariate_scale.to_numpy() * flat.residual.top
+    )
+    assert flat.residual.top > 0
+
+
 def test_independent_reproduces_the_research_model(study):
     fit, tree = study
     model = ShrinkageModel(fit, tree, noise="independent")
