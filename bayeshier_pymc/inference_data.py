@@ -206,15 +206,8 @@ def _pointwise(kind: str, draws: Mapping[str, np.ndarray], problem: ShrinkagePro
     if problem.correlated:
         if kind == "conditional":
             return pointwise.conditional_leave_one_out(theta, problem)
-        features = np.arange(b.shape[1])
-        return pointwise.held_out_predictive(
-            problem,
-            draws["tau"] if problem.pooled else None,
-            0,
-            features,
-            lead=theta.shape[:2],
-            dtype=theta.dtype,
-        )
+        tau = draws["tau"] if problem.pooled else None
+        return pointwise.leave_one_out(problem, tau, lead=theta.shape[:2], dtype=theta.dtype)[0]
     if kind == "conditional":
         return pointwise.conditional(theta, b, se)
     if not problem.pooled:

@@ -31,7 +31,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bayeshier_pymc._numba import compiled_kernel
-from bayeshier_pymc.gaussian_tree import group_log_predictive
+from bayeshier_pymc.gaussian_tree import (
+    group_log_predictive,
+    leave_one_out_normal,
+    normal_log_density,
+)
 from bayeshier_pymc.gaussian_tree.kernels import log_normal, pointwise_marginal
 from bayeshier_pymc.model import group_mean_name
 
@@ -45,6 +49,7 @@ __all__ = [
     "conditional_leave_one_out",
     "conditional_total",
     "held_out_predictive",
+    "leave_one_out",
     "marginal",
     "prior_predictive",
     "theta_parents",
@@ -228,6 +233,78 @@ def held_out_predictive(
                 noise,
             )
     return out
+
+
+def leave_one_out(
+    problem: ShrinkageProblem,
+    tau: np.ndarray | None,
+    *,
+    lead: tuple[int, int],
+    dtype: Any = np.float64,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Log p(b_j | b_−j, τ) for every draw and, with ``rng``, one replicate of b_j from it.
+
+    The leave-one-out predictive normal of
+    :func:`~bayeshier_pymc.gaussian_tree.leave_one_out_normal` on the problem's algebra tree
+    with its noise (correlated estimates: the non-factorised normal model of Bürkner, Gabry &
+    Vehtari 2021), every covariate and chunk of draws in turn; its moments serve both the
+    log density and the replicate (:mod:`bayeshier_pymc.predictive`), computed once.
+
+    Parameters
+    ----------
+    problem
+        What was sampled.
+    tau
+        Draws of the scales (chain, draw, covariate, level); ``None`` without pooling (the
+        value is then the same in every draw).
+    lead
+        Numbers of chains and draws.
+    dtype
+        Floating type of the results.
+    rng
+        Generator of the replicates; ``None``: no replicates.
+
+    Returns
+    -------
+    log_density, replicates : numpy.ndarray
+        (chain, draw, covariate, feature); ``replicates`` is ``None`` without ``rng``.
+    """
+    b, var_b, priors = problem.b, problem.var_b, problem.priors
+    shape = (*lead, *b.shape)
+    log_density = np.empty(shape, dtype=dtype)
+    replicates = np.empty(shape, dtype=dtype) if rng is not None else None
+    for c in range(b.shape[0]):
+        fixed = None if problem.pooled else _unpooled_normal(problem, c)
+        for chain, draws in _chunks(lead, b.shape[1]):
+            if fixed is None:
+                assert tau is not None
+                noise = problem.noise.row(c) if problem.noise is not None else None
+                scales = problem.algebra_scales(tau[chain, draws, c])
+                mean, variance = leave_one_out_normal(
+                    b[c], var_b[c], scales, problem.index, priors.mu0, priors.s0, noise
+                )
+            else:
+                mean, variance = fixed
+            log_density[chain, draws, c] = normal_log_density(b[c] - mean, variance)
+            if replicates is not None and rng is not None:
+                n = draws.stop - draws.start
+                replicates[chain, draws, c] = mean + np.sqrt(variance) * rng.standard_normal(
+                    (n, b.shape[1])
+                )
+    return log_density, replicates
+
+
+def _unpooled_normal(problem: ShrinkageProblem, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """p(b_j | b_−j) of covariate ``c`` without pooling: θ_j ~ N(mu0, s0²) independently."""
+    priors, var_b = problem.priors, problem.var_b[c]
+    if not problem.correlated:
+        return np.full_like(var_b, priors.mu0), var_b + priors.s0**2
+    scales, top_sd = problem.unpooled_algebra()
+    noise = problem.noise.row(c) if problem.noise is not None else None
+    return leave_one_out_normal(
+        problem.b[c], var_b, scales, problem.index, priors.mu0, top_sd, noise
+    )
 
 
 def conditional_leave_one_out(theta: np.ndarray, problem: ShrinkageProblem) -> np.ndarray:

@@ -2,15 +2,18 @@
 
 Every fit carries a ``posterior_predictive`` group (:func:`add_posterior_predictive`, called
 once by :func:`~bayeshier_pymc.sampling.finish` for every sampler), drawn after sampling (so
-the collapsed model's ``pm.Potential`` plays no role): for each posterior draw of the scales τ,
-each estimate b_j is replicated from its leave-one-out predictive p(b_j | b_−j, τ)
-(:func:`~bayeshier_pymc.gaussian_tree.leave_one_out_normal`), with the estimates' noise,
-independent or tree-structured. With correlated estimates (and without pooling) that is the
-very predictive the default pointwise log-likelihood scores; for independent pooled fits the
-log-likelihood scores b_j given the parent's draw, whose importance weights give the same
-leave-one-out posterior of τ. Either way ``az.loo_pit(idata)`` checks each estimate against
-its leave-one-out predictive, and ``az.plot_ppc(idata)`` compares the estimates with what the
-model predicts for them when each is held out. Replicates θ_j + e drawn around
+the collapsed model's ``pm.Potential`` plays no role): for each posterior draw, each estimate
+b_j is replicated from the predictive its default pointwise log-likelihood scores, so that
+``az.loo_pit(idata)`` checks each estimate against its leave-one-out predictive and
+``az.plot_ppc(idata)`` compares the estimates with what the model predicts for them when each
+is held out:
+
+* independent estimates, pooled: N(parent, τ_w² + se_j²) given the draw of θ_j's parent and
+  of τ_w (θ_j drawn afresh around its parent; ``b_marginal``), O(m) per draw;
+* correlated estimates, or no pooling: p(b_j | b_−j, τ) given the draw of τ, the tree-noise
+  leave-one-out predictive (:func:`~bayeshier_pymc.log_likelihood.leave_one_out`, which for
+  a new fit draws them with the log-likelihood, from the same moments).
+ Replicates θ_j + e drawn around
 each θ_j's own posterior would reuse b_j twice: a metabolite's θ follows its estimate, and an
 outlier or a heavy-tailed error would hide in its own replicate. :func:`prior_predictive`
 draws every parameter from the prior and b from the noise
@@ -25,14 +28,14 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
-from bayeshier_pymc.gaussian_tree import draw_noise, leave_one_out_normal
+from bayeshier_pymc.gaussian_tree import draw_noise
+from bayeshier_pymc.log_likelihood import leave_one_out, theta_parents
 from bayeshier_pymc.model import group_mean_name, model_coords
 from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = [
     "PREDICTIVE_SEED_KEY",
     "add_posterior_predictive",
-    "posterior_predictive",
     "predictive_generator",
     "prior_predictive",
 ]
@@ -41,8 +44,6 @@ PREDICTIVE_SEED_KEY = 7
 """Spawn key of the predictive draws' generator under a run's seed: they use their own stream,
 so adding them changes no posterior draw."""
 DIMS = ("chain", "draw", "covariate", "feature")
-CHUNK_DRAWS = 256
-"""Draws whose leave-one-out moments are computed at once (bounds the temporaries)."""
 
 
 def predictive_generator(random_seed: Any) -> np.random.Generator:
@@ -51,84 +52,58 @@ def predictive_generator(random_seed: Any) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(PREDICTIVE_SEED_KEY,)))
 
 
-def posterior_predictive(
-    problem: ShrinkageProblem,
-    tau: np.ndarray | None,
-    lead: tuple[int, int],
-    rng: np.random.Generator,
-    dtype: Any = np.float64,
-) -> np.ndarray:
-    """Replicates of every estimate from p(b_j | b_−j, τ), one per posterior draw.
-
-    Parameters
-    ----------
-    problem
-        The model.
-    tau
-        Scale draws (chain, draw, covariate, level); ``None`` without pooling.
-    lead
-        (chains, draws).
-    rng
-        Random generator.
-    dtype
-        Floating type of the result (θ's).
-
-    Returns
-    -------
-    numpy.ndarray
-        (chain, draw, covariate, feature).
-    """
-    n_covariates, n_features = problem.b.shape
-    out = np.empty((lead[0] * lead[1], n_covariates, n_features), dtype=dtype)
-    for k in range(n_covariates):
-        fixed = None if problem.pooled else _unpooled_moments(problem, k)
-        for start in range(0, out.shape[0], CHUNK_DRAWS):
-            stop = min(start + CHUNK_DRAWS, out.shape[0])
-            if fixed is None:
-                assert tau is not None
-                scales = problem.algebra_scales(tau[:, :, k].reshape(-1, tau.shape[-1]))
-                mean, variance = _leave_one_out(problem, k, scales[start:stop], problem.priors.s0)
-            else:
-                mean, variance = fixed
-            out[start:stop, k] = mean + np.sqrt(variance) * rng.standard_normal(
-                (stop - start, n_features)
-            )
-    return out.reshape(*lead, n_covariates, n_features)
-
-
-def _leave_one_out(
-    problem: ShrinkageProblem, k: int, scales: np.ndarray, top_sd: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of p(b_j | b_−j, τ) for covariate ``k`` and the given scales."""
-    noise = problem.noise.row(k) if problem.noise is not None else None
-    return leave_one_out_normal(
-        problem.b[k], problem.var_b[k], scales, problem.index, problem.priors.mu0, top_sd, noise
-    )
-
-
-def _unpooled_moments(problem: ShrinkageProblem, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """p(b_j | b_−j) without pooling, the same in every draw."""
-    if not problem.correlated:
-        # independent estimates: b_j ~ N(mu0, s0² + se_j²)
-        var_b = problem.var_b[k]
-        return np.full_like(var_b, problem.priors.mu0), var_b + problem.priors.s0**2
-    scales, top_sd = problem.unpooled_algebra()
-    return _leave_one_out(problem, k, scales, top_sd)
-
-
 def add_posterior_predictive(
-    idata: az.InferenceData, problem: ShrinkageProblem, rng: np.random.Generator
+    idata: az.InferenceData,
+    problem: ShrinkageProblem,
+    rng: np.random.Generator,
+    replicates: np.ndarray | None = None,
 ) -> az.InferenceData:
-    """Add the ``posterior_predictive`` group (``b``, in θ's floating type) to a new fit."""
+    """Add the ``posterior_predictive`` group (``b``, in θ's floating type) to a new fit.
+
+    ``replicates`` (chain, draw, covariate, feature) are used when given (drawn with the
+    leave-one-out log-likelihood, :func:`~bayeshier_pymc.log_likelihood.leave_one_out`);
+    otherwise they are drawn here with ``rng``.
+    """
     theta = idata.posterior["theta"].transpose(*DIMS)
-    tau = (
-        idata.posterior["tau"].transpose(*DIMS[:3], "level").to_numpy() if problem.pooled else None
-    )
-    replicated = posterior_predictive(problem, tau, theta.shape[:2], rng, theta.dtype)
-    dataset = xr.Dataset({"b": (DIMS, replicated)}, coords=theta.coords)
+    if replicates is None:
+        if problem.pooled and not problem.correlated:
+            replicates = _around_parents(idata.posterior, problem, rng, theta.dtype)
+        else:
+            tau = (
+                idata.posterior["tau"].transpose(*DIMS[:3], "level").to_numpy()
+                if problem.pooled
+                else None
+            )
+            replicates = leave_one_out(
+                problem, tau, lead=theta.shape[:2], dtype=theta.dtype, rng=rng
+            )[1]
+    dataset = xr.Dataset({"b": (DIMS, replicates)}, coords=theta.coords)
     dataset.attrs.update(idata.posterior.attrs)
     idata.add_groups({"posterior_predictive": dataset})
     return idata
+
+
+def _around_parents(
+    posterior: xr.Dataset, problem: ShrinkageProblem, rng: np.random.Generator, dtype: Any
+) -> np.ndarray:
+    """Independent pooled fits: b_j ~ N(parent, τ_w² + se_j²) for every draw, chain by chain."""
+    lead = DIMS[:3]
+    first = problem.levels[0] if problem.levels else None
+    draws = {"mu": posterior["mu"].transpose(*lead).to_numpy()}
+    if first is not None:
+        name = group_mean_name(first)
+        draws[name] = posterior[name].transpose(*lead, first).to_numpy()
+    tree = problem.tree
+    assert tree is not None  # pooled
+    parent_mean, parent_index = theta_parents(
+        draws, first, tree.parents[0] if first is not None else None, tree.n_features
+    )
+    tau_w = posterior["tau"].sel(level="feature").transpose(*lead).to_numpy()
+    out = np.empty((*tau_w.shape, tree.n_features), dtype=dtype)
+    for chain in range(tau_w.shape[0]):
+        sd = np.sqrt(tau_w[chain][..., None] ** 2 + problem.var_b)
+        out[chain] = parent_mean[chain][..., parent_index] + sd * rng.standard_normal(sd.shape)
+    return out
 
 
 def prior_predictive(

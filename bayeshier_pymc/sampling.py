@@ -39,7 +39,7 @@ from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS
 from bayeshier_pymc.gibbs.step import TreeGibbs
 from bayeshier_pymc.gibbs.sweeps import check_scheme
 from bayeshier_pymc.inference_data import build_inference_data, posterior_dims
-from bayeshier_pymc.log_likelihood import conditional_total
+from bayeshier_pymc.log_likelihood import conditional_total, leave_one_out
 from bayeshier_pymc.model import Parameterization, build_model, group_mean_name
 from bayeshier_pymc.predictive import add_posterior_predictive, predictive_generator
 from bayeshier_pymc.problem import ShrinkageProblem
@@ -153,16 +153,24 @@ def finish(problem: ShrinkageProblem, run: SamplerRun) -> az.InferenceData:
     Replicated estimates (``posterior_predictive``) are drawn here, for every sampler, from
     their own stream under the run's seed (:mod:`bayeshier_pymc.predictive`).
     """
+    rng = predictive_generator(run.attrs.get("random_seed"))
+    log_likelihood, replicates = run.log_likelihood, None
+    if problem.correlated and log_likelihood is None:
+        # the leave-one-out log-likelihood and the replicates from the same moments
+        theta = run.posterior["theta"]
+        tau = run.posterior["tau"] if problem.pooled else None
+        log_likelihood, replicates = leave_one_out(
+            problem, tau, lead=theta.shape[:2], dtype=theta.dtype, rng=rng
+        )
     idata = build_inference_data(
         run.posterior,
         problem,
         sampler=run.sampler,
         sample_stats=run.sample_stats,
         attrs=run.attrs,
-        log_likelihood=run.log_likelihood,
+        log_likelihood=log_likelihood,
     )
-    rng = predictive_generator(run.attrs.get("random_seed"))
-    return add_posterior_predictive(idata, problem, rng)
+    return add_posterior_predictive(idata, problem, rng, replicates)
 
 
 def sample_gibbs(
