@@ -33,7 +33,7 @@ import pandas as pd
 import xarray as xr
 
 from bayeshier_pymc.estimates import DIMS, Estimates
-from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex
+from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, pad_scales
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.model import NoiseModel, scale_levels
 from bayeshier_pymc.priors import Priors
@@ -258,11 +258,7 @@ class ShrinkageProblem:
         (scale zero); without noise this is ``tau`` itself. Without pooling see
         :meth:`unpooled_algebra`.
         """
-        tau = np.asarray(tau, dtype=float)
-        missing = self.index.depth + 1 - tau.shape[-1]
-        if missing == 0:
-            return tau
-        return np.concatenate([tau, np.zeros((*tau.shape[:-1], missing))], axis=-1)
+        return pad_scales(np.asarray(tau, dtype=float), self.index.depth)
 
     @property
     def estimates(self) -> Estimates:

@@ -87,6 +87,7 @@ __all__ = [
     "level_variance",
     "noise_log_density",
     "normal_log_density",
+    "pad_scales",
     "pointwise_marginal",
     "posterior_moments",
     "posterior_normal",
@@ -196,6 +197,18 @@ def level_variance(tau: Any, level: int, noise: NodeNoise | None = None) -> Any:
     if noise is None or level == 0:
         return scale * scale
     return scale * scale + noise.groups[level - 1]
+
+
+def pad_scales(tau: np.ndarray, depth: int) -> np.ndarray:
+    """Scales ``(..., k)`` padded with zeros to ``(..., depth + 1)``: levels without effects.
+
+    A fit that uses fewer annotation levels than the tree of its noise has no effect variation
+    at the levels above its depth; the algebra runs on the whole tree with those scales zero.
+    """
+    missing = depth + 1 - tau.shape[-1]
+    if missing == 0:
+        return tau
+    return np.concatenate([tau, np.zeros((*tau.shape[:-1], missing))], axis=-1)
 
 
 def top_variance(s0: float, noise: NodeNoise | None = None) -> Any:

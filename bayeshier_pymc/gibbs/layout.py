@@ -28,7 +28,7 @@ from functools import cached_property
 
 import numpy as np
 
-from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex
+from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, pad_scales
 from bayeshier_pymc.gaussian_tree.kernels import LaneProblem, SplitTree
 from bayeshier_pymc.problem import ShrinkageProblem
 
@@ -136,10 +136,7 @@ class TreeData:
 
     def algebra_scales(self, tau: np.ndarray) -> np.ndarray:
         """Scales (rows × n_scales) padded with zeros to every level of the tree (D + 1)."""
-        missing = self.depth + 1 - tau.shape[-1]
-        if missing == 0:
-            return tau
-        return np.concatenate([tau, np.zeros((*tau.shape[:-1], missing))], axis=-1)
+        return pad_scales(tau, self.depth)
 
     @classmethod
     def build(
