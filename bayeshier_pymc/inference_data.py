@@ -28,9 +28,11 @@ __all__ = [
     "build_inference_data",
     "log_likelihood_dataset",
     "loo",
+    "pointwise_draws",
     "posterior_dims",
     "problem_from_idata",
     "shared_variance_name",
+    "theta_parent_draws",
     "with_log_likelihood",
 ]
 
@@ -214,13 +216,7 @@ def _pointwise(kind: str, draws: Mapping[str, np.ndarray], problem: ShrinkagePro
         return pointwise.prior_predictive(
             b, se, mu0=priors.mu0, s0=priors.s0, lead=theta.shape[:2], dtype=theta.dtype
         )
-    first_level = problem.levels[0] if problem.levels else None
-    parent_mean, parent_index = pointwise.theta_parents(
-        draws,
-        first_level,
-        problem.tree.parents[0] if first_level is not None else None,  # type: ignore[union-attr]
-        b.shape[1],
-    )
+    parent_mean, parent_index = theta_parent_draws(draws, problem)
     return pointwise.marginal(
         b,
         se,
@@ -228,6 +224,42 @@ def _pointwise(kind: str, draws: Mapping[str, np.ndarray], problem: ShrinkagePro
         parent_index=parent_index,
         tau_w=draws["tau"][..., 0],
         dtype=theta.dtype,
+    )
+
+
+def pointwise_draws(posterior: xr.Dataset, problem: ShrinkageProblem) -> dict[str, np.ndarray]:
+    """The draws the pointwise quantities use, as (chain, draw, covariate, ...) arrays.
+
+    ``theta`` and, with pooling, ``mu``, ``tau`` and the group means of the first annotation
+    level (θ's parents).
+    """
+    lead = ("chain", "draw", "covariate")
+    draws = {"theta": posterior["theta"].transpose(*lead, "feature").to_numpy()}
+    if problem.pooled:
+        draws["mu"] = posterior["mu"].transpose(*lead).to_numpy()
+        draws["tau"] = posterior["tau"].transpose(*lead, "level").to_numpy()
+        for level in problem.levels[:1]:
+            name = group_mean_name(level)
+            draws[name] = posterior[name].transpose(*lead, level).to_numpy()
+    return draws
+
+
+def theta_parent_draws(
+    draws: Mapping[str, np.ndarray], problem: ShrinkageProblem
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draws of the means of θ's parents (first-level groups, θ0 at depth 0), each feature's parent.
+
+    ``draws`` as :func:`pointwise_draws` returns them, for a pooled ``problem``.
+    """
+    tree = problem.tree
+    if tree is None:
+        raise ValueError("a problem without pooling has no parents of θ.")
+    first_level = tree.levels[0] if tree.levels else None
+    return pointwise.theta_parents(
+        draws,
+        first_level,
+        tree.parents[0] if first_level is not None else None,
+        tree.n_features,
     )
 
 
@@ -367,17 +399,8 @@ def log_likelihood_dataset(idata: az.InferenceData, kind: LogLikelihoodKind) -> 
     """
     _check_kind(kind)
     problem = problem_from_idata(idata)
-    post = idata.posterior
-    lead = ("chain", "draw", "covariate")
-    draws = {"theta": post["theta"].transpose(*lead, "feature").to_numpy()}
-    if problem.pooled:
-        draws["mu"] = post["mu"].transpose(*lead).to_numpy()
-        draws["tau"] = post["tau"].transpose(*lead, "level").to_numpy()
-        for level in problem.levels[:1]:
-            name = group_mean_name(level)
-            draws[name] = post[name].transpose(*lead, level).to_numpy()
-    values = _pointwise(kind, draws, problem)
-    theta = post["theta"].transpose(*lead, "feature")
+    values = _pointwise(kind, pointwise_draws(idata.posterior, problem), problem)
+    theta = idata.posterior["theta"].transpose("chain", "draw", "covariate", "feature")
     return xr.Dataset(
         {LOG_LIKELIHOOD_NAMES[kind]: (theta.dims, values)},
         coords={dim: theta.coords[dim] for dim in theta.dims if dim in theta.coords},

@@ -32,6 +32,7 @@ import numpy as np
 
 from bayeshier_pymc._numba import compiled_kernel
 from bayeshier_pymc.gaussian_tree import (
+    NodeNoise,
     group_log_predictive,
     leave_one_out_normal,
     normal_log_density,
@@ -275,18 +276,21 @@ def leave_one_out(
     log_density = np.empty(shape, dtype=dtype)
     replicates = np.empty(shape, dtype=dtype) if rng is not None else None
     for c in range(b.shape[0]):
-        fixed = None if problem.pooled else _unpooled_normal(problem, c)
+        noise = problem.noise.row(c) if problem.noise is not None else None
+        fixed = None if problem.pooled else _unpooled_normal(problem, c, noise)
+        if fixed is not None:
+            # without pooling the predictive is the same in every draw
+            log_density[:, :, c] = normal_log_density(b[c] - fixed[0], fixed[1])
         for chain, draws in _chunks(lead, b.shape[1]):
             if fixed is None:
                 assert tau is not None
-                noise = problem.noise.row(c) if problem.noise is not None else None
                 scales = problem.algebra_scales(tau[chain, draws, c])
                 mean, variance = leave_one_out_normal(
                     b[c], var_b[c], scales, problem.index, priors.mu0, priors.s0, noise
                 )
+                log_density[chain, draws, c] = normal_log_density(b[c] - mean, variance)
             else:
                 mean, variance = fixed
-            log_density[chain, draws, c] = normal_log_density(b[c] - mean, variance)
             if replicates is not None and rng is not None:
                 n = draws.stop - draws.start
                 replicates[chain, draws, c] = mean + np.sqrt(variance) * rng.standard_normal(
@@ -295,13 +299,14 @@ def leave_one_out(
     return log_density, replicates
 
 
-def _unpooled_normal(problem: ShrinkageProblem, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """p(b_j | b_−j) of covariate ``c`` without pooling: θ_j ~ N(mu0, s0²) independently."""
+def _unpooled_normal(
+    problem: ShrinkageProblem, c: int, noise: NodeNoise | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """p(b_j | b_−j) of covariate ``c`` (shared ``noise``) without pooling: θ_j ~ N(mu0, s0²)."""
     priors, var_b = problem.priors, problem.var_b[c]
     if not problem.correlated:
         return np.full_like(var_b, priors.mu0), var_b + priors.s0**2
     scales, top_sd = problem.unpooled_algebra()
-    noise = problem.noise.row(c) if problem.noise is not None else None
     return leave_one_out_normal(
         problem.b[c], var_b, scales, problem.index, priors.mu0, top_sd, noise
     )

@@ -29,7 +29,8 @@ import numpy as np
 import xarray as xr
 
 from bayeshier_pymc.gaussian_tree import draw_noise
-from bayeshier_pymc.log_likelihood import leave_one_out, theta_parents
+from bayeshier_pymc.inference_data import pointwise_draws, theta_parent_draws
+from bayeshier_pymc.log_likelihood import leave_one_out
 from bayeshier_pymc.model import group_mean_name, model_coords
 from bayeshier_pymc.problem import ShrinkageProblem
 
@@ -87,19 +88,10 @@ def _around_parents(
     posterior: xr.Dataset, problem: ShrinkageProblem, rng: np.random.Generator, dtype: Any
 ) -> np.ndarray:
     """Independent pooled fits: b_j ~ N(parent, τ_w² + se_j²) for every draw, chain by chain."""
-    lead = DIMS[:3]
-    first = problem.levels[0] if problem.levels else None
-    draws = {"mu": posterior["mu"].transpose(*lead).to_numpy()}
-    if first is not None:
-        name = group_mean_name(first)
-        draws[name] = posterior[name].transpose(*lead, first).to_numpy()
-    tree = problem.tree
-    assert tree is not None  # pooled
-    parent_mean, parent_index = theta_parents(
-        draws, first, tree.parents[0] if first is not None else None, tree.n_features
-    )
-    tau_w = posterior["tau"].sel(level="feature").transpose(*lead).to_numpy()
-    out = np.empty((*tau_w.shape, tree.n_features), dtype=dtype)
+    draws = pointwise_draws(posterior, problem)
+    parent_mean, parent_index = theta_parent_draws(draws, problem)
+    tau_w = draws["tau"][..., 0]
+    out = np.empty(draws["theta"].shape, dtype=dtype)
     for chain in range(tau_w.shape[0]):
         sd = np.sqrt(tau_w[chain][..., None] ** 2 + problem.var_b)
         out[chain] = parent_mean[chain][..., parent_index] + sd * rng.standard_normal(sd.shape)
