@@ -59,6 +59,7 @@ from bayeshier_pymc.diagnostics import (
     check_loo_kind,
     diagnose,
     loo_elpd,
+    pareto_k_advice,
 )
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.gaussian_tree import NUMPY_OPS, normal_log_density
@@ -211,15 +212,9 @@ class DepthComparison:
                 f"depth {d}: {n_unreliable[d]} of {self.pareto_k.loc[d, 'n_points']}"
                 for d in unreliable
             )
-            advice = (
-                "expected for conditional LOO with one estimate per θ_j; prefer loo='marginal'"
-                if self.loo == "conditional"
-                else "with loo='group', compare_depths(..., refit_bad_k=True) replaces them "
-                "by exact refits"
-            )
             lines.append(
                 f"Warning: Pareto k above good_k for {details} held-out points, so those elpds "
-                f"are unreliable ({advice})."
+                f"are unreliable ({pareto_k_advice(self.loo)})."
             )
         else:
             lines.append("Pareto k: every held-out point below good_k; the elpds are reliable.")

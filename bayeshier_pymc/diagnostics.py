@@ -41,6 +41,7 @@ __all__ = [
     "Thresholds",
     "diagnose",
     "loo_elpd",
+    "pareto_k_advice",
 ]
 
 LooKind = Literal["marginal", "conditional", "group"]
@@ -70,8 +71,28 @@ _REMEDIES = {
     "divergences": "raise target_accept or use the collapsed parameterisation",
     "e_bfmi": "the energy distribution is poorly explored; reparameterise",
     "tree_depth": "sampling is slow; raise max_treedepth or reparameterise",
-    "pareto_k": "PSIS-LOO is unreliable for those points; see compare_depths(refit_bad_k=True)",
 }
+_WARNING_SUBJECTS = {
+    "e_bfmi": "the exploration of the tails",
+    "tree_depth": "the sampling speed",
+    "pareto_k": "the PSIS-LOO estimates (elpd, depth comparisons)",
+}
+"""What each warning-only check puts in doubt (never the posterior summaries themselves)."""
+
+
+def pareto_k_advice(kind: LooKind) -> str:
+    """What to do about Pareto k above good_k in ``kind`` LOO: only options that apply to it."""
+    if kind == "conditional":
+        return (
+            "expected for the conditional LOO with one estimate per θ_j; use loo='marginal' "
+            "or loo='group'"
+        )
+    if kind == "group":
+        return "compare_depths(..., loo='group', refit_bad_k=True) replaces them by exact refits"
+    return (
+        "the leave-one-group-out comparison can replace them by exact refits: "
+        "compare_depths(..., loo='group', refit_bad_k=True)"
+    )
 
 
 @dataclass(frozen=True)
@@ -154,7 +175,7 @@ def diagnose(
         rows, columns=["check", "variable", "value", "threshold", "status", "detail"]
     )
     ok = not (table["status"] == "fail").any()
-    verdict = _verdict(table, ok, limits, n_chains)
+    verdict = _verdict(table, ok, limits, n_chains, loo)
     return Diagnosis(table=table, ok=ok, verdict=verdict, thresholds=limits)
 
 
@@ -315,16 +336,28 @@ def _skipped(check: str, threshold: float) -> Row:
 
 
 # ---------------------------------------------------------------------- verdict
-def _verdict(table: pd.DataFrame, ok: bool, limits: Thresholds, n_chains: int) -> str:
+def _verdict(
+    table: pd.DataFrame, ok: bool, limits: Thresholds, n_chains: int, loo: LooKind | None
+) -> str:
+    """The verdict: its first line accounts for every failure and warning listed below it."""
     failed = table[table["status"] == "fail"]
     warned = table[table["status"] == "warn"]
     skipped = sorted(set(table.loc[table["status"] == "skipped", "check"]))
-    if ok:
-        lines = ["OK: every convergence check passed; the draws can be trusted."]
-    else:
+    if not ok:
         lines = ["NOT OK: do not use these draws yet."]
+    elif warned.empty:
+        which = "every check that could run" if skipped else "every check"
+        lines = [f"OK: {which} passed; the draws can be trusted."]
+    else:
+        doubts = " and ".join(dict.fromkeys(_WARNING_SUBJECTS[c] for c in warned["check"]))
+        lines = [
+            f"OK with warnings: r̂, ESS and divergences pass; the warnings below put {doubts} "
+            "in doubt."
+        ]
     lines += [f"Failed: {_describe(row)} — {_REMEDIES[row.check]}." for row in failed.itertuples()]
-    lines += [f"Warning: {_describe(row)} — {_REMEDIES[row.check]}." for row in warned.itertuples()]
+    lines += [
+        f"Warning: {_describe(row)} — {_remedy(row.check, loo)}." for row in warned.itertuples()
+    ]
     if skipped:
         lines.append(f"Skipped (not recorded or not computable): {', '.join(skipped)}.")
     rules = asdict(limits)
@@ -335,6 +368,12 @@ def _verdict(table: pd.DataFrame, ok: bool, limits: Thresholds, n_chains: int) -
         "maximum tree depth; Pareto k ≤ min(1 − 1/log10(S), 0.7)."
     )
     return "\n".join(lines)
+
+
+def _remedy(check: str, loo: LooKind | None) -> str:
+    if check == "pareto_k" and loo is not None:
+        return f"PSIS-LOO is unreliable for those points; {pareto_k_advice(loo)}"
+    return _REMEDIES[check]
 
 
 def _describe(row: object) -> str:

@@ -183,3 +183,36 @@ def test_real_fit_passes_and_conditional_loo_warns(noisy_metabolites):
     assert _status(conditional, "pareto_k") == "warn"
     assert conditional.ok  # a LOO problem, not a sampling one
     assert "Diagnosis(ok=True)" in repr(conditional) and "<table" in conditional._repr_html_()
+
+
+def _heavy_tailed_loo(rng):
+    """Draws that pass every convergence check, with one held-out point of Pareto k ≫ 1."""
+    log_lik = rng.normal(-1.0, 0.05, size=(CHAINS, DRAWS, 10))
+    log_lik[:, :, 0] = -5.0 * np.abs(rng.standard_cauchy(size=(CHAINS, DRAWS)))
+    posterior = {"tau": rng.normal(size=(CHAINS, DRAWS, 3)), "mu": rng.normal(size=(CHAINS, DRAWS))}
+    return az.from_dict(
+        posterior=posterior,
+        sample_stats=_nuts_stats(rng),
+        log_likelihood={"b_marginal": log_lik, "b_conditional": log_lik, "b_group": log_lik},
+    )
+
+
+@pytest.mark.parametrize("loo", ["marginal", "conditional", "group"])
+def test_verdict_accounts_for_a_pareto_k_warning_with_advice_that_applies(rng, loo):
+    diagnosis = diagnose(_heavy_tailed_loo(rng), loo=loo)
+    assert _status(diagnosis, "pareto_k") == "warn" and diagnosis.ok
+    first, *rest = diagnosis.verdict.splitlines()
+    assert first.startswith("OK with warnings") and "PSIS-LOO" in first
+    assert "can be trusted" not in diagnosis.verdict
+    (warning,) = [line for line in rest if line.startswith("Warning: pareto_k")]
+    if loo == "conditional":
+        assert "refit_bad_k" not in warning and "loo='marginal'" in warning
+    else:  # refit_bad_k exists only for the group LOO: the advice says so
+        assert "compare_depths(..., loo='group', refit_bad_k=True)" in warning
+
+
+def test_verdict_names_what_each_warning_puts_in_doubt(iid, rng):
+    walk = np.cumsum(rng.normal(size=(CHAINS, DRAWS)), axis=1)
+    first = diagnose(_idata(iid, _nuts_stats(rng, energy=walk))).verdict.splitlines()[0]
+    assert first == "OK with warnings: r̂, ESS and divergences pass; the warnings below put the " \
+        "exploration of the tails in doubt."  # fmt: skip
