@@ -27,6 +27,7 @@ from bayeshier_pymc.results import (
     coefficient_matrix,
     coefficient_summary,
     coefficient_table,
+    display_table,
     group_effects,
     scale_summary,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "compare_samplers",
     "demo_study",
     "diagnose",
+    "display_table",
     "group_effects",
     "known_truth_check",
     "load_results",

@@ -10,7 +10,7 @@ import pandas as pd
 from bayeshier_pymc.depth_comparison import DepthComparison
 from bayeshier_pymc.diagnostics import Diagnosis
 from bayeshier_pymc.mlm import MLMFit
-from bayeshier_pymc.results import DEFAULT_ALPHA
+from bayeshier_pymc.results import DEFAULT_ALPHA, display_table
 from bayeshier_pymc.sampler_comparison import SamplerComparison
 from bayeshier_pymc.shrinkage import ShrinkageModel
 
@@ -19,16 +19,19 @@ __all__ = ["write_report"]
 TOP_EFFECTS = 15
 
 
-def _table(frame: pd.DataFrame, digits: int = 3) -> str:
-    """A Markdown table (no extra dependency) of ``frame`` with rounded floats."""
-    shown = frame.copy()
-    for column in shown.columns:
-        if pd.api.types.is_float_dtype(shown[column]):
-            shown[column] = shown[column].map(lambda v: f"{v:.{digits}g}")
+def _table(frame: pd.DataFrame) -> str:
+    """A Markdown table (no extra dependency) of ``frame`` as :func:`display_table` shows it."""
+    shown = display_table(frame)
     header = "| " + " | ".join(map(str, shown.columns)) + " |"
     rule = "|" + "---|" * len(shown.columns)
     rows = ["| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
+
+
+def _diagnosis_status(diagnosis: Diagnosis) -> str:
+    if not diagnosis.ok:
+        return "problems"
+    return "ok, with warnings" if (diagnosis.table["status"] == "warn").any() else "ok"
 
 
 def write_report(
@@ -90,9 +93,12 @@ def write_report(
             f"\n\n{_table(scales)}"
         )
     sections += [
-        f"Most confidently signed effects (smallest local false sign rate):\n\n{_table(top)}",
+        "Most confidently signed effects (smallest local false sign rate; with "
+        f"{coefficients.attrs.get('n_draws', 'S')} draws a rate below 1/S shows as "
+        f'"<1/S"):\n\n{_table(top)}',
         "## Checks",
-        f"**Diagnostics** ({'ok' if diagnosis.ok else 'problems'}): {diagnosis.verdict}",
+        f"**Diagnostics** ({_diagnosis_status(diagnosis)}):\n\n"
+        + "\n".join(f"- {line}" for line in diagnosis.verdict.splitlines()),
     ]
     if samplers is not None:
         sections.append(
@@ -103,7 +109,7 @@ def write_report(
         sections += [
             "## Which depth of the tree?",
             _table(depths.summary.reset_index(names="depth")),
-            depths.verdict,
+            "\n".join(f"- {line}" for line in depths.verdict.splitlines()),
         ]
     sections += ["## Figures", *(f"![{figure.stem}]({figure.name})" for figure in figures)]
     path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")

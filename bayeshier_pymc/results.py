@@ -11,6 +11,11 @@ P(θ ≤ 0)) is the probability that the sign of the posterior mean is wrong; th
 effect (ashr's *s-value*) is the mean lfsr of all effects of its covariate with an lfsr at most
 as large, the expected share of wrong signs if every such effect is called. Calling the
 effects with ``qvalue <= alpha`` keeps the expected false sign rate of the list at most alpha.
+
+Resolution: from S draws a rate is a multiple of 1/S, so an lfsr of 0 only says that no draw
+had the other sign, i.e. the rate lies below 1/S. The tables keep the numbers (0 included, for
+sorting and thresholds) and record S in ``attrs["n_draws"]``; :func:`display_table` (used by
+the report) writes such rates as ``"<1/S"``, e.g. ``"<2.5e-04"`` for 4,000 draws, never 0.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ __all__ = [
     "coefficient_matrix",
     "coefficient_summary",
     "coefficient_table",
+    "display_table",
+    "format_rate",
     "group_effects",
     "lfsr",
     "qvalue",
@@ -39,6 +46,8 @@ __all__ = [
 SAMPLE_DIMS = ("chain", "draw")
 DEFAULT_ALPHA = 0.05
 """Default target false sign rate of the list of called effects (``coefficient_table``)."""
+RATE_COLUMNS = ("lfsr", "qvalue")
+"""Columns of rates estimated from draws, resolved only down to 1/S (:func:`display_table`)."""
 
 
 def lfsr(draws: xr.DataArray) -> xr.DataArray:
@@ -80,6 +89,79 @@ def qvalue(local_rates: xr.DataArray, dim: str = "feature") -> xr.DataArray:
     return xr.apply_ufunc(
         running_mean, local_rates, input_core_dims=[[dim]], output_core_dims=[[dim]]
     ).rename("qvalue")
+
+
+def format_rate(value: float, n_draws: int) -> str:
+    """A rate estimated from ``n_draws`` draws as text: ``"<1/S"`` below 1/S, never ``"0"``.
+
+    Parameters
+    ----------
+    value
+        An lfsr or q-value.
+    n_draws
+        S, the number of draws it was estimated from (chains × draws).
+
+    Returns
+    -------
+    str
+        ``"<2.5e-04"`` for a rate below 1/S = 1/4000, otherwise two significant digits
+        (``"0.031"``); ``"nan"`` for NaN.
+
+    Examples
+    --------
+    >>> format_rate(0.0, 4000), format_rate(0.0312, 4000)
+    ('<2.5e-04', '0.031')
+    """
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be at least 1, got {n_draws}.")
+    if np.isnan(value):
+        return "nan"
+    if value < 1.0 / n_draws:
+        return f"<{1.0 / n_draws:.1e}"
+    return f"{value:.2g}"
+
+
+def display_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A copy of a results table for reading: rates below 1/S as ``"<1/S"``, numbers rounded.
+
+    Parameters
+    ----------
+    table
+        A :func:`coefficient_table` or :func:`group_effects` frame (or a subset of its rows
+        and columns that keeps its ``attrs``).
+    digits
+        Significant digits of the other floats; values of 10^(digits − 1) or more are
+        written with every digit before the point and one after it, so that large numbers
+        such as elpds stay comparable (``"1823.4"``, not ``"1.82e+03"``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The same rows and columns as text: ``lfsr`` and ``qvalue`` through
+        :func:`format_rate` when ``table.attrs["n_draws"]`` is known.
+
+    Examples
+    --------
+    The most confidently signed effects, as text:
+
+    >>> top = coefficient_table(idata).sort_values("lfsr").head()  # doctest: +SKIP
+    >>> print(display_table(top).to_string(index=False))  # doctest: +SKIP
+    """
+    shown = table.copy()
+    n_draws = table.attrs.get("n_draws")
+    for column in shown.columns:
+        if column in RATE_COLUMNS and n_draws is not None:
+            shown[column] = [format_rate(float(v), int(n_draws)) for v in shown[column]]
+        elif pd.api.types.is_float_dtype(shown[column]):
+            shown[column] = [_format_number(float(v), digits) for v in shown[column]]
+    return shown
+
+
+def _format_number(value: float, digits: int) -> str:
+    """``digits`` significant digits, or one decimal where that would round before the point."""
+    if np.isfinite(value) and abs(value) >= 10 ** (digits - 1):
+        return f"{value:.1f}"
+    return f"{value:.{digits}g}"
 
 
 def resolve_hdi_prob(hdi_prob: float | None) -> float:
@@ -156,7 +238,9 @@ def coefficient_table(
     pandas.DataFrame
         Columns ``covariate, feature, estimate, se`` (stage 1) and ``mean, sd, hdi_lower,
         hdi_upper, prob_positive, prob_negative, lfsr, qvalue, called`` (posterior), one row
-        per covariate × feature; ``attrs["hdi_prob"]`` and ``attrs["alpha"]`` hold the levels.
+        per covariate × feature; ``attrs["hdi_prob"]`` and ``attrs["alpha"]`` hold the levels,
+        ``attrs["n_draws"]`` the number of draws S (an lfsr of 0 means below 1/S; print the
+        table through :func:`display_table` to show it so).
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
@@ -179,7 +263,7 @@ def coefficient_table(
         "called",
     ]
     table = summary[columns].to_dataframe().reset_index()
-    table.attrs.update(hdi_prob=summary.attrs["hdi_prob"], alpha=alpha)
+    table.attrs.update(hdi_prob=summary.attrs["hdi_prob"], alpha=alpha, n_draws=_n_draws(idata))
     return table
 
 
@@ -257,7 +341,8 @@ def group_effects(
     -------
     pandas.DataFrame
         Columns ``covariate, <level>, mean, sd, hdi_lower, hdi_upper, prob_positive,
-        prob_negative, lfsr, n_features``.
+        prob_negative, lfsr, n_features``; ``attrs["n_draws"]`` is the number of draws S
+        (see :func:`display_table`).
     """
     tree = problem_from_idata(idata).tree
     if tree is None or not tree.levels:
@@ -268,4 +353,10 @@ def group_effects(
     summary = _summarise(idata.posterior[group_mean_name(level)], hdi_prob)
     frame = summary.to_dataframe().reset_index()
     frame["n_features"] = frame[level].map(tree.group_sizes(level))
+    frame.attrs["n_draws"] = _n_draws(idata)
     return frame
+
+
+def _n_draws(idata: az.InferenceData) -> int:
+    """S, the number of posterior draws over every chain."""
+    return int(idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"])

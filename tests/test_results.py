@@ -2,11 +2,12 @@
 
 import arviz as az
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
 import bayeshier_pymc as bh
-from bayeshier_pymc.results import lfsr, qvalue
+from bayeshier_pymc.results import display_table, format_rate, lfsr, qvalue
 
 
 def _fake_idata():
@@ -190,3 +191,31 @@ def test_coefficient_matrix_refits_the_unshrunk_intercept():
     assert predicted.shape == (50, 30)
     # the residuals of the refitted prediction average to zero for every feature
     np.testing.assert_allclose((y.to_numpy() - predicted.to_numpy()).mean(axis=0), 0, atol=1e-10)
+
+
+def test_rates_below_one_over_s_are_shown_as_such_never_zero():
+    idata = _fake_idata()
+    idata.posterior["theta"][..., 0] = np.abs(idata.posterior["theta"][..., 0])  # all draws > 0
+    table = bh.coefficient_table(idata, alpha=0.3)
+    assert table.attrs["n_draws"] == 800
+    assert table.loc[0, "lfsr"] == 0.0 and table.loc[0, "qvalue"] == 0.0  # numbers stay numbers
+    shown = display_table(table)
+    assert shown.loc[0, "lfsr"] == shown.loc[0, "qvalue"] == "<1.3e-03"  # 1/800 = 0.00125
+    assert shown.loc[1, "lfsr"] == f"{table.loc[1, 'lfsr']:.2g}" != "0"
+    assert not shown["lfsr"].isin(["0", "0.0"]).any()
+    assert shown.loc[0, "feature"] == "a" and shown.loc[0, "called"] == table.loc[0, "called"]
+    # a subset keeps the number of draws; the group effects carry it too
+    top = display_table(table.sort_values("lfsr").head(1)[["feature", "lfsr"]])
+    assert top["lfsr"].tolist() == ["<1.3e-03"]
+    assert bh.group_effects(idata).attrs["n_draws"] == 800
+    assert format_rate(0.0, 4000) == "<2.5e-04" and format_rate(0.031, 4000) == "0.031"
+    assert format_rate(1 / 4000, 4000) == "0.00025"  # one draw of the other sign is resolved
+    with pytest.raises(ValueError, match="n_draws"):
+        format_rate(0.1, 0)
+
+
+def test_large_numbers_keep_the_digits_that_tell_them_apart():
+    frame = pd.DataFrame({"elpd_loo": [1823.44, 1823.21, -245.37], "dse": [0.0, 0.43, 12.0]})
+    shown = display_table(frame)
+    assert shown["elpd_loo"].tolist() == ["1823.4", "1823.2", "-245.4"]
+    assert shown["dse"].tolist() == ["0", "0.43", "12"]
