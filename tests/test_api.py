@@ -21,6 +21,8 @@ def test_plots_take_ax_and_are_exported():
         "plot_tau",
         "plot_sampler_comparison",
         "plot_compare",
+        "plot_group_effects",
+        "plot_stage1_vs_shrunken",
     }
     for name in plots.__all__:
         assert "ax" in inspect.signature(getattr(plots, name)).parameters, name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.quiver import Quiver
@@ -15,11 +16,19 @@ from bayeshier_pymc.model import empirical_bayes_scales
 from bayeshier_pymc.plots import (
     plot_compare,
     plot_forest_by_group,
+    plot_group_effects,
     plot_shrinkage,
+    plot_stage1_vs_shrunken,
     plot_tau,
     plot_volcano,
 )
-from bayeshier_pymc.results import lfsr, scale_summary
+from bayeshier_pymc.results import (
+    coefficient_table,
+    format_rate,
+    group_effects,
+    lfsr,
+    scale_summary,
+)
 
 SIZES = {20: (4, 2), 2000: (24, 6)}  # features: (subclasses, superclasses)
 
@@ -174,3 +183,152 @@ def test_compare_plot_names_the_depths_and_the_recommendation():
     recommended = next(t for k, t in labels.items() if k.startswith(f"{comparison.recommended}:"))
     assert recommended.get_fontweight() == "bold"
     assert f"recommended: depth {comparison.recommended}" in ax.get_title()
+
+
+def _study_fit(m):
+    """The stage-1 fit and hierarchy behind :func:`exact_fit`."""
+    n_sub, n_sup = SIZES[m]
+    proportions = np.random.default_rng(0).dirichlet(np.full(n_sub, 2.0))
+    study = simulate(60, m, 2, proportions=proportions, n_superclasses=n_sup, tau_u=0.3,
+                     tau_v=0.15, tau_w=0.1, random_seed=7)  # fmt: skip
+    fit = mlm(study.Y, study.X, x_intercept=False)
+    return fit, Hierarchy.from_frame(study.annotations, ["subclass", "superclass"])
+
+
+def _names(idata):
+    """Names for every other feature: the rest keep their ids."""
+    return pd.Series({f: f"name {f[-3:]}" for f in idata.posterior["feature"].to_numpy()[::2]})
+
+
+def test_compare_plot_zooms_on_the_decision_and_shows_bad_pareto_k():
+    fit, tree = _study_fit(20)
+    fits = {depth: exact_fit(20, depth=depth) for depth in (0, 1, 2)}
+    fits["none"] = ShrinkageModel(fit, tree, depth="none").sample(
+        "gibbs", draws=100, chains=2, random_seed=1, progressbar=False
+    )
+    comparison = compare_fits(fits)
+    comparison.pareto_k.loc[2, "n_bad"] += 3  # as if PSIS failed at three points of depth 2
+    ax = plot_compare(comparison)
+    table = comparison.table
+    delta_none = -table.loc["none", "elpd_diff"]
+    left, right = ax.get_xlim()
+    assert delta_none < left < 0 < right  # no pooling is off the axis ...
+    (note,) = [t for t in ax.texts if t.get_text().startswith(f"Δ {delta_none:.1f}")]
+    assert "off axis" in note.get_text()  # ... and written out
+    close = [i for i in table.index if comparison.rule.close_enough(table.loc[i])]
+    for name in close:  # every close-enough model is on the axis, at its Δ ± dse
+        assert left < -table.loc[name, "elpd_diff"] - table.loc[name, "dse"]
+    points = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_marker() == "o")
+    on_axis = [-table.loc[i, "elpd_diff"] for i in table.index if -table.loc[i, "elpd_diff"] > left]
+    np.testing.assert_allclose(points, sorted(on_axis))
+    counts = comparison.pareto_k["n_bad"] + comparison.pareto_k["n_very_bad"]
+    column = {t.get_text().split(" · ")[0]: t for t in ax.texts if " · " in t.get_text()}
+    for depth, n_bad in counts.items():
+        text = column[
+            f"{table.loc[str(depth), 'elpd_loo']:.1f} ± {table.loc[str(depth), 'se']:.1f}"
+        ]
+        assert text.get_text().endswith(f" · {n_bad}")
+        assert (text.get_color() == "black") == (n_bad == 0)
+    assert counts[2] >= 3
+
+
+def test_labels_name_the_features_of_forest_volcano_and_shrinkage():
+    idata = exact_fit(20)
+    names = _names(idata)
+    shown = _labels(plot_forest_by_group(idata, labels=names))
+    ids = idata.posterior["feature"].to_numpy()
+    assert sorted(shown) == sorted(names.reindex(ids).fillna(pd.Series(ids, ids)).tolist())
+    volcano = plot_volcano(idata, labels=names.to_dict(), n_labels=20)
+    named = {t.get_text() for t in volcano.texts}
+    assert named and named <= set(names) | set(ids[1::2])
+    assert named & set(names)
+    shrinkage = plot_shrinkage(idata, labels=names, n_labels=20)
+    assert {t.get_text() for t in shrinkage.texts} == set(names) | set(ids[1::2])
+    with pytest.raises(ValueError, match="name none of the fit's features"):
+        plot_volcano(idata, labels={"M00584": "mannose"})
+    with pytest.raises(ValueError, match="labels must map feature ids"):
+        plot_forest_by_group(idata, labels="name")
+
+
+def test_shrinkage_targets_are_the_finest_groups_and_rows_never_overlap():
+    idata = exact_fit(2000)
+    ax = plot_shrinkage(idata, level="superclass", n_labels=0)
+    (quiver,) = [c for c in ax.collections if isinstance(c, Quiver)]
+    diamonds = [c for c in ax.collections if isinstance(c, PathCollection)][-1]
+    # superclass bands, but each feature shrinks toward its subclass: one diamond per subclass
+    np.testing.assert_allclose(
+        np.sort(diamonds.get_offsets()[:, 0]), np.sort(_posterior_mean(idata, "subclass_mean"))
+    )
+    np.testing.assert_array_equal(quiver.V, 0.0)  # one row per feature, arrows horizontal
+    assert len(np.unique(quiver.Y)) == quiver.N
+    codes = idata.constant_data["superclass_index"].to_numpy()[
+        idata.constant_data["subclass_index"].to_numpy()
+    ]
+    ticks = ax.get_yticks()
+    for band in range(len(ticks)):  # the rows of a band lie around its tick, apart from others
+        ys = quiver.Y[codes == np.argsort(_posterior_mean(idata, "superclass_mean"))[band]]
+        others = np.delete(ticks, band)
+        assert np.all(np.abs(ys - ticks[band])[:, None] < np.abs(ys[:, None] - others))
+    one = plot_shrinkage(idata, groups=["superclass_2"], level="superclass", n_labels=0)
+    assert [t.get_text() for t in one.get_yticklabels()] == [
+        f"superclass_2 (n={int((codes == 2).sum())})"
+    ]
+    with pytest.raises(ValueError, match="unknown groups"):
+        plot_shrinkage(idata, groups=["Lipid"])
+
+
+def test_group_effect_forest_nests_groups_under_their_parent():
+    idata = exact_fit(20)
+    ax = plot_group_effects(idata, hdi_prob=0.9)
+    table = group_effects(idata, "subclass", 0.9).query("covariate == 'x0'").set_index("subclass")
+    parents = group_effects(idata, "superclass", 0.9).query("covariate == 'x0'")
+    parent_of = idata.posterior["superclass"].to_numpy()[
+        idata.constant_data["superclass_index"].to_numpy()
+    ]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(labels) == len(table) + len(parents)
+    current = None
+    for tick, label in zip(ax.get_yticklabels(), labels, strict=True):
+        if not label.startswith(" "):
+            current = label
+            assert tick.get_fontweight() == "bold" and label in set(parents["superclass"])
+        else:
+            child = label.strip()
+            assert parent_of[list(table.index).index(child)] == current
+    means = sorted(
+        line.get_xdata()[0] for line in ax.get_lines() if line.get_marker() in ("o", "s")
+    )
+    np.testing.assert_allclose(means, sorted([*table["mean"], *parents["mean"]]))
+    n_draws = 400
+    column = [t.get_text() for t in ax.texts][1:]
+    expected = [
+        f"{n:<4d} {format_rate(rate, n_draws)}"
+        for n, rate in zip(table["n_features"], table["lfsr"], strict=True)
+    ]
+    assert set(expected) <= set(column) and not any(t.endswith(" 0") for t in column)
+    with pytest.raises(ValueError, match="no annotation levels"):
+        plot_group_effects(exact_fit(20, depth=0))
+
+
+def test_stage1_vs_shrunken_places_every_feature_and_counts_both_lists():
+    idata = exact_fit(20)
+    fit, _ = _study_fit(20)
+    ax = plot_stage1_vs_shrunken(idata, fit=fit)
+    b = idata.observed_data["b"].sel(covariate="x0").to_numpy()
+    points = np.concatenate(
+        [c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)][:3]
+    )
+    order = np.lexsort((points[:, 1], points[:, 0]))
+    expected = np.column_stack([b, _posterior_mean(idata, "theta")])
+    np.testing.assert_allclose(points[order], expected[np.lexsort((expected[:, 1], b))])
+    stage1 = fit.to_frame().query("covariate == 'x0'")["p_adj"].to_numpy() < 0.05
+    table = coefficient_table(idata).query("covariate == 'x0'")
+    stage2 = table["called"].to_numpy()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"both lists: {int((stage1 & stage2).sum())}" in legend
+    assert f"stage 1 only (BH < 0.05): {int((stage1 & ~stage2).sum())}" in legend
+    assert f"neither: {int((~stage1 & ~stage2).sum())}" in legend
+    rings = [c for c in ax.collections if isinstance(c, PathCollection)][3]
+    assert len(rings.get_offsets()) == stage1.sum()
+    # without the fit, normal tests of b / s give the stage-1 list
+    assert plot_stage1_vs_shrunken(idata, covariate="x1").get_xlabel() == "stage-1 estimate b̂ (x1)"

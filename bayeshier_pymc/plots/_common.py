@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import arviz as az
@@ -15,6 +16,11 @@ from bayeshier_pymc.design import INTERCEPT
 from bayeshier_pymc.inference_data import problem_from_idata
 
 ALL_FEATURES = "all features"
+MAX_LEGEND_GROUPS = 12
+"""Most groups named one by one in a legend (more would hide the figure)."""
+
+FeatureLabels = Mapping[object, object] | pd.Series
+"""Feature id → name: a dict, or a Series indexed by feature id (an annotation column)."""
 
 
 def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
@@ -96,3 +102,35 @@ def text_color(color: str) -> str:
 def posterior_mean(idata: az.InferenceData, name: str, covariate: object) -> np.ndarray:
     """Posterior mean of ``name`` for one covariate."""
     return idata.posterior[name].sel(covariate=covariate).mean(("chain", "draw")).to_numpy()
+
+
+def feature_names(idata: az.InferenceData, labels: FeatureLabels | None) -> np.ndarray:
+    """The name shown for every feature of the fit: ``labels[feature]``, or its id.
+
+    Features that ``labels`` does not name (absent or missing) keep their id.
+
+    Raises
+    ------
+    ValueError
+        If ``labels`` is not a mapping or Series, has duplicated ids, or names none of the
+        fit's features.
+    """
+    ids = idata.posterior["feature"].to_numpy()
+    if labels is None:
+        return ids.astype(str)
+    if isinstance(labels, pd.DataFrame) or not isinstance(labels, Mapping | pd.Series):
+        raise ValueError(
+            "labels must map feature ids to names: a dict or a Series indexed by feature "
+            f"(e.g. annotations['name']), got {type(labels).__name__}."
+        )
+    names = pd.Series(labels, dtype=object) if not isinstance(labels, pd.Series) else labels
+    if names.index.has_duplicates:
+        duplicated = names.index[names.index.duplicated()].unique().tolist()[:5]
+        raise ValueError(f"labels name some features more than once: {duplicated!r}.")
+    found = names.reindex(pd.Index(ids, dtype=object))
+    if found.isna().all():
+        raise ValueError(
+            f"labels name none of the fit's features (e.g. {ids[0]!r}); index them by the "
+            "feature ids of the fit."
+        )
+    return np.where(found.isna(), ids.astype(str), found.astype(str).to_numpy())

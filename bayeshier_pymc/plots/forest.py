@@ -10,8 +10,10 @@ from matplotlib.axes import Axes
 from matplotlib.transforms import blended_transform_factory
 
 from bayeshier_pymc.plots._common import (
+    FeatureLabels,
     Groups,
     feature_groups,
+    feature_names,
     new_axes,
     pick_covariate,
     posterior_mean,
@@ -33,6 +35,7 @@ def plot_forest_by_group(
     page: int = 0,
     sort_by: SortBy = "lfsr",
     hdi_prob: float | None = None,
+    labels: FeatureLabels | None = None,
     ax: Axes | None = None,
 ) -> Axes:
     """Posterior intervals of θ_j (through :func:`arviz.plot_forest`), grouped by annotation.
@@ -60,6 +63,9 @@ def plot_forest_by_group(
     hdi_prob
         Probability of the highest-density intervals (default: ArviZ's
         ``rcParams["stats.ci_prob"]``).
+    labels
+        Feature id → name (a dict, or a Series such as ``annotations["name"]``) for the row
+        labels; features it does not name keep their id.
     ax
         Axes to draw on (default: a new figure sized to the rows).
 
@@ -84,6 +90,7 @@ def plot_forest_by_group(
     chosen = chosen[np.lexsort((mean[chosen], groups.codes[chosen]))]
 
     features = theta["feature"].to_numpy()[chosen]
+    names = feature_names(idata, labels)
     ax = new_axes(ax, (7.5, 1.4 + 0.24 * len(chosen)))
     az.plot_forest(
         idata.posterior[["theta"]].sel(covariate=covariate, feature=features),
@@ -96,9 +103,7 @@ def plot_forest_by_group(
         ax=ax,
     )
     _mark_groups(ax, groups, groups.codes[chosen], idata, covariate)
-    code_of = dict(zip(features.astype(str), groups.codes[chosen], strict=True))
-    for label in ax.get_yticklabels():
-        label.set_color(text_color(groups.colors[code_of[label.get_text()]]))
+    _name_rows(ax, features.astype(str), groups, groups.codes[chosen], names[chosen])
     shown = "every" if top_k is None else f"top {len(chosen)}"
     pages = f", page {page + 1} of {n_pages}" if n_pages > 1 else ""
     ax.set_title(
@@ -108,6 +113,18 @@ def plot_forest_by_group(
     )
     ax.set_xlabel(f"effect of {covariate}")
     return ax
+
+
+def _name_rows(
+    ax: Axes, features: np.ndarray, groups: Groups, codes: np.ndarray, names: np.ndarray
+) -> None:
+    """Write each row's name in its group's colour (ArviZ labels the rows by feature id)."""
+    row_of = {feature: row for row, feature in enumerate(features)}
+    ticks = ax.get_yticks()
+    rows = [row_of[label.get_text()] for label in ax.get_yticklabels()]
+    ax.set_yticks(ticks, [names[row] for row in rows])
+    for label, row in zip(ax.get_yticklabels(), rows, strict=True):
+        label.set_color(text_color(groups.colors[codes[row]]))
 
 
 def _rank(mean: np.ndarray, lfsr_values: np.ndarray, sort_by: SortBy) -> np.ndarray:

@@ -8,12 +8,18 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from scipy import stats
 
-from bayeshier_pymc.plots._common import feature_groups, new_axes, pick_covariate
+from bayeshier_pymc.plots._common import (
+    MAX_LEGEND_GROUPS,
+    FeatureLabels,
+    feature_groups,
+    feature_names,
+    new_axes,
+    pick_covariate,
+)
 from bayeshier_pymc.results import lfsr
 
 __all__ = ["plot_volcano"]
 
-MAX_LEGEND_GROUPS = 12
 LABEL_SPACING_PX = 40.0
 
 
@@ -24,6 +30,7 @@ def plot_volcano(
     level: str | None = None,
     lfsr_threshold: float = 0.05,
     n_labels: int = 8,
+    labels: FeatureLabels | None = None,
     ax: Axes | None = None,
 ) -> Axes:
     """Posterior mean of θ_j (x) against −log10 lfsr_j (y), one point per feature.
@@ -47,6 +54,9 @@ def plot_volcano(
         Reporting threshold, drawn as a horizontal line.
     n_labels
         How many of the best-ranked features to name.
+    labels
+        Feature id → name (a dict, or a Series such as ``annotations["name"]``) for the
+        named features; features it does not name keep their id.
     ax
         Axes to draw on (default: a new figure).
 
@@ -85,7 +95,7 @@ def plot_volcano(
     ax.axhline(-np.log10(lfsr_threshold), color="0.3", ls="--", lw=1)
     ax.axhline(-np.log10(1.0 / n_draws), color="0.6", ls=":", lw=1)
     ax.axvline(0.0, color="0.6", lw=0.8)
-    _label_extremes(ax, theta["feature"].to_numpy(), mean, height, signed, n_labels)
+    _label_extremes(ax, feature_names(idata, labels), mean, height, signed, n_labels)
     ax.set_xlabel(f"posterior mean of θ ({covariate})")
     ax.set_ylabel("−log10 lfsr")
     ax.set_ylim(bottom=0.0)
