@@ -178,7 +178,7 @@ def run_pipeline(
         tables["sampler_agreement.csv"] = samplers.table.reset_index()
     files = [_write_csv(frame, out / name) for name, frame in tables.items()]
     files.append(save_results(out / "results.nc", idata, hierarchy=hierarchy, fit=fit))
-    figures = _write_figures(idata, samplers, depths, out)
+    figures = _write_figures(idata, fit, samplers, depths, out)
     report = write_report(
         out / "report.md",
         title=title,
@@ -254,6 +254,7 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
 
 def _write_figures(
     idata: az.InferenceData,
+    fit: MLMFit,
     samplers: SamplerComparison | None,
     depths: DepthComparison | None,
     out: Path,
@@ -266,6 +267,7 @@ def _write_figures(
     pooled = "tau" in idata.posterior
     drawers: dict[str, Callable[[Any], Any]] = {
         "volcano.png": lambda ax: plots.plot_volcano(idata, ax=ax),
+        "stage1_vs_shrunken.png": lambda ax: plots.plot_stage1_vs_shrunken(idata, fit=fit, ax=ax),
         "posterior_predictive.png": lambda ax: _plot_ppc(idata),
     }
     if pooled:
@@ -273,6 +275,7 @@ def _write_figures(
         drawers["tau.png"] = lambda ax: plots.plot_tau(idata, ax=ax)
         if idata.attrs.get("levels"):
             drawers["forest_by_group.png"] = lambda ax: plots.plot_forest_by_group(idata, ax=ax)
+            drawers["group_effects.png"] = lambda ax: plots.plot_group_effects(idata, ax=ax)
     if depths is not None:
         drawers["depths.png"] = lambda ax: plots.plot_compare(depths, ax=ax)
     paths = []

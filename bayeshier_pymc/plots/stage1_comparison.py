@@ -111,7 +111,8 @@ def plot_stage1_vs_shrunken(
     )
 
     ax = new_axes(ax, (7.5, 6.0))
-    size = 120.0 * (se / se.max()) ** 2 + 6.0
+    base = float(np.clip(300.0 / np.sqrt(len(se)), 6.0, 40.0))
+    size = np.clip(base * (se / np.median(se)) ** 2, base / 4, base * 6)
     colors = np.asarray(groups.colors)[groups.codes]
     rasterized = len(shrunk) > 500
     faded = kind == "neither"
