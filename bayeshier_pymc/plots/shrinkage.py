@@ -77,7 +77,7 @@ def plot_shrinkage(
         named features.
     n_labels
         How many features to name at their arrow heads: those moved farthest by the
-        shrinkage, |b̂_j − E[θ_j]| largest first.
+        shrinkage, the largest absolute b̂_j − E[θ_j] first.
     ax
         Axes to draw on (default: a new figure sized to the bands).
 
