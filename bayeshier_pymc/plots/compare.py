@@ -83,7 +83,15 @@ def plot_compare(comparison: DepthComparison, *, ax: Axes | None = None) -> Axes
         if _depth(name) == comparison.recommended:
             label.set_fontweight("bold")
     to_axes_x = blended_transform_factory(ax.transAxes, ax.transData)
-    ax.text(1.02, -0.75, "elpd_loo ± SE · bad k", transform=to_axes_x, fontsize=8, color="0.3")
+    ax.text(
+        1.02,
+        -0.55,
+        "elpd_loo ± SE · bad k",
+        transform=to_axes_x,
+        va="bottom",
+        fontsize=8,
+        color="0.3",
+    )
     for position, name, n_bad in zip(y, names, bad_k, strict=True):
         row = table.loc[name]
         ax.text(
