@@ -84,7 +84,7 @@ def pareto_k_advice(kind: LooKind) -> str:
     """What to do about Pareto k above good_k in ``kind`` LOO: only options that apply to it."""
     if kind == "conditional":
         return (
-            "expected for the conditional LOO with one estimate per θ_j; use loo='marginal' "
+            "expected for conditional LOO with one estimate per θ_j; use loo='marginal' "
             "or loo='group'"
         )
     if kind == "group":
