@@ -18,6 +18,10 @@ The numbers do not depend on where the tasks run:
 - the results come back in task order, whatever order the workers finish in;
 - the samplers' draws do not depend on the cores they are given.
 
+The warnings of a task (a short run's :class:`~bayeshier_pymc.convergence.ConvergenceWarning`)
+are given again in the caller's process, with the task's label, also when the task ran on
+another machine.
+
 When the tasks run in parallel, each inner fit gets one core (:func:`inner_fit_options`):
 the chains of one fit run one after another in its worker, so that n workers use n cores and
 a Dask worker (a daemonic process) never starts processes of its own. joblib's local backend
@@ -26,6 +30,9 @@ also caps the BLAS and numba threads of its workers at their share of the cores.
 
 from __future__ import annotations
 
+import os
+import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -34,6 +41,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bayeshier_pymc._validation import SEED_LIMIT, check_sampler_arguments
+from bayeshier_pymc.convergence import _caller_outside_package
 
 __all__ = [
     "TaskError",
@@ -195,20 +203,53 @@ def dispatch(
     object
         The results, in the order of ``tasks``.
 
+    Warns
+    -----
+    Warning
+        Every warning a task gave (a :class:`~bayeshier_pymc.convergence.ConvergenceWarning`
+        of a short run, …), given again here with the task's label at its end, also when
+        the task ran on another machine.
+
     Raises
     ------
     TaskError
         When a task raises; the message names it.
     """
     parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator")
-    calls = (joblib.delayed(_run_task)(function, label, arguments) for label, arguments in tasks)
+    origin = (os.getpid(), threading.get_ident())
+    calls = (
+        joblib.delayed(_run_task)(function, label, arguments, origin) for label, arguments in tasks
+    )
     with tqdm(total=total, disable=not progress, unit=unit) as bar:
-        for result in parallel(calls):
+        for result, caught in parallel(calls):
+            for category, message in caught:
+                warnings.warn(message, category, stacklevel=_caller_outside_package())
             bar.update()
             yield result
 
 
-def _run_task(function: Callable[..., Result], label: str, arguments: tuple[Any, ...]) -> Result:
+def _run_task(
+    function: Callable[..., Result],
+    label: str,
+    arguments: tuple[Any, ...],
+    origin: tuple[int, int],
+) -> tuple[Result, list[tuple[type[Warning], str]]]:
+    """``function(*arguments)`` and the warnings it gave, each naming ``label``.
+
+    The warnings are recorded under the filters in force where the task runs, to be given
+    again in the caller's process (a worker's own would be lost in its log), except in
+    another thread of the caller's process (joblib's threading backend), where recording
+    is not thread-safe and they are given as they come. An error is raised again as a
+    :class:`TaskError` naming ``label``.
+    """
+    if os.getpid() == origin[0] and threading.get_ident() != origin[1]:
+        return _attempt(function, label, arguments), []
+    with warnings.catch_warnings(record=True) as caught:
+        result = _attempt(function, label, arguments)
+    return result, [(record.category, f"{record.message} ({label})") for record in caught]
+
+
+def _attempt(function: Callable[..., Result], label: str, arguments: tuple[Any, ...]) -> Result:
     """``function(*arguments)``; an error in it is raised again as a :class:`TaskError`."""
     try:
         return function(*arguments)

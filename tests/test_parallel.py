@@ -59,21 +59,35 @@ def _quietly(function, *args, **kwargs):
         return function(*args, **kwargs)
 
 
-def _on_every_backend(run, client):
-    """``run()`` serially, with loky (2 processes) and on the Dask cluster."""
-    results = {"serial": _quietly(run)}
-    with joblib.parallel_config(backend="loky", n_jobs=2):
-        results["loky"] = _quietly(run)
-    with joblib.parallel_config(backend="dask"):
-        results["dask"] = _quietly(run)
+def _on_every_backend(run, caught=None):
+    """``run()`` serially, with loky (2 processes) and on the Dask cluster (``dask_client``).
+
+    The warnings given in this process by each run are put in ``caught`` (by backend).
+    """
+    results = {}
+    for backend in ("serial", "loky", "dask"):
+        config = {"backend": backend, "n_jobs": 2} if backend != "serial" else {}
+        with joblib.parallel_config(**config), warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            results[backend] = run()
+        if caught is not None:
+            caught[backend] = [str(record.message) for record in records]
     return results
 
 
 def test_fit_many_gives_the_same_draws_serially_with_loky_and_on_dask(cohorts, dask_client):
     fits, tree = cohorts
-    results = _on_every_backend(lambda: bh.fit_many(fits, tree, random_seed=11, **GIBBS),
-                                dask_client)  # fmt: skip
+    caught = {}
+    results = _on_every_backend(lambda: bh.fit_many(fits, tree, random_seed=11, **GIBBS), caught)
     serial = results["serial"]
+    # the short runs' convergence warnings reach this process, naming their data set
+    for backend, messages in caught.items():
+        for name in fits:
+            assert any(
+                message.startswith("the sampler's diagnostics failed")
+                and message.endswith(f"(the fit of data set {name!r})")
+                for message in messages
+            ), (backend, name, messages)
     assert list(serial) == list(fits)
     seeds = [serial[name].attrs["random_seed"] for name in fits]
     assert seeds == task_seeds(11, len(fits))
@@ -93,8 +107,7 @@ def test_compare_depths_gives_the_same_comparison_on_every_backend(two_levels, d
     results = _on_every_backend(
         lambda: compare_depths(
             fit, tree, depths=("none", 0, 1), loo="group", refit_bad_k=True, random_seed=3, **GIBBS
-        ),
-        dask_client,
+        )
     )
     serial = results["serial"]
     assert any(serial.refits.values())  # the refits ran too
