@@ -13,8 +13,9 @@ to use runs them unchanged: one process (the default), local processes
 The numbers do not depend on where the tasks run:
 
 - every task is a pure function of its arguments and its seed, and each task's seed is fixed
-  by the caller before any task runs (:func:`task_seeds`: spawned from the caller's seed and
-  keyed by the task's position), never drawn from a generator shared between tasks;
+  by the caller before any task runs (for example by :func:`task_seeds`: spawned from the
+  caller's seed and keyed by the task's position), never drawn by the task from a generator
+  shared between tasks;
 - the results come back in task order, whatever order the workers finish in;
 - the samplers' draws do not depend on the cores they are given.
 
@@ -131,7 +132,7 @@ def inner_fit_options(options: Mapping[str, Any], n_jobs: int | None = None) -> 
     return inner
 
 
-def task_seeds(random_seed: int | np.random.SeedSequence | None, n_tasks: int) -> list[int]:
+def task_seeds(random_seed: int | None, n_tasks: int) -> list[int]:
     """Independent integer seeds of ``n_tasks`` tasks, spawned from ``random_seed``.
 
     Task ``i`` gets the ``i``-th child of ``numpy.random.SeedSequence(random_seed)``, turned
