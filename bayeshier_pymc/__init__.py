@@ -18,6 +18,7 @@ from bayeshier_pymc.diagnostics import Diagnosis, diagnose
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import add_log_likelihood, loo, problem_from_idata
+from bayeshier_pymc.many_fits import fit_many
 from bayeshier_pymc.mlm import MLMFit, mlm
 from bayeshier_pymc.noise import TreeNoise, tree_noise
 from bayeshier_pymc.persistence import load_results, save_results
@@ -67,6 +68,7 @@ __all__ = [
     "demo_study",
     "diagnose",
     "display_table",
+    "fit_many",
     "group_effects",
     "known_truth_check",
     "load_results",

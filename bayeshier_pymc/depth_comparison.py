@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import html
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,6 +66,7 @@ from bayeshier_pymc.gaussian_tree import NUMPY_OPS, normal_log_density
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.log_likelihood import held_out_predictive
+from bayeshier_pymc.parallel import dispatch, fixed_seed, inner_fit_options, outer_jobs
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
 from bayeshier_pymc.shrinkage import NoiseChoice, ShrinkageModel, with_noise
@@ -262,6 +263,7 @@ def compare_depths(
     rule: RecommendationRule | None = None,
     refit_bad_k: bool = False,
     noise: NoiseChoice = "auto",
+    n_jobs: int | None = None,
     **sample_kwargs: Any,
 ) -> DepthComparison:
     """Fit the shrinkage model at several depths of the tree and compare them by PSIS-LOO.
@@ -297,9 +299,16 @@ def compare_depths(
         tree-structured noise of a stage-1 fit). It is chosen once and kept at every depth
         (``"none"`` included), so that every model has the same likelihood of b and the
         elpds are comparable.
+    n_jobs
+        Fits run at once, through joblib (:func:`~bayeshier_pymc.parallel.dispatch`): the
+        fits at every depth, then the refits of ``refit_bad_k``. ``None`` (default): the
+        current ``joblib.parallel_config`` (one at a time unless it says otherwise;
+        ``backend="dask"`` runs them on a Dask cluster). In parallel every fit gets one core
+        and one progress bar counts the fits. The numbers are the same wherever the fits run.
     **sample_kwargs
         Passed to :meth:`ShrinkageModel.sample` (``draws``, ``tune``, ``chains``,
-        ``random_seed``, ``nuts_sampler``, ``progressbar``, …).
+        ``random_seed``, ``nuts_sampler``, ``progressbar``, …). Every fit gets the same
+        ``random_seed`` (a generator: one seed drawn per fit, in order).
 
     Returns
     -------
@@ -318,26 +327,69 @@ def compare_depths(
     data = with_noise(
         Estimates.from_any(estimates, covariates=covariates), estimates, hierarchy, noise
     )
-
-    def fit(depth: Depth, features: pd.Index | None = None) -> az.InferenceData:
-        subset = data if features is None else _restricted(data, features)
-        model = ShrinkageModel(subset, hierarchy, depth=depth, priors=priors)
-        return model.sample(sampler, **sample_kwargs)
-
     depths = _default_depths(hierarchy) if depths is None else list(depths)
-    fits = {_key(depth): fit(depth) for depth in depths}
+    options = inner_fit_options(sample_kwargs, n_jobs)
+    progress = outer_jobs(n_jobs) > 1 and sample_kwargs.get("progressbar", True)
+    seed = sample_kwargs.get("random_seed")  # a generator gives one seed per fit, in order
+    seeds = [fixed_seed(seed) for _ in depths]
+    tasks = [
+        (f"the fit at depth {depth}", (data, hierarchy, depth, priors, sampler, options, s))
+        for depth, s in zip(depths, seeds, strict=True)
+    ]
+    fitted = dispatch(_fit, tasks, n_jobs=n_jobs, progress=progress, total=len(tasks))
+    fits = {_key(depth): idata for depth, idata in zip(depths, fitted, strict=True)}
     elpds = _elpds(fits, hierarchy, loo, group_level)
     refits: dict[Depth, list[str]] = {}
     if refit_bad_k:
-        for depth, idata in fits.items():
-            elpds[depth], refits[depth] = _refit_bad_groups(
-                elpds[depth],
-                idata,
-                hierarchy,
-                group_level,
-                lambda features, depth=depth: fit(depth, features),
+        bad = {
+            depth: _bad_groups(elpds[depth], fits[depth], hierarchy, group_level) for depth in fits
+        }
+        refit_keys = [(depth, label) for depth, groups in bad.items() for label in groups]
+        refit_tasks = [
+            (
+                f"the refit at depth {depth} without group {label!r}",
+                (
+                    _restricted(data, bad[depth][label]),
+                    hierarchy,
+                    depth,
+                    priors,
+                    sampler,
+                    options,
+                    fixed_seed(seed),
+                ),
+            )
+            for depth, label in refit_keys
+        ]
+        refitted = dispatch(
+            _fit_scales, refit_tasks, n_jobs=n_jobs, progress=progress, total=len(refit_tasks)
+        )
+        scales: dict[Depth, dict[str, xr.DataArray]] = {depth: {} for depth in bad}
+        for (depth, label), tau in zip(refit_keys, refitted, strict=True):
+            scales[depth][label] = tau
+        for depth, refitted_tau in scales.items():
+            elpds[depth], refits[depth] = _replace_by_refits(
+                elpds[depth], fits[depth], hierarchy, group_level, refitted_tau
             )
     return _comparison(fits, elpds, loo, rule or RecommendationRule(), refits)
+
+
+def _fit(
+    data: Estimates,
+    hierarchy: Hierarchy,
+    depth: Depth,
+    priors: Mapping[str, Any] | None,
+    sampler: str,
+    options: Mapping[str, Any],
+    random_seed: Any,
+) -> az.InferenceData:
+    """One fit of :func:`compare_depths` (a task of its dispatch)."""
+    model = ShrinkageModel(data, hierarchy, depth=depth, priors=priors)
+    return model.sample(sampler, **{**options, "random_seed": random_seed})
+
+
+def _fit_scales(*arguments: Any) -> xr.DataArray:
+    """The τ draws of a refit without one group (all the exact refit needs of it)."""
+    return _fit(*arguments).posterior["tau"]
 
 
 def compare_fits(
@@ -543,37 +595,46 @@ def _no_pooling_group_log_lik(
     return NUMPY_OPS.segment_sum(per_feature, to_group, int(to_group.max()) + 1)
 
 
-def _refit_bad_groups(
-    elpd: Any,
-    idata: az.InferenceData,
-    hierarchy: Hierarchy,
-    level: str | None,
-    refit: Callable[[pd.Index], az.InferenceData],
-) -> tuple[Any, list[str]]:
-    """Replace the PSIS estimate of every group with a bad Pareto k by an exact refit.
-
-    For a group G, ``log p(b_G | b_−G) = log mean_s p(b_G | b_−G, τ_s)`` with τ_s drawn from
-    the fit without G; every covariate of G is replaced. Returns the new ELPDData and the
-    labels of the refitted groups.
-    """
+def _bad_groups(
+    elpd: Any, idata: az.InferenceData, hierarchy: Hierarchy, level: str | None
+) -> dict[str, pd.Index]:
+    """Every group with a Pareto k above good_k (any covariate) → the features without it."""
     problem = problem_from_idata(idata)
     full, target = _group_target(problem, hierarchy, level)
     k = np.array(elpd["pareto_k"])
     bad_groups = np.flatnonzero((k > elpd["good_k"]).any(axis=0))
-    if bad_groups.size == 0:
-        return elpd, []
     members = np.arange(full.n_features) if target == 0 else full.membership(target - 1)
+    labels = full.features if target == 0 else full.groups[target - 1]
+    return {str(labels[group]): full.features[members != group] for group in bad_groups}
+
+
+def _replace_by_refits(
+    elpd: Any,
+    idata: az.InferenceData,
+    hierarchy: Hierarchy,
+    level: str | None,
+    refitted_tau: Mapping[str, xr.DataArray],
+) -> tuple[Any, list[str]]:
+    """Replace the PSIS estimate of every refitted group by the exact one.
+
+    For a group G, ``log p(b_G | b_−G) = log mean_s p(b_G | b_−G, τ_s)`` with τ_s drawn from
+    the fit without G (``refitted_tau``, group label → τ draws); every covariate of G is
+    replaced. Returns the new ELPDData and the labels of the refitted groups.
+    """
+    if not refitted_tau:
+        return elpd, []
+    problem = problem_from_idata(idata)
+    full, target = _group_target(problem, hierarchy, level)
+    labels = [str(label) for label in (full.features if target == 0 else full.groups[target - 1])]
+    k = np.array(elpd["pareto_k"])
     loo_i = np.array(elpd["loo_i"])
-    for group in bad_groups:
-        refitted = refit(full.features[members != group])
-        values = _held_out_values(
-            problem, full, target, refitted.posterior["tau"], _n_draws(idata)
-        )[..., group]
+    for label, tau in refitted_tau.items():
+        group = labels.index(label)
+        values = _held_out_values(problem, full, target, tau, _n_draws(idata))[..., group]
         draws = values.reshape(-1, values.shape[-1])
         loo_i[:, group] = logsumexp(draws, axis=0) - np.log(draws.shape[0])
         k[:, group] = np.nan
-    labels = full.features if target == 0 else full.groups[target - 1]
-    return _with_points(elpd, loo_i, k), [str(labels[g]) for g in bad_groups]
+    return _with_points(elpd, loo_i, k), list(refitted_tau)
 
 
 def _with_points(elpd: Any, loo_i: np.ndarray, k: np.ndarray) -> Any:

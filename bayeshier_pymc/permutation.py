@@ -19,22 +19,32 @@ estimator (``refit``) is called once per permutation (vectorised over features, 
 The k-th permutation is the k-th call of ``numpy.random.default_rng(random_seed).permutation``
 (of ``n`` for rows, ``m`` for columns). p-values are ``(1 + #{|T*| >= |T|}) / (1 + n_perms)``
 (with a relative tolerance of 1e-10 on the comparison, so ties from rounding count).
+
+The permutations are drawn in this process, in order, and counted in chunks that
+:func:`~bayeshier_pymc.parallel.dispatch` hands to joblib: under
+``joblib.parallel_config(n_jobs=…)`` or ``backend="dask"`` the chunks (the refits, with
+shrinkage, which are worth spreading) are counted by several workers, with the same p-values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from bayeshier_pymc.parallel import dispatch, outer_jobs
 
 STATISTICS = ("t", "coef")
 PERMUTE_BY = ("rows", "columns")
 _CHUNK_BYTES = 64 * 2**20
 _TIE_TOLERANCE = 1e-10
 _PROGRESS_DELAY_S = 2.0
+_CHUNKS_PER_JOB = 4
+"""Chunks of permutations per worker when refits are counted in parallel."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ def permutation_pvalues(
     statistic: str,
     progress: bool | None = None,
     refit: Callable[[np.ndarray], np.ndarray] | None = None,
+    n_jobs: int | None = None,
 ) -> np.ndarray:
     """Return permutation p-values for every (covariate, coefficient column).
 
@@ -105,6 +116,11 @@ def permutation_pvalues(
     refit
         When given, maps a permuted response (n × m) to the statistic (p × q); used for fits
         with covariance shrinkage, one call per permutation.
+    n_jobs
+        Chunks of permutations counted at once, through joblib
+        (:func:`~bayeshier_pymc.parallel.dispatch`); ``None`` (default): the current
+        ``joblib.parallel_config`` (one at a time unless it says otherwise). The permutations
+        are drawn here, in order, so the p-values are the same wherever they are counted.
 
     Returns
     -------
@@ -116,17 +132,37 @@ def permutation_pvalues(
     batch = _batch_function(problem, by, statistic, refit)
     observed = batch(np.arange(size)[None, :])[0]
     threshold = np.abs(observed) * (1.0 - _TIE_TOLERANCE)
-    exceed = np.zeros(observed.shape, dtype=np.int64)
     rng = np.random.default_rng(random_seed)
-    chunk = 1 if refit is not None else _chunk_size(problem, by, n_perms)
-    delay = 0.0 if progress else _PROGRESS_DELAY_S
-    with tqdm(total=n_perms, disable=progress is False, delay=delay, unit="perm") as bar:
-        for start in range(0, n_perms, chunk):
+    jobs = outer_jobs(n_jobs)
+    if refit is not None:  # a few chunks per worker, or one permutation at a time
+        chunk = 1 if jobs == 1 else -(-n_perms // (_CHUNKS_PER_JOB * jobs))
+    else:
+        chunk = _chunk_size(problem, by, n_perms)
+    starts = range(0, n_perms, chunk)
+
+    def tasks() -> Iterator[tuple[str, tuple[Any, ...]]]:
+        # drawn here, in order, whichever worker counts them
+        for start in starts:
             count = min(chunk, n_perms - start)
             perms = np.stack([rng.permutation(size) for _ in range(count)])
-            exceed += (np.abs(batch(perms)) >= threshold).sum(axis=0)
-            bar.update(count)
+            label = f"permutations {start + 1}-{start + count} of {n_perms}"
+            yield label, (batch, perms, threshold)
+
+    exceed = np.zeros(observed.shape, dtype=np.int64)
+    delay = 0.0 if progress else _PROGRESS_DELAY_S
+    with tqdm(total=n_perms, disable=progress is False, delay=delay, unit="perm") as bar:
+        counts = dispatch(_exceedances, tasks(), n_jobs=n_jobs, total=len(starts))
+        for start, count in zip(starts, counts, strict=True):
+            exceed += count
+            bar.update(min(chunk, n_perms - start))
     return (1.0 + exceed) / (1.0 + n_perms)
+
+
+def _exceedances(
+    batch: Callable[[np.ndarray], np.ndarray], perms: np.ndarray, threshold: np.ndarray
+) -> np.ndarray:
+    """How many of the permutations ``perms`` give a statistic at least ``threshold``."""
+    return (np.abs(batch(perms)) >= threshold).sum(axis=0)
 
 
 def _validate(problem: LinearProblem, n_perms: int, by: str, statistic: str) -> None:

@@ -34,6 +34,7 @@ from bayeshier_pymc.calibration import known_truth_scores, posterior_summary
 from bayeshier_pymc.depth_comparison import compare_fits
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.mlm import mlm
+from bayeshier_pymc.parallel import dispatch, inner_fit_options
 from bayeshier_pymc.results import coefficient_matrix
 from bayeshier_pymc.shrinkage import NOISE_CHOICES, ShrinkageModel
 from bayeshier_pymc.simulate import ResidualNoise, simulate, train_test_split
@@ -328,6 +329,8 @@ def simulation_study(
     compare_depths: bool = False,
     random_seed: int = 0,
     log: Callable[[str], None] | None = None,
+    n_jobs: int | None = None,
+    progressbar: bool = False,
     **sample_options: Any,
 ) -> StudyResult:
     """Run the research simulation study.
@@ -356,6 +359,13 @@ def simulation_study(
         Seeds of replicate r of every row are ``random_seed + r``.
     log
         Receives a line per finished row and noise model.
+    n_jobs
+        Replicates run at once, through joblib (:func:`~bayeshier_pymc.parallel.dispatch`);
+        ``None`` (default): the current ``joblib.parallel_config`` (one at a time unless it
+        says otherwise; ``backend="dask"`` runs them on a Dask cluster). Every replicate's
+        numbers are the same wherever it runs; in parallel each fit gets one core.
+    progressbar
+        Show one progress bar over the replicates.
     **sample_options
         Further keywords of :meth:`ShrinkageModel.sample` (e.g. ``nuts_sampler``).
 
@@ -373,46 +383,69 @@ def simulation_study(
         raise ValueError(
             f"noise_models must be a non-empty sequence of {NOISE_CHOICES!r}, got {noise_models!r}."
         )
+    rows_of_table = [
+        (setting, noise)
+        for setting in (settings if settings is not None else research_settings())
+        for noise in noise_models
+    ]
+    options = inner_fit_options(
+        {
+            "p": p,
+            "compare_depths": compare_depths,
+            "sampler": sampler,
+            "draws": draws,
+            "tune": tune,
+            "chains": chains,
+            "progressbar": False,
+            **sample_options,
+        },
+        n_jobs,
+    )
+    keys = [
+        (setting, noise, replicate)
+        for setting, noise in rows_of_table
+        for replicate in range(replicates)
+    ]
+    tasks = (
+        (
+            f"replicate {replicate} (seed {random_seed + replicate}) of the row "
+            f"{_describe(setting, noise)}",
+            (setting, random_seed + replicate, noise, options),
+        )
+        for setting, noise, replicate in keys
+    )
+    results = dispatch(
+        _replicate_scores,
+        tasks,
+        n_jobs=n_jobs,
+        progress=progressbar,
+        total=len(keys),
+        unit="replicate",
+    )
     rows = []
-    for setting in settings if settings is not None else research_settings():
-        for noise in noise_models:
-            for replicate in range(replicates):
-                scores = run_replicate(
-                    setting,
-                    random_seed + replicate,
-                    p=p,
-                    noise=noise,
-                    compare_depths=compare_depths,
-                    sampler=sampler,
-                    draws=draws,
-                    tune=tune,
-                    chains=chains,
-                    progressbar=False,
-                    **sample_options,
-                )
-                rows.append(
-                    {
-                        "residuals": setting.residual_name,
-                        "n": setting.n,
-                        "m": setting.m,
-                        "heterogeneity": setting.heterogeneity,
-                        "levels": "+".join(setting.levels),
-                        "noise": noise,
-                        "replicate": replicate,
-                        **scores,
-                    }
-                )
-            if log is not None:
-                last = pd.DataFrame(rows[-replicates:])
-                log(
-                    f"{setting.residual_name} residuals, n={setting.n} m={setting.m} "
-                    f"{setting.heterogeneity} {'+'.join(setting.levels)}, noise={noise}: "
-                    f"coef MSE ratio {last.coef_mse_ratio.mean():.2f}, "
-                    f"prediction MSE ratio {last.prediction_mse_ratio.mean():.3f}, "
-                    f"coverage {last.coverage.mean():.3f}, "
-                    f"false sign rate {last.false_sign_rate.mean():.3f} "
-                    f"(claimed {last.claimed_lfsr.mean():.3f})"
-                )
+    for (setting, noise, replicate), scores in zip(keys, results, strict=True):
+        rows.append(
+            {
+                "residuals": setting.residual_name,
+                "n": setting.n,
+                "m": setting.m,
+                "heterogeneity": setting.heterogeneity,
+                "levels": "+".join(setting.levels),
+                "noise": noise,
+                "replicate": replicate,
+                **scores,
+            }
+        )
+        if log is not None and replicate == replicates - 1:
+            last = pd.DataFrame(rows[-replicates:])
+            log(
+                f"{_describe(setting, noise)}: "
+                f"coef MSE ratio {last.coef_mse_ratio.mean():.2f}, "
+                f"prediction MSE ratio {last.prediction_mse_ratio.mean():.3f}, "
+                f"coverage {last.coverage.mean():.3f}, "
+                f"false sign rate {last.false_sign_rate.mean():.3f} "
+                f"(claimed {last.claimed_lfsr.mean():.3f})"
+            )
     replicates_frame = pd.DataFrame(rows)
     if compare_depths:
         depth = replicates_frame["levels"].str.count(r"\+") + 1
@@ -426,3 +459,18 @@ def simulation_study(
     table = grouped[ratios].mean().join(grouped[ratios].sem().add_suffix("_se"))
     table = table.join(grouped[others].mean()).reset_index()
     return StudyResult(table=table, replicates=replicates_frame)
+
+
+def _describe(setting: StudySetting, noise: str) -> str:
+    """A row of the table in words."""
+    return (
+        f"{setting.residual_name} residuals, n={setting.n} m={setting.m} "
+        f"{setting.heterogeneity} {'+'.join(setting.levels)}, noise={noise}"
+    )
+
+
+def _replicate_scores(
+    setting: StudySetting, seed: int, noise: str, options: dict[str, Any]
+) -> dict[str, float]:
+    """One task of :func:`simulation_study`: :func:`run_replicate` with ``noise``."""
+    return run_replicate(setting, seed, noise=noise, **options)
