@@ -148,7 +148,7 @@ def _simulate(args: argparse.Namespace) -> int:
     args.log(
         f"try: bayeshier fit --responses {out}/responses.csv --samples {out}/samples.csv "
         f"--annotations {out}/annotations.csv --formula '0 + {covariates}' "
-        f"--levels {' '.join(study.levels)} --no-log  (simulated responses are not intensities: no log)"
+        f"--levels {' '.join(study.levels)} --no-log  (not intensities: no log transform)"
     )
     return 0
 
