@@ -157,6 +157,21 @@ def coefficient_table(
         Columns ``covariate, feature, estimate, se`` (stage 1) and ``mean, sd, hdi_lower,
         hdi_upper, prob_positive, prob_negative, lfsr, qvalue, called`` (posterior), one row
         per covariate × feature; ``attrs["hdi_prob"]`` and ``attrs["alpha"]`` hold the levels.
+
+    Examples
+    --------
+    >>> import bayeshier_pymc as bh
+    >>> study = bh.demo_study()
+    >>> tree = bh.Hierarchy.from_frame(study.annotations, ["SUB_PATHWAY", "SUPER_PATHWAY"])
+    >>> model = bh.ShrinkageModel(bh.mlm(study.Y, study.X), tree, covariates=["age"])
+    >>> idata = model.sample("gibbs", draws=500, chains=2, random_seed=1, progressbar=False)
+    >>> table = bh.coefficient_table(idata)
+    >>> table.columns.tolist()  # doctest: +NORMALIZE_WHITESPACE
+    ['covariate', 'feature', 'estimate', 'se', 'mean', 'sd', 'hdi_lower', 'hdi_upper',
+     'prob_positive', 'prob_negative', 'lfsr', 'qvalue', 'called']
+    >>> hits = table[table["called"]].sort_values("lfsr")  # expected false sign rate <= 5%
+    >>> bool(hits["lfsr"].mean() <= table.attrs["alpha"])
+    True
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")

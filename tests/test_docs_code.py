@@ -1,4 +1,4 @@
-"""Every code block of the user guide, and the README's commands, run as written.
+"""Every code block of the user guide and the FAQ, and the README's commands, run as written.
 
 The Python blocks of a page run in order in one namespace, in a temporary folder that has a
 ``shared/data`` link beside it, so that the pages' ``../shared/data`` resolves. Shell blocks run
@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from bayeshier_pymc.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "user_guide.md"
 README = ROOT / "README.md"
+FAQ = ROOT / "docs" / "faq.md"
 CHEAP_DRAWS = 200
 CHEAP_CLI = [
     *("--draws", str(CHEAP_DRAWS), "--tune", str(CHEAP_DRAWS), "--chains", "2"),
@@ -137,6 +139,12 @@ def test_guide_and_readme_commands_run_as_written(docs_folder):
     run_page(README, docs_folder, cheap=False, languages={"bash"})
 
 
+def test_faq_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = run_page(FAQ, tmp_path, cheap=True, languages={"python"})
+    assert namespace["deepest"].prefer == "deepest"
+
+
 def test_block_extraction():
     """The extraction sees every block and every command (no data needed)."""
     languages = [language for language, _ in code_blocks(GUIDE)]
@@ -145,3 +153,27 @@ def test_block_extraction():
     assert [argv[0] for argv in commands] == ["fit"]
     assert commands[0][commands[0].index("--formula") + 1] == "AGE + BMI + C(GENDER) + C(T2D)"
     assert listed_outputs(GUIDE)[:2] == ["stage1_estimates.csv", "shrunken_effects.csv"]
+
+
+def test_api_reference_lists_every_public_name():
+    """docs/api.rst names every name of the public API, directly or through its module."""
+    import importlib
+
+    import bayeshier_pymc as bh
+
+    listed = set(re.findall(r"^   ([\w.]+)$", (ROOT / "docs" / "api.rst").read_text(), re.M))
+    public = {name: getattr(bh, name) for name in bh.__all__ if name != "__version__"}
+    for module in ("csv_inputs", "pipeline", "report", "cli", "plots"):
+        loaded = importlib.import_module(f"bayeshier_pymc.{module}")
+        public |= {f"{module}.{name}": getattr(loaded, name) for name in loaded.__all__}
+    resolved = set()
+    for entry in listed:
+        head, _, tail = entry.partition(".")
+        owner = importlib.import_module(f"bayeshier_pymc.{head}") if tail else bh
+        resolved.add(id(getattr(owner, tail or head)))
+    absent = [
+        name
+        for name, obj in public.items()
+        if not isinstance(obj, ModuleType) and id(obj) not in resolved
+    ]
+    assert not absent, f"docs/api.rst lacks {absent}"
