@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from bayeshier_pymc._validation import check_unique_labels
+from bayeshier_pymc._validation import annotated_at_no_level, check_unique_labels, missing_labels
 
 __all__ = ["Hierarchy"]
 
@@ -296,14 +296,9 @@ def _check_level_names(levels: tuple[str, ...]) -> None:
         )
 
 
-def _is_missing(values: pd.Series) -> np.ndarray:
-    as_text = values.astype("string").str.strip()
-    return (values.isna() | (as_text == "")).to_numpy(dtype=bool)
-
-
 def _drop_unannotated(annotations: pd.DataFrame, levels: list[str]) -> pd.DataFrame:
     """The rows annotated at one level at least; the others are logged and left out."""
-    unannotated = np.logical_and.reduce([_is_missing(annotations[level]) for level in levels])
+    unannotated = annotated_at_no_level(annotations, levels)
     if unannotated.all():
         raise ValueError(f"no feature has an annotation at any of the levels {levels!r}.")
     if unannotated.any():
@@ -329,7 +324,7 @@ def _clean_labels(
     parent_labels: np.ndarray | None = None
     for level in reversed(levels):
         column = annotations[level]
-        absent = _is_missing(column)
+        absent = missing_labels(column)
         text = column.astype("string").fillna("").str.strip().to_numpy(dtype=object)
         if absent.any():
             if missing == "raise":
