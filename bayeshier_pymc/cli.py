@@ -253,7 +253,10 @@ def _parser() -> argparse.ArgumentParser:
         "--covariates", nargs="+", help="covariates to shrink (default: all but the intercept)"
     )
     fit.add_argument(
-        "--drop-unannotated", action="store_true", help="leave out features without annotation"
+        "--drop-unannotated",
+        action="store_true",
+        help="leave out features annotated at no level (Python: "
+        "Hierarchy.from_frame(..., drop_unannotated=True))",
     )
     fit.add_argument(
         "--missing",
