@@ -108,6 +108,19 @@ def check_guide(namespace: dict[str, Any]) -> None:
     assert Path("results.nc").is_file() and Path("volcano_t2d.png").is_file()
 
 
+def check_python_equals_command(namespace: dict[str, Any], out: Path) -> None:
+    """The guide's Python steps and its command preprocess and fit stage 1 identically."""
+    import pandas as pd
+
+    written = pd.read_csv(out / "stage1_estimates.csv").set_index(["covariate", "feature"])
+    python = namespace["stage1"].set_index(["covariate", "feature"])
+    assert written.index.equals(python.index)
+    pd.testing.assert_frame_equal(written, python, check_exact=False, rtol=1e-9)
+    shrunk = pd.read_csv(out / "shrunken_effects.csv")
+    assert set(shrunk["feature"]) == set(namespace["table"]["feature"])
+    assert set(shrunk["covariate"]) == set(namespace["covariates"])
+
+
 def listed_outputs(page: Path) -> list[str]:
     """The file names of the guide's table of the command's outputs."""
     return re.findall(r"^\| `([\w.]+)` \|", page.read_text(encoding="utf-8"), re.M)
@@ -118,6 +131,7 @@ def test_guide_runs(docs_folder, monkeypatch):
     cap_sampling(monkeypatch)
     namespace = run_page(GUIDE, docs_folder, cheap=True, languages={"python", "bash"})
     check_guide(namespace)
+    check_python_equals_command(namespace, docs_folder / "qmdiab_results")
     written = {path.name for path in (docs_folder / "qmdiab_results").iterdir()}
     compared = {"depths.csv", "sampler_agreement.csv"}  # not written with --no-compare
     assert set(listed_outputs(GUIDE)) - compared <= written
@@ -134,6 +148,7 @@ def test_readme_commands_run(docs_folder):
 def test_guide_and_readme_commands_run_as_written(docs_folder):
     namespace = run_page(GUIDE, docs_folder, cheap=False, languages={"python", "bash"})
     check_guide(namespace)
+    check_python_equals_command(namespace, docs_folder / "qmdiab_results")
     written = {path.name for path in (docs_folder / "qmdiab_results").iterdir()}
     assert set(listed_outputs(GUIDE)) <= written
     run_page(README, docs_folder, cheap=False, languages={"bash"})
