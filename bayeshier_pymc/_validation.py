@@ -65,6 +65,17 @@ def check_unique_labels(labels: Sequence[object] | pd.Index, name: str) -> pd.In
     return index
 
 
+def missing_labels(values: pd.Series) -> np.ndarray:
+    """Which annotation labels are missing: NA, or text that is empty once stripped."""
+    as_text = values.astype("string").str.strip()
+    return (values.isna() | (as_text == "")).to_numpy(dtype=bool)
+
+
+def annotated_at_no_level(annotations: pd.DataFrame, levels: Sequence[str]) -> np.ndarray:
+    """Which rows of an annotation table miss their label at every one of ``levels``."""
+    return np.logical_and.reduce([missing_labels(annotations[level]) for level in levels])
+
+
 def check_positive(values: np.ndarray, name: str) -> None:
     """Raise if any entry of ``values`` is not strictly positive."""
     if not (values > 0).all():

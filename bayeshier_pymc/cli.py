@@ -107,15 +107,14 @@ def _fit(args: argparse.Namespace) -> int:
         feature_id=args.feature_id,
         drop_unannotated=args.drop_unannotated,
     )
-    responses = study.responses
-    if args.max_missing is not None:
-        responses = preprocess.drop_sparse_features(responses, args.max_missing)
-    if args.impute != "none":
-        responses = preprocess.impute(responses, args.impute)
-    if args.log_base is not None:
-        responses = preprocess.log_transform(responses, base=args.log_base)
-    if args.standardize:
-        responses = preprocess.standardize(responses)
+    responses = preprocess.preprocess(
+        study.responses,
+        max_missing=args.max_missing,
+        impute=None if args.impute == "none" else args.impute,
+        log=args.log_transform,
+        base=args.log_base,
+        standardize=args.standardize,
+    )
     args.log(f"read {responses.shape[0]} samples × {responses.shape[1]} features")
     run_pipeline(
         responses,
@@ -149,7 +148,7 @@ def _simulate(args: argparse.Namespace) -> int:
     args.log(
         f"try: bayeshier fit --responses {out}/responses.csv --samples {out}/samples.csv "
         f"--annotations {out}/annotations.csv --formula '0 + {covariates}' "
-        f"--levels {' '.join(study.levels)}"
+        f"--levels {' '.join(study.levels)} --no-log  (not intensities: no log transform)"
     )
     return 0
 
@@ -254,7 +253,10 @@ def _parser() -> argparse.ArgumentParser:
         "--covariates", nargs="+", help="covariates to shrink (default: all but the intercept)"
     )
     fit.add_argument(
-        "--drop-unannotated", action="store_true", help="leave out features without annotation"
+        "--drop-unannotated",
+        action="store_true",
+        help="leave out features annotated at no level (Python: "
+        "Hierarchy.from_frame(..., drop_unannotated=True))",
     )
     fit.add_argument(
         "--missing",
@@ -263,16 +265,31 @@ def _parser() -> argparse.ArgumentParser:
         help="a feature missing some annotation level: error, or an explicit 'unassigned' group",
     )
     fit.add_argument(
-        "--max-missing", type=float, help="drop features missing in more than this share"
+        "--max-missing",
+        type=float,
+        default=0.2,
+        help="drop features missing in more than this share of the samples (default: 0.2; "
+        "1 keeps every feature)",
     )
     fit.add_argument(
         "--impute",
         choices=["none", "half_min", "min", "median"],
-        default="none",
-        help="per-feature imputation of missing values (default: none)",
+        default="half_min",
+        help="per-feature imputation of missing values, on the raw scale (default: half_min, "
+        "half of the feature's observed minimum)",
     )
-    fit.add_argument("--log-base", type=float, help="log-transform the responses with this base")
-    fit.add_argument("--standardize", action="store_true", help="standardise each feature")
+    fit.add_argument(
+        "--log-base", type=float, default=2.0, help="base of the log transform (default: 2)"
+    )
+    fit.add_argument(
+        "--no-log",
+        dest="log_transform",
+        action="store_false",
+        help="keep the responses as they are (data already on a log scale)",
+    )
+    fit.add_argument(
+        "--standardize", action="store_true", help="standardise each feature (default: off)"
+    )
     _add_sampler_arguments(fit, "bayeshier_results")
     fit.set_defaults(handler=_fit)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bayeshier_pymc._validation import annotated_at_no_level
+
 __all__ = ["CsvStudy", "read_study"]
 
 logger = logging.getLogger(__name__)
@@ -106,7 +108,8 @@ def read_study(
         Identifier columns (default: the first column of each file).
     drop_unannotated
         Drop response features that have no row in the annotation file, or whose
-        annotation is missing at every level (e.g. unnamed Metabolon features), instead of
+        annotation is missing (empty) at every level (e.g. unnamed Metabolon features; the
+        check of ``Hierarchy.from_frame(..., drop_unannotated=True)``), instead of
         raising; how many and the first few are logged (INFO, ``bayeshier_pymc`` logger).
 
     Notes
@@ -148,7 +151,7 @@ def read_study(
         )
     features = pd.Index(y.columns.astype(str))
     y = y.set_axis(features, axis=1)
-    annotated = tree[list(levels)].notna().any(axis=1)
+    annotated = ~annotated_at_no_level(tree, levels)
     usable = features.intersection(tree.index[annotated], sort=False)
     unannotated = features.difference(usable, sort=False)
     if len(unannotated) and not drop_unannotated:

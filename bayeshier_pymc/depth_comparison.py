@@ -316,8 +316,21 @@ def compare_depths(
 
     Examples
     --------
-    >>> comparison = compare_depths(fit, tree, loo="group", random_seed=1)  # doctest: +SKIP
-    >>> comparison.recommended, comparison.table  # doctest: +SKIP
+    >>> import bayeshier_pymc as bh
+    >>> study = bh.demo_study()
+    >>> fit = bh.mlm(study.Y, study.X)
+    >>> tree = bh.Hierarchy.from_frame(study.annotations, ["SUB_PATHWAY", "SUPER_PATHWAY"])
+    >>> comparison = bh.compare_depths(
+    ...     fit, tree, covariates=["age"], sampler="gibbs", draws=500, chains=2,
+    ...     random_seed=1, progressbar=False,
+    ... )
+    >>> sorted(comparison.summary.index)  # every depth, best elpd first in the table
+    ['0', '1', '2', 'none']
+    >>> comparison.recommended in (0, 1, 2, "none")
+    True
+
+    ``print(comparison.verdict)`` explains the choice; ``loo="group"`` asks whether the tree
+    predicts a whole unseen group.
     """
     check_loo_kind(loo)
     if refit_bad_k and loo != "group":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -10,9 +11,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from bayeshier_pymc._validation import check_unique_labels
+from bayeshier_pymc._validation import annotated_at_no_level, check_unique_labels, missing_labels
 
 __all__ = ["Hierarchy"]
+
+logger = logging.getLogger(__name__)
 
 MissingPolicy = Literal["raise", "unassigned"]
 
@@ -72,6 +75,7 @@ class Hierarchy:
         *,
         missing: MissingPolicy = "raise",
         unassigned_label: str = "unassigned",
+        drop_unannotated: bool = False,
     ) -> Hierarchy:
         """Build a hierarchy from a feature annotation table.
 
@@ -89,6 +93,12 @@ class Hierarchy:
             ``"<unassigned_label> (<parent>)"`` so the tree stays strictly nested.
         unassigned_label
             Label of the group that collects features without an annotation.
+        drop_unannotated
+            Leave out the features whose annotation is missing (empty) at every level, e.g.
+            the unnamed ``X - …`` features of Metabolon data, before ``missing`` applies to
+            the rest; how many and the first few are logged (INFO, ``bayeshier_pymc`` logger).
+            The same check as ``bayeshier fit --drop-unannotated``. The tree then covers
+            fewer features than the data: keep ``responses[tree.features]`` for stage 1.
 
         Returns
         -------
@@ -118,6 +128,9 @@ class Hierarchy:
             )
         if len(set(levels)) != len(levels):
             raise ValueError(f"levels are repeated: {levels!r}.")
+        if drop_unannotated and levels:
+            annotations = _drop_unannotated(annotations, levels)
+            features = annotations.index
 
         labels = _clean_labels(annotations, levels, missing, unassigned_label)
         groups: list[pd.Index] = []
@@ -283,9 +296,21 @@ def _check_level_names(levels: tuple[str, ...]) -> None:
         )
 
 
-def _is_missing(values: pd.Series) -> np.ndarray:
-    as_text = values.astype("string").str.strip()
-    return (values.isna() | (as_text == "")).to_numpy(dtype=bool)
+def _drop_unannotated(annotations: pd.DataFrame, levels: list[str]) -> pd.DataFrame:
+    """The rows annotated at one level at least; the others are logged and left out."""
+    unannotated = annotated_at_no_level(annotations, levels)
+    if unannotated.all():
+        raise ValueError(f"no feature has an annotation at any of the levels {levels!r}.")
+    if unannotated.any():
+        left_out = annotations.index[unannotated]
+        logger.info(
+            "left out %d of %d feature(s) without annotation: %r%s",
+            len(left_out),
+            len(annotations),
+            left_out[:5].tolist(),
+            "…" if len(left_out) > 5 else "",
+        )
+    return annotations.loc[~unannotated]
 
 
 def _clean_labels(
@@ -299,14 +324,15 @@ def _clean_labels(
     parent_labels: np.ndarray | None = None
     for level in reversed(levels):
         column = annotations[level]
-        absent = _is_missing(column)
+        absent = missing_labels(column)
         text = column.astype("string").fillna("").str.strip().to_numpy(dtype=object)
         if absent.any():
             if missing == "raise":
                 names = annotations.index[absent][:10].tolist()
                 raise ValueError(
                     f"{int(absent.sum())} feature(s) have no {level!r} annotation, e.g. "
-                    f"{names!r}; pass missing='unassigned' to group them explicitly."
+                    f"{names!r}; pass missing='unassigned' to group them explicitly (or "
+                    "drop_unannotated=True to leave out features annotated at no level)."
                 )
             if parent_labels is None:
                 text[absent] = unassigned_label

@@ -128,6 +128,21 @@ def mlm(
         For non-finite or empty inputs, mismatched shapes or labels, rank-deficient ``X`` or
         ``Z``, ``n <= p``, non-positive weights, an unknown shrinkage target or ``dof``, or
         features whose residual variance is zero.
+
+    Examples
+    --------
+    >>> import bayeshier_pymc as bh
+    >>> study = bh.demo_study()  # 150 samples × 300 metabolites, covariates age, bmi, sex
+    >>> fit = bh.mlm(study.Y, study.X)  # X a DataFrame: an intercept is added
+    >>> dict(fit.coef.sizes)
+    {'covariate': 4, 'feature': 300}
+    >>> fit.to_frame().columns.tolist()
+    ['covariate', 'feature', 'estimate', 'se', 't', 'p', 'p_adj']
+
+    A formula on a sample table names the covariates as it expands them:
+
+    >>> bh.mlm(study.Y, "age + bmi", data=study.X).coef.indexes["covariate"].tolist()
+    ['(Intercept)', 'age', 'bmi']
     """
     shrinkage = covariance.validate_target(shrinkage)
     dof = covariance.validate_dof(dof)

@@ -122,6 +122,23 @@ def run_pipeline(
     ------
     ValueError
         For bad sampler arguments or output folder, before any work.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import bayeshier_pymc as bh
+    >>> from bayeshier_pymc.pipeline import run_pipeline
+    >>> study = bh.demo_study()
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...     result = run_pipeline(
+    ...         study.Y, study.X, study.annotations, study.levels, out, sampler="gibbs",
+    ...         compare=False, draws=500, chains=2, log=lambda line: None,
+    ...     )
+    ...     written = sorted(path.name for path in result.files)
+    >>> written  # doctest: +NORMALIZE_WHITESPACE
+    ['forest_by_group.png', 'posterior_predictive.png', 'report.md', 'results.nc',
+     'scales.csv', 'shrinkage.png', 'shrunken_effects.csv', 'stage1_estimates.csv', 'tau.png',
+     'volcano.png']
     """
     check_sampler_arguments(
         draws=draws, tune=tune, chains=chains, cores=cores, random_seed=random_seed

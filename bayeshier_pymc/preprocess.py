@@ -6,7 +6,10 @@ NaN (or pandas NA).
 
 The pipeline :func:`preprocess` runs, in this order: drop sparse features → impute (on the raw
 scale, where half-minimum imputation of left-censored Metabolon intensities is defined) → log
-transform → standardise.
+transform → standardise. Its defaults are those of ``bayeshier fit``: drop features missing
+in more than 20% of the samples, half-minimum imputation, log2, no standardisation (switched off
+by ``max_missing=None`` / ``--max-missing 1``, ``impute=None`` / ``--impute none``,
+``log=False`` / ``--no-log``).
 """
 
 from __future__ import annotations
@@ -56,7 +59,9 @@ def log_transform(df: pd.DataFrame, *, base: float = 2.0, pseudocount: float = 0
     if bad.any():
         raise ValueError(
             f"cannot take logarithms: {int(bad.sum())} feature(s) have values <= 0 after adding "
-            f"pseudocount={pseudocount}: {list(bad.index[bad][:10])!r}."
+            f"pseudocount={pseudocount}: {list(bad.index[bad][:10])!r}; if the data are "
+            "already on a log scale, skip the transform (preprocess(..., log=False), "
+            "bayeshier fit --no-log)."
         )
     return np.log(shifted) / np.log(base)
 
@@ -115,7 +120,7 @@ def impute(df: pd.DataFrame, method: str = "half_min") -> pd.DataFrame:
     ------
     ValueError
         For an unknown method, features with no observed value, or (``"half_min"``) features
-        with a non-positive observed minimum.
+        with missing values and a non-positive observed minimum.
     """
     values = _numeric_frame(df)
     if method not in IMPUTE_METHODS:
@@ -128,11 +133,13 @@ def impute(df: pd.DataFrame, method: str = "half_min") -> pd.DataFrame:
         )
     minimum = values.min(axis=0)
     if method == "half_min":
-        non_positive = minimum <= 0
+        non_positive = (minimum <= 0) & values.isna().any(axis=0)
         if non_positive.any():
             raise ValueError(
                 "half_min imputation assumes positive raw intensities; feature(s) "
-                f"{list(minimum.index[non_positive][:10])!r} have a minimum <= 0."
+                f"{list(minimum.index[non_positive][:10])!r} have a minimum <= 0 and missing "
+                "values (already on a log scale? impute before the log, or use "
+                "impute='median' / --impute median)."
             )
         fill = minimum / 2.0
     else:
@@ -186,7 +193,11 @@ def preprocess(
 ) -> pd.DataFrame:
     """Run the usual cleaning steps and return the cleaned frame.
 
-    The steps, each skipped when switched off: :func:`drop_sparse_features` (``max_missing``),
+    The defaults are the usual ones for raw (untransformed) metabolomics intensities and the
+    same as ``bayeshier fit``'s: features missing in more than 20% of the samples are dropped,
+    the remaining gaps are filled with half the feature's observed minimum (values below the
+    detection limit), then log2 is taken; no standardisation. The steps, each skipped when
+    switched off: :func:`drop_sparse_features` (``max_missing``),
     :func:`impute` (``impute``, on the raw scale), :func:`log_transform` (``log``, ``base``,
     ``pseudocount``), :func:`standardize` (``standardize``, ``ddof=1``).
 
@@ -209,6 +220,24 @@ def preprocess(
     -------
     pandas.DataFrame
         The cleaned samples × features frame.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pandas as pd
+    >>> from bayeshier_pymc.preprocess import preprocess
+    >>> raw = pd.DataFrame(
+    ...     {"a": [4.0, np.nan, 16.0, 8.0, 2.0], "b": [np.nan, np.nan, np.nan, 2.0, 1.0]}
+    ... )
+    >>> preprocess(raw)  # b is missing in 60% of the samples; a's gap gets 2 / 2
+         a
+    0  2.0
+    1  0.0
+    2  4.0
+    3  3.0
+    4  1.0
+    >>> preprocess(raw, max_missing=None, impute=None, log=False).shape
+    (5, 2)
     """
     result = _numeric_frame(df)
     if max_missing is not None:

@@ -241,6 +241,21 @@ def coefficient_table(
         per covariate × feature; ``attrs["hdi_prob"]`` and ``attrs["alpha"]`` hold the levels,
         ``attrs["n_draws"]`` the number of draws S (an lfsr of 0 means below 1/S; print the
         table through :func:`display_table` to show it so).
+
+    Examples
+    --------
+    >>> import bayeshier_pymc as bh
+    >>> study = bh.demo_study()
+    >>> tree = bh.Hierarchy.from_frame(study.annotations, ["SUB_PATHWAY", "SUPER_PATHWAY"])
+    >>> model = bh.ShrinkageModel(bh.mlm(study.Y, study.X), tree, covariates=["age"])
+    >>> idata = model.sample("gibbs", draws=500, chains=2, random_seed=1, progressbar=False)
+    >>> table = bh.coefficient_table(idata)
+    >>> table.columns.tolist()  # doctest: +NORMALIZE_WHITESPACE
+    ['covariate', 'feature', 'estimate', 'se', 'mean', 'sd', 'hdi_lower', 'hdi_upper',
+     'prob_positive', 'prob_negative', 'lfsr', 'qvalue', 'called']
+    >>> hits = table[table["called"]].sort_values("lfsr")  # expected false sign rate <= 5%
+    >>> bool(hits["lfsr"].mean() <= table.attrs["alpha"])
+    True
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")

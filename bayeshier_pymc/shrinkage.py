@@ -96,6 +96,19 @@ class ShrinkageModel:
     effects and is overconfident (see ``docs/calibration.md``). Each covariate's estimates are
     modelled with their own marginal covariance; that is valid whatever the correlation
     between covariates.
+
+    Examples
+    --------
+    >>> import bayeshier_pymc as bh
+    >>> study = bh.demo_study()
+    >>> fit = bh.mlm(study.Y, study.X)
+    >>> tree = bh.Hierarchy.from_frame(study.annotations, ["SUB_PATHWAY", "SUPER_PATHWAY"])
+    >>> model = bh.ShrinkageModel(fit, tree, covariates=["age", "bmi", "sex"])
+    >>> model  # doctest: +NORMALIZE_WHITESPACE
+    ShrinkageModel(3 covariates × 300 features; depth=2; Hierarchy(300 features;
+    SUB_PATHWAY: 12, SUPER_PATHWAY: 4); correlated noise)
+    >>> bh.ShrinkageModel(fit, tree, covariates=["age"], depth=1).depth
+    1
     """
 
     def __init__(
@@ -235,6 +248,20 @@ class ShrinkageModel:
             For a bad argument, before any compilation or tuning.
         KeyboardInterrupt
             On Ctrl-C, within about a second whatever the phase; nothing is left running.
+
+        Examples
+        --------
+        >>> import bayeshier_pymc as bh
+        >>> study = bh.demo_study()
+        >>> tree = bh.Hierarchy.from_frame(study.annotations, ["SUB_PATHWAY", "SUPER_PATHWAY"])
+        >>> model = bh.ShrinkageModel(bh.mlm(study.Y, study.X), tree, covariates=["age", "sex"])
+        >>> idata = model.sample("gibbs", draws=500, chains=2, random_seed=1, progressbar=False)
+        >>> dict(idata.posterior["theta"].sizes)
+        {'chain': 2, 'draw': 500, 'covariate': 2, 'feature': 300}
+        >>> idata.posterior["tau"].coords["level"].values.tolist()
+        ['feature', 'SUB_PATHWAY', 'SUPER_PATHWAY']
+
+        ``model.sample()`` runs NUTS with the defaults above (4 chains × 1000 draws).
         """
         options = dict(sampler_kwargs)
         if sampler == "nuts":

@@ -82,7 +82,31 @@ def _fit_args(sim, **overrides):
     }
     args.update(overrides)
     flat = [str(v) for pair in args.items() for v in pair]
-    return ["fit", *flat, "--levels", "subclass", "superclass", *TINY]
+    # simulated responses are not intensities: no log transform
+    return ["fit", *flat, "--levels", "subclass", "superclass", "--no-log", *TINY]
+
+
+def test_fit_preprocesses_like_preprocess_by_default():
+    """`bayeshier fit` and `preprocess()` share one set of defaults, each step switchable."""
+    import inspect
+
+    from bayeshier_pymc.cli import _parser
+    from bayeshier_pymc.preprocess import preprocess
+
+    required = ["--responses", "r", "--samples", "s", "--annotations", "a", "--formula", "x"]
+    args = _parser().parse_args(["fit", *required, "--levels", "L"])
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(preprocess).parameters.items()
+    }
+    assert (args.max_missing, args.impute, args.log_base) == (0.2, "half_min", 2.0)
+    assert args.log_transform is defaults["log"] is True and not args.standardize
+    assert defaults["max_missing"] == args.max_missing and defaults["impute"] == args.impute
+    assert defaults["base"] == args.log_base and defaults["standardize"] is args.standardize
+    off = _parser().parse_args(
+        ["fit", *required, "--levels", "L", "--no-log", "--impute", "none", "--max-missing", "1"]
+    )
+    assert not off.log_transform and off.impute == "none" and off.max_missing == 1.0
 
 
 def test_simulate_then_fit(simulated):

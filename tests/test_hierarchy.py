@@ -50,6 +50,23 @@ def test_missing_annotation_raises_or_forms_unassigned_groups(annotations):
     assert frame.loc["f5"].tolist() == ["unassigned", "unassigned"]
 
 
+def test_drop_unannotated_leaves_out_features_annotated_at_no_level(annotations, caplog):
+    annotations.loc["f1", "sub"] = np.nan  # annotated at one level: kept, then `missing` applies
+    annotations.loc["f5", ["sub", "super"]] = [None, " "]
+    with caplog.at_level("INFO", logger="bayeshier_pymc"):
+        tree = Hierarchy.from_frame(
+            annotations, ["sub", "super"], missing="unassigned", drop_unannotated=True
+        )
+    assert tree.features.tolist() == ["f0", "f1", "f2", "f3", "f4"]
+    assert tree.to_frame().loc["f1", "sub"] == "unassigned (X)"
+    assert "left out 1 of 6 feature(s) without annotation: ['f5']" in caplog.text
+    with pytest.raises(ValueError, match=r"no 'sub' annotation.*\['f1'\]"):
+        Hierarchy.from_frame(annotations, ["sub", "super"], drop_unannotated=True)
+    annotations.loc[:, ["sub", "super"]] = np.nan
+    with pytest.raises(ValueError, match="no feature has an annotation"):
+        Hierarchy.from_frame(annotations, ["sub", "super"], drop_unannotated=True)
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

@@ -128,6 +128,9 @@ def test_impute_errors(small):
         impute(small, "mean")
     with pytest.raises(ValueError, match=r"half_min .* \['n'\] have a minimum <= 0"):
         impute(pd.DataFrame({"n": [-1.0, np.nan, 2.0]}))
+    # a feature without gaps needs no fill, whatever its sign (e.g. data already on a log scale)
+    complete = pd.DataFrame({"n": [-1.0, 0.5, 2.0], "p": [1.0, np.nan, 2.0]})
+    pd.testing.assert_frame_equal(impute(complete), complete.fillna({"p": 0.5}))
 
 
 def test_standardize_errors_and_missing_values(small):
