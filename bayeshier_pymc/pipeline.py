@@ -136,9 +136,9 @@ def run_pipeline(
     ...     )
     ...     written = sorted(path.name for path in result.files)
     >>> written  # doctest: +NORMALIZE_WHITESPACE
-    ['forest_by_group.png', 'posterior_predictive.png', 'report.md', 'results.nc',
-     'scales.csv', 'shrinkage.png', 'shrunken_effects.csv', 'stage1_estimates.csv', 'tau.png',
-     'volcano.png']
+    ['forest_by_group.png', 'group_effects.png', 'posterior_predictive.png', 'report.md',
+     'results.nc', 'scales.csv', 'shrinkage.png', 'shrunken_effects.csv', 'stage1_estimates.csv',
+     'stage1_vs_shrunken.png', 'tau.png', 'volcano.png']
     """
     check_sampler_arguments(
         draws=draws, tune=tune, chains=chains, cores=cores, random_seed=random_seed
