@@ -478,6 +478,11 @@ def group_log_likelihood(
         Dims ``("chain", "draw", "covariate", level)``.
     """
     problem = problem_from_idata(idata)
+    if problem.has_missing:
+        raise ValueError(
+            "leave-one-group-out is not available for estimates with missing cells; use "
+            "loo='marginal' (leave one estimate out), which scores the observed cells."
+        )
     full, target = _group_target(problem, hierarchy, level)
     values = _held_out_values(problem, full, target, idata.posterior.get("tau"), _n_draws(idata))
     level = "feature" if target == 0 else full.levels[target - 1]
@@ -649,12 +654,15 @@ def _check_same_data(fits: Mapping[Depth, az.InferenceData]) -> None:
         if reference is None:
             reference = b, kind, variances
             continue
-        if not np.array_equal(b, reference[0]):
+        if not np.array_equal(b, reference[0], equal_nan=True):
             raise ValueError(f"the fit at depth {depth} was made on other estimates.")
         same_noise = (
             kind == reference[1]
             and len(variances) == len(reference[2])
-            and all(np.array_equal(a, r) for a, r in zip(variances, reference[2], strict=True))
+            and all(
+                np.array_equal(a, r, equal_nan=True)
+                for a, r in zip(variances, reference[2], strict=True)
+            )
         )
         if not same_noise:
             raise ValueError(
@@ -666,9 +674,10 @@ def _check_same_data(fits: Mapping[Depth, az.InferenceData]) -> None:
 
 def _likelihood_data(problem: ShrinkageProblem) -> tuple[np.ndarray, str, tuple[np.ndarray, ...]]:
     """The estimates, the kind of noise and its variances: what the likelihood of b uses."""
+    own = np.where(problem.missing, np.nan, problem.var_b)  # filled cells: no data
     if problem.noise is None:
-        return problem.b, "independent", (problem.var_b,)
-    variances = (problem.var_b, np.asarray(problem.noise.top), *problem.noise.groups)
+        return problem.b, "independent", (own,)
+    variances = (own, np.asarray(problem.noise.top), *problem.noise.groups)
     return problem.b, "tree", tuple(np.asarray(v) for v in variances)
 
 

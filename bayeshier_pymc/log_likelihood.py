@@ -210,7 +210,7 @@ def held_out_predictive(
     numpy.ndarray
         (chain, draw, covariate, group).
     """
-    b, var_b, index, priors = problem.b, problem.var_b, problem.index, problem.priors
+    b, var_b, index, priors = problem.algebra_b, problem.var_b, problem.index, problem.priors
     n_groups = int(to_group.max()) + 1
     out = np.empty((*lead, b.shape[0], n_groups), dtype=dtype)
     for c in range(b.shape[0]):
@@ -271,7 +271,7 @@ def leave_one_out(
     log_density, replicates : numpy.ndarray
         (chain, draw, covariate, feature); ``replicates`` is ``None`` without ``rng``.
     """
-    b, var_b, priors = problem.b, problem.var_b, problem.priors
+    b, var_b, priors = problem.algebra_b, problem.var_b, problem.priors
     shape = (*lead, *b.shape)
     log_density = np.empty(shape, dtype=dtype)
     replicates = np.empty(shape, dtype=dtype) if rng is not None else None
@@ -308,7 +308,7 @@ def _unpooled_normal(
         return np.full_like(var_b, priors.mu0), var_b + priors.s0**2
     scales, top_sd = problem.unpooled_algebra()
     return leave_one_out_normal(
-        problem.b[c], var_b, scales, problem.index, priors.mu0, top_sd, noise
+        problem.algebra_b[c], var_b, scales, problem.index, priors.mu0, top_sd, noise
     )
 
 
@@ -333,7 +333,7 @@ def conditional_leave_one_out(theta: np.ndarray, problem: ShrinkageProblem) -> n
     """
     if problem.noise is None:
         raise ValueError("the leave-one-out conditional needs correlated estimates (noise).")
-    b, var_b, index = problem.b, problem.var_b, problem.index
+    b, var_b, index = problem.algebra_b, problem.var_b, problem.index
     zeros = np.zeros(index.depth + 1)
     features = np.arange(index.n_features)
     out = np.empty(theta.shape, dtype=theta.dtype)

@@ -1,0 +1,340 @@
+"""Missing (covariate, feature) cells in stage 2: the rule, the exact posterior, every sampler.
+
+A missing cell leaves the likelihood: the observed cells' posterior is Gaussian conditioning
+on the observed subset (checked against the dense reference), and a missing cell's θ gets its
+posterior from the tree.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayeshier_pymc import Estimates, ShrinkageModel
+from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, leave_one_out_normal
+from bayeshier_pymc.hierarchy import Hierarchy
+from bayeshier_pymc.inference_data import OBSERVATION, problem_from_idata
+from bayeshier_pymc.log_likelihood import leave_one_out
+from bayeshier_pymc.priors import Priors
+from bayeshier_pymc.problem import ShrinkageProblem
+from bayeshier_pymc.sampling import draw_given_scales
+from tests.dense_gaussian import dense_posterior, leave_one_out_log_predictive
+
+MU0, S0 = 0.3, 1.4
+FEATURES = pd.Index([f"f{j}" for j in range(9)], name="feature")
+# three groups of three under two supergroups; group g1 is missing entirely in covariate 0
+SUB = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+SUPER = np.array([0, 0, 1])
+MISSING = np.zeros((2, 9), dtype=bool)
+MISSING[0, [3, 4, 5, 7]] = True
+MISSING[1, [0, 8]] = True
+
+
+def _hierarchy() -> Hierarchy:
+    return Hierarchy(
+        FEATURES,
+        ("sub", "super"),
+        (pd.Index(["g0", "g1", "g2"], name="sub"), pd.Index(["s0", "s1"], name="super")),
+        (SUB, SUPER),
+    )
+
+
+def _problem(depth: int | str, correlated: bool, seed: int = 0) -> ShrinkageProblem:
+    rng = np.random.default_rng(seed)
+    full = _hierarchy()
+    b = rng.normal(MU0, 1.5, (2, 9))
+    se = rng.uniform(0.4, 1.0, (2, 9))
+    b[MISSING], se[MISSING] = np.nan, np.nan
+    tree = None if depth == "none" else full.truncate(depth)
+    levels = ("feature", *(tree.levels if tree is not None else ()))
+    parts = {}
+    if correlated:
+        own = rng.uniform(0.1, 1.0, (2, 9))
+        noise = NodeNoise((rng.uniform(0, 0.6, (2, 3)), rng.uniform(0, 0.6, (2, 2))), np.array([0.2, 0.4]))
+        parts = {"noise_tree": full, "noise": noise, "own_variance": own}
+    return ShrinkageProblem(
+        b=b,
+        se=se,
+        covariates=pd.Index(["x", "z"], name="covariate"),
+        features=FEATURES,
+        tree=tree,
+        priors=Priors.resolve({"mu0": MU0, "s0": S0}, levels),
+        depth=depth,  # type: ignore[arg-type]
+        **parts,
+    )
+
+
+def _dense_noise(problem: ShrinkageProblem, c: int) -> np.ndarray:
+    if problem.noise is None:
+        return np.diag(problem.se[c] ** 2)
+    full = _hierarchy()
+    matrix = np.full((9, 9), float(problem.noise.top[c]))
+    for level, variances in enumerate(problem.noise.groups):
+        codes = full.membership(level)
+        matrix += (codes[:, None] == codes[None, :]) * variances[c][codes][:, None]
+    return matrix + np.diag(problem.own_variance[c])
+
+
+# --- the rule -----------------------------------------------------------------------------
+
+
+def test_every_form_of_a_missing_cell_becomes_one_mask():
+    b = np.array([[1.0, np.nan, 2.0, 3.0], [np.nan, 0.1, 0.2, 0.3]])
+    se = np.array([[0.5, np.nan, np.inf, np.nan], [np.inf, 0.3, 0.4, 0.5]])
+    estimates = Estimates.from_any((b, se))
+    np.testing.assert_array_equal(
+        estimates.missing.to_numpy(), [[False, True, True, True], [True, False, False, False]]
+    )
+    # canonical: NaN in both
+    assert np.isnan(estimates.estimate.to_numpy()[estimates.missing.to_numpy()]).all()
+    assert np.isnan(estimates.se.to_numpy()[estimates.missing.to_numpy()]).all()
+    # a tidy frame: an absent (covariate, feature) row is a missing cell; the round trip
+    frame = estimates.to_frame().dropna()
+    again = Estimates.from_any(frame)
+    np.testing.assert_array_equal(again.missing.to_numpy(), estimates.missing.to_numpy())
+
+
+@pytest.mark.parametrize(
+    ("b", "se", "message"),
+    [
+        ([[np.nan, 1.0]], [[0.5, 0.5]], "NaN estimate"),
+        ([[np.inf, 1.0]], [[0.5, 0.5]], "infinite estimate"),
+        ([[1.0, 1.0]], [[-np.inf, 0.5]], "-inf"),
+        ([[1.0, 1.0]], [[-0.5, 0.5]], "strictly positive"),
+        ([[np.nan, np.nan], [1.0, 2.0]], [[np.nan, np.inf], [1.0, 1.0]], "every cell missing"),
+    ],
+)
+def test_meaningless_missing_cells_are_refused(b, se, message):
+    with pytest.raises(ValueError, match=message):
+        Estimates.from_any((np.array(b), np.array(se)))
+
+
+# --- the algebra: exact conditioning on the observed subset --------------------------------
+
+
+@pytest.mark.parametrize("correlated", [False, True])
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_draws_given_tau_are_the_dense_posterior_of_the_observed_cells(depth, correlated):
+    """θ (observed and missing cells), group means and θ0 given τ: dense conditioning."""
+    problem = _problem(depth, correlated)
+    tau = np.array([[0.7, 0.5, 0.9][: depth + 1], [0.4, 1.1, 0.6][: depth + 1]])
+    n_draws = 60_000
+    draws = draw_given_scales(
+        problem, np.broadcast_to(tau, (1, n_draws, *tau.shape)), np.random.default_rng(3)
+    )
+    for c in range(2):
+        observed = ~problem.missing[c]
+        expected = dense_posterior(
+            np.nan_to_num(problem.b[c]),
+            _dense_noise(problem, c),
+            tau[c],
+            problem.tree,
+            MU0,
+            S0,
+            observed=observed,
+        )
+        parts = [("mu", draws["mu"][0, :, c, None]), ("theta", draws["theta"][0, :, c])]
+        parts += [(level, draws[f"{level}_mean"][0, :, c]) for level in problem.levels]
+        for name, values in parts:
+            mean, cov = expected.part(name)
+            sd = np.sqrt(np.diag(cov))
+            np.testing.assert_array_less(
+                np.abs(values.mean(axis=0) - mean), 4.5 * sd / np.sqrt(n_draws)
+            )
+            np.testing.assert_allclose(values.var(axis=0), sd**2, rtol=6 * np.sqrt(2 / n_draws))
+
+
+@pytest.mark.parametrize("correlated", [False, True])
+@pytest.mark.parametrize("depth", [0, 2])
+def test_leave_one_out_of_the_observed_cells_is_the_dense_one(depth, correlated):
+    """log p(b_j | b_−j, τ) over the observed cells only: the subset's non-factorised LOO."""
+    problem = _problem(depth, correlated)
+    tau = np.array([[0.7, 0.5, 0.9][: depth + 1], [0.4, 1.1, 0.6][: depth + 1]])
+    for c in range(2):
+        observed = ~problem.missing[c]
+        noise = problem.noise.row(c) if problem.noise is not None else None
+        mean, variance = leave_one_out_normal(
+            problem.algebra_b[c],
+            problem.var_b[c],
+            problem.algebra_scales(tau[c]),
+            problem.index,
+            MU0,
+            S0,
+            noise,
+        )
+        got = -0.5 * (np.log(2 * np.pi * variance) + (problem.algebra_b[c] - mean) ** 2 / variance)
+        truncated = _hierarchy().truncate(depth)
+        dense_noise = _dense_noise(problem, c)[np.ix_(observed, observed)]
+        sub = Hierarchy(
+            FEATURES[observed],
+            truncated.levels,
+            truncated.groups,
+            (SUB[observed], SUPER)[:depth] if depth else (),
+        )
+        want = leave_one_out_log_predictive(
+            problem.b[c][observed], dense_noise, tau[c], sub, MU0, S0
+        )
+        np.testing.assert_allclose(got[observed], want, rtol=1e-9, atol=1e-12)
+
+
+def test_the_marginal_of_the_filled_tree_is_the_observed_marginal_plus_a_constant():
+    """The collapsed model's log p(b | τ) differs from the observed cells' by a constant in τ."""
+    from bayeshier_pymc.gaussian_tree import upward_pass
+
+    problem = _problem(2, correlated=True)
+    values = []
+    for tau in ([0.7, 0.5, 0.9], [0.1, 2.0, 0.3]):
+        c = 0
+        got = upward_pass(
+            problem.algebra_b[c],
+            problem.var_b[c],
+            np.array(tau),
+            problem.index,
+            MU0,
+            S0,
+            noise=problem.noise.row(c),
+        ).log_marginal
+        observed = ~problem.missing[c]
+        want = dense_posterior(
+            np.nan_to_num(problem.b[c]),
+            _dense_noise(problem, c),
+            np.array(tau),
+            problem.tree,
+            MU0,
+            S0,
+            observed=observed,
+        ).log_marginal
+        values.append(float(got) - want)
+    assert abs(values[0] - values[1]) < 1e-8
+
+
+# --- every sampler, derived quantities -------------------------------------------------------
+
+
+def _model(noise: str, depth: int | str = 2) -> ShrinkageModel:
+    problem = _problem(2, correlated=False, seed=5)
+    labels = {"index": problem.covariates, "columns": FEATURES}
+    estimates = (pd.DataFrame(problem.b, **labels), pd.DataFrame(problem.se, **labels))
+    if noise == "independent":
+        return ShrinkageModel(estimates, _hierarchy(), depth=depth, noise="independent")
+    parts = _problem(2, correlated=True, seed=5)
+    model = ShrinkageModel(estimates, _hierarchy(), depth=depth, noise="independent")
+    # the same estimates with tree-structured noise, through the problem's constructor
+    model.problem = ShrinkageProblem(
+        b=parts.b,
+        se=parts.se,
+        covariates=parts.covariates,
+        features=FEATURES,
+        tree=model.problem.tree,
+        priors=model.problem.priors,
+        depth=model.problem.depth,
+        noise_tree=parts.noise_tree,
+        noise=parts.noise,
+        own_variance=parts.own_variance,
+    )
+    return model
+
+
+def _z_of_means(a: az.InferenceData, b: az.InferenceData, name: str) -> np.ndarray:
+    def moments(idata: az.InferenceData) -> tuple[np.ndarray, np.ndarray]:
+        values = idata.posterior[name]
+        ess = az.ess(idata, var_names=[name])[name].to_numpy()
+        return values.mean(("chain", "draw")).to_numpy(), values.var(("chain", "draw")).to_numpy() / ess
+
+    (mean_a, var_a), (mean_b, var_b) = moments(a), moments(b)
+    return (mean_a - mean_b) / np.sqrt(var_a + var_b)
+
+
+@pytest.mark.parametrize("noise", ["independent", "tree"])
+def test_gibbs_engine_and_collapsed_nuts_agree_with_missing_cells(noise):
+    model = _model(noise)
+    options = {"draws": 500, "tune": 300, "chains": 2, "random_seed": 4, "progressbar": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nuts = model.sample("nuts", **options)
+        gibbs = model.sample("gibbs", **options)
+    for name in ("theta", "mu", "sub_mean"):
+        z = _z_of_means(nuts, gibbs, name)
+        assert np.all(np.abs(z) < 4.5), (name, z)
+    # the missing cells' θ are not stuck at their stand-in estimate 0
+    theta = gibbs.posterior["theta"].mean(("chain", "draw")).to_numpy()
+    assert np.isfinite(theta).all()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "options"),
+    [("nuts", {"parameterization": "centered"}), ("gibbs", {"backend": "pymc"})],
+)
+def test_the_full_model_and_the_pymc_step_agree_with_the_engine(sampler, options):
+    model = _model("independent")
+    settings = {"draws": 400, "tune": 400, "chains": 2, "random_seed": 2, "progressbar": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engine = model.sample("gibbs", **settings)
+        other = model.sample(sampler, cores=1, **settings, **options)
+    z = _z_of_means(engine, other, "theta")
+    assert np.all(np.abs(z) < 4.5), z
+
+
+@pytest.fixture(scope="module")
+def fit() -> az.InferenceData:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _model("tree").sample(
+            "gibbs", draws=200, tune=200, chains=2, random_seed=1, progressbar=False
+        )
+
+
+def test_loo_and_the_predictive_checks_see_the_observed_cells_only(fit):
+    n_observed = int((~MISSING).sum())
+    for group in ("log_likelihood", "observed_data", "posterior_predictive"):
+        dataset = fit[group]
+        assert dataset.sizes[OBSERVATION] == n_observed, group
+        assert np.isfinite(next(iter(dataset.data_vars.values())).to_numpy()).all(), group
+    loo = az.loo(fit, pointwise=True)
+    assert loo.n_data_points == n_observed
+    # the elpd is the sum of the observed cells' PSIS terms, which the tree computes exactly
+    problem = problem_from_idata(fit)
+    tau = fit.posterior["tau"].transpose("chain", "draw", "covariate", "level").to_numpy()
+    exact = leave_one_out(problem, tau, lead=tau.shape[:2])[0][..., ~problem.missing]
+    np.testing.assert_allclose(
+        fit.log_likelihood["b_marginal"].to_numpy(), exact, rtol=1e-5, atol=1e-6
+    )
+    pit = az.loo_pit(fit, y="b")
+    assert pit.shape == (n_observed,) and np.all((pit >= 0) & (pit <= 1))
+
+
+def test_results_and_persistence_keep_the_missing_cells(fit, tmp_path):
+    import bayeshier_pymc as bh
+
+    table = bh.coefficient_table(fit)
+    missing = table.set_index(["covariate", "feature"]).loc[("x", "f3")]
+    assert np.isnan(missing["estimate"]) and np.isnan(missing["se"])
+    assert np.isfinite(missing["mean"])
+    path = tmp_path / "fit.nc"
+    bh.save_results(path, fit)
+    loaded = bh.load_results(path).idata
+    np.testing.assert_array_equal(problem_from_idata(loaded).missing, MISSING)
+
+
+def test_without_pooling_a_missing_theta_is_drawn_from_its_prior():
+    model = _model("independent", depth="none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        idata = model.sample("gibbs", draws=2000, chains=2, random_seed=3, progressbar=False)
+    theta = idata.posterior["theta"].to_numpy()[..., MISSING]
+    priors = model.problem.priors
+    n = theta.shape[0] * theta.shape[1]
+    np.testing.assert_array_less(np.abs(theta.mean(axis=(0, 1)) - priors.mu0), 4.5 * priors.s0 / np.sqrt(n))
+    np.testing.assert_allclose(theta.std(axis=(0, 1)), priors.s0, rtol=0.1)
+
+
+def test_group_loo_with_missing_cells_is_refused_by_name(fit):
+    from bayeshier_pymc.depth_comparison import group_log_likelihood
+
+    with pytest.raises(ValueError, match="missing cells"):
+        group_log_likelihood(fit, _hierarchy(), "sub")
