@@ -193,6 +193,11 @@ def tree_noise(
         are over Z's columns: ``Cov(b̂_k·) = c_kk A Σ A'`` is not tree-structured), an unknown
         ``pooling``, ``min_own_share`` outside (0, 1], or features the tree does not annotate.
     """
+    if fit.per_feature:
+        raise ValueError(
+            "tree-structured noise is not estimated from a fit with missing='per-feature' "
+            "(features fitted on different rows); use noise='independent'."
+        )
     if fit.Z is not None:
         raise ValueError(
             "tree-structured noise needs a fit with Z=None: with a feature design the "

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from bayeshier_pymc import Estimates, ShrinkageModel
-from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, leave_one_out_normal
+from bayeshier_pymc.gaussian_tree import NodeNoise, leave_one_out_normal
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import OBSERVATION, problem_from_idata
 from bayeshier_pymc.log_likelihood import leave_one_out
@@ -54,7 +54,9 @@ def _problem(depth: int | str, correlated: bool, seed: int = 0) -> ShrinkageProb
     parts = {}
     if correlated:
         own = rng.uniform(0.1, 1.0, (2, 9))
-        noise = NodeNoise((rng.uniform(0, 0.6, (2, 3)), rng.uniform(0, 0.6, (2, 2))), np.array([0.2, 0.4]))
+        noise = NodeNoise(
+            (rng.uniform(0, 0.6, (2, 3)), rng.uniform(0, 0.6, (2, 2))), np.array([0.2, 0.4])
+        )
         parts = {"noise_tree": full, "noise": noise, "own_variance": own}
     return ShrinkageProblem(
         b=b,
@@ -243,7 +245,9 @@ def _z_of_means(a: az.InferenceData, b: az.InferenceData, name: str) -> np.ndarr
     def moments(idata: az.InferenceData) -> tuple[np.ndarray, np.ndarray]:
         values = idata.posterior[name]
         ess = az.ess(idata, var_names=[name])[name].to_numpy()
-        return values.mean(("chain", "draw")).to_numpy(), values.var(("chain", "draw")).to_numpy() / ess
+        return values.mean(("chain", "draw")).to_numpy(), values.var(
+            ("chain", "draw")
+        ).to_numpy() / ess
 
     (mean_a, var_a), (mean_b, var_b) = moments(a), moments(b)
     return (mean_a - mean_b) / np.sqrt(var_a + var_b)
@@ -329,7 +333,9 @@ def test_without_pooling_a_missing_theta_is_drawn_from_its_prior():
     theta = idata.posterior["theta"].to_numpy()[..., MISSING]
     priors = model.problem.priors
     n = theta.shape[0] * theta.shape[1]
-    np.testing.assert_array_less(np.abs(theta.mean(axis=(0, 1)) - priors.mu0), 4.5 * priors.s0 / np.sqrt(n))
+    np.testing.assert_array_less(
+        np.abs(theta.mean(axis=(0, 1)) - priors.mu0), 4.5 * priors.s0 / np.sqrt(n)
+    )
     np.testing.assert_allclose(theta.std(axis=(0, 1)), priors.s0, rtol=0.1)
 
 
@@ -338,3 +344,52 @@ def test_group_loo_with_missing_cells_is_refused_by_name(fit):
 
     with pytest.raises(ValueError, match="missing cells"):
         group_log_likelihood(fit, _hierarchy(), "sub")
+
+
+# --- stage 1: missing="per-feature" ---------------------------------------------------------
+
+
+def _response_with_gaps(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    n, m = 30, 6
+    X = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n)})
+    Y = pd.DataFrame(rng.normal(size=(n, m)), columns=[f"m{j}" for j in range(m)])
+    Y = Y.mask(rng.uniform(size=(n, m)) < 0.3)
+    Y.iloc[:28, 5] = np.nan  # two complete rows for three covariates
+    return X, Y
+
+
+def test_mlm_refuses_nan_by_default_and_names_the_option():
+    import bayeshier_pymc as bh
+
+    X, Y = _response_with_gaps()
+    with pytest.raises(ValueError, match="missing='per-feature'"):
+        bh.mlm(Y, X)
+
+
+def test_per_feature_fits_are_ols_on_each_features_complete_rows():
+    import statsmodels.api as sm
+
+    import bayeshier_pymc as bh
+
+    X, Y = _response_with_gaps()
+    with pytest.warns(UserWarning, match="too few complete rows"):
+        fit = bh.mlm(Y, X, missing="per-feature")
+    for j in range(5):
+        rows = Y.iloc[:, j].notna()
+        ols = sm.OLS(Y.iloc[:, j][rows], sm.add_constant(X[rows])).fit()
+        np.testing.assert_allclose(fit.coef.to_numpy()[:, j], ols.params.to_numpy(), rtol=1e-10)
+        np.testing.assert_allclose(fit.se.to_numpy()[:, j], ols.bse.to_numpy(), rtol=1e-10)
+        np.testing.assert_allclose(fit.pvalue.to_numpy()[:, j], ols.pvalues.to_numpy(), rtol=1e-8)
+        assert fit.df_resid[j] == ols.df_resid
+    # the feature without enough rows: missing cells for stage 2
+    assert np.isnan(fit.coef.to_numpy()[:, 5]).all()
+    estimates = Estimates.from_any(fit)
+    assert (
+        estimates.missing.to_numpy()[:, 5].all() and not estimates.missing.to_numpy()[:, :5].any()
+    )
+    for refused in (fit.permutation_test, fit.residual_covariance):
+        with pytest.raises(ValueError, match="per-feature"):
+            refused()
+    with pytest.raises(ValueError, match="per-feature"):
+        bh.mlm(Y, X, missing="per-feature", shrinkage="A")
