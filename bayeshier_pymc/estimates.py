@@ -223,8 +223,9 @@ def missing_cells(b: np.ndarray, s: np.ndarray) -> np.ndarray:
         if bad.any():
             first = tuple(int(i) for i in np.argwhere(bad)[0])
             raise ValueError(
-                f"the estimates hold {int(bad.sum())} {what}, the first at position {first}; "
-                "a missing cell has a NaN estimate and a NaN (or infinite) standard error."
+                f"the estimates hold non-finite values (NaN or inf) that are no missing cell: "
+                f"{int(bad.sum())} {what}, the first at position {first}; a missing cell has a "
+                "NaN estimate and a NaN (or infinite) standard error."
             )
     return nan_b | nan_s | inf_s
 

@@ -143,16 +143,16 @@ def mlm(
     dof = covariance.validate_dof(dof)
     if missing not in MISSING_POLICIES:
         raise ValueError(f"missing must be one of {MISSING_POLICIES!r}, got {missing!r}.")
-    response = design.response_matrix(Y, allow_nan=True)
+    try:
+        response = design.response_matrix(Y, allow_nan=missing == "per-feature")
+    except ValueError as err:
+        if missing == "raise" and "non-finite" in str(err):
+            raise ValueError(
+                f"{err} Where they are NaN (missing values), missing='per-feature' fits each "
+                "feature on its complete rows."
+            ) from None
+        raise
     has_nan = bool(np.isnan(response.values).any())
-    if has_nan and missing == "raise":
-        count = int(np.isnan(response.values).sum())
-        first = tuple(int(i) for i in np.argwhere(np.isnan(response.values))[0])
-        raise ValueError(
-            f"Y holds {count} missing value(s) (NaN), the first at position {first}; pass "
-            "missing='per-feature' to fit each feature on its complete rows, or impute them "
-            "(bayeshier_pymc.preprocess)."
-        )
     per_feature = missing == "per-feature" and has_nan
     if per_feature and (Z is not None or shrinkage is not None or weights is not None):
         raise ValueError(
