@@ -363,7 +363,7 @@ def test_mlm_refuses_nan_by_default_and_names_the_option():
     import bayeshier_pymc as bh
 
     X, Y = _response_with_gaps()
-    with pytest.raises(ValueError, match="non-finite.*missing=.per-feature."):
+    with pytest.raises(ValueError, match=r"non-finite.*missing=.per-feature."):
         bh.mlm(Y, X)
 
 
