@@ -253,6 +253,7 @@ def _z_of_means(a: az.InferenceData, b: az.InferenceData, name: str) -> np.ndarr
     return (mean_a - mean_b) / np.sqrt(var_a + var_b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", ["independent", "tree"])
 def test_gibbs_engine_and_collapsed_nuts_agree_with_missing_cells(noise):
     model = _model(noise)
@@ -269,6 +270,7 @@ def test_gibbs_engine_and_collapsed_nuts_agree_with_missing_cells(noise):
     assert np.isfinite(theta).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sampler", "options"),
     [("nuts", {"parameterization": "centered"}), ("gibbs", {"backend": "pymc"})],
