@@ -133,8 +133,9 @@ class ShrinkageProblem:
                 f"the noise variances must be per covariate and node: own {shape}, groups "
                 f"{expected}; got {own.shape} and {[np.shape(g) for g in noise.groups]}."
             )
-        values = np.concatenate([own.ravel(), np.ravel(noise.top), *map(np.ravel, noise.groups)])
-        if not np.all(np.isfinite(values)) or own.min() <= 0 or values.min() < 0:
+        observed_own = own[~np.isnan(self.b)]  # a missing cell's own variance plays no role
+        values = np.concatenate([observed_own, np.ravel(noise.top), *map(np.ravel, noise.groups)])
+        if not np.all(np.isfinite(values)) or observed_own.min() <= 0 or values.min() < 0:
             raise ValueError(
                 "noise variances must be finite, the own ones positive and the shared ones "
                 "non-negative."

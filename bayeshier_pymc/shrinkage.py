@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -46,14 +45,6 @@ def with_noise(
         return Estimates(estimates.estimate, estimates.se)
     if estimates.noise is not None:
         return estimates
-    if isinstance(source, MLMFit) and source.per_feature and noise == "auto":
-        warnings.warn(
-            "the stage-1 fit has missing values (missing='per-feature'): the tree-structured "
-            "noise is not estimated from it, and stage 2 treats the estimates' errors as "
-            "independent (noise='independent'); see docs/missing_values.md.",
-            stacklevel=3,
-        )
-        return Estimates(estimates.estimate, estimates.se)
     if isinstance(source, MLMFit) and source.Z is None:
         # without a tree the noise shared by all features still aliases with θ0
         tree = hierarchy if hierarchy is not None else Hierarchy.flat(source.Y.columns)

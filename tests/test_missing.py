@@ -395,3 +395,52 @@ def test_per_feature_fits_are_ols_on_each_features_complete_rows():
             refused()
     with pytest.raises(ValueError, match="per-feature"):
         bh.mlm(Y, X, missing="per-feature", shrinkage="A")
+
+
+def test_tree_noise_of_a_per_feature_fit_matches_the_monte_carlo_covariance():
+    """Refit many Y with a known block covariance and 30% of the values missing at random:
+    the within-group, across-group and own covariances of the estimates that the tree noise
+    states (pairwise-complete residuals, each feature's own c_kk, the shared factor of
+    :func:`~bayeshier_pymc.noise.shared_factor`) are those of the refits."""
+    import bayeshier_pymc as bh
+    from bayeshier_pymc.noise import tree_noise
+
+    rng = np.random.default_rng(0)
+    n, m, reps = 40, 8, 400
+    groups = np.repeat([0, 1], 4)
+    features = [f"m{j}" for j in range(m)]
+    hierarchy = Hierarchy.from_frame(
+        pd.DataFrame({"sub": np.where(groups == 0, "A", "B")}, index=features), ["sub"]
+    )
+    sigma = (
+        0.3 + 0.5 * np.outer(groups == 0, groups == 0) + 0.2 * np.outer(groups == 1, groups == 1)
+    )
+    sigma = sigma + np.diag(np.linspace(0.3, 1.0, m))
+    factor = np.linalg.cholesky(sigma)
+    X = pd.DataFrame({"a": rng.normal(size=n)})
+    estimates, stated = [], []
+    for _ in range(reps):
+        values = rng.normal(size=(n, m)) @ factor.T
+        Y = pd.DataFrame(np.where(rng.uniform(size=(n, m)) < 0.3, np.nan, values), columns=features)
+        fit = bh.mlm(Y, X, missing="per-feature")
+        estimates.append(fit.coef.sel(covariate="a").to_numpy())
+        noise = tree_noise(fit, hierarchy, pooling="none")
+        variances = noise.for_covariate("a")
+        matrix = variances.top + sum(
+            np.outer(groups == g, groups == g) * variances.groups[0][g] for g in (0, 1)
+        )
+        stated.append(matrix + np.diag(variances.own))
+    b = np.array(estimates)
+    products = (b - b.mean(axis=0))[:, :, None] * (b - b.mean(axis=0))[:, None, :]
+    stated_mean = np.mean(stated, axis=0)
+    same = groups[:, None] == groups[None, :]
+    blocks = {
+        "within A": same & (groups[:, None] == 0) & ~np.eye(m, dtype=bool),
+        "within B": same & (groups[:, None] == 1) & ~np.eye(m, dtype=bool),
+        "across": ~same,
+        "own": np.eye(m, dtype=bool),
+    }
+    for name, block in blocks.items():
+        per_rep = products[:, block].mean(axis=1)
+        mc_se = per_rep.std(ddof=1) / np.sqrt(reps)
+        assert abs(per_rep.mean() - stated_mean[block].mean()) < 4 * mc_se, name
