@@ -33,6 +33,7 @@ import numpy as np
 from bayeshier_pymc._numba import compiled_kernel
 from bayeshier_pymc.gaussian_tree import (
     NodeNoise,
+    TreeIndex,
     group_log_predictive,
     leave_one_out_normal,
     normal_log_density,
@@ -213,16 +214,24 @@ def held_out_predictive(
     b, var_b, index, priors = problem.algebra_b, problem.var_b, problem.index, problem.priors
     n_groups = int(to_group.max()) + 1
     out = np.empty((*lead, b.shape[0], n_groups), dtype=dtype)
+    # a missing estimate in a held-out group is scored as N(0; ·, V) ≈ (2πV)^(-1/2) with its
+    # stand-in variance V (estimates.fill_missing): adding ½ log 2πV back leaves the observed
+    # members' predictive log p(b_G,obs | b_−G,obs, τ)
+    feature_group = to_group[_unit_of_features(index, unit_level)]
+    stand_in = np.where(problem.missing, 0.5 * np.log(2.0 * np.pi * var_b), 0.0)
+    correction = np.stack(
+        [np.bincount(feature_group, weights=row, minlength=n_groups) for row in stand_in]
+    )
     for c in range(b.shape[0]):
         noise = problem.noise.row(c) if problem.noise is not None else None
         if tau is None:
             scales, top_sd = problem.unpooled_algebra()
-            out[:, :, c] = group_log_predictive(
+            out[:, :, c] = correction[c] + group_log_predictive(
                 b[c], var_b[c], scales, index, priors.mu0, top_sd, unit_level, to_group, noise
             )
             continue
         for chain, draws in _chunks(lead, index.n_features):
-            out[chain, draws, c] = group_log_predictive(
+            out[chain, draws, c] = correction[c] + group_log_predictive(
                 b[c],
                 var_b[c],
                 problem.algebra_scales(tau[chain, draws, c]),
@@ -234,6 +243,14 @@ def held_out_predictive(
                 noise,
             )
     return out
+
+
+def _unit_of_features(index: TreeIndex, unit_level: int) -> np.ndarray:
+    """The unit of ``unit_level`` (0 = the feature itself) above every feature."""
+    units = np.arange(index.n_features)
+    for parent in index.parents[:unit_level]:
+        units = parent[units]
+    return units
 
 
 def leave_one_out(

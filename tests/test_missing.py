@@ -341,11 +341,59 @@ def test_without_pooling_a_missing_theta_is_drawn_from_its_prior():
     np.testing.assert_allclose(theta.std(axis=(0, 1)), priors.s0, rtol=0.1)
 
 
-def test_group_loo_with_missing_cells_is_refused_by_name(fit):
-    from bayeshier_pymc.depth_comparison import group_log_likelihood
+@pytest.mark.parametrize("correlated", [False, True])
+@pytest.mark.parametrize(
+    ("depth", "unit_level", "target"), [(2, 0, 1), (2, 1, 1), (1, 1, 2), (0, 0, 1)]
+)
+def test_group_loo_scores_each_groups_observed_estimates_given_the_other_observed_ones(
+    correlated, depth, unit_level, target
+):
+    """log p(b_G,obs | b_−G,obs, τ) for groups with missing members (g1 of covariate 0 has
+    none observed: its value is 0, the empty predictive)."""
+    from scipy import stats
 
-    with pytest.raises(ValueError, match="missing cells"):
-        group_log_likelihood(fit, _hierarchy(), "sub")
+    from bayeshier_pymc.log_likelihood import held_out_predictive
+    from tests.dense_gaussian import marginal_covariance
+
+    problem = _problem(depth, correlated)
+    tau = np.array([[0.7, 0.5, 0.9][: depth + 1], [0.4, 1.1, 0.6][: depth + 1]])
+    full = _hierarchy()
+    to_target = SUB if target == 1 else SUPER[SUB]  # each feature's held-out group
+    # each held-out unit's group: features (level 0) or first-level groups (level 1)
+    unit_group = to_target if unit_level == 0 else (np.arange(3) if target == 1 else SUPER)
+    got = held_out_predictive(problem, tau[None, None], unit_level, unit_group, lead=(1, 1))[0, 0]
+    for c in range(2):
+        observed = ~problem.missing[c]
+        cov = marginal_covariance(_dense_noise(problem, c), tau[c], full.truncate(depth), S0)
+        for group in range(int(unit_group.max()) + 1):
+            held = (to_target == group) & observed
+            kept = (to_target != group) & observed
+            if not held.any():
+                assert abs(got[c, group]) < 1e-8
+                continue
+            gain = np.linalg.solve(cov[np.ix_(kept, kept)], cov[np.ix_(kept, held)]).T
+            mean = MU0 + gain @ (problem.b[c][kept] - MU0)
+            conditional = cov[np.ix_(held, held)] - gain @ cov[np.ix_(kept, held)]
+            want = stats.multivariate_normal(mean, conditional).logpdf(problem.b[c][held])
+            np.testing.assert_allclose(got[c, group], want, rtol=1e-8, atol=1e-8)
+
+
+def test_group_loo_of_a_fit_runs_over_the_groups_with_an_observed_estimate(fit):
+    from bayeshier_pymc.depth_comparison import compare_fits, group_log_likelihood
+
+    values = group_log_likelihood(fit, _hierarchy(), "sub")
+    # 2 covariates × 3 groups, less g1 of covariate 0 (all missing)
+    assert values.sizes[OBSERVATION] == 5
+    assert ("x", "g1") not in set(
+        zip(values["covariate"].values, values["sub"].values, strict=True)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        shallow = _model("tree", depth=0).sample(
+            "gibbs", draws=200, tune=200, chains=2, random_seed=1, progressbar=False
+        )
+        comparison = compare_fits({2: fit, 0: shallow}, _hierarchy(), loo="group")
+    assert comparison.elpd[2]["n_data_points"] == comparison.elpd[0]["n_data_points"] == 5
 
 
 # --- stage 1: missing="per-feature" ---------------------------------------------------------
