@@ -275,8 +275,9 @@ def test_gibbs_engine_and_collapsed_nuts_agree_with_missing_cells(noise):
     ("sampler", "options"),
     [("nuts", {"parameterization": "centered"}), ("gibbs", {"backend": "pymc"})],
 )
-def test_the_full_model_and_the_pymc_step_agree_with_the_engine(sampler, options):
-    model = _model("independent")
+@pytest.mark.parametrize("noise", ["independent", "tree"])
+def test_the_full_model_and_the_pymc_step_agree_with_the_engine(sampler, options, noise):
+    model = _model(noise)
     settings = {"draws": 400, "tune": 400, "chains": 2, "random_seed": 2, "progressbar": False}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -492,3 +493,15 @@ def test_tree_noise_of_a_per_feature_fit_matches_the_monte_carlo_covariance():
         per_rep = products[:, block].mean(axis=1)
         mc_se = per_rep.std(ddof=1) / np.sqrt(reps)
         assert abs(per_rep.mean() - stated_mean[block].mean()) < 4 * mc_se, name
+
+
+def test_prior_predictive_and_new_metabolites_with_missing_cells(fit):
+    model = _model("tree")
+    prior = model.sample_prior_predictive(50, random_seed=1)
+    n_observed = int((~MISSING).sum())
+    assert prior.prior_predictive.sizes[OBSERVATION] == n_observed
+    assert prior.observed_data.sizes[OBSERVATION] == n_observed
+    assert np.isfinite(prior.prior_predictive["b"].to_numpy()).all()
+    new = pd.DataFrame({"sub": ["g1"], "super": ["s0"]}, index=["new"])
+    predicted = model.predict_new(fit, new, random_seed=1)
+    assert np.isfinite(predicted.predictions["theta"].to_numpy()).all()
