@@ -96,6 +96,13 @@ class ShrinkageProblem:
             )
         if not np.array_equal(np.isnan(self.b), np.isnan(self.se)):
             raise ValueError("a missing cell has NaN in both b and se; they differ.")
+        observed = ~np.isnan(self.b)
+        se = self.se[observed]
+        if not (np.isfinite(self.b[observed]).all() and np.isfinite(se).all() and (se > 0).all()):
+            raise ValueError(
+                "observed estimates must be finite with finite positive standard errors (a "
+                "missing cell has NaN in both; see Estimates.from_any)."
+            )
         if (self.depth == "none") != (self.tree is None):
             raise ValueError(
                 f"depth {self.depth!r} does not match the tree {self.tree!r}: no pooling "

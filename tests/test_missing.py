@@ -505,3 +505,19 @@ def test_prior_predictive_and_new_metabolites_with_missing_cells(fit):
     new = pd.DataFrame({"sub": ["g1"], "super": ["s0"]}, index=["new"])
     predicted = model.predict_new(fit, new, random_seed=1)
     assert np.isfinite(predicted.predictions["theta"].to_numpy()).all()
+
+
+def test_a_problem_refuses_a_missing_cell_that_is_not_in_canonical_form():
+    problem = _problem(1, correlated=False)
+    se = problem.se.copy()
+    se[0, 0] = np.inf  # Estimates.from_any would have made it NaN in both
+    with pytest.raises(ValueError, match="finite positive standard errors"):
+        ShrinkageProblem(
+            b=problem.b,
+            se=se,
+            covariates=problem.covariates,
+            features=FEATURES,
+            tree=problem.tree,
+            priors=problem.priors,
+            depth=1,
+        )
