@@ -313,6 +313,11 @@ def test_loo_and_the_predictive_checks_see_the_observed_cells_only(fit):
     )
     pit = az.loo_pit(fit, y="b")
     assert pit.shape == (n_observed,) and np.all((pit >= 0) & (pit <= 1))
+    import bayeshier_pymc as bh
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert bh.loo(fit, "conditional").n_data_points == n_observed
 
 
 def test_results_and_persistence_keep_the_missing_cells(fit, tmp_path):
