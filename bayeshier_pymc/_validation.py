@@ -9,6 +9,29 @@ import numpy as np
 import pandas as pd
 
 
+def as_numeric_matrix(values: object, name: str, *, ndim: int = 2) -> np.ndarray:
+    """Return ``values`` as a float64 array after checking its type and shape (NaN allowed).
+
+    Raises
+    ------
+    ValueError
+        If the input is empty, has the wrong number of dimensions or is not numeric.
+    """
+    try:
+        if np.iscomplexobj(values):
+            raise TypeError("complex values are not supported")
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{name} must be numeric; could not convert it to floats ({err})."
+        ) from err
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {array.shape}.")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty (shape {array.shape}).")
+    return array
+
+
 def as_finite_matrix(values: object, name: str, *, ndim: int = 2) -> np.ndarray:
     """Return ``values`` as a float64 array after checking its shape and finiteness.
 
@@ -32,18 +55,7 @@ def as_finite_matrix(values: object, name: str, *, ndim: int = 2) -> np.ndarray:
         If the input is empty, has the wrong number of dimensions, is not numeric, or holds
         NaN or infinite values (their count and first position are named).
     """
-    try:
-        if np.iscomplexobj(values):
-            raise TypeError("complex values are not supported")
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{name} must be numeric; could not convert it to floats ({err})."
-        ) from err
-    if array.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {array.shape}.")
-    if array.size == 0:
-        raise ValueError(f"{name} is empty (shape {array.shape}).")
+    array = as_numeric_matrix(values, name, ndim=ndim)
     finite = np.isfinite(array)
     if not finite.all():
         bad = np.argwhere(~finite)

@@ -125,6 +125,7 @@ def _fit(args: argparse.Namespace) -> int:
         data=study.samples,
         covariates=args.covariates,
         missing=args.missing,
+        missing_values=args.missing_values,
         log=args.log,
         **options,
     )
@@ -263,6 +264,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=["raise", "unassigned"],
         default="raise",
         help="a feature missing some annotation level: error, or an explicit 'unassigned' group",
+    )
+    fit.add_argument(
+        "--missing-values",
+        choices=["raise", "per-feature"],
+        default="raise",
+        help="a missing response value left after preprocessing: error, or fit each feature "
+        "on its complete rows (stage-2 cells of features with too few rows are missing)",
     )
     fit.add_argument(
         "--max-missing",

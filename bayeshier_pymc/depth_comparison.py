@@ -64,7 +64,7 @@ from bayeshier_pymc.diagnostics import (
 from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.gaussian_tree import NUMPY_OPS, normal_log_density
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.inference_data import problem_from_idata
+from bayeshier_pymc.inference_data import OBSERVATION, problem_from_idata
 from bayeshier_pymc.log_likelihood import held_out_predictive
 from bayeshier_pymc.parallel import dispatch, fixed_seed, inner_fit_options, outer_jobs
 from bayeshier_pymc.priors import Priors
@@ -469,6 +469,9 @@ def _with_group_log_likelihood(
     values = group_log_likelihood(idata, hierarchy, level)
     groups = {group: idata[group] for group in idata.groups()}
     log_likelihood = groups.get("log_likelihood", xr.Dataset())
+    if OBSERVATION in values.dims:
+        # the observed cells and the observed groups are two stackings: b_group alone
+        log_likelihood = xr.Dataset()
     groups["log_likelihood"] = log_likelihood.assign({GROUP_LOG_LIKELIHOOD: values})
     return az.InferenceData(attrs=dict(idata.attrs), **groups)
 
@@ -535,21 +538,40 @@ def group_log_likelihood(
     Returns
     -------
     xarray.DataArray
-        Dims ``("chain", "draw", "covariate", level)``.
+        Dims ``("chain", "draw", "covariate", level)``; with missing cells ``("chain",
+        "draw", "observation")`` over the (covariate, group) pairs with an observed estimate
+        (coordinates ``covariate`` and ``level``), each the predictive of the group's observed
+        estimates.
     """
     problem = problem_from_idata(idata)
     full, target = _group_target(problem, hierarchy, level)
     values = _held_out_values(problem, full, target, idata.posterior.get("tau"), _n_draws(idata))
     level = "feature" if target == 0 else full.levels[target - 1]
-    labels = full.features if target == 0 else full.groups[target - 1]
+    labels = np.asarray(full.features if target == 0 else full.groups[target - 1])
+    draws = {
+        "chain": idata.posterior["chain"].to_numpy(),
+        "draw": idata.posterior["draw"].to_numpy(),
+    }
+    if not problem.has_missing:
+        return xr.DataArray(
+            values,
+            dims=("chain", "draw", "covariate", level),
+            coords={**draws, "covariate": problem.covariates.to_numpy(), level: labels},
+            name=GROUP_LOG_LIKELIHOOD,
+        )
+    # a group with no observed estimate is no data point: only the others, along observation
+    to_group = _unit_to_group(full, 0, target)
+    observed = np.stack(
+        [np.bincount(to_group, weights=row, minlength=len(labels)) for row in ~problem.missing]
+    )
+    rows, groups = np.nonzero(observed > 0)
     return xr.DataArray(
-        values,
-        dims=("chain", "draw", "covariate", level),
+        values[..., rows, groups],
+        dims=("chain", "draw", OBSERVATION),
         coords={
-            "chain": idata.posterior["chain"].to_numpy(),
-            "draw": idata.posterior["draw"].to_numpy(),
-            "covariate": problem.covariates.to_numpy(),
-            level: np.asarray(labels),
+            **draws,
+            "covariate": ((OBSERVATION,), problem.covariates.to_numpy()[rows]),
+            level: ((OBSERVATION,), labels[groups]),
         },
         name=GROUP_LOG_LIKELIHOOD,
     )
@@ -588,7 +610,9 @@ def _held_out_values(
     pooled = problem.pooled and tau is not None
     if not pooled and not problem.correlated:
         to_group = _unit_to_group(full, 0, target)
-        per_group = _no_pooling_group_log_lik(problem.b, problem.var_b, to_group, problem.priors)
+        per_group = _no_pooling_group_log_lik(
+            problem.algebra_b, problem.var_b, problem.missing, to_group, problem.priors
+        )
         return np.broadcast_to(per_group, (*n_draws, *per_group.shape)).copy()
     tau_values = None
     if pooled:
@@ -601,10 +625,12 @@ def _held_out_values(
 
 
 def _no_pooling_group_log_lik(
-    b: np.ndarray, var_b: np.ndarray, to_group: np.ndarray, priors: Priors
+    b: np.ndarray, var_b: np.ndarray, missing: np.ndarray, to_group: np.ndarray, priors: Priors
 ) -> np.ndarray:
-    """Σ over each group's features of log N(b_j; mu0, s_j² + s0²), as (covariate, group)."""
+    """Σ over each group's observed features of log N(b_j; mu0, s_j² + s0²), (covariate, group)."""
     per_feature = normal_log_density(b - priors.mu0, var_b + priors.s0**2)
+    if missing.any():
+        per_feature = np.where(missing, 0.0, per_feature)
     return NUMPY_OPS.segment_sum(per_feature, to_group, int(to_group.max()) + 1)
 
 
@@ -613,6 +639,11 @@ def _bad_groups(
 ) -> dict[str, pd.Index]:
     """Every group with a Pareto k above good_k (any covariate) → the features without it."""
     problem = problem_from_idata(idata)
+    if problem.has_missing:
+        raise ValueError(
+            "refit_bad_k is not available for estimates with missing cells; read the Pareto k "
+            "of the group LOO instead."
+        )
     full, target = _group_target(problem, hierarchy, level)
     k = np.array(elpd["pareto_k"])
     bad_groups = np.flatnonzero((k > elpd["good_k"]).any(axis=0))
@@ -718,12 +749,15 @@ def _check_same_data(fits: Mapping[Depth, az.InferenceData]) -> None:
         if reference is None:
             reference = b, kind, variances
             continue
-        if not np.array_equal(b, reference[0]):
+        if not np.array_equal(b, reference[0], equal_nan=True):
             raise ValueError(f"the fit at depth {depth} was made on other estimates.")
         same_noise = (
             kind == reference[1]
             and len(variances) == len(reference[2])
-            and all(np.array_equal(a, r) for a, r in zip(variances, reference[2], strict=True))
+            and all(
+                np.array_equal(a, r, equal_nan=True)
+                for a, r in zip(variances, reference[2], strict=True)
+            )
         )
         if not same_noise:
             raise ValueError(
@@ -735,9 +769,10 @@ def _check_same_data(fits: Mapping[Depth, az.InferenceData]) -> None:
 
 def _likelihood_data(problem: ShrinkageProblem) -> tuple[np.ndarray, str, tuple[np.ndarray, ...]]:
     """The estimates, the kind of noise and its variances: what the likelihood of b uses."""
+    own = np.where(problem.missing, np.nan, problem.var_b)  # filled cells: no data
     if problem.noise is None:
-        return problem.b, "independent", (problem.var_b,)
-    variances = (problem.var_b, np.asarray(problem.noise.top), *problem.noise.groups)
+        return problem.b, "independent", (own,)
+    variances = (own, np.asarray(problem.noise.top), *problem.noise.groups)
     return problem.b, "tree", tuple(np.asarray(v) for v in variances)
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 from formulaic import ModelSpec, model_matrix
 from formulaic.errors import FormulaicError
 
-from bayeshier_pymc._validation import as_finite_matrix, check_unique_labels
+from bayeshier_pymc._validation import as_finite_matrix, as_numeric_matrix, check_unique_labels
 
 INTERCEPT = "(Intercept)"
 _FORMULAIC_INTERCEPT = "Intercept"
@@ -128,24 +128,37 @@ class Design:
         )
 
 
-def response_matrix(Y: object) -> Response:
+def response_matrix(Y: object, *, allow_nan: bool = False) -> Response:
     """Validate the response ``Y`` (samples × features) and extract its labels.
 
     Parameters
     ----------
     Y
         A 2-D array or a DataFrame (index: samples, columns: features).
+    allow_nan
+        Accept NaN (missing values; ``mlm(..., missing="per-feature")``), never ±inf.
 
     Returns
     -------
     Response
-        Finite float64 values with labels (``None`` for arrays).
+        Finite float64 values (NaN too with ``allow_nan``) with labels (``None`` for arrays).
     """
+    samples = features = None
     if isinstance(Y, pd.DataFrame):
         samples = check_unique_labels(Y.index, "Y's index (samples)")
         features = check_unique_labels(Y.columns, "Y's columns (features)")
-        return Response(_finite_values(Y, "Y"), samples, features)
-    return Response(as_finite_matrix(Y, "Y"), None, None)
+    if not allow_nan:
+        values = _finite_values(Y, "Y") if isinstance(Y, pd.DataFrame) else as_finite_matrix(Y, "Y")
+        return Response(values, samples, features)
+    array = as_numeric_matrix(Y.to_numpy(dtype=object) if isinstance(Y, pd.DataFrame) else Y, "Y")
+    infinite = np.isinf(array)
+    if infinite.any():
+        first = tuple(int(i) for i in np.argwhere(infinite)[0])
+        raise ValueError(
+            f"Y holds {int(infinite.sum())} infinite value(s), the first at position {first}; "
+            "only NaN marks a missing value."
+        )
+    return Response(array, samples, features)
 
 
 def build_design(

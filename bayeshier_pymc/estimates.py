@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayeshier_pymc._validation import as_finite_matrix, check_positive, check_unique_labels
+from bayeshier_pymc._validation import as_numeric_matrix, check_positive, check_unique_labels
 from bayeshier_pymc.noise import TreeNoise
 
-__all__ = ["Estimates"]
+__all__ = ["MISSING_VARIANCE_FACTOR", "Estimates", "fill_missing", "missing_cells"]
 
 DIMS = ("covariate", "feature")
 TIDY_COLUMNS = ("covariate", "feature", "estimate", "se")
@@ -26,6 +26,7 @@ class Estimates:
     Build it with :meth:`from_any`, which accepts a stage-1 fit, a tidy frame or arrays.
     ``noise`` is the estimates' correlated-noise structure
     (:func:`~bayeshier_pymc.noise.tree_noise`), or ``None`` for independent errors (``se²``).
+    A missing cell (see :func:`missing_cells`) holds NaN in both ``estimate`` and ``se``.
     """
 
     estimate: xr.DataArray
@@ -41,6 +42,11 @@ class Estimates:
     def features(self) -> pd.Index:
         """Feature labels."""
         return self.estimate.indexes["feature"]
+
+    @property
+    def missing(self) -> xr.DataArray:
+        """Whether each (covariate, feature) cell is missing (NaN estimate and se)."""
+        return self.estimate.isnull().rename("missing")
 
     @classmethod
     def from_any(
@@ -75,8 +81,9 @@ class Estimates:
         ------
         ValueError
             For an unknown input type, mismatched shapes or labels, duplicated labels,
-            non-finite values, standard errors that are not strictly positive, or a noise
-            structure whose features or covariates do not match.
+            values that are neither finite nor a missing cell (:func:`missing_cells`),
+            standard errors that are not strictly positive, a covariate whose every cell is
+            missing, or a noise structure whose features or covariates do not match.
         """
         if isinstance(estimates, Estimates):
             result = estimates
@@ -135,11 +142,7 @@ class Estimates:
             )
             for column in ("estimate", "se")
         }
-        if wide["estimate"].isna().to_numpy().any():
-            raise ValueError(
-                "the tidy estimates frame is incomplete: every covariate needs a row for every "
-                "feature (or it holds NaN estimates)."
-            )
+        # an absent (covariate, feature) row pivots to NaN: a missing cell
         return cls._from_arrays(wide["estimate"], wide["se"])
 
     @classmethod
@@ -147,14 +150,16 @@ class Estimates:
         covariates, features = _labels_of(estimate)
         _refuse_booleans(estimate, "estimates")
         _refuse_booleans(se, "standard errors (se)")
-        b = as_finite_matrix(np.atleast_2d(np.asarray(estimate, dtype=float)), "estimates")
-        s = as_finite_matrix(np.atleast_2d(np.asarray(se, dtype=float)), "standard errors (se)")
+        b = as_numeric_matrix(np.atleast_2d(np.asarray(estimate, dtype=float)), "estimates")
+        s = as_numeric_matrix(np.atleast_2d(np.asarray(se, dtype=float)), "standard errors (se)")
         if b.shape != s.shape:
             raise ValueError(
                 f"estimates have shape {b.shape} but standard errors have shape {s.shape}."
             )
-        check_positive(s, "standard errors (se)")
-        check_stage2_range(b, s)
+        missing = missing_cells(b, s)
+        b, s = np.where(missing, np.nan, b), np.where(missing, np.nan, s)
+        check_positive(np.where(missing, 1.0, s), "standard errors (se)")
+        check_stage2_range(np.where(missing, 0.0, b), np.where(missing, 1.0, s))
         se_covariates, se_features = _labels_of(se)
         if covariates is None:
             covariates = se_covariates
@@ -174,6 +179,12 @@ class Estimates:
         ):
             if other is not None and not pd.Index(other).equals(own):
                 raise ValueError(f"estimates and standard errors have different {name} labels.")
+        empty = missing.all(axis=1)
+        if empty.any():
+            raise ValueError(
+                f"covariate(s) {covariates[empty].tolist()!r} have no estimate at all (every "
+                "cell missing); drop them (Estimates.from_any(..., covariates=[...]))."
+            )
         coords = {
             "covariate": covariates.rename("covariate"),
             "feature": features.rename("feature"),
@@ -187,6 +198,79 @@ class Estimates:
         """Tidy frame with columns ``covariate, feature, estimate, se``."""
         frame = xr.Dataset({"estimate": self.estimate, "se": self.se}).to_dataframe()
         return frame.reset_index()[list(TIDY_COLUMNS)]
+
+
+def missing_cells(b: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Which cells are missing: NaN estimate, NaN standard error or an infinite one.
+
+    The one rule of the package (``docs/missing_values.md``): a cell is missing when its
+    estimate is NaN, its standard error is NaN, or its standard error is +inf (no
+    information, as in mashr). A missing cell leaves the likelihood and its θ gets its
+    posterior from the tree.
+
+    Raises
+    ------
+    ValueError
+        For an infinite estimate, a standard error of -inf, or a NaN estimate with a finite
+        standard error (a value said to be measured but absent: a misaligned column?).
+    """
+    nan_b, nan_s, inf_s = np.isnan(b), np.isnan(s), s == np.inf
+    for bad, what in (
+        (np.isinf(b), "infinite estimate(s)"),
+        (s == -np.inf, "standard error(s) of -inf"),
+        (nan_b & ~nan_s & ~inf_s, "NaN estimate(s) with a finite standard error"),
+    ):
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"the estimates hold non-finite values (NaN or inf) that are no missing cell: "
+                f"{int(bad.sum())} {what}, the first at position {first}; a missing cell has a "
+                "NaN estimate and a NaN (or infinite) standard error."
+            )
+    return nan_b | nan_s | inf_s
+
+
+MISSING_VARIANCE_FACTOR = 1e30
+"""A missing cell's variance in the tree algebra, relative to the largest variance it meets."""
+
+
+def fill_missing(
+    b: np.ndarray, variance: np.ndarray, missing: np.ndarray, prior_variance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The estimates and variances the tree algebra runs on, with missing cells filled.
+
+    A missing cell is an estimate of infinite variance: it leaves the likelihood, and the
+    observed cells' marginal is that of the observed subset. The algebra (variance form,
+    O(m) on the tree, in every sampler) takes it as the estimate 0 with the variance
+    ``MISSING_VARIANCE_FACTOR`` (1e30) times the largest of ``prior_variance`` and the
+    covariate's observed b² + variance: its weight in any posterior is then below 1e-30 of
+    an observed estimate's (for scales τ within 1e15 of the data's scale), far below
+    float64's resolution, so the posteriors are those of the observed subset to rounding
+    (checked against dense Gaussian conditioning in ``tests/test_missing.py``). The log
+    density gains a constant per missing cell, which no sampler sees.
+
+    Parameters
+    ----------
+    b, variance
+        Estimates and their variances (covariate, feature), anything in missing cells.
+    missing
+        Boolean mask of the missing cells, same shape.
+    prior_variance
+        The largest squared prior scale (θ0's prior mean and sd, the τ prior scales).
+
+    Returns
+    -------
+    b, variance : numpy.ndarray
+        Copies with the missing cells filled.
+    """
+    if not missing.any():
+        return b, variance
+    observed = np.where(missing, 0.0, b * b + variance)
+    scale = np.maximum(observed.max(axis=-1, keepdims=True), prior_variance)
+    return (
+        np.where(missing, 0.0, b),
+        np.where(missing, MISSING_VARIANCE_FACTOR * scale, variance),
+    )
 
 
 def _check_noise(noise: object, estimates: Estimates) -> None:

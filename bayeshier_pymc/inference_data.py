@@ -22,10 +22,12 @@ __all__ = [
     "DEFAULT_LOG_LIKELIHOOD",
     "LOG_LIKELIHOOD_NAMES",
     "NOISE_KINDS",
+    "OBSERVATION",
     "OWN_VARIANCE",
     "SHARED_VARIANCE",
     "add_log_likelihood",
     "build_inference_data",
+    "cell_dataset",
     "log_likelihood_dataset",
     "loo",
     "pointwise_draws",
@@ -77,6 +79,49 @@ Only the default is stored by :func:`build_inference_data` (so ``az.loo(idata)``
 ``az.compare`` need no ``var_name``); :func:`add_log_likelihood` adds the other one, and
 :func:`loo` computes it on demand.
 """
+
+
+OBSERVATION = "observation"
+"""The dim of the observed cells: with missing cells, the pointwise log-likelihood, the
+observed and the replicated estimates run over the observed (covariate, feature) cells only,
+with coordinates ``covariate`` and ``feature`` along it."""
+
+
+def cell_dataset(
+    arrays: Mapping[str, np.ndarray],
+    problem: ShrinkageProblem,
+    lead_coords: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Per-cell values ``(*lead, covariate, feature)`` as a Dataset of the contract.
+
+    Without missing cells, with dims ``(*lead, "covariate", "feature")``; with them, only the
+    observed cells, along :data:`OBSERVATION` (covariate-major order, coordinates
+    ``covariate`` and ``feature``), so that ``az.loo``, ``az.compare``, ``az.loo_pit`` and
+    ``az.plot_ppc`` see the observed estimates only.
+
+    Parameters
+    ----------
+    arrays
+        Name → array whose last two axes are (covariate, feature).
+    problem
+        What was sampled (labels and missing cells).
+    lead_coords
+        Coordinates of the leading dims, in order (e.g. chain, draw); none for data.
+    """
+    lead = dict(lead_coords or {})
+    coords: dict[str, Any] = dict(lead)
+    if not problem.has_missing:
+        coords.update({"covariate": problem.covariates, "feature": problem.features})
+        dims = (*lead, "covariate", "feature")
+        return xr.Dataset({k: (dims, np.asarray(v)) for k, v in arrays.items()}, coords=coords)
+    observed = ~problem.missing
+    rows, columns = np.nonzero(observed)
+    coords["covariate"] = ((OBSERVATION,), problem.covariates.to_numpy()[rows])
+    coords["feature"] = ((OBSERVATION,), problem.features.to_numpy()[columns])
+    dims = (*lead, OBSERVATION)
+    return xr.Dataset(
+        {k: (dims, np.asarray(v)[..., observed]) for k, v in arrays.items()}, coords=coords
+    )
 
 
 def shared_variance_name(level: str) -> str:
@@ -144,18 +189,15 @@ def build_inference_data(
         }
     )
     posterior_ds = _dataset({name: posterior[name] for name in dims}, dims, coords)
-    b = problem.b
     if log_likelihood is None:
         log_likelihood = _pointwise(DEFAULT_LOG_LIKELIHOOD, posterior, problem)
-    pointwise_values = {LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD]: log_likelihood}
-    obs_dims = {name: ("covariate", "feature") for name in pointwise_values}
+    draw_coords = {name: posterior_ds.coords[name].to_numpy() for name in ("chain", "draw")}
     groups: dict[str, xr.Dataset] = {
         "posterior": posterior_ds,
-        "log_likelihood": _dataset(pointwise_values, obs_dims, coords),
-        "observed_data": xr.Dataset(
-            {"b": (("covariate", "feature"), b)},
-            coords={"covariate": coords["covariate"], "feature": coords["feature"]},
+        "log_likelihood": cell_dataset(
+            {LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD]: log_likelihood}, problem, draw_coords
         ),
+        "observed_data": cell_dataset({"b": problem.b}, problem),
         "constant_data": _constant_data(problem, coords),
     }
     if sample_stats is not None:
@@ -204,7 +246,10 @@ def _pointwise(kind: str, draws: Mapping[str, np.ndarray], problem: ShrinkagePro
     without pooling) and log p(b_j | b_−j, θ).
     """
     theta = draws["theta"]
-    b, se, priors = problem.b, problem.se, problem.priors
+    # the algebra's data: missing cells (dropped by cell_dataset) are filled
+    b, se, priors = problem.algebra_b, np.sqrt(problem.var_b), problem.priors
+    if not problem.has_missing:
+        se = problem.se  # the same numbers as se² → √ → ² would not always give
     if problem.correlated:
         if kind == "conditional":
             return pointwise.conditional_leave_one_out(theta, problem)
@@ -302,8 +347,8 @@ def problem_from_idata(idata: az.InferenceData) -> ShrinkageProblem:
             f"the InferenceData lacks {', '.join(absent)}: it is not a result of "
             "ShrinkageModel.sample (see ARCHITECTURE.md, 'The InferenceData contract')."
         )
-    b = idata.observed_data["b"].transpose("covariate", "feature")
     se = idata.constant_data["se"].transpose("covariate", "feature")
+    b = _observed_estimates(idata.observed_data["b"], se)
     levels = tuple(attrs["levels"])
     depth_attr = str(attrs["depth"])
     depth: int | str = depth_attr if depth_attr == "none" else int(depth_attr)
@@ -323,6 +368,17 @@ def problem_from_idata(idata: az.InferenceData) -> ShrinkageProblem:
         depth=depth,  # type: ignore[arg-type]
         **_noise_from_idata(idata, b.indexes["feature"]),
     )
+
+
+def _observed_estimates(observed: xr.DataArray, se: xr.DataArray) -> xr.DataArray:
+    """``observed_data["b"]`` as (covariate, feature), NaN in the missing cells."""
+    if OBSERVATION not in observed.dims:
+        return observed.transpose("covariate", "feature")
+    full = xr.full_like(se, np.nan)
+    rows = se.indexes["covariate"].get_indexer(observed["covariate"].to_numpy())
+    columns = se.indexes["feature"].get_indexer(observed["feature"].to_numpy())
+    full.values[rows, columns] = observed.to_numpy()
+    return full
 
 
 def _noise_from_idata(idata: az.InferenceData, features: pd.Index) -> dict[str, Any]:
@@ -395,16 +451,15 @@ def log_likelihood_dataset(idata: az.InferenceData, kind: LogLikelihoodKind) -> 
     Returns
     -------
     xarray.Dataset
-        One variable, ``b_marginal`` or ``b_conditional`` (chain, draw, covariate, feature).
+        One variable, ``b_marginal`` or ``b_conditional`` (chain, draw, covariate, feature;
+        with missing cells (chain, draw, observation), :func:`cell_dataset`).
     """
     _check_kind(kind)
     problem = problem_from_idata(idata)
     values = _pointwise(kind, pointwise_draws(idata.posterior, problem), problem)
-    theta = idata.posterior["theta"].transpose("chain", "draw", "covariate", "feature")
-    return xr.Dataset(
-        {LOG_LIKELIHOOD_NAMES[kind]: (theta.dims, values)},
-        coords={dim: theta.coords[dim] for dim in theta.dims if dim in theta.coords},
-    )
+    posterior = idata.posterior
+    draw_coords = {name: posterior.coords[name].to_numpy() for name in ("chain", "draw")}
+    return cell_dataset({LOG_LIKELIHOOD_NAMES[kind]: values}, problem, draw_coords)
 
 
 def add_log_likelihood(

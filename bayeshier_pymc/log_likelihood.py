@@ -33,6 +33,7 @@ import numpy as np
 from bayeshier_pymc._numba import compiled_kernel
 from bayeshier_pymc.gaussian_tree import (
     NodeNoise,
+    TreeIndex,
     group_log_predictive,
     leave_one_out_normal,
     normal_log_density,
@@ -210,19 +211,27 @@ def held_out_predictive(
     numpy.ndarray
         (chain, draw, covariate, group).
     """
-    b, var_b, index, priors = problem.b, problem.var_b, problem.index, problem.priors
+    b, var_b, index, priors = problem.algebra_b, problem.var_b, problem.index, problem.priors
     n_groups = int(to_group.max()) + 1
     out = np.empty((*lead, b.shape[0], n_groups), dtype=dtype)
+    # a missing estimate in a held-out group is scored as N(0; ·, V) ≈ (2πV)^(-1/2) with its
+    # stand-in variance V (estimates.fill_missing): adding ½ log 2πV back leaves the observed
+    # members' predictive log p(b_G,obs | b_−G,obs, τ)
+    feature_group = to_group[_unit_of_features(index, unit_level)]
+    stand_in = np.where(problem.missing, 0.5 * np.log(2.0 * np.pi * var_b), 0.0)
+    correction = np.stack(
+        [np.bincount(feature_group, weights=row, minlength=n_groups) for row in stand_in]
+    )
     for c in range(b.shape[0]):
         noise = problem.noise.row(c) if problem.noise is not None else None
         if tau is None:
             scales, top_sd = problem.unpooled_algebra()
-            out[:, :, c] = group_log_predictive(
+            out[:, :, c] = correction[c] + group_log_predictive(
                 b[c], var_b[c], scales, index, priors.mu0, top_sd, unit_level, to_group, noise
             )
             continue
         for chain, draws in _chunks(lead, index.n_features):
-            out[chain, draws, c] = group_log_predictive(
+            out[chain, draws, c] = correction[c] + group_log_predictive(
                 b[c],
                 var_b[c],
                 problem.algebra_scales(tau[chain, draws, c]),
@@ -234,6 +243,14 @@ def held_out_predictive(
                 noise,
             )
     return out
+
+
+def _unit_of_features(index: TreeIndex, unit_level: int) -> np.ndarray:
+    """The unit of ``unit_level`` (0 = the feature itself) above every feature."""
+    units = np.arange(index.n_features)
+    for parent in index.parents[:unit_level]:
+        units = parent[units]
+    return units
 
 
 def leave_one_out(
@@ -271,7 +288,7 @@ def leave_one_out(
     log_density, replicates : numpy.ndarray
         (chain, draw, covariate, feature); ``replicates`` is ``None`` without ``rng``.
     """
-    b, var_b, priors = problem.b, problem.var_b, problem.priors
+    b, var_b, priors = problem.algebra_b, problem.var_b, problem.priors
     shape = (*lead, *b.shape)
     log_density = np.empty(shape, dtype=dtype)
     replicates = np.empty(shape, dtype=dtype) if rng is not None else None
@@ -308,7 +325,7 @@ def _unpooled_normal(
         return np.full_like(var_b, priors.mu0), var_b + priors.s0**2
     scales, top_sd = problem.unpooled_algebra()
     return leave_one_out_normal(
-        problem.b[c], var_b, scales, problem.index, priors.mu0, top_sd, noise
+        problem.algebra_b[c], var_b, scales, problem.index, priors.mu0, top_sd, noise
     )
 
 
@@ -333,7 +350,7 @@ def conditional_leave_one_out(theta: np.ndarray, problem: ShrinkageProblem) -> n
     """
     if problem.noise is None:
         raise ValueError("the leave-one-out conditional needs correlated estimates (noise).")
-    b, var_b, index = problem.b, problem.var_b, problem.index
+    b, var_b, index = problem.algebra_b, problem.var_b, problem.index
     zeros = np.zeros(index.depth + 1)
     features = np.arange(index.n_features)
     out = np.empty(theta.shape, dtype=theta.dtype)

@@ -83,6 +83,7 @@ def mlm(
     dof: str = "n-p",
     data: pd.DataFrame | None = None,
     feature_data: pd.DataFrame | None = None,
+    missing: str = "raise",
 ) -> MLMFit:
     """Fit the matrix linear model ``Y = X B Z' + E`` by least squares.
 
@@ -116,6 +117,15 @@ def mlm(
         Sample data frame for a formula ``X``.
     feature_data
         Feature annotation frame (index: features) for a formula ``Z``.
+    missing
+        What a NaN in ``Y`` means. ``"raise"`` (default): an error. ``"per-feature"``: each
+        feature is fitted by least squares on its own complete rows, with its own residual
+        variance, degrees of freedom ``n_j - p`` and standard errors from its own
+        ``(X_j'X_j)⁻¹`` (limma's ``lmFit`` with missing values); a feature whose complete
+        rows leave no residual degree of freedom or a rank-deficient ``X_j`` gets NaN
+        estimates (missing cells for stage 2) and a warning. Only with ``Z=None``, no
+        ``shrinkage`` and no ``weights``; ``permutation_test`` and ``residual_covariance``
+        are refused on such a fit, and its ``df_resid`` is per feature.
 
     Returns
     -------
@@ -146,7 +156,25 @@ def mlm(
     """
     shrinkage = covariance.validate_target(shrinkage)
     dof = covariance.validate_dof(dof)
-    response = design.response_matrix(Y)
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing must be one of {MISSING_POLICIES!r}, got {missing!r}.")
+    try:
+        response = design.response_matrix(Y, allow_nan=missing == "per-feature")
+    except ValueError as err:
+        if missing == "raise" and "non-finite" in str(err):
+            raise ValueError(
+                f"{err} Where they are NaN (missing values), missing='per-feature' fits each "
+                "feature on its complete rows."
+            ) from None
+        raise
+    has_nan = bool(np.isnan(response.values).any())
+    per_feature = missing == "per-feature" and has_nan
+    if per_feature and (Z is not None or shrinkage is not None or weights is not None):
+        raise ValueError(
+            "missing='per-feature' fits each feature on its own rows: it needs Z=None, no "
+            "shrinkage and no weights (a feature design or a shared covariance mixes features "
+            "fitted on different rows)."
+        )
     n_obs, n_features = response.values.shape
     x_design = design.build_design(
         X,
@@ -161,7 +189,7 @@ def mlm(
     z_design = _z_design(Z, feature_data, z_intercept, response.features, n_features)
     features = _feature_labels(response, z_design, n_features)
     _check_dimensions(x_design)
-    _check_magnitude(response.values, features, "Y", "features")
+    _check_magnitude(np.nan_to_num(response.values), features, "Y", "features")
     _check_magnitude(x_design.matrix, x_design.columns, "X", "columns")
     if z_design is not None:
         _check_magnitude(z_design.matrix, z_design.columns, "Z", "columns")
@@ -171,7 +199,11 @@ def mlm(
     weight_values = _validate_weights(weights, features, z_design is None)
     core = _make_core(x_design, z_design, weight_values, dof, shrinkage)
     coef_labels = features if z_design is None else z_design.columns
-    estimate = _estimate(core, response.values, labels=coef_labels)
+    rows = None
+    if per_feature:
+        estimate, rows = _estimate_per_feature(core, response.values, dof, coef_labels)
+    else:
+        estimate = _estimate(core, response.values, labels=coef_labels)
     return MLMFit(
         core=core,
         estimate=estimate,
@@ -181,7 +213,74 @@ def mlm(
         features=features,
         weights=weight_values,
         dof=dof,
+        rows=rows,
     )
+
+
+MISSING_POLICIES = ("raise", "per-feature")
+
+
+@dataclass(frozen=True)
+class _FeatureRows:
+    """Per-feature fits (``missing="per-feature"``): each feature's rows and dimensions."""
+
+    complete: np.ndarray
+    xtx_inv_diag: np.ndarray
+    df_resid: np.ndarray
+    divisor: np.ndarray
+
+
+def _estimate_per_feature(
+    core: _Core, y: np.ndarray, dof: str, labels: pd.Index
+) -> tuple[_Estimate, _FeatureRows]:
+    """Least squares of every feature on its complete rows, one QR per missingness pattern."""
+    _n_obs, n_cov = core.x.shape
+    n_features = y.shape[1]
+    complete = ~np.isnan(y)
+    coef = np.full((n_cov, n_features), np.nan)
+    variance = np.full((n_cov, n_features), np.nan)
+    xtx_inv_diag = np.full((n_cov, n_features), np.nan)
+    df_resid = np.zeros(n_features, dtype=int)
+    divisor = np.zeros(n_features, dtype=int)
+    resid = np.full(y.shape, np.nan)
+    patterns, which = np.unique(complete, axis=1, return_inverse=True)
+    too_few: list[int] = []
+    for pattern_index in range(patterns.shape[1]):
+        rows = patterns[:, pattern_index]
+        columns = np.flatnonzero(which.ravel() == pattern_index)
+        x = core.x[rows]
+        n_rows = int(rows.sum())
+        if n_rows <= n_cov or np.linalg.matrix_rank(x) < n_cov:
+            too_few.extend(columns.tolist())
+            continue
+        q, r = np.linalg.qr(x)
+        r_inv = np.linalg.solve(r, np.eye(n_cov))
+        g = q.T @ y[np.ix_(rows, columns)]
+        fitted_coef = np.linalg.solve(r, g)
+        fitted_resid = y[np.ix_(rows, columns)] - q @ g
+        rss = _column_sum_of_squares(fitted_resid)
+        _check_degenerate(
+            rss <= _PERFECT_FIT * (rss + _column_sum_of_squares(g)), labels[columns], True
+        )
+        d = covariance.residual_divisor(n_rows, n_cov, dof)
+        diag = (r_inv * r_inv).sum(axis=1)
+        coef[:, columns] = fitted_coef
+        variance[:, columns] = np.outer(diag, rss / d)
+        xtx_inv_diag[:, columns] = diag[:, None]
+        df_resid[columns], divisor[columns] = n_rows - n_cov, d
+        resid[np.ix_(rows, columns)] = fitted_resid
+    if too_few:
+        warnings.warn(
+            f"{len(too_few)} feature(s) {list(labels[too_few])[:10]!r} have too few complete "
+            f"rows for the {n_cov} covariates (or a rank-deficient X on them): their estimates "
+            "are missing (NaN), and stage 2 gives them their θ from the tree.",
+            stacklevel=3,
+        )
+    fitted = ~np.isnan(coef[0])
+    if fitted.any():
+        _check_representable(coef[:, fitted], variance[:, fitted], labels[fitted])
+    rows_info = _FeatureRows(complete, xtx_inv_diag, df_resid, divisor)
+    return _Estimate(coef, variance, resid, None, None), rows_info
 
 
 class MLMFit:
@@ -225,7 +324,9 @@ class MLMFit:
         features: pd.Index,
         weights: np.ndarray | None,
         dof: str,
+        rows: _FeatureRows | None = None,
     ) -> None:
+        self._rows = rows
         self._core = core
         self._estimate = estimate
         self._y = y
@@ -238,7 +339,7 @@ class MLMFit:
         self.shrinkage = core.shrinkage
         self.shrinkage_lambda = estimate.shrinkage_lambda
         self.n_obs = int(y.shape[0])
-        self.df_resid = core.df_resid
+        self.df_resid: int | np.ndarray = core.df_resid if rows is None else rows.df_resid
 
     @property
     def X(self) -> pd.DataFrame:
@@ -281,6 +382,10 @@ class MLMFit:
         """Residual variance of each feature of Y (the diagonal of the, possibly shrunk, Σ̂)."""
         if self._estimate.covariance is not None:
             values = np.diag(self._estimate.covariance).copy()
+        elif self._rows is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                values = np.nansum(self._residual_values**2, axis=0) / self._rows.divisor
+            values[self._rows.divisor == 0] = np.nan
         else:
             values = (self._residual_values**2).sum(axis=0) / self._core.divisor
         return xr.DataArray(
@@ -292,8 +397,12 @@ class MLMFit:
         """``c_kk = [(X'X)⁻¹]_kk`` per covariate: ``Cov(B̂_k·) = c_kk A Σ A'``.
 
         ``A = (Z'WZ)⁻¹ Z'W``, or the identity for ``Z=None``. The standard errors are
-        ``se_kj² = c_kk (A Σ̂ A')_jj``, the plain (not sandwich) ones.
+        ``se_kj² = c_kk (A Σ̂ A')_jj``, the plain (not sandwich) ones. A fit with
+        ``missing="per-feature"`` has one factor per feature, from its own rows:
+        (covariate, feature).
         """
+        if self._rows is not None:
+            return self._coef_array(self._rows.xtx_inv_diag.copy(), "coef_variance_factor")
         return xr.DataArray(
             self._core.xtx_inv_diag.copy(),
             dims=(COVARIATE,),
@@ -319,6 +428,7 @@ class MLMFit:
         pandas.DataFrame
             Features × features.
         """
+        self._refuse_per_feature("residual_covariance")
         matrix = self._estimate.covariance
         if matrix is None:
             resid = self._residual_values
@@ -417,15 +527,17 @@ class MLMFit:
             Benjamini–Hochberg adjusted p < 0.05 within the covariate), ``min_p``, ``min_p_adj``,
             ``top_feature`` (smallest p) and its ``top_estimate``.
         """
-        p = self.pvalue.values
+        # features without an estimate (missing="per-feature") have NaN p-values: skipped
+        p = np.where(np.isnan(self.pvalue.values), np.inf, self.pvalue.values)
+        adjusted = np.where(np.isnan(self._p_adjusted), np.inf, self._p_adjusted)
         top = p.argmin(axis=1)
         rows = np.arange(p.shape[0])
         return pd.DataFrame(
             {
                 "n_features": p.shape[1],
-                "n_significant_bh05": (self._p_adjusted < _FDR_LEVEL).sum(axis=1),
+                "n_significant_bh05": (adjusted < _FDR_LEVEL).sum(axis=1),
                 "min_p": p.min(axis=1),
-                "min_p_adj": self._p_adjusted.min(axis=1),
+                "min_p_adj": adjusted.min(axis=1),
                 "top_feature": np.asarray(self._coef_features)[top],
                 "top_estimate": self._estimate.coef[rows, top],
             },
@@ -468,6 +580,7 @@ class MLMFit:
         xarray.DataArray
             (covariate, feature) p-values ``(1 + #{|T*| >= |T|}) / (1 + n_perms)``.
         """
+        self._refuse_per_feature("permutation_test")
         core = self._core
         problem = permutation.LinearProblem(
             q=core.q,
@@ -491,6 +604,18 @@ class MLMFit:
             n_perms=n_perms, by=by, statistic=statistic
         )
 
+    @property
+    def per_feature(self) -> bool:
+        """Whether each feature was fitted on its own complete rows (``missing="per-feature"``)."""
+        return self._rows is not None
+
+    def _refuse_per_feature(self, what: str) -> None:
+        if self._rows is not None:
+            raise ValueError(
+                f"{what} is not available for a fit with missing='per-feature': its features "
+                "were fitted on different rows."
+            )
+
     def __repr__(self) -> str:
         return f"{self._header()}\n{self.summary().to_string()}"
 
@@ -503,7 +628,8 @@ class MLMFit:
         )
         return (
             f"MLMFit: {self.n_obs} samples × {len(self._features)} features, "
-            f"{len(self._x_design.columns)} covariates, {z_text}; residual df {self.df_resid}, "
+            f"{len(self._x_design.columns)} covariates, {z_text}; residual df "
+            f"{self.df_resid if self._rows is None else 'per feature (missing values)'}, "
             f"Σ̂ divisor {self.dof}, shrinkage {self.shrinkage}"
             + ("" if self.shrinkage_lambda is None else f" (λ = {self.shrinkage_lambda})")
         )
@@ -517,7 +643,16 @@ class MLMFit:
 
     @cached_property
     def _p_adjusted(self) -> np.ndarray:
-        return scipy.stats.false_discovery_control(self.pvalue.values, axis=1, method="bh")
+        pvalues = self.pvalue.values
+        if self._rows is None:
+            return scipy.stats.false_discovery_control(pvalues, axis=1, method="bh")
+        adjusted = np.full(pvalues.shape, np.nan)  # over each covariate's estimated features
+        fitted = ~np.isnan(pvalues[0])
+        if fitted.any():
+            adjusted[:, fitted] = scipy.stats.false_discovery_control(
+                pvalues[:, fitted], axis=1, method="bh"
+            )
+        return adjusted
 
     def _coef_array(self, values: np.ndarray, name: str) -> xr.DataArray:
         return xr.DataArray(

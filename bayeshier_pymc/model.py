@@ -32,7 +32,7 @@ import pymc as pm
 import pytensor.tensor as pt
 from scipy import optimize
 
-from bayeshier_pymc.estimates import Estimates
+from bayeshier_pymc.estimates import Estimates, fill_missing
 from bayeshier_pymc.gaussian_tree import (
     NodeNoise,
     TreeIndex,
@@ -51,6 +51,7 @@ __all__ = [
     "choose_centering",
     "empirical_bayes_scales",
     "group_mean_name",
+    "largest_prior_variance",
     "model_coords",
     "scale_levels",
 ]
@@ -97,6 +98,21 @@ class NoiseModel:
         if missing == 0:
             return tau
         return pt.concatenate([tau, pt.zeros((self.own.shape[0], missing))], axis=1)
+
+
+def largest_prior_variance(priors: Priors) -> float:
+    """The largest squared prior location or scale: θ0's mean and sd, every τ's scale.
+
+    What a missing cell's variance must dwarf (:func:`~bayeshier_pymc.estimates.fill_missing`).
+    """
+    values = [np.ravel(priors.mu0), np.ravel(priors.s0), np.ravel(priors.tau_scale)]
+    return float(np.max(np.square(np.concatenate(values))))
+
+
+def algebra_data(estimates: Estimates, priors: Priors) -> tuple[np.ndarray, np.ndarray]:
+    """Estimates and variances se² of independent estimates, missing cells filled."""
+    b, se = estimates.estimate.to_numpy(), estimates.se.to_numpy()
+    return fill_missing(b, se**2, np.isnan(b), largest_prior_variance(priors))
 
 
 def scale_levels(hierarchy: Hierarchy | None) -> tuple[str, ...]:
@@ -155,8 +171,8 @@ def build_model(
         With data containers ``b`` and ``se`` and dims ``covariate``, ``feature``, ``level``
         and one per annotation level.
     """
-    b = estimates.estimate.to_numpy()
-    se = estimates.se.to_numpy()
+    b, var_b = algebra_data(estimates, priors)
+    se = np.sqrt(var_b)
     if hierarchy is None:
         return _no_pooling_model(estimates, priors, noise)
     coords = model_coords(estimates, hierarchy)
@@ -168,7 +184,7 @@ def build_model(
             if noise is None:
                 messages = upward_pass(
                     b_data,
-                    se**2,
+                    var_b,
                     tau,
                     TreeIndex.from_hierarchy(hierarchy),
                     priors.mu0,
@@ -222,11 +238,12 @@ def _likelihood(
 
 def _no_pooling_model(estimates: Estimates, priors: Priors, noise: NoiseModel | None) -> pm.Model:
     coords = {"covariate": estimates.covariates.tolist(), "feature": estimates.features.tolist()}
+    b, var_b = algebra_data(estimates, priors)
     with pm.Model(coords=coords) as model:
-        se = estimates.se.to_numpy()
+        se = np.sqrt(var_b)
         pm.Data("se", se, dims=("covariate", "feature"))
         theta = pm.Normal("theta", priors.mu0, priors.s0, dims=("covariate", "feature"))
-        _likelihood(theta, estimates.estimate.to_numpy(), se, noise)
+        _likelihood(theta, b, se, noise)
     return model
 
 
@@ -283,8 +300,7 @@ def empirical_bayes_scales(
     estimates: Estimates, hierarchy: Hierarchy, priors: Priors
 ) -> np.ndarray:
     """Posterior-mode scales τ̂ (covariate × level) of the collapsed model, on the log scale."""
-    b = estimates.estimate.to_numpy()
-    var_b = estimates.se.to_numpy() ** 2
+    b, var_b = algebra_data(estimates, priors)
     tree = TreeIndex.from_hierarchy(hierarchy)
     shape = (b.shape[0], hierarchy.depth + 1)
 
@@ -295,7 +311,7 @@ def empirical_bayes_scales(
         log_prior = np.log(tau) - np.log1p((tau / priors.tau_scale) ** 2)
         return -float(log_marginal.sum() + log_prior.sum())
 
-    start = np.log(np.full(shape, 0.5 * np.sqrt(np.mean(var_b))))
+    start = np.log(np.full(shape, 0.5 * np.sqrt(np.nanmean(estimates.se.to_numpy() ** 2))))
     result = optimize.minimize(negative_log_posterior, start.ravel(), method="L-BFGS-B")
     return np.exp(result.x.reshape(shape))
 
@@ -310,9 +326,10 @@ def choose_centering(
     median over units and covariates of ``τ̂² / v`` exceeds 1.
     """
     tau_hat = empirical_bayes_scales(estimates, hierarchy, priors)
+    b, var_b = algebra_data(estimates, priors)
     messages = upward_pass(
-        estimates.estimate.to_numpy(),
-        estimates.se.to_numpy() ** 2,
+        b,
+        var_b,
         tau_hat,
         TreeIndex.from_hierarchy(hierarchy),
         priors.mu0,
@@ -321,5 +338,7 @@ def choose_centering(
     choice: dict[str, Centering] = {}
     for level, name in enumerate(scale_levels(hierarchy)):
         ratio = tau_hat[:, level][:, None] ** 2 / messages.v[level]
+        if level == 0:  # a missing estimate informs nothing: only the observed count
+            ratio = ratio[~estimates.missing.to_numpy()]
         choice[name] = "centered" if np.median(ratio) > 1.0 else "noncentered"
     return choice

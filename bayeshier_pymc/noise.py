@@ -95,12 +95,18 @@ class TreeNoise:
         One row per node level (top first): estimable nodes, pooled increment, between-node
         sd, median sampling sd of a node's average and mean weight kept by each node's own
         average (1 = no pooling), as used by the estimator.
+    own_by_covariate
+        For a stage-1 fit with missing values (``missing="per-feature"``), each estimate's own
+        variance (covariate × feature; NaN where the feature has no estimate): each feature
+        has its own ``c_kk`` there, so its own variance is not ``c_kk`` × ``residual.own``.
+        ``None`` otherwise.
     """
 
     hierarchy: Hierarchy
     residual: NodeVariances
     covariate_scale: pd.Series
     estimation: pd.DataFrame
+    own_by_covariate: pd.DataFrame | None = None
 
     @property
     def features(self) -> pd.Index:
@@ -114,7 +120,11 @@ class TreeNoise:
                 f"covariate {covariate!r} is not among the noise structure's covariates "
                 f"{self.covariate_scale.index.tolist()!r}."
             )
-        return self.residual.scaled(float(self.covariate_scale[covariate]))
+        scaled = self.residual.scaled(float(self.covariate_scale[covariate]))
+        if self.own_by_covariate is None:
+            return scaled
+        own = self.own_by_covariate.loc[covariate].to_numpy(dtype=float)
+        return NodeVariances(scaled.top, scaled.groups, own)
 
     def align(self, features: object) -> TreeNoise:
         """The same noise restricted to ``features``, in that order (a node's variance stays).
@@ -131,7 +141,10 @@ class TreeNoise:
             for level, variances in enumerate(self.residual.groups)
         )
         residual = NodeVariances(self.residual.top, groups, self.residual.own[kept])
-        return TreeNoise(tree, residual, self.covariate_scale, self.estimation)
+        own_by_covariate = (
+            None if self.own_by_covariate is None else self.own_by_covariate[tree.features]
+        )
+        return TreeNoise(tree, residual, self.covariate_scale, self.estimation, own_by_covariate)
 
     def shared_variance(self) -> np.ndarray:
         """Each feature's residual variance shared with others (the sum over its path)."""
@@ -209,18 +222,70 @@ def tree_noise(
     resid = fit.residuals.to_numpy()
     divisor = residual_divisor(fit.n_obs, fit.X.shape[1], fit.dof)
     residual_variance = fit.sigma.to_numpy()
-    top, groups, estimation = _node_variances(resid, tree, divisor, pooling)
+    observed = ~np.isnan(resid) if fit.per_feature else None
+    top, groups, estimation = _node_variances(resid, tree, divisor, pooling, observed)
     shared = np.full(tree.n_features, top)
     for level, variances in enumerate(groups):
         shared += variances[tree.membership(level)]
     own = np.maximum(residual_variance - shared, min_own_share * residual_variance)
-    scale = fit.coef_variance_factor.to_series()
+    if not fit.per_feature:
+        scale = fit.coef_variance_factor.to_series()
+        return TreeNoise(
+            hierarchy=tree,
+            residual=NodeVariances(top, tuple(groups), own),
+            covariate_scale=scale.rename_axis("covariate").rename("c_kk"),
+            estimation=estimation,
+        )
+    assert observed is not None
+    scale = pd.Series(
+        shared_factor(fit.X.to_numpy(), observed),
+        index=pd.Index(fit.X.columns, name="covariate"),
+        name="c_kk",
+    )
+    # each estimate's own variance: its total se² less the shared part, kept positive
+    total = fit.se.to_numpy() ** 2
+    shared_by_covariate = scale.to_numpy()[:, None] * shared[None, :]
+    own_by_covariate = np.maximum(total - shared_by_covariate, min_own_share * total)
     return TreeNoise(
         hierarchy=tree,
         residual=NodeVariances(top, tuple(groups), own),
-        covariate_scale=scale.rename_axis("covariate").rename("c_kk"),
+        covariate_scale=scale,
         estimation=estimation,
+        own_by_covariate=pd.DataFrame(
+            own_by_covariate, index=scale.index, columns=pd.Index(tree.features, name="feature")
+        ),
     )
+
+
+def shared_factor(x: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """The factor of the shared noise of each covariate's estimates when rows are missing.
+
+    Features j and l fitted on their own complete rows R_j, R_l have
+    Cov(b̂_kj, b̂_kl) = [(X_j'X_j)⁻¹ X_j' D_jl X_l (X_l'X_l)⁻¹]_kk Σ_jl (``D_jl`` keeps the
+    rows of both). With rows missing at random, X_j'X_j ≈ π_j X'X and X_j' D_jl X_l ≈
+    π_jl X'X (π the observed fractions), so the factor is c_kk π_jl / (π_j π_l), c = (X'X)⁻¹
+    on all rows. The tree carries one factor per covariate: c_kk times the average of
+    π_jl / (π_j π_l) over the pairs of features, exact in O(n m):
+    Σ_{j≠l} π_jl / (π_j π_l) = (1/n) Σ_i (Σ_j o_ij / π_j)² − Σ_j 1 / π_j.
+    (Independent missingness gives π_jl = π_j π_l: the complete-data c_kk.)
+
+    Parameters
+    ----------
+    x
+        The design on all rows (n × p).
+    observed
+        Which responses were observed (n × m).
+    """
+    n_obs, n_features = observed.shape
+    c = np.diag(np.linalg.inv(x.T @ x))
+    if n_features < 2:
+        return c
+    fraction = observed.mean(axis=0)
+    used = fraction > 0
+    weighted = observed[:, used] / fraction[used]
+    pair_sum = float((weighted.sum(axis=1) ** 2).sum() / n_obs - (1.0 / fraction[used]).sum())
+    n_used = int(used.sum())
+    return c * pair_sum / (n_used * (n_used - 1)) if n_used > 1 else c
 
 
 @dataclass(frozen=True)
@@ -238,15 +303,21 @@ def _pair_averages(
     sizes: np.ndarray,
     child_size_squares: np.ndarray,
     divisor: int,
+    pair_counts: np.ndarray | None = None,
 ) -> _PairAverages:
     """Averages over the pairs of children-distinct members of each node.
 
     ``sums`` (n × nodes) are per-sample sums of residuals over each node's members and
     ``child_squares`` the per-sample sums over its children of their squared sums, so that
     ``(sums² - child_squares) / 2`` is each sample's sum of cross-products over those pairs.
+    With missing residuals (counted as zero in the sums) ``pair_counts`` (n × nodes) holds
+    each sample's number of pairs observed in both: the average is then over the pairwise-
+    complete products, Σ_i cross-products / mean_i(pairs) / divisor.
     """
     n_obs = sums.shape[0]
     n_pairs = (sizes.astype(float) ** 2 - child_size_squares) / 2.0
+    if pair_counts is not None:
+        n_pairs = pair_counts.mean(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         per_sample = (sums * sums - child_squares) / (2.0 * n_pairs)
     per_sample[:, n_pairs == 0] = 0.0
@@ -257,36 +328,50 @@ def _pair_averages(
 
 
 def _node_variances(
-    resid: np.ndarray, tree: Hierarchy, divisor: int, pooling: Pooling
+    resid: np.ndarray,
+    tree: Hierarchy,
+    divisor: int,
+    pooling: Pooling,
+    observed: np.ndarray | None = None,
 ) -> tuple[float, list[np.ndarray], pd.DataFrame]:
-    """Top variance and per-level node variances, estimated top-down."""
-    n_obs = resid.shape[0]
+    """Top variance and per-level node variances, estimated top-down.
+
+    With ``observed`` (n × m, missing residuals NaN) the averages are over the pairwise-
+    complete products (:func:`_pair_averages`).
+    """
     # per level (features, then each annotation level): per-sample group sums and sizes
-    sums = [resid]
+    sums = [resid if observed is None else np.where(observed, resid, 0.0)]
+    counts = None if observed is None else [observed.astype(float)]
     sizes = [np.ones(tree.n_features)]
-    codes = [np.arange(tree.n_features)]
     for level in range(tree.depth):
-        codes.append(tree.parents[level])
         n_groups = tree.n_groups[level]
-        level_sums = np.zeros((n_obs, n_groups))
-        np.add.at(level_sums.T, tree.parents[level], sums[-1].T)
-        sums.append(level_sums)
+        sums.append(_group_sums(sums[-1], tree.parents[level], n_groups))
+        if counts is not None:
+            counts.append(_group_sums(counts[-1], tree.parents[level], n_groups))
         sizes.append(np.bincount(tree.parents[level], weights=sizes[-1], minlength=n_groups))
 
+    def pairs_of(level_sums: np.ndarray, level: int, index: np.ndarray, n: int) -> np.ndarray:
+        """Per sample, the pairs of children-distinct members observed together."""
+        assert counts is not None
+        return (level_sums**2 - _group_sums(counts[level] ** 2, index, n)) / 2.0
+
     def children_of(level: int, n_nodes: int, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        squares = np.zeros((n_obs, n_nodes))
-        np.add.at(squares.T, index, (sums[level] ** 2).T)
+        squares = _group_sums(sums[level] ** 2, index, n_nodes)
         size_squares = np.bincount(index, weights=sizes[level] ** 2, minlength=n_nodes)
         return squares, size_squares
 
     top_children = np.zeros(sizes[-1].size, dtype=np.intp)
     squares, size_squares = children_of(tree.depth, 1, top_children)
+    top_counts = None
+    if counts is not None:
+        top_counts = pairs_of(counts[-1].sum(axis=1, keepdims=True), tree.depth, top_children, 1)
     top_avg = _pair_averages(
         sums[-1].sum(axis=1, keepdims=True),
         squares,
         np.array([sizes[-1].sum()]),
         size_squares,
         divisor,
+        top_counts,
     )
     top = max(float(top_avg.mean[0]), 0.0) if top_avg.n_pairs[0] > 0 else 0.0
     rows = [_summary_row("top", top_avg, top_avg.mean, np.ones(1), float("nan"))]
@@ -296,7 +381,12 @@ def _node_variances(
         n_nodes = tree.n_groups[level - 1]
         parent = tree.parents[level] if level < tree.depth else np.zeros(n_nodes, dtype=np.intp)
         squares, size_squares = children_of(level - 1, n_nodes, tree.parents[level - 1])
-        averages = _pair_averages(sums[level], squares, sizes[level], size_squares, divisor)
+        level_counts = None
+        if counts is not None:
+            level_counts = pairs_of(counts[level], level - 1, tree.parents[level - 1], n_nodes)
+        averages = _pair_averages(
+            sums[level], squares, sizes[level], size_squares, divisor, level_counts
+        )
         raw = averages.mean - cumulative[parent]
         increment, weight, between = _pool(
             raw, averages.sampling_variance, averages.n_pairs, pooling
@@ -306,6 +396,13 @@ def _node_variances(
         rows.append(_summary_row(tree.levels[level - 1], averages, raw, weight, between))
         cumulative = cumulative[parent] + variances
     return top, groups, pd.DataFrame(rows).set_index("level")
+
+
+def _group_sums(values: np.ndarray, index: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per-sample sums (n × groups) of the columns of ``values`` (n × units) by group."""
+    out = np.zeros((values.shape[0], n_groups))
+    np.add.at(out.T, index, values.T)
+    return out
 
 
 def _pool(

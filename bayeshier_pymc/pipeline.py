@@ -15,6 +15,7 @@ from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.depth_comparison import DepthComparison, compare_depths
 from bayeshier_pymc.diagnostics import Diagnosis, diagnose
 from bayeshier_pymc.hierarchy import Hierarchy, MissingPolicy
+from bayeshier_pymc.inference_data import OBSERVATION
 from bayeshier_pymc.mlm import MLMFit, mlm
 from bayeshier_pymc.persistence import check_output_file, save_results
 from bayeshier_pymc.problem import Depth
@@ -53,6 +54,7 @@ def run_pipeline(
     data: pd.DataFrame | None = None,
     covariates: list[str] | None = None,
     missing: MissingPolicy = "raise",
+    missing_values: str = "raise",
     draws: int = 1000,
     tune: int = 1000,
     chains: int = 4,
@@ -94,6 +96,9 @@ def run_pipeline(
         Covariates to shrink (default: every covariate except the intercept).
     missing
         What a missing annotation means (see :meth:`Hierarchy.from_frame`).
+    missing_values
+        What a NaN in ``Y`` means: ``"raise"`` or ``"per-feature"`` (each feature fitted on
+        its complete rows, see :func:`~bayeshier_pymc.mlm.mlm` and ``docs/missing_values.md``).
     draws, tune, chains, random_seed
         Sampler settings.
     noise
@@ -152,7 +157,7 @@ def run_pipeline(
         )
     out = prepare_output_folder(out_dir)
     log("stage 1: matrix linear model")
-    fit = mlm(Y, X, data=data)
+    fit = mlm(Y, X, data=data, missing=missing_values)
     hierarchy = Hierarchy.from_frame(annotations, list(levels), missing=missing)
     chosen = covariates or [c for c in fit.coef.indexes["covariate"] if c != "(Intercept)"]
     settings = {
@@ -258,7 +263,11 @@ def prepare_output_folder(out_dir: Path | str) -> Path:
 def _plot_ppc(idata: az.InferenceData) -> Any:
     """The estimates against their leave-one-out replicates (first covariate), one panel."""
     first = idata.posterior["covariate"].to_numpy()[0]
-    axes = az.plot_ppc(idata, coords={"covariate": [first]}, num_pp_samples=50)
+    observed = idata.observed_data
+    coords: dict[str, Any] = {"covariate": [first]}
+    if OBSERVATION in observed.dims:  # missing cells: the observed ones of the covariate
+        coords = {OBSERVATION: np.flatnonzero(observed["covariate"].to_numpy() == first)}
+    axes = az.plot_ppc(idata, coords=coords, num_pp_samples=50)
     ax = np.ravel(axes)[0]
     ax.set_title(f"estimates of {first} and their held-out replicates", fontsize="medium")
     return ax

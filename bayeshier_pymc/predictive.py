@@ -29,7 +29,7 @@ import numpy as np
 import xarray as xr
 
 from bayeshier_pymc.gaussian_tree import draw_noise
-from bayeshier_pymc.inference_data import pointwise_draws, theta_parent_draws
+from bayeshier_pymc.inference_data import cell_dataset, pointwise_draws, theta_parent_draws
 from bayeshier_pymc.log_likelihood import leave_one_out
 from bayeshier_pymc.model import group_mean_name, model_coords
 from bayeshier_pymc.problem import ShrinkageProblem
@@ -78,7 +78,8 @@ def add_posterior_predictive(
             replicates = leave_one_out(
                 problem, tau, lead=theta.shape[:2], dtype=theta.dtype, rng=rng
             )[1]
-    dataset = xr.Dataset({"b": (DIMS, replicates)}, coords=theta.coords)
+    draw_coords = {name: theta.coords[name].to_numpy() for name in DIMS[:2]}
+    dataset = cell_dataset({"b": replicates}, problem, draw_coords)
     dataset.attrs.update(idata.posterior.attrs)
     idata.add_groups({"posterior_predictive": dataset})
     return idata
@@ -154,12 +155,9 @@ def prior_predictive(
     prior["theta"] = (DIMS, theta)
     noise_tree = problem.index if problem.correlated else None
     b = theta + draw_noise(problem.var_b, noise_tree, problem.noise, rng, lead=lead[:2])
-    observed = xr.Dataset(
-        {"b": (("covariate", "feature"), problem.b)},
-        coords={"covariate": coords["covariate"], "feature": coords["feature"]},
-    )
+    draw_coords = {name: coords[name] for name in DIMS[:2]}
     return az.InferenceData(
         prior=xr.Dataset(prior, coords=coords),
-        prior_predictive=xr.Dataset({"b": (DIMS, b)}, coords=coords),
-        observed_data=observed,
+        prior_predictive=cell_dataset({"b": b}, problem, draw_coords),
+        observed_data=cell_dataset({"b": problem.b}, problem),
     )

@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayeshier_pymc.estimates import DIMS, Estimates
+from bayeshier_pymc.estimates import DIMS, Estimates, fill_missing
 from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, pad_scales
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.model import NoiseModel, scale_levels
+from bayeshier_pymc.model import NoiseModel, largest_prior_variance, scale_levels
 from bayeshier_pymc.priors import Priors
 
 __all__ = ["Depth", "ShrinkageProblem", "resolve_depth"]
@@ -53,7 +53,8 @@ class ShrinkageProblem:
     Attributes
     ----------
     b, se
-        Stage-1 estimates and their standard errors, (covariate, feature), float64.
+        Stage-1 estimates and their standard errors, (covariate, feature), float64; NaN in
+        both where a cell is missing (:attr:`missing`).
     covariates, features
         Their labels.
     tree
@@ -93,6 +94,15 @@ class ShrinkageProblem:
                 f"b {self.b.shape} and se {self.se.shape} must both have shape {shape} "
                 "(covariates × features)."
             )
+        if not np.array_equal(np.isnan(self.b), np.isnan(self.se)):
+            raise ValueError("a missing cell has NaN in both b and se; they differ.")
+        observed = ~np.isnan(self.b)
+        se = self.se[observed]
+        if not (np.isfinite(self.b[observed]).all() and np.isfinite(se).all() and (se > 0).all()):
+            raise ValueError(
+                "observed estimates must be finite with finite positive standard errors (a "
+                "missing cell has NaN in both; see Estimates.from_any)."
+            )
         if (self.depth == "none") != (self.tree is None):
             raise ValueError(
                 f"depth {self.depth!r} does not match the tree {self.tree!r}: no pooling "
@@ -130,8 +140,9 @@ class ShrinkageProblem:
                 f"the noise variances must be per covariate and node: own {shape}, groups "
                 f"{expected}; got {own.shape} and {[np.shape(g) for g in noise.groups]}."
             )
-        values = np.concatenate([own.ravel(), np.ravel(noise.top), *map(np.ravel, noise.groups)])
-        if not np.all(np.isfinite(values)) or own.min() <= 0 or values.min() < 0:
+        observed_own = own[~np.isnan(self.b)]  # a missing cell's own variance plays no role
+        values = np.concatenate([observed_own, np.ravel(noise.top), *map(np.ravel, noise.groups)])
+        if not np.all(np.isfinite(values)) or observed_own.min() <= 0 or values.min() < 0:
             raise ValueError(
                 "noise variances must be finite, the own ones positive and the shared ones "
                 "non-negative."
@@ -222,13 +233,38 @@ class ShrinkageProblem:
         return NoiseModel(self.index, self.noise, self.var_b)
 
     @cached_property
+    def missing(self) -> np.ndarray:
+        """Whether each (covariate, feature) cell is missing (boolean)."""
+        return np.isnan(self.b)
+
+    @property
+    def has_missing(self) -> bool:
+        """Whether any cell is missing."""
+        return bool(self.missing.any())
+
+    @cached_property
+    def _algebra_data(self) -> tuple[np.ndarray, np.ndarray]:
+        variance = self.own_variance if self.own_variance is not None else self.se**2
+        return fill_missing(self.b, variance, self.missing, largest_prior_variance(self.priors))
+
+    @property
+    def algebra_b(self) -> np.ndarray:
+        """The estimates the tree algebra runs on: ``b`` with missing cells at 0.
+
+        Missing cells carry an effectively infinite variance in :attr:`var_b`
+        (:func:`~bayeshier_pymc.estimates.fill_missing`), so their value plays no role.
+        """
+        return self._algebra_data[0]
+
+    @property
     def var_b(self) -> np.ndarray:
         """Each estimate's variance given its total, (covariate, feature).
 
         The squared standard errors for independent estimates; with correlated noise, each
-        estimate's own noise variance (the shared parts are in :attr:`noise`).
+        estimate's own noise variance (the shared parts are in :attr:`noise`). Missing cells
+        hold an effectively infinite variance (:func:`~bayeshier_pymc.estimates.fill_missing`).
         """
-        return self.own_variance if self.own_variance is not None else self.se**2
+        return self._algebra_data[1]
 
     @cached_property
     def algebra_tree(self) -> Hierarchy:

@@ -264,7 +264,7 @@ def draw_given_scales(
     if problem.tree is None:
         raise ValueError("a model without pooling has no scales to condition on.")
     index, noise = problem.index, problem.noise
-    b = problem.b
+    b = problem.algebra_b
     var_b = problem.var_b
     mu0, s0 = problem.priors.mu0, problem.priors.s0
     per_chain = []
@@ -429,14 +429,18 @@ def _sample_gibbs(
 
 
 def _conditional_total(problem: ShrinkageProblem, theta: np.ndarray) -> np.ndarray:
-    """Σ over covariates of log p(b | θ) per (chain, draw): N(θ, s²), or N(θ, Σ) with noise."""
+    """Σ over covariates of log p(b | θ) per (chain, draw): N(θ, s²), or N(θ, Σ) with noise.
+
+    With missing cells, up to a constant (the algebra's stand-in variance of each missing
+    cell, :func:`~bayeshier_pymc.estimates.fill_missing`).
+    """
+    b = problem.algebra_b
     if problem.noise is None:
-        return conditional_total(theta, problem.b, problem.se)
+        se = np.sqrt(problem.var_b) if problem.has_missing else problem.se
+        return conditional_total(theta, b, se)
     return np.stack(  # chain by chain, to bound the temporaries
         [
-            noise_log_density(problem.b - chain, problem.var_b, problem.index, problem.noise).sum(
-                axis=-1
-            )
+            noise_log_density(b - chain, problem.var_b, problem.index, problem.noise).sum(axis=-1)
             for chain in theta
         ]
     )

@@ -86,6 +86,7 @@ def dense_posterior(
     tree: Hierarchy,
     mu0: float,
     s0: float,
+    observed: np.ndarray | None = None,
 ) -> DensePosterior:
     """Exact posterior of (θ0, group means, θ) and log p(b | τ) for any noise covariance.
 
@@ -99,11 +100,17 @@ def dense_posterior(
         As in :func:`prior_units`.
     mu0
         Prior mean of θ0.
+    observed
+        Boolean mask of the estimates conditioned on (default: all); the others (missing
+        cells) are left out of the data, and ``log_marginal`` is that of the observed ones.
     """
     prior, blocks = prior_units(tree, tau, s0)
-    theta = blocks["theta"]
+    theta = np.arange(prior.shape[0])[blocks["theta"]]
+    if observed is not None:
+        theta, b = theta[observed], b[observed]
+        noise_covariance = noise_covariance[np.ix_(observed, observed)]
     cov_units_b = prior[:, theta]
-    cov_b = prior[theta, theta] + noise_covariance
+    cov_b = prior[np.ix_(theta, theta)] + noise_covariance
     gain = np.linalg.solve(cov_b, cov_units_b.T).T
     residual = b - mu0
     mean = mu0 + gain @ residual

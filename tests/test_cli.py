@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -243,3 +244,22 @@ def test_study_runs_a_small_grid(tmp_path, capsys):
     captured = capsys.readouterr()
     # the table on stdout, the progress on stderr
     assert "coef_mse_ratio" in captured.out and "coef MSE ratio" in captured.err
+
+
+def test_missing_response_values_are_named_or_fitted_per_feature(simulated, capsys):
+    """A NaN left after preprocessing: an error naming --missing-values, or per-feature fits."""
+
+    def blank(frame: pd.DataFrame) -> pd.DataFrame:
+        values = frame.copy()
+        values.iloc[:5, 3] = np.nan
+        values.iloc[:58, 4] = np.nan  # 2 rows left for 2 covariates: a missing feature
+        return values
+
+    _corrupt(simulated, "responses.csv", blank)
+    assert main(_fit_args(simulated)) == 2
+    assert "per-feature" in capsys.readouterr().err
+    args = [*_fit_args(simulated), "--missing-values", "per-feature", "--sampler", "gibbs"]
+    assert main([*args, "--depth", "2", "--no-compare"]) == 0
+    effects = pd.read_csv(simulated.parent / "fit" / "shrunken_effects.csv")
+    missing = effects[effects["feature"] == "metabolite_3"]
+    assert missing["estimate"].isna().all() and missing["mean"].notna().all()

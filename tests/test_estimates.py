@@ -38,7 +38,7 @@ def test_one_dimensional_arrays_are_one_covariate():
         ([1.0, 2.0], [0.5, 0.0], "strictly positive"),
         ([1.0, 2.0], [0.5, -1.0], "strictly positive"),
         ([1.0, np.nan], [0.5, 0.5], "NaN or inf"),
-        ([1.0, 2.0], [np.inf, 0.5], "NaN or inf"),
+        ([1.0, np.inf], [0.5, 0.5], "NaN or inf"),  # an infinite se is a missing cell
         ([1.0, 2.0], [0.5, 0.5, 0.5], "shape"),
         ([], [], "empty"),
     ],
@@ -56,11 +56,18 @@ def test_bad_tidy_frames_and_types():
         Estimates.from_any(tidy)
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['se'\]"):
         Estimates.from_any(tidy.drop(columns="se"))
+    # an absent (covariate, feature) row is a missing cell (docs/missing_values.md) ...
     incomplete = pd.DataFrame(
         {"covariate": ["a", "b"], "feature": ["f", "g"], "estimate": [1, 2], "se": [1, 1]}
     )
-    with pytest.raises(ValueError, match="incomplete"):
-        Estimates.from_any(incomplete)
+    assert Estimates.from_any(incomplete).missing.to_numpy().tolist() == [
+        [False, True],
+        [True, False],
+    ]
+    # ... but a covariate with no estimate at all is refused
+    empty = incomplete.assign(estimate=[1.0, np.nan], se=[1.0, np.nan])
+    with pytest.raises(ValueError, match="every cell missing"):
+        Estimates.from_any(empty)
     with pytest.raises(ValueError, match="must be a stage-1 fit"):
         Estimates.from_any([1, 2, 3])
     with pytest.raises(ValueError, match="not among"):

@@ -50,6 +50,8 @@ CATALOGUE = [
     r"estimates have shape .* but standard errors",
     r"no annotation in the hierarchy",
     r"levels are repeated",
+    r"that are no missing cell",
+    r"every cell missing",
 ]
 
 
@@ -207,12 +209,16 @@ def shrinkage_inputs(draw: st.DrawFn) -> dict[str, object]:
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     se = 10.0 ** rng.uniform(-6, 6, size=(p, m))
     b = rng.normal(size=(p, m)) * 10.0 ** draw(st.integers(-12, 8))
-    problem = draw(st.sampled_from(["none"] * 4 + ["nan_b", "inf_se", "zero_se", "neg_se"]))
+    problem = draw(
+        st.sampled_from(["none"] * 4 + ["nan_b", "inf_se", "zero_se", "neg_se", "missing"])
+    )
     if problem != "none":
         i, j = draw(st.integers(0, p - 1)), draw(st.integers(0, m - 1))
         if problem == "nan_b":
-            b[i, j] = np.nan
-        else:
+            b[i, j] = np.nan  # with a finite se: refused
+        elif problem == "missing":  # a missing cell: NaN estimate and se
+            b[i, j] = se[i, j] = np.nan
+        else:  # an infinite se is a missing cell too
             se[i, j] = {"inf_se": np.inf, "zero_se": 0.0, "neg_se": -1.0}[problem]
     features = [f"特徴{j}" for j in range(m)]
     structure = draw(st.sampled_from(["none", "one_group", "singletons", "two_level"]))
@@ -288,8 +294,8 @@ def test_exact_draws_are_finite_for_extreme_scales(
     for name, values in posterior.items():
         assert np.isfinite(values).all(), name
     messages = upward_pass(
-        model.estimates.estimate.to_numpy(),
-        model.estimates.se.to_numpy() ** 2,
+        model.problem.algebra_b,
+        model.problem.var_b,
         tau[0, 0],
         TreeIndex.from_hierarchy(model.tree),  # type: ignore[arg-type]
         model.priors.mu0,

@@ -324,7 +324,7 @@ def _sample_no_pooling(
                 stop = min(start + UNPOOLED_BLOCK, draws)
                 theta[chain, start:stop] = draw_unpooled(problem, stop - start, rng)
         return {"theta": theta}
-    b, var_b = problem.b, problem.var_b
+    b, var_b = problem.algebra_b, problem.var_b
     mean, var = posterior_normal(problem.priors.mu0, problem.priors.s0**2, b, var_b)
     noise = rng.standard_normal((chains, draws, *b.shape), dtype=np.float32)
     theta = (mean + np.sqrt(var) * noise).astype(theta_dtype, copy=False)

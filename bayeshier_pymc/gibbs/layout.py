@@ -218,7 +218,7 @@ class TreeData:
                 tuple(np.tile(g, (copies, 1)) for g in noise.groups), np.tile(noise.top, copies)
             )
         return cls.build(
-            np.tile(problem.b, (copies, 1)),
+            np.tile(problem.algebra_b, (copies, 1)),
             np.tile(problem.var_b, (copies, 1)),
             problem.index,
             priors.tau_scale,

@@ -227,7 +227,9 @@ def _sweep_data(model: pm.Model, problem: ShrinkageProblem) -> tuple[TreeData, _
         )
     if problem.tree is None:
         flat = TreeIndex(problem.b.shape[1], (), ())
-        data = TreeData.build(problem.b, problem.var_b, flat, np.ones(1), priors.mu0, priors.s0)
+        data = TreeData.build(
+            problem.algebra_b, problem.var_b, flat, np.ones(1), priors.mu0, priors.s0
+        )
         return data, _Names("", ())
     names = _Names(
         tau_value=model.rvs_to_values[model["tau"]].name,

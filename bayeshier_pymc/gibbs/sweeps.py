@@ -186,7 +186,9 @@ def draw_unpooled(problem: ShrinkageProblem, n_draws: int, rng: np.random.Genera
     scales, top_sd = problem.unpooled_algebra()
     scales = np.broadcast_to(scales, (n_covariates, scales.size))
     index, noise = problem.index, problem.noise
-    messages = upward_pass(problem.b, problem.var_b, scales, index, priors.mu0, top_sd, noise=noise)
+    messages = upward_pass(
+        problem.algebra_b, problem.var_b, scales, index, priors.mu0, top_sd, noise=noise
+    )
     lead = (n_draws, n_covariates)
     repeated = Messages(
         tuple(np.broadcast_to(y, (*lead, *np.shape(y)[1:])) for y in messages.y),

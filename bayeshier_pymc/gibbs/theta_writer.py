@@ -131,7 +131,7 @@ class ThetaWriter:
         if (parents is None) == problem.correlated:
             raise ValueError("the stores of θ's parents go with shared noise, and only with it.")
         self._rng = np.random.Generator(np.random.SFC64(seed))
-        self._b = np.ascontiguousarray(problem.b, dtype=float)
+        self._b = np.ascontiguousarray(problem.algebra_b, dtype=float)
         self._var_b = np.ascontiguousarray(problem.var_b, dtype=float)
         self._tau = posterior["tau"]
         self._shape = (*self._tau.shape[:3], self._b.shape[1])
