@@ -544,7 +544,7 @@ def _no_pooling_group_log_lik(
     b: np.ndarray, var_b: np.ndarray, to_group: np.ndarray, priors: Priors
 ) -> np.ndarray:
     """Σ over each group's features of log N(b_j; mu0, s_j² + s0²), as (covariate, group)."""
-    per_feature = normal_log_density(b - priors.mu0, var_b + priors.s0**2)
+    per_feature = normal_log_density(b - priors.mu0[:, None], var_b + priors.s0[:, None] ** 2)
     return NUMPY_OPS.segment_sum(per_feature, to_group, int(to_group.max()) + 1)
 
 
