@@ -60,11 +60,12 @@ from bayeshier_pymc.diagnostics import (
     diagnose,
     loo_elpd,
 )
-from bayeshier_pymc.estimates import Estimates
+from bayeshier_pymc.estimates import Estimates, shrunk_covariates
 from bayeshier_pymc.gaussian_tree import NUMPY_OPS, normal_log_density
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.log_likelihood import held_out_predictive
+from bayeshier_pymc.model import scale_levels
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
 from bayeshier_pymc.shrinkage import NoiseChoice, ShrinkageModel, with_noise
@@ -262,8 +263,8 @@ def compare_depths(
     loo: LooKind = "marginal",
     group_level: str | None = None,
     sampler: Literal["nuts", "gibbs"] = "nuts",
-    priors: Mapping[str, Any] | None = None,
-    covariates: list[Any] | None = None,
+    priors: str | Mapping[str, Any] | Priors | None = None,
+    covariates: list[Any] | Literal["all"] | None = None,
     rule: RecommendationRule | None = None,
     refit_bad_k: bool = False,
     noise: NoiseChoice = "auto",
@@ -289,7 +290,10 @@ def compare_depths(
     sampler
         Passed to :meth:`ShrinkageModel.sample`.
     priors, covariates
-        Passed to :class:`ShrinkageModel`.
+        As in :class:`ShrinkageModel` (default: the ``"auto"`` priors; every covariate but
+        the intercept). The priors are resolved once, from every feature's standard errors
+        at the full depth, so every depth and every refit without a group has the same
+        priors.
     rule
         How the depth is recommended (default :class:`RecommendationRule`: the simplest
         close-enough depth).
@@ -320,13 +324,14 @@ def compare_depths(
         raise ValueError("refit_bad_k needs loo='group'.")
 
     # the noise structure is chosen once, so that every depth has the same likelihood of b
-    data = with_noise(
-        Estimates.from_any(estimates, covariates=covariates), estimates, hierarchy, noise
-    )
+    given = Estimates.from_any(estimates)
+    chosen = Estimates.from_any(given, covariates=shrunk_covariates(given.covariates, covariates))
+    data = with_noise(chosen, estimates, hierarchy, noise)
+    resolved = Priors.resolve(priors, scale_levels(hierarchy), data.covariates, data.se.to_numpy())
 
     def fit(depth: Depth, features: pd.Index | None = None) -> az.InferenceData:
         subset = data if features is None else _restricted(data, features)
-        model = ShrinkageModel(subset, hierarchy, depth=depth, priors=priors)
+        model = ShrinkageModel(subset, hierarchy, depth=depth, priors=resolved, covariates="all")
         return model.sample(sampler, **sample_kwargs)
 
     depths = _default_depths(hierarchy) if depths is None else list(depths)

@@ -137,7 +137,6 @@ def run_pipeline(
     log("stage 1: matrix linear model")
     fit = mlm(Y, X, data=data)
     hierarchy = Hierarchy.from_frame(annotations, list(levels), missing=missing)
-    chosen = covariates or [c for c in fit.coef.indexes["covariate"] if c != "(Intercept)"]
     settings = {
         "draws": draws,
         "tune": tune,
@@ -146,7 +145,8 @@ def run_pipeline(
         "random_seed": random_seed,
         "progressbar": progressbar,
     }
-    model = ShrinkageModel(fit, hierarchy, depth=depth, covariates=chosen, noise=noise)
+    model = ShrinkageModel(fit, hierarchy, depth=depth, covariates=covariates, noise=noise)
+    chosen = model.estimates.covariates.tolist()
     names = {"nuts": "NUTS", "gibbs": "the Gibbs engine"}
     log(
         f"stage 2: {names[sampler]}, {len(chosen)} covariate(s) along {hierarchy!r}, "

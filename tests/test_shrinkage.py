@@ -180,4 +180,5 @@ def test_notebook_representation(fit, tree):
     table = model.describe()
     assert table.index.tolist() == ["feature", "subclass", "superclass"]
     assert table["n_units"].tolist() == [60, 4, 2]
-    assert "<table" in model._repr_html_() and "HalfCauchy(1)" in model._repr_html_()
+    research = ShrinkageModel(fit, tree, priors="research")
+    assert "<table" in research._repr_html_() and "HalfCauchy(1)" in research._repr_html_()

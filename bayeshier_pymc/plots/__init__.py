@@ -7,7 +7,7 @@ from bayeshier_pymc.plots.compare import plot_compare
 from bayeshier_pymc.plots.forest import plot_forest_by_group
 from bayeshier_pymc.plots.sampler_comparison import plot_sampler_comparison
 from bayeshier_pymc.plots.shrinkage import plot_shrinkage
-from bayeshier_pymc.plots.tau import plot_tau
+from bayeshier_pymc.plots.tau import plot_tau, plot_tau_prior_posterior
 from bayeshier_pymc.plots.volcano import plot_volcano
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "plot_sampler_comparison",
     "plot_shrinkage",
     "plot_tau",
+    "plot_tau_prior_posterior",
     "plot_volcano",
 ]
