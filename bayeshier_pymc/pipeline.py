@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +52,7 @@ def run_pipeline(
     *,
     data: pd.DataFrame | None = None,
     covariates: list[str] | None = None,
+    priors: str | Mapping[str, Any] | None = None,
     missing: MissingPolicy = "raise",
     draws: int = 1000,
     tune: int = 1000,
@@ -91,7 +92,11 @@ def run_pipeline(
     data
         Sample table for a formula ``X``.
     covariates
-        Covariates to shrink (default: every covariate except the intercept).
+        Covariates to shrink (default: every covariate except the intercept, the rule of
+        :class:`~bayeshier_pymc.ShrinkageModel`).
+    priors
+        Stage 2's priors, as :class:`~bayeshier_pymc.ShrinkageModel`'s (default ``"auto"``:
+        scaled to each covariate's standard errors; ``"research"``: the research code's).
     missing
         What a missing annotation means (see :meth:`Hierarchy.from_frame`).
     draws, tune, chains, random_seed
@@ -145,12 +150,15 @@ def run_pipeline(
         "random_seed": random_seed,
         "progressbar": progressbar,
     }
-    model = ShrinkageModel(fit, hierarchy, depth=depth, covariates=covariates, noise=noise)
+    model = ShrinkageModel(
+        fit, hierarchy, depth=depth, covariates=covariates, noise=noise, priors=priors
+    )
     chosen = model.estimates.covariates.tolist()
     names = {"nuts": "NUTS", "gibbs": "the Gibbs engine"}
     log(
         f"stage 2: {names[sampler]}, {len(chosen)} covariate(s) along {hierarchy!r}, "
-        f"depth {model.depth}; errors {model.noise_description}"
+        f"depth {model.depth}; errors {model.noise_description}; priors: "
+        f"{model.priors.describe()}"
     )
     idata = model.sample(sampler, **settings)
     second = samplers = depths = None
@@ -165,7 +173,13 @@ def run_pipeline(
     if compare:
         log("depth comparison (PSIS-LOO, marginal likelihood, Gibbs engine)")
         depths = compare_depths(
-            fit, hierarchy, covariates=chosen, sampler="gibbs", noise=noise, **settings
+            fit,
+            hierarchy,
+            covariates=chosen,
+            priors=priors,
+            sampler="gibbs",
+            noise=noise,
+            **settings,
         )
         log(f"recommended depth: {depths.recommended}")
     coefficients = coefficient_table(idata)
