@@ -58,8 +58,8 @@ def simulate_from_prior(
 
     Every replication has its own units: its standard errors are :data:`BASE_SE` times a
     log-uniform factor in [0.1, 10], and its priors (:data:`PRIORS`, resolved from its
-    standard errors) differ accordingly, so a sampler that mixed up the covariates' priors
-    would fail. Returns the model of the simulated estimates and the true values (one per
+    standard errors) differ accordingly (``test_priors.py`` checks that each covariate gets
+    its own). Returns the model of the simulated estimates and the true values (one per
     replication) of τ at every level, θ0, the first group mean of every level and the first θ.
     """
     rng = np.random.default_rng(seed)
