@@ -88,7 +88,8 @@ class StageTwo:
     draws, tune, chains
         Passed to :meth:`ShrinkageModel.sample`.
     priors
-        Prior settings (default: the package's).
+        Prior settings, as :class:`~bayeshier_pymc.ShrinkageModel`'s (default: ``"auto"``,
+        scaled to each covariate's standard errors).
     sample_options
         Further keyword arguments of :meth:`ShrinkageModel.sample` (e.g.
         ``{"nuts_sampler": "pymc", "cores": 1}``).
@@ -100,7 +101,7 @@ class StageTwo:
     draws: int = 1000
     tune: int = 500
     chains: int = 4
-    priors: Mapping[str, Any] | None = None
+    priors: str | Mapping[str, Any] | None = None
     sample_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

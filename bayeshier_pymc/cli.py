@@ -124,6 +124,7 @@ def _fit(args: argparse.Namespace) -> int:
         args.out,
         data=study.samples,
         covariates=args.covariates,
+        priors=args.priors,
         missing=args.missing,
         missing_values=args.missing_values,
         log=args.log,
@@ -251,7 +252,18 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--sample-id", help="sample id column (default: first column)")
     fit.add_argument("--feature-id", help="feature id column (default: first column)")
     fit.add_argument(
-        "--covariates", nargs="+", help="covariates to shrink (default: all but the intercept)"
+        "--covariates",
+        nargs="+",
+        help="covariates to shrink (default: all but the intercept; name '(Intercept)' to "
+        "shrink it)",
+    )
+    fit.add_argument(
+        "--priors",
+        choices=["auto", "research"],
+        default="auto",
+        help="stage 2's priors: 'auto' scales them to each covariate's median standard error "
+        "(invariant to units), 'research' uses the research code's N(0, 1) and HalfCauchy(1) "
+        "(default: auto)",
     )
     fit.add_argument(
         "--drop-unannotated",

@@ -61,11 +61,12 @@ from bayeshier_pymc.diagnostics import (
     loo_elpd,
     pareto_k_advice,
 )
-from bayeshier_pymc.estimates import Estimates
+from bayeshier_pymc.estimates import Estimates, shrunk_covariates
 from bayeshier_pymc.gaussian_tree import NUMPY_OPS, normal_log_density
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import OBSERVATION, problem_from_idata
 from bayeshier_pymc.log_likelihood import held_out_predictive
+from bayeshier_pymc.model import scale_levels
 from bayeshier_pymc.parallel import dispatch, fixed_seed, inner_fit_options, outer_jobs
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
@@ -258,8 +259,8 @@ def compare_depths(
     loo: LooKind = "marginal",
     group_level: str | None = None,
     sampler: Literal["nuts", "gibbs"] = "nuts",
-    priors: Mapping[str, Any] | None = None,
-    covariates: list[Any] | None = None,
+    priors: str | Mapping[str, Any] | Priors | None = None,
+    covariates: list[Any] | Literal["all"] | None = None,
     rule: RecommendationRule | None = None,
     refit_bad_k: bool = False,
     noise: NoiseChoice = "auto",
@@ -286,7 +287,10 @@ def compare_depths(
     sampler
         Passed to :meth:`ShrinkageModel.sample`.
     priors, covariates
-        Passed to :class:`ShrinkageModel`.
+        As in :class:`ShrinkageModel` (default: the ``"auto"`` priors; every covariate but
+        the intercept). The priors are resolved once, from every feature's standard errors
+        at the full depth, so every depth and every refit without a group has the same
+        priors.
     rule
         How the depth is recommended (default :class:`RecommendationRule`: the simplest
         close-enough depth).
@@ -337,16 +341,17 @@ def compare_depths(
         raise ValueError("refit_bad_k needs loo='group'.")
 
     # the noise structure is chosen once, so that every depth has the same likelihood of b
-    data = with_noise(
-        Estimates.from_any(estimates, covariates=covariates), estimates, hierarchy, noise
-    )
+    given = Estimates.from_any(estimates)
+    chosen = Estimates.from_any(given, covariates=shrunk_covariates(given.covariates, covariates))
+    data = with_noise(chosen, estimates, hierarchy, noise)
+    resolved = Priors.resolve(priors, scale_levels(hierarchy), data.covariates, data.se.to_numpy())
     depths = _default_depths(hierarchy) if depths is None else list(depths)
     options = inner_fit_options(sample_kwargs, n_jobs)
     progress = outer_jobs(n_jobs) > 1 and sample_kwargs.get("progressbar", True)
     seed = sample_kwargs.get("random_seed")  # a generator gives one seed per fit, in order
     seeds = [fixed_seed(seed) for _ in depths]
     tasks = [
-        (f"the fit at depth {depth}", (data, hierarchy, depth, priors, sampler, options, s))
+        (f"the fit at depth {depth}", (data, hierarchy, depth, resolved, sampler, options, s))
         for depth, s in zip(depths, seeds, strict=True)
     ]
     fitted = dispatch(_fit, tasks, n_jobs=n_jobs, progress=progress, total=len(tasks))
@@ -365,7 +370,7 @@ def compare_depths(
                     _restricted(data, bad[depth][label]),
                     hierarchy,
                     depth,
-                    priors,
+                    resolved,
                     sampler,
                     options,
                     fixed_seed(seed),
@@ -390,13 +395,13 @@ def _fit(
     data: Estimates,
     hierarchy: Hierarchy,
     depth: Depth,
-    priors: Mapping[str, Any] | None,
+    priors: Priors,
     sampler: str,
     options: Mapping[str, Any],
     random_seed: Any,
 ) -> az.InferenceData:
-    """One fit of :func:`compare_depths` (a task of its dispatch)."""
-    model = ShrinkageModel(data, hierarchy, depth=depth, priors=priors)
+    """One fit of :func:`compare_depths` (a task of its dispatch), every covariate of ``data``."""
+    model = ShrinkageModel(data, hierarchy, depth=depth, priors=priors, covariates="all")
     return model.sample(sampler, **{**options, "random_seed": random_seed})
 
 
@@ -628,7 +633,7 @@ def _no_pooling_group_log_lik(
     b: np.ndarray, var_b: np.ndarray, missing: np.ndarray, to_group: np.ndarray, priors: Priors
 ) -> np.ndarray:
     """Σ over each group's observed features of log N(b_j; mu0, s_j² + s0²), (covariate, group)."""
-    per_feature = normal_log_density(b - priors.mu0, var_b + priors.s0**2)
+    per_feature = normal_log_density(b - priors.mu0[:, None], var_b + priors.s0[:, None] ** 2)
     if missing.any():
         per_feature = np.where(missing, 0.0, per_feature)
     return NUMPY_OPS.segment_sum(per_feature, to_group, int(to_group.max()) + 1)

@@ -24,6 +24,9 @@ from bayeshier_pymc._validation import as_finite_matrix, as_numeric_matrix, chec
 
 INTERCEPT = "(Intercept)"
 _FORMULAIC_INTERCEPT = "Intercept"
+INTERCEPT_NAMES = (INTERCEPT, _FORMULAIC_INTERCEPT)
+"""The intercept's names: this package's and R's ``"(Intercept)"``, formulaic's and
+statsmodels' ``"Intercept"``."""
 
 
 @dataclass(frozen=True)

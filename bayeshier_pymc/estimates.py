@@ -2,21 +2,66 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from bayeshier_pymc._validation import as_numeric_matrix, check_positive, check_unique_labels
+from bayeshier_pymc.design import INTERCEPT_NAMES
 from bayeshier_pymc.noise import TreeNoise
 
-__all__ = ["MISSING_VARIANCE_FACTOR", "Estimates", "fill_missing", "missing_cells"]
+__all__ = [
+    "MISSING_VARIANCE_FACTOR",
+    "Estimates",
+    "fill_missing",
+    "missing_cells",
+    "shrunk_covariates",
+]
 
 DIMS = ("covariate", "feature")
 TIDY_COLUMNS = ("covariate", "feature", "estimate", "se")
+
+
+def shrunk_covariates(
+    labels: pd.Index, covariates: Sequence[Any] | Literal["all"] | None
+) -> list[Any]:
+    """The covariates stage 2 shrinks, among the estimates' ``labels``.
+
+    Parameters
+    ----------
+    labels
+        The estimates' covariates.
+    covariates
+        ``None`` (the default of :class:`~bayeshier_pymc.ShrinkageModel`, ``compare_depths``
+        and ``bayeshier fit``): every covariate but the intercept, named ``"(Intercept)"``
+        (this package's stage 1, R) or ``"Intercept"`` (formulaic, statsmodels); ``"all"``:
+        every covariate, the intercept included; a list: these covariates, in this order
+        (name the intercept to shrink it with others).
+
+    Raises
+    ------
+    ValueError
+        For text other than ``"all"``, or when nothing but the intercept is left.
+    """
+    if isinstance(covariates, str):
+        if covariates != "all":
+            raise ValueError(
+                f"covariates must be a list of covariate labels, 'all' or None; got {covariates!r}."
+            )
+        return list(labels)
+    if covariates is not None:
+        return list(covariates)
+    chosen = [label for label in labels if label not in INTERCEPT_NAMES]
+    if not chosen:
+        raise ValueError(
+            f"the estimates hold only the intercept ({list(labels)!r}), which is not shrunk "
+            "by default; pass covariates='all' to shrink it."
+        )
+    return chosen
 
 
 @dataclass(frozen=True, eq=False)

@@ -364,7 +364,9 @@ def problem_from_idata(idata: az.InferenceData) -> ShrinkageProblem:
         covariates=b.indexes["covariate"],
         features=b.indexes["feature"],
         tree=tree,
-        priors=Priors.from_json(attrs["priors"], scale_levels),
+        priors=Priors.from_json(
+            attrs["priors"], scale_levels, b.indexes["covariate"], se.to_numpy()
+        ),
         depth=depth,  # type: ignore[arg-type]
         **_noise_from_idata(idata, b.indexes["feature"]),
     )

@@ -159,13 +159,17 @@ def prior_predictive(
     b: np.ndarray,
     se: np.ndarray,
     *,
-    mu0: float,
-    s0: float,
+    mu0: np.ndarray,
+    s0: np.ndarray,
     lead: tuple[int, int],
     dtype: Any = np.float64,
 ) -> np.ndarray:
-    """The marginal form without pooling, log N(b_kj; mu0, s_kj² + s0²), for every draw."""
+    """The marginal form without pooling, log N(b_kj; mu0_k, s_kj² + s0_k²), for every draw.
+
+    ``mu0`` and ``s0`` are one number or one per covariate (the rows of ``b``).
+    """
     b, var_b = _data(b, se)
+    mu0, s0 = np.reshape(mu0, (-1, 1)), np.reshape(s0, (-1, 1))
     variance = var_b + s0**2
     out = np.empty((*lead, *b.shape), dtype=dtype)
     out[:] = log_normal(b - mu0, variance)
@@ -227,7 +231,7 @@ def held_out_predictive(
         if tau is None:
             scales, top_sd = problem.unpooled_algebra()
             out[:, :, c] = correction[c] + group_log_predictive(
-                b[c], var_b[c], scales, index, priors.mu0, top_sd, unit_level, to_group, noise
+                b[c], var_b[c], scales[c], index, priors.mu0[c], top_sd, unit_level, to_group, noise
             )
             continue
         for chain, draws in _chunks(lead, index.n_features):
@@ -236,8 +240,8 @@ def held_out_predictive(
                 var_b[c],
                 problem.algebra_scales(tau[chain, draws, c]),
                 index,
-                priors.mu0,
-                priors.s0,
+                priors.mu0[c],
+                priors.s0[c],
                 unit_level,
                 to_group,
                 noise,
@@ -303,7 +307,7 @@ def leave_one_out(
                 assert tau is not None
                 scales = problem.algebra_scales(tau[chain, draws, c])
                 mean, variance = leave_one_out_normal(
-                    b[c], var_b[c], scales, problem.index, priors.mu0, priors.s0, noise
+                    b[c], var_b[c], scales, problem.index, priors.mu0[c], priors.s0[c], noise
                 )
                 log_density[chain, draws, c] = normal_log_density(b[c] - mean, variance)
             else:
@@ -322,10 +326,10 @@ def _unpooled_normal(
     """p(b_j | b_−j) of covariate ``c`` (shared ``noise``) without pooling: θ_j ~ N(mu0, s0²)."""
     priors, var_b = problem.priors, problem.var_b[c]
     if not problem.correlated:
-        return np.full_like(var_b, priors.mu0), var_b + priors.s0**2
+        return np.full_like(var_b, priors.mu0[c]), var_b + priors.s0[c] ** 2
     scales, top_sd = problem.unpooled_algebra()
     return leave_one_out_normal(
-        problem.algebra_b[c], var_b, scales, problem.index, priors.mu0, top_sd, noise
+        problem.algebra_b[c], var_b, scales[c], problem.index, priors.mu0[c], top_sd, noise
     )
 
 

@@ -242,7 +242,9 @@ def _no_pooling_model(estimates: Estimates, priors: Priors, noise: NoiseModel | 
     with pm.Model(coords=coords) as model:
         se = np.sqrt(var_b)
         pm.Data("se", se, dims=("covariate", "feature"))
-        theta = pm.Normal("theta", priors.mu0, priors.s0, dims=("covariate", "feature"))
+        theta = pm.Normal(
+            "theta", priors.mu0[:, None], priors.s0[:, None], dims=("covariate", "feature")
+        )
         _likelihood(theta, b, se, noise)
     return model
 

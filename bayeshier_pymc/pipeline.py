@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +53,7 @@ def run_pipeline(
     *,
     data: pd.DataFrame | None = None,
     covariates: list[str] | None = None,
+    priors: str | Mapping[str, Any] | None = None,
     missing: MissingPolicy = "raise",
     missing_values: str = "raise",
     draws: int = 1000,
@@ -93,7 +94,11 @@ def run_pipeline(
     data
         Sample table for a formula ``X``.
     covariates
-        Covariates to shrink (default: every covariate except the intercept).
+        Covariates to shrink (default: every covariate except the intercept, the rule of
+        :class:`~bayeshier_pymc.ShrinkageModel`).
+    priors
+        Stage 2's priors, as :class:`~bayeshier_pymc.ShrinkageModel`'s (default ``"auto"``:
+        scaled to each covariate's standard errors; ``"research"``: the research code's).
     missing
         What a missing annotation means (see :meth:`Hierarchy.from_frame`).
     missing_values
@@ -159,7 +164,6 @@ def run_pipeline(
     log("stage 1: matrix linear model")
     fit = mlm(Y, X, data=data, missing=missing_values)
     hierarchy = Hierarchy.from_frame(annotations, list(levels), missing=missing)
-    chosen = covariates or [c for c in fit.coef.indexes["covariate"] if c != "(Intercept)"]
     settings = {
         "draws": draws,
         "tune": tune,
@@ -168,11 +172,15 @@ def run_pipeline(
         "random_seed": random_seed,
         "progressbar": progressbar,
     }
-    model = ShrinkageModel(fit, hierarchy, depth=depth, covariates=chosen, noise=noise)
+    model = ShrinkageModel(
+        fit, hierarchy, depth=depth, covariates=covariates, noise=noise, priors=priors
+    )
+    chosen = model.estimates.covariates.tolist()
     names = {"nuts": "NUTS", "gibbs": "the Gibbs engine"}
     log(
         f"stage 2: {names[sampler]}, {len(chosen)} covariate(s) along {hierarchy!r}, "
-        f"depth {model.depth}; errors {model.noise_description}"
+        f"depth {model.depth}; errors {model.noise_description}; priors: "
+        f"{model.priors.describe()}"
     )
     idata = model.sample(sampler, **settings)
     second = samplers = depths = None
@@ -187,7 +195,13 @@ def run_pipeline(
     if compare:
         log("depth comparison (PSIS-LOO, marginal likelihood, Gibbs engine)")
         depths = compare_depths(
-            fit, hierarchy, covariates=chosen, sampler="gibbs", noise=noise, **settings
+            fit,
+            hierarchy,
+            covariates=chosen,
+            priors=priors,
+            sampler="gibbs",
+            noise=noise,
+            **settings,
         )
         log(f"recommended depth: {depths.recommended}")
     coefficients = coefficient_table(idata)

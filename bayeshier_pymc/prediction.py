@@ -79,7 +79,7 @@ def predict_new(
     shape = (n_chains, n_draws, n_covariates)
     if not problem.pooled:
         priors = problem.priors
-        theta = priors.mu0 + priors.s0 * rng.standard_normal((*shape, n_new))
+        theta = priors.mu0[:, None] + priors.s0[:, None] * rng.standard_normal((*shape, n_new))
         known = np.array(["none"] * n_new, dtype=object)
         placement = np.array(["prior (no pooling)"] * n_new, dtype=object)
     else:

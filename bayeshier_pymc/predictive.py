@@ -132,12 +132,11 @@ def prior_predictive(
     }
     prior: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
     if problem.tree is None:
-        theta = priors.mu0 + priors.s0 * rng.standard_normal((*lead, n_features))
+        theta = priors.mu0[:, None] + priors.s0[:, None] * rng.standard_normal((*lead, n_features))
     else:
         tree = problem.tree
         coords.update(model_coords(problem.estimates, tree))
-        scales = np.asarray(priors.tau_scale, dtype=float)
-        tau = scales * np.abs(rng.standard_cauchy((*lead, tree.depth + 1)))
+        tau = priors.tau_scale * np.abs(rng.standard_cauchy((*lead, tree.depth + 1)))
         mu = priors.mu0 + priors.s0 * rng.standard_normal(lead)
         prior["tau"] = (("chain", "draw", "covariate", "level"), tau)
         prior["mu"] = (("chain", "draw", "covariate"), mu)

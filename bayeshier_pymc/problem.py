@@ -118,6 +118,11 @@ class ShrinkageProblem:
                 f"the priors are for scale levels {self.priors.scale_levels!r}, the tree has "
                 f"{self.scale_levels!r}."
             )
+        if self.priors.covariates != tuple(self.covariates):
+            raise ValueError(
+                f"the priors are for covariates {list(self.priors.covariates)!r}, the estimates "
+                f"have {self.covariates.tolist()!r}."
+            )
         self._check_noise(shape)
 
     def _check_noise(self, shape: tuple[int, int]) -> None:
@@ -154,7 +159,7 @@ class ShrinkageProblem:
         estimates: Estimates,
         hierarchy: Hierarchy | None,
         depth: int | Literal["none"] | None,
-        priors: Mapping[str, Any] | None,
+        priors: str | Mapping[str, Any] | Priors | None,
     ) -> ShrinkageProblem:
         """The problem of ``estimates`` on ``hierarchy`` (aligned, truncated to ``depth``).
 
@@ -167,7 +172,9 @@ class ShrinkageProblem:
         depth
             Annotation levels used, finest first; ``"none"`` for no pooling; ``None``: all.
         priors
-            Prior settings merged over :data:`~bayeshier_pymc.priors.DEFAULT_PRIORS`.
+            A preset name, settings over a preset, or resolved priors
+            (:meth:`~bayeshier_pymc.priors.Priors.resolve`; ``None``: the ``"auto"`` preset,
+            scaled to each covariate's standard errors).
         """
         if hierarchy is not None and not isinstance(hierarchy, Hierarchy):
             raise ValueError(
@@ -200,7 +207,9 @@ class ShrinkageProblem:
             covariates=estimates.covariates,
             features=estimates.features,
             tree=tree,
-            priors=Priors.resolve(priors, scale_levels(tree)),
+            priors=Priors.resolve(
+                priors, scale_levels(tree), estimates.covariates, estimates.se.to_numpy()
+            ),
             depth=resolved,
             **noise_parts,
         )
@@ -280,12 +289,12 @@ class ShrinkageProblem:
         return TreeIndex.from_hierarchy(self.algebra_tree)
 
     def unpooled_algebra(self) -> tuple[np.ndarray, float]:
-        """Scales (depth + 1,) and θ0's prior sd of the tree algebra without pooling.
+        """Scales (covariate, depth + 1) and θ0's prior sd of the tree algebra without pooling.
 
-        Each θ_j ~ N(mu0, s0²) independently: on the noise tree, the features' scale is s0,
-        every group's zero, and θ0 is fixed at mu0 (prior sd zero).
+        Each θ_j ~ N(mu0, s0²) independently: on the noise tree, the features' scale is each
+        covariate's s0, every group's zero, and θ0 is fixed at mu0 (prior sd zero).
         """
-        return self.algebra_scales(np.array([self.priors.s0])), 0.0
+        return self.algebra_scales(self.priors.s0[:, None]), 0.0
 
     def algebra_scales(self, tau: np.ndarray) -> np.ndarray:
         """Scales ``(..., depth + 1)`` padded with zeros to the levels of :attr:`index`.

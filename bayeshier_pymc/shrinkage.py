@@ -12,7 +12,7 @@ import pandas as pd
 import pymc as pm
 
 from bayeshier_pymc._interrupt import stops_on_ctrl_c
-from bayeshier_pymc.estimates import Estimates
+from bayeshier_pymc.estimates import Estimates, shrunk_covariates
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.mlm import MLMFit
@@ -75,10 +75,19 @@ class ShrinkageModel:
         Number of annotation levels used, finest first (0 = one global mean); ``"none"``
         for no pooling (each θ_j has the fixed prior N(mu0, s0²)); default: all levels.
     priors
-        ``{"mu0": 0.0, "s0": 1.0, "tau_scale": 1.0}`` by default; ``tau_scale`` may be one
-        number, one per scale level, or a mapping from level name to scale.
+        θ0_k ~ N(mu0_k, s0_k²) and τ_kl ~ HalfCauchy(tau_scale_kl) for each covariate k and
+        scale level l. Default (``None`` or ``"auto"``), invariant to the units of X and Y:
+        with s̄_k covariate k's median standard error, mu0_k = 0, s0_k = 10 s̄_k and
+        tau_scale_kl = s̄_k. ``"research"``: the research code's fixed mu0 = 0, s0 = 1,
+        tau_scale = 1. A mapping overrides any of ``mu0``, ``s0``, ``tau_scale`` (in
+        coefficient units) over the preset named by ``"preset"`` (default ``"auto"``); see
+        :meth:`~bayeshier_pymc.priors.Priors.resolve` for the accepted forms, and
+        :attr:`priors` for the resolved table.
     covariates
-        Shrink only these covariates (default: all).
+        The covariates to shrink. Default: every covariate but the intercept
+        (``"(Intercept)"`` or ``"Intercept"``), as ``bayeshier fit`` does; ``"all"``: every
+        covariate, the intercept included; or a list of labels (name the intercept to
+        shrink it).
     noise
         The stage-1 errors' correlation. ``"auto"`` (default): the noise structure the
         estimates carry, or, for a stage-1 fit without a feature design, tree-structured noise
@@ -117,11 +126,14 @@ class ShrinkageModel:
         hierarchy: Hierarchy | None = None,
         *,
         depth: int | Literal["none"] | None = None,
-        priors: Mapping[str, Any] | None = None,
-        covariates: list[Any] | None = None,
+        priors: str | Mapping[str, Any] | Priors | None = None,
+        covariates: list[Any] | Literal["all"] | None = None,
         noise: NoiseChoice = "auto",
     ) -> None:
-        chosen = Estimates.from_any(estimates, covariates=covariates)
+        given = Estimates.from_any(estimates)
+        chosen = Estimates.from_any(
+            given, covariates=shrunk_covariates(given.covariates, covariates)
+        )
         chosen = with_noise(chosen, estimates, hierarchy, noise)
         self.problem = ShrinkageProblem.build(chosen, hierarchy, depth, priors)
 
@@ -169,7 +181,7 @@ class ShrinkageModel:
 
     @property
     def priors(self) -> Priors:
-        """The resolved priors."""
+        """The resolved priors; printed, a table (covariate × parameter), ``.to_frame()``."""
         return self.problem.priors
 
     @property
@@ -320,17 +332,18 @@ class ShrinkageModel:
         p, m = self.estimates.estimate.shape
         tree = repr(self.tree) if self.pooled else "no pooling"
         noise = "correlated noise" if self.problem.correlated else "independent noise"
-        return f"ShrinkageModel({p} covariates × {m} features; depth={self.depth}; {tree}; {noise})"
+        covariates = ", ".join(map(str, self.estimates.covariates))
+        return (
+            f"ShrinkageModel({p} covariates × {m} features; depth={self.depth}; {tree}; "
+            f"{noise})\ncovariates: {covariates}\n{self.priors!r}"
+        )
 
     def describe(self) -> pd.DataFrame:
         """One row per scale level: number of units, units per parent group, and the prior."""
         if self.tree is None:
             n_features = self.estimates.estimate.sizes["feature"]
             return pd.DataFrame(
-                {
-                    "n_units": [n_features],
-                    "prior": [f"N({self.priors.mu0:g}, {self.priors.s0:g}²)"],
-                },
+                {"n_units": [n_features], "prior": ["N(mu0, s0²) per covariate"]},
                 index=pd.Index(["feature"], name="level"),
             )
         per_parent = [
@@ -345,10 +358,18 @@ class ShrinkageModel:
                     f"{c.min()}–{c.max()}" if c is not None else str(n)
                     for c, n in zip(per_parent, n_units, strict=True)
                 ],
-                "tau_prior": [f"HalfCauchy({a:g})" for a in self.priors.tau_scale],
+                "tau_prior": [_half_cauchy(scales) for scales in self.priors.tau_scale.T],
             },
             index=pd.Index(scale_levels(self.tree), name="level"),
         )
 
     def _repr_html_(self) -> str:
-        return f"<div><p>{html.escape(repr(self))}</p>{self.describe().to_html()}</div>"
+        first = html.escape(repr(self).split("\n", 1)[0])
+        return f"<div><p>{first}</p>{self.describe().to_html()}{self.priors._repr_html_()}</div>"
+
+
+def _half_cauchy(scales: np.ndarray) -> str:
+    """The τ prior of one level: one scale, or one per covariate."""
+    if np.all(scales == scales[0]):
+        return f"HalfCauchy({scales[0]:.3g})"
+    return "HalfCauchy(" + ", ".join(f"{a:.3g}" for a in scales) + ") by covariate"

@@ -23,7 +23,7 @@ residuals), side by side on the same data.
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,6 +220,7 @@ def run_replicate(
     p: int = 10,
     noise: str = "auto",
     compare_depths: bool = False,
+    priors: str | Mapping[str, Any] | None = None,
     **sample_kwargs: Any,
 ) -> dict[str, float]:
     """One replicate of ``setting``: simulate, split 70/30, fit both stages, score.
@@ -238,6 +239,9 @@ def run_replicate(
     compare_depths
         Also fit every shallower depth and record the depth
         :func:`~bayeshier_pymc.depth_comparison.compare_fits` recommends (PSIS-LOO, marginal).
+    priors
+        Stage 2's priors (:class:`~bayeshier_pymc.ShrinkageModel`'s ``priors``; ``"research"``
+        for the research code's).
     **sample_kwargs
         Passed to :meth:`ShrinkageModel.sample`.
 
@@ -269,7 +273,7 @@ def run_replicate(
     tree = Hierarchy.from_frame(study.annotations, setting.levels)
 
     def fit_depth(depth: int) -> Any:
-        model = ShrinkageModel(fit, tree, depth=depth, noise=noise)
+        model = ShrinkageModel(fit, tree, depth=depth, noise=noise, priors=priors)
         return model.sample(random_seed=seed, **sample_kwargs)
 
     fits = {tree.depth: fit_depth(tree.depth)}
@@ -367,7 +371,8 @@ def simulation_study(
     progressbar
         Show one progress bar over the replicates.
     **sample_options
-        Further keywords of :meth:`ShrinkageModel.sample` (e.g. ``nuts_sampler``).
+        Further keywords of :func:`run_replicate` (``priors``) and of
+        :meth:`ShrinkageModel.sample` (e.g. ``nuts_sampler``).
 
     Returns
     -------

@@ -16,7 +16,8 @@ extensions = [
     "myst_nb",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "jupyter_execute"]
+# _static holds files written by code (docs/examples) that pages include, not pages
+exclude_patterns = ["_build", "**.ipynb_checkpoints", "jupyter_execute", "_static"]
 # the tutorial notebooks live in ../notebooks; docs/notebooks is a symlink to that folder
 autosummary_generate = True
 autodoc_typehints = "none"

@@ -19,6 +19,7 @@ def test_plots_take_ax_and_are_exported():
         "plot_forest_by_group",
         "plot_volcano",
         "plot_tau",
+        "plot_tau_prior_posterior",
         "plot_sampler_comparison",
         "plot_compare",
         "plot_group_effects",

@@ -25,11 +25,15 @@ from scipy import stats
 
 from bayeshier_pymc import Hierarchy, ShrinkageModel
 from bayeshier_pymc.gibbs import sweeps
-from bayeshier_pymc.model import group_mean_name
+from bayeshier_pymc.model import group_mean_name, scale_levels
 from bayeshier_pymc.noise import NodeVariances, TreeNoise
+from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.sampling import sample_gibbs
 
-PRIORS = {"mu0": 0.0, "s0": 1.0, "tau_scale": 1.0}
+PRIORS = None
+"""The package's default priors, scaled to each replication's standard errors."""
+BASE_SE = np.linspace(0.1, 0.4, 12)
+"""The standard errors of the 12 features, times each replication's unit."""
 N_RANKS = 99
 """Posterior draws each true value is ranked among (ranks 0..99)."""
 N_BINS = 10
@@ -52,15 +56,21 @@ def simulate_from_prior(
 ) -> tuple[ShrinkageModel, dict[str, np.ndarray]]:
     """θ0, τ and units from the prior and b ~ N(θ, s²), one replication per covariate.
 
-    Returns the model of the simulated estimates and the true values (one per replication)
-    of τ at every level, θ0, the first group mean of every level and the first θ.
+    Every replication has its own units: its standard errors are :data:`BASE_SE` times a
+    log-uniform factor in [0.1, 10], and its priors (:data:`PRIORS`, resolved from its
+    standard errors) differ accordingly (``test_priors.py`` checks that each covariate gets
+    its own). Returns the model of the simulated estimates and the true values (one per
+    replication) of τ at every level, θ0, the first group mean of every level and the first θ.
     """
     rng = np.random.default_rng(seed)
     tree = _hierarchy(depth)
     sizes = [tree.n_features, *tree.n_groups]
-    se = np.tile(np.linspace(0.1, 0.4, tree.n_features), (n_reps, 1))
-    theta0 = rng.normal(PRIORS["mu0"], PRIORS["s0"], n_reps)
-    tau = np.abs(PRIORS["tau_scale"] * rng.standard_cauchy((n_reps, depth + 1)))
+    covariates = [f"rep{k}" for k in range(n_reps)]
+    unit = np.exp(rng.uniform(np.log(0.1), np.log(10.0), n_reps))
+    se = unit[:, None] * BASE_SE
+    priors = Priors.resolve(PRIORS, scale_levels(tree), covariates, se)
+    theta0 = rng.normal(priors.mu0, priors.s0)
+    tau = np.abs(priors.tau_scale * rng.standard_cauchy((n_reps, depth + 1)))
     truth = {"mu": theta0}
     values = theta0[:, None]
     for level in range(depth, -1, -1):
@@ -69,7 +79,6 @@ def simulate_from_prior(
         name = "theta" if level == 0 else group_mean_name(tree.levels[level - 1])
         truth[f"{name}[0]"] = values[:, 0]
         truth[f"tau[{level}]"] = tau[:, level]
-    covariates = [f"rep{k}" for k in range(n_reps)]
     estimates = (
         pd.DataFrame(rng.normal(values, se), index=covariates, columns=tree.features),
         pd.DataFrame(se, index=covariates, columns=tree.features),
@@ -143,6 +152,7 @@ def simulate_correlated(
     """
     model, truth = simulate_from_prior(depth, n_reps, seed)
     problem = model.problem
+    unit = problem.se[:, 0] / BASE_SE[0]
     full = _hierarchy(2)
     rng = np.random.default_rng([seed, 14])
     shared = rng.normal(0.0, np.sqrt(SHARED_NOISE.top), (n_reps, 1))
@@ -152,16 +162,18 @@ def simulate_correlated(
     covariates = problem.covariates
     structure = TreeNoise(
         hierarchy=full,
-        residual=NodeVariances(SHARED_NOISE.top, SHARED_NOISE.groups, problem.se[0] ** 2),
-        covariate_scale=pd.Series(1.0, index=covariates),
+        residual=NodeVariances(SHARED_NOISE.top, SHARED_NOISE.groups, BASE_SE**2),
+        covariate_scale=pd.Series(unit**2, index=covariates),
         estimation=pd.DataFrame(),
     )
-    b = pd.DataFrame(problem.b + shared, index=covariates, columns=full.features)
-    total_sd = np.sqrt(problem.se**2 + np.diag(structure.covariance()) - problem.se[0] ** 2)
+    b = pd.DataFrame(problem.b + unit[:, None] * shared, index=covariates, columns=full.features)
+    shared_variance = np.diag(structure.covariance()) - BASE_SE**2
+    total_sd = np.sqrt(problem.se**2 + unit[:, None] ** 2 * shared_variance)
     se = pd.DataFrame(total_sd, index=covariates, columns=full.features)
     chosen = structure if noise == "auto" else "independent"
     tree = full.truncate(depth)
-    return ShrinkageModel((b, se), tree, priors=PRIORS, noise=chosen), truth
+    # the priors the truth was drawn from (resolved from the own standard errors)
+    return ShrinkageModel((b, se), tree, priors=model.priors, noise=chosen), truth
 
 
 def correlated_calibration(

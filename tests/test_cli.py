@@ -264,3 +264,20 @@ def test_missing_response_values_are_named_or_fitted_per_feature(simulated, caps
     effects = pd.read_csv(simulated.parent / "fit" / "shrunken_effects.csv")
     missing = effects[effects["feature"] == "metabolite_3"]
     assert missing["estimate"].isna().all() and missing["mean"].notna().all()
+
+
+def test_fit_leaves_the_intercept_out_and_takes_the_research_priors(simulated):
+    """The same default as ShrinkageModel (the intercept not shrunk); --priors research."""
+    import json
+
+    import bayeshier_pymc as bh
+
+    fast = ["--sampler", "gibbs", "--depth", "1", "--no-compare", "--quiet", "--cores", "1"]
+    for priors in ("auto", "research"):
+        out = simulated.parent / f"priors_{priors}"
+        args = _fit_args(simulated, **{"--out": out, "--formula": "x0 + x1"})
+        assert main([*args, *fast, "--priors", priors]) == 0
+        (stored,) = out.glob("*.nc")
+        idata = bh.load_results(stored).idata
+        assert idata.posterior["covariate"].to_numpy().tolist() == ["x0", "x1"]
+        assert json.loads(idata.attrs["priors"])["preset"] == priors

@@ -85,8 +85,9 @@ def test_no_pooling_with_noise_samples_the_exact_posterior_by_nuts(study):
     z = []
     for c in range(problem.b.shape[0]):
         noise_precision = np.linalg.inv(dense_noise_covariance(problem, c))
-        cov = np.linalg.inv(np.eye(problem.b.shape[1]) / priors.s0**2 + noise_precision)
-        mean = cov @ (priors.mu0 / priors.s0**2 + noise_precision @ problem.b[c])
+        mu0, s0 = priors.mu0[c], priors.s0[c]
+        cov = np.linalg.inv(np.eye(problem.b.shape[1]) / s0**2 + noise_precision)
+        mean = cov @ (mu0 / s0**2 + noise_precision @ problem.b[c])
         draws = theta.isel(covariate=c)
         mcse = az.mcse(draws.to_dataset(name="theta"))["theta"].to_numpy()
         z.append((draws.mean(("chain", "draw")).to_numpy() - mean) / mcse)

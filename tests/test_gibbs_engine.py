@@ -104,7 +104,8 @@ def _exact_posterior_means(model: ShrinkageModel, covariate: int, features: list
     b = model.estimates.estimate.to_numpy()[covariate]
     var_b = model.estimates.se.to_numpy()[covariate] ** 2
     tree = TreeIndex.from_hierarchy(model.tree)
-    mu0, s0, scale = model.priors.mu0, model.priors.s0, model.priors.tau_scale
+    priors = model.priors
+    mu0, s0, scale = priors.mu0[covariate], priors.s0[covariate], priors.tau_scale[covariate]
     grid = np.meshgrid(np.linspace(-9, 1.5, 260), np.linspace(-9, 2.5, 260), indexing="ij")
     eta = np.stack([g.ravel() for g in grid], axis=1)
     tau = np.exp(eta)

@@ -201,7 +201,12 @@ def test_draws_given_tau_are_the_exact_posterior(study, depth):
     effect_tree = problem.tree
     tau = TAU[: depth + 1]
     expected = dense_posterior(
-        problem.b[0], _dense_noise(problem), tau, effect_tree, problem.priors.mu0, problem.priors.s0
+        problem.b[0],
+        _dense_noise(problem),
+        tau,
+        effect_tree,
+        problem.priors.mu0[0],
+        problem.priors.s0[0],
     )
     data = TreeData.from_problem(problem, copies=N_COPIES)
     state = TreeState(
@@ -244,7 +249,7 @@ def test_draws_given_tau_are_the_exact_posterior(study, depth):
 
 def _exact_unpooled(problem: ShrinkageProblem) -> tuple[np.ndarray, np.ndarray]:
     """Posterior mean and covariance of θ ~ N(mu0, s0² I), b ~ N(θ, Σ)."""
-    s0, mu0 = problem.priors.s0, problem.priors.mu0
+    s0, mu0 = problem.priors.s0[0], problem.priors.mu0[0]
     noise_precision = np.linalg.inv(_dense_noise(problem))
     cov = np.linalg.inv(np.eye(problem.b.shape[1]) / s0**2 + noise_precision)
     return cov @ (mu0 / s0**2 + noise_precision @ problem.b[0]), cov
@@ -273,7 +278,7 @@ def _quadrature(problem: ShrinkageProblem, n_grid: int) -> tuple[np.ndarray, np.
     grid spans A·10⁻³ to A·10³ in each scale (a uniform-grid sum of a smooth density that
     decays at both ends is accurate far below the Monte Carlo error).
     """
-    scale = problem.priors.tau_scale
+    scale = problem.priors.tau_scale[0]
     axes = [np.linspace(np.log(a) - 7.0, np.log(a) + 7.0, n_grid) for a in scale]
     eta = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, scale.size)
     tau = np.exp(eta)
@@ -388,7 +393,7 @@ def test_pymc_step_samples_the_centred_model_with_noise(study, depth):
 
 def test_independent_mode_draws_as_before(study):
     """noise='independent': the engine's draws for a seed are those of the code before noise."""
-    problem = _problem(study, 2, noise="independent")
+    problem = _problem(study, 2, noise="independent", priors="research")
     assert not problem.correlated
     idata = sample_gibbs(problem, draws=3, tune=5, chains=2, random_seed=5, progressbar=False)
     np.testing.assert_allclose(idata.posterior["tau"].to_numpy()[:, -1, 0], PINNED_TAU, rtol=1e-8)

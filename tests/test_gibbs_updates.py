@@ -160,7 +160,7 @@ def test_conjugate_scale_update_has_the_model_conditional(level):
     parent = state.units[level + 1][0, data.parent_index[level]]
     deviations = state.units[level][0] - parent
     grid = np.linspace(1e-3, 6.0, 20_001)
-    log_density = -np.log1p((grid / data.tau_scale[level]) ** 2) + stats.norm.logpdf(
+    log_density = -np.log1p((grid / data.tau_scale[0, level]) ** 2) + stats.norm.logpdf(
         deviations[:, None], 0.0, grid
     ).sum(axis=0)
     rng = np.random.default_rng(6)
@@ -175,7 +175,7 @@ def _exact_unit_conditional(data, state, level, b, se):
         prior_mean = state.units[level + 1][0, data.parent_index[level]]
         prior_precision = np.full(data.n_units[level], 1.0 / state.tau[0, level] ** 2)
     else:
-        prior_mean, prior_precision = np.array([data.mu0]), np.array([1.0 / data.s0**2])
+        prior_mean, prior_precision = data.mu0[:1], np.array([1.0 / data.s0[0] ** 2])
     if level == 0:
         child_sum = data.to_sorted(b / se**2)
         child_precision = data.to_sorted(1.0 / se**2)
@@ -241,7 +241,7 @@ def _dense_unit_posteriors(hierarchy, b, se, tau, mu0, s0):
 def test_units_given_scales_are_exact(depth):
     data, b, se = _data(depth, N_ROWS)
     tau = np.array([0.6, 0.9, 0.4][: depth + 1])
-    exact = _dense_unit_posteriors(_hierarchy(depth), b, se, tau, data.mu0, data.s0)
+    exact = _dense_unit_posteriors(_hierarchy(depth), b, se, tau, data.mu0[0], data.s0[0])
     units = [np.zeros((N_ROWS, n)) for n in data.n_units]
     state = layout.TreeState(np.tile(tau, (N_ROWS, 1)), units)
     messages = list(scale_kernels.evaluate(data, state.tau).messages)
@@ -264,8 +264,8 @@ def test_collapsed_scale_update_has_the_exact_conditional(depth, level, method):
     grid_tau = np.tile(tau, (grid.size, 1))
     grid_tau[:, level] = np.exp(grid)
     log_target = (
-        upward_pass(b, se**2, grid_tau, tree, data.mu0, data.s0).log_marginal
-        + stats.halfcauchy.logpdf(np.exp(grid), scale=data.tau_scale[level])
+        upward_pass(b, se**2, grid_tau, tree, data.mu0[0], data.s0[0]).log_marginal
+        + stats.halfcauchy.logpdf(np.exp(grid), scale=data.tau_scale[0, level])
         + grid
     )
     shape = (N_ROWS, depth + 1)

@@ -46,7 +46,8 @@ def _scipy_marginal(idata: az.InferenceData) -> np.ndarray:
     post = idata.posterior
     if "mu" not in post:
         priors = json.loads(idata.attrs["priors"])
-        density = stats.norm(priors["mu0"], np.sqrt(se**2 + priors["s0"] ** 2)).logpdf(b)
+        mu0, s0 = np.array(priors["mu0"])[:, None], np.array(priors["s0"])[:, None]
+        density = stats.norm(mu0, np.sqrt(se**2 + s0**2)).logpdf(b)
         return np.broadcast_to(density, post["theta"].shape)
     levels = list(idata.attrs["levels"])
     if levels:

@@ -91,12 +91,12 @@ def dense_noise_covariance(problem: ShrinkageProblem, c: int) -> np.ndarray:
 
 def _dense_loo(problem, c, tau):
     """Dense log p(b_j | b_−j, τ) of covariate ``c`` (τ None: no pooling)."""
-    priors = problem.priors
+    mu0, s0 = problem.priors.mu0[c], problem.priors.s0[c]
     if tau is None:  # θ_j ~ N(mu0, s0²) independently: a depth-0 tree with θ0 fixed at mu0
         flat = problem.noise_tree.truncate(0)
-        args = (np.array([priors.s0]), flat, priors.mu0, 0.0)
+        args = (np.array([s0]), flat, mu0, 0.0)
     else:
-        args = (tau, problem.tree, priors.mu0, priors.s0)
+        args = (tau, problem.tree, mu0, s0)
     return leave_one_out_log_predictive(problem.b[c], dense_noise_covariance(problem, c), *args)
 
 
@@ -138,23 +138,21 @@ def test_group_loo_is_the_dense_leave_one_group_out_predictive(study, depth, lev
     tree = study[1]
     got = group_log_likelihood(idata, tree, level).to_numpy()
     codes = problem.noise_tree.membership(problem.noise_tree.levels.index(level))
-    priors = problem.priors
     for c in range(len(problem.covariates)):
+        mu0, s0 = problem.priors.mu0[c], problem.priors.s0[c]
         for chain, draw in np.ndindex(got.shape[:2]):
             if depth == "none":
                 flat = problem.noise_tree.truncate(0)
-                effect = marginal_covariance(
-                    dense_noise_covariance(problem, c), [priors.s0], flat, 0.0
-                )
+                effect = marginal_covariance(dense_noise_covariance(problem, c), [s0], flat, 0.0)
             else:
                 tau = idata.posterior["tau"].to_numpy()[chain, draw, c]
                 effect = marginal_covariance(
-                    dense_noise_covariance(problem, c), tau, problem.tree, priors.s0
+                    dense_noise_covariance(problem, c), tau, problem.tree, s0
                 )
             for group in range(codes.max() + 1):
                 held, kept = codes == group, codes != group
                 gain = np.linalg.solve(effect[np.ix_(kept, kept)], effect[np.ix_(kept, held)]).T
-                mean = priors.mu0 + gain @ (problem.b[c, kept] - priors.mu0)
+                mean = mu0 + gain @ (problem.b[c, kept] - mu0)
                 cov = effect[np.ix_(held, held)] - gain @ effect[np.ix_(kept, held)]
                 want = stats.multivariate_normal(mean, cov).logpdf(problem.b[c, held])
                 np.testing.assert_allclose(got[chain, draw, c, group], want, rtol=1e-9)

@@ -32,7 +32,7 @@ def fitted() -> tuple[az.InferenceData, bh.Hierarchy, bh.MLMFit]:
     )
     tree = bh.Hierarchy.from_frame(annotations, ["SUB", "SUPER"])
     model = bh.ShrinkageModel(fit, tree)
-    posterior = model.draw_given_scales(np.abs(rng.normal(size=(2, 20, 2, 3))), rng)
+    posterior = model.draw_given_scales(np.abs(rng.normal(size=(2, 20, 1, 3))), rng)
     idata = build_inference_data(
         posterior,
         model.problem,

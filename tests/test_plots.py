@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.quiver import Quiver
+from scipy import stats
 
 from bayeshier_pymc import Hierarchy, ShrinkageModel, mlm, simulate
 from bayeshier_pymc.depth_comparison import compare_fits
-from bayeshier_pymc.inference_data import build_inference_data
+from bayeshier_pymc.inference_data import build_inference_data, problem_from_idata
 from bayeshier_pymc.model import empirical_bayes_scales
 from bayeshier_pymc.plots import (
     plot_compare,
@@ -20,6 +21,7 @@ from bayeshier_pymc.plots import (
     plot_shrinkage,
     plot_stage1_vs_shrunken,
     plot_tau,
+    plot_tau_prior_posterior,
     plot_volcano,
 )
 from bayeshier_pymc.results import (
@@ -172,6 +174,34 @@ def test_tau_intervals_match_the_scale_summary(idata):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["x0", "x1"]
     with pytest.raises(ValueError, match="unknown covariates"):
         plot_tau(idata, covariates=["age"])
+
+
+def test_tau_prior_posterior_overlays_each_covariates_prior_and_the_shares(idata, tmp_path):
+    axes = plot_tau_prior_posterior(idata, bins=30)
+    levels = idata.posterior["level"].to_numpy().tolist()
+    assert axes.shape == (2, len(levels) + 1)
+    scales = problem_from_idata(idata).priors.tau_scale
+    assert scales[0, 0] != scales[1, 0]  # the covariates' priors differ: the test can tell
+    for row, covariate in enumerate(["x0", "x1"]):
+        tau = idata.posterior["tau"].sel(covariate=covariate)
+        for column, level in enumerate(levels):
+            panel = axes[row, column]
+            (prior,) = panel.get_lines()
+            x, density = prior.get_data()
+            np.testing.assert_allclose(density, stats.halfcauchy(scale=scales[row, column]).pdf(x))
+            draws = tau.sel(level=level).to_numpy().ravel()
+            area = sum(bar.get_height() * bar.get_width() for bar in panel.patches)
+            shown = np.mean(draws <= panel.get_xlim()[1])
+            assert area == pytest.approx(shown, rel=1e-9) and len(panel.patches) == 30
+        shares = (tau**2 / (tau**2).sum("level")).mean(("chain", "draw"))
+        bars = axes[row, -1].patches
+        widths = [bar.get_width() for bar in sorted(bars, key=lambda bar: -bar.get_y())]
+        np.testing.assert_allclose(widths, shares.sel(level=levels).to_numpy())
+        assert sum(widths) == pytest.approx(1.0)
+    axes[0, 0].figure.savefig(tmp_path / "tau_prior.png")
+    assert (tmp_path / "tau_prior.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="unknown covariates"):
+        plot_tau_prior_posterior(idata, covariates=["age"])
 
 
 def test_compare_plot_names_the_depths_and_the_recommendation():

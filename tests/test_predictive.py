@@ -74,6 +74,7 @@ def test_correlated_replicates_follow_the_leave_one_out_predictive(depth):
     fit = mlm(sim.Y, sim.X, x_intercept=False)
     tree = Hierarchy.from_frame(sim.annotations, levels=sim.levels)
     problem = ShrinkageModel(fit, tree, depth=depth).problem
+    mu0, s0 = problem.priors.mu0[0], problem.priors.s0[0]
     n = 40_000
     tau = None if depth == "none" else np.full((1, n, 1, depth + 1), 0.3)
     replicated = leave_one_out(problem, tau, lead=(1, n), rng=np.random.default_rng(1))[1][0, :, 0]
@@ -81,16 +82,16 @@ def test_correlated_replicates_follow_the_leave_one_out_predictive(depth):
     # given τ (s0² I without pooling) plus the tree noise's covariance
     noise_cov = tree_noise(fit, tree).covariance(problem.covariates[0])
     effects = (
-        problem.priors.s0**2 * np.eye(12)
+        s0**2 * np.eye(12)
         if depth == "none"
         else marginal_covariance(
-            np.zeros((12, 12)), np.full(depth + 1, 0.3), tree.truncate(depth), problem.priors.s0
+            np.zeros((12, 12)), np.full(depth + 1, 0.3), tree.truncate(depth), s0
         )
     )
     precision = np.linalg.inv(effects + noise_cov)
     b = problem.b[0]
     variance = 1.0 / np.diag(precision)
-    mean = b - precision @ (b - problem.priors.mu0) * variance
+    mean = b - precision @ (b - mu0) * variance
     np.testing.assert_array_less(
         np.abs(replicated.mean(axis=0) - mean), 4.5 * np.sqrt(variance / n)
     )
@@ -126,10 +127,12 @@ def test_prior_predictive_draws():
     tree = _tree(20, 4)
     rng = np.random.default_rng(3)
     se = rng.uniform(0.1, 0.4, 20)
-    model = ShrinkageModel(_tidy(rng.normal(size=20), se, tree.features), tree, depth="none")
+    model = ShrinkageModel(
+        _tidy(rng.normal(size=20), se, tree.features), tree, depth="none", priors="research"
+    )
     prior = model.sample_prior_predictive(4000, random_seed=5)
     b = prior.prior_predictive["b"].isel(chain=0, covariate=0)
-    # without pooling b ~ N(mu0, s0² + se²) with the default mu0 = 0, s0 = 1
+    # without pooling b ~ N(mu0, s0² + se²) with the research priors' mu0 = 0, s0 = 1
     np.testing.assert_allclose(b.var("draw"), 1.0 + se**2, rtol=4.5 * np.sqrt(2 / 4000))
     pooled = ShrinkageModel(_tidy(rng.normal(size=20), se, tree.features), tree)
     prior = pooled.sample_prior_predictive(50, random_seed=5)

@@ -49,7 +49,9 @@ def _assert_same_problem(got: ShrinkageProblem, expected: ShrinkageProblem) -> N
     assert got.depth == expected.depth and got.pooled == expected.pooled
     assert got.priors.scale_levels == expected.priors.scale_levels
     np.testing.assert_array_equal(got.priors.tau_scale, expected.priors.tau_scale)
-    assert (got.priors.mu0, got.priors.s0) == (expected.priors.mu0, expected.priors.s0)
+    np.testing.assert_array_equal(got.priors.mu0, expected.priors.mu0)
+    np.testing.assert_array_equal(got.priors.s0, expected.priors.s0)
+    assert got.priors.preset == expected.priors.preset
     if expected.tree is None:
         assert got.tree is None
         return
@@ -75,14 +77,16 @@ def test_problem_from_idata_names_what_is_missing(fits):
     with pytest.raises(ValueError, match="lacks priors"):
         problem_from_idata(idata)
     with pytest.raises(ValueError, match="not JSON"):
-        Priors.from_json("{mu0", ("feature",))
+        Priors.from_json("{mu0", ("feature",), ["x"], np.ones((1, 3)))
 
 
 def test_priors_round_trip_through_json():
-    priors = Priors.resolve({"mu0": 0.1, "tau_scale": {"sub": 0.3}}, ("feature", "sub"))
-    again = Priors.from_json(priors.to_json(), ("feature", "sub"))
-    assert (again.mu0, again.s0, again.scale_levels) == (0.1, 1.0, ("feature", "sub"))
-    np.testing.assert_array_equal(again.tau_scale, [1.0, 0.3])
+    levels, se = ("feature", "sub"), np.ones((1, 3))
+    settings = {"preset": "research", "mu0": 0.1, "tau_scale": {"sub": 0.3}}
+    priors = Priors.resolve(settings, levels, ["x"], se)
+    again = Priors.from_json(priors.to_json(), levels, ["x"], se)
+    assert (again.mu0[0], again.s0[0], again.scale_levels) == (0.1, 1.0, ("feature", "sub"))
+    np.testing.assert_array_equal(again.tau_scale, [[1.0, 0.3]])
 
 
 @pytest.mark.parametrize("sampler", ["gibbs", "gibbs_step"])
@@ -134,6 +138,6 @@ def test_problem_checks_its_parts(study):
             problem.covariates,
             problem.features,
             problem.tree,
-            Priors.resolve(None, ("feature",)),
+            Priors.resolve(None, ("feature",), problem.covariates, problem.se),
             1,
         )

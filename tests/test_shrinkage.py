@@ -180,4 +180,35 @@ def test_notebook_representation(fit, tree):
     table = model.describe()
     assert table.index.tolist() == ["feature", "subclass", "superclass"]
     assert table["n_units"].tolist() == [60, 4, 2]
-    assert "<table" in model._repr_html_() and "HalfCauchy(1)" in model._repr_html_()
+    research = ShrinkageModel(fit, tree, priors="research")
+    assert "<table" in research._repr_html_() and "HalfCauchy(1)" in research._repr_html_()
+
+
+def test_the_intercept_is_not_shrunk_unless_asked(study, tree):
+    fit = mlm(study.Y, study.X)  # with "(Intercept)"
+    assert ShrinkageModel(fit, tree).estimates.covariates.tolist() == ["x0", "x1"]
+    every = ShrinkageModel(fit, tree, covariates="all")
+    assert every.estimates.covariates.tolist() == ["(Intercept)", "x0", "x1"]
+    named = ShrinkageModel(fit, tree, covariates=["(Intercept)", "x1"])
+    assert named.estimates.covariates.tolist() == ["(Intercept)", "x1"]
+    assert "covariates: x0, x1" in repr(ShrinkageModel(fit, tree))
+    # formulaic's and statsmodels' name of the intercept, in a tidy frame
+    tidy = fit.to_frame().replace({"covariate": {"(Intercept)": "Intercept"}})
+    assert ShrinkageModel(tidy, tree).estimates.covariates.tolist() == ["x0", "x1"]
+    only = tidy[tidy["covariate"] == "Intercept"]
+    with pytest.raises(ValueError, match="only the intercept"):
+        ShrinkageModel(only, tree)
+    with pytest.raises(ValueError, match="'all' or None"):
+        ShrinkageModel(fit, tree, covariates="x0")
+
+
+@pytest.mark.filterwarnings("ignore:the sampler's diagnostics failed")
+def test_compare_depths_leaves_the_intercept_out_like_the_model(study, tree):
+    from bayeshier_pymc import compare_depths
+
+    comparison = compare_depths(
+        mlm(study.Y, study.X), tree, depths=["none", 0], sampler="gibbs", draws=50, tune=50,
+        chains=1, random_seed=1, progressbar=False,
+    )  # fmt: skip
+    for fit in comparison.fits.values():
+        assert fit.posterior["covariate"].to_numpy().tolist() == ["x0", "x1"]

@@ -88,7 +88,7 @@ class LaneProblem(NamedTuple):
         Where the units of each level 1..D + 1 begin in a :class:`LaneMessages` array (index
         0 unused, equal to index 1; the last entry is the total).
     mu0, s0
-        Mean and sd of θ0's prior.
+        Mean and sd of θ0's prior, one per row.
     noise
         The shared-noise variance of every unit of levels 1..D + 1 (θ0's last), at the
         units' places in a :class:`LaneMessages` array; zeros for independent estimates.
@@ -99,8 +99,8 @@ class LaneProblem(NamedTuple):
     first_child: np.ndarray
     first_child_offsets: np.ndarray
     message_offsets: np.ndarray
-    mu0: float
-    s0: float
+    mu0: np.ndarray
+    s0: np.ndarray
     noise: np.ndarray
 
 
@@ -300,7 +300,7 @@ def upward_pass_from(
     top = offsets[depth + 1]
     for r in range(level_var.shape[1]):
         terms[depth + 1, r] = top_term(
-            out.y[top, r], out.v[top, r], problem.mu0, problem.s0, problem.noise[top, r]
+            out.y[top, r], out.v[top, r], problem.mu0[r], problem.s0[r], problem.noise[top, r]
         )
 
 
@@ -606,7 +606,7 @@ def split_totals(
     totals: np.ndarray,
     effect_var: np.ndarray,
     tree: SplitTree,
-    mu0: float,
+    mu0: np.ndarray,
     normals: np.ndarray,
     effects: np.ndarray,
     path_noise: np.ndarray,
@@ -625,7 +625,7 @@ def split_totals(
     top = n_units - 1
     for r in range(n_rows):
         eta = _noise_given_increment(
-            tree.noise[r, top], effect_var[r, -1], totals[r, top] - mu0, normals[r, top]
+            tree.noise[r, top], effect_var[r, -1], totals[r, top] - mu0[r], normals[r, top]
         )
         path_noise[r, top] = eta
         effects[r, top] = totals[r, top] - eta

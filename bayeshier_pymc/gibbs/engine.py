@@ -325,7 +325,8 @@ def _sample_no_pooling(
                 theta[chain, start:stop] = draw_unpooled(problem, stop - start, rng)
         return {"theta": theta}
     b, var_b = problem.algebra_b, problem.var_b
-    mean, var = posterior_normal(problem.priors.mu0, problem.priors.s0**2, b, var_b)
+    priors = problem.priors
+    mean, var = posterior_normal(priors.mu0[:, None], priors.s0[:, None] ** 2, b, var_b)
     noise = rng.standard_normal((chains, draws, *b.shape), dtype=np.float32)
     theta = (mean + np.sqrt(var) * noise).astype(theta_dtype, copy=False)
     return {"theta": theta}

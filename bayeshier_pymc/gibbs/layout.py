@@ -8,7 +8,8 @@ upward pass reads (:attr:`TreeData.lane_problem`).
 ``units[0]`` holds θ (rows × m), ``units[l]`` the means of the level-l groups (l = 1..D) and
 ``units[D + 1]`` θ0 as a rows × 1 array. Every level ``l <= D`` thus has a parent level
 ``l + 1``, and ``tau[:, l]`` is the sd of the level-l units around their parents; θ0 has the
-fixed prior N(mu0, s0²). Inside :class:`TreeData` and :class:`TreeState` the units of every
+fixed prior N(mu0, s0²) and τ_l the prior HalfCauchy(A_l), each row with its own numbers
+(a row's covariate's priors). Inside :class:`TreeData` and :class:`TreeState` the units of every
 level are sorted by their parent, so that the children of a unit are a contiguous slice;
 :meth:`TreeData.to_sorted` and :meth:`TreeData.from_sorted` convert.
 
@@ -48,10 +49,10 @@ class TreeData:
         Estimates and their variances, rows × m (sorted features); with shared noise, the
         own noise variances.
     tau_scale
-        HalfCauchy scale A of each τ, shape ``(n_scales,)`` (``D + 1`` unless the effects
-        use fewer levels than the tree has).
+        HalfCauchy scale A of each τ, rows × ``n_scales`` (``D + 1`` unless the effects use
+        fewer levels than the tree has).
     mu0, s0
-        Mean and sd of the normal prior of θ0.
+        Mean and sd of the normal prior of θ0, one per row.
     parent_index
         For each level l = 0..D, the parent (a level-(l + 1) unit) of each level-l unit;
         non-decreasing.
@@ -75,8 +76,8 @@ class TreeData:
     b: np.ndarray
     var_b: np.ndarray
     tau_scale: np.ndarray
-    mu0: float
-    s0: float
+    mu0: np.ndarray
+    s0: np.ndarray
     parent_index: tuple[np.ndarray, ...]
     starts: tuple[np.ndarray, ...]
     n_units: tuple[int, ...]
@@ -132,7 +133,7 @@ class TreeData:
     @property
     def n_scales(self) -> int:
         """Number of sampled scales: the levels with effect variation, features first."""
-        return self.tau_scale.size
+        return self.tau_scale.shape[1]
 
     def algebra_scales(self, tau: np.ndarray) -> np.ndarray:
         """Scales (rows × n_scales) padded with zeros to every level of the tree (D + 1)."""
@@ -145,8 +146,8 @@ class TreeData:
         var_b: np.ndarray,
         tree: TreeIndex,
         tau_scale: np.ndarray,
-        mu0: float,
-        s0: float,
+        mu0: float | np.ndarray,
+        s0: float | np.ndarray,
         noise: NodeNoise | None = None,
     ) -> TreeData:
         """Assemble the data of ``b.shape[0]`` rows on ``tree``.
@@ -158,10 +159,10 @@ class TreeData:
         tree
             The integer tree structure.
         tau_scale
-            HalfCauchy scale of each τ, one per level with effect variation (features first);
-            the levels above have scale zero.
+            HalfCauchy scale of each τ, one per level with effect variation (features first),
+            the same for every row or rows × levels; the levels above have scale zero.
         mu0, s0
-            Prior mean and sd of θ0.
+            Prior mean and sd of θ0: one number, or one per row.
         noise
             Shared noise at the groups and the top, rows first, groups in the order of
             ``tree``; ``None`` for independent estimates (``var_b`` their variances).
@@ -184,9 +185,9 @@ class TreeData:
         return cls(
             b=np.ascontiguousarray(b[:, orders[0]]),
             var_b=np.ascontiguousarray(var_b[:, orders[0]]),
-            tau_scale=np.asarray(tau_scale, dtype=float),
-            mu0=float(mu0),
-            s0=float(s0),
+            tau_scale=_scales_per_row(tau_scale, n_rows),
+            mu0=_per_row(mu0, n_rows),
+            s0=_per_row(s0, n_rows),
             parent_index=parent_index,
             starts=tuple(np.flatnonzero(np.diff(i, prepend=-1)) for i in parent_index),
             n_units=n_units,
@@ -221,9 +222,9 @@ class TreeData:
             np.tile(problem.algebra_b, (copies, 1)),
             np.tile(problem.var_b, (copies, 1)),
             problem.index,
-            priors.tau_scale,
-            priors.mu0,
-            priors.s0,
+            np.tile(priors.tau_scale, (copies, 1)),
+            np.tile(priors.mu0, copies),
+            np.tile(priors.s0, copies),
             noise,
         )
 
@@ -248,6 +249,18 @@ class TreeData:
     def sum_into_parents(self, values: np.ndarray, level: int) -> np.ndarray:
         """Sum rows × n_units[level] ``values`` into their parents (rows × n_units[level+1])."""
         return np.add.reduceat(values, self.starts[level], axis=-1)
+
+
+def _per_row(values: float | np.ndarray, n_rows: int) -> np.ndarray:
+    """One number, or one per row, as an array (rows,)."""
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(values, dtype=float), (n_rows,)))
+
+
+def _scales_per_row(tau_scale: np.ndarray, n_rows: int) -> np.ndarray:
+    """One scale per level, the same for every row, or rows × levels, as rows × levels."""
+    scales = np.asarray(tau_scale, dtype=float)
+    scales = scales[None, :] if scales.ndim == 1 else scales
+    return np.ascontiguousarray(np.broadcast_to(scales, (n_rows, scales.shape[-1])))
 
 
 def _sorted_levels(tree: TreeIndex) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:

@@ -374,7 +374,7 @@ def _slice_update(
     data: TreeData, state: TreeState, level: int, current: Evaluation, rng: np.random.Generator
 ) -> Evaluation:
     """One slice-sampling update of log τ_level; returns the evaluation of the new τ."""
-    tau_scale = data.tau_scale[level]
+    tau_scale = data.tau_scale[:, level]
 
     def log_density(eta: np.ndarray) -> np.ndarray:
         tau = _replace_column(state.tau, level, np.exp(eta))
@@ -490,8 +490,8 @@ def _independence_kernel(
                 log_ratio = (
                     np.sum(proposed_terms[level:, r])
                     - np.sum(terms[level:, r])
-                    + log_scale_prior(eta_proposed[r], tau_scale[level])
-                    - log_scale_prior(eta[r], tau_scale[level])
+                    + log_scale_prior(eta_proposed[r], tau_scale[r, level])
+                    - log_scale_prior(eta[r], tau_scale[r, level])
                     + _log_t_kernel((eta[r] - loc[r, level]) / scale[r, level])
                     - _log_t_kernel((eta_proposed[r] - loc[r, level]) / scale[r, level])
                 )

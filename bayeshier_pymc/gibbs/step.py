@@ -142,7 +142,9 @@ class TreeGibbs(BlockedStep):
             if self.problem.correlated:
                 new_point["theta"] = draw_unpooled(self.problem, 1, self.rng)[0]
             else:
-                mean, var = posterior_normal(self.data.mu0, self.data.s0**2, *self._no_pooling())
+                mean, var = posterior_normal(
+                    self.data.mu0[:, None], self.data.s0[:, None] ** 2, *self._no_pooling()
+                )
                 new_point["theta"] = draw_normal(mean, var, self.rng)
             return new_point, [{"scale_acceptance": np.nan}]
         state = self._state_from_point(point)

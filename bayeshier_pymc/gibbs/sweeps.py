@@ -66,7 +66,7 @@ def draw_inverse_gamma(
     return rate / rng.standard_gamma(shape, size=np.shape(rate))
 
 
-def draw_mixing(tau: np.ndarray, tau_scale: float, rng: np.random.Generator) -> np.ndarray:
+def draw_mixing(tau: np.ndarray, tau_scale: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """λ | τ ~ IG(1, 1/τ² + 1/A²), the auxiliary variable of the HalfCauchy(A) prior."""
     return draw_inverse_gamma(1.0, 1.0 / tau**2 + 1.0 / tau_scale**2, rng)
 
@@ -113,8 +113,9 @@ def draw_units(
     """
     y, v = message
     if level > data.depth:
-        prior_var = data.s0**2 + data.noise[-1] if data.correlated else data.s0**2
-        mean, var = posterior_normal(data.mu0, prior_var, y, v)
+        s0 = data.s0[:, None]
+        prior_var = s0**2 + data.noise[-1] if data.correlated else s0**2
+        mean, var = posterior_normal(data.mu0[:, None], prior_var, y, v)
         state.units[level] = draw_normal(mean, var, rng)
         return
     with_noise = data.correlated and level > 0
@@ -184,7 +185,6 @@ def draw_unpooled(problem: ShrinkageProblem, n_draws: int, rng: np.random.Genera
     priors = problem.priors
     n_covariates = problem.b.shape[0]
     scales, top_sd = problem.unpooled_algebra()
-    scales = np.broadcast_to(scales, (n_covariates, scales.size))
     index, noise = problem.index, problem.noise
     messages = upward_pass(
         problem.algebra_b, problem.var_b, scales, index, priors.mu0, top_sd, noise=noise
@@ -228,7 +228,7 @@ def update_scale_conjugate(
     data: TreeData, state: TreeState, level: int, rng: np.random.Generator
 ) -> None:
     """Centred update of τ_level: λ | τ, then τ² | λ, units (in place)."""
-    mixing = draw_mixing(state.tau[:, level], data.tau_scale[level], rng)
+    mixing = draw_mixing(state.tau[:, level], data.tau_scale[:, level], rng)
     sum_sq = sum_sq_deviations(data, state, level)
     state.tau[:, level] = draw_scale(sum_sq, data.n_units[level], mixing, rng)
 

@@ -9,7 +9,7 @@ from bayeshier_pymc.plots.group_effects import plot_group_effects
 from bayeshier_pymc.plots.sampler_comparison import plot_sampler_comparison
 from bayeshier_pymc.plots.shrinkage import plot_shrinkage
 from bayeshier_pymc.plots.stage1_comparison import plot_stage1_vs_shrunken
-from bayeshier_pymc.plots.tau import plot_tau
+from bayeshier_pymc.plots.tau import plot_tau, plot_tau_prior_posterior
 from bayeshier_pymc.plots.volcano import plot_volcano
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "plot_shrinkage",
     "plot_stage1_vs_shrunken",
     "plot_tau",
+    "plot_tau_prior_posterior",
     "plot_volcano",
 ]

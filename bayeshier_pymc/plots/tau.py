@@ -1,17 +1,19 @@
-"""The scales τ of every level of the tree, per covariate, with intervals."""
+"""The scales τ of every level of the tree, per covariate: intervals, prior vs posterior, shares."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import arviz as az
+import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
+from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.plots._common import group_colors, new_axes
 from bayeshier_pymc.results import resolve_hdi_prob, scale_summary
 
-__all__ = ["plot_tau"]
+__all__ = ["half_cauchy_density", "plot_tau", "plot_tau_prior_posterior"]
 
 _LEVEL_MEANING = {"feature": "θ_j around their group"}
 
@@ -73,3 +75,116 @@ def plot_tau(
     if len(chosen) > 1:
         ax.legend(title="covariate", fontsize="small", loc="best")
     return ax
+
+
+def half_cauchy_density(tau: np.ndarray, scale: float) -> np.ndarray:
+    """The HalfCauchy(``scale``) density at ``tau`` >= 0: 2 / (π A (1 + (τ/A)²))."""
+    return 2.0 / (np.pi * scale * (1.0 + (tau / scale) ** 2))
+
+
+def plot_tau_prior_posterior(
+    idata: az.InferenceData,
+    *,
+    covariates: Sequence[object] | None = None,
+    bins: int = 40,
+    ax: Sequence[Axes] | np.ndarray | None = None,
+) -> np.ndarray:
+    """Posterior of τ with its prior overlaid, and the variance shares, per covariate.
+
+    One row per covariate: one panel per level with the histogram of the posterior draws of
+    τ and the HalfCauchy prior density the fit used (read from the fit,
+    :attr:`ShrinkageModel.priors`), over the range of the draws; the panel's title gives the
+    prior's mass on that range. Where the prior is flat across the posterior the data
+    decided τ; where the posterior follows the prior's shape, the prior did. The last panel
+    shows each level's share of the variance, τ_L² / Σ_levels τ², as its posterior mean
+    (bar) and 90% interval (line).
+
+    Parameters
+    ----------
+    idata
+        A result of :meth:`ShrinkageModel.sample` with pooling.
+    covariates
+        Covariates to show (default: all).
+    bins
+        Histogram bins per panel.
+    ax
+        Axes to draw on, at least covariates × (levels + 1) of them, row by row (default:
+        a new figure).
+
+    Returns
+    -------
+    numpy.ndarray
+        The axes, covariates × (levels + 1).
+    """
+    if "tau" not in idata.posterior:
+        raise ValueError("the fit has no scales τ (no pooling): nothing to plot.")
+    priors = problem_from_idata(idata).priors
+    tau = idata.posterior["tau"]
+    available = tau["covariate"].to_numpy().tolist()
+    chosen = available if covariates is None else list(covariates)
+    unknown = [c for c in chosen if c not in available]
+    if unknown:
+        raise ValueError(f"unknown covariates {unknown!r}; the fit has {available!r}.")
+    levels = tau["level"].to_numpy().tolist()
+    shape = (len(chosen), len(levels) + 1)
+    axes = _grid(ax, shape)
+    colors = group_colors(len(levels))
+    for row, covariate in enumerate(chosen):
+        draws = tau.sel(covariate=covariate).stack(sample=("chain", "draw"))
+        draws = draws.transpose("level", "sample").to_numpy()
+        scales = priors.tau_scale[available.index(covariate)]
+        for column, level in enumerate(levels):
+            panel = axes[row, column]
+            upper = 1.2 * float(np.quantile(draws[column], 0.995))
+            panel.hist(
+                draws[column],
+                bins=np.linspace(0.0, upper, bins + 1),
+                density=True,
+                color=colors[column],
+                alpha=0.6,
+                label="posterior",
+            )
+            grid = np.linspace(0.0, upper, 200)
+            panel.plot(grid, half_cauchy_density(grid, scales[column]), "k--", label="prior")
+            mass = 2.0 / np.pi * np.arctan(upper / scales[column])
+            panel.set_title(
+                f"{covariate}: τ[{level}]\nprior HalfCauchy({scales[column]:.3g}), "
+                f"{mass:.0%} of it shown",
+                fontsize="small",
+            )
+            panel.set_xlim(0.0, upper)
+            panel.set_yticks([])
+        squared = draws**2
+        shares = squared / squared.sum(axis=0)
+        low, high = np.quantile(shares, [0.05, 0.95], axis=1)
+        panel = axes[row, -1]
+        y = np.arange(len(levels))[::-1]
+        panel.barh(y, shares.mean(axis=1), color=colors, alpha=0.6)
+        panel.hlines(y, low, high, colors="k", lw=1.2)
+        panel.set_yticks(y, levels)
+        panel.set_xlim(0.0, 1.0)
+        panel.set_title(f"{covariate}: variance share", fontsize="small")
+    axes[0, 0].legend(fontsize="small")
+    for panel in axes[-1, :-1]:
+        panel.set_xlabel("τ")
+    axes[-1, -1].set_xlabel("τ_L² / Σ τ² (mean, 90% interval)")
+    return axes
+
+
+def _grid(ax: Sequence[Axes] | np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """The given axes as a ``shape`` grid, or those of a new figure."""
+    if ax is None:
+        _, axes = plt.subplots(
+            *shape,
+            figsize=(2.6 * shape[1], 2.2 * shape[0] + 0.4),
+            layout="constrained",
+            squeeze=False,
+        )
+        return axes
+    given = np.asarray(ax, dtype=object).ravel()
+    if given.size < shape[0] * shape[1]:
+        raise ValueError(
+            f"ax has {given.size} axes; the figure needs {shape[0] * shape[1]} "
+            f"({shape[0]} covariates × {shape[1] - 1} levels + 1)."
+        )
+    return given[: shape[0] * shape[1]].reshape(shape)
