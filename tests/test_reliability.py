@@ -306,6 +306,7 @@ def test_the_cli_refuses_a_one_level_categorical(tmp_path, capsys):
     paths = _study_files(tmp_path)
     options = ["--responses", str(paths["responses"]), "--samples", str(paths["samples"])]
     options += ["--annotations", str(paths["annotations"]), "--levels", "CLASS"]
+    options += ["--no-log"]
     status = main(["fit", *options, "--formula", "AGE + C(SITE)", "--out", str(tmp_path / "o")])
     assert status == 2
     assert "['C(SITE)']" in capsys.readouterr().err
