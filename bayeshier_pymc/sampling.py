@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -331,7 +332,11 @@ def _sample_nuts(
     seed_sequence = np.random.SeedSequence(random_seed)
     nuts_seed = int(seed_sequence.generate_state(1)[0] % (2**31))
     start = time.perf_counter()
-    with caught_interrupts_raised(), numpyro_steps_from_python(nuts_sampler, progressbar):
+    with (
+        caught_interrupts_raised(),
+        numpyro_steps_from_python(nuts_sampler, progressbar),
+        _compiled_jax_log_density(nuts_sampler),
+    ):
         raw = pm.sample(
             draws=draws,
             tune=tune,
@@ -364,6 +369,35 @@ def _sample_nuts(
             "random_seed": _seed_attr(random_seed),
         },
     )
+
+
+@contextmanager
+def _compiled_jax_log_density(nuts_sampler: str) -> Iterator[None]:
+    """Within the block, ``pymc.sample`` hands numpyro a compiled (``jax.jit``) log density.
+
+    PyMC hands numpyro the log density as a plain function of JAX operations, which numpyro's
+    initialisation and PyMC's jittered starting points run one operation at a time: about 380
+    small XLA compilations, two thirds of the demo's NUTS time (measured: NUTS on the demo
+    study 47.8 s → 20.5 s, loaded 2-core machine). Compiled, it is one program. The sampling
+    steps compiled the log density already; only the starting gradient changes, in its last
+    bits (1e-14: compiled, it is computed as inside the steps), and with it the draws of a seed.
+    """
+    if nuts_sampler != "numpyro":
+        yield
+        return
+    import jax
+    import pymc.sampling.jax as pymc_jax
+
+    plain = pymc_jax.get_jaxified_logp
+
+    def compiled(model: pm.Model, negative_logp: bool = True) -> Callable[..., Any]:
+        return jax.jit(plain(model, negative_logp=negative_logp))
+
+    pymc_jax.get_jaxified_logp = compiled
+    try:
+        yield
+    finally:
+        pymc_jax.get_jaxified_logp = plain
 
 
 def _sample_gibbs(

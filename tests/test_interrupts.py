@@ -226,3 +226,34 @@ def test_numpyro_stepped_from_python_gives_the_same_draws(small_model):
     with numpyro_steps_from_python("numpyro", progressbar=False):
         stepped = pm.sample(**options).posterior["tau"].to_numpy()
     np.testing.assert_array_equal(stepped, whole)
+
+
+def test_numpyro_blocks_stay_short_whatever_a_step_costs():
+    """A block aims at BLOCK_SECONDS, grows at most twofold and never drops below one step."""
+    from bayeshier_pymc._interrupt import BLOCK_SECONDS, _next_block
+
+    assert _next_block(1, 20.0) == 1  # the first block compiles: the next stays at one step
+    assert _next_block(8, 1e-6) == 16  # fast steps: twice as many, not thousands at once
+    assert _next_block(100, 10 * BLOCK_SECONDS) == 10  # slower steps: a shorter block
+    assert _next_block(64, 0.5 * BLOCK_SECONDS) == 128
+    assert _next_block(3, 1e3) == 1
+
+
+def test_numpyro_gets_a_compiled_log_density_of_the_same_value(small_model):
+    """Within the NUTS call PyMC's JAX log density is jitted (one program, not one per op)."""
+    import jax
+    import pymc.sampling.jax as pymc_jax
+
+    from bayeshier_pymc.sampling import _compiled_jax_log_density
+
+    model = small_model.build()
+    point = [np.asarray(value) + 0.1 for value in model.initial_point().values()]
+    plain = pymc_jax.get_jaxified_logp(model, negative_logp=False)
+    with _compiled_jax_log_density("numpyro"):
+        compiled = pymc_jax.get_jaxified_logp(model, negative_logp=False)
+    assert pymc_jax.get_jaxified_logp.__name__ == "get_jaxified_logp"  # restored
+    assert isinstance(compiled, type(jax.jit(lambda x: x)))
+    np.testing.assert_allclose(float(compiled(point)), float(plain(point)), rtol=1e-12)
+    with _compiled_jax_log_density("nutpie"):
+        assert pymc_jax.get_jaxified_logp(model) is not compiled
+        assert not isinstance(pymc_jax.get_jaxified_logp(model), type(jax.jit(lambda x: x)))
