@@ -113,9 +113,11 @@ class ShrinkageModel:
     >>> fit = bh.mlm(study.Y, study.X)
     >>> tree = bh.Hierarchy.from_frame(study.annotations, ["SUB_PATHWAY", "SUPER_PATHWAY"])
     >>> model = bh.ShrinkageModel(fit, tree, covariates=["age", "bmi", "sex"])
-    >>> model  # doctest: +NORMALIZE_WHITESPACE
+    >>> model  # doctest: +NORMALIZE_WHITESPACE, +ELLIPSIS
     ShrinkageModel(3 covariates × 300 features; depth=2; Hierarchy(300 features;
     SUB_PATHWAY: 12, SUPER_PATHWAY: 4); correlated noise)
+    covariates: age, bmi, sex
+    Priors: θ0 ~ N(mu0, s0²), τ ~ HalfCauchy(tau_scale) per covariate and level; ...
     >>> bh.ShrinkageModel(fit, tree, covariates=["age"], depth=1).depth
     1
     """
