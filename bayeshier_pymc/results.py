@@ -26,7 +26,7 @@ import pandas as pd
 import xarray as xr
 
 from bayeshier_pymc.inference_data import problem_from_idata
-from bayeshier_pymc.mlm import MLMFit
+from bayeshier_pymc.mlm import MLMFit, missingness_patterns
 from bayeshier_pymc.model import group_mean_name
 
 __all__ = [
@@ -296,7 +296,9 @@ def coefficient_matrix(idata: az.InferenceData, fit: MLMFit | None = None) -> xr
         covariate of the fit: the shrunken rows are the posterior means, and the covariates
         that were not shrunk (typically the intercept) are refitted by least squares with
         the shrunken effects held fixed, so that an intercept re-centres on
-        ``mean(y) - mean(x) · θ`` instead of keeping its stage-1 value.
+        ``mean(y) - mean(x) · θ`` instead of keeping its stage-1 value. With missing
+        responses (``mlm(..., missing="per-feature")``) each feature is refitted on its
+        observed samples; a feature with none keeps NaN there.
 
     Returns
     -------
@@ -322,7 +324,13 @@ def coefficient_matrix(idata: az.InferenceData, fit: MLMFit | None = None) -> xr
     if len(rest):
         x = fit.X
         residual = fit.Y.to_numpy() - x[shrunk_names].to_numpy() @ shrunk.to_numpy()
-        refit, *_ = np.linalg.lstsq(x[rest].to_numpy(), residual, rcond=None)
+        x_rest = x[rest].to_numpy()
+        refit = np.full((len(rest), residual.shape[1]), np.nan)
+        for rows, columns in missingness_patterns(residual):
+            if rows.any():
+                refit[:, columns] = np.linalg.lstsq(
+                    x_rest[rows], residual[np.ix_(rows, columns)], rcond=None
+                )[0]
         coef.loc[{"covariate": rest}] = refit
     return coef
 

@@ -528,3 +528,27 @@ def test_a_problem_refuses_a_missing_cell_that_is_not_in_canonical_form():
             priors=problem.priors,
             depth=1,
         )
+
+
+def test_coefficient_matrix_refits_the_intercept_of_a_per_feature_fit_on_observed_rows():
+    import xarray as xr
+
+    import bayeshier_pymc as bh
+
+    X, Y = _response_with_gaps()
+    with pytest.warns(UserWarning, match="too few complete rows"):
+        fit = bh.mlm(Y, X, missing="per-feature")
+    theta = np.random.default_rng(1).normal(size=(2, 5, 2, Y.shape[1]))
+    idata = az.InferenceData(
+        posterior=xr.Dataset(
+            {"theta": (("chain", "draw", "covariate", "feature"), theta)},
+            coords={"covariate": ["a", "b"], "feature": Y.columns},
+        )
+    )
+    full = bh.coefficient_matrix(idata, fit=fit)
+    slopes = theta.mean(axis=(0, 1))
+    residual = Y.to_numpy() - X.to_numpy() @ slopes
+    # every feature, the one stage 1 could not fit included: mean residual of its observed rows
+    np.testing.assert_allclose(
+        full.sel(covariate="(Intercept)"), np.nanmean(residual, axis=0), rtol=1e-10
+    )
