@@ -552,3 +552,22 @@ def test_coefficient_matrix_refits_the_intercept_of_a_per_feature_fit_on_observe
     np.testing.assert_allclose(
         full.sel(covariate="(Intercept)"), np.nanmean(residual, axis=0), rtol=1e-10
     )
+
+
+def test_plots_show_the_observed_cells_and_count_the_missing_ones(fit):
+    import matplotlib.pyplot as plt
+
+    from bayeshier_pymc.plots import plot_shrinkage, plot_stage1_vs_shrunken
+
+    n_missing = int(MISSING[0].sum())
+    ax = plot_stage1_vs_shrunken(fit, covariate="x")
+    points = [c for c in ax.collections if len(c.get_offsets())]
+    assert sum(len(c.get_offsets()) for c in points[:2]) == 9 - n_missing
+    for collection in points:
+        assert np.isfinite(collection.get_sizes()).all()
+        assert np.isfinite(np.asarray(collection.get_offsets())).all()
+    assert f"{n_missing} feature(s) without a stage-1 estimate" in ax.get_title()
+    ax = plot_shrinkage(fit, covariate="x")
+    assert f"Shrinkage of {9 - n_missing} features" in ax.get_title()
+    assert f"{n_missing} feature(s) without a stage-1 estimate" in ax.get_title()
+    plt.close("all")
