@@ -39,7 +39,7 @@ from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS
 from bayeshier_pymc.gibbs.step import TreeGibbs
 from bayeshier_pymc.gibbs.sweeps import check_scheme
 from bayeshier_pymc.inference_data import build_inference_data, posterior_dims
-from bayeshier_pymc.log_likelihood import conditional_total, leave_one_out
+from bayeshier_pymc.log_likelihood import conditional_constant, conditional_total, leave_one_out
 from bayeshier_pymc.model import Parameterization, build_model, group_mean_name
 from bayeshier_pymc.predictive import add_posterior_predictive, predictive_generator
 from bayeshier_pymc.problem import ShrinkageProblem
@@ -431,19 +431,17 @@ def _sample_gibbs(
 def _conditional_total(problem: ShrinkageProblem, theta: np.ndarray) -> np.ndarray:
     """Σ over covariates of log p(b | θ) per (chain, draw): N(θ, s²), or N(θ, Σ) with noise.
 
-    With missing cells, up to a constant (the algebra's stand-in variance of each missing
-    cell, :func:`~bayeshier_pymc.estimates.fill_missing`).
+    Over the observed cells only (a missing cell is no data point).
     """
-    b = problem.algebra_b
     if problem.noise is None:
-        se = np.sqrt(problem.var_b) if problem.has_missing else problem.se
-        return conditional_total(theta, b, se)
+        return conditional_total(theta, problem.b, problem.se)
+    b = problem.algebra_b
     return np.stack(  # chain by chain, to bound the temporaries
         [
             noise_log_density(b - chain, problem.var_b, problem.index, problem.noise).sum(axis=-1)
             for chain in theta
         ]
-    )
+    ) - conditional_constant(problem.var_b[problem.missing])
 
 
 def _run_step(

@@ -571,3 +571,28 @@ def test_plots_show_the_observed_cells_and_count_the_missing_ones(fit):
     assert f"Shrinkage of {9 - n_missing} features" in ax.get_title()
     assert f"{n_missing} feature(s) without a stage-1 estimate" in ax.get_title()
     plt.close("all")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "pymc"])
+@pytest.mark.parametrize("noise", ["independent", "tree"])
+def test_the_gibbs_log_likelihood_stat_sums_the_observed_cells_only(backend, noise):
+    """sample_stats.log_likelihood is Σ over covariates of log N(b_obs; θ_obs, Σ_obs)."""
+    from scipy import stats
+
+    model = _model(noise)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        idata = model.sample(
+            "gibbs", backend=backend, draws=5, tune=20, chains=1, random_seed=3,
+            progressbar=False, cores=1,
+        )  # fmt: skip
+    problem = model.problem
+    theta = idata.posterior["theta"].to_numpy()[0]
+    want = np.zeros(theta.shape[0])
+    for c in range(2):
+        observed = ~problem.missing[c]
+        covariance = _dense_noise(problem, c)[np.ix_(observed, observed)]
+        residual = problem.b[c, observed] - theta[:, c, observed]
+        want += stats.multivariate_normal(np.zeros(observed.sum()), covariance).logpdf(residual)
+    got = idata.sample_stats["log_likelihood"].to_numpy()[0]
+    np.testing.assert_allclose(got, want, rtol=1e-8)
