@@ -50,6 +50,7 @@ import pandas as pd
 import xarray as xr
 from scipy.special import logsumexp
 
+from bayeshier_pymc._validation import integer_seed
 from bayeshier_pymc.diagnostics import (
     GROUP_LOG_LIKELIHOOD,
     LOO_QUESTIONS,
@@ -67,9 +68,10 @@ from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import OBSERVATION, problem_from_idata
 from bayeshier_pymc.log_likelihood import held_out_predictive
 from bayeshier_pymc.model import scale_levels
-from bayeshier_pymc.parallel import dispatch, fixed_seed, inner_fit_options, outer_jobs
+from bayeshier_pymc.parallel import dispatch, inner_fit_options, outer_jobs
 from bayeshier_pymc.priors import Priors
-from bayeshier_pymc.problem import ShrinkageProblem
+from bayeshier_pymc.problem import ShrinkageProblem, resolve_depth
+from bayeshier_pymc.sampling import check_sampler_name
 from bayeshier_pymc.shrinkage import NoiseChoice, ShrinkageModel, with_noise
 
 __all__ = [
@@ -346,10 +348,13 @@ def compare_depths(
     data = with_noise(chosen, estimates, hierarchy, noise)
     resolved = Priors.resolve(priors, scale_levels(hierarchy), data.covariates, data.se.to_numpy())
     depths = _default_depths(hierarchy) if depths is None else list(depths)
+    for depth in depths:  # every argument is checked before the first fit
+        resolve_depth(depth, hierarchy)
+    check_sampler_name(sampler)
     options = inner_fit_options(sample_kwargs, n_jobs)
     progress = outer_jobs(n_jobs) > 1 and sample_kwargs.get("progressbar", True)
     seed = sample_kwargs.get("random_seed")  # a generator gives one seed per fit, in order
-    seeds = [fixed_seed(seed) for _ in depths]
+    seeds = [integer_seed(seed) for _ in depths]
     tasks = [
         (f"the fit at depth {depth}", (data, hierarchy, depth, resolved, sampler, options, s))
         for depth, s in zip(depths, seeds, strict=True)
@@ -373,7 +378,7 @@ def compare_depths(
                     resolved,
                     sampler,
                     options,
-                    fixed_seed(seed),
+                    integer_seed(seed),
                 ),
             )
             for depth, label in refit_keys

@@ -14,8 +14,10 @@ from typing import Any
 import arviz as az
 import numpy as np
 
+from bayeshier_pymc._validation import integer_seed
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.parallel import dispatch, fixed_seed, inner_fit_options, task_seeds
+from bayeshier_pymc.parallel import dispatch, inner_fit_options, task_seeds
+from bayeshier_pymc.sampling import check_sampler_name
 from bayeshier_pymc.shrinkage import NoiseChoice, ShrinkageModel
 
 __all__ = ["fit_many"]
@@ -105,8 +107,9 @@ def fit_many(
         name: _model(name, data, hierarchy, depth, priors, covariates, noise)
         for name, data in named.items()
     }
+    check_sampler_name(sampler)
     options = inner_fit_options({**sample_kwargs, "progressbar": False}, n_jobs)
-    seeds = task_seeds(fixed_seed(random_seed), len(models))
+    seeds = task_seeds(integer_seed(random_seed), len(models))
     tasks = [
         (f"the fit of data set {name!r}", (model, sampler, options, seed))
         for (name, model), seed in zip(models.items(), seeds, strict=True)

@@ -139,8 +139,7 @@ def sample(
     checked = check_sampler_arguments(
         draws=draws, tune=tune, chains=chains, cores=cores, random_seed=random_seed
     )
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; use one of {sorted(SAMPLERS)!r}.")
+    check_sampler_name(sampler)
     run = SAMPLERS[sampler](problem, **checked._asdict(), progressbar=progressbar, **options)
     idata = finish(problem, run)
     warn_if_not_converged(idata)
@@ -485,3 +484,9 @@ def _posterior_arrays(raw: az.InferenceData, problem: ShrinkageProblem) -> dict[
 SAMPLERS: dict[str, Callable[..., SamplerRun]] = {"nuts": _sample_nuts, "gibbs": _sample_gibbs}
 """Sampler name → function ``(problem, *, draws, tune, chains, cores, random_seed,
 progressbar, **options) -> SamplerRun``."""
+
+
+def check_sampler_name(sampler: object) -> None:
+    """Raise a ValueError unless ``sampler`` names one of :data:`SAMPLERS`."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; use one of {sorted(SAMPLERS)!r}.")

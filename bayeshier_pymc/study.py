@@ -36,6 +36,7 @@ from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.mlm import mlm
 from bayeshier_pymc.parallel import dispatch, inner_fit_options
 from bayeshier_pymc.results import coefficient_matrix
+from bayeshier_pymc.sampling import check_sampler_name
 from bayeshier_pymc.shrinkage import NOISE_CHOICES, ShrinkageModel
 from bayeshier_pymc.simulate import ResidualNoise, simulate, train_test_split
 from bayeshier_pymc.validation_data import ValidationStudy, real_residual_covariance
@@ -393,6 +394,7 @@ def simulation_study(
         for setting in (settings if settings is not None else research_settings())
         for noise in noise_models
     ]
+    check_sampler_name(sampler)
     options = inner_fit_options(
         {
             "p": p,

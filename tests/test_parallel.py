@@ -210,3 +210,24 @@ def test_parallel_fits_get_one_core_each(cohorts, monkeypatch):
     seen.clear()
     _quietly(bh.fit_many, fits, tree, random_seed=1, **GIBBS)
     assert seen == [None, None, None]
+
+
+def test_bad_depths_samplers_and_seeds_are_refused_before_any_fit(cohorts, two_levels, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a fit was sampled before the arguments were checked")
+
+    monkeypatch.setattr(ShrinkageModel, "sample", refuse)
+    fits, tree = cohorts
+    fit, levels = two_levels
+    with pytest.raises(ValueError, match="depth 7 is beyond"):
+        compare_depths(fit, levels, depths=[0, 7], **GIBBS)
+    with pytest.raises(ValueError, match="unknown sampler 'gibs'"):
+        compare_depths(fit, levels, **{**GIBBS, "sampler": "gibs"})
+    with pytest.raises(ValueError, match="random_seed must"):
+        compare_depths(fit, levels, random_seed=-1, **GIBBS)
+    with pytest.raises(ValueError, match="unknown sampler 'gibs'"):
+        bh.fit_many(fits, tree, sampler="gibs")
+    with pytest.raises(ValueError, match="random_seed must"):
+        bh.fit_many(fits, tree, random_seed="one")
+    with pytest.raises(ValueError, match="unknown sampler 'gibs'"):
+        simulation_study(replicates=1, sampler="gibs")
