@@ -59,6 +59,7 @@ from bayeshier_pymc.diagnostics import (
     LooKind,
     check_loo_kind,
     diagnose,
+    has_missing_cells,
     loo_elpd,
     pareto_k_advice,
 )
@@ -216,9 +217,11 @@ class DepthComparison:
                 f"depth {d}: {n_unreliable[d]} of {self.pareto_k.loc[d, 'n_points']}"
                 for d in unreliable
             )
+            missing_cells = has_missing_cells(next(iter(self.fits.values())))
+            advice = pareto_k_advice(self.loo, missing_cells=missing_cells)
             lines.append(
                 f"Warning: Pareto k above good_k for {details} held-out points, so those elpds "
-                f"are unreliable ({pareto_k_advice(self.loo)})."
+                f"are unreliable ({advice})."
             )
         else:
             lines.append("Pareto k: every held-out point below good_k; the elpds are reliable.")
@@ -345,6 +348,11 @@ def compare_depths(
     # the noise structure is chosen once, so that every depth has the same likelihood of b
     given = Estimates.from_any(estimates)
     chosen = Estimates.from_any(given, covariates=shrunk_covariates(given.covariates, covariates))
+    if refit_bad_k and chosen.missing.to_numpy().any():
+        raise ValueError(
+            "refit_bad_k is not available for estimates with missing cells; read the Pareto k "
+            "of the group LOO instead."
+        )
     data = with_noise(chosen, estimates, hierarchy, noise)
     resolved = Priors.resolve(priors, scale_levels(hierarchy), data.covariates, data.se.to_numpy())
     depths = _default_depths(hierarchy) if depths is None else list(depths)
@@ -649,11 +657,6 @@ def _bad_groups(
 ) -> dict[str, pd.Index]:
     """Every group with a Pareto k above good_k (any covariate) → the features without it."""
     problem = problem_from_idata(idata)
-    if problem.has_missing:
-        raise ValueError(
-            "refit_bad_k is not available for estimates with missing cells; read the Pareto k "
-            "of the group LOO instead."
-        )
     full, target = _group_target(problem, hierarchy, level)
     k = np.array(elpd["pareto_k"])
     bad_groups = np.flatnonzero((k > elpd["good_k"]).any(axis=0))

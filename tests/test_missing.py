@@ -596,3 +596,17 @@ def test_the_gibbs_log_likelihood_stat_sums_the_observed_cells_only(backend, noi
         want += stats.multivariate_normal(np.zeros(observed.sum()), covariance).logpdf(residual)
     got = idata.sample_stats["log_likelihood"].to_numpy()[0]
     np.testing.assert_allclose(got, want, rtol=1e-8)
+
+
+def test_compare_depths_refuses_refits_with_missing_cells_before_any_fit(monkeypatch):
+    from bayeshier_pymc.depth_comparison import compare_depths
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a fit was sampled before the arguments were checked")
+
+    monkeypatch.setattr(ShrinkageModel, "sample", refuse)
+    problem = _problem(2, correlated=False)
+    labels = {"index": problem.covariates, "columns": FEATURES}
+    estimates = (pd.DataFrame(problem.b, **labels), pd.DataFrame(problem.se, **labels))
+    with pytest.raises(ValueError, match="refit_bad_k is not available"):
+        compare_depths(estimates, _hierarchy(), loo="group", refit_bad_k=True, noise="independent")
