@@ -97,6 +97,7 @@ def _fit(args: argparse.Namespace) -> int:
     from bayeshier_pymc.csv_inputs import read_study
     from bayeshier_pymc.pipeline import run_pipeline
 
+    impute = _imputation(args)
     options = _sampler_options(args)
     study = read_study(
         args.responses,
@@ -110,7 +111,7 @@ def _fit(args: argparse.Namespace) -> int:
     responses = preprocess.preprocess(
         study.responses,
         max_missing=args.max_missing,
-        impute=None if args.impute == "none" else args.impute,
+        impute=impute,
         log=args.log_transform,
         base=args.log_base,
         standardize=args.standardize,
@@ -133,6 +134,22 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _imputation(args: argparse.Namespace) -> str | None:
+    """``--impute``, whose default follows ``--missing-values``.
+
+    ``half_min`` by default; ``none`` by default with ``--missing-values per-feature``, which
+    fits each feature on its observed values rather than filling the gaps first.
+    """
+    if args.impute is None:
+        return None if args.missing_values == "per-feature" else "half_min"
+    if args.impute != "none" and args.missing_values == "per-feature":
+        raise ValueError(
+            f"--impute {args.impute} fills the gaps that --missing-values per-feature fits "
+            "around; give one of them (or --impute none)."
+        )
+    return None if args.impute == "none" else args.impute
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from bayeshier_pymc.simulate import simulate
 
@@ -150,7 +167,7 @@ def _simulate(args: argparse.Namespace) -> int:
     args.log(
         f"try: bayeshier fit --responses {out}/responses.csv --samples {out}/samples.csv "
         f"--annotations {out}/annotations.csv --formula '0 + {covariates}' "
-        f"--levels {' '.join(study.levels)} --no-log  (not intensities: no log transform)"
+        f"--levels {' '.join(study.levels)} --no-log  # not intensities: no log transform"
     )
     return 0
 
@@ -172,6 +189,7 @@ def _study(args: argparse.Namespace) -> int:
         replicates=args.replicates,
         sampler=args.sampler,
         random_seed=args.seed,
+        priors=args.priors,
         log=args.log,
     )
     args.out.mkdir(parents=True, exist_ok=True)
@@ -282,7 +300,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=["raise", "per-feature"],
         default="raise",
         help="a missing response value left after preprocessing: error, or fit each feature "
-        "on its complete rows (stage-2 cells of features with too few rows are missing)",
+        "on its complete rows (stage-2 cells of features with too few rows are missing; "
+        "--impute then defaults to none)",
     )
     fit.add_argument(
         "--max-missing",
@@ -294,9 +313,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--impute",
         choices=["none", "half_min", "min", "median"],
-        default="half_min",
         help="per-feature imputation of missing values, on the raw scale (default: half_min, "
-        "half of the feature's observed minimum)",
+        "half of the feature's observed minimum; none with --missing-values per-feature, "
+        "which refuses any other)",
     )
     fit.add_argument(
         "--log-base", type=float, default=2.0, help="base of the log transform (default: 2)"
@@ -350,6 +369,14 @@ def _parser() -> argparse.ArgumentParser:
         help="leave out the rows with a superclass level",
     )
     study.add_argument("--sampler", choices=["gibbs", "nuts"], default="gibbs", help="sampler")
+    study.add_argument(
+        "--priors",
+        choices=["research", "auto"],
+        default="research",
+        help="stage 2's priors: 'research' (default) reproduces the research table with its "
+        "N(0, 1) and HalfCauchy(1); 'auto' scales them to each covariate's median standard "
+        "error, as 'bayeshier fit' does by default",
+    )
     study.add_argument("--seed", type=int, default=0, help="seed of the first replicate")
     study.add_argument("--out", type=Path, default=Path("study_results"), help="output folder")
     study.set_defaults(handler=_study)
