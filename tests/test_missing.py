@@ -610,3 +610,15 @@ def test_compare_depths_refuses_refits_with_missing_cells_before_any_fit(monkeyp
     estimates = (pd.DataFrame(problem.b, **labels), pd.DataFrame(problem.se, **labels))
     with pytest.raises(ValueError, match="refit_bad_k is not available"):
         compare_depths(estimates, _hierarchy(), loo="group", refit_bad_k=True, noise="independent")
+
+
+@pytest.mark.parametrize("depth", [2, "none"])
+def test_the_pymc_model_shows_the_given_standard_errors(depth):
+    """Its ``se`` data is the standard errors given (inf in a missing cell), no stand-in."""
+    model = _model("independent", depth=depth)
+    for parameterization in ("collapsed", "centered"):
+        built = model.build(parameterization)
+        se = built["se"].get_value()
+        np.testing.assert_array_equal(np.isinf(se), MISSING)
+        np.testing.assert_array_equal(se[~MISSING], model.problem.se[~MISSING])
+        assert np.isfinite(built.compile_logp()(built.initial_point()))
