@@ -371,7 +371,8 @@ def test_the_default_covariate_is_never_an_intercept(name):
 
     from bayeshier_pymc.plots._common import pick_covariate
 
+    theta = xr.DataArray(np.zeros((1, 1, 2)), dims=("chain", "draw", "covariate"))
     idata = az.InferenceData(
-        posterior=xr.Dataset(coords={"covariate": [name, "age"], "chain": [0], "draw": [0]})
+        posterior=xr.Dataset({"theta": theta}, coords={"covariate": [name, "age"]})
     )
     assert pick_covariate(idata, None) == "age"
