@@ -38,9 +38,11 @@ __all__ = [
     "format_rate",
     "group_effects",
     "lfsr",
+    "n_draws",
     "qvalue",
     "resolve_hdi_prob",
     "scale_summary",
+    "variance_shares",
 ]
 
 SAMPLE_DIMS = ("chain", "draw")
@@ -278,7 +280,7 @@ def coefficient_table(
         "called",
     ]
     table = summary[columns].to_dataframe().reset_index()
-    table.attrs.update(hdi_prob=summary.attrs["hdi_prob"], alpha=alpha, n_draws=_n_draws(idata))
+    table.attrs.update(hdi_prob=summary.attrs["hdi_prob"], alpha=alpha, n_draws=n_draws(idata))
     return table
 
 
@@ -350,9 +352,14 @@ def scale_summary(idata: az.InferenceData, hdi_prob: float | None = None) -> pd.
         raise ValueError("this fit has no scales (a model without pooling).")
     tau = idata.posterior["tau"]
     summary = _summarise(tau, hdi_prob).drop_vars(["lfsr", "prob_positive", "prob_negative"])
-    squared = tau**2
-    summary["variance_share"] = (squared / squared.sum("level")).mean(SAMPLE_DIMS)
+    summary["variance_share"] = variance_shares(tau).mean(SAMPLE_DIMS)
     return summary.to_dataframe().reset_index()
+
+
+def variance_shares(tau: xr.DataArray) -> xr.DataArray:
+    """Each level's share of the variance in every draw: τ_L² / Σ_levels τ² (dim ``level``)."""
+    squared = tau**2
+    return squared / squared.sum("level")
 
 
 def group_effects(
@@ -376,10 +383,10 @@ def group_effects(
     summary = _summarise(idata.posterior[group_mean_name(level)], hdi_prob)
     frame = summary.to_dataframe().reset_index()
     frame["n_features"] = frame[level].map(tree.group_sizes(level))
-    frame.attrs["n_draws"] = _n_draws(idata)
+    frame.attrs["n_draws"] = n_draws(idata)
     return frame
 
 
-def _n_draws(idata: az.InferenceData) -> int:
-    """S, the number of posterior draws over every chain."""
+def n_draws(idata: az.InferenceData) -> int:
+    """S, the number of posterior draws over every chain (rates resolve down to 1/S)."""
     return int(idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"])
