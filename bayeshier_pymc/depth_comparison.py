@@ -69,7 +69,7 @@ from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import OBSERVATION, problem_from_idata
 from bayeshier_pymc.log_likelihood import held_out_predictive
 from bayeshier_pymc.model import scale_levels
-from bayeshier_pymc.parallel import dispatch, inner_fit_options, outer_jobs
+from bayeshier_pymc.parallel import dispatch, inner_fit_options
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem, resolve_depth
 from bayeshier_pymc.sampling import check_sampler_name
@@ -312,12 +312,14 @@ def compare_depths(
         Fits run at once, through joblib (:func:`~bayeshier_pymc.parallel.dispatch`): the
         fits at every depth, then the refits of ``refit_bad_k``. ``None`` (default): the
         current ``joblib.parallel_config`` (one at a time unless it says otherwise;
-        ``backend="dask"`` runs them on a Dask cluster). In parallel every fit gets one core
-        and one progress bar counts the fits. The numbers are the same wherever the fits run.
+        ``backend="dask"`` runs them on a Dask cluster). In parallel every fit gets one core.
+        The numbers are the same wherever the fits run.
     **sample_kwargs
         Passed to :meth:`ShrinkageModel.sample` (``draws``, ``tune``, ``chains``,
-        ``random_seed``, ``nuts_sampler``, ``progressbar``, …). Every fit gets the same
-        ``random_seed`` (a generator: one seed drawn per fit, in order).
+        ``random_seed``, ``nuts_sampler``, …). Every fit gets the same ``random_seed`` (a
+        generator: one seed drawn per fit, in order). ``progressbar`` (default ``True``)
+        shows one progress bar over the fits (they show none of their own), as every
+        function that runs many fits does (``docs/parallel.md``).
 
     Returns
     -------
@@ -359,8 +361,8 @@ def compare_depths(
     for depth in depths:  # every argument is checked before the first fit
         resolve_depth(depth, hierarchy)
     check_sampler_name(sampler)
-    options = inner_fit_options(sample_kwargs, n_jobs)
-    progress = outer_jobs(n_jobs) > 1 and sample_kwargs.get("progressbar", True)
+    progress = sample_kwargs.get("progressbar", True)
+    options = inner_fit_options({**sample_kwargs, "progressbar": False}, n_jobs)
     seed = sample_kwargs.get("random_seed")  # a generator gives one seed per fit, in order
     seeds = [integer_seed(seed) for _ in depths]
     tasks = [

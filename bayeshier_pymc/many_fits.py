@@ -69,7 +69,8 @@ def fit_many(
         parallel every fit gets one core (its chains run one after another in its worker)
         unless ``cores`` is given.
     progressbar
-        Show one progress bar over the data sets (the fits show none of their own).
+        Show one progress bar over the data sets (the fits show none of their own), as
+        every function that runs many fits does (``docs/parallel.md``).
     **sample_kwargs
         Further keywords of :meth:`~bayeshier_pymc.ShrinkageModel.sample` (``draws``,
         ``tune``, ``chains``, ``nuts_sampler``, …).

@@ -335,7 +335,7 @@ def simulation_study(
     random_seed: int = 0,
     log: Callable[[str], None] | None = None,
     n_jobs: int | None = None,
-    progressbar: bool = False,
+    progressbar: bool = True,
     **sample_options: Any,
 ) -> StudyResult:
     """Run the research simulation study.
@@ -370,7 +370,8 @@ def simulation_study(
         says otherwise; ``backend="dask"`` runs them on a Dask cluster). Every replicate's
         numbers are the same wherever it runs; in parallel each fit gets one core.
     progressbar
-        Show one progress bar over the replicates.
+        Show one progress bar over the replicates (the fits show none of their own), as
+        every function that runs many fits does (``docs/parallel.md``).
     **sample_options
         Further keywords of :func:`run_replicate` (``priors``) and of
         :meth:`ShrinkageModel.sample` (e.g. ``nuts_sampler``).
