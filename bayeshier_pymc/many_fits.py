@@ -9,7 +9,7 @@ with the same numbers wherever they run.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import arviz as az
 import numpy as np
@@ -17,6 +17,7 @@ import numpy as np
 from bayeshier_pymc._validation import integer_seed
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.parallel import dispatch, inner_fit_options, task_seeds
+from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.sampling import check_sampler_name
 from bayeshier_pymc.shrinkage import NoiseChoice, ShrinkageModel
 
@@ -27,10 +28,10 @@ def fit_many(
     datasets: Mapping[Hashable, Any] | Sequence[Any],
     hierarchy: Hierarchy | None = None,
     *,
-    sampler: str = "nuts",
+    sampler: Literal["nuts", "gibbs"] = "nuts",
     depth: int | str | None = None,
-    priors: Mapping[str, Any] | None = None,
-    covariates: list[Any] | None = None,
+    priors: str | Mapping[str, Any] | Priors | None = None,
+    covariates: list[Any] | Literal["all"] | None = None,
     noise: NoiseChoice = "auto",
     random_seed: int | np.random.Generator | None = None,
     n_jobs: int | None = None,
@@ -140,8 +141,8 @@ def _model(
     data: Any,
     hierarchy: Hierarchy | None,
     depth: int | str | None,
-    priors: Mapping[str, Any] | None,
-    covariates: list[Any] | None,
+    priors: str | Mapping[str, Any] | Priors | None,
+    covariates: list[Any] | Literal["all"] | None,
     noise: NoiseChoice,
 ) -> ShrinkageModel:
     """The model of one data set; a ValueError names the data set."""

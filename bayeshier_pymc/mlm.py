@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property, partial
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -84,7 +85,7 @@ def mlm(
     dof: str = "n-p",
     data: pd.DataFrame | None = None,
     feature_data: pd.DataFrame | None = None,
-    missing: str = "raise",
+    missing: MissingValues = "raise",
 ) -> MLMFit:
     """Fit the matrix linear model ``Y = X B Z' + E`` by least squares.
 
@@ -218,7 +219,9 @@ def mlm(
     )
 
 
-MISSING_POLICIES = ("raise", "per-feature")
+MissingValues = Literal["raise", "per-feature"]
+"""What :func:`mlm` does with a NaN in ``Y``: refuse it, or fit each feature on its rows."""
+MISSING_POLICIES: tuple[str, ...] = ("raise", "per-feature")
 
 
 @dataclass(frozen=True)
