@@ -134,14 +134,28 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+class _StoreGiven(argparse.Action):
+    """Store the value and record that it was given on the command line (``<dest>_given``)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
 def _imputation(args: argparse.Namespace) -> str | None:
     """``--impute``, whose default follows ``--missing-values``.
 
     ``half_min`` by default; ``none`` by default with ``--missing-values per-feature``, which
     fits each feature on its observed values rather than filling the gaps first.
     """
-    if args.impute is None:
-        return None if args.missing_values == "per-feature" else "half_min"
+    if args.missing_values == "per-feature" and not args.impute_given:
+        return None
     if args.impute != "none" and args.missing_values == "per-feature":
         raise ValueError(
             f"--impute {args.impute} fills the gaps that --missing-values per-feature fits "
@@ -313,6 +327,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--impute",
         choices=["none", "half_min", "min", "median"],
+        default="half_min",
+        action=_StoreGiven,
         help="per-feature imputation of missing values, on the raw scale (default: half_min, "
         "half of the feature's observed minimum; none with --missing-values per-feature, "
         "which refuses any other)",
@@ -330,7 +346,7 @@ def _parser() -> argparse.ArgumentParser:
         "--standardize", action="store_true", help="standardise each feature (default: off)"
     )
     _add_sampler_arguments(fit, "bayeshier_results")
-    fit.set_defaults(handler=_fit)
+    fit.set_defaults(handler=_fit, impute_given=False)
 
     simulate = commands.add_parser(
         "simulate",
