@@ -38,11 +38,9 @@ __all__ = [
     "format_rate",
     "group_effects",
     "lfsr",
-    "n_draws",
     "qvalue",
     "resolve_hdi_prob",
     "scale_summary",
-    "variance_shares",
 ]
 
 SAMPLE_DIMS = ("chain", "draw")
