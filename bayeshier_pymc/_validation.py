@@ -165,7 +165,7 @@ def check_sampler_arguments(
     }
     return SamplerArguments(
         cores=None if cores is None else _count(cores, "cores", 1),
-        random_seed=_seed(random_seed),
+        random_seed=integer_seed(random_seed),
         **checked,
     )
 
@@ -178,7 +178,18 @@ def _count(value: object, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _seed(random_seed: object) -> int | None:
+def integer_seed(random_seed: object) -> int | None:
+    """The integer seed of ``random_seed`` (``None`` stays ``None``).
+
+    A :class:`numpy.random.Generator` gives one integer draw from [0, 2**63), as in PyMC:
+    the same generator state gives the same seed, and seeds taken one after another from
+    one generator (one per task, in order) are those runs one after another would take.
+
+    Raises
+    ------
+    ValueError
+        Unless ``random_seed`` is ``None``, an integer in [0, 2**63) or a generator.
+    """
     if random_seed is None:
         return None
     if isinstance(random_seed, np.random.Generator):

@@ -97,6 +97,7 @@ def _fit(args: argparse.Namespace) -> int:
     from bayeshier_pymc.csv_inputs import read_study
     from bayeshier_pymc.pipeline import run_pipeline
 
+    impute = _imputation(args)
     options = _sampler_options(args)
     study = read_study(
         args.responses,
@@ -110,7 +111,7 @@ def _fit(args: argparse.Namespace) -> int:
     responses = preprocess.preprocess(
         study.responses,
         max_missing=args.max_missing,
-        impute=None if args.impute == "none" else args.impute,
+        impute=impute,
         log=args.log_transform,
         base=args.log_base,
         standardize=args.standardize,
@@ -133,6 +134,36 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+class _StoreGiven(argparse.Action):
+    """Store the value and record that it was given on the command line (``<dest>_given``)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
+def _imputation(args: argparse.Namespace) -> str | None:
+    """``--impute``, whose default follows ``--missing-values``.
+
+    ``half_min`` by default; ``none`` by default with ``--missing-values per-feature``, which
+    fits each feature on its observed values rather than filling the gaps first.
+    """
+    if args.missing_values == "per-feature" and not args.impute_given:
+        return None
+    if args.impute != "none" and args.missing_values == "per-feature":
+        raise ValueError(
+            f"--impute {args.impute} fills the gaps that --missing-values per-feature fits "
+            "around; give one of them (or --impute none)."
+        )
+    return None if args.impute == "none" else args.impute
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from bayeshier_pymc.simulate import simulate
 
@@ -150,7 +181,7 @@ def _simulate(args: argparse.Namespace) -> int:
     args.log(
         f"try: bayeshier fit --responses {out}/responses.csv --samples {out}/samples.csv "
         f"--annotations {out}/annotations.csv --formula '0 + {covariates}' "
-        f"--levels {' '.join(study.levels)} --no-log  (not intensities: no log transform)"
+        f"--levels {' '.join(study.levels)} --no-log  # not intensities: no log transform"
     )
     return 0
 
@@ -172,6 +203,7 @@ def _study(args: argparse.Namespace) -> int:
         replicates=args.replicates,
         sampler=args.sampler,
         random_seed=args.seed,
+        priors=args.priors,
         log=args.log,
     )
     args.out.mkdir(parents=True, exist_ok=True)
@@ -282,7 +314,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=["raise", "per-feature"],
         default="raise",
         help="a missing response value left after preprocessing: error, or fit each feature "
-        "on its complete rows (stage-2 cells of features with too few rows are missing)",
+        "on its complete rows (stage-2 cells of features with too few rows are missing; "
+        "--impute then defaults to none)",
     )
     fit.add_argument(
         "--max-missing",
@@ -295,8 +328,10 @@ def _parser() -> argparse.ArgumentParser:
         "--impute",
         choices=["none", "half_min", "min", "median"],
         default="half_min",
+        action=_StoreGiven,
         help="per-feature imputation of missing values, on the raw scale (default: half_min, "
-        "half of the feature's observed minimum)",
+        "half of the feature's observed minimum; none with --missing-values per-feature, "
+        "which refuses any other)",
     )
     fit.add_argument(
         "--log-base", type=float, default=2.0, help="base of the log transform (default: 2)"
@@ -311,7 +346,7 @@ def _parser() -> argparse.ArgumentParser:
         "--standardize", action="store_true", help="standardise each feature (default: off)"
     )
     _add_sampler_arguments(fit, "bayeshier_results")
-    fit.set_defaults(handler=_fit)
+    fit.set_defaults(handler=_fit, impute_given=False)
 
     simulate = commands.add_parser(
         "simulate",
@@ -350,6 +385,14 @@ def _parser() -> argparse.ArgumentParser:
         help="leave out the rows with a superclass level",
     )
     study.add_argument("--sampler", choices=["gibbs", "nuts"], default="gibbs", help="sampler")
+    study.add_argument(
+        "--priors",
+        choices=["research", "auto"],
+        default="research",
+        help="stage 2's priors: 'research' (default) reproduces the research table with its "
+        "N(0, 1) and HalfCauchy(1); 'auto' scales them to each covariate's median standard "
+        "error, as 'bayeshier fit' does by default",
+    )
     study.add_argument("--seed", type=int, default=0, help="seed of the first replicate")
     study.add_argument("--out", type=Path, default=Path("study_results"), help="output folder")
     study.set_defaults(handler=_study)

@@ -50,6 +50,7 @@ import pandas as pd
 import xarray as xr
 from scipy.special import logsumexp
 
+from bayeshier_pymc._validation import integer_seed
 from bayeshier_pymc.diagnostics import (
     GROUP_LOG_LIKELIHOOD,
     LOO_QUESTIONS,
@@ -58,6 +59,7 @@ from bayeshier_pymc.diagnostics import (
     LooKind,
     check_loo_kind,
     diagnose,
+    has_missing_cells,
     loo_elpd,
     pareto_k_advice,
 )
@@ -67,9 +69,10 @@ from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import OBSERVATION, problem_from_idata
 from bayeshier_pymc.log_likelihood import held_out_predictive
 from bayeshier_pymc.model import scale_levels
-from bayeshier_pymc.parallel import dispatch, fixed_seed, inner_fit_options, outer_jobs
+from bayeshier_pymc.parallel import dispatch, inner_fit_options
 from bayeshier_pymc.priors import Priors
-from bayeshier_pymc.problem import ShrinkageProblem
+from bayeshier_pymc.problem import ShrinkageProblem, resolve_depth
+from bayeshier_pymc.sampling import check_sampler_name
 from bayeshier_pymc.shrinkage import NoiseChoice, ShrinkageModel, with_noise
 
 __all__ = [
@@ -214,9 +217,11 @@ class DepthComparison:
                 f"depth {d}: {n_unreliable[d]} of {self.pareto_k.loc[d, 'n_points']}"
                 for d in unreliable
             )
+            missing_cells = has_missing_cells(next(iter(self.fits.values())))
+            advice = pareto_k_advice(self.loo, missing_cells=missing_cells)
             lines.append(
                 f"Warning: Pareto k above good_k for {details} held-out points, so those elpds "
-                f"are unreliable ({pareto_k_advice(self.loo)})."
+                f"are unreliable ({advice})."
             )
         else:
             lines.append("Pareto k: every held-out point below good_k; the elpds are reliable.")
@@ -307,12 +312,14 @@ def compare_depths(
         Fits run at once, through joblib (:func:`~bayeshier_pymc.parallel.dispatch`): the
         fits at every depth, then the refits of ``refit_bad_k``. ``None`` (default): the
         current ``joblib.parallel_config`` (one at a time unless it says otherwise;
-        ``backend="dask"`` runs them on a Dask cluster). In parallel every fit gets one core
-        and one progress bar counts the fits. The numbers are the same wherever the fits run.
+        ``backend="dask"`` runs them on a Dask cluster). In parallel every fit gets one core.
+        The numbers are the same wherever the fits run.
     **sample_kwargs
         Passed to :meth:`ShrinkageModel.sample` (``draws``, ``tune``, ``chains``,
-        ``random_seed``, ``nuts_sampler``, ``progressbar``, …). Every fit gets the same
-        ``random_seed`` (a generator: one seed drawn per fit, in order).
+        ``random_seed``, ``nuts_sampler``, …). Every fit gets the same ``random_seed`` (a
+        generator: one seed drawn per fit, in order). ``progressbar`` (default ``True``)
+        shows one progress bar over the fits (they show none of their own), as every
+        function that runs many fits does (``docs/parallel.md``).
 
     Returns
     -------
@@ -343,13 +350,21 @@ def compare_depths(
     # the noise structure is chosen once, so that every depth has the same likelihood of b
     given = Estimates.from_any(estimates)
     chosen = Estimates.from_any(given, covariates=shrunk_covariates(given.covariates, covariates))
+    if refit_bad_k and chosen.missing.to_numpy().any():
+        raise ValueError(
+            "refit_bad_k is not available for estimates with missing cells; read the Pareto k "
+            "of the group LOO instead."
+        )
     data = with_noise(chosen, estimates, hierarchy, noise)
     resolved = Priors.resolve(priors, scale_levels(hierarchy), data.covariates, data.se.to_numpy())
     depths = _default_depths(hierarchy) if depths is None else list(depths)
-    options = inner_fit_options(sample_kwargs, n_jobs)
-    progress = outer_jobs(n_jobs) > 1 and sample_kwargs.get("progressbar", True)
+    for depth in depths:  # every argument is checked before the first fit
+        resolve_depth(depth, hierarchy)
+    check_sampler_name(sampler)
+    progress = sample_kwargs.get("progressbar", True)
+    options = inner_fit_options({**sample_kwargs, "progressbar": False}, n_jobs)
     seed = sample_kwargs.get("random_seed")  # a generator gives one seed per fit, in order
-    seeds = [fixed_seed(seed) for _ in depths]
+    seeds = [integer_seed(seed) for _ in depths]
     tasks = [
         (f"the fit at depth {depth}", (data, hierarchy, depth, resolved, sampler, options, s))
         for depth, s in zip(depths, seeds, strict=True)
@@ -373,7 +388,7 @@ def compare_depths(
                     resolved,
                     sampler,
                     options,
-                    fixed_seed(seed),
+                    integer_seed(seed),
                 ),
             )
             for depth, label in refit_keys
@@ -644,11 +659,6 @@ def _bad_groups(
 ) -> dict[str, pd.Index]:
     """Every group with a Pareto k above good_k (any covariate) → the features without it."""
     problem = problem_from_idata(idata)
-    if problem.has_missing:
-        raise ValueError(
-            "refit_bad_k is not available for estimates with missing cells; read the Pareto k "
-            "of the group LOO instead."
-        )
     full, target = _group_target(problem, hierarchy, level)
     k = np.array(elpd["pareto_k"])
     bad_groups = np.flatnonzero((k > elpd["good_k"]).any(axis=0))

@@ -32,7 +32,7 @@ import pandas as pd
 import xarray as xr
 
 from bayeshier_pymc.convergence import Thresholds, posterior_rank_diagnostics
-from bayeshier_pymc.inference_data import LOG_LIKELIHOOD_NAMES, with_log_likelihood
+from bayeshier_pymc.inference_data import LOG_LIKELIHOOD_NAMES, OBSERVATION, with_log_likelihood
 
 __all__ = [
     "GROUP_LOG_LIKELIHOOD",
@@ -40,6 +40,7 @@ __all__ = [
     "Diagnosis",
     "Thresholds",
     "diagnose",
+    "has_missing_cells",
     "loo_elpd",
     "pareto_k_advice",
 ]
@@ -72,6 +73,12 @@ _REMEDIES = {
     "e_bfmi": "the energy distribution is poorly explored; reparameterise",
     "tree_depth": "sampling is slow; raise max_treedepth or reparameterise",
 }
+_FAILING_CHECKS = {
+    "r̂": ("r_hat",),
+    "ESS": ("ess_bulk", "ess_tail"),
+    "divergences": ("divergences",),
+}
+"""The checks that fail a fit, by the name the verdict gives them."""
 _WARNING_SUBJECTS = {
     "e_bfmi": "the exploration of the tails",
     "tree_depth": "the sampling speed",
@@ -80,12 +87,21 @@ _WARNING_SUBJECTS = {
 """What each warning-only check puts in doubt (never the posterior summaries themselves)."""
 
 
-def pareto_k_advice(kind: LooKind) -> str:
-    """What to do about Pareto k above good_k in ``kind`` LOO: only options that apply to it."""
+def pareto_k_advice(kind: LooKind, *, missing_cells: bool) -> str:
+    """What to do about Pareto k above good_k in ``kind`` LOO: only options that apply to it.
+
+    Exact refits (``refit_bad_k``) are offered only for estimates without missing cells
+    (``missing_cells=False``), the only ones they are available for.
+    """
     if kind == "conditional":
         return (
             "expected for conditional LOO with one estimate per θ_j; use loo='marginal' "
             "or loo='group'"
+        )
+    if missing_cells:
+        return (
+            "exact refits (refit_bad_k) are not available for estimates with missing cells, "
+            "so read those elpds as approximate"
         )
     if kind == "group":
         return "compare_depths(..., loo='group', refit_bad_k=True) replaces them by exact refits"
@@ -175,7 +191,7 @@ def diagnose(
         rows, columns=["check", "variable", "value", "threshold", "status", "detail"]
     )
     ok = not (table["status"] == "fail").any()
-    verdict = _verdict(table, ok, limits, n_chains, loo)
+    verdict = _verdict(table, ok, limits, n_chains, loo, has_missing_cells(idata))
     return Diagnosis(table=table, ok=ok, verdict=verdict, thresholds=limits)
 
 
@@ -331,13 +347,28 @@ def _pareto_k_row(idata: az.InferenceData, kind: LooKind) -> Row:
     return ("pareto_k", "", value, good_k, status, detail)
 
 
+def has_missing_cells(idata: az.InferenceData) -> bool:
+    """Whether the fit's estimates had missing cells.
+
+    Its log-likelihood then runs along ``observation`` (the observed cells) instead of
+    (covariate, feature).
+    """
+    log_likelihood = idata.get("log_likelihood")
+    return log_likelihood is not None and OBSERVATION in log_likelihood.dims
+
+
 def _skipped(check: str, threshold: float) -> Row:
     return (check, "", float("nan"), threshold, "skipped", "not recorded by this sampler")
 
 
 # ---------------------------------------------------------------------- verdict
 def _verdict(
-    table: pd.DataFrame, ok: bool, limits: Thresholds, n_chains: int, loo: LooKind | None
+    table: pd.DataFrame,
+    ok: bool,
+    limits: Thresholds,
+    n_chains: int,
+    loo: LooKind | None,
+    missing_cells: bool,
 ) -> str:
     """The verdict: its first line accounts for every failure and warning listed below it."""
     failed = table[table["status"] == "fail"]
@@ -350,13 +381,11 @@ def _verdict(
         lines = [f"OK: {which} passed; the draws can be trusted."]
     else:
         doubts = " and ".join(dict.fromkeys(_WARNING_SUBJECTS[c] for c in warned["check"]))
-        lines = [
-            f"OK with warnings: r̂, ESS and divergences pass; the warnings below put {doubts} "
-            "in doubt."
-        ]
+        lines = [f"OK with warnings: {_passed(table)}; the warnings below put {doubts} in doubt."]
     lines += [f"Failed: {_describe(row)} — {_REMEDIES[row.check]}." for row in failed.itertuples()]
     lines += [
-        f"Warning: {_describe(row)} — {_remedy(row.check, loo)}." for row in warned.itertuples()
+        f"Warning: {_describe(row)} — {_remedy(row.check, loo, missing_cells)}."
+        for row in warned.itertuples()
     ]
     if skipped:
         lines.append(f"Skipped (not recorded or not computable): {', '.join(skipped)}.")
@@ -370,9 +399,24 @@ def _verdict(
     return "\n".join(lines)
 
 
-def _remedy(check: str, loo: LooKind | None) -> str:
+def _passed(table: pd.DataFrame) -> str:
+    """The checks that can fail a fit and ran (none failed), in words: "r̂ and ESS pass"."""
+    ran = table.loc[table["status"] == "pass", "check"]
+    names = [
+        name
+        for name, checks in _FAILING_CHECKS.items()
+        if ran.isin(checks).any()  # ESS: bulk or tail
+    ]
+    if not names:
+        return "no check failed"
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    return f"{listed} pass"
+
+
+def _remedy(check: str, loo: LooKind | None, missing_cells: bool) -> str:
     if check == "pareto_k" and loo is not None:
-        return f"PSIS-LOO is unreliable for those points; {pareto_k_advice(loo)}"
+        advice = pareto_k_advice(loo, missing_cells=missing_cells)
+        return f"PSIS-LOO is unreliable for those points; {advice}"
     return _REMEDIES[check]
 
 

@@ -377,22 +377,28 @@ def _chunks(lead: tuple[int, int], n_units: int) -> Iterator[tuple[int, slice]]:
 
 
 def conditional_total(theta: np.ndarray, b: np.ndarray, se: np.ndarray) -> np.ndarray:
-    """Σ over covariates and features of log N(b; θ, s²), one per (chain, draw)."""
-    b, var_b = _data(b, se)
+    """Σ over covariates and features of log N(b; θ, s²), one per (chain, draw).
+
+    A missing cell (NaN ``se``) is no data point: it adds nothing.
+    """
+    observed = ~np.isnan(se)
+    b, var_b = _data(np.where(observed, b, 0.0), np.where(observed, se, 1.0))
     flat_theta = np.ascontiguousarray(theta).reshape(-1, *b.shape)
     totals = np.empty(flat_theta.shape[0])
-    inverse_var = 1.0 / var_b
+    inverse_var = np.where(observed, 1.0 / var_b, 0.0)
     _in_threads(
         lambda lo, hi: _conditional_total_kernel(b, inverse_var, flat_theta, lo, hi, totals),
         totals.size,
     )
-    return (totals + conditional_constant(var_b)).reshape(theta.shape[:2])
+    return (totals + conditional_constant(var_b[observed])).reshape(theta.shape[:2])
 
 
 def conditional_constant(var_b: np.ndarray) -> float:
     """The part of the conditional log-likelihood total that does not depend on θ.
 
-    Σ over covariates and features of -½ log(2π s²), for variances ``var_b``.
+    Σ over the cells of -½ log(2π s²), for variances ``var_b``. Of the missing cells'
+    stand-in variances (:func:`~bayeshier_pymc.estimates.fill_missing`), it is what the
+    algebra's total holds for them, to take out: their residual term is below rounding.
     """
     return float(np.sum(-0.5 * np.log(var_b) - _HALF_LOG_2PI))
 

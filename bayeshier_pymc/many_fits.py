@@ -9,13 +9,16 @@ with the same numbers wherever they run.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import arviz as az
 import numpy as np
 
+from bayeshier_pymc._validation import integer_seed
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.parallel import dispatch, fixed_seed, inner_fit_options, task_seeds
+from bayeshier_pymc.parallel import dispatch, inner_fit_options, task_seeds
+from bayeshier_pymc.priors import Priors
+from bayeshier_pymc.sampling import check_sampler_name
 from bayeshier_pymc.shrinkage import NoiseChoice, ShrinkageModel
 
 __all__ = ["fit_many"]
@@ -25,10 +28,10 @@ def fit_many(
     datasets: Mapping[Hashable, Any] | Sequence[Any],
     hierarchy: Hierarchy | None = None,
     *,
-    sampler: str = "nuts",
+    sampler: Literal["nuts", "gibbs"] = "nuts",
     depth: int | str | None = None,
-    priors: Mapping[str, Any] | None = None,
-    covariates: list[Any] | None = None,
+    priors: str | Mapping[str, Any] | Priors | None = None,
+    covariates: list[Any] | Literal["all"] | None = None,
     noise: NoiseChoice = "auto",
     random_seed: int | np.random.Generator | None = None,
     n_jobs: int | None = None,
@@ -67,7 +70,8 @@ def fit_many(
         parallel every fit gets one core (its chains run one after another in its worker)
         unless ``cores`` is given.
     progressbar
-        Show one progress bar over the data sets (the fits show none of their own).
+        Show one progress bar over the data sets (the fits show none of their own), as
+        every function that runs many fits does (``docs/parallel.md``).
     **sample_kwargs
         Further keywords of :meth:`~bayeshier_pymc.ShrinkageModel.sample` (``draws``,
         ``tune``, ``chains``, ``nuts_sampler``, …).
@@ -105,8 +109,9 @@ def fit_many(
         name: _model(name, data, hierarchy, depth, priors, covariates, noise)
         for name, data in named.items()
     }
+    check_sampler_name(sampler)
     options = inner_fit_options({**sample_kwargs, "progressbar": False}, n_jobs)
-    seeds = task_seeds(fixed_seed(random_seed), len(models))
+    seeds = task_seeds(integer_seed(random_seed), len(models))
     tasks = [
         (f"the fit of data set {name!r}", (model, sampler, options, seed))
         for (name, model), seed in zip(models.items(), seeds, strict=True)
@@ -136,8 +141,8 @@ def _model(
     data: Any,
     hierarchy: Hierarchy | None,
     depth: int | str | None,
-    priors: Mapping[str, Any] | None,
-    covariates: list[Any] | None,
+    priors: str | Mapping[str, Any] | Priors | None,
+    covariates: list[Any] | Literal["all"] | None,
     noise: NoiseChoice,
 ) -> ShrinkageModel:
     """The model of one data set; a ValueError names the data set."""

@@ -23,8 +23,10 @@ from __future__ import annotations
 import html
 import numbers
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property, partial
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -83,7 +85,7 @@ def mlm(
     dof: str = "n-p",
     data: pd.DataFrame | None = None,
     feature_data: pd.DataFrame | None = None,
-    missing: str = "raise",
+    missing: MissingValues = "raise",
 ) -> MLMFit:
     """Fit the matrix linear model ``Y = X B Z' + E`` by least squares.
 
@@ -217,17 +219,33 @@ def mlm(
     )
 
 
-MISSING_POLICIES = ("raise", "per-feature")
+MissingValues = Literal["raise", "per-feature"]
+"""What :func:`mlm` does with a NaN in ``Y``: refuse it, or fit each feature on its rows."""
+MISSING_POLICIES: tuple[str, ...] = ("raise", "per-feature")
 
 
 @dataclass(frozen=True)
 class _FeatureRows:
-    """Per-feature fits (``missing="per-feature"``): each feature's rows and dimensions."""
+    """Per-feature fits (``missing="per-feature"``): each feature's dimensions."""
 
-    complete: np.ndarray
     xtx_inv_diag: np.ndarray
     df_resid: np.ndarray
     divisor: np.ndarray
+
+
+def missingness_patterns(y: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The columns of ``y`` grouped by the rows they observe (not NaN).
+
+    Yields
+    ------
+    rows : numpy.ndarray
+        Boolean mask of the observed rows of one pattern.
+    columns : numpy.ndarray
+        Indices of the columns observed on exactly those rows.
+    """
+    patterns, which = np.unique(~np.isnan(y), axis=1, return_inverse=True)
+    for pattern_index in range(patterns.shape[1]):
+        yield patterns[:, pattern_index], np.flatnonzero(which.ravel() == pattern_index)
 
 
 def _estimate_per_feature(
@@ -236,18 +254,14 @@ def _estimate_per_feature(
     """Least squares of every feature on its complete rows, one QR per missingness pattern."""
     _n_obs, n_cov = core.x.shape
     n_features = y.shape[1]
-    complete = ~np.isnan(y)
     coef = np.full((n_cov, n_features), np.nan)
     variance = np.full((n_cov, n_features), np.nan)
     xtx_inv_diag = np.full((n_cov, n_features), np.nan)
     df_resid = np.zeros(n_features, dtype=int)
     divisor = np.zeros(n_features, dtype=int)
     resid = np.full(y.shape, np.nan)
-    patterns, which = np.unique(complete, axis=1, return_inverse=True)
     too_few: list[int] = []
-    for pattern_index in range(patterns.shape[1]):
-        rows = patterns[:, pattern_index]
-        columns = np.flatnonzero(which.ravel() == pattern_index)
+    for rows, columns in missingness_patterns(y):
         x = core.x[rows]
         n_rows = int(rows.sum())
         if n_rows <= n_cov or np.linalg.matrix_rank(x) < n_cov:
@@ -279,7 +293,7 @@ def _estimate_per_feature(
     fitted = ~np.isnan(coef[0])
     if fitted.any():
         _check_representable(coef[:, fitted], variance[:, fitted], labels[fitted])
-    rows_info = _FeatureRows(complete, xtx_inv_diag, df_resid, divisor)
+    rows_info = _FeatureRows(xtx_inv_diag, df_resid, divisor)
     return _Estimate(coef, variance, resid, None, None), rows_info
 
 

@@ -109,10 +109,30 @@ def largest_prior_variance(priors: Priors) -> float:
     return float(np.max(np.square(np.concatenate(values))))
 
 
-def algebra_data(estimates: Estimates, priors: Priors) -> tuple[np.ndarray, np.ndarray]:
-    """Estimates and variances se² of independent estimates, missing cells filled."""
-    b, se = estimates.estimate.to_numpy(), estimates.se.to_numpy()
-    return fill_missing(b, se**2, np.isnan(b), largest_prior_variance(priors))
+def algebra_data(
+    b: np.ndarray, variance: np.ndarray, priors: Priors
+) -> tuple[np.ndarray, np.ndarray]:
+    """Estimates and variances the tree algebra runs on: missing cells (NaN ``b``) filled.
+
+    The one place the missing cells' stand-ins are chosen for these priors
+    (:func:`~bayeshier_pymc.estimates.fill_missing`).
+    """
+    return fill_missing(b, variance, np.isnan(b), largest_prior_variance(priors))
+
+
+def _independent_algebra_data(
+    estimates: Estimates, priors: Priors
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`algebra_data` of independent estimates (variances se²)."""
+    return algebra_data(estimates.estimate.to_numpy(), estimates.se.to_numpy() ** 2, priors)
+
+
+def _given_se(estimates: Estimates) -> np.ndarray:
+    """The standard errors for the model's ``se`` data: ``inf`` in a missing cell.
+
+    Never the algebra's finite stand-in; ``inf`` because PyMC's data take no NaN.
+    """
+    return np.nan_to_num(estimates.se.to_numpy(), nan=np.inf)
 
 
 def scale_levels(hierarchy: Hierarchy | None) -> tuple[str, ...]:
@@ -168,16 +188,17 @@ def build_model(
     Returns
     -------
     pymc.Model
-        With data containers ``b`` and ``se`` and dims ``covariate``, ``feature``, ``level``
-        and one per annotation level.
+        With data containers ``b`` and ``se`` (the standard errors given; ``inf`` in a
+        missing cell, an estimate of infinite variance) and dims ``covariate``,
+        ``feature``, ``level`` and one per annotation level.
     """
-    b, var_b = algebra_data(estimates, priors)
+    b, var_b = _independent_algebra_data(estimates, priors)
     se = np.sqrt(var_b)
     if hierarchy is None:
         return _no_pooling_model(estimates, priors, noise)
     coords = model_coords(estimates, hierarchy)
     with pm.Model(coords=coords) as model:
-        pm.Data("se", se, dims=("covariate", "feature"))
+        pm.Data("se", _given_se(estimates), dims=("covariate", "feature"))
         tau = pm.HalfCauchy("tau", beta=priors.tau_scale, dims=("covariate", "level"))
         if parameterization == "collapsed":
             b_data = pm.Data("b", b, dims=("covariate", "feature"))
@@ -238,10 +259,10 @@ def _likelihood(
 
 def _no_pooling_model(estimates: Estimates, priors: Priors, noise: NoiseModel | None) -> pm.Model:
     coords = {"covariate": estimates.covariates.tolist(), "feature": estimates.features.tolist()}
-    b, var_b = algebra_data(estimates, priors)
+    b, var_b = _independent_algebra_data(estimates, priors)
     with pm.Model(coords=coords) as model:
         se = np.sqrt(var_b)
-        pm.Data("se", se, dims=("covariate", "feature"))
+        pm.Data("se", _given_se(estimates), dims=("covariate", "feature"))
         theta = pm.Normal(
             "theta", priors.mu0[:, None], priors.s0[:, None], dims=("covariate", "feature")
         )
@@ -302,7 +323,7 @@ def empirical_bayes_scales(
     estimates: Estimates, hierarchy: Hierarchy, priors: Priors
 ) -> np.ndarray:
     """Posterior-mode scales τ̂ (covariate × level) of the collapsed model, on the log scale."""
-    b, var_b = algebra_data(estimates, priors)
+    b, var_b = _independent_algebra_data(estimates, priors)
     tree = TreeIndex.from_hierarchy(hierarchy)
     shape = (b.shape[0], hierarchy.depth + 1)
 
@@ -328,7 +349,7 @@ def choose_centering(
     median over units and covariates of ``τ̂² / v`` exceeds 1.
     """
     tau_hat = empirical_bayes_scales(estimates, hierarchy, priors)
-    b, var_b = algebra_data(estimates, priors)
+    b, var_b = _independent_algebra_data(estimates, priors)
     messages = upward_pass(
         b,
         var_b,

@@ -41,13 +41,12 @@ import joblib
 import numpy as np
 from tqdm.auto import tqdm
 
-from bayeshier_pymc._validation import SEED_LIMIT, check_sampler_arguments
+from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.convergence import _caller_outside_package
 
 __all__ = [
     "TaskError",
     "dispatch",
-    "fixed_seed",
     "inner_fit_options",
     "outer_jobs",
     "task_seeds",
@@ -153,20 +152,6 @@ def task_seeds(random_seed: int | None, n_tasks: int) -> list[int]:
     """
     children = np.random.SeedSequence(random_seed).spawn(n_tasks)
     return [int(child.generate_state(1, np.uint64)[0] >> np.uint64(1)) for child in children]
-
-
-def fixed_seed(random_seed: Any) -> Any:
-    """The seed of one task, fixed before the tasks are dispatched.
-
-    A :class:`numpy.random.Generator` gives one integer draw, the draw a sampler takes from
-    it (:meth:`~bayeshier_pymc.ShrinkageModel.sample`), so that tasks seeded one after
-    another from a generator get the seeds they would get run one after another in this
-    process, wherever they run; anything else is returned as it is (and checked by the
-    sampler).
-    """
-    if isinstance(random_seed, np.random.Generator):
-        return int(random_seed.integers(SEED_LIMIT))
-    return random_seed
 
 
 def dispatch(

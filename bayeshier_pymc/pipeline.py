@@ -16,7 +16,7 @@ from bayeshier_pymc.depth_comparison import DepthComparison, compare_depths
 from bayeshier_pymc.diagnostics import Diagnosis, diagnose
 from bayeshier_pymc.hierarchy import Hierarchy, MissingPolicy
 from bayeshier_pymc.inference_data import OBSERVATION
-from bayeshier_pymc.mlm import MLMFit, mlm
+from bayeshier_pymc.mlm import MissingValues, MLMFit, mlm
 from bayeshier_pymc.persistence import check_output_file, save_results
 from bayeshier_pymc.problem import Depth
 from bayeshier_pymc.report import write_report
@@ -55,7 +55,7 @@ def run_pipeline(
     covariates: list[str] | None = None,
     priors: str | Mapping[str, Any] | None = None,
     missing: MissingPolicy = "raise",
-    missing_values: str = "raise",
+    missing_values: MissingValues = "raise",
     draws: int = 1000,
     tune: int = 1000,
     chains: int = 4,

@@ -200,7 +200,7 @@ class Priors:
             ``tau_scale`` one number, one per scale level, a mapping from level name to
             number (others keep the preset), or an array (covariate, level). A
             :class:`Priors` (e.g. another model's ``.priors``): its values for these
-            covariates and levels.
+            covariates and levels, with its ``typical_se`` (what its values were scaled by).
         scale_levels
             ``("feature", <annotation levels used>...)``.
         covariates
@@ -216,9 +216,9 @@ class Priors:
             match the covariates and levels; each message names the prior.
         """
         levels, labels = tuple(scale_levels), tuple(covariates)
-        typical_se = np.nanmedian(np.asarray(se, dtype=float), axis=1)
         if isinstance(priors, Priors):
-            return priors._restricted(labels, levels, typical_se)
+            return priors._restricted(labels, levels)
+        typical_se = np.nanmedian(np.asarray(se, dtype=float), axis=1)
         if priors is None or isinstance(priors, str):
             settings: Mapping[str, Any] = {"preset": priors or DEFAULT_PRESET}
         elif isinstance(priors, Mapping):
@@ -273,10 +273,12 @@ class Priors:
             )
         return self
 
-    def _restricted(
-        self, covariates: tuple[Any, ...], levels: tuple[str, ...], typical_se: np.ndarray
-    ) -> Priors:
-        """These priors for ``covariates`` and ``levels`` (each among this one's)."""
+    def _restricted(self, covariates: tuple[Any, ...], levels: tuple[str, ...]) -> Priors:
+        """These priors for ``covariates`` and ``levels`` (each among this one's).
+
+        The ``typical_se`` stays the source's, so that the values and the preset's rule
+        (``s0 = 10 s̄`` …) still agree in the table and in ``describe()``.
+        """
         absent = [c for c in covariates if c not in self.covariates]
         absent += [level for level in levels if level not in self.scale_levels]
         if absent:
@@ -292,7 +294,7 @@ class Priors:
             tau_scale=self.tau_scale[np.ix_(rows, columns)],
             covariates=covariates,
             scale_levels=levels,
-            typical_se=typical_se,
+            typical_se=self.typical_se[rows],
             preset=self.preset,
         )
 

@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayeshier_pymc.estimates import DIMS, Estimates, fill_missing
+from bayeshier_pymc.estimates import DIMS, Estimates
 from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, pad_scales
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.model import NoiseModel, largest_prior_variance, scale_levels
+from bayeshier_pymc.model import NoiseModel, algebra_data, scale_levels
 from bayeshier_pymc.priors import Priors
 
 __all__ = ["Depth", "ShrinkageProblem", "resolve_depth"]
@@ -254,7 +254,7 @@ class ShrinkageProblem:
     @cached_property
     def _algebra_data(self) -> tuple[np.ndarray, np.ndarray]:
         variance = self.own_variance if self.own_variance is not None else self.se**2
-        return fill_missing(self.b, variance, self.missing, largest_prior_variance(self.priors))
+        return algebra_data(self.b, variance, self.priors)
 
     @property
     def algebra_b(self) -> np.ndarray:

@@ -26,7 +26,7 @@ import pandas as pd
 import xarray as xr
 
 from bayeshier_pymc.inference_data import problem_from_idata
-from bayeshier_pymc.mlm import MLMFit
+from bayeshier_pymc.mlm import MLMFit, missingness_patterns
 from bayeshier_pymc.model import group_mean_name
 
 __all__ = [
@@ -278,7 +278,7 @@ def coefficient_table(
         "called",
     ]
     table = summary[columns].to_dataframe().reset_index()
-    table.attrs.update(hdi_prob=summary.attrs["hdi_prob"], alpha=alpha, n_draws=_n_draws(idata))
+    table.attrs.update(hdi_prob=summary.attrs["hdi_prob"], alpha=alpha, n_draws=n_draws(idata))
     return table
 
 
@@ -296,7 +296,9 @@ def coefficient_matrix(idata: az.InferenceData, fit: MLMFit | None = None) -> xr
         covariate of the fit: the shrunken rows are the posterior means, and the covariates
         that were not shrunk (typically the intercept) are refitted by least squares with
         the shrunken effects held fixed, so that an intercept re-centres on
-        ``mean(y) - mean(x) · θ`` instead of keeping its stage-1 value.
+        ``mean(y) - mean(x) · θ`` instead of keeping its stage-1 value. With missing
+        responses (``mlm(..., missing="per-feature")``) each feature is refitted on its
+        observed samples; a feature with none keeps NaN there.
 
     Returns
     -------
@@ -322,7 +324,13 @@ def coefficient_matrix(idata: az.InferenceData, fit: MLMFit | None = None) -> xr
     if len(rest):
         x = fit.X
         residual = fit.Y.to_numpy() - x[shrunk_names].to_numpy() @ shrunk.to_numpy()
-        refit, *_ = np.linalg.lstsq(x[rest].to_numpy(), residual, rcond=None)
+        x_rest = x[rest].to_numpy()
+        refit = np.full((len(rest), residual.shape[1]), np.nan)
+        for rows, columns in missingness_patterns(residual):
+            if rows.any():
+                refit[:, columns] = np.linalg.lstsq(
+                    x_rest[rows], residual[np.ix_(rows, columns)], rcond=None
+                )[0]
         coef.loc[{"covariate": rest}] = refit
     return coef
 
@@ -342,9 +350,14 @@ def scale_summary(idata: az.InferenceData, hdi_prob: float | None = None) -> pd.
         raise ValueError("this fit has no scales (a model without pooling).")
     tau = idata.posterior["tau"]
     summary = _summarise(tau, hdi_prob).drop_vars(["lfsr", "prob_positive", "prob_negative"])
-    squared = tau**2
-    summary["variance_share"] = (squared / squared.sum("level")).mean(SAMPLE_DIMS)
+    summary["variance_share"] = variance_shares(tau).mean(SAMPLE_DIMS)
     return summary.to_dataframe().reset_index()
+
+
+def variance_shares(tau: xr.DataArray) -> xr.DataArray:
+    """Each level's share of the variance in every draw: τ_L² / Σ_levels τ² (dim ``level``)."""
+    squared = tau**2
+    return squared / squared.sum("level")
 
 
 def group_effects(
@@ -368,10 +381,10 @@ def group_effects(
     summary = _summarise(idata.posterior[group_mean_name(level)], hdi_prob)
     frame = summary.to_dataframe().reset_index()
     frame["n_features"] = frame[level].map(tree.group_sizes(level))
-    frame.attrs["n_draws"] = _n_draws(idata)
+    frame.attrs["n_draws"] = n_draws(idata)
     return frame
 
 
-def _n_draws(idata: az.InferenceData) -> int:
-    """S, the number of posterior draws over every chain."""
+def n_draws(idata: az.InferenceData) -> int:
+    """S, the number of posterior draws over every chain (rates resolve down to 1/S)."""
     return int(idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"])

@@ -40,7 +40,7 @@ from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS
 from bayeshier_pymc.gibbs.step import TreeGibbs
 from bayeshier_pymc.gibbs.sweeps import check_scheme
 from bayeshier_pymc.inference_data import build_inference_data, posterior_dims
-from bayeshier_pymc.log_likelihood import conditional_total, leave_one_out
+from bayeshier_pymc.log_likelihood import conditional_constant, conditional_total, leave_one_out
 from bayeshier_pymc.model import Parameterization, build_model, group_mean_name
 from bayeshier_pymc.predictive import add_posterior_predictive, predictive_generator
 from bayeshier_pymc.problem import ShrinkageProblem
@@ -140,8 +140,7 @@ def sample(
     checked = check_sampler_arguments(
         draws=draws, tune=tune, chains=chains, cores=cores, random_seed=random_seed
     )
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; use one of {sorted(SAMPLERS)!r}.")
+    check_sampler_name(sampler)
     run = SAMPLERS[sampler](problem, **checked._asdict(), progressbar=progressbar, **options)
     idata = finish(problem, run)
     warn_if_not_converged(idata)
@@ -465,19 +464,17 @@ def _sample_gibbs(
 def _conditional_total(problem: ShrinkageProblem, theta: np.ndarray) -> np.ndarray:
     """Σ over covariates of log p(b | θ) per (chain, draw): N(θ, s²), or N(θ, Σ) with noise.
 
-    With missing cells, up to a constant (the algebra's stand-in variance of each missing
-    cell, :func:`~bayeshier_pymc.estimates.fill_missing`).
+    Over the observed cells only (a missing cell is no data point).
     """
-    b = problem.algebra_b
     if problem.noise is None:
-        se = np.sqrt(problem.var_b) if problem.has_missing else problem.se
-        return conditional_total(theta, b, se)
+        return conditional_total(theta, problem.b, problem.se)
+    b = problem.algebra_b
     return np.stack(  # chain by chain, to bound the temporaries
         [
             noise_log_density(b - chain, problem.var_b, problem.index, problem.noise).sum(axis=-1)
             for chain in theta
         ]
-    )
+    ) - conditional_constant(problem.var_b[problem.missing])
 
 
 def _run_step(
@@ -521,3 +518,9 @@ def _posterior_arrays(raw: az.InferenceData, problem: ShrinkageProblem) -> dict[
 SAMPLERS: dict[str, Callable[..., SamplerRun]] = {"nuts": _sample_nuts, "gibbs": _sample_gibbs}
 """Sampler name → function ``(problem, *, draws, tune, chains, cores, random_seed,
 progressbar, **options) -> SamplerRun``."""
+
+
+def check_sampler_name(sampler: object) -> None:
+    """Raise a ValueError unless ``sampler`` names one of :data:`SAMPLERS`."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; use one of {sorted(SAMPLERS)!r}.")

@@ -113,9 +113,11 @@ class ShrinkageModel:
     >>> fit = bh.mlm(study.Y, study.X)
     >>> tree = bh.Hierarchy.from_frame(study.annotations, ["SUB_PATHWAY", "SUPER_PATHWAY"])
     >>> model = bh.ShrinkageModel(fit, tree, covariates=["age", "bmi", "sex"])
-    >>> model  # doctest: +NORMALIZE_WHITESPACE
+    >>> model  # doctest: +NORMALIZE_WHITESPACE, +ELLIPSIS
     ShrinkageModel(3 covariates × 300 features; depth=2; Hierarchy(300 features;
     SUB_PATHWAY: 12, SUPER_PATHWAY: 4); correlated noise)
+    covariates: age, bmi, sex
+    Priors: θ0 ~ N(mu0, s0²), τ ~ HalfCauchy(tau_scale) per covariate and level; ...
     >>> bh.ShrinkageModel(fit, tree, covariates=["age"], depth=1).depth
     1
     """
@@ -343,7 +345,7 @@ class ShrinkageModel:
         if self.tree is None:
             n_features = self.estimates.estimate.sizes["feature"]
             return pd.DataFrame(
-                {"n_units": [n_features], "prior": ["N(mu0, s0²) per covariate"]},
+                {"n_units": [n_features], "prior": [_normal(self.priors.mu0, self.priors.s0)]},
                 index=pd.Index(["feature"], name="level"),
             )
         per_parent = [
@@ -366,6 +368,15 @@ class ShrinkageModel:
     def _repr_html_(self) -> str:
         first = html.escape(repr(self).split("\n", 1)[0])
         return f"<div><p>{first}</p>{self.describe().to_html()}{self.priors._repr_html_()}</div>"
+
+
+def _normal(mu0: np.ndarray, s0: np.ndarray) -> str:
+    """Each θ_j's prior without pooling: one N(mu0, s0²), or one per covariate."""
+    if np.all(mu0 == mu0[0]) and np.all(s0 == s0[0]):
+        return f"N({mu0[0]:.3g}, {s0[0]:.3g}²)"
+    return ", ".join(f"N({m:.3g}, {s:.3g}²)" for m, s in zip(mu0, s0, strict=True)) + (
+        " by covariate"
+    )
 
 
 def _half_cauchy(scales: np.ndarray) -> str:

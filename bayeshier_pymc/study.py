@@ -36,6 +36,7 @@ from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.mlm import mlm
 from bayeshier_pymc.parallel import dispatch, inner_fit_options
 from bayeshier_pymc.results import coefficient_matrix
+from bayeshier_pymc.sampling import check_sampler_name
 from bayeshier_pymc.shrinkage import NOISE_CHOICES, ShrinkageModel
 from bayeshier_pymc.simulate import ResidualNoise, simulate, train_test_split
 from bayeshier_pymc.validation_data import ValidationStudy, real_residual_covariance
@@ -334,7 +335,7 @@ def simulation_study(
     random_seed: int = 0,
     log: Callable[[str], None] | None = None,
     n_jobs: int | None = None,
-    progressbar: bool = False,
+    progressbar: bool = True,
     **sample_options: Any,
 ) -> StudyResult:
     """Run the research simulation study.
@@ -369,7 +370,8 @@ def simulation_study(
         says otherwise; ``backend="dask"`` runs them on a Dask cluster). Every replicate's
         numbers are the same wherever it runs; in parallel each fit gets one core.
     progressbar
-        Show one progress bar over the replicates.
+        Show one progress bar over the replicates (the fits show none of their own), as
+        every function that runs many fits does (``docs/parallel.md``).
     **sample_options
         Further keywords of :func:`run_replicate` (``priors``) and of
         :meth:`ShrinkageModel.sample` (e.g. ``nuts_sampler``).
@@ -393,6 +395,7 @@ def simulation_study(
         for setting in (settings if settings is not None else research_settings())
         for noise in noise_models
     ]
+    check_sampler_name(sampler)
     options = inner_fit_options(
         {
             "p": p,

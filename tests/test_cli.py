@@ -281,3 +281,49 @@ def test_fit_leaves_the_intercept_out_and_takes_the_research_priors(simulated):
         idata = bh.load_results(stored).idata
         assert idata.posterior["covariate"].to_numpy().tolist() == ["x0", "x1"]
         assert json.loads(idata.attrs["priors"])["preset"] == priors
+
+
+def test_per_feature_missing_values_keep_the_gaps_by_default(simulated, capsys, monkeypatch):
+    """--missing-values per-feature: --impute defaults to none; an imputation is refused."""
+    from bayeshier_pymc import preprocess
+
+    calls = []
+
+    def record(responses, **options):
+        calls.append(options["impute"])
+        raise ValueError("stop after preprocessing")
+
+    monkeypatch.setattr(preprocess, "preprocess", record)
+    assert main([*_fit_args(simulated), "--missing-values", "per-feature"]) == 2
+    assert main(_fit_args(simulated)) == 2
+    assert calls == [None, "half_min"]
+    capsys.readouterr()
+    args = [*_fit_args(simulated), "--missing-values", "per-feature", "--impute", "min"]
+    assert main(args) == 2
+    assert "--impute min fills the gaps" in capsys.readouterr().err
+    assert len(calls) == 2  # refused before reading anything
+
+
+def test_study_takes_the_research_priors_by_default(tmp_path, monkeypatch):
+    from bayeshier_pymc import study
+
+    seen = []
+
+    def record(settings, **options):
+        seen.append(options["priors"])
+        raise ValueError("stop before sampling")
+
+    monkeypatch.setattr(study, "simulation_study", record)
+    base = ["study", "--replicates", "1", "--rows", "60x300", "--out", str(tmp_path)]
+    assert main(base) == 2
+    assert main([*base, "--priors", "auto"]) == 2
+    assert seen == ["research", "auto"]
+
+
+def test_the_simulate_hint_is_one_shell_command(tmp_path, capsys):
+    import shlex
+
+    assert main(["simulate", "--n", "20", "--m", "30", "--p", "2", "--out", str(tmp_path)]) == 0
+    (hint,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("try: ")]
+    words = shlex.split(hint.removeprefix("try: "), comments=True)
+    assert words[:2] == ["bayeshier", "fit"] and words[-1] == "--no-log"

@@ -216,3 +216,24 @@ def test_verdict_names_what_each_warning_puts_in_doubt(iid, rng):
     first = diagnose(_idata(iid, _nuts_stats(rng, energy=walk))).verdict.splitlines()[0]
     assert first == "OK with warnings: r̂, ESS and divergences pass; the warnings below put the " \
         "exploration of the tails in doubt."  # fmt: skip
+
+
+def test_the_verdict_names_only_the_checks_that_ran(iid, rng):
+    """A Gibbs fit records no divergences: the verdict does not say they pass."""
+    walk = np.cumsum(rng.normal(size=(CHAINS, DRAWS)), axis=1)
+    gibbs_stats = {"energy": walk}  # only a warning-level check has a stat here
+    first = diagnose(_idata(iid, gibbs_stats)).verdict.splitlines()[0]
+    assert first.startswith("OK with warnings: r̂ and ESS pass; "), first
+
+
+def test_the_pareto_k_advice_offers_no_refits_with_missing_cells(rng):
+    """With missing cells (log-likelihood along ``observation``) refit_bad_k is not offered."""
+    idata = _heavy_tailed_loo(rng)
+    for name in list(idata.log_likelihood.data_vars):
+        idata.log_likelihood[name] = idata.log_likelihood[name].rename(
+            {idata.log_likelihood[name].dims[-1]: "observation"}
+        )
+    for loo in ("marginal", "group"):
+        verdict = diagnose(idata, loo=loo).verdict
+        (warning,) = [line for line in verdict.splitlines() if line.startswith("Warning: pareto_k")]
+        assert "refit_bad_k=True" not in warning and "not available" in warning, warning

@@ -528,3 +528,97 @@ def test_a_problem_refuses_a_missing_cell_that_is_not_in_canonical_form():
             priors=problem.priors,
             depth=1,
         )
+
+
+def test_coefficient_matrix_refits_the_intercept_of_a_per_feature_fit_on_observed_rows():
+    import xarray as xr
+
+    import bayeshier_pymc as bh
+
+    X, Y = _response_with_gaps()
+    with pytest.warns(UserWarning, match="too few complete rows"):
+        fit = bh.mlm(Y, X, missing="per-feature")
+    theta = np.random.default_rng(1).normal(size=(2, 5, 2, Y.shape[1]))
+    idata = az.InferenceData(
+        posterior=xr.Dataset(
+            {"theta": (("chain", "draw", "covariate", "feature"), theta)},
+            coords={"covariate": ["a", "b"], "feature": Y.columns},
+        )
+    )
+    full = bh.coefficient_matrix(idata, fit=fit)
+    slopes = theta.mean(axis=(0, 1))
+    residual = Y.to_numpy() - X.to_numpy() @ slopes
+    # every feature, the one stage 1 could not fit included: mean residual of its observed rows
+    np.testing.assert_allclose(
+        full.sel(covariate="(Intercept)"), np.nanmean(residual, axis=0), rtol=1e-10
+    )
+
+
+def test_plots_show_the_observed_cells_and_count_the_missing_ones(fit):
+    import matplotlib.pyplot as plt
+
+    from bayeshier_pymc.plots import plot_shrinkage, plot_stage1_vs_shrunken
+
+    n_missing = int(MISSING[0].sum())
+    ax = plot_stage1_vs_shrunken(fit, covariate="x")
+    points = [c for c in ax.collections if len(c.get_offsets())]
+    assert sum(len(c.get_offsets()) for c in points[:2]) == 9 - n_missing
+    for collection in points:
+        assert np.isfinite(collection.get_sizes()).all()
+        assert np.isfinite(np.asarray(collection.get_offsets())).all()
+    assert f"{n_missing} feature(s) without a stage-1 estimate" in ax.get_title()
+    ax = plot_shrinkage(fit, covariate="x")
+    assert f"Shrinkage of {9 - n_missing} features" in ax.get_title()
+    assert f"{n_missing} feature(s) without a stage-1 estimate" in ax.get_title()
+    plt.close("all")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "pymc"])
+@pytest.mark.parametrize("noise", ["independent", "tree"])
+def test_the_gibbs_log_likelihood_stat_sums_the_observed_cells_only(backend, noise):
+    """sample_stats.log_likelihood is Σ over covariates of log N(b_obs; θ_obs, Σ_obs)."""
+    from scipy import stats
+
+    model = _model(noise)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        idata = model.sample(
+            "gibbs", backend=backend, draws=5, tune=20, chains=1, random_seed=3,
+            progressbar=False, cores=1,
+        )  # fmt: skip
+    problem = model.problem
+    theta = idata.posterior["theta"].to_numpy()[0]
+    want = np.zeros(theta.shape[0])
+    for c in range(2):
+        observed = ~problem.missing[c]
+        covariance = _dense_noise(problem, c)[np.ix_(observed, observed)]
+        residual = problem.b[c, observed] - theta[:, c, observed]
+        want += stats.multivariate_normal(np.zeros(observed.sum()), covariance).logpdf(residual)
+    got = idata.sample_stats["log_likelihood"].to_numpy()[0]
+    np.testing.assert_allclose(got, want, rtol=1e-8)
+
+
+def test_compare_depths_refuses_refits_with_missing_cells_before_any_fit(monkeypatch):
+    from bayeshier_pymc.depth_comparison import compare_depths
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a fit was sampled before the arguments were checked")
+
+    monkeypatch.setattr(ShrinkageModel, "sample", refuse)
+    problem = _problem(2, correlated=False)
+    labels = {"index": problem.covariates, "columns": FEATURES}
+    estimates = (pd.DataFrame(problem.b, **labels), pd.DataFrame(problem.se, **labels))
+    with pytest.raises(ValueError, match="refit_bad_k is not available"):
+        compare_depths(estimates, _hierarchy(), loo="group", refit_bad_k=True, noise="independent")
+
+
+@pytest.mark.parametrize("depth", [2, "none"])
+def test_the_pymc_model_shows_the_given_standard_errors(depth):
+    """Its ``se`` data is the standard errors given (inf in a missing cell), no stand-in."""
+    model = _model("independent", depth=depth)
+    for parameterization in ("collapsed", "centered"):
+        built = model.build(parameterization)
+        se = built["se"].get_value()
+        np.testing.assert_array_equal(np.isinf(se), MISSING)
+        np.testing.assert_array_equal(se[~MISSING], model.problem.se[~MISSING])
+        assert np.isfinite(built.compile_logp()(built.initial_point()))

@@ -210,3 +210,58 @@ def test_parallel_fits_get_one_core_each(cohorts, monkeypatch):
     seen.clear()
     _quietly(bh.fit_many, fits, tree, random_seed=1, **GIBBS)
     assert seen == [None, None, None]
+
+
+def test_bad_depths_samplers_and_seeds_are_refused_before_any_fit(cohorts, two_levels, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a fit was sampled before the arguments were checked")
+
+    monkeypatch.setattr(ShrinkageModel, "sample", refuse)
+    fits, tree = cohorts
+    fit, levels = two_levels
+    with pytest.raises(ValueError, match="depth 7 is beyond"):
+        compare_depths(fit, levels, depths=[0, 7], **GIBBS)
+    with pytest.raises(ValueError, match="unknown sampler 'gibs'"):
+        compare_depths(fit, levels, **{**GIBBS, "sampler": "gibs"})
+    with pytest.raises(ValueError, match="random_seed must"):
+        compare_depths(fit, levels, random_seed=-1, **GIBBS)
+    with pytest.raises(ValueError, match="unknown sampler 'gibs'"):
+        bh.fit_many(fits, tree, sampler="gibs")
+    with pytest.raises(ValueError, match="random_seed must"):
+        bh.fit_many(fits, tree, random_seed="one")
+    with pytest.raises(ValueError, match="unknown sampler 'gibs'"):
+        simulation_study(replicates=1, sampler="gibs")
+
+
+class _Dispatched(Exception):
+    pass
+
+
+def test_every_many_fit_function_shows_one_bar_over_its_tasks_by_default(
+    cohorts, two_levels, monkeypatch
+):
+    """One rule: progressbar=True by default, one bar over the tasks, none for the fits."""
+    from bayeshier_pymc import depth_comparison, many_fits, study
+
+    seen = []
+
+    def record(function, tasks, *, progress=False, **kwargs):
+        options = next(a for a in next(iter(tasks))[1] if isinstance(a, dict))
+        seen.append((progress, options.get("progressbar")))
+        raise _Dispatched
+
+    for module in (depth_comparison, many_fits, study):
+        monkeypatch.setattr(module, "dispatch", record)
+    fits, tree = cohorts
+    fit, levels = two_levels
+    settings = {"draws": 20, "tune": 20, "chains": 1}
+    calls = [
+        lambda **extra: compare_depths(fit, levels, sampler="gibbs", **settings, **extra),
+        lambda **extra: bh.fit_many(fits, tree, sampler="gibbs", **settings, **extra),
+        lambda **extra: simulation_study(replicates=1, **settings, **extra),
+    ]
+    for call in calls:
+        for extra, shown in (({}, True), ({"progressbar": False}, False)):
+            with pytest.raises(_Dispatched):
+                call(**extra)
+            assert seen.pop() == (shown, False), (call, extra)

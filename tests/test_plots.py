@@ -362,3 +362,17 @@ def test_stage1_vs_shrunken_places_every_feature_and_counts_both_lists():
     assert len(rings.get_offsets()) == stage1.sum()
     # without the fit, normal tests of b / s give the stage-1 list
     assert plot_stage1_vs_shrunken(idata, covariate="x1").get_xlabel() == "stage-1 estimate b̂ (x1)"
+
+
+@pytest.mark.parametrize("name", ["(Intercept)", "Intercept"])
+def test_the_default_covariate_is_never_an_intercept(name):
+    import arviz as az
+    import xarray as xr
+
+    from bayeshier_pymc.plots._common import pick_covariate
+
+    theta = xr.DataArray(np.zeros((1, 1, 2)), dims=("chain", "draw", "covariate"))
+    idata = az.InferenceData(
+        posterior=xr.Dataset({"theta": theta}, coords={"covariate": [name, "age"]})
+    )
+    assert pick_covariate(idata, None) == "age"

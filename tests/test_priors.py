@@ -222,3 +222,12 @@ def test_the_engine_gives_every_covariate_its_own_priors(scheme):
             z = (summary["mean"][0] - exact_mean[name]) / summary["mcse_mean"][0]
             assert abs(z) < Z_LIMIT, (covariate, name, z)
     assert means[1] > 2 * means[0]  # the priors matter here: a mix-up could not pass
+
+
+def test_another_fits_priors_keep_their_typical_se():
+    """Priors passed on to data in other units keep the s̄ their values were scaled by."""
+    source = Priors.resolve(None, LEVELS, ["age", "sex"], _se())
+    reused = Priors.resolve(source, ("feature",), ["sex"], 100.0 * _se()[1:])
+    np.testing.assert_array_equal(reused.typical_se, [5.0])
+    np.testing.assert_allclose(reused.s0, AUTO_S0_MULTIPLE * reused.typical_se)
+    np.testing.assert_allclose(reused.tau_scale, [[5.0]])

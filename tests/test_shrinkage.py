@@ -182,6 +182,14 @@ def test_notebook_representation(fit, tree):
     assert table["n_units"].tolist() == [60, 4, 2]
     research = ShrinkageModel(fit, tree, priors="research")
     assert "<table" in research._repr_html_() and "HalfCauchy(1)" in research._repr_html_()
+    # without pooling: each θ_j's prior, with its numbers
+    unpooled = ShrinkageModel(
+        fit, tree, depth="none", priors={"preset": "research", "s0": {"x1": 2.0}}
+    )
+    assert unpooled.describe()["prior"].tolist() == ["N(0, 1²), N(0, 2²) by covariate"]
+    assert ShrinkageModel(fit, tree, depth="none", priors="research").describe()[
+        "prior"
+    ].tolist() == ["N(0, 1²)"]
 
 
 def test_the_intercept_is_not_shrunk_unless_asked(study, tree):

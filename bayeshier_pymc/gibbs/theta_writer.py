@@ -133,6 +133,7 @@ class ThetaWriter:
         self._rng = np.random.Generator(np.random.SFC64(seed))
         self._b = np.ascontiguousarray(problem.algebra_b, dtype=float)
         self._var_b = np.ascontiguousarray(problem.var_b, dtype=float)
+        self._missing = problem.missing
         self._tau = posterior["tau"]
         self._shape = (*self._tau.shape[:3], self._b.shape[1])
         self._dtype = dtype
@@ -180,11 +181,12 @@ class ThetaWriter:
             while self._ready and self._write_next():
                 pass
             self._done.result()
+        # a missing cell is no data point: take its stand-in variance's constant out
         if self._parents is not None:
-            return WrittenDraws(self._theta, None, self._totals)
-        return WrittenDraws(
-            self._theta, self._log_likelihood, self._totals + conditional_constant(self._var_b)
-        )
+            totals = self._totals - conditional_constant(self._var_b[self._missing])
+            return WrittenDraws(self._theta, None, totals)
+        totals = self._totals + conditional_constant(self._var_b[~self._missing])
+        return WrittenDraws(self._theta, self._log_likelihood, totals)
 
     def close(self, *, abandon: bool = False) -> None:
         """Stop the thread (after :meth:`finish`, or early after an error in the sweeps).

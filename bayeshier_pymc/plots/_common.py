@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex, to_rgb
 
-from bayeshier_pymc.design import INTERCEPT
+from bayeshier_pymc.design import INTERCEPT_NAMES
 from bayeshier_pymc.inference_data import problem_from_idata
 
 ALL_FEATURES = "all features"
@@ -35,7 +35,7 @@ def pick_covariate(idata: az.InferenceData, covariate: object | None) -> object:
     """The covariate to plot: ``covariate``, or the first that is not the intercept."""
     covariates = idata.posterior["covariate"].to_numpy().tolist()
     if covariate is None:
-        return next((c for c in covariates if c != INTERCEPT), covariates[0])
+        return next((c for c in covariates if c not in INTERCEPT_NAMES), covariates[0])
     if covariate not in covariates:
         raise ValueError(f"unknown covariate {covariate!r}; the fit has {covariates!r}.")
     return covariate

@@ -12,6 +12,7 @@ from matplotlib.transforms import blended_transform_factory
 from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.plots._common import group_colors, new_axes, pick_covariate, text_color
 from bayeshier_pymc.results import format_rate, group_effects, resolve_hdi_prob
+from bayeshier_pymc.results import n_draws as draw_count
 
 __all__ = ["plot_group_effects"]
 
@@ -67,7 +68,7 @@ def plot_group_effects(
     depth = tree.levels.index(level)
     children = _rows_of(group_effects(idata, level, hdi_prob), covariate, level)
     parent_level = tree.levels[depth + 1] if depth + 1 < len(tree.levels) else None
-    n_draws = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+    n_draws = draw_count(idata)
 
     if parent_level is None:
         rows = children.sort_values("mean").assign(kind="group", parent=0)

@@ -109,6 +109,9 @@ def plot_shrinkage(
         members = np.flatnonzero(bands.codes == g)
         members = members[np.lexsort((estimate[members], target[members]))]
         y[members] = bottom + height * (1 - BAND_FILL) / 2 + _row_positions(len(members), height)
+    missing = problem.missing[problem.covariates.get_loc(covariate)]
+    n_missing = int(missing[features].sum())
+    features = features[~missing[features]]  # no stage-1 estimate, no arrow
 
     total = float(heights.sum())
     ax = new_axes(ax, (9.5, min(1.6 + INCHES_PER_UNIT * total, MAX_FIGURE_HEIGHT)))
@@ -152,7 +155,8 @@ def plot_shrinkage(
     ax.set_xlabel(f"effect of {covariate}")
     ax.set_title(
         f"Shrinkage of {len(features)} features: stage-1 estimate (dot) → posterior mean "
-        "(arrow head)",
+        "(arrow head)"
+        + (f"\n{n_missing} feature(s) without a stage-1 estimate not shown" if n_missing else ""),
         fontsize="medium",
     )
     ax.legend(

@@ -33,14 +33,18 @@ def _stage1_adjusted_pvalues(
     """Benjamini–Hochberg adjusted stage-1 p-values of the fit's features for ``covariate``.
 
     With ``fit``, its own (t-test) adjusted p-values, BH over every feature of the fit;
-    without, two-sided normal tests of b̂_j / s_j adjusted over the fit's features.
+    without, two-sided normal tests of b̂_j / s_j adjusted over the observed features.
+    A missing cell's adjusted p-value is NaN.
     """
     problem = problem_from_idata(idata)
     features = idata.posterior["feature"].to_numpy()
     if fit is None:
         row = problem.covariates.get_loc(covariate)
-        p = 2.0 * stats.norm.sf(np.abs(problem.b[row]) / problem.se[row])
-        return stats.false_discovery_control(p, method="bh")
+        observed = ~problem.missing[row]
+        adjusted = np.full(len(features), np.nan)
+        p = 2.0 * stats.norm.sf(np.abs(problem.b[row, observed]) / problem.se[row, observed])
+        adjusted[observed] = stats.false_discovery_control(p, method="bh")
+        return adjusted
     table = fit.to_frame()
     adjusted = table[table["covariate"] == covariate].set_index("feature")["p_adj"]
     if adjusted.empty:
@@ -70,7 +74,8 @@ def plot_stage1_vs_shrunken(
     p < alpha (a black ring), and stage 2, q-value ≤ alpha (the mean lfsr of the list, as in
     ``coefficient_table(...)["called"]``; a filled point). Features on neither list are
     faded. The legend counts each kind; the ``n_labels`` features whose call differs
-    between the stages, farthest from the diagonal first, are named.
+    between the stages, farthest from the diagonal first, are named. Features without a
+    stage-1 estimate for the covariate (missing cells) are left out; the title counts them.
 
     Parameters
     ----------
@@ -102,10 +107,12 @@ def plot_stage1_vs_shrunken(
     groups = feature_groups(idata, level)
     problem = problem_from_idata(idata)
     row = problem.covariates.get_loc(covariate)
-    estimate, se = problem.b[row], problem.se[row]
-    shrunk = posterior_mean(idata, "theta", covariate)
-    stage1 = _stage1_adjusted_pvalues(idata, covariate, fit) < alpha
+    observed = ~problem.missing[row]
+    estimate, se = problem.b[row, observed], problem.se[row, observed]
+    shrunk = posterior_mean(idata, "theta", covariate)[observed]
+    stage1 = (_stage1_adjusted_pvalues(idata, covariate, fit) < alpha)[observed]
     stage2 = (qvalue(lfsr(idata.posterior["theta"].sel(covariate=covariate))) <= alpha).to_numpy()
+    stage2 = stage2[observed]
     kind = np.select([stage1 & stage2, stage2, stage1], HIT_KINDS[:3], default=HIT_KINDS[3]).astype(
         object
     )
@@ -113,7 +120,7 @@ def plot_stage1_vs_shrunken(
     ax = new_axes(ax, (7.5, 6.0))
     base = float(np.clip(300.0 / np.sqrt(len(se)), 6.0, 40.0))
     size = np.clip(base * (se / np.median(se)) ** 2, base / 4, base * 6)
-    colors = np.asarray(groups.colors)[groups.codes]
+    colors = np.asarray(groups.colors)[groups.codes[observed]]
     rasterized = len(shrunk) > 500
     faded = kind == "neither"
     ax.scatter(estimate[faded], shrunk[faded], s=size[faded], c=colors[faded], alpha=0.25,
@@ -131,7 +138,8 @@ def plot_stage1_vs_shrunken(
     ax.plot([low, high], [low, high], color="0.5", lw=0.8, zorder=1)
     if problem.pooled:
         ax.axhline(posterior_mean(idata, "mu", covariate), color="0.3", ls="--", lw=1)
-    _name_changes(ax, feature_names(idata, labels), estimate, shrunk, stage1 != stage2, n_labels)
+    names = feature_names(idata, labels)[observed]
+    _name_changes(ax, names, estimate, shrunk, stage1 != stage2, n_labels)
     counts = {k: int((kind == k).sum()) for k in HIT_KINDS}
     handles = [
         Line2D(
@@ -169,9 +177,11 @@ def plot_stage1_vs_shrunken(
               bbox_to_anchor=(1.01, 1.0), frameon=False)  # fmt: skip
     ax.set_xlabel(f"stage-1 estimate b̂ ({covariate})")
     ax.set_ylabel(f"posterior mean of θ ({covariate})")
+    n_missing = int((~observed).sum())
     ax.set_title(
         f"Stage 1 vs shrunken: {int(stage1.sum())} BH hits, {int(stage2.sum())} called at "
-        f"stage 2 (level {alpha:g}); point area ∝ s²",
+        f"stage 2 (level {alpha:g}); point area ∝ s²"
+        + (f"\n{n_missing} feature(s) without a stage-1 estimate not shown" if n_missing else ""),
         fontsize="medium",
     )
     return ax

@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 
 from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.plots._common import group_colors, new_axes
-from bayeshier_pymc.results import resolve_hdi_prob, scale_summary
+from bayeshier_pymc.results import resolve_hdi_prob, scale_summary, variance_shares
 
 __all__ = ["half_cauchy_density", "plot_tau", "plot_tau_prior_posterior"]
 
@@ -129,9 +129,12 @@ def plot_tau_prior_posterior(
     shape = (len(chosen), len(levels) + 1)
     axes = _grid(ax, shape)
     colors = group_colors(len(levels))
+    all_shares = variance_shares(tau)
     for row, covariate in enumerate(chosen):
         draws = tau.sel(covariate=covariate).stack(sample=("chain", "draw"))
         draws = draws.transpose("level", "sample").to_numpy()
+        shares = all_shares.sel(covariate=covariate).stack(sample=("chain", "draw"))
+        shares = shares.transpose("level", "sample").to_numpy()
         scales = priors.tau_scale[available.index(covariate)]
         for column, level in enumerate(levels):
             panel = axes[row, column]
@@ -154,8 +157,6 @@ def plot_tau_prior_posterior(
             )
             panel.set_xlim(0.0, upper)
             panel.set_yticks([])
-        squared = draws**2
-        shares = squared / squared.sum(axis=0)
         low, high = np.quantile(shares, [0.05, 0.95], axis=1)
         panel = axes[row, -1]
         y = np.arange(len(levels))[::-1]

@@ -17,6 +17,7 @@ from bayeshier_pymc.plots._common import (
     pick_covariate,
 )
 from bayeshier_pymc.results import lfsr
+from bayeshier_pymc.results import n_draws as draw_count
 
 __all__ = ["plot_volcano"]
 
@@ -70,7 +71,7 @@ def plot_volcano(
     groups = feature_groups(idata, level)
     theta = idata.posterior["theta"].sel(covariate=covariate)
     mean = theta.mean(("chain", "draw")).to_numpy()
-    n_draws = theta.sizes["chain"] * theta.sizes["draw"]
+    n_draws = draw_count(idata)
     sampled = lfsr(theta).to_numpy()
     unresolved = sampled < 1.0 / n_draws
     approximate = stats.norm.sf(np.abs(mean) / theta.std(("chain", "draw")).to_numpy())
