@@ -56,6 +56,7 @@ def _sampler_options(args: argparse.Namespace) -> dict[str, object]:
             f"--draws must be at least {MIN_DRAWS} (the samplers are compared; or --no-compare)."
         )
     prepare_output_folder(args.out)
+    chosen_alpha = {} if args.alpha is None else {"alpha": args.alpha}
     return {
         "draws": checked.draws,
         "tune": checked.tune,
@@ -67,6 +68,7 @@ def _sampler_options(args: argparse.Namespace) -> dict[str, object]:
         "depth": args.depth,
         "compare": args.compare,
         "progressbar": not args.quiet,
+        **chosen_alpha,
     }
 
 
@@ -220,6 +222,12 @@ def _add_sampler_arguments(parser: argparse.ArgumentParser, default_out: str) ->
     parser.add_argument("--tune", type=int, default=1000, help="tuning steps per chain")
     parser.add_argument("--chains", type=int, default=4, help="number of chains")
     parser.add_argument("--seed", type=int, default=2026, help="random seed")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        help="target false sign rate of the called effects, q-value <= alpha (default: the "
+        "package's, 0.05)",
+    )
     parser.add_argument(
         "--sampler",
         choices=["nuts", "gibbs"],

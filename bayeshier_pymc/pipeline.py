@@ -20,7 +20,7 @@ from bayeshier_pymc.mlm import MissingValues, MLMFit, mlm
 from bayeshier_pymc.persistence import check_output_file, save_results
 from bayeshier_pymc.problem import Depth
 from bayeshier_pymc.report import write_report
-from bayeshier_pymc.results import coefficient_table, scale_summary
+from bayeshier_pymc.results import DEFAULT_ALPHA, coefficient_table, scale_summary
 from bayeshier_pymc.sampler_comparison import MIN_DRAWS, SamplerComparison, compare_samplers
 from bayeshier_pymc.shrinkage import NoiseChoice, ShrinkageModel
 
@@ -66,6 +66,7 @@ def run_pipeline(
     compare: bool = True,
     cores: int | None = None,
     progressbar: bool = False,
+    alpha: float = DEFAULT_ALPHA,
     title: str = "bayeshier_pymc analysis",
     log: Callable[[str], None] = print,
 ) -> PipelineResult:
@@ -119,6 +120,9 @@ def run_pipeline(
         CPUs for the samplers (default: all).
     progressbar
         Show a progress bar (on stderr) for every sampling step.
+    alpha
+        Target false sign rate of the called effects (``called`` in ``shrunken_effects.csv``
+        and the report: q-value ≤ ``alpha``; see :func:`~bayeshier_pymc.coefficient_table`).
     title
         Title of the report.
     log
@@ -160,6 +164,8 @@ def run_pipeline(
             f"the pipeline compares the samplers, which needs draws >= {MIN_DRAWS} per chain; "
             f"got draws={draws} (or turn the comparisons off)."
         )
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
     out = prepare_output_folder(out_dir)
     log("stage 1: matrix linear model")
     fit = mlm(Y, X, data=data, missing=missing_values)
@@ -204,7 +210,7 @@ def run_pipeline(
             **settings,
         )
         log(f"recommended depth: {depths.recommended}")
-    coefficients = coefficient_table(idata)
+    coefficients = coefficient_table(idata, alpha=alpha)
     scales = scale_summary(idata) if model.pooled else None
     tables = {"stage1_estimates.csv": fit.to_frame(), "shrunken_effects.csv": coefficients}
     if scales is not None:

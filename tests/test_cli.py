@@ -131,6 +131,16 @@ def test_fast_path_flags(simulated, capsys):
     assert not (out / "depths.csv").exists() and not (out / "sampler_comparison.png").exists()
     report = (out / "report.md").read_text()
     assert "gibbs" in report and "Which depth" not in report
+    effects = pd.read_csv(out / "shrunken_effects.csv")
+    assert effects["called"].equals(effects["qvalue"] <= 0.05)
+    # a stricter call threshold, and one outside (0, 1) refused before any work
+    assert main([*args, "--alpha", "0.001"]) == 0
+    strict = pd.read_csv(out / "shrunken_effects.csv")
+    assert strict["called"].equals(strict["qvalue"] <= 0.001)
+    assert strict["called"].sum() < effects["called"].sum()
+    assert "q-value ≤ 0.001" in (out / "report.md").read_text()
+    assert main([*args, "--alpha", "1.5"]) == 2
+    assert "alpha must lie in (0, 1), got 1.5" in capsys.readouterr().err
     # no pooling, and a depth the tree does not have
     none = _fit_args(simulated, **{"--out": simulated.parent / "none"})
     assert main([*none, "--depth", "none", "--no-compare", "--quiet"]) == 0
