@@ -20,9 +20,9 @@ unshrunk estimates, θ ~ N(b, se²), as a reference):
   marginal) for each noise model on the whole data set, and that depth's split-half MSE gain.
 
 Stage 2 has the package's default priors (``--priors research``: the research code's fixed
-priors, with which the figures of ``docs/calibration.md`` were measured). It is NUTS on the
-collapsed model by default (``--nuts-sampler pymc``, one process per fit, so that it runs
-beside other jobs); ``--sampler gibbs`` uses the Gibbs engine.
+priors, with which the earlier run analysed in ``docs/calibration.md`` was measured). It is
+NUTS on the collapsed model by default (``--nuts-sampler pymc``, one process per fit, so that
+it runs beside other jobs); ``--sampler gibbs`` uses the Gibbs engine.
 """
 
 from __future__ import annotations
