@@ -19,8 +19,10 @@ unshrunk estimates, θ ~ N(b, se²), as a reference):
 * with ``--compare``: the depth :func:`bayeshier_pymc.compare_fits` recommends (PSIS-LOO,
   marginal) for each noise model on the whole data set, and that depth's split-half MSE gain.
 
-Stage 2 is NUTS on the collapsed model by default (``--nuts-sampler pymc``, one process per
-fit, so that it runs beside other jobs); ``--sampler gibbs`` uses the Gibbs engine.
+Stage 2 has the package's default priors (``--priors research``: the research code's fixed
+priors, with which the earlier run analysed in ``docs/calibration.md`` was measured). It is
+NUTS on the collapsed model by default (``--nuts-sampler pymc``, one process per fit, so that
+it runs beside other jobs); ``--sampler gibbs`` uses the Gibbs engine.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from bayeshier_pymc.calibration import (
     stage_one_posterior,
 )
 from bayeshier_pymc.depth_comparison import compare_fits
+from bayeshier_pymc.priors import PRESETS
 from bayeshier_pymc.validation_data import (
     LIVER_FILES,
     QMDIAB_FILES,
@@ -83,6 +86,12 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--compare", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--priors",
+        choices=list(PRESETS),
+        default="auto",
+        help="stage 2's prior preset: 'auto' (the package default) or 'research'",
+    )
     args = parser.parse_args()
     pd.set_option("display.width", 200)
     warnings.simplefilter("ignore")
@@ -114,6 +123,7 @@ def main() -> None:
                     draws=args.draws,
                     tune=args.draws,
                     chains=args.chains,
+                    priors=args.priors,
                     sample_options=options,
                 )
             )
@@ -155,7 +165,9 @@ def main() -> None:
             fit = mlm(study.Y, study.X)
             for noise, setting in NOISE_MODELS.items():
                 fits = {
-                    depth: ShrinkageModel(fit, study.hierarchy, depth=depth, noise=setting).sample(
+                    depth: ShrinkageModel(
+                        fit, study.hierarchy, depth=depth, noise=setting, priors=args.priors
+                    ).sample(
                         args.sampler,
                         draws=args.draws,
                         tune=args.draws,

@@ -144,7 +144,12 @@ def run_loop(model: ShrinkageModel, draws: int, seed: int) -> Run:
     start = time.perf_counter()
     for k in range(b.shape[0]):
         data = TreeData.build(
-            b[k : k + 1], var_b[k : k + 1], tree, priors.tau_scale, priors.mu0, priors.s0
+            b[k : k + 1],
+            var_b[k : k + 1],
+            tree,
+            priors.tau_scale[k : k + 1],
+            priors.mu0[k : k + 1],
+            priors.s0[k : k + 1],
         )
         for chain in range(CHAINS):
             state = initial_state(data, rng)
