@@ -77,8 +77,9 @@ def write_report(
     ]
     sections = [
         f"# {title}",
-        f"{fit.n_obs} samples × {fit.Y.shape[1]} features; {model!r}. "
+        f"{fit.n_obs} samples × {fit.Y.shape[1]} features; {repr(model).splitlines()[0]}. "
         f"Stage-1 errors: {model.noise_description}.",
+        f"Priors: {model.priors.describe()}.\n\n{_table(model.priors.to_frame().reset_index())}",
         "## Stage 1: matrix linear model",
         _table(significant),
         f"## Stage 2: shrinkage along the annotation tree ({sampler})",

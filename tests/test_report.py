@@ -73,3 +73,13 @@ def test_every_verdict_line_is_in_the_report(report):
     assert f"**Diagnostics** ({status}):" in text
     for line in diagnosis.verdict.splitlines():
         assert f"- {line}" in text
+
+
+def test_the_priors_are_a_table_of_their_own(report):
+    text, coefficients, _ = report
+    first = text.splitlines()[2]
+    assert "features; ShrinkageModel(" in first and first.endswith(".")
+    assert "Priors" not in first  # the model's one-line summary, the priors below it
+    _, rows = _rows(text, "| covariate | typical_se |")
+    assert [row[0] for row in rows] == list(coefficients["covariate"].unique())
+    assert "Priors: θ0 ~ N(mu0, s0²)" in text
