@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.mlm import MLMFit, missingness_patterns
 from bayeshier_pymc.model import group_mean_name
@@ -360,6 +361,23 @@ def variance_shares(tau: xr.DataArray) -> xr.DataArray:
     return squared / squared.sum("level")
 
 
+def group_level(idata: az.InferenceData, level: str | None) -> tuple[Hierarchy, str]:
+    """The fit's annotation tree and ``level`` checked against it (default: the finest level).
+
+    Raises
+    ------
+    ValueError
+        When the fit has no annotation levels or does not use ``level``.
+    """
+    tree = problem_from_idata(idata).tree
+    if tree is None or not tree.levels:
+        raise ValueError("this fit has no annotation levels, so no group effects.")
+    level = tree.levels[0] if level is None else level
+    if level not in tree.levels:
+        raise ValueError(f"unknown level {level!r}; the fit used {list(tree.levels)!r}.")
+    return tree, level
+
+
 def group_effects(
     idata: az.InferenceData, level: str | None = None, hdi_prob: float | None = None
 ) -> pd.DataFrame:
@@ -372,12 +390,7 @@ def group_effects(
         prob_negative, lfsr, n_features``; ``attrs["n_draws"]`` is the number of draws S
         (see :func:`display_table`).
     """
-    tree = problem_from_idata(idata).tree
-    if tree is None or not tree.levels:
-        raise ValueError("this fit has no annotation levels, so no group effects.")
-    level = tree.levels[0] if level is None else level
-    if level not in tree.levels:
-        raise ValueError(f"unknown level {level!r}; the fit used {list(tree.levels)!r}.")
+    tree, level = group_level(idata, level)
     summary = _summarise(idata.posterior[group_mean_name(level)], hdi_prob)
     frame = summary.to_dataframe().reset_index()
     frame["n_features"] = frame[level].map(tree.group_sizes(level))

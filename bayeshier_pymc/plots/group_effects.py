@@ -9,9 +9,8 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory
 
-from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.plots._common import group_colors, new_axes, pick_covariate, text_color
-from bayeshier_pymc.results import format_rate, group_effects, resolve_hdi_prob
+from bayeshier_pymc.results import format_rate, group_effects, group_level, resolve_hdi_prob
 from bayeshier_pymc.results import n_draws as draw_count
 
 __all__ = ["plot_group_effects"]
@@ -59,12 +58,7 @@ def plot_group_effects(
         raise ValueError(f"lfsr_threshold must lie in (0, 0.5), got {lfsr_threshold}.")
     hdi_prob = resolve_hdi_prob(hdi_prob)
     covariate = pick_covariate(idata, covariate)
-    tree = problem_from_idata(idata).tree
-    if tree is None or not tree.levels:
-        raise ValueError("this fit has no annotation levels, so no group effects to plot.")
-    level = tree.levels[0] if level is None else level
-    if level not in tree.levels:
-        raise ValueError(f"unknown level {level!r}; the fit used {list(tree.levels)!r}.")
+    tree, level = group_level(idata, level)
     depth = tree.levels.index(level)
     children = _rows_of(group_effects(idata, level, hdi_prob), covariate, level)
     parent_level = tree.levels[depth + 1] if depth + 1 < len(tree.levels) else None
