@@ -20,7 +20,7 @@ from bayeshier_pymc.mlm import MissingValues, MLMFit, mlm
 from bayeshier_pymc.persistence import check_output_file, save_results
 from bayeshier_pymc.problem import Depth
 from bayeshier_pymc.report import write_report
-from bayeshier_pymc.results import DEFAULT_ALPHA, coefficient_table, scale_summary
+from bayeshier_pymc.results import DEFAULT_ALPHA, check_alpha, coefficient_table, scale_summary
 from bayeshier_pymc.sampler_comparison import MIN_DRAWS, SamplerComparison, compare_samplers
 from bayeshier_pymc.shrinkage import NoiseChoice, ShrinkageModel
 
@@ -164,8 +164,7 @@ def run_pipeline(
             f"the pipeline compares the samplers, which needs draws >= {MIN_DRAWS} per chain; "
             f"got draws={draws} (or turn the comparisons off)."
         )
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
+    check_alpha(alpha)
     out = prepare_output_folder(out_dir)
     log("stage 1: matrix linear model")
     fit = mlm(Y, X, data=data, missing=missing_values)

@@ -165,6 +165,18 @@ def _format_number(value: float, digits: int) -> str:
     return f"{value:.{digits}g}"
 
 
+def check_alpha(alpha: float) -> None:
+    """Refuse a call threshold ``alpha`` outside (0, 1), naming it.
+
+    Raises
+    ------
+    ValueError
+        When ``alpha`` does not lie in (0, 1).
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
+
+
 def resolve_hdi_prob(hdi_prob: float | None) -> float:
     """``hdi_prob``, or ArviZ's ``rcParams["stats.ci_prob"]`` for ``None``, checked."""
     prob = az.rcParams["stats.ci_prob"] if hdi_prob is None else hdi_prob
@@ -258,8 +270,7 @@ def coefficient_table(
     >>> bool(hits["lfsr"].mean() <= table.attrs["alpha"])
     True
     """
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
+    check_alpha(alpha)
     summary = coefficient_summary(idata, hdi_prob)
     estimates = problem_from_idata(idata).estimates
     summary["estimate"] = estimates.estimate

@@ -19,7 +19,7 @@ from bayeshier_pymc.plots._common import (
     pick_covariate,
     posterior_mean,
 )
-from bayeshier_pymc.results import DEFAULT_ALPHA, lfsr, qvalue
+from bayeshier_pymc.results import DEFAULT_ALPHA, check_alpha, lfsr, qvalue
 
 __all__ = ["plot_stage1_vs_shrunken"]
 
@@ -101,8 +101,7 @@ def plot_stage1_vs_shrunken(
     -------
     matplotlib.axes.Axes
     """
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
+    check_alpha(alpha)
     covariate = pick_covariate(idata, covariate)
     groups = feature_groups(idata, level)
     problem = problem_from_idata(idata)
