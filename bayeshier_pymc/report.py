@@ -77,7 +77,7 @@ def write_report(
     ]
     sections = [
         f"# {title}",
-        f"{fit.n_obs} samples × {fit.Y.shape[1]} features; {repr(model).splitlines()[0]}. "
+        f"{fit.n_obs} samples × {fit.Y.shape[1]} features; {model.summary_line}. "
         f"Stage-1 errors: {model.noise_description}.",
         f"Priors: {model.priors.describe()}.\n\n{_table(model.priors.to_frame().reset_index())}",
         "## Stage 1: matrix linear model",

@@ -330,15 +330,17 @@ class ShrinkageModel:
             raise ValueError("idata is not a fit of this model (other features or depth).")
         return predict_new(idata, annotations, random_seed=random_seed)
 
-    def __repr__(self) -> str:
+    @property
+    def summary_line(self) -> str:
+        """The model in one line: covariates × features, depth, tree and noise model."""
         p, m = self.estimates.estimate.shape
         tree = repr(self.tree) if self.pooled else "no pooling"
         noise = "correlated noise" if self.problem.correlated else "independent noise"
+        return f"ShrinkageModel({p} covariates × {m} features; depth={self.depth}; {tree}; {noise})"
+
+    def __repr__(self) -> str:
         covariates = ", ".join(map(str, self.estimates.covariates))
-        return (
-            f"ShrinkageModel({p} covariates × {m} features; depth={self.depth}; {tree}; "
-            f"{noise})\ncovariates: {covariates}\n{self.priors!r}"
-        )
+        return f"{self.summary_line}\ncovariates: {covariates}\n{self.priors!r}"
 
     def describe(self) -> pd.DataFrame:
         """One row per scale level: number of units, units per parent group, and the prior."""
