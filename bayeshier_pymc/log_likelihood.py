@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +39,7 @@ from bayeshier_pymc.gaussian_tree import (
     group_log_predictive,
 )
 from bayeshier_pymc.gaussian_tree.kernels import (
+    LEAVE_ONE_OUT_WORK,
     LeaveOneOutTree,
     leave_one_out_moments,
     leave_one_out_tree,
@@ -309,30 +310,33 @@ def leave_one_out(
     replicates = np.empty(shape, dtype=dtype) if rng is not None else None
     index, scales, top_sd = _leave_one_out_scales(problem, tau, lead)
     no_normals = np.empty((0, b.shape[1]))
-    for c in range(b.shape[0]):
-        noise = problem.noise.row(c) if problem.noise is not None else None
-        tree = leave_one_out_tree(index, noise)
-        row_scales = np.ascontiguousarray(scales[:, :, c])
-        mu0, s0 = float(problem.priors.mu0[c]), float(top_sd[c])
-        for chain, draws in chunks(lead, b.shape[1]):
-            rows = log_density[chain, draws, c]
-            normals, replicate_rows = no_normals, rows
-            if replicates is not None and rng is not None:
-                normals = rng.standard_normal(rows.shape)
-                replicate_rows = replicates[chain, draws, c]
-            moments = (b[c], var_b[c], row_scales[chain, draws], tree, mu0, s0)
-            _write_leave_one_out(moments, normals, rows, replicate_rows)
+    with ThreadPoolExecutor(max_workers=_cpu_count()) as pool:
+        writing: list[Future[None]] = []
+        for c in range(b.shape[0]):
+            noise = problem.noise.row(c) if problem.noise is not None else None
+            tree = leave_one_out_tree(index, noise)
+            row_scales = np.ascontiguousarray(scales[:, :, c])
+            mu0, s0 = float(problem.priors.mu0[c]), float(top_sd[c])
+            for chain, draws in chunks(lead, b.shape[1]):
+                rows = log_density[chain, draws, c]
+                normals, replicate_rows = no_normals, rows
+                if replicates is not None and rng is not None:
+                    # drawn while the threads write the previous chunk
+                    normals = rng.standard_normal(rows.shape)
+                    replicate_rows = replicates[chain, draws, c]
+                _wait(writing)
+                arguments = (b[c], var_b[c], row_scales[chain, draws], tree, mu0, s0, normals)
+                writing = [
+                    pool.submit(_leave_one_out_kernel, *arguments, lo, hi, rows, replicate_rows)
+                    for lo, hi in _parts(len(rows))
+                ]
+        _wait(writing)
     return log_density, replicates
 
 
-def _write_leave_one_out(
-    moments: tuple[Any, ...], normals: np.ndarray, rows: np.ndarray, replicate_rows: np.ndarray
-) -> None:
-    """:func:`_leave_one_out_kernel` on a chunk of draws (``moments``: its first arguments)."""
-    _in_threads(
-        lambda lo, hi: _leave_one_out_kernel(*moments, normals, lo, hi, rows, replicate_rows),
-        len(rows),
-    )
+def _wait(futures: list[Future[None]]) -> None:
+    for future in futures:
+        future.result()
 
 
 def _leave_one_out_scales(
@@ -433,14 +437,19 @@ def _data(b: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _in_threads(run: Callable[[int, int], Any], n: int) -> None:
     """``run(start, stop)`` over contiguous parts of ``range(n)``, one thread per CPU."""
-    n_threads = max(1, min(_cpu_count(), n // _MIN_DRAWS_PER_THREAD))
-    bounds = np.linspace(0, n, n_threads + 1).astype(int)
-    if n_threads == 1:
+    parts = _parts(n)
+    if len(parts) == 1:
         run(0, n)
         return
-    with ThreadPoolExecutor(max_workers=n_threads) as pool:
-        for future in [pool.submit(run, lo, hi) for lo, hi in itertools.pairwise(bounds)]:
-            future.result()
+    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        _wait([pool.submit(run, lo, hi) for lo, hi in parts])
+
+
+def _parts(n: int) -> list[tuple[int, int]]:
+    """Contiguous parts of ``range(n)``, one per CPU, of at least ``_MIN_DRAWS_PER_THREAD``."""
+    n_threads = max(1, min(_cpu_count(), n // _MIN_DRAWS_PER_THREAD))
+    bounds = np.linspace(0, n, n_threads + 1).astype(int)
+    return list(itertools.pairwise(bounds.tolist()))
 
 
 def _cpu_count() -> int:
@@ -490,7 +499,7 @@ def _leave_one_out_kernel(
     ones (a rejected τ update repeats them; without pooling they never change).
     """
     n_features = b.size
-    work = np.empty((4, tree.level_offsets[-1]))
+    work = np.empty((LEAVE_ONE_OUT_WORK, tree.level_offsets[-1]))
     mean = np.empty(n_features)
     variance = np.empty(n_features)
     for s in range(start, stop):

@@ -47,6 +47,7 @@ from bayeshier_pymc.gaussian_tree import (
 )
 
 __all__ = [
+    "LEAVE_ONE_OUT_WORK",
     "LOG_BLOCK",
     "LaneMessages",
     "LaneProblem",
@@ -684,6 +685,10 @@ def leave_one_out_tree(tree: TreeIndex, noise: NodeNoise | None) -> LeaveOneOutT
     return LeaveOneOutTree(parent, offsets.astype(np.intp), unit_noise)
 
 
+LEAVE_ONE_OUT_WORK = 7
+"""Rows of the work array of :func:`leave_one_out_moments` (one column per unit)."""
+
+
 @compiled_kernel
 def leave_one_out_moments(
     b: np.ndarray,
@@ -699,15 +704,18 @@ def leave_one_out_moments(
     """Mean and variance of p(b_j | b_−j, τ) for every feature j of one row, in O(m).
 
     :func:`bayeshier_pymc.gaussian_tree.leave_one_out_normal`, with the same formulas: the
-    upward messages of every unit, then top-down each unit's distribution given the data
+    upward messages of every unit, then top-down each group's distribution given the data
     outside its subtree, then b_j | b_−j ~ N(m, s_j² + τ_0² + 1 / P) from the cavity N(m,
     1 / P) of θ_j's parent. ``b``, ``var_b``, ``mean`` and ``variance`` hold one value per
-    feature, ``tau`` one scale per level (D + 1), ``work`` is 4 × the number of units.
+    feature, ``tau`` one scale per level (D + 1); ``work`` is :data:`LEAVE_ONE_OUT_WORK` ×
+    the number of units. The parts of the features' cavities that only depend on their
+    parent are computed once per parent, and the features' precisions once for both passes.
     """
     parent, offsets, noise = tree
     depth = offsets.size - 3
     n_features = offsets[1]
-    y, v, outside_mean, outside_var = work[0], work[1], work[2], work[3]
+    y, v, outside_mean, outside_var, precision = work[0], work[1], work[2], work[3], work[4]
+    message_precision, outside_part = work[5], work[6]
     for j in range(n_features):
         y[j] = b[j]
         v[j] = var_b[j]
@@ -719,9 +727,9 @@ def leave_one_out_moments(
             y[h] = 0.0
             v[h] = 0.0
         for u in range(offsets[level], offsets[level + 1]):
-            precision = 1.0 / (v[u] + (scale_sq + noise[u]))
-            v[parent[u]] += precision
-            y[parent[u]] += precision * y[u]
+            precision[u] = 1.0 / (v[u] + (scale_sq + noise[u]))
+            v[parent[u]] += precision[u]
+            y[parent[u]] += precision[u] * y[u]
         for h in range(offsets[level + 1], offsets[level + 2]):
             y[h] = y[h] / v[h]
             v[h] = 1.0 / v[h]
@@ -732,23 +740,25 @@ def leave_one_out_moments(
     for level in range(depth, 0, -1):
         scale_sq = tau[level] * tau[level]
         for u in range(offsets[level], offsets[level + 1]):
-            prior_var = scale_sq + noise[u]
             h = parent[u]
             cavity_mean, cavity_precision = _cavity(
-                outside_mean[h], outside_var[h], 1.0 / v[h], y[h], 1.0 / (v[u] + prior_var), y[u]
+                outside_mean[h], outside_var[h], 1.0 / v[h], y[h], precision[u], y[u]
             )
             outside_mean[u] = cavity_mean
-            outside_var[u] = 1.0 / cavity_precision + prior_var
-    scale_sq = tau[0] * tau[0]
+            outside_var[u] = 1.0 / cavity_precision + (scale_sq + noise[u])
+    # the features' parents: their outside belief times their message, once per parent
+    for h in range(offsets[1], offsets[2]):
+        message_precision[h] = 1.0 / v[h]
+        outside_part[h] = outside_mean[h] / outside_var[h] + message_precision[h] * y[h]
     for j in range(n_features):
         h = parent[j]
-        total = var_b[j] + scale_sq
-        held_precision = 1.0 / total
-        cavity_mean, cavity_precision = _cavity(
-            outside_mean[h], outside_var[h], 1.0 / v[h], y[h], held_precision, b[j]
-        )
+        held = precision[j]
+        cavity_precision = 1.0 / outside_var[h] + max(message_precision[h] - held, 0.0)
+        cavity_mean = outside_mean[h]
+        if outside_var[h] > 0.0:
+            cavity_mean = (outside_part[h] - held * b[j]) / cavity_precision
         mean[j] = cavity_mean
-        variance[j] = total + 1.0 / cavity_precision
+        variance[j] = (var_b[j] + tau[0] * tau[0]) + 1.0 / cavity_precision
 
 
 @inline_kernel
