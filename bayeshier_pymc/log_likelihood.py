@@ -335,6 +335,7 @@ def leave_one_out(
 
 
 def _wait(futures: list[Future[None]]) -> None:
+    """Wait for ``futures`` in turn (raising the first error)."""
     for future in futures:
         future.result()
 
@@ -496,7 +497,8 @@ def _leave_one_out_kernel(
     ``scales[s]`` are draw s's scales (D + 1). With ``normals`` (standard normal, draws ×
     features; no rows: no replicates), replicates[s, j] = mean + sd · normals[s, j] of that
     predictive. The moments are computed only when a draw's scales differ from the last
-    ones (a rejected τ update repeats them; without pooling they never change).
+    ones (a draw whose τ updates were all rejected repeats them; without pooling they never
+    change).
     """
     n_features = b.size
     work = np.empty((LEAVE_ONE_OUT_WORK, tree.level_offsets[-1]))
