@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bayeshier_pymc._memory import store_array
 from bayeshier_pymc._numba import compiled_kernel
 from bayeshier_pymc.gaussian_tree import (
     TreeIndex,
@@ -281,9 +282,10 @@ def leave_one_out(
     Vehtari 2021); its moments serve both the log density and the replicate
     (:mod:`bayeshier_pymc.predictive`), computed once. A compiled kernel
     (:func:`~bayeshier_pymc.gaussian_tree.kernels.leave_one_out_moments`, O(m) per draw)
-    writes both straight into the results, every covariate and chunk of draws in turn, split
-    over threads by draw; the replicates' standard normals are drawn a chunk at a time, in
-    the order covariate, chain, draw, feature.
+    writes both straight into the results (stores on ordinary pages,
+    :func:`~bayeshier_pymc._memory.store_array`), every covariate and chunk of draws in turn,
+    split over threads by draw; the replicates' standard normals are drawn a chunk at a time,
+    in the order covariate, chain, draw, feature.
 
     Parameters
     ----------
@@ -306,8 +308,8 @@ def leave_one_out(
     """
     b, var_b = problem.algebra_b, problem.var_b
     shape = (*lead, *b.shape)
-    log_density = np.empty(shape, dtype=dtype)
-    replicates = np.empty(shape, dtype=dtype) if rng is not None else None
+    log_density = store_array(shape, dtype)
+    replicates = store_array(shape, dtype) if rng is not None else None
     index, scales, top_sd = _leave_one_out_scales(problem, tau, lead)
     no_normals = np.empty((0, b.shape[1]))
     with ThreadPoolExecutor(max_workers=_cpu_count()) as pool:

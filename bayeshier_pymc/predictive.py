@@ -28,6 +28,7 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
+from bayeshier_pymc._memory import store_array
 from bayeshier_pymc._numba import compiled_kernel
 from bayeshier_pymc.gaussian_tree import draw_noise
 from bayeshier_pymc.inference_data import cell_dataset, pointwise_draws, theta_parent_draws
@@ -93,14 +94,15 @@ def _around_parents(
 
     The standard normals are drawn chain by chain in chunks of draws (the same stream as one
     call per chain) and a compiled kernel turns each chunk into replicates in place of the
-    result, so that no temporary is larger than a chunk.
+    result (a store on ordinary pages, :func:`~bayeshier_pymc._memory.store_array`), so that
+    no temporary is larger than a chunk.
     """
     draws = pointwise_draws(posterior, problem)
     parent_mean, parent_index = theta_parent_draws(draws, problem)
     parent_mean = np.ascontiguousarray(parent_mean, dtype=float)
     tau_w = np.ascontiguousarray(draws["tau"][..., 0])
     var_b = np.ascontiguousarray(problem.var_b, dtype=float)
-    out = np.empty(draws["theta"].shape, dtype=dtype)
+    out = store_array(draws["theta"].shape, dtype)
     for chain, chunk in chunks(out.shape[:2], var_b.size):
         normals = rng.standard_normal(out[chain, chunk].shape)
         _replicates_around_parents(
