@@ -16,8 +16,11 @@ uses by default and what each answers):
 Each is one value per (chain, draw, covariate, feature): 80 million at 4 × 2000 draws,
 10 covariates and 999 features. Compiled kernels write them straight into an array of θ's
 storage type, with no temporaries of that size, split over threads by draw (the kernels
-release the GIL). The tree predictives of correlated estimates run the NumPy tree algebra
-on chunks of draws (:data:`CHUNK_VALUES`) and write each chunk into the result.
+release the GIL). So does the leave-one-out predictive of correlated estimates
+(:func:`leave_one_out`, O(m) per draw on the tree), over chunks of draws (:func:`chunks`)
+for which it draws the replicates' normals. The leave-one-group-out predictive
+(:func:`held_out_predictive`) and :func:`conditional_leave_one_out`, computed on demand, run
+the NumPy tree algebra on such chunks and write each into the result.
 """
 
 from __future__ import annotations
@@ -25,20 +28,25 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bayeshier_pymc._memory import store_array
 from bayeshier_pymc._numba import compiled_kernel
 from bayeshier_pymc.gaussian_tree import (
-    NodeNoise,
     TreeIndex,
     group_log_predictive,
-    leave_one_out_normal,
-    normal_log_density,
 )
-from bayeshier_pymc.gaussian_tree.kernels import log_normal, pointwise_marginal
+from bayeshier_pymc.gaussian_tree.kernels import (
+    LEAVE_ONE_OUT_WORK,
+    LeaveOneOutTree,
+    leave_one_out_moments,
+    leave_one_out_tree,
+    log_normal,
+    pointwise_marginal,
+)
 from bayeshier_pymc.model import group_mean_name
 
 if TYPE_CHECKING:
@@ -46,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHUNK_VALUES",
+    "chunks",
     "conditional",
     "conditional_constant",
     "conditional_leave_one_out",
@@ -61,7 +70,7 @@ _HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
 """½ log 2π, the constant of every normal log density."""
 _MIN_DRAWS_PER_THREAD = 64
 CHUNK_VALUES = 1 << 20
-"""Draws × units per chunk of the NumPy tree predictives (8 MiB per temporary in float64)."""
+"""Draws × units per chunk of draws (:func:`chunks`): 8 MiB per temporary in float64."""
 
 
 def conditional(theta: np.ndarray, b: np.ndarray, se: np.ndarray) -> np.ndarray:
@@ -234,7 +243,7 @@ def held_out_predictive(
                 b[c], var_b[c], scales[c], index, priors.mu0[c], top_sd, unit_level, to_group, noise
             )
             continue
-        for chain, draws in _chunks(lead, index.n_features):
+        for chain, draws in chunks(lead, index.n_features):
             out[chain, draws, c] = correction[c] + group_log_predictive(
                 b[c],
                 var_b[c],
@@ -270,8 +279,13 @@ def leave_one_out(
     The leave-one-out predictive normal of
     :func:`~bayeshier_pymc.gaussian_tree.leave_one_out_normal` on the problem's algebra tree
     with its noise (correlated estimates: the non-factorised normal model of Bürkner, Gabry &
-    Vehtari 2021), every covariate and chunk of draws in turn; its moments serve both the
-    log density and the replicate (:mod:`bayeshier_pymc.predictive`), computed once.
+    Vehtari 2021); its moments serve both the log density and the replicate
+    (:mod:`bayeshier_pymc.predictive`), computed once. A compiled kernel
+    (:func:`~bayeshier_pymc.gaussian_tree.kernels.leave_one_out_moments`, O(m) per draw)
+    writes both straight into the results (stores on ordinary pages,
+    :func:`~bayeshier_pymc._memory.store_array`), every covariate and chunk of draws in turn,
+    split over threads by draw; the replicates' standard normals are drawn a chunk at a time,
+    in the order covariate, chain, draw, feature.
 
     Parameters
     ----------
@@ -292,45 +306,62 @@ def leave_one_out(
     log_density, replicates : numpy.ndarray
         (chain, draw, covariate, feature); ``replicates`` is ``None`` without ``rng``.
     """
-    b, var_b, priors = problem.algebra_b, problem.var_b, problem.priors
+    b, var_b = problem.algebra_b, problem.var_b
     shape = (*lead, *b.shape)
-    log_density = np.empty(shape, dtype=dtype)
-    replicates = np.empty(shape, dtype=dtype) if rng is not None else None
-    for c in range(b.shape[0]):
-        noise = problem.noise.row(c) if problem.noise is not None else None
-        fixed = None if problem.pooled else _unpooled_normal(problem, c, noise)
-        if fixed is not None:
-            # without pooling the predictive is the same in every draw
-            log_density[:, :, c] = normal_log_density(b[c] - fixed[0], fixed[1])
-        for chain, draws in _chunks(lead, b.shape[1]):
-            if fixed is None:
-                assert tau is not None
-                scales = problem.algebra_scales(tau[chain, draws, c])
-                mean, variance = leave_one_out_normal(
-                    b[c], var_b[c], scales, problem.index, priors.mu0[c], priors.s0[c], noise
-                )
-                log_density[chain, draws, c] = normal_log_density(b[c] - mean, variance)
-            else:
-                mean, variance = fixed
-            if replicates is not None and rng is not None:
-                n = draws.stop - draws.start
-                replicates[chain, draws, c] = mean + np.sqrt(variance) * rng.standard_normal(
-                    (n, b.shape[1])
-                )
+    log_density = store_array(shape, dtype)
+    replicates = store_array(shape, dtype) if rng is not None else None
+    index, scales, top_sd = _leave_one_out_scales(problem, tau, lead)
+    no_normals = np.empty((0, b.shape[1]))
+    with ThreadPoolExecutor(max_workers=_cpu_count()) as pool:
+        writing: list[Future[None]] = []
+        for c in range(b.shape[0]):
+            noise = problem.noise.row(c) if problem.noise is not None else None
+            tree = leave_one_out_tree(index, noise)
+            row_scales = np.ascontiguousarray(scales[:, :, c])
+            mu0, s0 = float(problem.priors.mu0[c]), float(top_sd[c])
+            for chain, draws in chunks(lead, b.shape[1]):
+                rows = log_density[chain, draws, c]
+                normals, replicate_rows = no_normals, rows
+                if replicates is not None and rng is not None:
+                    # drawn while the threads write the previous chunk
+                    normals = rng.standard_normal(rows.shape)
+                    replicate_rows = replicates[chain, draws, c]
+                _wait(writing)
+                arguments = (b[c], var_b[c], row_scales[chain, draws], tree, mu0, s0, normals)
+                writing = [
+                    pool.submit(_leave_one_out_kernel, *arguments, lo, hi, rows, replicate_rows)
+                    for lo, hi in _parts(len(rows))
+                ]
+        _wait(writing)
     return log_density, replicates
 
 
-def _unpooled_normal(
-    problem: ShrinkageProblem, c: int, noise: NodeNoise | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """p(b_j | b_−j) of covariate ``c`` (shared ``noise``) without pooling: θ_j ~ N(mu0, s0²)."""
-    priors, var_b = problem.priors, problem.var_b[c]
-    if not problem.correlated:
-        return np.full_like(var_b, priors.mu0[c]), var_b + priors.s0[c] ** 2
-    scales, top_sd = problem.unpooled_algebra()
-    return leave_one_out_normal(
-        problem.algebra_b[c], var_b, scales[c], problem.index, priors.mu0[c], top_sd, noise
-    )
+def _wait(futures: list[Future[None]]) -> None:
+    """Wait for ``futures`` in turn (raising the first error)."""
+    for future in futures:
+        future.result()
+
+
+def _leave_one_out_scales(
+    problem: ShrinkageProblem, tau: np.ndarray | None, lead: tuple[int, int]
+) -> tuple[TreeIndex, np.ndarray, np.ndarray]:
+    """The algebra tree, scales (chain, draw, covariate, level) and θ0's prior sd per covariate.
+
+    Without pooling every θ_j ~ N(mu0, s0²) independently: on the noise tree
+    (:meth:`~bayeshier_pymc.problem.ShrinkageProblem.unpooled_algebra`), or for independent
+    estimates on a tree without levels, the features' scale is s0 and θ0 is fixed at mu0.
+    """
+    if problem.pooled:
+        assert tau is not None
+        return problem.index, problem.algebra_scales(tau), problem.priors.s0
+    if problem.correlated:
+        index = problem.index
+        scales, top_sd = problem.unpooled_algebra()
+    else:
+        index = TreeIndex(problem.b.shape[1], (), ())
+        scales, top_sd = problem.priors.s0[:, None], 0.0
+    per_draw = np.broadcast_to(scales, (*lead, *scales.shape))
+    return index, per_draw, np.full(problem.b.shape[0], top_sd)
 
 
 def conditional_leave_one_out(theta: np.ndarray, problem: ShrinkageProblem) -> np.ndarray:
@@ -360,7 +391,7 @@ def conditional_leave_one_out(theta: np.ndarray, problem: ShrinkageProblem) -> n
     out = np.empty(theta.shape, dtype=theta.dtype)
     for c in range(b.shape[0]):
         noise = problem.noise.row(c)
-        for chain, draws in _chunks(theta.shape[:2], index.n_features):
+        for chain, draws in chunks(theta.shape[:2], index.n_features):
             residual = b[c] - np.asarray(theta[chain, draws, c], dtype=float)
             out[chain, draws, c] = group_log_predictive(
                 residual, var_b[c], zeros, index, 0.0, 0.0, 0, features, noise
@@ -368,7 +399,7 @@ def conditional_leave_one_out(theta: np.ndarray, problem: ShrinkageProblem) -> n
     return out
 
 
-def _chunks(lead: tuple[int, int], n_units: int) -> Iterator[tuple[int, slice]]:
+def chunks(lead: tuple[int, int], n_units: int) -> Iterator[tuple[int, slice]]:
     """(chain, slice of draws) with about :data:`CHUNK_VALUES` draws × units each."""
     step = max(1, CHUNK_VALUES // max(n_units, 1))
     for chain in range(lead[0]):
@@ -409,14 +440,19 @@ def _data(b: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _in_threads(run: Callable[[int, int], Any], n: int) -> None:
     """``run(start, stop)`` over contiguous parts of ``range(n)``, one thread per CPU."""
-    n_threads = max(1, min(_cpu_count(), n // _MIN_DRAWS_PER_THREAD))
-    bounds = np.linspace(0, n, n_threads + 1).astype(int)
-    if n_threads == 1:
+    parts = _parts(n)
+    if len(parts) == 1:
         run(0, n)
         return
-    with ThreadPoolExecutor(max_workers=n_threads) as pool:
-        for future in [pool.submit(run, lo, hi) for lo, hi in itertools.pairwise(bounds)]:
-            future.result()
+    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        _wait([pool.submit(run, lo, hi) for lo, hi in parts])
+
+
+def _parts(n: int) -> list[tuple[int, int]]:
+    """Contiguous parts of ``range(n)``, one per CPU, of at least ``_MIN_DRAWS_PER_THREAD``."""
+    n_threads = max(1, min(_cpu_count(), n // _MIN_DRAWS_PER_THREAD))
+    bounds = np.linspace(0, n, n_threads + 1).astype(int)
+    return list(itertools.pairwise(bounds.tolist()))
 
 
 def _cpu_count() -> int:
@@ -442,6 +478,53 @@ def _conditional_kernel(
             for j in range(n_features):
                 z = b[k, j] - theta[s, k, j]
                 out[s, k, j] = log_norm[k, j] - 0.5 * z * z * inverse_var[k, j]
+
+
+@compiled_kernel
+def _leave_one_out_kernel(
+    b: np.ndarray,
+    var_b: np.ndarray,
+    scales: np.ndarray,
+    tree: LeaveOneOutTree,
+    mu0: float,
+    s0: float,
+    normals: np.ndarray,
+    start: int,
+    stop: int,
+    log_density: np.ndarray,
+    replicates: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """log_density[s, j] = log p(b_j | b_−j, τ_s) for the draws s in ``start:stop``.
+
+    ``scales[s]`` are draw s's scales (D + 1). With ``normals`` (standard normal, draws ×
+    features; no rows: no replicates), replicates[s, j] = mean + sd · normals[s, j] of that
+    predictive. The moments are computed only when a draw's scales differ from the last
+    ones (a draw whose τ updates were all rejected repeats them; without pooling they never
+    change).
+    """
+    n_features = b.size
+    work = np.empty((LEAVE_ONE_OUT_WORK, tree.level_offsets[-1]))
+    mean = np.empty(n_features)
+    variance = np.empty(n_features)
+    for s in range(start, stop):
+        if s == start or not _same(scales[s], scales[s - 1]):
+            leave_one_out_moments(b, var_b, scales[s], tree, mu0, s0, work, mean, variance)
+        row = log_density[s]
+        for j in range(n_features):
+            row[j] = log_normal(b[j] - mean[j], variance[j])
+        if normals.shape[0]:
+            replicate = replicates[s]
+            for j in range(n_features):
+                replicate[j] = mean[j] + np.sqrt(variance[j]) * normals[s, j]
+
+
+@compiled_kernel
+def _same(first: np.ndarray, second: np.ndarray) -> bool:  # pragma: no cover - compiled
+    """Whether two vectors of the same length are equal."""
+    same = True
+    for i in range(first.size):
+        same = same and first[i] == second[i]
+    return same
 
 
 @compiled_kernel

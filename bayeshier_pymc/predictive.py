@@ -28,9 +28,11 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
+from bayeshier_pymc._memory import store_array
+from bayeshier_pymc._numba import compiled_kernel
 from bayeshier_pymc.gaussian_tree import draw_noise
 from bayeshier_pymc.inference_data import cell_dataset, pointwise_draws, theta_parent_draws
-from bayeshier_pymc.log_likelihood import leave_one_out
+from bayeshier_pymc.log_likelihood import chunks, leave_one_out
 from bayeshier_pymc.model import group_mean_name, model_coords
 from bayeshier_pymc.problem import ShrinkageProblem
 
@@ -88,15 +90,50 @@ def add_posterior_predictive(
 def _around_parents(
     posterior: xr.Dataset, problem: ShrinkageProblem, rng: np.random.Generator, dtype: Any
 ) -> np.ndarray:
-    """Independent pooled fits: b_j ~ N(parent, τ_w² + se_j²) for every draw, chain by chain."""
+    """Independent pooled fits: b_j ~ N(parent, τ_w² + se_j²) for every draw.
+
+    The standard normals are drawn chain by chain in chunks of draws (the same stream as one
+    call per chain) and a compiled kernel turns each chunk into replicates in place of the
+    result (a store on ordinary pages, :func:`~bayeshier_pymc._memory.store_array`), so that
+    no temporary is larger than a chunk.
+    """
     draws = pointwise_draws(posterior, problem)
     parent_mean, parent_index = theta_parent_draws(draws, problem)
-    tau_w = draws["tau"][..., 0]
-    out = np.empty(draws["theta"].shape, dtype=dtype)
-    for chain in range(tau_w.shape[0]):
-        sd = np.sqrt(tau_w[chain][..., None] ** 2 + problem.var_b)
-        out[chain] = parent_mean[chain][..., parent_index] + sd * rng.standard_normal(sd.shape)
+    parent_mean = np.ascontiguousarray(parent_mean, dtype=float)
+    tau_w = np.ascontiguousarray(draws["tau"][..., 0])
+    var_b = np.ascontiguousarray(problem.var_b, dtype=float)
+    out = store_array(draws["theta"].shape, dtype)
+    for chain, chunk in chunks(out.shape[:2], var_b.size):
+        normals = rng.standard_normal(out[chain, chunk].shape)
+        _replicates_around_parents(
+            parent_mean[chain, chunk],
+            parent_index,
+            tau_w[chain, chunk],
+            var_b,
+            normals,
+            out[chain, chunk],
+        )
     return out
+
+
+@compiled_kernel
+def _replicates_around_parents(
+    parent_mean: np.ndarray,
+    parent_index: np.ndarray,
+    tau_w: np.ndarray,
+    var_b: np.ndarray,
+    normals: np.ndarray,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """out[s, k, j] = parent_mean[s, k, parent(j)] + sqrt(τ_w[s, k]² + s_kj²) · normals[s, k, j]."""
+    n_draws, n_covariates, n_features = out.shape
+    for s in range(n_draws):
+        for k in range(n_covariates):
+            tau_sq = tau_w[s, k] ** 2
+            means = parent_mean[s, k]
+            for j in range(n_features):
+                sd = np.sqrt(tau_sq + var_b[k, j])
+                out[s, k, j] = means[parent_index[j]] + sd * normals[s, k, j]
 
 
 def prior_predictive(

@@ -185,6 +185,47 @@ def test_leave_one_out_of_the_observed_cells_is_the_dense_one(depth, correlated)
         np.testing.assert_allclose(got[observed], want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("correlated", [False, True])
+@pytest.mark.parametrize("depth", [0, 2, "none"])
+def test_leave_one_out_pass_is_the_reference_draw_by_draw(depth, correlated):
+    """The compiled pass: log p(b_j | b_−j, τ) and its replicates, draw by draw.
+
+    Against the NumPy reference's moments for every draw's scales (a fixed N(mu0, s² + s0²)
+    for independent estimates without pooling), the replicates from the generator's normals
+    in the order covariate, chain, draw, feature; two draws repeat their scales.
+    """
+    problem = _problem(depth, correlated)
+    lead = (2, 6)
+    rng = np.random.default_rng(3)
+    tau = None if depth == "none" else rng.uniform(0.05, 1.5, (*lead, 2, depth + 1))
+    if tau is not None:
+        tau[:, 3] = tau[:, 2]
+    log_density, replicates = leave_one_out(problem, tau, lead=lead, rng=np.random.default_rng(4))
+    assert replicates is not None
+    normals = np.random.default_rng(4).standard_normal((2, *lead, 9))  # covariate first
+    b, var_b = problem.algebra_b, problem.var_b
+    for c in range(2):
+        noise = problem.noise.row(c) if problem.noise is not None else None
+        if depth != "none":
+            mean, variance = leave_one_out_normal(
+                b[c], var_b[c], problem.algebra_scales(tau[:, :, c]), problem.index, MU0, S0, noise
+            )
+        elif correlated:
+            scales, top_sd = problem.unpooled_algebra()
+            mean, variance = leave_one_out_normal(
+                b[c], var_b[c], scales[c], problem.index, MU0, top_sd, noise
+            )
+        else:
+            mean, variance = np.full(9, MU0), var_b[c] + S0**2
+        expected = -0.5 * (np.log(2 * np.pi * variance) + (b[c] - mean) ** 2 / variance)
+        np.testing.assert_allclose(
+            log_density[:, :, c], np.broadcast_to(expected, (*lead, 9)), rtol=1e-10
+        )
+        np.testing.assert_allclose(
+            replicates[:, :, c], mean + np.sqrt(variance) * normals[c], rtol=1e-10, atol=1e-12
+        )
+
+
 def test_the_marginal_of_the_filled_tree_is_the_observed_marginal_plus_a_constant():
     """The collapsed model's log p(b | τ) differs from the observed cells' by a constant in τ."""
     from bayeshier_pymc.gaussian_tree import upward_pass

@@ -11,17 +11,22 @@ from scipy import stats
 
 from bayeshier_pymc.gaussian_tree import (
     LOG_2PI,
+    NodeNoise,
     TreeIndex,
     group_log_predictive,
+    leave_one_out_normal,
     pointwise_marginal,
     posterior_moments,
     posterior_normal,
     upward_pass,
 )
 from bayeshier_pymc.gaussian_tree.kernels import (
+    LEAVE_ONE_OUT_WORK,
     ThetaData,
     ThetaStores,
     draw_children,
+    leave_one_out_moments,
+    leave_one_out_tree,
     write_theta_draw,
 )
 from bayeshier_pymc.gaussian_tree.kernels import pointwise_marginal as compiled_pointwise_marginal
@@ -260,3 +265,32 @@ def test_pytensor_graph_matches_reference(seed):
     log_marginal = pytensor.function([b_tensor, tau_tensor], graph.log_marginal)(b, tau_values)
     expected = upward_pass(b, var_b, tau_values, tree, MU0, S0).log_marginal
     np.testing.assert_allclose(log_marginal, expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed", TREE_SEEDS)
+@pytest.mark.parametrize("tau_scale", EXTREME_TAU)
+def test_compiled_leave_one_out_matches_reference(seed, tau_scale):
+    """p(b_j | b_−j, τ): with and without shared noise, a missing cell, a level without effects.
+
+    Also without pooling (θ0 fixed: s0 = 0), where independent estimates make θ0's outside
+    variance zero (a point mass).
+    """
+    tree = _random_tree(seed)
+    b, var_b, tau = _data(tree, seed)
+    tau = tau * tau_scale
+    rng = np.random.default_rng(seed)
+    b[0], var_b[0] = 0.0, 1e30 * max(1.0, tau_scale**2)  # a missing cell (fill_missing)
+    if tree.depth:
+        tau[-1] = 0.0  # a level the effects do not use
+    shared = NodeNoise(
+        tuple(rng.uniform(0.0, 0.8, n) for n in tree.n_groups), np.asarray(rng.uniform(0.1, 0.5))
+    )
+    work = np.empty((LEAVE_ONE_OUT_WORK, sum(tree.n_units)))
+    mean, variance = np.empty(tree.n_features), np.empty(tree.n_features)
+    for noise in (None, shared):
+        for s0 in (S0, 0.0):
+            expected = leave_one_out_normal(b, var_b, tau, tree, MU0, s0, noise)
+            compiled = leave_one_out_tree(tree, noise)
+            leave_one_out_moments(b, var_b, tau, compiled, MU0, s0, work, mean, variance)
+            np.testing.assert_allclose(mean, expected[0], rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(variance, expected[1], rtol=1e-10)

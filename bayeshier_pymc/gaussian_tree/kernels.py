@@ -19,6 +19,9 @@ the same formulas, and is tested against it (``tests/test_tree_kernels.py``). Th
 :func:`write_correlated_theta_draw`
     The same with tree-structured (shared) noise: θ's total given its parent's total, less
     the parent's path noise, and log N(b; θ, Σ) summed (:func:`noise_quadratic`).
+:func:`leave_one_out_moments`
+    The leave-one-out predictive p(b_j | b_−j, τ) of every feature of one row, shared noise
+    or not: its mean and variance, in O(m).
 
 With shared noise (*shared noise, total* in the glossary) the upward pass and the downward
 draws run on the totals: every unit of the groups' levels and θ0 carries its noise variance
@@ -44,16 +47,20 @@ from bayeshier_pymc.gaussian_tree import (
 )
 
 __all__ = [
+    "LEAVE_ONE_OUT_WORK",
     "LOG_BLOCK",
     "LaneMessages",
     "LaneProblem",
     "LaneScratch",
+    "LeaveOneOutTree",
     "NoisePrecision",
     "SplitTree",
     "ThetaData",
     "ThetaStores",
     "TotalStores",
     "draw_children",
+    "leave_one_out_moments",
+    "leave_one_out_tree",
     "log_normal",
     "noise_precision",
     "noise_quadratic",
@@ -639,3 +646,139 @@ def split_totals(
             )
             path_noise[r, u] = path_noise[r, parent] + eta
             effects[r, u] = totals[r, u] - path_noise[r, u]
+
+
+# ------------------------------------------------------------------------------ leave one out
+class LeaveOneOutTree(NamedTuple):
+    """A tree and one row's shared noise, as :func:`leave_one_out_moments` walks them.
+
+    Units are numbered level by level: the features, each annotation level's groups (finest
+    first), θ0 last (the numbering of :class:`NoisePrecision`).
+
+    Attributes
+    ----------
+    parent
+        The parent, in this numbering, of every unit but θ0.
+    level_offsets
+        Where each level 0..D + 1 begins, then the number of units (D + 3 entries).
+    noise
+        The shared-noise variance of every unit (zero for the features, which have none of
+        their own, and everywhere for independent estimates).
+    """
+
+    parent: np.ndarray
+    level_offsets: np.ndarray
+    noise: np.ndarray
+
+
+def leave_one_out_tree(tree: TreeIndex, noise: NodeNoise | None) -> LeaveOneOutTree:
+    """:class:`LeaveOneOutTree` of ``tree`` with one row's ``noise`` (``None``: independent)."""
+    offsets = np.cumsum([0, *tree.n_units])
+    parent = np.concatenate(
+        [offsets[level + 1] + tree.parent_of(level) for level in range(tree.depth + 1)]
+    ).astype(np.intp)
+    unit_noise = np.zeros(offsets[-1])
+    if noise is not None:
+        for level in range(1, tree.depth + 1):
+            unit_noise[offsets[level] : offsets[level + 1]] = noise.groups[level - 1]
+        unit_noise[-1] = noise.top
+    return LeaveOneOutTree(parent, offsets.astype(np.intp), unit_noise)
+
+
+LEAVE_ONE_OUT_WORK = 7
+"""Rows of the work array of :func:`leave_one_out_moments` (one column per unit)."""
+
+
+@compiled_kernel
+def leave_one_out_moments(
+    b: np.ndarray,
+    var_b: np.ndarray,
+    tau: np.ndarray,
+    tree: LeaveOneOutTree,
+    mu0: float,
+    s0: float,
+    work: np.ndarray,
+    mean: np.ndarray,
+    variance: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Mean and variance of p(b_j | b_−j, τ) for every feature j of one row, in O(m).
+
+    :func:`bayeshier_pymc.gaussian_tree.leave_one_out_normal`, with the same formulas: the
+    upward messages of every unit, then top-down each group's distribution given the data
+    outside its subtree, then b_j | b_−j ~ N(m, s_j² + τ_0² + 1 / P) from the cavity N(m,
+    1 / P) of θ_j's parent. ``b``, ``var_b``, ``mean`` and ``variance`` hold one value per
+    feature, ``tau`` one scale per level (D + 1); ``work`` is :data:`LEAVE_ONE_OUT_WORK` ×
+    the number of units. The parts of the features' cavities that only depend on their
+    parent are computed once per parent, and the features' precisions once for both passes.
+    """
+    parent, offsets, noise = tree
+    depth = offsets.size - 3
+    n_features = offsets[1]
+    y, v, outside_mean, outside_var, precision = work[0], work[1], work[2], work[3], work[4]
+    message_precision, outside_part = work[5], work[6]
+    for j in range(n_features):
+        y[j] = b[j]
+        v[j] = var_b[j]
+    # upward: the message N(y; u, v) of every unit; a parent's v first sums its children's
+    # precisions and its y their precision-weighted values
+    for level in range(depth + 1):
+        scale_sq = tau[level] * tau[level]
+        for h in range(offsets[level + 1], offsets[level + 2]):
+            y[h] = 0.0
+            v[h] = 0.0
+        for u in range(offsets[level], offsets[level + 1]):
+            precision[u] = 1.0 / (v[u] + (scale_sq + noise[u]))
+            v[parent[u]] += precision[u]
+            y[parent[u]] += precision[u] * y[u]
+        for h in range(offsets[level + 1], offsets[level + 2]):
+            y[h] = y[h] / v[h]
+            v[h] = 1.0 / v[h]
+    # downward: every group given the data outside its subtree, from its parent's cavity
+    top = offsets[depth + 1]
+    outside_mean[top] = mu0
+    outside_var[top] = s0 * s0 + noise[top]
+    for level in range(depth, 0, -1):
+        scale_sq = tau[level] * tau[level]
+        for u in range(offsets[level], offsets[level + 1]):
+            h = parent[u]
+            cavity_mean, cavity_precision = _cavity(
+                outside_mean[h], outside_var[h], 1.0 / v[h], y[h], precision[u], y[u]
+            )
+            outside_mean[u] = cavity_mean
+            outside_var[u] = 1.0 / cavity_precision + (scale_sq + noise[u])
+    # the features' parents: their outside belief times their message, once per parent
+    for h in range(offsets[1], offsets[2]):
+        message_precision[h] = 1.0 / v[h]
+        outside_part[h] = outside_mean[h] / outside_var[h] + message_precision[h] * y[h]
+    for j in range(n_features):
+        h = parent[j]
+        held = precision[j]
+        cavity_precision = 1.0 / outside_var[h] + max(message_precision[h] - held, 0.0)
+        cavity_mean = outside_mean[h]
+        if outside_var[h] > 0.0:
+            cavity_mean = (outside_part[h] - held * b[j]) / cavity_precision
+        mean[j] = cavity_mean
+        variance[j] = (var_b[j] + tau[0] * tau[0]) + 1.0 / cavity_precision
+
+
+@inline_kernel
+def _cavity(
+    outside_mean: float,
+    outside_var: float,
+    message_precision: float,
+    message_y: float,
+    held_precision: float,
+    held_y: float,
+) -> tuple[float, float]:  # pragma: no cover - compiled
+    """Mean and precision of a unit given the data outside it and all but one child.
+
+    The reference's ``_cavity``: the outside belief times the unit's message divided by the
+    held-out child's; an outside variance of zero stays a point mass at ``outside_mean``.
+    """
+    precision = 1.0 / outside_var + max(message_precision - held_precision, 0.0)
+    if outside_var > 0.0:
+        mean = (
+            outside_mean / outside_var + message_precision * message_y - held_precision * held_y
+        ) / precision
+        return mean, precision
+    return outside_mean, precision
