@@ -130,11 +130,12 @@ class RecommendationRule:
     difference is unreliable and the models predict alike). Simplest means fewest levels,
     with no pooling simplest of all.
 
-    ``prefer="deepest"`` recommends the deepest close-enough depth instead: a cautious choice
-    for correlated estimates, where a model shallower than the noise tree can only read a
-    real group shift as that group's shared noise (which LOO of b cannot tell apart) and is
-    then confidently wrong about the group's members, while a deeper model costs little, its
-    unneeded scales shrinking to zero (``docs/calibration.md`` measures both).
+    ``prefer="deepest"`` recommends the deepest close-enough depth instead. With correlated
+    estimates and ``criterion="loo"`` it is the cautious choice: a model shallower than the
+    noise tree reads a real group shift as that group's shared noise, which LOO of b cannot
+    tell apart, and is then confidently wrong about the group's members. The fresh replicate
+    shares no noise with b, so the default criterion tells them apart without it
+    (``docs/model_comparison.md`` measures both).
     """
 
     dse_factor: float = 2.0
