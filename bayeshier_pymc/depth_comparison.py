@@ -439,6 +439,8 @@ def compare_depths(
     ]
     fitted = dispatch(_fit, tasks, n_jobs=n_jobs, progress=progress, total=len(tasks))
     fits = {_key(depth): idata for depth, idata in zip(depths, fitted, strict=True)}
+    _check_same_data(fits)
+    replicate = _replicate_table(fits)  # before _elpds swaps in the copies for loo="group"
     elpds = _elpds(fits, hierarchy, loo, group_level)
     refits: dict[Depth, list[str]] = {}
     if refit_bad_k:
@@ -471,7 +473,7 @@ def compare_depths(
             elpds[depth], refits[depth] = _replace_by_refits(
                 elpds[depth], fits[depth], hierarchy, group_level, refitted_tau
             )
-    return _comparison(fits, elpds, loo, rule or RecommendationRule(), refits)
+    return _comparison(fits, elpds, replicate, loo, rule or RecommendationRule(), refits)
 
 
 def _fit(
@@ -518,9 +520,12 @@ def compare_fits(
     """
     check_loo_kind(loo)
     fits = _as_mapping(fits)
+    _check_same_data(fits)
+    replicate = _replicate_table(fits)  # before _elpds swaps in the copies for loo="group"
     return _comparison(
         fits,
         _elpds(fits, hierarchy, loo, group_level),
+        replicate,
         loo,
         rule or RecommendationRule(),
     )
@@ -537,7 +542,6 @@ def _elpds(
     The copies (see :func:`_with_group_log_likelihood`) hold the group log-likelihood; the
     fits given are left as they are.
     """
-    _check_same_data(fits)
     if loo == "group":
         if hierarchy is None:
             raise ValueError("loo='group' needs the hierarchy whose groups are left out.")
@@ -567,6 +571,7 @@ def _with_group_log_likelihood(
 def _comparison(
     fits: dict[Depth, az.InferenceData],
     elpds: dict[Depth, Any],
+    replicate: pd.DataFrame,
     loo: LooKind,
     rule: RecommendationRule,
     refits: dict[Depth, list[str]] | None = None,
@@ -576,7 +581,6 @@ def _comparison(
         warnings.simplefilter("ignore", UserWarning)
         warnings.filterwarnings("ignore", message="The inplace keyword")
         table = az.compare({str(depth): elpd for depth, elpd in elpds.items()}, ic="loo")
-    replicate = _replicate_table({depth: replicate_scores(idata) for depth, idata in fits.items()})
     return DepthComparison(
         table=table,
         fits=fits,
@@ -668,12 +672,13 @@ def _noise_variance(problem: ShrinkageProblem) -> np.ndarray:
     return total
 
 
-def _replicate_table(scores: Mapping[Depth, xr.Dataset]) -> pd.DataFrame:
-    """The fresh-replicate comparison: one row per depth, best elpd_rep first.
+def _replicate_table(fits: Mapping[Depth, az.InferenceData]) -> pd.DataFrame:
+    """The fresh-replicate comparison of ``fits``: one row per depth, best elpd_rep first.
 
     ``dse`` is the standard error of the paired difference to the best over the cells,
     ``sqrt(n Var(d_j))``, as :func:`arviz.compare` computes it for LOO.
     """
+    scores = {depth: replicate_scores(idata) for depth, idata in fits.items()}
     observed = ~np.isnan(next(iter(scores.values()))["elpd_rep"].to_numpy())
     points = {depth: s["elpd_rep"].to_numpy()[observed] for depth, s in scores.items()}
     totals = {depth: float(values.sum()) for depth, values in points.items()}
