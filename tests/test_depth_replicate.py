@@ -14,7 +14,13 @@ from bayeshier_pymc.depth_comparison import (
 )
 from bayeshier_pymc.noise import tree_noise
 from bayeshier_pymc.simulate import ResidualNoise, simulate
-from bayeshier_pymc.validation_data import LIVER_FILES, has_files, read_liver_lipidome
+from bayeshier_pymc.validation_data import (
+    LIVER_FILES,
+    QMDIAB_FILES,
+    has_files,
+    read_liver_lipidome,
+    read_qmdiab,
+)
 
 GIBBS = {"sampler": "gibbs", "draws": 1000, "tune": 500, "chains": 2, "progressbar": False}
 SHARED_NOISE = ResidualNoise(subclass_sd=0.5, superclass_sd=0.4, global_sd=0.3)
@@ -93,13 +99,17 @@ def test_rule_checks_its_criterion():
 
 
 @pytest.mark.slow
-def test_liver_lipidome_recommendation_agrees_with_split_half_mse(shared_data):
-    """The liver lipidome: split-half coefficient-MSE gains 1.69 / 1.78 / 2.38 at depths 0 / 1 /
-    2 (docs/benchmarks/calibration_compare.txt): depth 2 is best, and the fresh replicate
-    recommends it, where marginal LOO calls the depths a tie and recommends 0."""
-    if not has_files(shared_data, LIVER_FILES):
-        pytest.skip(f"{shared_data} lacks {LIVER_FILES}")
-    study = read_liver_lipidome(shared_data)
+@pytest.mark.parametrize(
+    ("files", "reader"), [(QMDIAB_FILES, read_qmdiab), (LIVER_FILES, read_liver_lipidome)]
+)
+def test_real_data_recommendation_agrees_with_split_half_mse(shared_data, files, reader):
+    """On QMDiab and the liver lipidome the split-half coefficient-MSE gain is best at depth 2
+    and falls with each level removed (docs/benchmarks/depth_choice.txt): the fresh replicate
+    recommends depth 2 and its estimated MSE ratios rank the depths the same way, where
+    marginal LOO calls the depths close and recommends 0."""
+    if not has_files(shared_data, files):
+        pytest.skip(f"{shared_data} lacks {files}")
+    study = reader(shared_data)
     fit = bh.mlm(study.Y, study.X)
     comparison = compare_depths(fit, study.hierarchy, depths=(0, 1, 2), random_seed=0, **GIBBS)
     assert comparison.recommended == 2
