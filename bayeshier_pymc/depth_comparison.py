@@ -39,8 +39,8 @@ is an unbiased estimate of the posterior mean's squared error (E[θ_j | b] − �
 1981; Efron 2011), from the posterior mean and variance of θ alone. The expected log density
 of the fresh replicate under the moment-matched predictive ``N(E[θ_j | b], Var(θ_j | b) + Σ_jj)``
 is then estimated by putting ``Σ_jj + r_j`` in place of the unknown ``E(b*_j − E[θ_j | b])²``.
-For independent estimates this and leaving one metabolite out agree; with correlated
-estimates they do not: ``p(b_j | b_−j)`` predicts b_j from its group mates *through their
+With correlated estimates this question and leaving one metabolite out differ:
+``p(b_j | b_−j)`` predicts b_j from its group mates *through their
 shared noise*, so a depth that reads a group's common offset as shared noise predicts b_j
 about as well as one that reads it as a group effect, while a fresh replicate shares no noise
 with b and only an effect carries over (``docs/model_comparison.md`` measures both).
