@@ -1,4 +1,4 @@
-"""Compare hierarchy depths by PSIS-LOO: which levels of the annotation tree help predict.
+"""Compare hierarchy depths: which levels of the annotation tree help estimate and predict.
 
 Three leave-out questions are available (``loo=``), each a different prediction task:
 
@@ -24,6 +24,26 @@ Three leave-out questions are available (``loo=``), each a different prediction 
 
 Every model in a comparison is scored on the same held-out units, so the elpds are comparable
 across depths; ``"none"`` (no pooling) predicts every b_j from its fixed prior.
+
+The depth is recommended by a fourth question, asked of every comparison whatever ``loo``
+(:class:`RecommendationRule` ``criterion="replicate"``, the default): how well does the fit
+predict a *fresh replicate* of the same estimates, ``b*_j ~ N(θ_j, Σ_jj)`` with noise of its
+own — what a second study of the same metabolites (or the other half of the samples) would
+measure, and what estimating θ is for. Its elpd (:func:`replicate_scores`) rests on Stein's
+unbiased risk estimate: with Gaussian noise of known covariance Σ and *any* prior, Tweedie's
+formula gives ``∂E[θ | b]/∂b · Σ = Cov(θ | b)``, so
+
+    r_j = (E[θ_j | b] − b_j)² + 2 Var(θ_j | b) − Σ_jj
+
+is an unbiased estimate of the posterior mean's squared error (E[θ_j | b] − θ_j)² (Stein
+1981; Efron 2011), from the posterior mean and variance of θ alone. The expected log density
+of the fresh replicate under the moment-matched predictive ``N(E[θ_j | b], Var(θ_j | b) + Σ_jj)``
+is then estimated by putting ``Σ_jj + r_j`` in place of the unknown ``E(b*_j − E[θ_j | b])²``.
+With correlated estimates this question and leaving one metabolite out differ:
+``p(b_j | b_−j)`` predicts b_j from its group mates *through their
+shared noise*, so a depth that reads a group's common offset as shared noise predicts b_j
+about as well as one that reads it as a group effect, while a fresh replicate shares no noise
+with b and only an effect carries over (``docs/model_comparison.md`` measures both).
 
 Correlated estimates (tree-structured noise, the default for a stage-1 fit with a hierarchy)
 are no longer independent given the parameters: each question is then asked of the joint
@@ -78,14 +98,21 @@ from bayeshier_pymc.shrinkage import NoiseChoice, ShrinkageModel, with_noise
 __all__ = [
     "GROUP_LOG_LIKELIHOOD",
     "LOO_QUESTIONS",
+    "REPLICATE_QUESTION",
     "DepthComparison",
     "RecommendationRule",
     "compare_depths",
     "compare_fits",
     "group_log_likelihood",
+    "replicate_scores",
 ]
 
 Depth = int | str
+Criterion = Literal["replicate", "loo"]
+REPLICATE_QUESTION = (
+    "how well is a fresh replicate of every estimate predicted (the same metabolites, noise "
+    "of its own: what estimating θ is for)"
+)
 
 
 # ---------------------------------------------------------------------- the result
@@ -93,22 +120,28 @@ Depth = int | str
 class RecommendationRule:
     """Recommend the simplest (or the deepest) depth whose elpd is close enough to the best.
 
-    A depth is close enough when ``elpd_diff ≤ max(dse_factor × dse, negligible)``: within
-    ``dse_factor`` standard errors of the difference, or below ``negligible`` elpd units, a
-    difference too small to rank models by (Sivula, Magnusson & Vehtari 2022: below about 4
-    the normal approximation of the difference is unreliable and the models predict alike).
-    Simplest means fewest levels, with no pooling simplest of all.
+    ``criterion`` says which elpd: ``"replicate"`` (default), that of a fresh replicate of
+    the estimates (:func:`replicate_scores`, the :attr:`DepthComparison.replicate` table), or
+    ``"loo"``, the PSIS-LOO elpd of the comparison's leave-out question
+    (:attr:`DepthComparison.table`). A depth is close enough when
+    ``elpd_diff ≤ max(dse_factor × dse, negligible)``: within ``dse_factor`` standard errors
+    of the difference, or below ``negligible`` elpd units, a difference too small to rank
+    models by (Sivula, Magnusson & Vehtari 2022: below about 4 the normal approximation of the
+    difference is unreliable and the models predict alike). Simplest means fewest levels,
+    with no pooling simplest of all.
 
-    ``prefer="deepest"`` recommends the deepest close-enough depth instead: a cautious choice
-    for correlated estimates, where a model shallower than the noise tree can only read a
-    real group shift as that group's shared noise (which LOO of b cannot tell apart) and is
-    then confidently wrong about the group's members, while a deeper model costs little, its
-    unneeded scales shrinking to zero (``docs/calibration.md`` measures both).
+    ``prefer="deepest"`` recommends the deepest close-enough depth instead. With correlated
+    estimates and ``criterion="loo"`` it is the cautious choice: a model shallower than the
+    noise tree reads a real group shift as that group's shared noise, which LOO of b cannot
+    tell apart, and is then confidently wrong about the group's members. The fresh replicate
+    shares no noise with b, so the default criterion tells them apart without it
+    (``docs/model_comparison.md`` measures both).
     """
 
     dse_factor: float = 2.0
     negligible: float = 4.0
     prefer: Literal["simplest", "deepest"] = "simplest"
+    criterion: Criterion = "replicate"
 
     def __post_init__(self) -> None:
         if not (self.dse_factor > 0 and self.negligible >= 0):
@@ -118,13 +151,19 @@ class RecommendationRule:
             )
         if self.prefer not in ("simplest", "deepest"):
             raise ValueError(f"prefer must be 'simplest' or 'deepest', got {self.prefer!r}.")
+        if self.criterion not in ("replicate", "loo"):
+            raise ValueError(f"criterion must be 'replicate' or 'loo', got {self.criterion!r}.")
 
     def close_enough(self, row: pd.Series) -> bool:
         """Whether a row of the :func:`arviz.compare` table is close enough to the best."""
         return bool(row["elpd_diff"] <= max(self.dse_factor * row["dse"], self.negligible))
 
     def choose(self, table: pd.DataFrame) -> Depth:
-        """The simplest (or deepest) close-enough depth of an :func:`arviz.compare` table."""
+        """The simplest (or deepest) close-enough depth of a table with elpd_diff and dse.
+
+        ``table`` is the one the ``criterion`` names (:func:`arviz.compare`'s, or the
+        replicate table of :attr:`DepthComparison.replicate`).
+        """
         close = [_key(i) for i in table.index if self.close_enough(table.loc[i])]
         return min(close, key=_rank) if self.prefer == "simplest" else max(close, key=_rank)
 
@@ -134,8 +173,9 @@ class RecommendationRule:
             if self.prefer == "simplest"
             else "the deepest model (most levels; correlated estimates)"
         )
+        elpd = "elpd of a fresh replicate" if self.criterion == "replicate" else "PSIS-LOO elpd"
         return (
-            f"{which} whose elpd is within max({self.dse_factor:g} × dse, "
+            f"{which} whose {elpd} is within max({self.dse_factor:g} × dse, "
             f"{self.negligible:g}) of the best"
         )
 
@@ -162,7 +202,7 @@ class DepthComparison:
         ``min(1 − 1/log10(S), 0.7)`` for S draws, and the counts of good (k ≤ good_k), bad
         (good_k < k ≤ 1) and very bad (k > 1) points, and the largest k.
     recommended
-        The depth chosen by ``rule``.
+        The depth chosen by ``rule`` (from ``replicate`` or ``table``, as its criterion says).
     rule
         The recommendation rule.
     diagnostics
@@ -172,6 +212,14 @@ class DepthComparison:
         Depth → what the model pools over.
     refits
         Depth → labels of the groups whose LOO was computed by an exact refit.
+    replicate
+        The fresh-replicate comparison (:func:`replicate_scores`), one row per depth, best
+        first: ``elpd_rep`` (estimated expected log density of a fresh replicate of every
+        estimate), its ``se``, ``p_rep`` (Σ Var(θ_j | b) / (Var(θ_j | b) + Σ_jj), the
+        optimism removed from scoring b itself), ``elpd_diff`` and ``dse`` to the best (as in
+        :func:`arviz.compare`) and ``relative_mse``, the estimated coefficient MSE relative to
+        stage 1's, Σ r_j / Σ Σ_jj (unbiased for a correct noise model, so it can fall below
+        zero where the true ratio is small and the cells few).
     """
 
     table: pd.DataFrame
@@ -184,13 +232,16 @@ class DepthComparison:
     diagnostics: dict[Depth, Diagnosis] = field(default_factory=dict)
     descriptions: dict[Depth, str] = field(default_factory=dict)
     refits: dict[Depth, list[str]] = field(default_factory=dict)
+    replicate: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def summary(self) -> pd.DataFrame:
-        """The comparison table with model descriptions and the Pareto-k counts."""
+        """The LOO table, the fresh-replicate elpd and MSE gain, and the Pareto-k counts."""
         columns = ["elpd_loo", "p_loo", "elpd_diff", "dse", "weight"]
         frame = self.table[columns].copy()
         frame.insert(0, "model", [self.descriptions.get(_key(i), "") for i in frame.index])
+        replicate = self.replicate[["elpd_rep", "elpd_diff", "dse", "relative_mse"]]
+        frame = frame.join(replicate.rename(columns={"elpd_diff": "rep_diff", "dse": "rep_dse"}))
         k_table = self.pareto_k[["n_bad", "n_very_bad", "max_k"]]
         frame = frame.join(k_table.set_axis(k_table.index.map(str)))
         frame["recommended"] = [_key(i) == self.recommended for i in frame.index]
@@ -201,11 +252,22 @@ class DepthComparison:
         """The recommendation, the rule behind it and any reliability warning, in words."""
         best = _key(self.table.index[0])
         close = [_key(i) for i in self.table.index if self.rule.close_enough(self.table.loc[i])]
+        best_rep = _key(self.replicate.index[0])
+        close_rep = [
+            _key(i) for i in self.replicate.index if self.rule.close_enough(self.replicate.loc[i])
+        ]
+        ratios = self.replicate["relative_mse"].sort_index(key=lambda i: i.map(_key).map(_rank))
         lines = [
             f"PSIS-LOO ({self.loo}): {LOO_QUESTIONS[self.loo]}.",
             f"Best elpd: depth {best} ({self.descriptions.get(best, '')}), "
             f"elpd_loo = {self.table['elpd_loo'].iloc[0]:.1f}; close to it: "
             + ", ".join(f"depth {d}" for d in close)
+            + ".",
+            f"Fresh replicate: {REPLICATE_QUESTION}. Best: depth {best_rep}, elpd_rep = "
+            f"{self.replicate['elpd_rep'].iloc[0]:.1f}; close to it: "
+            + ", ".join(f"depth {d}" for d in close_rep)
+            + "; estimated coefficient MSE relative to stage 1: "
+            + ", ".join(f"depth {i} {r:.2f}" for i, r in ratios.items())
             + ".",
             f"Recommended: depth {self.recommended} "
             f"({self.descriptions.get(self.recommended, '')}) — {self.rule}.",
@@ -272,7 +334,11 @@ def compare_depths(
     n_jobs: int | None = None,
     **sample_kwargs: Any,
 ) -> DepthComparison:
-    """Fit the shrinkage model at several depths of the tree and compare them by PSIS-LOO.
+    """Fit the shrinkage model at several depths of the tree and compare them.
+
+    Every depth is scored by PSIS-LOO (the question ``loo``) and by the elpd of a fresh
+    replicate of the estimates (:func:`replicate_scores`); the ``rule`` recommends a depth
+    from one of them (by default the fresh replicate: see the module docstring).
 
     Parameters
     ----------
@@ -297,8 +363,10 @@ def compare_depths(
         at the full depth, so every depth and every refit without a group has the same
         priors.
     rule
-        How the depth is recommended (default :class:`RecommendationRule`: the simplest
-        close-enough depth).
+        How the depth is recommended (default :class:`RecommendationRule`: the simplest depth
+        whose elpd of a fresh replicate is close enough to the best;
+        ``RecommendationRule(criterion="loo")`` ranks by the PSIS-LOO elpd of ``loo``
+        instead).
     refit_bad_k
         With ``loo="group"``: refit the model without every group that has a Pareto k
         above good_k and replace its PSIS estimate by the exact
@@ -371,6 +439,8 @@ def compare_depths(
     ]
     fitted = dispatch(_fit, tasks, n_jobs=n_jobs, progress=progress, total=len(tasks))
     fits = {_key(depth): idata for depth, idata in zip(depths, fitted, strict=True)}
+    _check_same_data(fits)
+    replicate = _replicate_table(fits)  # before _elpds swaps in the copies for loo="group"
     elpds = _elpds(fits, hierarchy, loo, group_level)
     refits: dict[Depth, list[str]] = {}
     if refit_bad_k:
@@ -403,7 +473,7 @@ def compare_depths(
             elpds[depth], refits[depth] = _replace_by_refits(
                 elpds[depth], fits[depth], hierarchy, group_level, refitted_tau
             )
-    return _comparison(fits, elpds, loo, rule or RecommendationRule(), refits)
+    return _comparison(fits, elpds, replicate, loo, rule or RecommendationRule(), refits)
 
 
 def _fit(
@@ -450,9 +520,12 @@ def compare_fits(
     """
     check_loo_kind(loo)
     fits = _as_mapping(fits)
+    _check_same_data(fits)
+    replicate = _replicate_table(fits)  # before _elpds swaps in the copies for loo="group"
     return _comparison(
         fits,
         _elpds(fits, hierarchy, loo, group_level),
+        replicate,
         loo,
         rule or RecommendationRule(),
     )
@@ -469,7 +542,6 @@ def _elpds(
     The copies (see :func:`_with_group_log_likelihood`) hold the group log-likelihood; the
     fits given are left as they are.
     """
-    _check_same_data(fits)
     if loo == "group":
         if hierarchy is None:
             raise ValueError("loo='group' needs the hierarchy whose groups are left out.")
@@ -499,6 +571,7 @@ def _with_group_log_likelihood(
 def _comparison(
     fits: dict[Depth, az.InferenceData],
     elpds: dict[Depth, Any],
+    replicate: pd.DataFrame,
     loo: LooKind,
     rule: RecommendationRule,
     refits: dict[Depth, list[str]] | None = None,
@@ -516,11 +589,12 @@ def _comparison(
         pareto_k=pd.DataFrame.from_dict(
             {depth: _pareto_k_counts(elpd) for depth, elpd in elpds.items()}, orient="index"
         ).rename_axis("depth"),
-        recommended=rule.choose(table),
+        recommended=rule.choose(replicate if rule.criterion == "replicate" else table),
         rule=rule,
         diagnostics={depth: _diagnose_hyperparameters(idata) for depth, idata in fits.items()},
         descriptions={depth: _describe(depth, fits[depth]) for depth in fits},
         refits=refits or {},
+        replicate=replicate,
     )
 
 
@@ -528,6 +602,101 @@ def _diagnose_hyperparameters(idata: az.InferenceData) -> Diagnosis:
     """Diagnose τ, θ0 and the group means (θ only without pooling; θ | τ is exact there)."""
     names = [name for name in idata.posterior.data_vars if name != "theta"] or ["theta"]
     return diagnose(idata, var_names=names, loo=None)
+
+
+# ---------------------------------------------------------------------- fresh replicate
+def replicate_scores(idata: az.InferenceData) -> xr.Dataset:
+    """Per estimate: the elpd of a fresh replicate and the risk of the posterior mean.
+
+    For every observed (covariate, feature) cell, with μ_j and V_j the posterior mean and
+    variance of θ_j (from the draws) and Σ_jj the model's noise variance of b_j (s_j² for
+    independent estimates; with tree-structured noise the own variance plus the shared ones
+    on the feature's path):
+
+    - ``risk``: r_j = (μ_j − b_j)² + 2 V_j − Σ_jj, Stein's unbiased estimate of (μ_j − θ_j)²
+      (Tweedie's formula gives ∂μ/∂b · Σ = Cov(θ | b) for any prior, so the divergence term
+      of SURE is the posterior variance);
+    - ``elpd_rep``: −½ log 2π(V_j + Σ_jj) − ((μ_j − b_j)² + 2 V_j) / (2 (V_j + Σ_jj)), the
+      expected log density of a fresh replicate b*_j ~ N(θ_j, Σ_jj) under the moment-matched
+      predictive N(μ_j, V_j + Σ_jj), with Σ_jj + r_j in place of E(b*_j − μ_j)²;
+    - ``p_rep``: V_j / (V_j + Σ_jj), what ``elpd_rep`` subtracts from the log density of b_j
+      itself under that predictive;
+    - ``noise_variance``: Σ_jj (the risk of stage 1's b_j).
+
+    Parameters
+    ----------
+    idata
+        A fit of :meth:`ShrinkageModel.sample` at any depth, with its draws of θ.
+
+    Returns
+    -------
+    xarray.Dataset
+        The four variables, dims ``("covariate", "feature")``, NaN in missing cells.
+    """
+    if "theta" not in idata.posterior:
+        raise ValueError("the fresh-replicate scores need the fit's posterior draws of theta.")
+    problem = problem_from_idata(idata)
+    theta = idata.posterior["theta"].sel(covariate=problem.covariates.to_numpy())
+    draws = theta.transpose("chain", "draw", "covariate", "feature").to_numpy()
+    draws = draws.reshape(-1, *draws.shape[2:]).astype(float)
+    mean = draws.mean(axis=0)
+    variance = draws.var(axis=0, ddof=1)
+    noise = _noise_variance(problem)
+    squared = (mean - problem.b) ** 2
+    predictive = variance + noise
+    values = {
+        "elpd_rep": -0.5 * np.log(2.0 * np.pi * predictive)
+        - (squared + 2.0 * variance) / (2.0 * predictive),
+        "p_rep": variance / predictive,
+        "risk": squared + 2.0 * variance - noise,
+        "noise_variance": noise,
+    }
+    coords = {"covariate": problem.covariates.to_numpy(), "feature": problem.features.to_numpy()}
+    return xr.Dataset(
+        {
+            name: (("covariate", "feature"), np.where(problem.missing, np.nan, value))
+            for name, value in values.items()
+        },
+        coords=coords,
+    )
+
+
+def _noise_variance(problem: ShrinkageProblem) -> np.ndarray:
+    """Σ_jj, the model's noise variance of every estimate, (covariate, feature)."""
+    if problem.noise is None:
+        return problem.se**2
+    tree = problem.algebra_tree
+    total = problem.own_variance + np.asarray(problem.noise.top)[:, None]
+    for level, variances in enumerate(problem.noise.groups):
+        total = total + np.asarray(variances)[:, tree.membership(level)]
+    return total
+
+
+def _replicate_table(fits: Mapping[Depth, az.InferenceData]) -> pd.DataFrame:
+    """The fresh-replicate comparison of ``fits``: one row per depth, best elpd_rep first.
+
+    ``dse`` is the standard error of the paired difference to the best over the cells,
+    ``sqrt(n Var(d_j))``, as :func:`arviz.compare` computes it for LOO.
+    """
+    scores = {depth: replicate_scores(idata) for depth, idata in fits.items()}
+    observed = ~np.isnan(next(iter(scores.values()))["elpd_rep"].to_numpy())
+    points = {depth: s["elpd_rep"].to_numpy()[observed] for depth, s in scores.items()}
+    totals = {depth: float(values.sum()) for depth, values in points.items()}
+    best = max(totals, key=lambda depth: totals[depth])
+    rows = {}
+    for depth, values in points.items():
+        difference = points[best] - values
+        ds = scores[depth]
+        rows[str(depth)] = {
+            "elpd_rep": totals[depth],
+            "se": float(np.sqrt(values.size * values.var())),
+            "p_rep": float(ds["p_rep"].sum()),
+            "elpd_diff": float(difference.sum()),
+            "dse": float(np.sqrt(difference.size * difference.var())),
+            "relative_mse": float(ds["risk"].sum() / ds["noise_variance"].sum()),
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("depth")
+    return table.sort_values("elpd_rep", ascending=False)
 
 
 # ---------------------------------------------------------------------- leave-one-group-out

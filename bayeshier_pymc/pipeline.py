@@ -74,7 +74,7 @@ def run_pipeline(
 
     Steps: stage-1 matrix linear model; stage-2 shrinkage with ``sampler`` (the result that
     is reported); with ``compare``, the other sampler on the same posterior and the agreement
-    of the two, and the PSIS-LOO comparison of the depths ("none", 0, …, all levels) with the
+    of the two, and the comparison of the depths ("none", 0, …, all levels) with the
     Gibbs engine; diagnostics; then ``stage1_estimates.csv``, ``shrunken_effects.csv``,
     ``scales.csv``, (with ``compare``) ``depths.csv`` and ``sampler_agreement.csv``,
     ``results.nc`` (InferenceData, hierarchy and stage-1 summary, see
@@ -198,7 +198,7 @@ def run_pipeline(
     diagnosis = diagnose(idata)
     log(f"diagnostics: {'ok' if diagnosis.ok else 'problems found'}")
     if compare:
-        log("depth comparison (PSIS-LOO, marginal likelihood, Gibbs engine)")
+        log("depth comparison (fresh replicate and PSIS-LOO, Gibbs engine)")
         depths = compare_depths(
             fit,
             hierarchy,

@@ -239,7 +239,7 @@ def run_replicate(
         ``"auto"`` (default) or ``"independent"``.
     compare_depths
         Also fit every shallower depth and record the depth
-        :func:`~bayeshier_pymc.depth_comparison.compare_fits` recommends (PSIS-LOO, marginal).
+        :func:`~bayeshier_pymc.depth_comparison.compare_fits` recommends (its default rule).
     priors
         Stage 2's priors (:class:`~bayeshier_pymc.ShrinkageModel`'s ``priors``; ``"research"``
         for the research code's).
@@ -359,7 +359,8 @@ def simulation_study(
         package default, tree-structured noise estimated from the residuals) and/or
         ``"independent"`` (the research model).
     compare_depths
-        Also record the depth recommended by PSIS-LOO (see :func:`run_replicate`).
+        Also record the depth :func:`~bayeshier_pymc.depth_comparison.compare_fits`
+        recommends (see :func:`run_replicate`).
     random_seed
         Seeds of replicate r of every row are ``random_seed + r``.
     log

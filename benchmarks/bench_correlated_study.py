@@ -9,7 +9,7 @@ the liver lipidome and of QMDiab plasma). Every replicate is fitted with the res
 estimated from the stage-1 residuals); it prints one Markdown table: coefficient- and
 prediction-MSE ratios (stage 1 / shrunken), coverage of the true θ by the 95% intervals, the
 lfsr < 0.05 calls, their false sign rate and mean lfsr, and with ``--compare`` the share of
-replicates where PSIS-LOO recommends the true depth (2). Stage 2 has the package's default
+replicates where compare_fits recommends the true depth (2). Stage 2 has the package's default
 priors; ``--priors research`` fits the research code's fixed priors (the package's default
 before the priors scaled to the standard errors). ``docs/simulation_study.md`` includes the
 output of the default run from ``docs/benchmarks/correlated_study.txt``.

@@ -16,7 +16,12 @@ from scipy import stats
 
 import bayeshier_pymc as bh
 from bayeshier_pymc import depth_comparison
-from bayeshier_pymc.depth_comparison import compare_depths, compare_fits, group_log_likelihood
+from bayeshier_pymc.depth_comparison import (
+    RecommendationRule,
+    compare_depths,
+    compare_fits,
+    group_log_likelihood,
+)
 from bayeshier_pymc.diagnostics import loo_elpd
 from bayeshier_pymc.inference_data import (
     build_inference_data,
@@ -303,7 +308,15 @@ def test_compare_depths_recommends_the_true_depth_under_correlated_noise(truth, 
     fit = bh.mlm(sim.Y, sim.X, x_intercept=False)
     tree = bh.Hierarchy.from_frame(sim.annotations, levels=sim.levels)
     comparison = compare_depths(
-        fit, tree, loo=loo, random_seed=1, draws=500, tune=500, chains=2, progressbar=False
+        fit,
+        tree,
+        loo=loo,
+        rule=RecommendationRule(criterion="loo"),
+        random_seed=1,
+        draws=500,
+        tune=500,
+        chains=2,
+        progressbar=False,
     )
     assert all(idata.attrs["noise"] == "tree" for idata in comparison.fits.values())
     assert comparison.recommended == truth, comparison

@@ -23,6 +23,10 @@ BAD_K_COLOR = "#c0392b"
 def plot_compare(comparison: DepthComparison, *, ax: Axes | None = None) -> Axes:
     """Difference in elpd_loo of every depth to the best, with the recommendation rule drawn.
 
+    The recommended depth (in bold) comes from the rule's criterion: by default the elpd of
+    a fresh replicate (``comparison.replicate``), which the title names; the grey bars are
+    the rule's tolerance on the PSIS-LOO elpd drawn here.
+
     One row per model, best first, labelled ``depth: what it pools over`` (the recommended
     depth in bold). The point is Δ elpd = elpd − elpd_best with ± dse, the standard error of
     the difference, which is what decides; the grey bar is the rule's tolerance
@@ -117,10 +121,11 @@ def plot_compare(comparison: DepthComparison, *, ax: Axes | None = None) -> Axes
     )
     ax.set_ylabel("depth")
     ax.set_xlabel("Δ elpd_loo to the best (higher is better)")
+    by = "the elpd of a fresh replicate" if rule.criterion == "replicate" else "this elpd"
     ax.set_title(
         f"{comparison.loo} PSIS-LOO — recommended: depth {comparison.recommended}\n"
         f"rule: {'simplest' if rule.prefer == 'simplest' else 'deepest'} within "
-        f"max({rule.dse_factor:g} × dse, {rule.negligible:g}) of the best",
+        f"max({rule.dse_factor:g} × dse, {rule.negligible:g}) of the best, by {by}",
         fontsize="medium",
     )
     return ax
