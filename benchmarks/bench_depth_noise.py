@@ -7,10 +7,10 @@ truths: no group effects, subclass effects only, and both levels. Each seed's da
 fitted at every depth by :func:`~bayeshier_pymc.depth_comparison.compare_depths` (Gibbs
 engine, two chains) with the default tree-structured noise and with ``noise="independent"``,
 and scored by marginal and by group LOO (one subclass left out). Per data set it prints the
-sd of the true subclass means, each LOO's recommended depth, and two paired elpd differences
-with their standard errors: depth 1 over depth 0 by marginal LOO and depth 2 over depth 1 by
-group LOO. ``docs/model_comparison.md`` includes the default run's output from
-``docs/benchmarks/depth_noise.txt``.
+sd of the true subclass means, the depth each LOO recommends (by the LOO rule), and two
+paired elpd differences with their standard errors: depth 1 over depth 0 by marginal LOO and
+depth 2 over depth 1 by group LOO. ``docs/model_comparison.md`` includes the default run's
+output from ``docs/benchmarks/depth_noise.txt``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,12 @@ import numpy as np
 import pandas as pd
 
 from bayeshier_pymc import Hierarchy, mlm
-from bayeshier_pymc.depth_comparison import DepthComparison, compare_depths, compare_fits
+from bayeshier_pymc.depth_comparison import (
+    DepthComparison,
+    RecommendationRule,
+    compare_depths,
+    compare_fits,
+)
 from bayeshier_pymc.simulate import ResidualNoise, simulate
 
 SHARED_NOISE = ResidualNoise(subclass_sd=0.5, superclass_sd=0.4, global_sd=0.3)
@@ -34,6 +39,8 @@ TRUTHS = {
     "2: both levels": {"tau_u": 0.6, "tau_v": 0.05, "tau_w": 0.05},
 }
 NOISE_MODELS = ("auto", "independent")
+BY_LOO = RecommendationRule(criterion="loo")
+"""Both recommendations are by the PSIS-LOO rule (the default criterion is the fresh replicate)."""
 
 
 def paired_difference(comparison: DepthComparison, better: int, worse: int) -> str:
@@ -53,8 +60,9 @@ def one_data_set(truth: dict[str, float], seed: int, draws: int) -> list[dict[st
     rows = []
     for noise in NOISE_MODELS:
         marginal = compare_depths(fit, tree, sampler="gibbs", noise=noise, draws=draws,
-                                  chains=2, random_seed=seed, progressbar=False)  # fmt: skip
-        group = compare_fits(marginal.fits, tree, loo="group")
+                                  chains=2, random_seed=seed, progressbar=False,
+                                  rule=BY_LOO)  # fmt: skip
+        group = compare_fits(marginal.fits, tree, loo="group", rule=BY_LOO)
         rows.append(
             {
                 "seed": seed,

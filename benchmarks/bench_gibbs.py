@@ -306,3 +306,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # whether the machine was shared: absolute times depend on it, ratios within a run less
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average (1, 5, 15 min) at the end: {load}")

@@ -79,6 +79,8 @@ def test_the_priors_are_a_table_of_their_own(report):
     text, coefficients, _ = report
     first = text.splitlines()[2]
     assert "features; ShrinkageModel(" in first and first.endswith(".")
+    summary = ShrinkageModel(*_study_fit(2000)).summary_line  # the model the report was given
+    assert f"features; {summary}. " in first
     assert "Priors" not in first  # the model's one-line summary, the priors below it
     _, rows = _rows(text, "| covariate | typical_se |")
     assert [row[0] for row in rows] == list(coefficients["covariate"].unique())

@@ -177,8 +177,10 @@ def test_bad_input_gets_clear_errors(fit, tree, study):
 def test_notebook_representation(fit, tree):
     model = ShrinkageModel(fit, tree)
     assert repr(model).startswith("ShrinkageModel(2 covariates × 60 features; depth=2")
-    assert model.summary_line == repr(model).splitlines()[0]
-    assert "\n" not in model.summary_line
+    assert model.summary_line == (
+        "ShrinkageModel(2 covariates × 60 features; depth=2; "
+        f"{model.tree!r}; correlated noise)"
+    )
     table = model.describe()
     assert table.index.tolist() == ["feature", "subclass", "superclass"]
     assert table["n_units"].tolist() == [60, 4, 2]
