@@ -56,8 +56,10 @@ __all__ = [
     "known_truth_scores",
     "posterior_summary",
     "predictive_coverage",
+    "split_half_cells",
     "split_half_check",
     "split_half_scores",
+    "split_half_summary",
     "stage_one_posterior",
 ]
 
@@ -318,6 +320,77 @@ def split_half_scores(
     }
 
 
+def split_half_cells(
+    Y: pd.DataFrame,
+    X: pd.DataFrame,
+    hierarchy: Hierarchy,
+    *,
+    stage_two: StageTwoFit | None = None,
+    covariates: Sequence[Any] | None = None,
+    n_splits: int = 6,
+    random_seed: int = 0,
+) -> pd.DataFrame:
+    """Every estimate of every split of the split-half check (see the module docstring).
+
+    Parameters are those of :func:`split_half_check`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per split, covariate and feature: ``split``, ``covariate``, ``feature``,
+        ``group`` (the feature's finest annotation group; the feature itself where the tree
+        places it in none), half A's ``b_a`` and ``s_a``, half B's ``b_b``, ``s_b`` and
+        residual degrees of freedom ``df_b``, half A's posterior ``mean``, ``sd`` and
+        ``lfsr``, and ``covered`` (:func:`predictive_coverage` with ``df_b``).
+    """
+    stage_two = StageTwo() if stage_two is None else stage_two
+    covariates = list(X.columns) if covariates is None else list(covariates)
+    if n_splits < 1:
+        raise ValueError(f"n_splits must be at least 1, got {n_splits}.")
+    n_obs = Y.shape[0]
+    if X.shape[0] != n_obs:
+        raise ValueError(f"Y has {n_obs} samples but X has {X.shape[0]}.")
+    seeds = np.random.SeedSequence(random_seed).spawn(n_splits)
+    frames = []
+    for split, seed in enumerate(seeds):
+        order = np.random.default_rng(seed).permutation(n_obs)
+        half_a, half_b = np.sort(order[: n_obs // 2]), np.sort(order[n_obs // 2 :])
+        fit_a = mlm(Y.iloc[half_a], X.iloc[half_a])
+        fit_b = mlm(Y.iloc[half_b], X.iloc[half_b])
+        posterior = stage_two(fit_a, hierarchy, covariates, int(seed.generate_state(1)[0]))
+
+        features = posterior.mean["feature"].to_numpy()
+        columns = {
+            name: values.sel(covariate=covariates, feature=features).to_numpy()
+            for name, values in (
+                ("b_a", fit_a.coef),
+                ("s_a", fit_a.se),
+                ("b_b", fit_b.coef),
+                ("s_b", fit_b.se),
+                ("mean", posterior.mean),
+                ("sd", posterior.sd),
+                ("lfsr", posterior.lfsr),
+            )
+        }
+        shape = columns["b_b"].shape
+        columns["df_b"] = np.broadcast_to(_residual_df(fit_b, features), shape)
+        columns["covered"] = predictive_coverage(
+            columns["b_b"], columns["s_b"], columns["mean"], columns["sd"], columns["df_b"]
+        )
+        frames.append(
+            pd.DataFrame(
+                {
+                    "split": split,
+                    "covariate": np.repeat(np.asarray(covariates, dtype=object), shape[1]),
+                    "feature": np.tile(features, shape[0]),
+                    "group": np.tile(_finest_groups(hierarchy, features), shape[0]),
+                    **{name: values.ravel() for name, values in columns.items()},
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
 def split_half_check(
     Y: pd.DataFrame,
     X: pd.DataFrame,
@@ -350,57 +423,55 @@ def split_half_check(
     Returns
     -------
     pandas.DataFrame
+        :func:`split_half_summary` of :func:`split_half_cells`.
+    """
+    return split_half_summary(
+        split_half_cells(
+            Y,
+            X,
+            hierarchy,
+            stage_two=stage_two,
+            covariates=covariates,
+            n_splits=n_splits,
+            random_seed=random_seed,
+        )
+    )
+
+
+def split_half_summary(cells: pd.DataFrame) -> pd.DataFrame:
+    """Scores of each split and their mean, from :func:`split_half_cells`.
+
+    Parameters
+    ----------
+    cells
+        The frame :func:`split_half_cells` returns.
+
+    Returns
+    -------
+    pandas.DataFrame
         One row per split (index ``split`` 0, 1, …) and a ``"mean"`` row, columns as
         :func:`split_half_scores` returns (the ``mean`` row averages the rates and MSEs over
         splits, ``mse_gain`` is the ratio of the averaged MSEs), with half B's residual
         degrees of freedom in the intervals' quantile (:func:`predictive_coverage`), and
         ``coverage_se``: the coverage's standard error over clusters of covariate × finest
-        annotation group (:func:`clustered_coverage_se`; in the ``mean`` row, of each cell's
-        coverage averaged over the splits).
+        annotation group (:func:`clustered_coverage_se`; in the ``mean`` row, of each
+        estimate's coverage averaged over the splits).
     """
-    stage_two = StageTwo() if stage_two is None else stage_two
-    covariates = list(X.columns) if covariates is None else list(covariates)
-    if n_splits < 1:
-        raise ValueError(f"n_splits must be at least 1, got {n_splits}.")
-    n_obs = Y.shape[0]
-    if X.shape[0] != n_obs:
-        raise ValueError(f"Y has {n_obs} samples but X has {X.shape[0]}.")
-    seeds = np.random.SeedSequence(random_seed).spawn(n_splits)
     rows = {}
-    cell_coverage = []
-    for split, seed in enumerate(seeds):
-        order = np.random.default_rng(seed).permutation(n_obs)
-        half_a, half_b = np.sort(order[: n_obs // 2]), np.sort(order[n_obs // 2 :])
-        fit_a = mlm(Y.iloc[half_a], X.iloc[half_a])
-        fit_b = mlm(Y.iloc[half_b], X.iloc[half_b])
-        posterior = stage_two(fit_a, hierarchy, covariates, int(seed.generate_state(1)[0]))
-
-        features = posterior.mean["feature"]
-        b_a, b_b, s_b = (
-            values.sel(covariate=covariates, feature=features).to_numpy()
-            for values in (fit_a.coef, fit_b.coef, fit_b.se)
-        )
-        df_b = _residual_df(fit_b, features.to_numpy())
-        mean = posterior.mean.sel(covariate=covariates).to_numpy()
-        sd = posterior.sd.sel(covariate=covariates).to_numpy()
+    for split, frame in cells.groupby("split"):
         rows[split] = split_half_scores(
-            b_a,
-            b_b,
-            s_b,
-            mean,
-            sd,
-            posterior.lfsr.sel(covariate=covariates).to_numpy(),
-            df_b,
+            *(frame[name].to_numpy() for name in ("b_a", "b_b", "s_b", "mean", "sd", "lfsr")),
+            df_b=frame["df_b"].to_numpy(),
         )
-        covered = predictive_coverage(b_b, s_b, mean, sd, df_b)
-        clusters = _coverage_clusters(hierarchy, features.to_numpy(), len(covariates))
-        rows[split]["coverage_se"] = clustered_coverage_se(covered, clusters)
-        cell_coverage.append(covered)
+        rows[split]["coverage_se"] = clustered_coverage_se(
+            frame["covered"].to_numpy(), _clusters(frame)
+        )
     result = _with_mean_row(pd.DataFrame.from_dict(rows, orient="index").rename_axis("split"))
-    if len({c.shape for c in cell_coverage}) == 1:
-        result.loc["mean", "coverage_se"] = clustered_coverage_se(
-            np.mean(cell_coverage, axis=0), clusters
-        )
+    by_estimate = cells.groupby(["covariate", "feature"], sort=False)
+    pooled = by_estimate.agg(covered=("covered", "mean"), group=("group", "first")).reset_index()
+    result.loc["mean", "coverage_se"] = clustered_coverage_se(
+        pooled["covered"].to_numpy(), _clusters(pooled)
+    )
     return result
 
 
@@ -412,20 +483,20 @@ def _residual_df(fit: MLMFit, features: np.ndarray) -> np.ndarray:
     return pd.Series(df, index=fit.coef.indexes["feature"]).loc[features].to_numpy()
 
 
-def _coverage_clusters(hierarchy: Hierarchy, features: np.ndarray, n_covariates: int) -> np.ndarray:
-    """Cluster of each (covariate, feature) cell: covariate × finest annotation group.
-
-    Features the tree does not place, and every feature of a tree without levels, are
-    clusters of their own.
-    """
+def _finest_groups(hierarchy: Hierarchy, features: np.ndarray) -> np.ndarray:
+    """Each feature's finest annotation group; the feature's own label where there is none."""
     position = hierarchy.features.get_indexer(features)
+    groups = np.asarray(features, dtype=object).copy()
     if hierarchy.depth >= 1:
-        groups = np.where(position >= 0, hierarchy.membership(0)[position], -1)
-    else:
-        groups = np.full(features.size, -1)
-    alone = groups < 0
-    groups[alone] = hierarchy.n_features + np.arange(int(alone.sum()))
-    return np.arange(n_covariates)[:, None] * (groups.max() + 1) + groups[None, :]
+        placed = position >= 0
+        labels = np.asarray(hierarchy.groups[0], dtype=object)
+        groups[placed] = labels[hierarchy.membership(0)[position[placed]]]
+    return groups
+
+
+def _clusters(cells: pd.DataFrame) -> np.ndarray:
+    """Cluster code of each row: its covariate × finest annotation group."""
+    return cells.groupby(["covariate", "group"], sort=False).ngroup().to_numpy()
 
 
 def known_truth_scores(
