@@ -15,8 +15,10 @@ from bayeshier_pymc.calibration import (
     known_truth_check,
     known_truth_scores,
     predictive_coverage,
+    split_half_cells,
     split_half_check,
     split_half_scores,
+    split_half_summary,
     stage_one_posterior,
 )
 from bayeshier_pymc.validation_data import (
@@ -138,6 +140,28 @@ def test_split_halves_of_unshrunk_estimates_are_calibrated():
     assert np.all(np.abs(np.log(result["coverage_se"].drop(index="mean") / 0.0045)) < np.log(2))
     assert 0.001 < mean["coverage_se"] < 0.0045
     assert abs(mean["coverage"] - 0.95) < 4.0 * mean["coverage_se"]
+
+
+def test_split_half_cells_hold_every_estimate_of_every_split():
+    study = simulate(n=60, m=30, p=2, random_seed=3)
+    tree = Hierarchy.from_frame(study.annotations, ["subclass"])
+    cells = split_half_cells(
+        study.Y, study.X, tree, stage_two=stage_one_posterior, n_splits=2, random_seed=1
+    )
+    assert len(cells) == 2 * study.X.shape[1] * 30
+    one = cells[(cells["split"] == 1) & (cells["covariate"] == study.X.columns[0])]
+    assert one["feature"].tolist() == tree.features.tolist()
+    assert one["group"].tolist() == tree.groups[0][tree.membership(0)].tolist()
+    # stage 1 as the posterior: its mean and sd are half A's estimates; 30 samples - 3 df
+    assert np.allclose(one["mean"], one["b_a"]) and np.allclose(one["sd"], one["s_a"])
+    assert (cells["df_b"] == 27).all()
+    recomputed = predictive_coverage(*(cells[c] for c in ("b_b", "s_b", "mean", "sd", "df_b")))
+    assert (cells["covered"] == recomputed).all()
+    summary = split_half_summary(cells)
+    for split in (0, 1):
+        assert summary.loc[split, "coverage"] == pytest.approx(
+            cells.loc[cells["split"] == split, "covered"].mean()
+        )
 
 
 def test_known_truth_check_of_unshrunk_estimates_covers_under_correlated_noise(rng):
