@@ -8,10 +8,12 @@ stage-1 fit's residuals) and each depth 0, 1, 2 it prints (a last row, ``stage 1
 unshrunk estimates, θ ~ N(b, se²), as a reference):
 
 * split halves (:func:`bayeshier_pymc.calibration.split_half_check`): 95% predictive coverage
-  of the other half's estimates (goal 93–97%), sign errors among lfsr < 0.05 calls where the
-  other half has |z| > 3 against their mean lfsr (goal ≤ 2×), and the truth-free
-  coefficient-MSE gain over stage 1, with the paired MSE difference to the independent model
-  at depth 0 over splits;
+  of the other half's estimates (goal 93–97%; Student-t quantile for the other half's
+  estimated standard errors) with its standard error over clusters of covariate × finest
+  annotation group, sign errors among lfsr < 0.05 calls where the other half has |z| > 3
+  against their mean lfsr (goal ≤ 2×), and the truth-free coefficient-MSE gain over stage 1,
+  with the paired MSE difference to the independent model at depth 0 over splits; then the
+  coverage of every model by covariate and by band of half A's |b / se|;
 * real noise, known truth (:func:`bayeshier_pymc.calibration.known_truth_check`, with
   ``--replicates`` > 0): the data set's design and residual covariance 0.8 S + 0.2 diag S,
   true effects = class effects (sd 0.3) + feature deviations (sd 0.1); coverage of the true θ,
@@ -40,7 +42,8 @@ from bayeshier_pymc import ShrinkageModel, mlm
 from bayeshier_pymc.calibration import (
     StageTwo,
     known_truth_check,
-    split_half_check,
+    split_half_cells,
+    split_half_summary,
     stage_one_posterior,
 )
 from bayeshier_pymc.depth_comparison import compare_fits
@@ -63,6 +66,7 @@ DEPTHS = (0, 1, 2)
 NOISE_MODELS = {"independent": "independent", "structured": "auto"}
 SPLIT_COLUMNS = [
     "coverage",
+    "coverage_se",
     "calls",
     "checked_calls",
     "sign_error_rate",
@@ -71,6 +75,8 @@ SPLIT_COLUMNS = [
 ]
 TRUTH_COLUMNS = ["coverage", "calls", "false_sign_rate", "claimed_lfsr", "mse_gain"]
 REFERENCE = ("independent", 0)
+Z_BANDS = [0.0, 1.0, 2.0, 3.0, 5.0, np.inf]
+"""Bands of half A's |b / se| for the coverage by band."""
 
 
 def main() -> None:
@@ -97,6 +103,12 @@ def main() -> None:
     warnings.simplefilter("ignore")
     logging.getLogger("pymc").setLevel(logging.ERROR)
     options = {"nuts_sampler": args.nuts_sampler, "cores": 1} if args.sampler == "nuts" else {}
+    engine = f"NUTS ({args.nuts_sampler})" if args.sampler == "nuts" else "Gibbs engine"
+    print(
+        f"stage 2: {engine}, {args.chains} chains × {args.draws} draws after {args.draws} "
+        f"tuning steps, priors {args.priors!r}; seed {args.seed}, {args.splits} splits, "
+        f"{args.replicates} known-truth replicates"
+    )
     for name in args.datasets:
         files, reader = READERS[name]
         if not has_files(args.data, files):
@@ -109,7 +121,7 @@ def main() -> None:
             flush=True,
         )
         covariance = real_residual_covariance(study) if args.replicates > 0 else None
-        split_rows, truth_rows, mse = {}, {}, {}
+        split_rows, truth_rows, mse, cells = {}, {}, {}, {}
         models = [(noise, depth) for noise in NOISE_MODELS for depth in DEPTHS]
         for key in [*models, ("stage 1", "")]:
             noise, depth = key
@@ -128,7 +140,7 @@ def main() -> None:
                 )
             )
             start = time.perf_counter()
-            halves = split_half_check(
+            cells[key] = split_half_cells(
                 study.Y,
                 study.X,
                 study.hierarchy,
@@ -136,6 +148,7 @@ def main() -> None:
                 n_splits=args.splits,
                 random_seed=args.seed,
             )
+            halves = split_half_summary(cells[key])
             split_rows[key] = halves.loc["mean", SPLIT_COLUMNS]
             mse[key] = halves.drop(index="mean")["mse"].to_numpy()
             if args.replicates > 0:
@@ -157,6 +170,7 @@ def main() -> None:
         ]
         print(f"{name}, split halves ({args.splits} splits, means; MSE differences paired):")
         print(table.round(4).to_string(), flush=True)
+        print_coverage_breakdown(name, cells)
         if truth_rows:
             print(f"{name}, real noise with a known truth ({args.replicates} replicates, means):")
             frame = pd.DataFrame(truth_rows).T.rename_axis(["noise", "depth"])
@@ -186,6 +200,28 @@ def main() -> None:
                     f"its split-half MSE gain {table.loc[(noise, best), 'mse_gain']:.2f}",
                     flush=True,
                 )
+
+
+def print_coverage_breakdown(name: str, cells: dict[tuple[str, object], pd.DataFrame]) -> None:
+    """Split-half coverage of every model by covariate and by band of half A's |b / se|."""
+    labels = {key: "stage 1" if key[0] == "stage 1" else f"{key[0][:5]}. {key[1]}" for key in cells}
+    frame = pd.concat(
+        [
+            cell.assign(
+                model=labels[key],
+                band=pd.cut(np.abs(cell["b_a"] / cell["s_a"]), Z_BANDS, right=False),
+            )
+            for key, cell in cells.items()
+        ]
+    )
+    order = list(labels.values())
+    for by, title in (("covariate", "covariate"), ("band", "|b_A / s_A|")):
+        table = frame.pivot_table(
+            index=by, columns="model", values="covered", aggfunc="mean", observed=True
+        )[order]
+        table["estimates"] = frame[frame["model"] == order[0]].groupby(by, observed=True).size()
+        print(f"{name}, split-half coverage by {title} (estimates: per split × splits):")
+        print(table.round(3).to_string(), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from bayeshier_pymc import Hierarchy, simulate
 from bayeshier_pymc.calibration import (
     PosteriorSummary,
     StageTwo,
+    clustered_coverage_se,
     known_truth_check,
     known_truth_scores,
+    predictive_coverage,
+    split_half_cells,
     split_half_check,
     split_half_scores,
+    split_half_summary,
     stage_one_posterior,
 )
 from bayeshier_pymc.validation_data import (
@@ -48,6 +53,50 @@ def test_split_half_arithmetic_on_a_tiny_case():
     assert scores["mse_gain"] == pytest.approx(scores["mse_raw"] / scores["mse"])
     with pytest.raises(ValueError, match="same number"):
         split_half_scores(b_a, b_b[:3], s_b, mean, sd, lfsr)
+
+
+def test_predictive_intervals_with_an_estimated_se_cover_95_percent():
+    """θ drawn from the posterior, b_B ~ N(θ, σ_B²), s_B² ~ σ_B² χ²_8 / 8: the Welch–
+    Satterthwaite t quantile covers 95% (up to the approximation, measured 0.948); the normal
+    1.96 covers 93%, and t with ν_B alone (the posterior's sd ignored) covers 96%."""
+    rng = np.random.default_rng(0)
+    n, nu = 200_000, 8
+    sd_b = np.exp(rng.normal(0.0, 0.3, n))
+    sd = sd_b * np.exp(rng.uniform(np.log(0.1), np.log(2.0), n))
+    mean = rng.normal(0.0, 1.0, n)
+    b_b = mean + sd * rng.standard_normal(n) + sd_b * rng.standard_normal(n)
+    s_b = sd_b * np.sqrt(rng.chisquare(nu, n) / nu)
+    # Monte Carlo sd of a coverage near 0.95: 0.0005
+    assert abs(predictive_coverage(b_b, s_b, mean, sd, nu).mean() - 0.95) < 0.004
+    assert predictive_coverage(b_b, s_b, mean, sd).mean() < 0.935
+    only_b = np.abs(b_b - mean) <= stats.t.ppf(0.975, nu) * np.sqrt(sd**2 + s_b**2)
+    assert only_b.mean() > 0.955
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        predictive_coverage(b_b, s_b, mean, sd, 0.0)
+
+
+def test_clustered_coverage_se_matches_the_spread_of_clustered_coverage():
+    """Misses shared within clusters: the cluster-robust se matches the coverage's sd over
+    replicates (the binomial se is half of it); with singleton clusters it is the
+    ordinary se of a mean."""
+    rng = np.random.default_rng(1)
+    n_clusters, size, replicates = 60, 20, 2000
+    clusters = np.repeat(np.arange(n_clusters), size)
+    # each cluster's miss probability varies (Beta(0.25, 4.75): mean 0.05)
+    miss = rng.beta(0.25, 4.75, (replicates, n_clusters))
+    covered = rng.random((replicates, n_clusters * size)) >= np.repeat(miss, size, axis=1)
+    se = np.array([clustered_coverage_se(c, clusters) for c in covered])
+    spread = covered.mean(axis=1).std(ddof=1)
+    # the sd of 2000 replicates is known to ±1.6%, the mean se to better than that
+    assert abs(se.mean() / spread - 1.0) < 0.06
+    assert np.sqrt(0.05 * 0.95 / covered.shape[1]) < 0.6 * spread
+    values = rng.random(50)
+    assert clustered_coverage_se(values, np.arange(50)) == pytest.approx(
+        values.std(ddof=1) / np.sqrt(50)
+    )
+    assert np.isnan(clustered_coverage_se(values, np.zeros(50)))
+    with pytest.raises(ValueError, match="same number"):
+        clustered_coverage_se(values, np.arange(49))
 
 
 def test_known_truth_arithmetic_on_a_tiny_case():
@@ -86,6 +135,33 @@ def test_split_halves_of_unshrunk_estimates_are_calibrated():
     assert abs(mean["coverage"] - 0.95) < 0.02
     assert np.allclose(result["mse_gain"], 1.0)
     assert mean["sign_error_rate"] < 0.02
+    # independent noise: each split's cluster-robust se (classes × covariates) is about the
+    # binomial one, 0.0045; the mean row's, of the coverage averaged over splits, is smaller
+    assert np.all(np.abs(np.log(result["coverage_se"].drop(index="mean") / 0.0045)) < np.log(2))
+    assert 0.001 < mean["coverage_se"] < 0.0045
+    assert abs(mean["coverage"] - 0.95) < 4.0 * mean["coverage_se"]
+
+
+def test_split_half_cells_hold_every_estimate_of_every_split():
+    study = simulate(n=60, m=30, p=2, random_seed=3)
+    tree = Hierarchy.from_frame(study.annotations, ["subclass"])
+    cells = split_half_cells(
+        study.Y, study.X, tree, stage_two=stage_one_posterior, n_splits=2, random_seed=1
+    )
+    assert len(cells) == 2 * study.X.shape[1] * 30
+    one = cells[(cells["split"] == 1) & (cells["covariate"] == study.X.columns[0])]
+    assert one["feature"].tolist() == tree.features.tolist()
+    assert one["group"].tolist() == tree.groups[0][tree.membership(0)].tolist()
+    # stage 1 as the posterior: its mean and sd are half A's estimates; 30 samples - 3 df
+    assert np.allclose(one["mean"], one["b_a"]) and np.allclose(one["sd"], one["s_a"])
+    assert (cells["df_b"] == 27).all()
+    recomputed = predictive_coverage(*(cells[c] for c in ("b_b", "s_b", "mean", "sd", "df_b")))
+    assert (cells["covered"] == recomputed).all()
+    summary = split_half_summary(cells)
+    for split in (0, 1):
+        assert summary.loc[split, "coverage"] == pytest.approx(
+            cells.loc[cells["split"] == split, "covered"].mean()
+        )
 
 
 def test_known_truth_check_of_unshrunk_estimates_covers_under_correlated_noise(rng):

@@ -1,19 +1,26 @@
 """Issue 14's calibration goals on real data, where they hold (slow; need ``../shared/data``).
 
-The settings are those of ``benchmarks/bench_calibration.py`` (seed 0, 6 splits, 3
-known-truth replicates, collapsed NUTS with PyMC's sampler, 2 chains × 500 draws after 500
-tuning steps), so the figures asserted here are the ones ``docs/calibration.md`` reports; the
-goals that do not hold (split-half coverage below 93%, known-truth coverage above 97% on the
-liver lipidome, depth 0 under correlated noise) are documented there with their diagnosis, not
-asserted. Stage 2 is the package default: tree-structured noise estimated from the stage-1
-fit (``noise="auto"``).
+The settings are those of the documented ``benchmarks/bench_calibration.py`` run (seed 0, 6
+splits, 3 known-truth replicates, the Gibbs engine with 4 chains × 1000 draws after 1000
+tuning steps), so the figures asserted here are the ones ``docs/calibration.md`` reports. The
+split-half coverage uses the Student-t quantile of half B's estimated standard errors and is
+judged against its cluster-robust standard error. The goals that do not hold (QMDiab's
+split-half coverage at every depth and the liver's below depth 2, known-truth coverage above
+97% on the liver lipidome, depth 0 under correlated noise) are documented there with their
+diagnosis, not asserted. Stage 2 is the package default: tree-structured noise estimated from
+the stage-1 fit (``noise="auto"``).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from bayeshier_pymc.calibration import StageTwo, known_truth_check, split_half_check
+from bayeshier_pymc.calibration import (
+    StageTwo,
+    known_truth_check,
+    split_half_check,
+    stage_one_posterior,
+)
 from bayeshier_pymc.validation_data import (
     LIVER_FILES,
     QMDIAB_FILES,
@@ -39,20 +46,11 @@ def _study(shared_data, name):
 
 
 def _stage_two(depth: int, noise: str = "auto") -> StageTwo:
-    return StageTwo(
-        depth=depth,
-        noise=noise,
-        draws=500,
-        tune=500,
-        chains=2,
-        sample_options={"nuts_sampler": "pymc", "cores": 1},
-    )
+    return StageTwo(depth=depth, sampler="gibbs", noise=noise, draws=1000, tune=1000, chains=4)
 
 
-def _split_halves(study, depth: int, noise: str = "auto"):
-    return split_half_check(
-        study.Y, study.X, study.hierarchy, stage_two=_stage_two(depth, noise), n_splits=6
-    )
+def _split_halves(study, stage_two):
+    return split_half_check(study.Y, study.X, study.hierarchy, stage_two=stage_two, n_splits=6)
 
 
 @pytest.mark.parametrize(
@@ -61,8 +59,8 @@ def _split_halves(study, depth: int, noise: str = "auto"):
 def test_known_truth_false_sign_rate_is_within_goal(shared_data, name, depth):
     """Real covariance, known truth: FSR ≤ 5% and ≤ 2× the calls' mean lfsr; coverage ≥ 93%.
 
-    Measured: QMDiab 0.32% / 0.24% (depth 1), 0.29% / 0.24% (2), coverage 0.946, 0.945;
-    liver 0.36% / 1.02%, 0.58% / 1.04%, coverage 0.976, 0.978 (conservative, above 97%).
+    Measured: QMDiab 0.29% / 0.24% (depth 1), 0.29% / 0.23% (2), coverage 0.946, 0.947;
+    liver 0.43% / 1.03%, 0.59% / 1.05%, coverage 0.978, 0.977 (conservative, above 97%).
     """
     study = _study(shared_data, name)
     result = known_truth_check(
@@ -79,23 +77,34 @@ def test_known_truth_false_sign_rate_is_within_goal(shared_data, name, depth):
         assert result["coverage"] <= 0.97
 
 
+@pytest.mark.parametrize("name", ["qmdiab", "liver"])
+def test_the_split_half_check_is_calibrated_for_stage_one(shared_data, name):
+    """The check's reference: unshrunk estimates, θ ~ N(b_A, s_A²), cover 95% within twice
+    the coverage's cluster-robust se (measured 0.946 ± 0.003, 0.941 ± 0.006)."""
+    result = _split_halves(_study(shared_data, name), stage_one_posterior).loc["mean"]
+    assert abs(result["coverage"] - 0.95) <= 2.0 * result["coverage_se"]
+
+
 @pytest.mark.parametrize("depth", [0, 1, 2])
 def test_qmdiab_split_half_sign_errors_are_within_twice_claimed(shared_data, depth):
-    """Measured: 0.45% / 0.80% (depth 0), 0.29% / 0.72% (1), 0.28% / 0.72% (2), of ~115
-    checked calls per split; the coverage (0.894, 0.918, 0.922) misses 93%."""
-    result = _split_halves(_study(shared_data, "qmdiab"), depth).loc["mean"]
+    """Measured: 0.59% / 0.81% (depth 0), 0.29% / 0.74% (1), 0.29% / 0.72% (2), of ~115
+    checked calls per split; the coverage (0.894, 0.918, 0.921, se 0.009–0.015) misses 93%."""
+    result = _split_halves(_study(shared_data, "qmdiab"), _stage_two(depth)).loc["mean"]
     assert result["sign_error_rate"] <= 2.0 * result["claimed_lfsr"]
 
 
 def test_liver_split_halves_at_the_full_depth(shared_data):
-    """Depth 2 (the whole noise tree): no sign errors among ~11 checked calls per split, and a
-    lower coefficient MSE than the independent model's best depth (0), paired over the six
-    splits (measured gains 2.47 against 1.91). PSIS-LOO puts depth 1 within 1.2 ± 1.7 elpd
-    and recommends it; its gain, 1.79, misses this goal (see docs/calibration.md)."""
+    """Depth 2 (the whole noise tree): coverage 0.933 ± 0.015 (within 2 se of 95% and above
+    93%), no sign errors among ~11 checked calls per split, and a lower coefficient MSE than
+    the independent model's best depth (0), paired over the six splits (measured gains 2.37
+    against 1.91). Depths 0 and 1 cover 0.910 and 0.913 (see docs/calibration.md)."""
     study = _study(shared_data, "liver")
-    structured = _split_halves(study, 2)
-    independent = _split_halves(study, 0, "independent")
-    assert structured.loc["mean", "sign_error_rate"] <= 2.0 * structured.loc["mean", "claimed_lfsr"]
+    structured = _split_halves(study, _stage_two(2))
+    independent = _split_halves(study, _stage_two(0, "independent"))
+    mean = structured.loc["mean"]
+    assert mean["coverage"] >= 0.93
+    assert abs(mean["coverage"] - 0.95) <= 2.0 * mean["coverage_se"]
+    assert mean["sign_error_rate"] <= 2.0 * mean["claimed_lfsr"]
     difference = (structured["mse"] - independent["mse"]).drop(index="mean")
     assert difference.mean() + 2.0 * difference.std(ddof=1) / len(difference) ** 0.5 < 0.0
-    assert structured.loc["mean", "mse_gain"] > independent.loc["mean", "mse_gain"]
+    assert mean["mse_gain"] > independent.loc["mean", "mse_gain"]
