@@ -31,7 +31,11 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
-from bayeshier_pymc._interrupt import caught_interrupts_raised, numpyro_steps_from_python
+from bayeshier_pymc._interrupt import (
+    caught_interrupts_raised,
+    numpyro_steps_from_python,
+    nutpie_start_logged,
+)
 from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.convergence import warn_if_not_converged
 from bayeshier_pymc.gaussian_tree import draw_tree, noise_log_density, upward_pass
@@ -58,8 +62,9 @@ __all__ = [
 
 NutsSampler = Literal["pymc", "nutpie", "numpyro"]
 NUTS_SAMPLERS: tuple[str, ...] = ("pymc", "nutpie", "numpyro")
-DEFAULT_NUTS_SAMPLER: NutsSampler = "numpyro"
-"""Fastest NUTS backend measured on the research simulation (``benchmarks/bench_nuts.py``)."""
+DEFAULT_NUTS_SAMPLER: NutsSampler = "nutpie"
+"""Fastest NUTS backend measured on the research simulation, compilation included
+(``benchmarks/bench_nuts.py``; ``docs/nuts.md``)."""
 
 
 @dataclass(frozen=True)
@@ -323,6 +328,11 @@ def _sample_nuts(
         numpyro_options = {"chain_method": "vectorized"}
         numpyro_options.update(pymc_kwargs.pop("nuts_sampler_kwargs", {}))
         pymc_kwargs["nuts_sampler_kwargs"] = numpyro_options
+    elif nuts_sampler == "nutpie":
+        # PyMC does not hand nutpie its cores: one thread per chain, at most the CPUs
+        nutpie_options = {"cores": _default_cores(cores, chains)}
+        nutpie_options.update(pymc_kwargs.pop("nuts_sampler_kwargs", {}))
+        pymc_kwargs["nuts_sampler_kwargs"] = nutpie_options
     collapsed = problem.pooled and parameterization == "collapsed"
     # without pooling build_model ignores the parameterisation
     model = build_model(
@@ -334,6 +344,7 @@ def _sample_nuts(
     with (
         caught_interrupts_raised(),
         numpyro_steps_from_python(nuts_sampler, progressbar),
+        nutpie_start_logged(nuts_sampler),
         _compiled_jax_log_density(nuts_sampler),
     ):
         raw = pm.sample(
