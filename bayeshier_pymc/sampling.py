@@ -51,6 +51,7 @@ from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = [
     "DEFAULT_NUTS_SAMPLER",
+    "NUTPIE_COMPILATION",
     "NUTS_SAMPLERS",
     "SAMPLERS",
     "SamplerRun",
@@ -65,6 +66,10 @@ NUTS_SAMPLERS: tuple[str, ...] = ("pymc", "nutpie", "numpyro")
 DEFAULT_NUTS_SAMPLER: NutsSampler = "nutpie"
 """Fastest NUTS backend measured on the research simulation, compilation included
 (``benchmarks/bench_nuts.py``; ``docs/nuts.md``)."""
+NUTPIE_COMPILATION: Mapping[str, str] = {"backend": "jax", "gradient_backend": "jax"}
+"""How nutpie compiles the log density and its gradient unless ``nuts_sampler_kwargs`` names a
+``backend``: with JAX, whose compilation took a fraction of numba's and whose runs were faster
+on the research simulation (``benchmarks/bench_nuts.py``)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,8 @@ def sample(
         Show progress.
     **options
         The sampler's own options. ``"nuts"``: ``nuts_sampler`` (one of
-        :data:`NUTS_SAMPLERS`, default :data:`DEFAULT_NUTS_SAMPLER`), ``parameterization``
+        :data:`NUTS_SAMPLERS`, default :data:`DEFAULT_NUTS_SAMPLER`, compiled as
+        :data:`NUTPIE_COMPILATION` says), ``parameterization``
         (``"collapsed"``, the default: NUTS samples τ and the rest is drawn by
         :func:`draw_given_scales`; or a full-model choice, see :mod:`bayeshier_pymc.model`),
         ``target_accept`` (default 0.9) and :func:`pymc.sample`'s keywords. ``"gibbs"``: the
@@ -330,8 +336,11 @@ def _sample_nuts(
         pymc_kwargs["nuts_sampler_kwargs"] = numpyro_options
     elif nuts_sampler == "nutpie":
         # PyMC does not hand nutpie its cores: one thread per chain, at most the CPUs
-        nutpie_options = {"cores": _default_cores(cores, chains)}
-        nutpie_options.update(pymc_kwargs.pop("nuts_sampler_kwargs", {}))
+        nutpie_options: dict[str, Any] = {"cores": _default_cores(cores, chains)}
+        given = pymc_kwargs.pop("nuts_sampler_kwargs", {})
+        if "backend" not in given:
+            nutpie_options.update(NUTPIE_COMPILATION)
+        nutpie_options.update(given)
         pymc_kwargs["nuts_sampler_kwargs"] = nutpie_options
     collapsed = problem.pooled and parameterization == "collapsed"
     # without pooling build_model ignores the parameterisation

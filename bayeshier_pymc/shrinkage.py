@@ -241,7 +241,8 @@ class ShrinkageModel:
             from it); the same seed gives the same draws.
         nuts_sampler
             ``"nutpie"`` (default: fastest measured here, compilation included,
-            ``benchmarks/bench_nuts.py``), ``"numpyro"`` or ``"pymc"``.
+            ``benchmarks/bench_nuts.py``; its log density and gradient compiled by JAX unless
+            ``nuts_sampler_kwargs`` names nutpie's ``backend``), ``"numpyro"`` or ``"pymc"``.
         parameterization
             ``"collapsed"`` (default) or a full-model choice; see :mod:`bayeshier_pymc.model`.
         target_accept
