@@ -1,4 +1,7 @@
-"""NUTS through numpyro that stops on Ctrl-C: short compiled calls, not one per run.
+"""NUTS that stops on Ctrl-C: numpyro in short compiled calls, not one per run; nutpie logged.
+
+nutpie (the default NUTS backend) samples from Rust threads and stops on Ctrl-C by itself;
+:func:`nutpie_start_logged` only logs when its run starts. numpyro needs more.
 
 Without a progress bar numpyro runs a whole chain (tuning and sampling) as one compiled XLA
 call, and Python sees Ctrl-C only once that call returns, minutes later. With a progress bar
@@ -15,9 +18,9 @@ while Python runs such a callback is printed ("Exception ignored in ...") and dr
 Ctrl-C while the model was built was lost that way and the run went on. Within a function
 decorated with :func:`stops_on_ctrl_c`, a KeyboardInterrupt dropped so is raised again.
 
-It covers numpyro's vectorised chains (``chain_method="vectorized"``, the default of
-:meth:`~bayeshier_pymc.shrinkage.ShrinkageModel.sample`); parallel chains report progress from
-inside the compiled loop and stay one call.
+It covers numpyro's vectorised chains (``chain_method="vectorized"``, what
+:meth:`~bayeshier_pymc.shrinkage.ShrinkageModel.sample` asks of numpyro); parallel chains report
+progress from inside the compiled loop and stay one call.
 """
 
 from __future__ import annotations
@@ -33,7 +36,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["caught_interrupts_raised", "numpyro_steps_from_python", "stops_on_ctrl_c"]
+__all__ = [
+    "caught_interrupts_raised",
+    "numpyro_steps_from_python",
+    "nutpie_start_logged",
+    "stops_on_ctrl_c",
+]
 
 logger = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -80,6 +88,39 @@ def numpyro_steps_from_python(nuts_sampler: str, progressbar: bool) -> Iterator[
         yield
     finally:
         numpyro_mcmc.fori_collect = collect
+
+
+@contextmanager
+def nutpie_start_logged(nuts_sampler: str) -> Iterator[None]:
+    """Within the block, the start of nutpie's run is logged at DEBUG level.
+
+    nutpie tunes and samples in one call, from Rust threads that stop on Ctrl-C within a
+    fraction of a second (it returns the draws made so far, and :func:`caught_interrupts_raised`
+    raises the KeyboardInterrupt again); the one phase it has is logged as it starts, after
+    the compilation: "NUTS sampling (nutpie: tuning, then the kept draws)".
+
+    Parameters
+    ----------
+    nuts_sampler
+        The NUTS backend about to run; anything but ``"nutpie"`` is left as it is.
+    """
+    if nuts_sampler != "nutpie":
+        yield
+        return
+    import nutpie
+
+    sample = nutpie.sample
+
+    @functools.wraps(sample)
+    def logged(*args: Any, **options: Any) -> Any:
+        logger.debug("NUTS sampling (nutpie: tuning, then the kept draws)")
+        return sample(*args, **options)
+
+    nutpie.sample = logged
+    try:
+        yield
+    finally:
+        nutpie.sample = sample
 
 
 def _collect_in_blocks(

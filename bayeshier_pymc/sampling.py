@@ -31,7 +31,11 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
-from bayeshier_pymc._interrupt import caught_interrupts_raised, numpyro_steps_from_python
+from bayeshier_pymc._interrupt import (
+    caught_interrupts_raised,
+    numpyro_steps_from_python,
+    nutpie_start_logged,
+)
 from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.convergence import warn_if_not_converged
 from bayeshier_pymc.gaussian_tree import draw_tree, noise_log_density, upward_pass
@@ -47,6 +51,7 @@ from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = [
     "DEFAULT_NUTS_SAMPLER",
+    "NUTPIE_COMPILATION",
     "NUTS_SAMPLERS",
     "SAMPLERS",
     "SamplerRun",
@@ -58,8 +63,13 @@ __all__ = [
 
 NutsSampler = Literal["pymc", "nutpie", "numpyro"]
 NUTS_SAMPLERS: tuple[str, ...] = ("pymc", "nutpie", "numpyro")
-DEFAULT_NUTS_SAMPLER: NutsSampler = "numpyro"
-"""Fastest NUTS backend measured on the research simulation (``benchmarks/bench_nuts.py``)."""
+DEFAULT_NUTS_SAMPLER: NutsSampler = "nutpie"
+"""Fastest NUTS backend measured on the research simulation, compilation included
+(``benchmarks/bench_nuts.py``; ``docs/nuts.md``)."""
+NUTPIE_COMPILATION: Mapping[str, str] = {"backend": "jax", "gradient_backend": "jax"}
+"""How nutpie compiles the log density and its gradient unless ``nuts_sampler_kwargs`` names a
+``backend``: with JAX, whose compilation took a fraction of numba's and whose runs were faster
+on the research simulation (``benchmarks/bench_nuts.py``)."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,8 @@ def sample(
         Show progress.
     **options
         The sampler's own options. ``"nuts"``: ``nuts_sampler`` (one of
-        :data:`NUTS_SAMPLERS`, default :data:`DEFAULT_NUTS_SAMPLER`), ``parameterization``
+        :data:`NUTS_SAMPLERS`, default :data:`DEFAULT_NUTS_SAMPLER`, compiled as
+        :data:`NUTPIE_COMPILATION` says), ``parameterization``
         (``"collapsed"``, the default: NUTS samples τ and the rest is drawn by
         :func:`draw_given_scales`; or a full-model choice, see :mod:`bayeshier_pymc.model`),
         ``target_accept`` (default 0.9) and :func:`pymc.sample`'s keywords. ``"gibbs"``: the
@@ -323,6 +334,14 @@ def _sample_nuts(
         numpyro_options = {"chain_method": "vectorized"}
         numpyro_options.update(pymc_kwargs.pop("nuts_sampler_kwargs", {}))
         pymc_kwargs["nuts_sampler_kwargs"] = numpyro_options
+    elif nuts_sampler == "nutpie":
+        # PyMC does not hand nutpie its cores: one thread per chain, at most the CPUs
+        nutpie_options: dict[str, Any] = {"cores": _default_cores(cores, chains)}
+        given = pymc_kwargs.pop("nuts_sampler_kwargs", {})
+        if "backend" not in given:
+            nutpie_options.update(NUTPIE_COMPILATION)
+        nutpie_options.update(given)
+        pymc_kwargs["nuts_sampler_kwargs"] = nutpie_options
     collapsed = problem.pooled and parameterization == "collapsed"
     # without pooling build_model ignores the parameterisation
     model = build_model(
@@ -334,6 +353,7 @@ def _sample_nuts(
     with (
         caught_interrupts_raised(),
         numpyro_steps_from_python(nuts_sampler, progressbar),
+        nutpie_start_logged(nuts_sampler),
         _compiled_jax_log_density(nuts_sampler),
     ):
         raw = pm.sample(

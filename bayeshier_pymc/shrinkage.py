@@ -240,8 +240,9 @@ class ShrinkageModel:
             An integer in [0, 2**63) or a :class:`numpy.random.Generator` (one seed is drawn
             from it); the same seed gives the same draws.
         nuts_sampler
-            ``"numpyro"`` (default: fastest measured here, ``benchmarks/bench_nuts.py``),
-            ``"nutpie"`` or ``"pymc"``.
+            ``"nutpie"`` (default: fastest measured here, compilation included,
+            ``benchmarks/bench_nuts.py``; its log density and gradient compiled by JAX unless
+            ``nuts_sampler_kwargs`` names nutpie's ``backend``), ``"numpyro"`` or ``"pymc"``.
         parameterization
             ``"collapsed"`` (default) or a full-model choice; see :mod:`bayeshier_pymc.model`.
         target_accept

@@ -1,16 +1,30 @@
-"""NUTS on the research simulation: backends and parameterisations, in one run.
+"""NUTS on the research simulation: backends and parameterisations, beside the Gibbs engine.
 
 n=60, m=770, p=10, 4 subclasses (.55/.25/.15/.05), tau_v=0.12, tau_w=0.08; stage-1 OLS
-without intercept; 4 chains x 1000 draws after 1000 tuning steps. Prints, per configuration:
-wall time (compilation included), divergences, max r-hat and min bulk ESS over tau, mu,
-subclass means and theta, and ESS/s of the slowest parameter; then ratios against the
-default (collapsed, numpyro).
+without intercept; the default model (correlated noise, estimated from the residuals); 4 chains
+x 1000 draws after 1000 tuning steps. Prints, per configuration: wall time of the whole
+``model.sample`` call (compilation included), divergences, max r-hat and min bulk ESS over tau,
+mu, subclass means and theta, ESS/s of the slowest parameter, and the bulk ESS and ESS/s of the
+slowest tau (smallest over covariates and levels); then ratios against the default NUTS, and
+the default NUTS's ESS/s of the slowest tau over the Gibbs engine's, in the same run: of the
+samplers' own times (``attrs["sampling_time"]``: NUTS's compilation, tuning, sampling and
+exact draws of the rest; the engine's sweeps), against the goal of a fifth, and of the whole
+calls (both add the same work after sampling: the leave-one-out log-likelihood and the
+replicated estimates).
 
     python benchmarks/bench_nuts.py                    # every configuration
     python benchmarks/bench_nuts.py --quick            # backends on the collapsed model only
+    python benchmarks/bench_nuts.py --profile          # where the default NUTS spends its time
     python benchmarks/bench_nuts.py --noise-cost       # tree noise against independent noise
 
-``--noise-cost`` times the default NUTS (collapsed, numpyro) at the COPDGene shape of
+``--profile`` splits the default NUTS (nutpie, compiled by JAX) on the same model into its
+compilation and its run, counts its gradient evaluations in tuning and sampling (leapfrog
+steps per draw), times one evaluation of the log density and its gradient in each compiled
+form (JAX for nutpie and numpyro, numba, PyTensor's C for PyMC) against a floor (a compiled
+pass over the p·m estimates computing Σ log N(b; 0, s² + τ²) and its gradient, the least any
+evaluation must do), and prints the time the gradients account for.
+
+``--noise-cost`` times the default NUTS (collapsed) at the COPDGene shape of
 ``bench_gibbs.py`` (p=10, m=999, 106 subclasses in 9 superclasses, shared residual noise),
 with the tree-structured likelihood and with ``noise="independent"``, the two alternating
 over ``--runs`` runs, and prints the ratio of the median sampling times (goal ≤ 1.3×).
@@ -21,42 +35,123 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import timeit
 import warnings
 
 import arviz as az
+import numpy as np
 from bench_gibbs import SHARED_RESIDUALS, make_model
 
 import bayeshier_pymc as bh
+from bayeshier_pymc.convergence import bulk_ess
+from bayeshier_pymc.model import build_model
+from bayeshier_pymc.sampling import DEFAULT_NUTS_SAMPLER, NUTPIE_COMPILATION
 
-CONFIGURATIONS = [
-    ("collapsed", "numpyro"),
-    ("collapsed", "nutpie"),
-    ("collapsed", "pymc"),
-    ("auto", "nutpie"),
-    ("noncentered", "nutpie"),
-    ("centered", "nutpie"),
-]
+BACKENDS = ("numpyro", "nutpie", "pymc")
+FULL_MODEL = ("auto", "noncentered", "centered")
+GOAL = 0.2
+"""The default NUTS's ESS/s of the slowest τ over the Gibbs engine's: at least a fifth."""
 
 
-def run(parameterization: str, backend: str, model: bh.ShrinkageModel) -> dict[str, float]:
+def load() -> str:
+    """The machine's load averages over 1, 5 and 15 minutes, and its CPU count."""
+    import os
+
+    averages = " ".join(f"{value:.1f}" for value in os.getloadavg())
+    return f"load average {averages} on {os.cpu_count()} CPUs"
+
+
+def research_model() -> bh.ShrinkageModel:
+    """The research simulation with ShrinkageModel's defaults (seed 1, one subclass level)."""
+    study = bh.simulate(60, 770, 10, random_seed=1)
+    fit = bh.mlm(study.Y, study.X, x_intercept=False)
+    return bh.ShrinkageModel(fit, bh.Hierarchy.from_frame(study.annotations, ["subclass"]))
+
+
+def slowest_tau_ess(idata: az.InferenceData) -> float:
+    """Bulk ESS of the slowest τ: the smallest over covariates and levels."""
+    tau = idata.posterior["tau"].transpose("chain", "draw", ...).to_numpy()
+    return float(bulk_ess(tau.reshape(*tau.shape[:2], -1)).min())
+
+
+def run(model: bh.ShrinkageModel, sampler: str, **options: object) -> dict[str, float]:
+    """One ``model.sample`` call, timed whole, and its diagnostics."""
     start = time.perf_counter()
-    idata = model.sample(
-        nuts_sampler=backend,
-        parameterization=parameterization,
-        random_seed=1,
-        progressbar=False,
-    )
+    idata = model.sample(sampler, random_seed=1, progressbar=False, **options)
     wall = time.perf_counter() - start
     summary = az.summary(
         idata, var_names=["tau", "mu", "subclass_mean", "theta"], kind="diagnostics"
     )
+    stats = idata.sample_stats
+    tau_ess = slowest_tau_ess(idata)
     return {
         "wall_s": wall,
-        "divergences": int(idata.sample_stats["diverging"].sum()),
+        "sampler_s": float(idata.attrs["sampling_time"]),
+        "divergences": int(stats["diverging"].sum()) if "diverging" in stats else 0,
         "rhat_max": float(summary["r_hat"].max()),
         "ess_bulk_min": float(summary["ess_bulk"].min()),
         "ess_per_s_min": float(summary["ess_bulk"].min()) / wall,
+        "tau_ess": tau_ess,
+        "tau_ess_per_s": tau_ess / wall,
+        "tau_ess_per_sampler_s": tau_ess / float(idata.attrs["sampling_time"]),
     }
+
+
+def compare(quick: bool) -> None:
+    """Every backend on the collapsed model (and the full model), beside the Gibbs engine."""
+    model = research_model()
+    configurations = [("Gibbs engine", "gibbs", {})]
+    configurations += [
+        (f"collapsed {b}", "nuts", {"nuts_sampler": b, "parameterization": "collapsed"})
+        for b in BACKENDS
+    ]
+    configurations.append(
+        (
+            "collapsed nutpie-numba",
+            "nuts",
+            {"nuts_sampler": "nutpie", "nuts_sampler_kwargs": {"backend": "numba"}},
+        )
+    )
+    if not quick:
+        configurations += [
+            (f"{p} nutpie", "nuts", {"nuts_sampler": "nutpie", "parameterization": p})
+            for p in FULL_MODEL
+        ]
+    print(f"before the runs: {load()}")
+    print(
+        f"{'sampler':<22}{'wall s':>8}{'sampler s':>10}{'div':>5}{'rhat':>7}{'ESS min':>9}"
+        f"{'ESS/s':>8}{'tau ESS':>9}{'tau ESS/s':>10}"
+    )
+    results = {}
+    for name, sampler, options in configurations:
+        r = run(model, sampler, **options)
+        results[name] = r
+        print(
+            f"{name:<22}{r['wall_s']:>8.1f}{r['sampler_s']:>10.1f}{r['divergences']:>5d}"
+            f"{r['rhat_max']:>7.3f}{r['ess_bulk_min']:>9.0f}{r['ess_per_s_min']:>8.1f}"
+            f"{r['tau_ess']:>9.0f}{r['tau_ess_per_s']:>10.1f}",
+            flush=True,
+        )
+    print(f"after the runs: {load()}")
+    default_name = f"collapsed {DEFAULT_NUTS_SAMPLER}"
+    default, gibbs = results[default_name], results["Gibbs engine"]
+    for name, r in results.items():
+        if name not in (default_name, "Gibbs engine"):
+            print(
+                f"ESS/s of the slowest parameter, default ({default_name}) / {name}: "
+                f"{default['ess_per_s_min'] / max(r['ess_per_s_min'], 1e-9):.1f}x"
+            )
+    for label, key in (
+        ("samplers' own times", "tau_ess_per_sampler_s"),
+        ("whole calls", "tau_ess_per_s"),
+    ):
+        ratio = default[key] / gibbs[key]
+        verdict = "met" if ratio >= GOAL else "NOT met"
+        goal = f" (goal >= {GOAL}: {verdict})" if key == "tau_ess_per_sampler_s" else ""
+        print(
+            f"ESS/s of the slowest tau, default NUTS ({DEFAULT_NUTS_SAMPLER}) / Gibbs engine, "
+            f"{label}: {default[key]:.1f} / {gibbs[key]:.1f} = {ratio:.3f}{goal}"
+        )
 
 
 def noise_cost(runs: int) -> None:
@@ -78,9 +173,120 @@ def noise_cost(runs: int) -> None:
     )
 
 
+def _microseconds(function, *args) -> float:
+    """Best of three timings of ``function(*args)``, in microseconds per call."""
+    function(*args)
+    timer = timeit.Timer(lambda: function(*args))
+    number, _ = timer.autorange()
+    return min(timer.repeat(3, number)) / number * 1e6
+
+
+def _floor_kernel():
+    """Σ log N(b; 0, v + t) over (covariate, feature) and its gradient in t, compiled."""
+    import numba
+
+    @numba.njit(cache=True)
+    def level_zero(b, v, t):  # pragma: no cover - compiled
+        value, gradient = 0.0, np.zeros(b.shape[0])
+        for row in range(b.shape[0]):
+            for j in range(b.shape[1]):
+                precision = 1.0 / (v[row, j] + t[row])
+                value -= 0.5 * (np.log(v[row, j] + t[row]) + b[row, j] ** 2 * precision)
+                gradient[row] -= 0.5 * (precision - (b[row, j] * precision) ** 2)
+        return value, gradient
+
+    return level_zero
+
+
+def profile() -> None:
+    """Where the default NUTS (nutpie, compiled by JAX) spends its time."""
+    import os
+
+    import jax
+    import nutpie
+    from pymc.sampling.jax import get_jaxified_logp
+
+    model = research_model()
+    problem = model.problem
+    pm_model = build_model(
+        problem.estimates, problem.tree, problem.priors, "collapsed", problem.noise_model
+    )
+    chains, cores = 4, min(4, os.cpu_count() or 1)
+    print(f"before the runs: {load()}")
+    compilation = ", ".join(f"{k}={v}" for k, v in NUTPIE_COMPILATION.items())
+    print(
+        f"research simulation, default model: p={problem.b.shape[0]}, m={problem.b.shape[1]}, "
+        f"{pm_model.initial_point()['tau_log__'].size} parameters (log tau); "
+        f"{chains} chains x 1000 draws after 1000 tuning steps, {cores} threads"
+    )
+    start = time.perf_counter()
+    compiled = nutpie.compile_pymc_model(pm_model, **NUTPIE_COMPILATION)
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    trace = nutpie.sample(
+        compiled, draws=1000, tune=1000, chains=chains, cores=cores, seed=1, progress_bar=False
+    )
+    run_s = time.perf_counter() - start
+    steps = {
+        "tuning": trace.warmup_sample_stats["n_steps"].to_numpy(),
+        "sampling": trace.sample_stats["n_steps"].to_numpy(),
+    }
+    evaluations = sum(int(s.sum()) for s in steps.values())
+    print(
+        f"nutpie ({compilation}): compilation {compile_s:.1f} s, tuning and sampling {run_s:.1f} s"
+    )
+    for phase, n in steps.items():
+        print(
+            f"  {phase}: {int(n.sum())} gradient evaluations, {n.mean():.1f} per draw "
+            f"(max {int(n.max())})"
+        )
+    point = np.log(trace.posterior["tau"].mean(("chain", "draw")).to_numpy())
+    costs = {}
+    start = time.perf_counter()
+    log_density = get_jaxified_logp(pm_model, negative_logp=False)
+    value_and_grad = jax.jit(jax.value_and_grad(lambda x: log_density([x])))
+    jax.block_until_ready(value_and_grad(point))
+    compiled_s = time.perf_counter() - start
+    costs["JAX (nutpie, numpyro)"] = (
+        _microseconds(lambda x: jax.block_until_ready(value_and_grad(x)), point),
+        compiled_s,
+    )
+    for name, mode in (("numba", "NUMBA"), ("C (pymc)", "FAST_RUN")):
+        start = time.perf_counter()
+        function = pm_model.logp_dlogp_function(ravel_inputs=True, mode=mode)
+        function.set_extra_values({})
+        flat = point.ravel()
+        function(flat)
+        compiled_s = time.perf_counter() - start
+        costs[name] = (_microseconds(function, flat), compiled_s)
+    noise = problem.noise_model
+    own, b = np.ascontiguousarray(noise.own), np.ascontiguousarray(problem.algebra_b)
+    tau_w2 = np.exp(point[:, 0]) ** 2
+    floor = _floor_kernel()
+    floor(b, own, tau_w2)
+    floor_us = _microseconds(floor, b, own, tau_w2)
+    print("one log density and gradient (default model, posterior mean of tau):")
+    for name, (cost, compiled_s) in costs.items():
+        print(
+            f"  {name:<22}{cost:8.0f} us = {cost / floor_us:5.1f}x the floor "
+            f"(compiled in {compiled_s:.1f} s)"
+        )
+    print(f"  {'floor':<22}{floor_us:8.0f} us (one compiled pass over the p*m estimates)")
+    cost = costs["JAX (nutpie, numpyro)"][0]
+    print(f"after the runs: {load()}")
+    print(
+        f"nutpie's {evaluations} evaluations x {cost:.0f} us = {evaluations * cost * 1e-6:.1f} "
+        f"s of computing (on {cores} threads) for its {run_s:.1f} s of tuning and sampling; "
+        f"at the floor {evaluations * floor_us * 1e-6:.1f} s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="collapsed model, every backend")
+    parser.add_argument(
+        "--profile", action="store_true", help="where the default NUTS spends its time"
+    )
     parser.add_argument(
         "--noise-cost", action="store_true", help="tree noise against independent noise"
     )
@@ -89,31 +295,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     if args.noise_cost:
         noise_cost(args.runs)
-        return
-    study = bh.simulate(60, 770, 10, random_seed=1)
-    fit = bh.mlm(study.Y, study.X, x_intercept=False)
-    model = bh.ShrinkageModel(fit, bh.Hierarchy.from_frame(study.annotations, ["subclass"]))
-    configurations = [c for c in CONFIGURATIONS if not args.quick or c[0] == "collapsed"]
-    results = {}
-    print(
-        f"{'parameterization':<14}{'backend':<9}{'wall s':>8}{'div':>6}{'rhat':>7}"
-        f"{'ESS min':>9}{'ESS/s':>8}"
-    )
-    for parameterization, backend in configurations:
-        r = run(parameterization, backend, model)
-        results[(parameterization, backend)] = r
-        print(
-            f"{parameterization:<14}{backend:<9}{r['wall_s']:>8.1f}{r['divergences']:>6d}"
-            f"{r['rhat_max']:>7.3f}{r['ess_bulk_min']:>9.0f}{r['ess_per_s_min']:>8.1f}",
-            flush=True,
-        )
-    base = results[("collapsed", "numpyro")]
-    for key, r in results.items():
-        if key != ("collapsed", "numpyro"):
-            print(
-                f"ESS/s of the slowest parameter, default / {key[0]} {key[1]}: "
-                f"{base['ess_per_s_min'] / max(r['ess_per_s_min'], 1e-9):.1f}x"
-            )
+    elif args.profile:
+        profile()
+    else:
+        compare(args.quick)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ draw down to stand for a long kernel).
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import signal
@@ -49,6 +50,12 @@ CHILDREN = {
     ),
     "nuts sampling": (
         "model.sample(draws=100_000, tune=20, chains=2, random_seed=1, progressbar=False)",
+        "NUTS sampling",
+        0.5,
+    ),
+    "numpyro nuts sampling": (
+        "model.sample(nuts_sampler='numpyro', draws=100_000, tune=20, chains=2, random_seed=1,\n"
+        "             progressbar=False)",
         "NUTS sampling",
         0.5,
     ),
@@ -257,3 +264,24 @@ def test_numpyro_gets_a_compiled_log_density_of_the_same_value(small_model):
     with _compiled_jax_log_density("nutpie"):
         assert pymc_jax.get_jaxified_logp(model) is not compiled
         assert not isinstance(pymc_jax.get_jaxified_logp(model), type(jax.jit(lambda x: x)))
+
+
+def test_nutpie_start_is_logged_and_nutpie_left_as_it_was(monkeypatch, caplog):
+    import nutpie
+
+    from bayeshier_pymc._interrupt import nutpie_start_logged
+
+    def sample(*args, **options):
+        return args, options
+
+    monkeypatch.setattr(nutpie, "sample", sample)
+    with caplog.at_level(logging.DEBUG, logger="bayeshier_pymc._interrupt"):
+        with nutpie_start_logged("numpyro"):
+            assert nutpie.sample is sample
+        assert not caplog.records
+        with nutpie_start_logged("nutpie"):
+            assert nutpie.sample(1, draws=2) == ((1,), {"draws": 2})
+    assert nutpie.sample is sample
+    assert [record.getMessage() for record in caplog.records] == [
+        "NUTS sampling (nutpie: tuning, then the kept draws)"
+    ]

@@ -45,7 +45,7 @@ def test_inference_data_contract(idata, fit):
     assert idata.constant_data["subclass_index"].dims == ("feature",)
     assert idata.constant_data["superclass_index"].dims == ("subclass",)
     assert "diverging" in idata.sample_stats
-    assert idata.attrs["sampler"] == "nuts (numpyro)"
+    assert idata.attrs["sampler"] == "nuts (nutpie)"
     assert idata.attrs["depth"] == "2" and list(idata.attrs["levels"]) == ["subclass", "superclass"]
     assert idata.attrs["default_log_likelihood"] == "b_marginal"
 
