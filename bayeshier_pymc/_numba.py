@@ -2,8 +2,13 @@
 
 Every kernel is cached on disk and releases the GIL (so that samplers can run kernels in
 threads). ``error_model="numpy"`` drops the zero-division check that numba's default
-("python") puts on every division, which alone stops LLVM from vectorising a loop; the kernels
-divide only by variances and precisions, which are positive.
+("python") puts on every division, which alone stops LLVM from vectorising a loop. A division
+by zero then gives IEEE infinity (or NaN) instead of raising. The kernels divide by variances
+and precisions, positive but for one case on purpose: a point mass, a variance of zero (θ0
+fixed at mu0 without pooling: the argument s0 = 0 of
+:func:`~bayeshier_pymc.gaussian_tree.kernels.leave_one_out_moments`), whose infinite
+precision 1 / 0 the kernel uses as such (its inverse is 0) and whose other quotients it
+discards.
 """
 
 from __future__ import annotations

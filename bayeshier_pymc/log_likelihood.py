@@ -273,7 +273,8 @@ def leave_one_out(
     lead: tuple[int, int],
     dtype: Any = np.float64,
     rng: np.random.Generator | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
+    log_density: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Log p(b_j | b_−j, τ) for every draw and, with ``rng``, one replicate of b_j from it.
 
     The leave-one-out predictive normal of
@@ -300,18 +301,30 @@ def leave_one_out(
         Floating type of the results.
     rng
         Generator of the replicates; ``None``: no replicates.
+    log_density
+        Whether to compute the log density; ``False`` (with ``rng``): only the replicates,
+        with no store for the log density.
 
     Returns
     -------
-    log_density, replicates : numpy.ndarray
-        (chain, draw, covariate, feature); ``replicates`` is ``None`` without ``rng``.
+    log_density, replicates : numpy.ndarray or None
+        (chain, draw, covariate, feature); ``log_density`` is ``None`` when not asked for,
+        ``replicates`` without ``rng``.
+
+    Raises
+    ------
+    ValueError
+        If neither the log density nor the replicates are asked for.
     """
+    if not log_density and rng is None:
+        raise ValueError("leave_one_out needs log_density=True or a generator of replicates.")
     b, var_b = problem.algebra_b, problem.var_b
     shape = (*lead, *b.shape)
-    log_density = store_array(shape, dtype)
+    densities = store_array(shape, dtype) if log_density else None
     replicates = store_array(shape, dtype) if rng is not None else None
     index, scales, top_sd = _leave_one_out_scales(problem, tau, lead)
     no_normals = np.empty((0, b.shape[1]))
+    no_rows = np.empty((0, b.shape[1]), dtype=dtype)
     with ThreadPoolExecutor(max_workers=_cpu_count()) as pool:
         writing: list[Future[None]] = []
         for c in range(b.shape[0]):
@@ -320,20 +333,23 @@ def leave_one_out(
             row_scales = np.ascontiguousarray(scales[:, :, c])
             mu0, s0 = float(problem.priors.mu0[c]), float(top_sd[c])
             for chain, draws in chunks(lead, b.shape[1]):
-                rows = log_density[chain, draws, c]
-                normals, replicate_rows = no_normals, rows
-                if replicates is not None and rng is not None:
+                chunk_scales = row_scales[chain, draws]
+                density_rows = densities[chain, draws, c] if densities is not None else no_rows
+                normals, replicate_rows = no_normals, no_rows
+                if replicates is not None:
                     # drawn while the threads write the previous chunk
-                    normals = rng.standard_normal(rows.shape)
+                    normals = rng.standard_normal((len(chunk_scales), b.shape[1]))
                     replicate_rows = replicates[chain, draws, c]
                 _wait(writing)
-                arguments = (b[c], var_b[c], row_scales[chain, draws], tree, mu0, s0, normals)
+                arguments = (b[c], var_b[c], chunk_scales, tree, mu0, s0, normals)
                 writing = [
-                    pool.submit(_leave_one_out_kernel, *arguments, lo, hi, rows, replicate_rows)
-                    for lo, hi in _parts(len(rows))
+                    pool.submit(
+                        _leave_one_out_kernel, *arguments, lo, hi, density_rows, replicate_rows
+                    )
+                    for lo, hi in _parts(len(chunk_scales))
                 ]
         _wait(writing)
-    return log_density, replicates
+    return densities, replicates
 
 
 def _wait(futures: list[Future[None]]) -> None:
@@ -498,9 +514,9 @@ def _leave_one_out_kernel(
 
     ``scales[s]`` are draw s's scales (D + 1). With ``normals`` (standard normal, draws ×
     features; no rows: no replicates), replicates[s, j] = mean + sd · normals[s, j] of that
-    predictive. The moments are computed only when a draw's scales differ from the last
-    ones (a draw whose τ updates were all rejected repeats them; without pooling they never
-    change).
+    predictive; a ``log_density`` without rows is not written. The moments are computed only
+    when a draw's scales differ from the last ones (a draw whose τ updates were all rejected
+    repeats them; without pooling they never change).
     """
     n_features = b.size
     work = np.empty((LEAVE_ONE_OUT_WORK, tree.level_offsets[-1]))
@@ -509,9 +525,10 @@ def _leave_one_out_kernel(
     for s in range(start, stop):
         if s == start or not _same(scales[s], scales[s - 1]):
             leave_one_out_moments(b, var_b, scales[s], tree, mu0, s0, work, mean, variance)
-        row = log_density[s]
-        for j in range(n_features):
-            row[j] = log_normal(b[j] - mean[j], variance[j])
+        if log_density.shape[0]:
+            row = log_density[s]
+            for j in range(n_features):
+                row[j] = log_normal(b[j] - mean[j], variance[j])
         if normals.shape[0]:
             replicate = replicates[s]
             for j in range(n_features):

@@ -65,7 +65,8 @@ def add_posterior_predictive(
 
     ``replicates`` (chain, draw, covariate, feature) are used when given (drawn with the
     leave-one-out log-likelihood, :func:`~bayeshier_pymc.log_likelihood.leave_one_out`);
-    otherwise they are drawn here with ``rng``.
+    otherwise they are drawn here with ``rng`` (leave-one-out replicates without their log
+    density, which needs no store then).
     """
     theta = idata.posterior["theta"].transpose(*DIMS)
     if replicates is None:
@@ -78,7 +79,7 @@ def add_posterior_predictive(
                 else None
             )
             replicates = leave_one_out(
-                problem, tau, lead=theta.shape[:2], dtype=theta.dtype, rng=rng
+                problem, tau, lead=theta.shape[:2], dtype=theta.dtype, rng=rng, log_density=False
             )[1]
     draw_coords = {name: theta.coords[name].to_numpy() for name in DIMS[:2]}
     dataset = cell_dataset({"b": replicates}, problem, draw_coords)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayeshier_pymc import Estimates, ShrinkageModel
+from bayeshier_pymc import Estimates, ShrinkageModel, log_likelihood
 from bayeshier_pymc.gaussian_tree import NodeNoise, leave_one_out_normal
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import OBSERVATION, problem_from_idata
@@ -224,6 +224,35 @@ def test_leave_one_out_pass_is_the_reference_draw_by_draw(depth, correlated):
         np.testing.assert_allclose(
             replicates[:, :, c], mean + np.sqrt(variance) * normals[c], rtol=1e-10, atol=1e-12
         )
+
+
+@pytest.mark.parametrize("correlated", [False, True])
+def test_leave_one_out_pass_is_the_same_in_chunks_and_threads(monkeypatch, correlated):
+    """Several chunks of draws per chain, each split over threads: the same numbers, bitwise.
+
+    Against one chunk per chain in one thread, in float32 (the stores' type of the Gibbs
+    sampler's fits) and float64; every draw has its own scales.
+    """
+    problem = _problem(2, correlated)
+    lead = (2, 300)
+    tau = np.random.default_rng(3).uniform(0.05, 1.5, (*lead, 2, 3))
+    monkeypatch.setattr(log_likelihood, "_cpu_count", lambda: 1)
+    assert len(list(log_likelihood.chunks(lead, 9))) == 2
+    whole = {
+        dtype: leave_one_out(problem, tau, lead=lead, dtype=dtype, rng=np.random.default_rng(4))
+        for dtype in (np.float32, np.float64)
+    }
+    monkeypatch.setattr(log_likelihood, "CHUNK_VALUES", 1110)  # 123 draws of 9 features
+    monkeypatch.setattr(log_likelihood, "_MIN_DRAWS_PER_THREAD", 4)
+    monkeypatch.setattr(log_likelihood, "_cpu_count", lambda: 3)
+    sizes = [draws.stop - draws.start for _, draws in log_likelihood.chunks(lead, 9)]
+    assert sizes == [123, 123, 54] * 2
+    assert len(log_likelihood._parts(54)) == 3
+    for dtype, want in whole.items():
+        got = leave_one_out(problem, tau, lead=lead, dtype=dtype, rng=np.random.default_rng(4))
+        for got_values, want_values in zip(got, want, strict=True):
+            assert got_values is not None and got_values.dtype == dtype
+            np.testing.assert_array_equal(got_values, want_values)
 
 
 def test_the_marginal_of_the_filled_tree_is_the_observed_marginal_plus_a_constant():

@@ -9,11 +9,14 @@ import pytest
 import xarray as xr
 from scipy import stats
 
-from bayeshier_pymc import Hierarchy, ShrinkageModel, mlm, tree_noise
+from bayeshier_pymc import Hierarchy, ShrinkageModel, log_likelihood, mlm, tree_noise
 from bayeshier_pymc.log_likelihood import leave_one_out
+from bayeshier_pymc.predictive import _around_parents, predictive_generator
 from bayeshier_pymc.sampling import sample_gibbs
 from bayeshier_pymc.simulate import ResidualNoise, simulate
 from tests.dense_gaussian import marginal_covariance
+
+DIMS = ("chain", "draw", "covariate", "feature")
 
 
 def _tidy(b: np.ndarray, se: np.ndarray, features: pd.Index) -> dict[str, pd.DataFrame]:
@@ -57,6 +60,74 @@ def test_every_fit_has_replicated_estimates_for_arviz(sampler):
         sampler, draws=200, tune=200, chains=2, random_seed=4, progressbar=False, **options
     )
     np.testing.assert_array_equal(again.posterior_predictive["b"], replicated)
+
+
+def _two_covariates(tree: Hierarchy, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+    """Estimates of two covariates whose standard errors differ by feature and covariate."""
+    m = tree.n_features
+    b = rng.normal(0.2, 0.8, (2, m))
+    se = np.stack([rng.uniform(0.1, 0.3, m), rng.uniform(1.0, 2.0, m)])
+    index = pd.Index(["x1", "x2"], name="covariate")
+    return {
+        "estimate": pd.DataFrame(b, index=index, columns=tree.features),
+        "se": pd.DataFrame(se, index=index, columns=tree.features),
+    }
+
+
+def test_replicates_around_parents_of_every_covariate(monkeypatch):
+    """b_kj = parent_k + sqrt(τ_w,k² + s_kj²) · z_kj for every covariate k of every draw.
+
+    The standard normals z from one generator, drawn in the order chain, draw, covariate,
+    feature (several chunks of draws per chain give the stream of one call).
+    """
+    tree = _tree(12, 3)
+    problem = ShrinkageModel(_two_covariates(tree, np.random.default_rng(0)), tree).problem
+    posterior = sample_gibbs(
+        problem, draws=5, tune=5, chains=2, random_seed=1, progressbar=False
+    ).posterior
+    monkeypatch.setattr(log_likelihood, "CHUNK_VALUES", 48)  # 2 draws × 2 covariates × 12
+    assert len(list(log_likelihood.chunks((2, 5), 24))) == 6
+    replicated = _around_parents(posterior, problem, np.random.default_rng(2), np.float64)
+    z = np.random.default_rng(2).standard_normal((2, 5, 2, 12))
+    lead = ("chain", "draw", "covariate")
+    parent = posterior["group_mean"].transpose(*lead, "group").to_numpy()[..., tree.parents[0]]
+    tau_w = posterior["tau"].sel(level="feature").transpose(*lead).to_numpy()
+    sd = np.sqrt(tau_w[..., None] ** 2 + problem.var_b)
+    assert problem.var_b[1].min() > problem.var_b[0].max()
+    assert np.all(tau_w[..., 0] != tau_w[..., 1])
+    np.testing.assert_allclose(replicated, parent + sd * z, rtol=1e-13, atol=1e-14)
+
+
+def test_leave_one_out_replicates_alone_store_no_log_density(monkeypatch):
+    """A fit that needs only the replicates commits no store for their log density.
+
+    Independent estimates without pooling: one store (the replicates) of chain × draw ×
+    covariate × feature values, holding what the full pass draws from the same generator.
+    """
+    tree = _tree(12, 3)
+    estimates = _two_covariates(tree, np.random.default_rng(0))
+    problem = ShrinkageModel(estimates, tree, depth="none").problem
+    new_store = log_likelihood.store_array
+    stores: list[tuple[int, ...]] = []
+
+    def recorded_store(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        stores.append(shape)
+        return new_store(shape, dtype)
+
+    monkeypatch.setattr(log_likelihood, "store_array", recorded_store)
+    idata = sample_gibbs(problem, draws=5, tune=5, chains=2, random_seed=1, progressbar=False)
+    assert stores == [(2, 5, 2, 12)]
+    dtype = idata.posterior["theta"].dtype
+    full = leave_one_out(problem, None, lead=(2, 5), dtype=dtype, rng=predictive_generator(1))
+    replicated = idata.posterior_predictive["b"].transpose(*DIMS)
+    np.testing.assert_array_equal(replicated, full[1])
+    alone = leave_one_out(
+        problem, None, lead=(2, 5), dtype=dtype, rng=predictive_generator(1), log_density=False
+    )
+    assert alone[0] is None
+    np.testing.assert_array_equal(alone[1], full[1])
+    with pytest.raises(ValueError, match="log_density=True or a generator"):
+        leave_one_out(problem, None, lead=(2, 5), log_density=False)
 
 
 @pytest.mark.parametrize("depth", [0, 2, "none"])

@@ -708,8 +708,8 @@ def leave_one_out_moments(
     outside its subtree, then b_j | b_−j ~ N(m, s_j² + τ_0² + 1 / P) from the cavity N(m,
     1 / P) of θ_j's parent. ``b``, ``var_b``, ``mean`` and ``variance`` hold one value per
     feature, ``tau`` one scale per level (D + 1); ``work`` is :data:`LEAVE_ONE_OUT_WORK` ×
-    the number of units. The parts of the features' cavities that only depend on their
-    parent are computed once per parent, and the features' precisions once for both passes.
+    the number of units. The parts of the cavities that only depend on the parent are
+    computed once per parent, and the units' precisions once for both passes.
     """
     parent, offsets, noise = tree
     depth = offsets.size - 3
@@ -733,32 +733,32 @@ def leave_one_out_moments(
         for h in range(offsets[level + 1], offsets[level + 2]):
             y[h] = y[h] / v[h]
             v[h] = 1.0 / v[h]
-    # downward: every group given the data outside its subtree, from its parent's cavity
+    # downward: every unit given the data outside its subtree, from its parent's cavity; the
+    # parents' parts of the cavities (outside belief times message) once per parent
     top = offsets[depth + 1]
     outside_mean[top] = mu0
     outside_var[top] = s0 * s0 + noise[top]
-    for level in range(depth, 0, -1):
+    for level in range(depth, -1, -1):
+        for h in range(offsets[level + 1], offsets[level + 2]):
+            message_precision[h] = 1.0 / v[h]
+            outside_part[h] = outside_mean[h] / outside_var[h] + message_precision[h] * y[h]
         scale_sq = tau[level] * tau[level]
         for u in range(offsets[level], offsets[level + 1]):
             h = parent[u]
             cavity_mean, cavity_precision = _cavity(
-                outside_mean[h], outside_var[h], 1.0 / v[h], y[h], precision[u], y[u]
+                outside_mean[h],
+                outside_var[h],
+                message_precision[h],
+                outside_part[h],
+                precision[u],
+                y[u],
             )
-            outside_mean[u] = cavity_mean
-            outside_var[u] = 1.0 / cavity_precision + (scale_sq + noise[u])
-    # the features' parents: their outside belief times their message, once per parent
-    for h in range(offsets[1], offsets[2]):
-        message_precision[h] = 1.0 / v[h]
-        outside_part[h] = outside_mean[h] / outside_var[h] + message_precision[h] * y[h]
-    for j in range(n_features):
-        h = parent[j]
-        held = precision[j]
-        cavity_precision = 1.0 / outside_var[h] + max(message_precision[h] - held, 0.0)
-        cavity_mean = outside_mean[h]
-        if outside_var[h] > 0.0:
-            cavity_mean = (outside_part[h] - held * b[j]) / cavity_precision
-        mean[j] = cavity_mean
-        variance[j] = (var_b[j] + tau[0] * tau[0]) + 1.0 / cavity_precision
+            if level:
+                outside_mean[u] = cavity_mean
+                outside_var[u] = 1.0 / cavity_precision + (scale_sq + noise[u])
+            else:
+                mean[u] = cavity_mean
+                variance[u] = (var_b[u] + scale_sq) + 1.0 / cavity_precision
 
 
 @inline_kernel
@@ -766,7 +766,7 @@ def _cavity(
     outside_mean: float,
     outside_var: float,
     message_precision: float,
-    message_y: float,
+    outside_part: float,
     held_precision: float,
     held_y: float,
 ) -> tuple[float, float]:  # pragma: no cover - compiled
@@ -774,11 +774,10 @@ def _cavity(
 
     The reference's ``_cavity``: the outside belief times the unit's message divided by the
     held-out child's; an outside variance of zero stays a point mass at ``outside_mean``.
+    ``outside_part`` is the part that depends on the unit alone, outside_mean / outside_var +
+    message_precision · message_y (computed once per unit, for all of its children).
     """
     precision = 1.0 / outside_var + max(message_precision - held_precision, 0.0)
     if outside_var > 0.0:
-        mean = (
-            outside_mean / outside_var + message_precision * message_y - held_precision * held_y
-        ) / precision
-        return mean, precision
+        return (outside_part - held_precision * held_y) / precision, precision
     return outside_mean, precision
