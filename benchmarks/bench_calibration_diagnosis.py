@@ -17,8 +17,10 @@ it prints:
   their ``shortfall_share`` (their part of that model's shortfall), half A's and half B's mean
   ``z_a`` and ``z_b`` (b / se over the cluster's estimates and the splits) and the posterior
   mean's pull from half A's estimate towards 0 at that depth (``pull_to_0``, mean of
-  sign(b_A) (b_A − μ) / s_A); then for every model its shortfall, the part those clusters make and
-  its coverage without them;
+  sign(b_A) (b_A − μ) / s_A) and half B's mean estimate ``b_b`` (in the data's units); then for
+  every model its shortfall, the part those clusters make and its coverage without them;
+* **scales**: the posterior median of each covariate's scale τ by level at that depth on
+  half A (the same fits), mean over splits;
 * **coverage by group size**: each model's coverage by the size of the estimate's finest
   annotation group (depth 0 under tree noise against the deeper models);
 * **noise check**: for each covariate and each finest group with at least 3 members, the
@@ -45,7 +47,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from bayeshier_pymc import mlm
+from bayeshier_pymc import ShrinkageModel, mlm
 from bayeshier_pymc.calibration import (
     StageTwo,
     predictive_coverage,
@@ -78,6 +80,8 @@ GOAL = 0.95
 SIZE_BANDS = [0, 1, 5, 10, 20, np.inf]
 SIZE_LABELS = ["1", "2-5", "6-10", "11-20", "over 20"]
 """Bands of finest-group size."""
+Halves = tuple[MLMFit, MLMFit, int]
+"""Stage 1 on half A and on half B of a split, and the seed of stage 2 on half A."""
 
 
 def main() -> None:
@@ -139,8 +143,11 @@ def main() -> None:
         print_coverage_by_quantile(name, cells)
         print_worst_clusters(name, cells, reference)
         print_coverage_by_group_size(name, cells)
-        print_noise_check(name, study, args.splits, args.seed, cells["stage 1"])
-        print_moderated_variances(name, study, args.splits, args.seed)
+        halves = list(half_fits(study, args.splits, args.seed))
+        print_scales(name, study, halves, args.draws, args.chains)
+        check_same_halves(halves, cells["stage 1"])
+        print_noise_check(name, study, halves)
+        print_moderated_variances(name, halves)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nload average (1, 5, 15 min) at the end: {load}")
 
@@ -185,6 +192,7 @@ def print_worst_clusters(name: str, cells: dict[str, pd.DataFrame], reference: s
             "shortfall_share": shortfall[reference] / (GOAL - frame["covered"].mean()),
             "z_a": described["z_a"].mean(),
             "z_b": described["z_b"].mean(),
+            "b_b": described["b_b"].mean(),
             "pull_to_0": described["pull_to_0"].mean(),
         }
     ).loc[worst]
@@ -234,13 +242,35 @@ def print_coverage_by_group_size(name: str, cells: dict[str, pd.DataFrame]) -> N
     print(table.rename_axis("group size").round(3).to_string(), flush=True)
 
 
-def print_noise_check(
-    name: str, study: ValidationStudy, n_splits: int, seed: int, stage_one: pd.DataFrame
+def print_scales(
+    name: str, study: ValidationStudy, halves: list[Halves], draws: int, chains: int
 ) -> None:
+    """Posterior median of each covariate's scale τ by level at the reference model, half A.
+
+    The fits are those of the split-half cells of the reference model (the same half, settings
+    and seed), mean over splits.
+    """
+    noise, depth = REFERENCE
+    medians = []
+    for fit_a, _, fit_seed in halves:
+        idata = ShrinkageModel(
+            fit_a, study.hierarchy, depth=depth, noise=NOISE_MODELS[noise]
+        ).sample(
+            "gibbs", draws=draws, tune=draws, chains=chains, random_seed=fit_seed, progressbar=False
+        )
+        medians.append(idata.posterior["tau"].median(("chain", "draw")).to_pandas())
+    table = sum(medians) / len(medians)
+    print(
+        f"{name}, posterior median of the scales τ at {noise} {depth} on half A (mean over "
+        "splits; columns: level, finest first):"
+    )
+    print(table.round(3).to_string(), flush=True)
+
+
+def print_noise_check(name: str, study: ValidationStudy, halves: list[Halves]) -> None:
     """RMS of standardised group-mean differences between halves, tree vs independent noise."""
     rows = []
-    for split, (fit_a, fit_b) in enumerate(half_fits(study, n_splits, seed)):
-        check_same_halves(fit_a, stage_one[stage_one["split"] == split])
+    for fit_a, fit_b, _ in halves:
         features = fit_a.coef.indexes["feature"]
         noise_a = tree_noise(fit_a, study.hierarchy).align(features)
         noise_b = tree_noise(fit_b, study.hierarchy).align(features)
@@ -250,14 +280,15 @@ def print_noise_check(
             tree = noise_a.covariance(covariate) + noise_b.covariance(covariate)
             independent = (fit_a.se**2 + fit_b.se**2).sel(covariate=covariate).to_numpy()
             for code in np.unique(codes[codes >= 0]):
-                weights = (codes == code) / np.sum(codes == code)
-                if np.sum(codes == code) < 3:
+                size = np.sum(codes == code)
+                if size < 3:
                     continue
+                weights = (codes == code) / size
                 mean_difference = weights @ difference
                 rows.append(
                     {
                         "covariate": covariate,
-                        "size": np.sum(codes == code),
+                        "size": size,
                         "tree": mean_difference / np.sqrt(weights @ tree @ weights),
                         "independent": mean_difference / np.sqrt(weights**2 @ independent),
                     }
@@ -268,7 +299,7 @@ def print_noise_check(
     def rms(by: str) -> pd.DataFrame:
         grouped = frame.groupby(by, observed=True)
         table = grouped[["tree", "independent"]].agg(lambda z: np.sqrt(np.mean(z**2)))
-        return table.assign(groups=grouped.size() / n_splits)
+        return table.assign(groups=grouped.size() / len(halves))
 
     print(
         f"{name}, noise check: RMS of the standardised difference of a finest group's mean "
@@ -279,18 +310,18 @@ def print_noise_check(
         {
             "tree": [np.sqrt(np.mean(frame["tree"] ** 2))],
             "independent": [np.sqrt(np.mean(frame["independent"] ** 2))],
-            "groups": [len(frame) / n_splits],
+            "groups": [len(frame) / len(halves)],
         },
         index=["all"],
     )
     print(pd.concat([rms("covariate"), rms("group size"), overall]).round(2).to_string())
 
 
-def print_moderated_variances(name: str, study: ValidationStudy, n_splits: int, seed: int) -> None:
+def print_moderated_variances(name: str, halves: list[Halves]) -> None:
     """limma's prior df of the halves' residual variances and the se moderation would give."""
     rows = {}
-    for split, fits in enumerate(half_fits(study, n_splits, seed)):
-        for half, fit in zip("AB", fits, strict=True):
+    for split, (fit_a, fit_b, _) in enumerate(halves):
+        for half, fit in zip("AB", (fit_a, fit_b), strict=True):
             variances = fit.sigma.to_numpy()
             df = float(fit.df_resid)
             prior_df, prior_variance = limma_prior(variances, df)
@@ -339,8 +370,8 @@ def trigamma_inverse(x: float) -> float:
     return float(y)
 
 
-def half_fits(study: ValidationStudy, n_splits: int, seed: int) -> Iterator[tuple[MLMFit, MLMFit]]:
-    """Stage 1 on each split's halves, split as :func:`split_half_cells` splits."""
+def half_fits(study: ValidationStudy, n_splits: int, seed: int) -> Iterator[Halves]:
+    """Stage 1 on each split's halves and stage 2's seed, as :func:`split_half_cells` has them."""
     n_obs = study.Y.shape[0]
     for split_seed in np.random.SeedSequence(seed).spawn(n_splits):
         order = np.random.default_rng(split_seed).permutation(n_obs)
@@ -348,16 +379,18 @@ def half_fits(study: ValidationStudy, n_splits: int, seed: int) -> Iterator[tupl
         yield (
             mlm(study.Y.iloc[half_a], study.X.iloc[half_a]),
             mlm(study.Y.iloc[half_b], study.X.iloc[half_b]),
+            int(split_seed.generate_state(1)[0]),
         )
 
 
-def check_same_halves(fit_a: MLMFit, cells: pd.DataFrame) -> None:
-    """Refuse to go on if these halves are not those of :func:`split_half_cells`."""
-    estimates = fit_a.coef.to_series().reindex(
-        pd.MultiIndex.from_frame(cells[["covariate", "feature"]])
-    )
-    if not np.allclose(estimates.to_numpy(), cells["b_a"].to_numpy()):
-        raise RuntimeError("the noise check's halves differ from split_half_cells' halves")
+def check_same_halves(halves: list[Halves], cells: pd.DataFrame) -> None:
+    """Refuse to go on if ``halves`` are not those of the :func:`split_half_cells` ``cells``."""
+    for split, (fit_a, _, _) in enumerate(halves):
+        frame = cells[cells["split"] == split]
+        cell_index = pd.MultiIndex.from_frame(frame[["covariate", "feature"]])
+        estimates = fit_a.coef.to_series().reindex(cell_index)
+        if not np.allclose(estimates.to_numpy(), frame["b_a"].to_numpy()):
+            raise RuntimeError(f"split {split}: these halves are not split_half_cells' halves")
 
 
 if __name__ == "__main__":
