@@ -25,9 +25,11 @@ unshrunk estimates, θ ~ N(b, se²), as a reference):
   ``elpd_loo``; each with that depth's split-half MSE gain.
 
 Stage 2 has the package's default priors (``--priors research``: the research code's fixed
-priors, those of the research model's own runs). It is
-NUTS on the collapsed model by default (``--nuts-sampler pymc``, one process per fit, so that
-it runs beside other jobs); ``--sampler gibbs`` uses the Gibbs engine.
+priors). It is NUTS on the collapsed model by default (``--nuts-sampler pymc``, one process
+per fit, so that it runs beside other jobs); ``--sampler gibbs`` uses the Gibbs engine. The
+output ends with the machine's load average. ``bench_calibration_diagnosis.py`` breaks the
+split-half coverage down further (``docs/calibration.md``, "Why split-half coverage falls
+short").
 """
 
 from __future__ import annotations
