@@ -233,9 +233,9 @@ def clustered_coverage_se(covered: np.ndarray, clusters: np.ndarray) -> float:
     of cells of cluster g, ``c̄`` the overall mean, G clusters and N cells. With
     tree-structured noise a covariate's estimates in one annotation group share their
     errors, so their misses come together and the binomial standard error understates the
-    uncertainty (liver lipidome: 0.015–0.026 against 0.005–0.007). Correlation across
-    clusters (noise shared by a whole category or all features) is not counted, so it is
-    still a lower bound there.
+    uncertainty (``benchmarks/bench_calibration_diagnosis.py`` prints both). Correlation
+    across clusters (noise shared by a whole category or all features) is not counted, so it
+    is still a lower bound there.
 
     Parameters
     ----------

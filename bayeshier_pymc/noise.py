@@ -19,8 +19,8 @@ covariance ``a_g`` of the pairs whose meet is that node, computed from per-sampl
 O(n m) (never the m × m matrix), with its sampling variance from the spread of the per-sample
 contributions (as in :func:`bayeshier_pymc.covariance.covariance_and_variance`). The node's
 variance is its increment over its parent's cumulative shared covariance. Per-node averages
-differ strongly between groups and reproduce across independent halves of real data (liver
-lipidome: correlation of per-class averages between halves 0.81–0.85; QMDiab 0.91–0.94), so a
+differ strongly between groups and reproduce across independent halves of real data (the
+per-class averages of the liver lipidome and QMDiab correlate strongly between halves), so a
 single pooled value per level would misstate most groups; but a group of two metabolites has
 one pair and a noisy average. ``pooling="partial"`` (default) therefore shrinks each node's
 increment towards its level's mean by its sampling variance (normal–normal empirical Bayes,
@@ -29,8 +29,8 @@ pooled increment per level. Negative increments are set to zero (variances); a n
 pairs (a single child) gets zero, its child carries its noise. Each metabolite keeps as its own
 variance what remains of its residual variance after its shared path, at least
 ``min_own_share`` of it; a feature much quieter than its group's shared noise thus gets a total
-variance above its own residual variance (conservative: on the liver lipidome 18% of the lipids,
-median 1.24×; QMDiab 7%, median 1.41×).
+variance above its own residual variance (conservative; on the liver lipidome and QMDiab a
+minority of the features).
 """
 
 from __future__ import annotations

@@ -18,19 +18,25 @@ unshrunk estimates, θ ~ N(b, se²), as a reference):
   ``--replicates`` > 0): the data set's design and residual covariance 0.8 S + 0.2 diag S,
   true effects = class effects (sd 0.3) + feature deviations (sd 0.1); coverage of the true θ,
   false sign rate vs mean lfsr (goal ≤ 5% and ≤ 2×), MSE gain;
-* with ``--compare``: the depth :func:`bayeshier_pymc.compare_fits` recommends (PSIS-LOO,
-  marginal) for each noise model on the whole data set, and that depth's split-half MSE gain.
+* with ``--compare``: for each noise model, on the whole data set, the depth
+  :func:`bayeshier_pymc.compare_fits` recommends by default (the elpd of a fresh replicate),
+  with every depth's ``elpd_rep`` and ``relative_mse``, and the depth the PSIS-LOO rule
+  (``RecommendationRule(criterion="loo")``, marginal LOO) recommends, with every depth's
+  ``elpd_loo``; each with that depth's split-half MSE gain.
 
 Stage 2 has the package's default priors (``--priors research``: the research code's fixed
-priors, with which the earlier run analysed in ``docs/calibration.md`` was measured). It is
-NUTS on the collapsed model by default (``--nuts-sampler pymc``, one process per fit, so that
-it runs beside other jobs); ``--sampler gibbs`` uses the Gibbs engine.
+priors). It is NUTS on the collapsed model by default (``--nuts-sampler pymc``, one process
+per fit, so that it runs beside other jobs); ``--sampler gibbs`` uses the Gibbs engine. The
+output ends with the machine's load average. ``bench_calibration_diagnosis.py`` breaks the
+split-half coverage down further (``docs/calibration.md``, "Why split-half coverage falls
+short").
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -46,7 +52,7 @@ from bayeshier_pymc.calibration import (
     split_half_summary,
     stage_one_posterior,
 )
-from bayeshier_pymc.depth_comparison import compare_fits
+from bayeshier_pymc.depth_comparison import DepthComparison, RecommendationRule, compare_fits
 from bayeshier_pymc.priors import PRESETS
 from bayeshier_pymc.validation_data import (
     LIVER_FILES,
@@ -192,14 +198,40 @@ def main() -> None:
                     )
                     for depth in DEPTHS
                 }
-                comparison = compare_fits(fits)
-                best = comparison.recommended
-                print(
-                    f"{name}, {noise}: compare_fits recommends depth {best} "
-                    f"(elpd_loo {comparison.table['elpd_loo'].round(1).to_dict()}); "
-                    f"its split-half MSE gain {table.loc[(noise, best), 'mse_gain']:.2f}",
-                    flush=True,
-                )
+                print_recommendations(f"{name}, {noise}", compare_fits(fits), table.loc[noise])
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nload average (1, 5, 15 min) at the end: {load}")
+
+
+def print_recommendations(
+    label: str, comparison: DepthComparison, split_table: pd.DataFrame
+) -> None:
+    """The depth each criterion recommends, its scores by depth and that depth's MSE gain."""
+    replicate = comparison.replicate
+    loo = comparison.table
+    lines = (
+        (
+            "the fresh replicate (default)",
+            comparison.recommended,
+            "elpd_rep / relative_mse "
+            + ", ".join(
+                f"{depth}: {row['elpd_rep']:.1f} / {row['relative_mse']:.2f}"
+                for depth, row in replicate.iterrows()
+            ),
+        ),
+        (
+            "PSIS-LOO",
+            RecommendationRule(criterion="loo").choose(loo),
+            "elpd_loo "
+            + ", ".join(f"{depth}: {value:.1f}" for depth, value in loo["elpd_loo"].items()),
+        ),
+    )
+    for criterion, best, scores in lines:
+        print(
+            f"{label}: by {criterion} depth {best} ({scores}); "
+            f"its split-half MSE gain {split_table.loc[best, 'mse_gain']:.2f}",
+            flush=True,
+        )
 
 
 def print_coverage_breakdown(name: str, cells: dict[tuple[str, object], pd.DataFrame]) -> None:
