@@ -355,8 +355,8 @@ def profile() -> None:
     )
     cost = costs["JAX (nutpie, numpyro)"][0]
     print("log p(b | tau) and gradient alone in JAX, by way of writing the tree's segment sums:")
-    for name, cost in _segment_sum_costs(problem, point).items():
-        print(f"  {name:<26}{cost:8.0f} us = {cost / floor_us:5.1f}x the floor")
+    for name, segment_cost in _segment_sum_costs(problem, point).items():
+        print(f"  {name:<26}{segment_cost:8.0f} us = {segment_cost / floor_us:5.1f}x the floor")
     print(f"after the runs: {load()}")
     print(
         f"nutpie's {evaluations} evaluations x {cost:.0f} us = {evaluations * cost * 1e-6:.1f} "
