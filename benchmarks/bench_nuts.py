@@ -22,7 +22,8 @@ compilation and its run, counts its gradient evaluations in tuning and sampling 
 steps per draw), times one evaluation of the log density and its gradient in each compiled
 form (JAX for nutpie and numpyro, numba, PyTensor's C for PyMC) against a floor (a compiled
 pass over the p·m estimates computing Σ log N(b; 0, s² + τ²) and its gradient, the least any
-evaluation must do), and prints the time the gradients account for.
+evaluation must do, compiled by numba and, as the default backend would, by JAX), and prints
+the time the gradients account for.
 
 ``--noise-cost`` times the default NUTS (collapsed) at the COPDGene shape of
 ``bench_gibbs.py`` (p=10, m=999, 106 subclasses in 9 superclasses, shared residual noise),
@@ -37,6 +38,7 @@ import statistics
 import time
 import timeit
 import warnings
+from dataclasses import replace
 
 import arviz as az
 import numpy as np
@@ -198,6 +200,80 @@ def _floor_kernel():
     return level_zero
 
 
+def _jax_floor_kernel(b: np.ndarray, v: np.ndarray):
+    """The floor's pass and gradient in t written in JAX and compiled by XLA, as the default runs.
+
+    ``b`` and ``v`` are constants of the compiled function, as the data are in the model's.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def level_zero(t):
+        total = v + t[:, None]
+        return -0.5 * jnp.sum(jnp.log(total) + b * b / total)
+
+    value_and_grad = jax.jit(jax.value_and_grad(level_zero))
+    return lambda t: jax.block_until_ready(value_and_grad(t))
+
+
+def _one_hot_segment_sum(values, index: np.ndarray, n: int):
+    """Segment sums as a product with the (unit × group) one-hot matrix."""
+    import pytensor.tensor as pt
+
+    one_hot = np.zeros((len(index), n))
+    one_hot[np.arange(len(index)), index] = 1.0
+    return pt.dot(values, one_hot)
+
+
+def _sorted_segment_sum(values, index: np.ndarray, n: int):
+    """Segment sums as differences of a cumulative sum over the units sorted by group."""
+    import pytensor.tensor as pt
+
+    cumulative = pt.cumsum(values[..., np.argsort(index, kind="stable")], axis=-1)
+    at_ends = cumulative[..., np.cumsum(np.bincount(index, minlength=n)) - 1]
+    return pt.concatenate([at_ends[..., :1], at_ends[..., 1:] - at_ends[..., :-1]], axis=-1)
+
+
+SEGMENT_SUMS = {
+    "scatter-add (the model's)": None,
+    "one-hot matrix product": _one_hot_segment_sum,
+    "sorted cumulative sums": _sorted_segment_sum,
+}
+"""The segment sums of the tree pass written three ways; ``None``: the model's own."""
+
+
+def _segment_sum_costs(problem, log_tau: np.ndarray) -> dict[str, float]:
+    """Microseconds per log p(b | τ) and gradient in JAX, per way of writing the segment sums.
+
+    The data are constants of the compiled functions, as in the model's (``get_jaxified_logp``).
+    """
+    import pytensor
+    import pytensor.tensor as pt
+
+    from bayeshier_pymc.gaussian_tree import upward_pass
+    from bayeshier_pymc.gaussian_tree.pytensor_ops import PYTENSOR_OPS
+
+    noise = problem.noise_model
+    b = pt.constant(problem.algebra_b)
+    log_tau_input = pt.dmatrix("log_tau")
+    tau = noise.pad(pt.exp(log_tau_input), log_tau.shape[1])
+    costs = {}
+    for name, segment_sum in SEGMENT_SUMS.items():
+        ops = (
+            PYTENSOR_OPS if segment_sum is None else replace(PYTENSOR_OPS, segment_sum=segment_sum)
+        )
+        log_marginal = upward_pass(
+            b, noise.own, tau, noise.tree, problem.priors.mu0, problem.priors.s0, ops, noise.shared
+        ).log_marginal.sum()
+        function = pytensor.function(
+            [log_tau_input],
+            [log_marginal, pytensor.grad(log_marginal, log_tau_input)],
+            mode="JAX",
+        )
+        costs[name] = _microseconds(function, log_tau)
+    return costs
+
+
 def profile() -> None:
     """Where the default NUTS (nutpie, compiled by JAX) spends its time."""
     import os
@@ -265,6 +341,7 @@ def profile() -> None:
     floor = _floor_kernel()
     floor(b, own, tau_w2)
     floor_us = _microseconds(floor, b, own, tau_w2)
+    jax_floor_us = _microseconds(_jax_floor_kernel(b, own), tau_w2)
     print("one log density and gradient (default model, posterior mean of tau):")
     for name, (cost, compiled_s) in costs.items():
         print(
@@ -272,12 +349,20 @@ def profile() -> None:
             f"(compiled in {compiled_s:.1f} s)"
         )
     print(f"  {'floor':<22}{floor_us:8.0f} us (one compiled pass over the p*m estimates)")
+    print(
+        f"  {'floor in JAX':<22}{jax_floor_us:8.0f} us = {jax_floor_us / floor_us:5.1f}x the floor "
+        "(the same pass written in JAX and compiled by XLA)"
+    )
     cost = costs["JAX (nutpie, numpyro)"][0]
+    print("log p(b | tau) and gradient alone in JAX, by way of writing the tree's segment sums:")
+    for name, segment_cost in _segment_sum_costs(problem, point).items():
+        print(f"  {name:<26}{segment_cost:8.0f} us = {segment_cost / floor_us:5.1f}x the floor")
     print(f"after the runs: {load()}")
     print(
         f"nutpie's {evaluations} evaluations x {cost:.0f} us = {evaluations * cost * 1e-6:.1f} "
         f"s of computing (on {cores} threads) for its {run_s:.1f} s of tuning and sampling; "
-        f"at the floor {evaluations * floor_us * 1e-6:.1f} s"
+        f"at the floor {evaluations * floor_us * 1e-6:.1f} s, at JAX's floor "
+        f"{evaluations * jax_floor_us * 1e-6:.1f} s"
     )
 
 
