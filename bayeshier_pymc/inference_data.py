@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from importlib.metadata import version
 from typing import Any, Literal
@@ -25,6 +26,7 @@ __all__ = [
     "OBSERVATION",
     "OWN_VARIANCE",
     "SHARED_VARIANCE",
+    "THETA_SUMMARY",
     "add_log_likelihood",
     "build_inference_data",
     "cell_dataset",
@@ -85,6 +87,13 @@ OBSERVATION = "observation"
 """The dim of the observed cells: with missing cells, the pointwise log-likelihood, the
 observed and the replicated estimates run over the observed (covariate, feature) cells only,
 with coordinates ``covariate`` and ``feature`` along it."""
+
+
+THETA_SUMMARY = "theta_summary"
+"""The group of a fit in summary storage (``attrs["storage"] == "summary"``) that replaces θ's
+draws: per (covariate, feature) ``mean`` and ``sd`` (ddof 1) of θ over every draw and the
+numbers of draws ``n_positive`` (θ > 0) and ``n_negative`` (θ < 0); see
+:mod:`bayeshier_pymc.streamed`."""
 
 
 def cell_dataset(
@@ -149,6 +158,7 @@ def build_inference_data(
     sample_stats: xr.Dataset | Mapping[str, np.ndarray] | None = None,
     attrs: Mapping[str, Any] | None = None,
     log_likelihood: np.ndarray | None = None,
+    theta_summary: Mapping[str, np.ndarray] | None = None,
 ) -> az.InferenceData:
     """Assemble the InferenceData contract from posterior draws.
 
@@ -168,15 +178,21 @@ def build_inference_data(
     log_likelihood
         The default pointwise log-likelihood (:data:`DEFAULT_LOG_LIKELIHOOD`), (chain, draw,
         covariate, feature), if the sampler already computed it; else it is computed here.
+    theta_summary
+        In summary storage, θ's per-cell summaries (:data:`THETA_SUMMARY`), given instead of
+        θ's draws; the fit then has no ``log_likelihood`` group (computed on demand).
 
     Returns
     -------
     arviz.InferenceData
         With groups ``posterior``, ``log_likelihood``, ``sample_stats``, ``observed_data`` and
-        ``constant_data``.
+        ``constant_data`` (in summary storage :data:`THETA_SUMMARY` replaces
+        ``log_likelihood``).
     """
     estimates, hierarchy = problem.estimates, problem.tree
     dims = posterior_dims(hierarchy)
+    if theta_summary is not None:
+        del dims["theta"]
     missing = sorted(set(dims) - set(posterior))
     if missing:
         raise ValueError(f"posterior draws lack {missing!r}.")
@@ -189,24 +205,34 @@ def build_inference_data(
         }
     )
     posterior_ds = _dataset({name: posterior[name] for name in dims}, dims, coords)
-    if log_likelihood is None:
-        log_likelihood = _pointwise(DEFAULT_LOG_LIKELIHOOD, posterior, problem)
-    draw_coords = {name: posterior_ds.coords[name].to_numpy() for name in ("chain", "draw")}
     groups: dict[str, xr.Dataset] = {
         "posterior": posterior_ds,
-        "log_likelihood": cell_dataset(
-            {LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD]: log_likelihood}, problem, draw_coords
-        ),
         "observed_data": cell_dataset({"b": problem.b}, problem),
         "constant_data": _constant_data(problem, coords),
     }
+    if theta_summary is None:
+        if log_likelihood is None:
+            log_likelihood = _pointwise(DEFAULT_LOG_LIKELIHOOD, posterior, problem)
+        draw_coords = {name: posterior_ds.coords[name].to_numpy() for name in ("chain", "draw")}
+        groups["log_likelihood"] = cell_dataset(
+            {LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD]: log_likelihood}, problem, draw_coords
+        )
+    else:
+        cells = ("covariate", "feature")
+        groups[THETA_SUMMARY] = xr.Dataset(
+            {name: (cells, np.asarray(values)) for name, values in theta_summary.items()},
+            coords={"covariate": coords["covariate"], "feature": coords["feature"]},
+        )
     if sample_stats is not None:
         groups["sample_stats"] = (
             sample_stats
             if isinstance(sample_stats, xr.Dataset)
             else _dataset(dict(sample_stats), {k: () for k in sample_stats}, {})
         )
-    idata = az.InferenceData(**groups)
+    with warnings.catch_warnings():
+        # THETA_SUMMARY is this package's group, not one of ArviZ's scheme
+        warnings.filterwarnings("ignore", f"{THETA_SUMMARY} group", UserWarning)
+        idata = az.InferenceData(**groups)
     idata.attrs.update(
         {
             "bayeshier_pymc_version": version("bayeshier_pymc"),
@@ -272,14 +298,18 @@ def _pointwise(kind: str, draws: Mapping[str, np.ndarray], problem: ShrinkagePro
     )
 
 
-def pointwise_draws(posterior: xr.Dataset, problem: ShrinkageProblem) -> dict[str, np.ndarray]:
+def pointwise_draws(
+    posterior: xr.Dataset, problem: ShrinkageProblem, *, with_theta: bool = True
+) -> dict[str, np.ndarray]:
     """The draws the pointwise quantities use, as (chain, draw, covariate, ...) arrays.
 
-    ``theta`` and, with pooling, ``mu``, ``tau`` and the group means of the first annotation
-    level (θ's parents).
+    ``theta`` (unless ``with_theta`` is False) and, with pooling, ``mu``, ``tau`` and the
+    group means of the first annotation level (θ's parents).
     """
     lead = ("chain", "draw", "covariate")
-    draws = {"theta": posterior["theta"].transpose(*lead, "feature").to_numpy()}
+    draws: dict[str, np.ndarray] = {}
+    if with_theta:
+        draws["theta"] = posterior["theta"].transpose(*lead, "feature").to_numpy()
     if problem.pooled:
         draws["mu"] = posterior["mu"].transpose(*lead).to_numpy()
         draws["tau"] = posterior["tau"].transpose(*lead, "level").to_numpy()
@@ -570,5 +600,14 @@ def loo(idata: az.InferenceData, kind: LogLikelihoodKind | None = None, **kwargs
         Passed to :func:`arviz.loo`.
     """
     kind = _check_kind(kind or DEFAULT_LOG_LIKELIHOOD)
+    if THETA_SUMMARY in idata.groups():
+        if kind != "marginal":
+            raise ValueError(
+                "a fit in summary storage has LOO with the marginal log-likelihood only "
+                "(the conditional one needs every θ draw)."
+            )
+        from bayeshier_pymc.streamed import loo as streamed_loo  # it reads this module
+
+        return streamed_loo(idata, **kwargs)
     source = with_log_likelihood(idata, kind)
     return az.loo(source, var_name=LOG_LIKELIHOOD_NAMES[kind], **kwargs)

@@ -178,8 +178,7 @@ def test_notebook_representation(fit, tree):
     model = ShrinkageModel(fit, tree)
     assert repr(model).startswith("ShrinkageModel(2 covariates × 60 features; depth=2")
     assert model.summary_line == (
-        "ShrinkageModel(2 covariates × 60 features; depth=2; "
-        f"{model.tree!r}; correlated noise)"
+        f"ShrinkageModel(2 covariates × 60 features; depth=2; {model.tree!r}; correlated noise)"
     )
     table = model.describe()
     assert table.index.tolist() == ["feature", "subclass", "superclass"]
