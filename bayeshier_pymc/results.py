@@ -43,6 +43,7 @@ __all__ = [
     "qvalue",
     "resolve_hdi_prob",
     "scale_summary",
+    "theta_moments",
 ]
 
 SAMPLE_DIMS = ("chain", "draw")
@@ -209,21 +210,52 @@ def _summarise(draws: xr.DataArray, hdi_prob: float | None) -> xr.Dataset:
     return summary
 
 
+def theta_moments(idata: az.InferenceData, covariate: object) -> xr.Dataset:
+    """Posterior ``mean``, ``sd`` (ddof 1) and ``lfsr`` of θ for one covariate, per feature.
+
+    From the draws, or from the ``theta_summary`` group of a fit in summary storage (the same
+    numbers but for rounding).
+    """
+    if THETA_SUMMARY in idata.groups():
+        cells = idata[THETA_SUMMARY].sel(covariate=covariate)
+        rates = _sign_rates(cells, n_draws(idata))
+        return xr.Dataset({"mean": cells["mean"], "sd": cells["sd"], "lfsr": rates["lfsr"]})
+    theta = idata.posterior["theta"].sel(covariate=covariate)
+    return xr.Dataset(
+        {
+            "mean": theta.mean(SAMPLE_DIMS),
+            "sd": theta.std(SAMPLE_DIMS, ddof=1),
+            "lfsr": lfsr(theta),
+        }
+    )
+
+
+def _sign_rates(moments: xr.Dataset, draws: int) -> xr.Dataset:
+    """P(θ > 0), P(θ < 0) and the lfsr from the counts of θ's summaries over ``draws``."""
+    positive = moments["n_positive"] / draws
+    negative = moments["n_negative"] / draws
+    return xr.Dataset(
+        {
+            "prob_positive": positive,
+            "prob_negative": negative,
+            # (draws ≥ 0).mean() and (draws ≤ 0).mean() as from the draws, to the last bit
+            "lfsr": np.minimum(draws - moments["n_negative"], draws - moments["n_positive"])
+            / draws,
+        }
+    )
+
+
 def _summary_from_moments(moments: xr.Dataset, draws: int, hdi_prob: float | None) -> xr.Dataset:
     """:func:`_summarise`'s variables from θ's per-cell summaries (see coefficient_summary)."""
     prob = resolve_hdi_prob(hdi_prob)
     half_width = float(scipy_stats.norm.ppf(0.5 + prob / 2)) * moments["sd"]
-    positive = moments["n_positive"] / draws
-    negative = moments["n_negative"] / draws
     summary = xr.Dataset(
         {
             "mean": moments["mean"],
             "sd": moments["sd"],
             "hdi_lower": moments["mean"] - half_width,
             "hdi_upper": moments["mean"] + half_width,
-            "prob_positive": positive,
-            "prob_negative": negative,
-            "lfsr": np.minimum(1.0 - negative, 1.0 - positive),
+            **_sign_rates(moments, draws).data_vars,
         }
     )
     summary.attrs.update(hdi_prob=prob, interval="normal")
