@@ -206,3 +206,12 @@ def test_summary_storage_refuses_correlated_estimates_and_unknown_features(pair)
         model.sample("gibbs", draws=10, tune=10, chains=1, progressbar=False, storage="summary")
     with pytest.raises(ValueError, match="not features of the fit"):
         theta_draws(pair[1], ["f0", "nope"])
+
+
+def test_a_saved_summary_fit_loads_back_whole(pair, tmp_path):
+    _, summary = pair
+    path = bh.save_results(tmp_path / "fit.nc", summary)
+    loaded = bh.load_results(path).idata
+    assert THETA_SUMMARY in loaded.groups()
+    pd.testing.assert_frame_equal(bh.coefficient_table(loaded), bh.coefficient_table(summary))
+    np.testing.assert_array_equal(theta_draws(loaded, ["f7"]), theta_draws(summary, ["f7"]))
