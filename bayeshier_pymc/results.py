@@ -210,17 +210,18 @@ def _summarise(draws: xr.DataArray, hdi_prob: float | None) -> xr.Dataset:
     return summary
 
 
-def theta_moments(idata: az.InferenceData, covariate: object) -> xr.Dataset:
-    """Posterior ``mean``, ``sd`` (ddof 1) and ``lfsr`` of θ for one covariate, per feature.
+def theta_moments(idata: az.InferenceData, covariate: object | None = None) -> xr.Dataset:
+    """Posterior ``mean``, ``sd`` (ddof 1) and ``lfsr`` of θ, per (covariate,) feature.
 
     From the draws, or from the ``theta_summary`` group of a fit in summary storage (the same
-    numbers but for rounding).
+    numbers but for rounding). ``covariate``: one covariate's (default: every covariate's).
     """
+    selection = {} if covariate is None else {"covariate": covariate}
     if THETA_SUMMARY in idata.groups():
-        cells = idata[THETA_SUMMARY].sel(covariate=covariate)
+        cells = idata[THETA_SUMMARY].sel(selection)
         rates = _sign_rates(cells, n_draws(idata))
         return xr.Dataset({"mean": cells["mean"], "sd": cells["sd"], "lfsr": rates["lfsr"]})
-    theta = idata.posterior["theta"].sel(covariate=covariate)
+    theta = idata.posterior["theta"].sel(selection)
     return xr.Dataset(
         {
             "mean": theta.mean(SAMPLE_DIMS),
