@@ -36,6 +36,7 @@ from bayeshier_pymc.sampler_comparison import SamplerComparison, compare_sampler
 from bayeshier_pymc.sampling import sample
 from bayeshier_pymc.shrinkage import ShrinkageModel
 from bayeshier_pymc.simulate import SimulatedStudy, simulate, train_test_split
+from bayeshier_pymc.streamed import theta_draws
 from bayeshier_pymc.study import StudyResult, simulation_study
 
 try:
@@ -83,6 +84,7 @@ __all__ = [
     "simulate",
     "simulation_study",
     "split_half_check",
+    "theta_draws",
     "train_test_split",
     "tree_noise",
 ]

@@ -86,7 +86,7 @@ from bayeshier_pymc.diagnostics import (
 from bayeshier_pymc.estimates import Estimates, shrunk_covariates
 from bayeshier_pymc.gaussian_tree import NUMPY_OPS, normal_log_density
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.inference_data import OBSERVATION, problem_from_idata
+from bayeshier_pymc.inference_data import OBSERVATION, THETA_SUMMARY, problem_from_idata
 from bayeshier_pymc.log_likelihood import held_out_predictive
 from bayeshier_pymc.model import scale_levels
 from bayeshier_pymc.parallel import dispatch, inner_fit_options
@@ -609,9 +609,9 @@ def replicate_scores(idata: az.InferenceData) -> xr.Dataset:
     """Per estimate: the elpd of a fresh replicate and the risk of the posterior mean.
 
     For every observed (covariate, feature) cell, with μ_j and V_j the posterior mean and
-    variance of θ_j (from the draws) and Σ_jj the model's noise variance of b_j (s_j² for
-    independent estimates; with tree-structured noise the own variance plus the shared ones
-    on the feature's path):
+    variance of θ_j (from the draws, or a summary fit's ``theta_summary``) and Σ_jj the
+    model's noise variance of b_j (s_j² for independent estimates; with tree-structured noise
+    the own variance plus the shared ones on the feature's path):
 
     - ``risk``: r_j = (μ_j − b_j)² + 2 V_j − Σ_jj, Stein's unbiased estimate of (μ_j − θ_j)²
       (Tweedie's formula gives ∂μ/∂b · Σ = Cov(θ | b) for any prior, so the divergence term
@@ -633,14 +633,19 @@ def replicate_scores(idata: az.InferenceData) -> xr.Dataset:
     xarray.Dataset
         The four variables, dims ``("covariate", "feature")``, NaN in missing cells.
     """
-    if "theta" not in idata.posterior:
-        raise ValueError("the fresh-replicate scores need the fit's posterior draws of theta.")
     problem = problem_from_idata(idata)
-    theta = idata.posterior["theta"].sel(covariate=problem.covariates.to_numpy())
-    draws = theta.transpose("chain", "draw", "covariate", "feature").to_numpy()
-    draws = draws.reshape(-1, *draws.shape[2:]).astype(float)
-    mean = draws.mean(axis=0)
-    variance = draws.var(axis=0, ddof=1)
+    covariates = problem.covariates.to_numpy()
+    if THETA_SUMMARY in idata.groups():  # summary storage: θ's mean and sd kept per cell
+        cells = idata[THETA_SUMMARY].sel(covariate=covariates).transpose("covariate", "feature")
+        mean, variance = cells["mean"].to_numpy(), cells["sd"].to_numpy() ** 2
+    elif "theta" not in idata.posterior:
+        raise ValueError("the fresh-replicate scores need the fit's posterior draws of theta.")
+    else:
+        theta = idata.posterior["theta"].sel(covariate=covariates)
+        draws = theta.transpose("chain", "draw", "covariate", "feature").to_numpy()
+        draws = draws.reshape(-1, *draws.shape[2:]).astype(float)
+        mean = draws.mean(axis=0)
+        variance = draws.var(axis=0, ddof=1)
     noise = _noise_variance(problem)
     squared = (mean - problem.b) ** 2
     predictive = variance + noise

@@ -32,7 +32,13 @@ import pandas as pd
 import xarray as xr
 
 from bayeshier_pymc.convergence import Thresholds, posterior_rank_diagnostics
-from bayeshier_pymc.inference_data import LOG_LIKELIHOOD_NAMES, OBSERVATION, with_log_likelihood
+from bayeshier_pymc.inference_data import (
+    LOG_LIKELIHOOD_NAMES,
+    OBSERVATION,
+    THETA_SUMMARY,
+    loo,
+    with_log_likelihood,
+)
 
 __all__ = [
     "GROUP_LOG_LIKELIHOOD",
@@ -230,6 +236,11 @@ def loo_elpd(idata: az.InferenceData, kind: LooKind = "marginal") -> az.ELPDData
                 f"the fit has no {var_name!r} log-likelihood; for loo='group' build it with "
                 "depth_comparison.group_log_likelihood() or use compare_depths / compare_fits."
             )
+    elif THETA_SUMMARY in idata.groups():
+        # summary storage: b_marginal a chunk of features at a time (pooled: never constant)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return loo(idata, kind)
     else:
         var_name = LOG_LIKELIHOOD_NAMES[kind]
         idata = with_log_likelihood(idata, kind)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from importlib.metadata import version
 from typing import Any, Literal
@@ -10,6 +11,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
+from arviz.stats.stats import ELPDData
 
 from bayeshier_pymc import log_likelihood as pointwise
 from bayeshier_pymc.gaussian_tree import NodeNoise
@@ -21,15 +23,18 @@ from bayeshier_pymc.problem import ShrinkageProblem
 __all__ = [
     "DEFAULT_LOG_LIKELIHOOD",
     "LOG_LIKELIHOOD_NAMES",
+    "LOO_CHUNK_FEATURES",
     "NOISE_KINDS",
     "OBSERVATION",
     "OWN_VARIANCE",
     "SHARED_VARIANCE",
+    "THETA_SUMMARY",
     "add_log_likelihood",
     "build_inference_data",
     "cell_dataset",
     "log_likelihood_dataset",
     "loo",
+    "loo_in_chunks",
     "pointwise_draws",
     "posterior_dims",
     "problem_from_idata",
@@ -85,6 +90,18 @@ OBSERVATION = "observation"
 """The dim of the observed cells: with missing cells, the pointwise log-likelihood, the
 observed and the replicated estimates run over the observed (covariate, feature) cells only,
 with coordinates ``covariate`` and ``feature`` along it."""
+
+
+THETA_SUMMARY = "theta_summary"
+"""The group of a fit in summary storage (``attrs["storage"] == "summary"``) that replaces θ's
+draws: per (covariate, feature) ``mean`` and ``sd`` (ddof 1) of θ over every draw and the
+numbers of draws ``n_positive`` (θ > 0) and ``n_negative`` (θ < 0); see
+:mod:`bayeshier_pymc.streamed`."""
+
+
+LOO_CHUNK_FEATURES = 2000
+"""Features per chunk of :func:`loo_in_chunks`: at p = 10 and 4 × 1000 draws, 80 million values
+of the log-likelihood (320 MB in float32) and ArviZ's temporaries of that size."""
 
 
 def cell_dataset(
@@ -149,6 +166,7 @@ def build_inference_data(
     sample_stats: xr.Dataset | Mapping[str, np.ndarray] | None = None,
     attrs: Mapping[str, Any] | None = None,
     log_likelihood: np.ndarray | None = None,
+    theta_summary: Mapping[str, np.ndarray] | None = None,
 ) -> az.InferenceData:
     """Assemble the InferenceData contract from posterior draws.
 
@@ -168,15 +186,21 @@ def build_inference_data(
     log_likelihood
         The default pointwise log-likelihood (:data:`DEFAULT_LOG_LIKELIHOOD`), (chain, draw,
         covariate, feature), if the sampler already computed it; else it is computed here.
+    theta_summary
+        In summary storage, θ's per-cell summaries (:data:`THETA_SUMMARY`), given instead of
+        θ's draws; the fit then has no ``log_likelihood`` group (computed on demand).
 
     Returns
     -------
     arviz.InferenceData
         With groups ``posterior``, ``log_likelihood``, ``sample_stats``, ``observed_data`` and
-        ``constant_data``.
+        ``constant_data`` (in summary storage :data:`THETA_SUMMARY` replaces
+        ``log_likelihood``).
     """
     estimates, hierarchy = problem.estimates, problem.tree
     dims = posterior_dims(hierarchy)
+    if theta_summary is not None:
+        del dims["theta"]
     missing = sorted(set(dims) - set(posterior))
     if missing:
         raise ValueError(f"posterior draws lack {missing!r}.")
@@ -189,24 +213,34 @@ def build_inference_data(
         }
     )
     posterior_ds = _dataset({name: posterior[name] for name in dims}, dims, coords)
-    if log_likelihood is None:
-        log_likelihood = _pointwise(DEFAULT_LOG_LIKELIHOOD, posterior, problem)
-    draw_coords = {name: posterior_ds.coords[name].to_numpy() for name in ("chain", "draw")}
     groups: dict[str, xr.Dataset] = {
         "posterior": posterior_ds,
-        "log_likelihood": cell_dataset(
-            {LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD]: log_likelihood}, problem, draw_coords
-        ),
         "observed_data": cell_dataset({"b": problem.b}, problem),
         "constant_data": _constant_data(problem, coords),
     }
+    if theta_summary is None:
+        if log_likelihood is None:
+            log_likelihood = _pointwise(DEFAULT_LOG_LIKELIHOOD, posterior, problem)
+        draw_coords = {name: posterior_ds.coords[name].to_numpy() for name in ("chain", "draw")}
+        groups["log_likelihood"] = cell_dataset(
+            {LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD]: log_likelihood}, problem, draw_coords
+        )
+    else:
+        cells = ("covariate", "feature")
+        groups[THETA_SUMMARY] = xr.Dataset(
+            {name: (cells, np.asarray(values)) for name, values in theta_summary.items()},
+            coords={"covariate": coords["covariate"], "feature": coords["feature"]},
+        )
     if sample_stats is not None:
         groups["sample_stats"] = (
             sample_stats
             if isinstance(sample_stats, xr.Dataset)
             else _dataset(dict(sample_stats), {k: () for k in sample_stats}, {})
         )
-    idata = az.InferenceData(**groups)
+    with warnings.catch_warnings():
+        # THETA_SUMMARY is this package's group, not one of ArviZ's scheme
+        warnings.filterwarnings("ignore", f"{THETA_SUMMARY} group", UserWarning)
+        idata = az.InferenceData(**groups)
     idata.attrs.update(
         {
             "bayeshier_pymc_version": version("bayeshier_pymc"),
@@ -272,14 +306,18 @@ def _pointwise(kind: str, draws: Mapping[str, np.ndarray], problem: ShrinkagePro
     )
 
 
-def pointwise_draws(posterior: xr.Dataset, problem: ShrinkageProblem) -> dict[str, np.ndarray]:
+def pointwise_draws(
+    posterior: xr.Dataset, problem: ShrinkageProblem, *, with_theta: bool = True
+) -> dict[str, np.ndarray]:
     """The draws the pointwise quantities use, as (chain, draw, covariate, ...) arrays.
 
-    ``theta`` and, with pooling, ``mu``, ``tau`` and the group means of the first annotation
-    level (θ's parents).
+    ``theta`` (unless ``with_theta`` is False) and, with pooling, ``mu``, ``tau`` and the
+    group means of the first annotation level (θ's parents).
     """
     lead = ("chain", "draw", "covariate")
-    draws = {"theta": posterior["theta"].transpose(*lead, "feature").to_numpy()}
+    draws: dict[str, np.ndarray] = {}
+    if with_theta:
+        draws["theta"] = posterior["theta"].transpose(*lead, "feature").to_numpy()
     if problem.pooled:
         draws["mu"] = posterior["mu"].transpose(*lead).to_numpy()
         draws["tau"] = posterior["tau"].transpose(*lead, "level").to_numpy()
@@ -570,5 +608,134 @@ def loo(idata: az.InferenceData, kind: LogLikelihoodKind | None = None, **kwargs
         Passed to :func:`arviz.loo`.
     """
     kind = _check_kind(kind or DEFAULT_LOG_LIKELIHOOD)
+    if THETA_SUMMARY in idata.groups():
+        if kind != "marginal":
+            raise ValueError(
+                "a fit in summary storage has LOO with the marginal log-likelihood only "
+                "(the conditional one needs every θ draw)."
+            )
+        return loo_in_chunks(idata, **kwargs)
     source = with_log_likelihood(idata, kind)
     return az.loo(source, var_name=LOG_LIKELIHOOD_NAMES[kind], **kwargs)
+
+
+def loo_in_chunks(
+    idata: az.InferenceData,
+    *,
+    reff: float | None = None,
+    chunk_features: int = LOO_CHUNK_FEATURES,
+) -> az.ELPDData:
+    """PSIS-LOO with ``b_marginal`` of a fit in summary storage, chunk by chunk of features.
+
+    ``b_marginal`` needs τ and the parents' means only (no θ): it is computed for a chunk of
+    features at a time, ``arviz.loo`` runs on each chunk (PSIS is per observation) and the
+    chunks are combined. The pointwise values are those of ``arviz.loo`` on the stored
+    mode's fit for the same seed and ``reff``. ArviZ's default ``reff`` is the mean relative
+    ESS of the posterior's variables, here without θ (which the stored fit's includes), so by
+    default the Pareto smoothing, and the values, may differ slightly from the stored mode's.
+
+    Parameters
+    ----------
+    idata
+        A fit in summary storage.
+    reff
+        Relative efficiency of the draws (default: ArviZ's, from the posterior's variables).
+    chunk_features
+        Features per chunk.
+
+    Returns
+    -------
+    arviz.ELPDData
+        As ``arviz.loo(..., pointwise=True)``: ``loo_i`` and ``pareto_k`` over the
+        (covariate, feature) cells, or the observed cells (``observation``) with missing ones.
+    """
+    if THETA_SUMMARY not in idata.groups():
+        raise ValueError("loo_in_chunks is for fits in summary storage; use loo.")
+    if chunk_features < 1:
+        raise ValueError(f"chunk_features must be at least 1, got {chunk_features}.")
+    problem = problem_from_idata(idata)
+    posterior = idata.posterior
+    if reff is None:
+        reff = _reff(posterior)
+    draws = pointwise_draws(posterior, problem, with_theta=False)
+    parent_mean, parent_index = theta_parent_draws(draws, problem)
+    marginal = LOG_LIKELIHOOD_NAMES["marginal"]
+    dtype = np.dtype(idata.attrs["theta_dtype"])
+    # the stored mode's data (inference_data._pointwise): se itself unless cells are missing
+    b = problem.algebra_b
+    se = np.sqrt(problem.var_b) if problem.has_missing else problem.se
+    observed = ~problem.missing
+    n_samples = int(np.prod(posterior["tau"].shape[:2]))
+    loo_i, pareto_k = np.full(b.shape, np.nan), np.full(b.shape, np.nan)
+    lppd, warning, good_k = 0.0, False, 1.0
+    for start in range(0, b.shape[1], chunk_features):
+        chunk = slice(start, min(start + chunk_features, b.shape[1]))
+        values = pointwise.marginal(
+            b[:, chunk],
+            se[:, chunk],
+            parent_mean=parent_mean,
+            parent_index=parent_index[chunk],
+            tau_w=draws["tau"][..., 0],
+            dtype=dtype,
+        )
+        cells = observed[:, chunk]
+        dataset = xr.Dataset({marginal: (("chain", "draw", "cell"), values[..., cells])})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # one warning for all chunks, below
+            elpd = az.loo(
+                az.InferenceData(log_likelihood=dataset),
+                var_name=marginal,
+                reff=reff,
+                pointwise=True,
+            )
+        loo_i[:, chunk][cells] = elpd["loo_i"].to_numpy()
+        pareto_k[:, chunk][cells] = elpd["pareto_k"].to_numpy()
+        lppd += float(elpd["p_loo"]) + float(elpd["elpd_loo"])
+        warning = warning or bool(elpd["warning"])
+        good_k = float(elpd["good_k"])
+    if warning:
+        warnings.warn(
+            f"Estimated shape parameter of Pareto distribution is greater than {good_k:.2f} "
+            "for one or more samples.",
+            UserWarning,
+            stacklevel=2,
+        )
+    pointwise_values = cell_dataset({"loo_i": loo_i, "pareto_k": pareto_k}, problem)
+    elpd_loo = float(np.sum(loo_i[observed]))
+    n_points = int(observed.sum())
+    return ELPDData(
+        data=[
+            elpd_loo,
+            (n_points * np.var(loo_i[observed])) ** 0.5,
+            lppd - elpd_loo,
+            n_samples,
+            n_points,
+            warning,
+            pointwise_values["loo_i"],
+            pointwise_values["pareto_k"],
+            "log",
+            good_k,
+        ],
+        index=[
+            "elpd_loo",
+            "se",
+            "p_loo",
+            "n_samples",
+            "n_data_points",
+            "warning",
+            "loo_i",
+            "pareto_k",
+            "scale",
+            "good_k",
+        ],
+    )
+
+
+def _reff(posterior: xr.Dataset) -> float:
+    """ArviZ's default relative efficiency: the mean relative ESS of the posterior's values."""
+    n_chains, n_draws = posterior.sizes["chain"], posterior.sizes["draw"]
+    if n_chains == 1:
+        return 1.0
+    ess = az.ess(posterior, method="mean")
+    values = np.hstack([ess[name].to_numpy().ravel() for name in ess.data_vars])
+    return float(values.mean() / (n_chains * n_draws))

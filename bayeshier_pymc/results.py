@@ -24,9 +24,10 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy import stats as scipy_stats
 
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.inference_data import problem_from_idata
+from bayeshier_pymc.inference_data import THETA_SUMMARY, problem_from_idata
 from bayeshier_pymc.mlm import MLMFit, missingness_patterns
 from bayeshier_pymc.model import group_mean_name
 
@@ -42,6 +43,7 @@ __all__ = [
     "qvalue",
     "resolve_hdi_prob",
     "scale_summary",
+    "theta_moments",
 ]
 
 SAMPLE_DIMS = ("chain", "draw")
@@ -208,6 +210,59 @@ def _summarise(draws: xr.DataArray, hdi_prob: float | None) -> xr.Dataset:
     return summary
 
 
+def theta_moments(idata: az.InferenceData, covariate: object | None = None) -> xr.Dataset:
+    """Posterior ``mean``, ``sd`` (ddof 1) and ``lfsr`` of θ, per (covariate,) feature.
+
+    From the draws, or from the ``theta_summary`` group of a fit in summary storage (the same
+    numbers but for rounding). ``covariate``: one covariate's (default: every covariate's).
+    """
+    selection = {} if covariate is None else {"covariate": covariate}
+    if THETA_SUMMARY in idata.groups():
+        cells = idata[THETA_SUMMARY].sel(selection)
+        rates = _sign_rates(cells, n_draws(idata))
+        return xr.Dataset({"mean": cells["mean"], "sd": cells["sd"], "lfsr": rates["lfsr"]})
+    theta = idata.posterior["theta"].sel(selection)
+    return xr.Dataset(
+        {
+            "mean": theta.mean(SAMPLE_DIMS),
+            "sd": theta.std(SAMPLE_DIMS, ddof=1),
+            "lfsr": lfsr(theta),
+        }
+    )
+
+
+def _sign_rates(moments: xr.Dataset, draws: int) -> xr.Dataset:
+    """P(θ > 0), P(θ < 0) and the lfsr from the counts of θ's summaries over ``draws``."""
+    positive = moments["n_positive"] / draws
+    negative = moments["n_negative"] / draws
+    return xr.Dataset(
+        {
+            "prob_positive": positive,
+            "prob_negative": negative,
+            # (draws ≥ 0).mean() and (draws ≤ 0).mean() as from the draws, to the last bit
+            "lfsr": np.minimum(draws - moments["n_negative"], draws - moments["n_positive"])
+            / draws,
+        }
+    )
+
+
+def _summary_from_moments(moments: xr.Dataset, draws: int, hdi_prob: float | None) -> xr.Dataset:
+    """:func:`_summarise`'s variables from θ's per-cell summaries (see coefficient_summary)."""
+    prob = resolve_hdi_prob(hdi_prob)
+    half_width = float(scipy_stats.norm.ppf(0.5 + prob / 2)) * moments["sd"]
+    summary = xr.Dataset(
+        {
+            "mean": moments["mean"],
+            "sd": moments["sd"],
+            "hdi_lower": moments["mean"] - half_width,
+            "hdi_upper": moments["mean"] + half_width,
+            **_sign_rates(moments, draws).data_vars,
+        }
+    )
+    summary.attrs.update(hdi_prob=prob, interval="normal")
+    return summary
+
+
 def coefficient_summary(idata: az.InferenceData, hdi_prob: float | None = None) -> xr.Dataset:
     """Posterior mean, sd, HDI, sign probabilities, lfsr and q-value of every θ.
 
@@ -225,7 +280,21 @@ def coefficient_summary(idata: az.InferenceData, hdi_prob: float | None = None) 
         Variables ``mean``, ``sd``, ``hdi_lower``, ``hdi_upper``, ``prob_positive``,
         ``prob_negative``, ``lfsr`` and ``qvalue`` (per covariate), each with dims
         ``("covariate", "feature")``; ``attrs["hdi_prob"]`` is the level used.
+
+    Notes
+    -----
+    A fit in summary storage (``attrs["storage"] == "summary"``) has no θ draws: mean, sd and
+    the sign rates come from its ``theta_summary`` group (the same numbers as from the draws,
+    but for rounding), and the interval is the normal one, mean ± z sd with z the normal
+    quantile of (1 + hdi_prob) / 2 (``attrs["interval"] == "normal"``), not the HDI of the
+    draws. Given τ and its parents θ is normal, so the two differ by the non-normality of
+    the mixture over τ draws, within Monte Carlo error where τ is well determined (many
+    features).
     """
+    if THETA_SUMMARY in idata.groups():
+        summary = _summary_from_moments(idata[THETA_SUMMARY], n_draws(idata), hdi_prob)
+        summary["qvalue"] = qvalue(summary["lfsr"])
+        return summary
     summary = _summarise(idata.posterior["theta"], hdi_prob)
     summary["qvalue"] = qvalue(summary["lfsr"])
     return summary
@@ -317,7 +386,10 @@ def coefficient_matrix(idata: az.InferenceData, fit: MLMFit | None = None) -> xr
     xarray.DataArray
         Dims ``("covariate", "feature")``.
     """
-    shrunk = idata.posterior["theta"].mean(SAMPLE_DIMS).rename("coef")
+    if THETA_SUMMARY in idata.groups():
+        shrunk = idata[THETA_SUMMARY]["mean"].rename("coef")
+    else:
+        shrunk = idata.posterior["theta"].mean(SAMPLE_DIMS).rename("coef")
     if fit is None:
         return shrunk
     if fit.Z is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ __all__ = [
     "NUTPIE_COMPILATION",
     "NUTS_SAMPLERS",
     "SAMPLERS",
+    "SUMMARY_THRESHOLD_BYTES",
     "SamplerRun",
     "draw_given_scales",
     "finish",
@@ -89,6 +91,8 @@ class SamplerRun:
         The run's settings, stored in the InferenceData's attrs.
     log_likelihood
         The default pointwise log-likelihood if the sampler computed it.
+    theta_summary
+        In summary storage, θ's per-cell summaries (``posterior`` then has no ``theta``).
     """
 
     posterior: Mapping[str, np.ndarray]
@@ -96,6 +100,7 @@ class SamplerRun:
     sampler: str
     attrs: Mapping[str, Any] = field(default_factory=dict)
     log_likelihood: np.ndarray | None = None
+    theta_summary: Mapping[str, np.ndarray] | None = None
 
 
 def sample(
@@ -152,6 +157,13 @@ def sample(
         draws=draws, tune=tune, chains=chains, cores=cores, random_seed=random_seed
     )
     check_sampler_name(sampler)
+    if sampler != "gibbs":
+        storage = options.pop("storage", "full")
+        if storage not in ("full", "auto"):
+            raise ValueError(
+                f"storage={storage!r} is offered by the Gibbs engine only "
+                "(sample('gibbs', storage='summary')); NUTS keeps every draw."
+            )
     run = SAMPLERS[sampler](problem, **checked._asdict(), progressbar=progressbar, **options)
     idata = finish(problem, run)
     warn_if_not_converged(idata)
@@ -162,8 +174,19 @@ def finish(problem: ShrinkageProblem, run: SamplerRun) -> az.InferenceData:
     """The InferenceData contract of ``run``, a run of a sampler on ``problem``.
 
     Replicated estimates (``posterior_predictive``) are drawn here, for every sampler, from
-    their own stream under the run's seed (:mod:`bayeshier_pymc.predictive`).
+    their own stream under the run's seed (:mod:`bayeshier_pymc.predictive`); a run in
+    summary storage has neither them nor a stored pointwise log-likelihood
+    (:mod:`bayeshier_pymc.streamed`).
     """
+    if run.theta_summary is not None:
+        return build_inference_data(
+            run.posterior,
+            problem,
+            sampler=run.sampler,
+            sample_stats=run.sample_stats,
+            attrs=run.attrs,
+            theta_summary=run.theta_summary,
+        )
     rng = predictive_generator(run.attrs.get("random_seed"))
     log_likelihood, replicates = run.log_likelihood, None
     if problem.correlated and log_likelihood is None:
@@ -197,6 +220,7 @@ def sample_gibbs(
     theta_dtype: Any = np.float32,
     backend: Literal["numpy", "pymc"] = "numpy",
     cores: int | None = None,
+    storage: Literal["auto", "full", "summary"] = "auto",
 ) -> az.InferenceData:
     """Sample the shrinkage posterior by Gibbs sampling.
 
@@ -229,6 +253,13 @@ def sample_gibbs(
     cores
         With 2 or more (default: the CPUs), θ is drawn in a background thread; with
         ``backend="pymc"``, the processes of ``pymc.sample`` (default ``min(chains, CPUs)``).
+    storage
+        ``"full"``: every θ draw, the pointwise log-likelihood and replicated estimates are
+        stored; ``"summary"``: θ's per-cell summaries only, in the ``theta_summary`` group,
+        with LOO and θ draws computed on demand (:mod:`bayeshier_pymc.streamed`; the
+        collapsed engine on a pooled problem with independent estimates); ``"auto"``
+        (default): ``"summary"`` when that is possible and the θ store would exceed
+        :data:`SUMMARY_THRESHOLD_BYTES`, announced by one warning, else ``"full"``.
 
     Returns
     -------
@@ -249,6 +280,7 @@ def sample_gibbs(
         scale_steps=scale_steps,
         theta_dtype=theta_dtype,
         backend=backend,
+        storage=storage,
     )
     return finish(problem, run)
 
@@ -432,6 +464,7 @@ def _sample_gibbs(
     scale_steps: int = DEFAULT_SCALE_STEPS,
     theta_dtype: Any = np.float32,
     backend: str = "numpy",
+    storage: str = "auto",
 ) -> SamplerRun:
     """The Gibbs engine (``backend="numpy"``) or the PyMC step (``"pymc"``).
 
@@ -440,6 +473,11 @@ def _sample_gibbs(
     if backend not in ("numpy", "pymc"):
         raise ValueError(f"unknown backend {backend!r}; use 'numpy' or 'pymc'.")
     check_scheme(problem, scheme)
+    storage = _resolve_storage(storage, problem, backend, scheme, (chains, draws), theta_dtype)
+    theta_summary = None
+    if storage == "summary" and random_seed is None:
+        # θ is regenerated from the seed: a run without one gets a fresh one, recorded
+        random_seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1)
     log_likelihood = None
     start = time.perf_counter()
     if backend == "pymc":
@@ -450,7 +488,7 @@ def _sample_gibbs(
         )
         label = f"gibbs ({scheme}, pymc step)"
     else:
-        posterior, stats, log_likelihood = run_engine(
+        posterior, stats, log_likelihood, theta_summary = run_engine(
             problem,
             draws=draws,
             tune=tune,
@@ -461,6 +499,7 @@ def _sample_gibbs(
             scale_steps=scale_steps,
             theta_dtype=theta_dtype,
             cores=cores,
+            storage=storage,  # type: ignore[arg-type]
         )
         label = f"gibbs ({scheme})"
     elapsed = time.perf_counter() - start
@@ -476,9 +515,49 @@ def _sample_gibbs(
             "scale_steps": scale_steps,
             "tuning_steps": tune,
             "random_seed": _seed_attr(random_seed),
+            "storage": storage,
+            "theta_dtype": np.dtype(theta_dtype).name,
         },
         log_likelihood=log_likelihood,
+        theta_summary=theta_summary,
     )
+
+
+SUMMARY_THRESHOLD_BYTES = 2 * 1024**3
+"""Size of the θ store (chains × draws × covariates × features × θ's item size) above which
+``storage="auto"`` keeps θ's summaries only: 2 GiB, e.g. m = 12,500 features, p = 10 and
+4 × 1000 draws in float32; the stored mode needs about three times it (θ, the pointwise
+log-likelihood and the replicated estimates)."""
+
+
+def _resolve_storage(
+    storage: str,
+    problem: ShrinkageProblem,
+    backend: str,
+    scheme: str,
+    lead: tuple[int, int],
+    theta_dtype: Any,
+) -> str:
+    """``"full"`` or ``"summary"`` for ``storage`` (see :func:`sample_gibbs`)."""
+    if storage not in ("auto", "full", "summary"):
+        raise ValueError(f"unknown storage {storage!r}; use 'auto', 'full' or 'summary'.")
+    possible = (
+        backend == "numpy" and scheme == "collapsed" and problem.pooled and not problem.correlated
+    )
+    if storage == "summary" and backend != "numpy":
+        raise ValueError("storage='summary' needs the Gibbs engine (backend='numpy').")
+    if storage != "auto":
+        return storage
+    size = lead[0] * lead[1] * problem.b.size * np.dtype(theta_dtype).itemsize
+    if not possible or size <= SUMMARY_THRESHOLD_BYTES:
+        return "full"
+    warnings.warn(
+        f"the θ draws would take {size / 1024**3:.1f} GiB: keeping their summaries only "
+        "(storage='summary'; pass storage='full' to keep them).",
+        UserWarning,
+        stacklevel=4,
+    )
+    return "summary"
 
 
 def _conditional_total(problem: ShrinkageProblem, theta: np.ndarray) -> np.ndarray:

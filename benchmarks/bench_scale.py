@@ -5,6 +5,12 @@ Each stage runs in its own subprocess so that its peak RSS (``ru_maxrss``) is it
     python benchmarks/bench_scale.py                         # m=20000, p=10, n=500
     python benchmarks/bench_scale.py --draws 200 --nuts-m 2000
     python benchmarks/bench_scale.py --m 2000 --skip-gibbs   # quick look
+    python benchmarks/bench_scale.py --m 100000 --chains 4 --draws 1000 --storage summary \
+        --skip-stage1 --budget-mb 4096                     # 10^5 features (issue 15, item 3)
+
+With ``--storage summary`` the Gibbs stage keeps θ's summaries only and also times, in the
+same process, ``coefficient_table``, LOO (chunked over features) and the regeneration of the
+θ draws of 10 features; the peak RSS covers them all.
 
 Prints one line per stage with PASS/FAIL against the memory budget (2 GB by default); it
 never raises on a FAIL.
@@ -49,9 +55,24 @@ est = (pd.DataFrame(b, columns=features), pd.DataFrame(se, columns=features))
 model = bh.ShrinkageModel(est, tree)
 start = time.perf_counter()
 idata = model.sample("gibbs", draws={draws}, tune={draws}, chains={chains}, random_seed=1,
-                     progressbar=False)
+                     progressbar=False, storage="{storage}")
 wall = time.perf_counter() - start
-assert np.isfinite(idata.posterior["theta"].to_numpy()).all()
+extra = {{}}
+if "{storage}" == "summary":
+    from bayeshier_pymc.streamed import theta_draws
+    tick = time.perf_counter()
+    table = bh.coefficient_table(idata)
+    extra["coefficient_table_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    elpd = bh.loo(idata)
+    extra["loo_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    theta = theta_draws(idata, features[:10])
+    extra["theta_draws_10_features_s"] = time.perf_counter() - tick
+    assert np.isfinite(table["mean"]).all() and np.isfinite(elpd["elpd_loo"])
+    assert np.isfinite(theta.to_numpy()).all()
+else:
+    assert np.isfinite(idata.posterior["theta"].to_numpy()).all()
 """
 
 NUTS = """
@@ -77,7 +98,7 @@ wall = time.perf_counter() - start
 REPORT = """
 import json as _json
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print("RESULT", _json.dumps({"peak_rss_mb": peak, "wall_s": wall}))
+print("RESULT", _json.dumps({"peak_rss_mb": peak, "wall_s": wall, **globals().get("extra", {})}))
 """
 
 
@@ -95,6 +116,9 @@ def run_stage(name: str, code: str, budget_mb: float) -> None:
         f"{verdict} (budget {budget_mb:.0f} MB)",
         flush=True,
     )
+    for key, value in data.items():
+        if key not in ("peak_rss_mb", "wall_s"):
+            print(f"    {key:<28} {value:7.1f}", flush=True)
 
 
 def main() -> None:
@@ -106,19 +130,28 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--budget-mb", type=float, default=2048)
     parser.add_argument("--skip-gibbs", action="store_true")
+    parser.add_argument("--skip-stage1", action="store_true")
+    parser.add_argument(
+        "--storage", choices=("full", "summary", "auto"), default="full", help="Gibbs storage"
+    )
     parser.add_argument("--nuts-m", type=int, default=0, help="also run NUTS at this m")
     parser.add_argument("--nuts-draws", type=int, default=200)
     args = parser.parse_args()
     m, p, n = args.m, args.p, args.n
-    run_stage(f"stage 1 mlm n={n} m={m} p={p}", STAGE1.format(n=n, m=m, p=p), args.budget_mb)
+    if not args.skip_stage1:
+        stage1 = STAGE1.format(n=n, m=m, p=p)
+        run_stage(f"stage 1 mlm n={n} m={m} p={p}", stage1, args.budget_mb)
     if not args.skip_gibbs:
         try:
             import bayeshier_pymc.gibbs.engine  # noqa: F401
         except ImportError:
             print("gibbs engine                     SKIPPED (bayeshier_pymc.gibbs.engine absent)")
         else:
-            code = GIBBS.format(m=m, p=p, draws=args.draws, chains=args.chains)
-            run_stage(f"gibbs m={m} p={p} {args.chains}x{args.draws}", code, args.budget_mb)
+            code = GIBBS.format(
+                m=m, p=p, draws=args.draws, chains=args.chains, storage=args.storage
+            )
+            name = f"gibbs m={m} p={p} {args.chains}x{args.draws} {args.storage}"
+            run_stage(name, code, args.budget_mb)
     if args.nuts_m:
         code = NUTS.format(m=args.nuts_m, p=p, draws=args.nuts_draws, chains=args.chains)
         run_stage(

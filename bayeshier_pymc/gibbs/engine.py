@@ -21,7 +21,9 @@ collapsed scheme has this form; without pooling θ is drawn exactly by
 
 Storage: θ draws are kept in float32 by default (``theta_dtype``); at 4 chains × 2000 draws ×
 10 covariates × 999 features that is 320 MB instead of 640 MB, with a relative rounding error
-of 6e-8, far below any Monte Carlo error. Every other variable is float64.
+of 6e-8, far below any Monte Carlo error. Every other variable is float64. With
+``storage="summary"`` no θ draw is kept: after the sweeps θ is replayed draw by draw and
+summarised per cell (:mod:`bayeshier_pymc.gibbs.theta_summary`), the same draws as stored.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from bayeshier_pymc.gibbs.sweeps import (
     initial_state,
     split_effects,
 )
+from bayeshier_pymc.gibbs.theta_summary import ThetaStream, check_summary_problem, summarise
 from bayeshier_pymc.gibbs.theta_writer import ThetaParents, ThetaWriter
 from bayeshier_pymc.model import group_mean_name
 from bayeshier_pymc.problem import ShrinkageProblem
@@ -52,10 +55,12 @@ from bayeshier_pymc.problem import ShrinkageProblem
 if TYPE_CHECKING:
     from bayeshier_pymc.hierarchy import Hierarchy
 
-__all__ = ["SCHEMES", "EngineDraws", "check_settings", "run_engine"]
+__all__ = ["SCHEMES", "STORAGES", "EngineDraws", "check_settings", "run_engine"]
 
 Scheme = Literal["collapsed", "conjugate"]
 SCHEMES: tuple[str, ...] = ("collapsed", "conjugate")
+Storage = Literal["full", "summary"]
+STORAGES: tuple[str, ...] = ("full", "summary")
 PROGRESS_EVERY = 100
 """Sweeps between progress-bar refreshes."""
 UNPOOLED_BLOCK = 100
@@ -77,11 +82,16 @@ class EngineDraws(NamedTuple):
     log_likelihood
         The marginal pointwise log-likelihood if the collapsed scheme computed it while
         sampling (independent estimates only), else ``None``.
+    theta_summary
+        With ``storage="summary"``, θ's per-cell summaries
+        (:func:`~bayeshier_pymc.gibbs.theta_summary.summarise`); ``posterior`` then has no
+        ``theta``.
     """
 
     posterior: dict[str, np.ndarray]
     stats: dict[str, np.ndarray]
     log_likelihood: np.ndarray | None
+    theta_summary: dict[str, np.ndarray] | None = None
 
 
 def run_engine(
@@ -96,6 +106,7 @@ def run_engine(
     scale_steps: int,
     theta_dtype: Any,
     cores: int | None,
+    storage: Storage = "full",
 ) -> EngineDraws:
     """Sample the shrinkage posterior of ``problem`` with the vectorised Gibbs engine.
 
@@ -119,14 +130,24 @@ def run_engine(
         Storage type of θ and of the pointwise log-likelihood (see the module docstring).
     cores
         With 2 or more (``None``: the CPUs), θ is drawn in a background thread.
+    storage
+        ``"full"``: keep every θ draw and the marginal pointwise log-likelihood;
+        ``"summary"``: keep θ's per-cell summaries only (the collapsed scheme on a pooled
+        problem with independent estimates; see the module docstring).
     """
     check_settings(draws, tune, chains, scheme, theta_dtype)
     check_scheme(problem, scheme)
+    if storage not in STORAGES:
+        raise ValueError(f"unknown storage {storage!r}; use one of {STORAGES!r}.")
+    if storage == "summary":
+        check_summary_problem(problem)
+        if scheme != "collapsed":
+            raise ValueError("storage='summary' needs the collapsed scheme.")
     seed = np.random.SeedSequence(random_seed)
     if problem.tree is None:
         rng = np.random.default_rng(seed)
         return EngineDraws(_sample_no_pooling(problem, draws, chains, theta_dtype, rng), {}, None)
-    settings = _Settings(draws, tune, scheme, scale_steps, theta_dtype)
+    settings = _Settings(draws, tune, scheme, scale_steps, theta_dtype, storage == "summary")
     return EngineDraws(
         *_run_chains(problem, problem.tree, chains, settings, seed, progressbar, cores)
     )
@@ -152,6 +173,7 @@ class _Settings:
     scheme: str
     scale_steps: int
     theta_dtype: Any
+    summary: bool
 
 
 class _DrawStore:
@@ -233,12 +255,15 @@ def _run_chains(
     seed: np.random.SeedSequence,
     progressbar: bool,
     cores: int | None,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
+) -> tuple[
+    dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None, dict[str, np.ndarray] | None
+]:
     """Sweep all chains at once.
 
-    Returns the posterior arrays, the sampler statistics and the marginal pointwise
+    Returns the posterior arrays, the sampler statistics, the marginal pointwise
     log-likelihood if it was computed while sampling (by the collapsed scheme, which also
-    puts the per-draw conditional total in the statistics).
+    puts the per-draw conditional total in the statistics) and, in summary mode, θ's
+    summaries (replayed after the sweeps, instead of the θ writer).
     """
     data = TreeData.from_problem(problem, chains)
     lead = (chains, settings.draws, problem.b.shape[0])
@@ -264,8 +289,9 @@ def _run_chains(
         unit="sweep",
     )
     stats: dict[str, np.ndarray] = {}
+    theta_summary = None
     try:
-        if collapsed:
+        if collapsed and not settings.summary:
             writer = ThetaWriter(
                 problem,
                 noise_seed,
@@ -289,6 +315,7 @@ def _run_chains(
                 store.record(draw, state, rng)
                 if writer is not None:
                     writer.recorded(draw)
+                if collapsed:
                     acceptance[:, draw] = store.per_chain(accepted)
             if (sweep + 1) % PROGRESS_EVERY == 0 or sweep + 1 == total:
                 bar.update(sweep + 1 - bar.n)
@@ -297,11 +324,15 @@ def _run_chains(
             store.arrays["theta"] = written.theta
             log_likelihood = written.log_likelihood
             stats = {"scale_acceptance": acceptance, "log_likelihood": written.conditional_total}
+        if settings.summary:
+            stream = ThetaStream(problem, noise_seed, store.arrays, settings.theta_dtype)
+            theta_summary, totals = summarise(stream)
+            stats = {"scale_acceptance": acceptance, "log_likelihood": totals}
     finally:
         if writer is not None:
             writer.close(abandon=True)
         bar.close()
-    return store.arrays, stats, log_likelihood
+    return store.arrays, stats, log_likelihood, theta_summary
 
 
 def _sample_no_pooling(

@@ -70,9 +70,10 @@ class Groups:
 
 def feature_groups(idata: az.InferenceData, level: str | None) -> Groups:
     """The groups of ``level`` (default: the finest level of the fit) for every feature."""
-    tree = problem_from_idata(idata).tree
+    problem = problem_from_idata(idata)
+    tree = problem.tree
     levels = list(tree.levels) if tree is not None else []
-    n_features = idata.posterior.sizes["feature"]
+    n_features = len(problem.features)
     if tree is None or not levels:
         if level is not None:
             raise ValueError(f"level {level!r} given, but the fit has no annotation level.")
@@ -115,7 +116,7 @@ def feature_names(idata: az.InferenceData, labels: FeatureLabels | None) -> np.n
         If ``labels`` is not a mapping or Series, has duplicated ids, or names none of the
         fit's features.
     """
-    ids = idata.posterior["feature"].to_numpy()
+    ids = idata.constant_data["feature"].to_numpy()
     if labels is None:
         return ids.astype(str)
     if isinstance(labels, pd.DataFrame) or not isinstance(labels, Mapping | pd.Series):

@@ -19,7 +19,8 @@ from bayeshier_pymc.plots._common import (
     posterior_mean,
     text_color,
 )
-from bayeshier_pymc.results import lfsr, resolve_hdi_prob
+from bayeshier_pymc.results import resolve_hdi_prob, theta_moments
+from bayeshier_pymc.streamed import theta_draws
 
 __all__ = ["plot_forest_by_group"]
 
@@ -76,9 +77,9 @@ def plot_forest_by_group(
     hdi_prob = resolve_hdi_prob(hdi_prob)
     covariate = pick_covariate(idata, covariate)
     groups = feature_groups(idata, level)
-    theta = idata.posterior["theta"].sel(covariate=covariate)
-    mean = theta.mean(("chain", "draw")).to_numpy()
-    ranking = _rank(mean, lfsr(theta).to_numpy(), sort_by)
+    moments = theta_moments(idata, covariate)
+    mean = moments["mean"].to_numpy()
+    ranking = _rank(mean, moments["lfsr"].to_numpy(), sort_by)
     n_features = len(mean)
     per_page = n_features if top_k is None else top_k
     if per_page < 1:
@@ -89,11 +90,13 @@ def plot_forest_by_group(
     chosen = ranking[page * per_page : (page + 1) * per_page]
     chosen = chosen[np.lexsort((mean[chosen], groups.codes[chosen]))]
 
-    features = theta["feature"].to_numpy()[chosen]
+    features = moments["feature"].to_numpy()[chosen]
     names = feature_names(idata, labels)
     ax = new_axes(ax, (7.5, 1.4 + 0.24 * len(chosen)))
+    # the chosen features' draws (regenerated for a fit in summary storage)
+    draws = theta_draws(idata, features).sel(covariate=covariate).to_dataset()
     az.plot_forest(
-        idata.posterior[["theta"]].sel(covariate=covariate, feature=features),
+        draws,
         var_names=["theta"],
         combined=True,
         hdi_prob=hdi_prob,

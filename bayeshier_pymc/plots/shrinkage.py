@@ -21,6 +21,7 @@ from bayeshier_pymc.plots._common import (
     posterior_mean,
     text_color,
 )
+from bayeshier_pymc.results import theta_moments
 
 __all__ = ["plot_shrinkage"]
 
@@ -92,7 +93,7 @@ def plot_shrinkage(
     finest = feature_groups(idata, None)
     problem = problem_from_idata(idata)
     estimate = problem.b[problem.covariates.get_loc(covariate)]
-    shrunk = posterior_mean(idata, "theta", covariate)
+    shrunk = theta_moments(idata, covariate)["mean"].to_numpy()
     names = feature_names(idata, labels)
     finest_means = _group_means(idata, finest, covariate)
     band_means = _group_means(idata, bands, covariate)

@@ -19,7 +19,7 @@ from bayeshier_pymc.plots._common import (
     pick_covariate,
     posterior_mean,
 )
-from bayeshier_pymc.results import DEFAULT_ALPHA, check_alpha, lfsr, qvalue
+from bayeshier_pymc.results import DEFAULT_ALPHA, check_alpha, qvalue, theta_moments
 
 __all__ = ["plot_stage1_vs_shrunken"]
 
@@ -37,7 +37,7 @@ def _stage1_adjusted_pvalues(
     A missing cell's adjusted p-value is NaN.
     """
     problem = problem_from_idata(idata)
-    features = idata.posterior["feature"].to_numpy()
+    features = idata.constant_data["feature"].to_numpy()
     if fit is None:
         row = problem.covariates.get_loc(covariate)
         observed = ~problem.missing[row]
@@ -108,9 +108,10 @@ def plot_stage1_vs_shrunken(
     row = problem.covariates.get_loc(covariate)
     observed = ~problem.missing[row]
     estimate, se = problem.b[row, observed], problem.se[row, observed]
-    shrunk = posterior_mean(idata, "theta", covariate)[observed]
+    moments = theta_moments(idata, covariate)
+    shrunk = moments["mean"].to_numpy()[observed]
     stage1 = (_stage1_adjusted_pvalues(idata, covariate, fit) < alpha)[observed]
-    stage2 = (qvalue(lfsr(idata.posterior["theta"].sel(covariate=covariate))) <= alpha).to_numpy()
+    stage2 = (qvalue(moments["lfsr"]) <= alpha).to_numpy()
     stage2 = stage2[observed]
     kind = np.select([stage1 & stage2, stage2, stage1], HIT_KINDS[:3], default=HIT_KINDS[3]).astype(
         object

@@ -16,8 +16,8 @@ from bayeshier_pymc.plots._common import (
     new_axes,
     pick_covariate,
 )
-from bayeshier_pymc.results import lfsr
 from bayeshier_pymc.results import n_draws as draw_count
+from bayeshier_pymc.results import theta_moments
 
 __all__ = ["plot_volcano"]
 
@@ -69,12 +69,12 @@ def plot_volcano(
         raise ValueError(f"lfsr_threshold must lie in (0, 0.5), got {lfsr_threshold}.")
     covariate = pick_covariate(idata, covariate)
     groups = feature_groups(idata, level)
-    theta = idata.posterior["theta"].sel(covariate=covariate)
-    mean = theta.mean(("chain", "draw")).to_numpy()
+    moments = theta_moments(idata, covariate)
+    mean = moments["mean"].to_numpy()
     n_draws = draw_count(idata)
-    sampled = lfsr(theta).to_numpy()
+    sampled = moments["lfsr"].to_numpy()
     unresolved = sampled < 1.0 / n_draws
-    approximate = stats.norm.sf(np.abs(mean) / theta.std(("chain", "draw")).to_numpy())
+    approximate = stats.norm.sf(np.abs(mean) / moments["sd"].to_numpy())
     height = -np.log10(np.where(unresolved, np.minimum(approximate, 1.0 / n_draws), sampled))
     signed = sampled < lfsr_threshold
 

@@ -1,0 +1,197 @@
+"""The summary storage mode: θ summarised while it is drawn, regenerated in part on demand.
+
+Design. At 10^5 features the θ draws and their pointwise log-likelihood do not fit in memory
+(16 GB each at m = 100,000, p = 10, 4 × 1000 draws in float32), but θ is exact given the
+recorded τ and the means of its parents: draw (c, d) is θ = w b + (1 − w) p + √(w s²) z with
+z the standard normals of the θ writer's own generator (SFC64 seeded by the second child of
+``random_seed``'s seed sequence), drawn chain by chain, draw by draw, a (covariate × feature)
+block each (:mod:`~bayeshier_pymc.gibbs.theta_writer`). :class:`ThetaStream` replays that
+stream one draw at a time into a buffer with the writer's own kernel, so each θ draw is
+bitwise the stored mode's. One replay after the sweeps accumulates per (covariate, feature)
+the sum and sum of squares of θ − b and the numbers of positive and negative draws
+(:func:`summarise`, O(p·m) memory); a later replay keeps the draws of any subset of features
+(:func:`regenerate`). The pointwise log-likelihood ``b_marginal`` needs no θ at all (τ and
+the parents' means), so LOO computes it a chunk of features at a time
+(:mod:`bayeshier_pymc.streamed`).
+
+Only independent estimates, pooled, sampled by the collapsed Gibbs engine, have this form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bayeshier_pymc._numba import compiled_kernel
+from bayeshier_pymc.gaussian_tree.kernels import ThetaData, ThetaStores, write_theta_draw
+from bayeshier_pymc.log_likelihood import conditional_constant, theta_parents
+from bayeshier_pymc.problem import ShrinkageProblem
+
+__all__ = [
+    "SUMMARY_COUNTS",
+    "ThetaStream",
+    "check_summary_problem",
+    "noise_seed",
+    "regenerate",
+    "summarise",
+]
+
+SUMMARY_COUNTS = ("n_positive", "n_negative")
+"""The per-cell counts of draws with θ > 0 and θ < 0 that :func:`summarise` returns."""
+
+
+def noise_seed(random_seed: int) -> np.random.SeedSequence:
+    """The seed of θ's noise generator for a Gibbs run seeded with ``random_seed``.
+
+    The engine spawns two children from ``SeedSequence(random_seed)``: the sweeps' and θ's.
+    """
+    return np.random.SeedSequence(random_seed).spawn(2)[1]
+
+
+def check_summary_problem(problem: ShrinkageProblem) -> None:
+    """Raise a ValueError unless θ of ``problem`` can be summarised and regenerated."""
+    if not problem.pooled:
+        raise ValueError(
+            "storage='summary' needs pooling (a hierarchy): without it θ is drawn directly; "
+            "use storage='full'."
+        )
+    if problem.correlated:
+        raise ValueError(
+            "storage='summary' supports independent estimates only, not correlated "
+            "(tree-structured) noise; use storage='full'."
+        )
+
+
+class ThetaStream:
+    """Replays the collapsed engine's θ draws one at a time, in the writer's order.
+
+    Parameters
+    ----------
+    problem
+        The pooled problem sampled, with independent estimates.
+    seed
+        Seed of θ's noise generator (:func:`noise_seed`).
+    posterior
+        The recorded draws, (chain, draw, covariate, ...): ``tau``, ``mu`` and the means of
+        the first annotation level.
+    dtype
+        θ's storage type in the run (the noise is drawn in it, as the writer does).
+    """
+
+    def __init__(
+        self,
+        problem: ShrinkageProblem,
+        seed: np.random.SeedSequence,
+        posterior: dict[str, np.ndarray],
+        dtype: Any,
+    ):
+        check_summary_problem(problem)
+        tree = problem.tree
+        assert tree is not None  # pooled
+        self._seed = seed
+        b = np.ascontiguousarray(problem.algebra_b, dtype=float)
+        var_b = np.ascontiguousarray(problem.var_b, dtype=float)
+        self.b, self.var_b, self.missing = b, var_b, problem.missing
+        self.tau = np.ascontiguousarray(posterior["tau"])
+        self.shape = (*self.tau.shape[:3], b.shape[1])
+        self.dtype = np.dtype(dtype)
+        parent_mean, parent_index = theta_parents(
+            posterior,
+            tree.levels[0] if tree.depth else None,
+            tree.parents[0] if tree.depth else None,
+            b.shape[1],
+        )
+        self.parent_mean = np.ascontiguousarray(parent_mean)
+        self._data = ThetaData(b, var_b, 1.0 / var_b, parent_index)
+
+    def replay(self, visit: Callable[[int, int, np.ndarray], None]) -> np.ndarray:
+        """Call ``visit(chain, draw, theta)`` for every draw, chain by chain.
+
+        ``theta`` (covariate, feature) is a buffer reused for the next draw. Returns the
+        per-draw conditional totals Σ log N(b; θ, s²) over the observed cells (chain, draw),
+        as the writer's.
+        """
+        rng = np.random.Generator(np.random.SFC64(self._seed))
+        n_chains, n_draws = self.shape[:2]
+        theta = np.empty((1, 1, *self.shape[2:]), dtype=self.dtype)
+        scratch = np.empty_like(theta)
+        totals = np.empty((n_chains, n_draws))
+        for chain in range(n_chains):
+            for draw in range(n_draws):
+                rng.standard_normal(out=theta[0, 0], dtype=self.dtype)
+                one = slice(draw, draw + 1)
+                stores = ThetaStores(
+                    self.parent_mean[chain : chain + 1, one],
+                    self.tau[chain : chain + 1, one],
+                    theta,
+                    scratch,
+                    totals[chain : chain + 1, one],
+                )
+                write_theta_draw(self._data, stores, 0)
+                visit(chain, draw, theta[0, 0])
+        return totals + conditional_constant(self.var_b[~self.missing])
+
+
+def summarise(stream: ThetaStream) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-cell summaries of every θ draw, and the per-draw conditional totals.
+
+    Returns ``mean`` and ``sd`` (ddof 1) from sums of θ − b and its square in float64, and
+    the counts :data:`SUMMARY_COUNTS`, each (covariate, feature).
+    """
+    shape = stream.shape[2:]
+    sums, squares = np.zeros(shape), np.zeros(shape)
+    positive, negative = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+
+    def accumulate(chain: int, draw: int, theta: np.ndarray) -> None:
+        _accumulate(theta, stream.b, sums, squares, positive, negative)
+
+    totals = stream.replay(accumulate)
+    n = stream.shape[0] * stream.shape[1]
+    mean = sums / n
+    variance = np.maximum(squares - n * mean * mean, 0.0) / max(n - 1, 1)
+    summary = {
+        "mean": stream.b + mean,
+        "sd": np.sqrt(variance),
+        "n_positive": positive,
+        "n_negative": negative,
+    }
+    return summary, totals
+
+
+def regenerate(stream: ThetaStream, features: np.ndarray) -> np.ndarray:
+    """The θ draws of the features at positions ``features``, (chain, draw, covariate, feature).
+
+    One replay of the whole stream (its time does not depend on how many features are kept).
+    """
+    out = np.empty((*stream.shape[:3], len(features)), dtype=stream.dtype)
+
+    def keep(chain: int, draw: int, theta: np.ndarray) -> None:
+        out[chain, draw] = theta[:, features]
+
+    stream.replay(keep)
+    return out
+
+
+@compiled_kernel
+def _accumulate(
+    theta: np.ndarray,
+    shift: np.ndarray,
+    sums: np.ndarray,
+    squares: np.ndarray,
+    positive: np.ndarray,
+    negative: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Add one draw: Σ (θ − shift), Σ (θ − shift)², #(θ > 0) and #(θ < 0), per cell."""
+    n_covariates, n_features = theta.shape
+    for k in range(n_covariates):
+        for j in range(n_features):
+            value = theta[k, j]
+            x = value - shift[k, j]
+            sums[k, j] += x
+            squares[k, j] += x * x
+            if value > 0:
+                positive[k, j] += 1
+            elif value < 0:
+                negative[k, j] += 1

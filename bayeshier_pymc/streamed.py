@@ -1,0 +1,83 @@
+"""θ draws of a fit in summary storage, regenerated on demand.
+
+A Gibbs fit with ``storage="summary"`` (:func:`~bayeshier_pymc.sampling.sample_gibbs`) keeps
+τ, θ0 and the group means, θ's per-cell summaries (the
+:data:`~bayeshier_pymc.inference_data.THETA_SUMMARY` group) and the seed, not θ's draws nor
+the pointwise log-likelihood (:mod:`bayeshier_pymc.gibbs.theta_summary` for the design):
+
+* :func:`theta_draws` regenerates the θ draws of chosen features, bitwise the draws the
+  stored mode keeps for the same seed, by one replay of θ's noise stream (its time is that
+  of drawing every θ once, whatever the number of features kept);
+* LOO (:func:`~bayeshier_pymc.inference_data.loo`) needs no θ: it computes ``b_marginal`` a
+  chunk of features at a time (:func:`~bayeshier_pymc.inference_data.loo_in_chunks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from bayeshier_pymc.gibbs.theta_summary import ThetaStream, noise_seed, regenerate
+from bayeshier_pymc.inference_data import THETA_SUMMARY, pointwise_draws, problem_from_idata
+
+__all__ = ["is_summary", "theta_draws"]
+
+
+def is_summary(idata: az.InferenceData) -> bool:
+    """Whether ``idata`` is a fit in summary storage (θ summarised, not stored)."""
+    return THETA_SUMMARY in idata.groups()
+
+
+def _stream(idata: az.InferenceData) -> ThetaStream:
+    """The replay of θ's draws of a fit in summary storage."""
+    problem = problem_from_idata(idata)
+    posterior = pointwise_draws(idata.posterior, problem, with_theta=False)
+    dtype = np.dtype(idata.attrs["theta_dtype"])
+    return ThetaStream(problem, noise_seed(int(idata.attrs["random_seed"])), posterior, dtype)
+
+
+def theta_draws(
+    idata: az.InferenceData, features: Sequence[Any] | pd.Index | None = None
+) -> xr.DataArray:
+    """The θ draws of ``features``, (chain, draw, covariate, feature).
+
+    Parameters
+    ----------
+    idata
+        A fit; in summary storage the draws are regenerated (the stored mode's, bitwise, for
+        the same seed), else they are read from ``idata.posterior``.
+    features
+        Labels of the features to keep (default: all, which in summary storage needs the
+        memory of the stored draws).
+
+    Raises
+    ------
+    ValueError
+        If a label is not a feature of the fit.
+    """
+    all_features = pd.Index(idata.observed_data.coords["feature"].to_numpy()).unique()
+    labels = all_features if features is None else pd.Index(features)
+    positions = all_features.get_indexer(labels)
+    if (positions < 0).any():
+        raise ValueError(f"not features of the fit: {labels[positions < 0].tolist()!r}.")
+    if not is_summary(idata):
+        return idata.posterior["theta"].isel(feature=positions)
+    stream = _stream(idata)
+    values = regenerate(stream, positions)
+    posterior = idata.posterior
+    return xr.DataArray(
+        values,
+        dims=("chain", "draw", "covariate", "feature"),
+        coords={
+            "chain": posterior.coords["chain"].to_numpy(),
+            "draw": posterior.coords["draw"].to_numpy(),
+            "covariate": posterior.coords["covariate"].to_numpy(),
+            "feature": labels.to_numpy(),
+        },
+        name="theta",
+    )

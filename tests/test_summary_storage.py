@@ -1,0 +1,217 @@
+"""Summary storage of the Gibbs engine: the same numbers as the stored draws, computed on demand.
+
+A fit with ``storage="summary"`` keeps θ's per-cell summaries instead of its draws; its θ
+draws (regenerated), LOO (chunked over features), sign rates and the engine's per-draw totals
+must be those of ``storage="full"`` for the same seed, and its normal interval must agree
+with the stored draws' HDI within Monte Carlo error.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayeshier_pymc as bh
+from bayeshier_pymc import sampling
+from bayeshier_pymc.diagnostics import loo_elpd
+from bayeshier_pymc.inference_data import THETA_SUMMARY, loo_in_chunks
+from bayeshier_pymc.plots.forest import plot_forest_by_group
+from bayeshier_pymc.plots.shrinkage import plot_shrinkage
+from bayeshier_pymc.plots.stage1_comparison import plot_stage1_vs_shrunken
+from bayeshier_pymc.plots.volcano import plot_volcano
+from bayeshier_pymc.results import theta_moments
+from bayeshier_pymc.sampling import sample_gibbs
+from bayeshier_pymc.streamed import theta_draws
+
+matplotlib.use("Agg")
+
+SEED = 11
+
+
+def _model(n_features: int = 240, n_covariates: int = 2, missing: bool = False, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    features = [f"f{j}" for j in range(n_features)]
+    sub = rng.integers(0, 12, size=n_features)
+    annotations = pd.DataFrame(
+        {"SUB": [f"s{s}" for s in sub], "SUPER": [f"P{s % 3}" for s in sub]}, index=features
+    )
+    tree = bh.Hierarchy.from_frame(annotations, ["SUB", "SUPER"])
+    b = rng.normal(0.2, 0.4, (n_covariates, n_features))
+    se = rng.uniform(0.1, 0.3, (n_covariates, n_features))
+    if missing:
+        cells = rng.random(b.shape) < 0.05
+        b[cells], se[cells] = np.nan, np.nan
+    covariates = [f"x{k}" for k in range(n_covariates)]
+    estimates = (
+        pd.DataFrame(b, index=covariates, columns=features),
+        pd.DataFrame(se, index=covariates, columns=features),
+    )
+    return bh.ShrinkageModel(estimates, tree)
+
+
+def _pair(model: bh.ShrinkageModel, draws: int = 150, chains: int = 2):
+    options = {"draws": draws, "tune": 100, "chains": chains, "random_seed": SEED}
+    full = sample_gibbs(model.problem, progressbar=False, storage="full", **options)
+    summary = sample_gibbs(model.problem, progressbar=False, storage="summary", **options)
+    return full, summary
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return _pair(_model())
+
+
+def test_summary_fit_keeps_no_draws_of_theta(pair):
+    full, summary = pair
+    assert "theta" not in summary.posterior
+    assert "log_likelihood" not in summary.groups()
+    assert THETA_SUMMARY in summary.groups()
+    assert summary.attrs["storage"] == "summary" and full.attrs["storage"] == "full"
+    for name in ("tau", "mu", "SUB_mean", "SUPER_mean"):
+        np.testing.assert_array_equal(summary.posterior[name], full.posterior[name])
+
+
+def test_regenerated_theta_is_the_stored_draws_bitwise(pair):
+    full, summary = pair
+    chosen = ["f5", "f0", "f200"]
+    regenerated = theta_draws(summary, chosen)
+    stored = full.posterior["theta"].sel(feature=chosen).transpose(*regenerated.dims)
+    assert regenerated.dtype == stored.dtype
+    np.testing.assert_array_equal(regenerated.to_numpy(), stored.to_numpy())
+    # the per-draw conditional totals come from the same replay
+    np.testing.assert_array_equal(
+        summary.sample_stats["log_likelihood"], full.sample_stats["log_likelihood"]
+    )
+    np.testing.assert_array_equal(
+        theta_draws(full, chosen), full.posterior["theta"].sel(feature=chosen)
+    )
+
+
+def test_summaries_are_the_draws_summaries(pair):
+    full, summary = pair
+    stored, summarised = bh.coefficient_table(full), bh.coefficient_table(summary)
+    assert list(stored.columns) == list(summarised.columns)
+    theta = full.posterior["theta"].astype(float)
+    for column, rtol in (("mean", 1e-9), ("sd", 1e-7)):
+        reference = (
+            theta.mean(("chain", "draw"))
+            if column == "mean"
+            else theta.std(("chain", "draw"), ddof=1)
+        )
+        np.testing.assert_allclose(
+            summarised[column], reference.to_numpy().ravel(), rtol=rtol, atol=1e-12
+        )
+    for column in ("prob_positive", "prob_negative", "lfsr", "qvalue", "called"):
+        np.testing.assert_array_equal(summarised[column], stored[column])
+    assert summarised.attrs["n_draws"] == stored.attrs["n_draws"]
+    assert bh.coefficient_summary(summary).attrs["interval"] == "normal"
+
+
+def test_loo_in_chunks_is_the_stored_loo(pair):
+    full, summary = pair
+    stored = bh.loo(full, reff=0.8, pointwise=True)
+    chunked = loo_in_chunks(summary, reff=0.8, chunk_features=37)
+    np.testing.assert_allclose(chunked["loo_i"], stored["loo_i"], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(chunked["pareto_k"], stored["pareto_k"], rtol=1e-10, atol=1e-10)
+    for key in ("elpd_loo", "p_loo", "se"):
+        np.testing.assert_allclose(chunked[key], stored[key], rtol=1e-6)
+    assert chunked["n_data_points"] == stored["n_data_points"]
+    assert chunked["n_samples"] == stored["n_samples"]
+    # the package's entry points route a summary fit here
+    default = bh.loo(summary)
+    assert np.isfinite(default["elpd_loo"])
+    np.testing.assert_allclose(loo_elpd(summary)["loo_i"], default["loo_i"], rtol=1e-12)
+
+
+def test_loo_with_missing_cells_is_the_stored_loo():
+    full, summary = _pair(_model(n_features=60, missing=True), draws=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pareto k of a tiny fit
+        stored = bh.loo(full, reff=0.9, pointwise=True)
+        chunked = loo_in_chunks(summary, reff=0.9, chunk_features=7)
+    assert chunked["loo_i"].dims == stored["loo_i"].dims == ("observation",)
+    np.testing.assert_allclose(chunked["loo_i"], stored["loo_i"], rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(
+        chunked["loo_i"]["feature"].to_numpy(), stored["loo_i"]["feature"].to_numpy()
+    )
+
+
+def test_normal_interval_is_the_hdi_within_monte_carlo_error():
+    """mean ± z sd against the HDI of the same 4,000 draws, in units of the sd.
+
+    The Monte Carlo sd of a 3% quantile from S independent draws of a normal is
+    sd · √(q(1 − q)) / (φ(z_q) √S) ≈ 0.04 sd at S = 4,000; the HDI's end is noisier (about
+    twice), and τ's uncertainty makes θ's posterior a mixture slightly wider in the tails.
+    """
+    full, summary = _pair(_model(n_features=120, n_covariates=1, seed=3), draws=1000, chains=4)
+    stored, summarised = bh.coefficient_table(full), bh.coefficient_table(summary)
+    for end in ("hdi_lower", "hdi_upper"):
+        error = np.abs(summarised[end] - stored[end]) / stored["sd"]
+        assert np.median(error) < 0.06, (end, np.median(error))
+        assert error.max() < 0.3, (end, error.max())
+
+
+def test_plots_draw_a_summary_fit(pair):
+    _, summary = pair
+    plot_forest_by_group(summary, covariate="x0", top_k=5)
+    plot_volcano(summary, covariate="x1")
+    plot_shrinkage(summary, covariate="x0")
+    plot_stage1_vs_shrunken(summary, covariate="x1")
+    moments = theta_moments(summary, "x0")
+    assert set(moments.data_vars) == {"mean", "sd", "lfsr"}
+
+
+def test_auto_storage_switches_above_the_threshold_with_one_warning(monkeypatch):
+    model = _model(n_features=30, n_covariates=1)
+    options = {"draws": 20, "tune": 20, "chains": 2, "random_seed": 1, "progressbar": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = sample_gibbs(model.problem, **options)
+    assert "theta" in small.posterior and small.attrs["storage"] == "full"
+    monkeypatch.setattr(sampling, "SUMMARY_THRESHOLD_BYTES", 1000)
+    with pytest.warns(UserWarning, match="keeping their summaries only") as caught:
+        large = sample_gibbs(model.problem, **options)
+    assert len(caught) == 1
+    assert THETA_SUMMARY in large.groups() and large.attrs["storage"] == "summary"
+    # a run without a seed records the one it drew, from which θ is regenerated
+    unseeded = sample_gibbs(model.problem, **{**options, "random_seed": None}, storage="summary")
+    assert isinstance(unseeded.attrs["random_seed"], int)
+    assert np.isfinite(theta_draws(unseeded, ["f1"]).to_numpy()).all()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "options", "message"),
+    [
+        ("nuts", {"storage": "summary"}, "Gibbs engine only"),
+        ("gibbs", {"storage": "compact"}, "unknown storage"),
+        ("gibbs", {"storage": "summary", "scheme": "conjugate"}, "collapsed scheme"),
+        ("gibbs", {"storage": "summary", "backend": "pymc"}, "backend='numpy'"),
+    ],
+)
+def test_summary_storage_refuses_what_it_cannot_do(sampler, options, message):
+    model = _model(n_features=20, n_covariates=1)
+    with pytest.raises(ValueError, match=message):
+        model.sample(sampler, draws=10, tune=10, chains=1, progressbar=False, **options)
+
+
+def test_summary_storage_refuses_correlated_estimates_and_unknown_features(pair):
+    from tests.test_missing import _problem  # a small problem with correlated estimates
+
+    model = bh.ShrinkageModel.from_problem(_problem(2, correlated=True))
+    with pytest.raises(ValueError, match="independent estimates only"):
+        model.sample("gibbs", draws=10, tune=10, chains=1, progressbar=False, storage="summary")
+    with pytest.raises(ValueError, match="not features of the fit"):
+        theta_draws(pair[1], ["f0", "nope"])
+
+
+def test_a_saved_summary_fit_loads_back_whole(pair, tmp_path):
+    _, summary = pair
+    path = bh.save_results(tmp_path / "fit.nc", summary)
+    loaded = bh.load_results(path).idata
+    assert THETA_SUMMARY in loaded.groups()
+    pd.testing.assert_frame_equal(bh.coefficient_table(loaded), bh.coefficient_table(summary))
+    np.testing.assert_array_equal(theta_draws(loaded, ["f7"]), theta_draws(summary, ["f7"]))
