@@ -3,7 +3,8 @@
 Run ``python benchmarks/bench_worker_memory.py [--m 770 --p 10 --chains 4 --draws 1000]``.
 Each step runs in a fresh process, as a worker does: Python alone, after
 ``import bayeshier_pymc``, and after a small fit with each sampler (which imports PyMC,
-PyTensor, JAX and numpyro); it prints each one's peak resident memory (``ru_maxrss``). It then
+PyTensor, JAX and nutpie); it prints each one's peak resident memory (``ru_maxrss``, in MiB
+on Linux, where it counts KiB). It then
 measures the bytes that a fit's draws take per (chain, draw, covariate, feature) cell, for the
 Gibbs engine and for NUTS, on a small simulated problem (the cells of θ, the pointwise
 log-likelihood and the replicated estimates; the size per cell does not depend on the shape),
@@ -32,7 +33,7 @@ STEPS = {
     "Python alone": "import resource",
     "import bayeshier_pymc": "import resource\nimport bayeshier_pymc",
     "a small Gibbs fit": FIT + "idata = model.sample('gibbs', **options)",
-    "a small NUTS fit (numpyro)": FIT + "idata = model.sample('nuts', **options)",
+    "a small NUTS fit (nutpie)": FIT + "idata = model.sample('nuts', **options)",
 }
 PEAK = "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
 COUNT_CELLS = """
@@ -69,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     print("peak resident memory of a fresh process, after")
     for name, code in STEPS.items():
-        print(f"  {name:<28} {float(run(code + PEAK)):7.0f} MB")
+        print(f"  {name:<28} {float(run(code + PEAK)):7.0f} MiB")
     per_cell = json.loads(run(PER_CELL))
     cells = args.m * args.p * args.chains * args.draws
     print(
