@@ -60,7 +60,8 @@ def theta_draws(
     ValueError
         If a label is not a feature of the fit.
     """
-    all_features = pd.Index(idata.observed_data.coords["feature"].to_numpy()).unique()
+    # every feature of the fit (observed_data leaves out features whose cells are all missing)
+    all_features = pd.Index(idata.constant_data["feature"].to_numpy())
     labels = all_features if features is None else pd.Index(features)
     positions = all_features.get_indexer(labels)
     if (positions < 0).any():
