@@ -38,7 +38,7 @@ from bayeshier_pymc.parallel import dispatch, inner_fit_options
 from bayeshier_pymc.results import coefficient_matrix
 from bayeshier_pymc.sampling import check_sampler_name
 from bayeshier_pymc.shrinkage import NOISE_CHOICES, ShrinkageModel
-from bayeshier_pymc.simulate import ResidualNoise, simulate, train_test_split
+from bayeshier_pymc.simulate import ResidualNoise, SimulatedStudy, simulate, train_test_split
 from bayeshier_pymc.validation_data import ValidationStudy, real_residual_covariance
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "real_noise_setting",
     "research_settings",
     "run_replicate",
+    "simulate_setting",
     "simulation_study",
 ]
 
@@ -214,6 +215,26 @@ def research_settings(superclass_rows: bool = True) -> list[StudySetting]:
     return settings
 
 
+def simulate_setting(setting: StudySetting, seed: int, *, p: int = 10) -> SimulatedStudy:
+    """One data set of ``setting`` with ``p`` covariates, as :func:`run_replicate` simulates it.
+
+    The heterogeneity's scales give τ_v and τ_w, and τ_u = τ_v (as in the research code).
+    """
+    scales = HETEROGENEITY[setting.heterogeneity]
+    return simulate(
+        setting.n,
+        setting.m,
+        p,
+        proportions=setting.proportions,
+        tau_v=scales["tau_v"],
+        tau_w=scales["tau_w"],
+        tau_u=scales["tau_v"],
+        n_superclasses=setting.superclasses,
+        residuals=setting.residuals,
+        random_seed=seed,
+    )
+
+
 def run_replicate(
     setting: StudySetting,
     seed: int,
@@ -256,19 +277,7 @@ def run_replicate(
     """
     if noise not in NOISE_CHOICES:
         raise ValueError(f"noise must be one of {NOISE_CHOICES!r}, got {noise!r}.")
-    scales = HETEROGENEITY[setting.heterogeneity]
-    study = simulate(
-        setting.n,
-        setting.m,
-        p,
-        proportions=setting.proportions,
-        tau_v=scales["tau_v"],
-        tau_w=scales["tau_w"],
-        tau_u=scales["tau_v"],
-        n_superclasses=setting.superclasses,
-        residuals=setting.residuals,
-        random_seed=seed,
-    )
+    study = simulate_setting(setting, seed, p=p)
     train, test = train_test_split(study, 0.7, random_seed=seed)
     fit = mlm(train.Y, train.X, x_intercept=False)
     tree = Hierarchy.from_frame(study.annotations, setting.levels)

@@ -42,7 +42,7 @@ from bayeshier_pymc.calibration import StageTwo, split_half_check
 from bayeshier_pymc.depth_comparison import RecommendationRule, compare_fits
 from bayeshier_pymc.results import coefficient_matrix
 from bayeshier_pymc.simulate import ResidualNoise, simulate, train_test_split
-from bayeshier_pymc.study import HETEROGENEITY, correlated_settings
+from bayeshier_pymc.study import correlated_settings, simulate_setting
 from bayeshier_pymc.validation_data import (
     LIVER_FILES,
     QMDIAB_FILES,
@@ -100,20 +100,8 @@ def main() -> None:
         if has_files(args.data, files)
     ]
     for setting in correlated_settings(real=real)[1:]:
-        scales = HETEROGENEITY[setting.heterogeneity]
         for seed in range(args.seeds):
-            study = simulate(
-                setting.n,
-                setting.m,
-                10,
-                proportions=setting.proportions,
-                tau_v=scales["tau_v"],
-                tau_w=scales["tau_w"],
-                tau_u=scales["tau_v"],
-                n_superclasses=setting.superclasses,
-                residuals=setting.residuals,
-                random_seed=seed,
-            )
+            study = simulate_setting(setting, seed)
             train, _ = train_test_split(study, 0.7, random_seed=seed)
             label = f"{setting.residual_name} residuals, truth 2"
             sim_rows.append(_simulated_row(label, 2, train, study, seed, options))
