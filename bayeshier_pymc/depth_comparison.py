@@ -86,7 +86,12 @@ from bayeshier_pymc.diagnostics import (
 from bayeshier_pymc.estimates import Estimates, shrunk_covariates
 from bayeshier_pymc.gaussian_tree import NUMPY_OPS, normal_log_density
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.inference_data import OBSERVATION, THETA_SUMMARY, problem_from_idata
+from bayeshier_pymc.inference_data import (
+    OBSERVATION,
+    THETA_SUMMARY,
+    is_summary,
+    problem_from_idata,
+)
 from bayeshier_pymc.log_likelihood import held_out_predictive
 from bayeshier_pymc.model import scale_levels
 from bayeshier_pymc.parallel import dispatch, inner_fit_options
@@ -635,7 +640,7 @@ def replicate_scores(idata: az.InferenceData) -> xr.Dataset:
     """
     problem = problem_from_idata(idata)
     covariates = problem.covariates.to_numpy()
-    if THETA_SUMMARY in idata.groups():  # summary storage: θ's mean and sd kept per cell
+    if is_summary(idata):  # summary storage: θ's mean and sd kept per cell
         cells = idata[THETA_SUMMARY].sel(covariate=covariates).transpose("covariate", "feature")
         mean, variance = cells["mean"].to_numpy(), cells["sd"].to_numpy() ** 2
     elif "theta" not in idata.posterior:

@@ -35,7 +35,7 @@ from bayeshier_pymc.convergence import Thresholds, posterior_rank_diagnostics
 from bayeshier_pymc.inference_data import (
     LOG_LIKELIHOOD_NAMES,
     OBSERVATION,
-    THETA_SUMMARY,
+    is_summary,
     loo,
     with_log_likelihood,
 )
@@ -236,7 +236,7 @@ def loo_elpd(idata: az.InferenceData, kind: LooKind = "marginal") -> az.ELPDData
                 f"the fit has no {var_name!r} log-likelihood; for loo='group' build it with "
                 "depth_comparison.group_log_likelihood() or use compare_depths / compare_fits."
             )
-    elif THETA_SUMMARY in idata.groups():
+    elif is_summary(idata):
         # summary storage: b_marginal a chunk of features at a time (pooled: never constant)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)

@@ -32,6 +32,7 @@ __all__ = [
     "add_log_likelihood",
     "build_inference_data",
     "cell_dataset",
+    "is_summary",
     "log_likelihood_dataset",
     "loo",
     "loo_in_chunks",
@@ -102,6 +103,11 @@ numbers of draws ``n_positive`` (θ > 0) and ``n_negative`` (θ < 0); see
 LOO_CHUNK_FEATURES = 2000
 """Features per chunk of :func:`loo_in_chunks`: at p = 10 and 4 × 1000 draws, 80 million values
 of the log-likelihood (320 MB in float32) and ArviZ's temporaries of that size."""
+
+
+def is_summary(idata: az.InferenceData) -> bool:
+    """Whether ``idata`` is a fit in summary storage (θ summarised, not stored)."""
+    return THETA_SUMMARY in idata.groups()
 
 
 def cell_dataset(
@@ -608,7 +614,7 @@ def loo(idata: az.InferenceData, kind: LogLikelihoodKind | None = None, **kwargs
         Passed to :func:`arviz.loo`.
     """
     kind = _check_kind(kind or DEFAULT_LOG_LIKELIHOOD)
-    if THETA_SUMMARY in idata.groups():
+    if is_summary(idata):
         if kind != "marginal":
             raise ValueError(
                 "a fit in summary storage has LOO with the marginal log-likelihood only "
@@ -649,7 +655,7 @@ def loo_in_chunks(
         As ``arviz.loo(..., pointwise=True)``: ``loo_i`` and ``pareto_k`` over the
         (covariate, feature) cells, or the observed cells (``observation``) with missing ones.
     """
-    if THETA_SUMMARY not in idata.groups():
+    if not is_summary(idata):
         raise ValueError("loo_in_chunks is for fits in summary storage; use loo.")
     if chunk_features < 1:
         raise ValueError(f"chunk_features must be at least 1, got {chunk_features}.")

@@ -27,7 +27,7 @@ import xarray as xr
 from scipy import stats as scipy_stats
 
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.inference_data import THETA_SUMMARY, problem_from_idata
+from bayeshier_pymc.inference_data import THETA_SUMMARY, is_summary, problem_from_idata
 from bayeshier_pymc.mlm import MLMFit, missingness_patterns
 from bayeshier_pymc.model import group_mean_name
 
@@ -217,7 +217,7 @@ def theta_moments(idata: az.InferenceData, covariate: object | None = None) -> x
     numbers but for rounding). ``covariate``: one covariate's (default: every covariate's).
     """
     selection = {} if covariate is None else {"covariate": covariate}
-    if THETA_SUMMARY in idata.groups():
+    if is_summary(idata):
         cells = idata[THETA_SUMMARY].sel(selection)
         rates = _sign_rates(cells, n_draws(idata))
         return xr.Dataset({"mean": cells["mean"], "sd": cells["sd"], "lfsr": rates["lfsr"]})
@@ -291,11 +291,10 @@ def coefficient_summary(idata: az.InferenceData, hdi_prob: float | None = None) 
     the mixture over τ draws, within Monte Carlo error where τ is well determined (many
     features).
     """
-    if THETA_SUMMARY in idata.groups():
+    if is_summary(idata):
         summary = _summary_from_moments(idata[THETA_SUMMARY], n_draws(idata), hdi_prob)
-        summary["qvalue"] = qvalue(summary["lfsr"])
-        return summary
-    summary = _summarise(idata.posterior["theta"], hdi_prob)
+    else:
+        summary = _summarise(idata.posterior["theta"], hdi_prob)
     summary["qvalue"] = qvalue(summary["lfsr"])
     return summary
 
@@ -386,7 +385,7 @@ def coefficient_matrix(idata: az.InferenceData, fit: MLMFit | None = None) -> xr
     xarray.DataArray
         Dims ``("covariate", "feature")``.
     """
-    if THETA_SUMMARY in idata.groups():
+    if is_summary(idata):
         shrunk = idata[THETA_SUMMARY]["mean"].rename("coef")
     else:
         shrunk = idata.posterior["theta"].mean(SAMPLE_DIMS).rename("coef")

@@ -23,14 +23,9 @@ import pandas as pd
 import xarray as xr
 
 from bayeshier_pymc.gibbs.theta_summary import ThetaStream, noise_seed, regenerate
-from bayeshier_pymc.inference_data import THETA_SUMMARY, pointwise_draws, problem_from_idata
+from bayeshier_pymc.inference_data import is_summary, pointwise_draws, problem_from_idata
 
-__all__ = ["is_summary", "theta_draws"]
-
-
-def is_summary(idata: az.InferenceData) -> bool:
-    """Whether ``idata`` is a fit in summary storage (θ summarised, not stored)."""
-    return THETA_SUMMARY in idata.groups()
+__all__ = ["theta_draws"]
 
 
 def _stream(idata: az.InferenceData) -> ThetaStream:
