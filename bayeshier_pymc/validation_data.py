@@ -10,6 +10,7 @@ covariates standardised, categorical ones dummy-coded.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from bayeshier_pymc.mlm import mlm
 from bayeshier_pymc.preprocess import preprocess
 
 __all__ = [
+    "VALIDATION_SETS",
     "ValidationStudy",
     "blended_residual_covariance",
     "read_liver_lipidome",
@@ -131,6 +133,13 @@ def read_liver_lipidome(folder: Path | str) -> ValidationStudy:
     )
     tree = Hierarchy.from_frame(lipids.loc[y.columns], ["lipid_class", "lipid_category"])
     return ValidationStudy("liver_lipidome", y, x, tree)
+
+
+VALIDATION_SETS: dict[str, tuple[tuple[str, ...], Callable[[Path | str], ValidationStudy]]] = {
+    "qmdiab": (QMDIAB_FILES, read_qmdiab),
+    "liver_lipidome": (LIVER_FILES, read_liver_lipidome),
+}
+"""Each real data set by name: the CSV files it needs (:func:`has_files`) and its reader."""
 
 
 def blended_residual_covariance(

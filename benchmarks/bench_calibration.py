@@ -55,19 +55,12 @@ from bayeshier_pymc.calibration import (
 from bayeshier_pymc.depth_comparison import DepthComparison, RecommendationRule, compare_fits
 from bayeshier_pymc.priors import PRESETS
 from bayeshier_pymc.validation_data import (
-    LIVER_FILES,
-    QMDIAB_FILES,
+    VALIDATION_SETS,
     has_files,
-    read_liver_lipidome,
-    read_qmdiab,
     real_residual_covariance,
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-READERS = {
-    "qmdiab": (QMDIAB_FILES, read_qmdiab),
-    "liver_lipidome": (LIVER_FILES, read_liver_lipidome),
-}
 DEPTHS = (0, 1, 2)
 NOISE_MODELS = {"independent": "independent", "structured": "auto"}
 SPLIT_COLUMNS = [
@@ -89,7 +82,9 @@ def main() -> None:
     """Run both checks on every data set found and print one table per check."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--datasets", nargs="+", choices=list(READERS), default=list(READERS))
+    parser.add_argument(
+        "--datasets", nargs="+", choices=list(VALIDATION_SETS), default=list(VALIDATION_SETS)
+    )
     parser.add_argument("--splits", type=int, default=6)
     parser.add_argument("--replicates", type=int, default=3)
     parser.add_argument("--sampler", choices=["nuts", "gibbs"], default="nuts")
@@ -116,7 +111,7 @@ def main() -> None:
         f"{args.replicates} known-truth replicates"
     )
     for name in args.datasets:
-        files, reader = READERS[name]
+        files, reader = VALIDATION_SETS[name]
         if not has_files(args.data, files):
             print(f"{name}: skipped, {args.data} lacks {files}")
             continue

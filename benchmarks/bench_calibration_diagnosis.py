@@ -58,19 +58,12 @@ from bayeshier_pymc.calibration import (
 from bayeshier_pymc.mlm import MLMFit
 from bayeshier_pymc.noise import tree_noise
 from bayeshier_pymc.validation_data import (
-    LIVER_FILES,
-    QMDIAB_FILES,
+    VALIDATION_SETS,
     ValidationStudy,
     has_files,
-    read_liver_lipidome,
-    read_qmdiab,
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-READERS = {
-    "qmdiab": (QMDIAB_FILES, read_qmdiab),
-    "liver_lipidome": (LIVER_FILES, read_liver_lipidome),
-}
 MODELS = [("structured", 0), ("structured", 1), ("structured", 2), ("independent", 0)]
 NOISE_MODELS = {"structured": "auto", "independent": "independent"}
 REFERENCE = ("structured", 2)
@@ -88,7 +81,9 @@ def main() -> None:
     """Print the diagnosis tables for every data set found."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--datasets", nargs="+", choices=list(READERS), default=list(READERS))
+    parser.add_argument(
+        "--datasets", nargs="+", choices=list(VALIDATION_SETS), default=list(VALIDATION_SETS)
+    )
     parser.add_argument("--splits", type=int, default=6)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
@@ -103,7 +98,7 @@ def main() -> None:
         "the defaults, the cells of bench_calibration.py --sampler gibbs --draws 1000 --chains 4)"
     )
     for name in args.datasets:
-        files, reader = READERS[name]
+        files, reader = VALIDATION_SETS[name]
         if not has_files(args.data, files):
             print(f"{name}: skipped, {args.data} lacks {files}")
             continue
@@ -112,9 +107,8 @@ def main() -> None:
             f"\n{name}: {study.Y.shape[0]} samples × {study.Y.shape[1]} features, {study.hierarchy}"
         )
         start = time.perf_counter()
-        cells = {}
-        for noise, depth in MODELS:
-            stage_two = StageTwo(
+        stage_twos = {
+            f"{noise[:5]}. {depth}": StageTwo(
                 depth=depth,
                 sampler="gibbs",
                 noise=NOISE_MODELS[noise],
@@ -122,7 +116,11 @@ def main() -> None:
                 tune=args.draws,
                 chains=args.chains,
             )
-            cells[f"{noise[:5]}. {depth}"] = split_half_cells(
+            for noise, depth in MODELS
+        }
+        stage_twos["stage 1"] = stage_one_posterior
+        cells = {
+            model: split_half_cells(
                 study.Y,
                 study.X,
                 study.hierarchy,
@@ -130,14 +128,8 @@ def main() -> None:
                 n_splits=args.splits,
                 random_seed=args.seed,
             )
-        cells["stage 1"] = split_half_cells(
-            study.Y,
-            study.X,
-            study.hierarchy,
-            stage_two=stage_one_posterior,
-            n_splits=args.splits,
-            random_seed=args.seed,
-        )
+            for model, stage_two in stage_twos.items()
+        }
         print(f"  split halves of {len(cells)} models: {time.perf_counter() - start:.0f} s")
         reference = f"{REFERENCE[0][:5]}. {REFERENCE[1]}"
         print_coverage_by_quantile(name, cells)

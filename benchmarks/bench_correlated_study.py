@@ -26,11 +26,8 @@ from pathlib import Path
 from bayeshier_pymc.priors import PRESETS
 from bayeshier_pymc.study import correlated_settings, simulation_study
 from bayeshier_pymc.validation_data import (
-    LIVER_FILES,
-    QMDIAB_FILES,
+    VALIDATION_SETS,
     has_files,
-    read_liver_lipidome,
-    read_qmdiab,
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -58,7 +55,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     logging.getLogger("pymc").setLevel(logging.ERROR)
     real = []
-    for files, reader in ((LIVER_FILES, read_liver_lipidome), (QMDIAB_FILES, read_qmdiab)):
+    for files, reader in (VALIDATION_SETS[name] for name in ("liver_lipidome", "qmdiab")):
         if has_files(args.data, files):
             real.append(reader(args.data))
         else:

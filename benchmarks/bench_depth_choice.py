@@ -44,11 +44,8 @@ from bayeshier_pymc.results import coefficient_matrix
 from bayeshier_pymc.simulate import ResidualNoise, simulate, train_test_split
 from bayeshier_pymc.study import correlated_settings, simulate_setting
 from bayeshier_pymc.validation_data import (
-    LIVER_FILES,
-    QMDIAB_FILES,
+    VALIDATION_SETS,
     has_files,
-    read_liver_lipidome,
-    read_qmdiab,
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -78,7 +75,7 @@ def main() -> None:
     options = {"draws": args.draws, "tune": args.draws // 2, "chains": 2}
     start = time.perf_counter()
     real_rows = []
-    for files, reader in ((QMDIAB_FILES, read_qmdiab), (LIVER_FILES, read_liver_lipidome)):
+    for files, reader in VALIDATION_SETS.values():
         if not has_files(args.data, files):
             print(f"skipped a real data set: {args.data} lacks {files}")
             continue
@@ -96,7 +93,7 @@ def main() -> None:
     ]
     real = [
         reader(args.data)
-        for files, reader in ((LIVER_FILES, read_liver_lipidome), (QMDIAB_FILES, read_qmdiab))
+        for files, reader in (VALIDATION_SETS[name] for name in ("liver_lipidome", "qmdiab"))
         if has_files(args.data, files)
     ]
     for setting in correlated_settings(real=real)[1:]:
