@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib.metadata import version
 from typing import Any, Literal
 
@@ -28,6 +28,8 @@ __all__ = [
     "OBSERVATION",
     "OWN_VARIANCE",
     "SHARED_VARIANCE",
+    "THETA_PARENT",
+    "THETA_PARENT_STORES",
     "THETA_SUMMARY",
     "add_log_likelihood",
     "build_inference_data",
@@ -96,8 +98,18 @@ with coordinates ``covariate`` and ``feature`` along it."""
 THETA_SUMMARY = "theta_summary"
 """The group of a fit in summary storage (``attrs["storage"] == "summary"``) that replaces θ's
 draws: per (covariate, feature) ``mean`` and ``sd`` (ddof 1) of θ over every draw and the
-numbers of draws ``n_positive`` (θ > 0) and ``n_negative`` (θ < 0); see
-:mod:`bayeshier_pymc.streamed`."""
+numbers of draws ``n_positive`` (θ > 0) and ``n_negative`` (θ < 0); with correlated
+estimates also :data:`THETA_PARENT_STORES`; see :mod:`bayeshier_pymc.streamed`."""
+
+THETA_PARENT = "theta_parent"
+"""The dim of θ's parents in the noise tree: its first level's groups (their labels), or θ0
+alone (``"theta0"``) on a noise tree without levels."""
+
+THETA_PARENT_STORES = ("parent_total", "parent_noise")
+"""What a fit in summary storage with correlated estimates keeps, besides θ's summaries, to
+regenerate θ: per (chain, draw, covariate, :data:`THETA_PARENT`) the total of each of θ's
+parents in the noise tree (effect plus the shared noise on its path) and that path noise, as
+the Gibbs engine drew them (:class:`~bayeshier_pymc.gibbs.theta_writer.ThetaParents`)."""
 
 
 LOO_CHUNK_FEATURES = 2000
@@ -232,11 +244,7 @@ def build_inference_data(
             {LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD]: log_likelihood}, problem, draw_coords
         )
     else:
-        cells = ("covariate", "feature")
-        groups[THETA_SUMMARY] = xr.Dataset(
-            {name: (cells, np.asarray(values)) for name, values in theta_summary.items()},
-            coords={"covariate": coords["covariate"], "feature": coords["feature"]},
-        )
+        groups[THETA_SUMMARY] = _theta_summary_dataset(theta_summary, problem, coords, posterior_ds)
     if sample_stats is not None:
         groups["sample_stats"] = (
             sample_stats
@@ -262,6 +270,28 @@ def build_inference_data(
     for group in idata.groups():
         idata[group].attrs.update(idata.attrs)
     return idata
+
+
+def _theta_summary_dataset(
+    theta_summary: Mapping[str, np.ndarray],
+    problem: ShrinkageProblem,
+    labels: Mapping[str, list[object]],
+    posterior: xr.Dataset,
+) -> xr.Dataset:
+    """The :data:`THETA_SUMMARY` group: per-cell summaries and θ's parents' stores."""
+    coords: dict[str, Any] = {name: labels[name] for name in ("covariate", "feature")}
+    data: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
+    for name, values in theta_summary.items():
+        if name in THETA_PARENT_STORES:
+            data[name] = (("chain", "draw", "covariate", THETA_PARENT), np.asarray(values))
+        else:
+            data[name] = (("covariate", "feature"), np.asarray(values))
+    if any(name in data for name in THETA_PARENT_STORES):
+        tree = problem.noise_tree
+        assert tree is not None  # only correlated estimates keep θ's parents
+        coords[THETA_PARENT] = tree.groups[0].tolist() if tree.depth else ["theta0"]
+        coords.update({name: posterior.coords[name].to_numpy() for name in ("chain", "draw")})
+    return xr.Dataset(data, coords=coords)
 
 
 def _noise_attrs(problem: ShrinkageProblem) -> dict[str, Any]:
@@ -633,9 +663,10 @@ def loo_in_chunks(
 ) -> az.ELPDData:
     """PSIS-LOO with ``b_marginal`` of a fit in summary storage, chunk by chunk of features.
 
-    ``b_marginal`` needs τ and the parents' means only (no θ): it is computed for a chunk of
-    features at a time, ``arviz.loo`` runs on each chunk (PSIS is per observation) and the
-    chunks are combined. The pointwise values are those of ``arviz.loo`` on the stored
+    ``b_marginal`` needs τ and the parents' means only (no θ; with correlated estimates, the
+    leave-one-out predictive, τ alone): it is computed for a chunk of features at a time
+    (:func:`_marginal_blocks`), ``arviz.loo`` runs on each chunk (PSIS is per observation)
+    and the chunks are combined. The pointwise values are those of ``arviz.loo`` on the stored
     mode's fit for the same seed and ``reff``. ArviZ's default ``reff`` is the mean relative
     ESS of the posterior's variables, here without θ (which the stored fit's includes), so by
     default the Pareto smoothing, and the values, may differ slightly from the stored mode's.
@@ -664,27 +695,16 @@ def loo_in_chunks(
     if reff is None:
         reff = _reff(posterior)
     draws = pointwise_draws(posterior, problem, with_theta=False)
-    parent_mean, parent_index = theta_parent_draws(draws, problem)
     marginal = LOG_LIKELIHOOD_NAMES["marginal"]
     dtype = np.dtype(idata.attrs["theta_dtype"])
-    # the stored mode's data (inference_data._pointwise): se itself unless cells are missing
-    b = problem.algebra_b
-    se = np.sqrt(problem.var_b) if problem.has_missing else problem.se
     observed = ~problem.missing
     n_samples = int(np.prod(posterior["tau"].shape[:2]))
-    loo_i, pareto_k = np.full(b.shape, np.nan), np.full(b.shape, np.nan)
+    loo_i, pareto_k = np.full(problem.b.shape, np.nan), np.full(problem.b.shape, np.nan)
     lppd, warning, good_k = 0.0, False, 1.0
-    for start in range(0, b.shape[1], chunk_features):
-        chunk = slice(start, min(start + chunk_features, b.shape[1]))
-        values = pointwise.marginal(
-            b[:, chunk],
-            se[:, chunk],
-            parent_mean=parent_mean,
-            parent_index=parent_index[chunk],
-            tau_w=draws["tau"][..., 0],
-            dtype=dtype,
-        )
-        cells = observed[:, chunk]
+    for rows, chunk, values in _marginal_blocks(problem, draws, dtype, chunk_features):
+        cells = observed[rows, chunk]
+        if not cells.any():  # every cell of the block missing
+            continue
         dataset = xr.Dataset({marginal: (("chain", "draw", "cell"), values[..., cells])})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # one warning for all chunks, below
@@ -694,8 +714,8 @@ def loo_in_chunks(
                 reff=reff,
                 pointwise=True,
             )
-        loo_i[:, chunk][cells] = elpd["loo_i"].to_numpy()
-        pareto_k[:, chunk][cells] = elpd["pareto_k"].to_numpy()
+        loo_i[rows, chunk][cells] = elpd["loo_i"].to_numpy()
+        pareto_k[rows, chunk][cells] = elpd["pareto_k"].to_numpy()
         lppd += float(elpd["p_loo"]) + float(elpd["elpd_loo"])
         warning = warning or bool(elpd["warning"])
         good_k = float(elpd["good_k"])
@@ -735,6 +755,46 @@ def loo_in_chunks(
             "good_k",
         ],
     )
+
+
+def _marginal_blocks(
+    problem: ShrinkageProblem, draws: Mapping[str, np.ndarray], dtype: Any, chunk_features: int
+) -> Iterator[tuple[slice, slice, np.ndarray]]:
+    """``b_marginal`` of a fit in summary storage, block by block of cells.
+
+    Yields (covariates, features, values (chain, draw, covariate, feature)), the values those
+    the stored mode's fit holds, in ``dtype``. Independent estimates: every covariate of a
+    chunk of features at a time (:func:`~bayeshier_pymc.log_likelihood.marginal`). Correlated
+    ones: covariate by covariate, the O(m) passes of every draw once, then a chunk of features
+    at a time (:class:`~bayeshier_pymc.log_likelihood.HeldOutFeatures`).
+    """
+    n_covariates, n_features = problem.b.shape
+    starts = range(0, n_features, chunk_features)
+    chunks = [slice(start, min(start + chunk_features, n_features)) for start in starts]
+    if problem.correlated:
+        for covariate in range(n_covariates):
+            held_out = pointwise.HeldOutFeatures(problem, draws["tau"], covariate)
+            for chunk in chunks:
+                yield (
+                    slice(covariate, covariate + 1),
+                    chunk,
+                    held_out.chunk(chunk, dtype)[:, :, None],
+                )
+        return
+    parent_mean, parent_index = theta_parent_draws(draws, problem)
+    # the stored mode's data (inference_data._pointwise): se itself unless cells are missing
+    b = problem.algebra_b
+    se = np.sqrt(problem.var_b) if problem.has_missing else problem.se
+    for chunk in chunks:
+        values = pointwise.marginal(
+            b[:, chunk],
+            se[:, chunk],
+            parent_mean=parent_mean,
+            parent_index=parent_index[chunk],
+            tau_w=draws["tau"][..., 0],
+            dtype=dtype,
+        )
+        yield slice(None), chunk, values
 
 
 def _reff(posterior: xr.Dataset) -> float:

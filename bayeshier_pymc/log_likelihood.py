@@ -40,9 +40,12 @@ from bayeshier_pymc.gaussian_tree import (
     group_log_predictive,
 )
 from bayeshier_pymc.gaussian_tree.kernels import (
+    LEAVE_ONE_OUT_PARENT_TERMS,
     LEAVE_ONE_OUT_WORK,
     LeaveOneOutTree,
+    held_out_log_density,
     leave_one_out_moments,
+    leave_one_out_parent_terms,
     leave_one_out_tree,
     log_normal,
     pointwise_marginal,
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHUNK_VALUES",
+    "HeldOutFeatures",
     "chunks",
     "conditional",
     "conditional_constant",
@@ -350,6 +354,87 @@ def leave_one_out(
                 ]
         _wait(writing)
     return densities, replicates
+
+
+class HeldOutFeatures:
+    """Log p(b_j | b_−j, τ) of one covariate's features, any chunk of them at a time.
+
+    The values of :func:`leave_one_out` (pooled, correlated or not), bitwise, without its
+    (chain, draw, feature) store: the O(m) passes of each draw run once, here, and keep four
+    numbers per parent of θ
+    (:func:`~bayeshier_pymc.gaussian_tree.kernels.leave_one_out_parent_terms`), (chain, draw,
+    parent) in all; :meth:`chunk` then computes a chunk of features in O(1) per value.
+
+    Parameters
+    ----------
+    problem
+        What was sampled, pooled.
+    tau
+        Draws of the scales (chain, draw, covariate, level).
+    covariate
+        The covariate's position.
+    """
+
+    def __init__(self, problem: ShrinkageProblem, tau: np.ndarray, covariate: int):
+        if not problem.pooled:
+            raise ValueError("the held-out features' parent terms need a pooled problem.")
+        b, var_b, index = problem.algebra_b, problem.var_b, problem.index
+        noise = problem.noise.row(covariate) if problem.noise is not None else None
+        self._tree = leave_one_out_tree(index, noise)
+        self._b = np.ascontiguousarray(b[covariate])
+        self._var_b = np.ascontiguousarray(var_b[covariate])
+        self._parent = index.parent_of(0).astype(np.intp)
+        scales = np.ascontiguousarray(problem.algebra_scales(tau[:, :, covariate]))
+        self._lead = scales.shape[:2]
+        flat_scales = scales.reshape(-1, scales.shape[-1])
+        self._tau_w = np.ascontiguousarray(flat_scales[:, 0])
+        n_parents = index.n_units[1]
+        self._terms = np.empty((len(flat_scales), n_parents, LEAVE_ONE_OUT_PARENT_TERMS))
+        mu0, s0 = float(problem.priors.mu0[covariate]), float(problem.priors.s0[covariate])
+        arguments = (self._b, self._var_b, flat_scales, self._tree, mu0, s0, self._terms)
+        _in_threads(lambda lo, hi: _parent_terms_kernel(*arguments, lo, hi), len(flat_scales))
+
+    def chunk(self, features: slice, dtype: Any) -> np.ndarray:
+        """The values of the features ``features``, (chain, draw, feature), in ``dtype``."""
+        noise = self._tree.noise[: len(self._b)]
+        out = np.empty((len(self._tau_w), len(self._b[features])), dtype=dtype)
+        arguments = (
+            self._b[features],
+            self._var_b[features],
+            noise[features],
+            self._parent[features],
+        )
+        _in_threads(
+            lambda lo, hi: held_out_log_density(
+                *arguments, self._tau_w[lo:hi], self._terms[lo:hi], out[lo:hi]
+            ),
+            len(out),
+        )
+        return out.reshape(*self._lead, out.shape[-1])
+
+
+@compiled_kernel
+def _parent_terms_kernel(
+    b: np.ndarray,
+    var_b: np.ndarray,
+    scales: np.ndarray,
+    tree: LeaveOneOutTree,
+    mu0: float,
+    s0: float,
+    terms: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:  # pragma: no cover - compiled
+    """terms[s] = the parent terms of draw s's scales, for the draws s in ``start:stop``.
+
+    A draw whose scales are the last one's (its τ updates all rejected) copies its terms.
+    """
+    work = np.empty((LEAVE_ONE_OUT_WORK, tree.level_offsets[-1]))
+    for s in range(start, stop):
+        if s == start or not _same(scales[s], scales[s - 1]):
+            leave_one_out_parent_terms(b, var_b, scales[s], tree, mu0, s0, work, terms[s])
+        else:
+            terms[s] = terms[s - 1]
 
 
 def _wait(futures: list[Future[None]]) -> None:

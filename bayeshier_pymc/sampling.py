@@ -257,7 +257,7 @@ def sample_gibbs(
         ``"full"``: every θ draw, the pointwise log-likelihood and replicated estimates are
         stored; ``"summary"``: θ's per-cell summaries only, in the ``theta_summary`` group,
         with LOO and θ draws computed on demand (:mod:`bayeshier_pymc.streamed`; the
-        collapsed engine on a pooled problem with independent estimates); ``"auto"``
+        collapsed engine on a pooled problem, with independent or correlated estimates); ``"auto"``
         (default): ``"summary"`` when that is possible and the θ store would exceed
         :data:`SUMMARY_THRESHOLD_BYTES`, announced by one warning, else ``"full"``.
 
@@ -541,9 +541,7 @@ def _resolve_storage(
     """``"full"`` or ``"summary"`` for ``storage`` (see :func:`sample_gibbs`)."""
     if storage not in ("auto", "full", "summary"):
         raise ValueError(f"unknown storage {storage!r}; use 'auto', 'full' or 'summary'.")
-    possible = (
-        backend == "numpy" and scheme == "collapsed" and problem.pooled and not problem.correlated
-    )
+    possible = backend == "numpy" and scheme == "collapsed" and problem.pooled
     if storage == "summary" and backend != "numpy":
         raise ValueError("storage='summary' needs the Gibbs engine (backend='numpy').")
     if storage != "auto":

@@ -2,14 +2,16 @@
 
 A Gibbs fit with ``storage="summary"`` (:func:`~bayeshier_pymc.sampling.sample_gibbs`) keeps
 τ, θ0 and the group means, θ's per-cell summaries (the
-:data:`~bayeshier_pymc.inference_data.THETA_SUMMARY` group) and the seed, not θ's draws nor
-the pointwise log-likelihood (:mod:`bayeshier_pymc.gibbs.theta_summary` for the design):
+:data:`~bayeshier_pymc.inference_data.THETA_SUMMARY` group; with correlated estimates also the
+totals and path noise of θ's parents) and the seed, not θ's draws nor the pointwise
+log-likelihood (:mod:`bayeshier_pymc.gibbs.theta_summary` for the design):
 
 * :func:`theta_draws` regenerates the θ draws of chosen features, bitwise the draws the
   stored mode keeps for the same seed, by one replay of θ's noise stream (its time is that
   of drawing every θ once, whatever the number of features kept);
 * LOO (:func:`~bayeshier_pymc.inference_data.loo`) needs no θ: it computes ``b_marginal`` a
-  chunk of features at a time (:func:`~bayeshier_pymc.inference_data.loo_in_chunks`).
+  chunk of features at a time (:func:`~bayeshier_pymc.inference_data.loo_in_chunks`; with
+  correlated estimates the leave-one-out predictive, from per-draw terms of θ's parents).
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ import pandas as pd
 import xarray as xr
 
 from bayeshier_pymc.gibbs.theta_summary import ThetaStream, noise_seed, regenerate
-from bayeshier_pymc.inference_data import is_summary, pointwise_draws, problem_from_idata
+from bayeshier_pymc.gibbs.theta_writer import ThetaParents
+from bayeshier_pymc.inference_data import (
+    THETA_PARENT,
+    THETA_PARENT_STORES,
+    THETA_SUMMARY,
+    is_summary,
+    pointwise_draws,
+    problem_from_idata,
+)
 
 __all__ = ["theta_draws"]
 
@@ -33,7 +43,18 @@ def _stream(idata: az.InferenceData) -> ThetaStream:
     problem = problem_from_idata(idata)
     posterior = pointwise_draws(idata.posterior, problem, with_theta=False)
     dtype = np.dtype(idata.attrs["theta_dtype"])
-    return ThetaStream(problem, noise_seed(int(idata.attrs["random_seed"])), posterior, dtype)
+    parents = None
+    if problem.correlated:
+        kept = idata[THETA_SUMMARY]
+        order = ("chain", "draw", "covariate", THETA_PARENT)
+        parents = ThetaParents(
+            *(
+                np.ascontiguousarray(kept[name].transpose(*order).to_numpy(), dtype=float)
+                for name in THETA_PARENT_STORES
+            )
+        )
+    seed = noise_seed(int(idata.attrs["random_seed"]))
+    return ThetaStream(problem, seed, posterior, dtype, parents)
 
 
 def theta_draws(

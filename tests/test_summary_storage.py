@@ -198,14 +198,99 @@ def test_summary_storage_refuses_what_it_cannot_do(sampler, options, message):
         model.sample(sampler, draws=10, tune=10, chains=1, progressbar=False, **options)
 
 
-def test_summary_storage_refuses_correlated_estimates_and_unknown_features(pair):
-    from tests.test_missing import _problem  # a small problem with correlated estimates
-
-    model = bh.ShrinkageModel.from_problem(_problem(2, correlated=True))
-    with pytest.raises(ValueError, match="independent estimates only"):
-        model.sample("gibbs", draws=10, tune=10, chains=1, progressbar=False, storage="summary")
+def test_theta_draws_refuses_unknown_features(pair):
     with pytest.raises(ValueError, match="not features of the fit"):
         theta_draws(pair[1], ["f0", "nope"])
+
+
+# --- correlated estimates (tree-structured noise) ------------------------------------------
+def _noisy_pair(depth: int):
+    """Stored and summary fits of a small problem with tree noise and missing cells.
+
+    Nine features in three groups under two supergroups, noise on both levels and at the top;
+    one group is missing entirely in the first covariate.
+    """
+    from tests.test_missing import _problem
+
+    problem = _problem(depth, correlated=True)
+    options = {"draws": 80, "tune": 60, "chains": 2, "random_seed": SEED, "progressbar": False}
+    full = sample_gibbs(problem, storage="full", **options)
+    summary = sample_gibbs(problem, storage="summary", **options)
+    return full, summary
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["depth1", "depth2"])
+def noisy_pair(request):
+    return _noisy_pair(request.param)
+
+
+def test_noisy_summary_fit_is_the_stored_fit(noisy_pair):
+    full, summary = noisy_pair
+    assert summary.attrs["noise"] == "tree" and summary.attrs["storage"] == "summary"
+    assert "theta" not in summary.posterior and "log_likelihood" not in summary.groups()
+    for name in full.posterior.data_vars:
+        if name != "theta":
+            np.testing.assert_array_equal(summary.posterior[name], full.posterior[name])
+    # the per-draw totals log N(b; θ, Σ) come from the replay of the same θ
+    np.testing.assert_array_equal(
+        summary.sample_stats["log_likelihood"], full.sample_stats["log_likelihood"]
+    )
+    chosen = ["f4", "f0", "f8", "f3"]  # f3, f4: missing in the first covariate
+    regenerated = theta_draws(summary, chosen)
+    stored = full.posterior["theta"].sel(feature=chosen).transpose(*regenerated.dims)
+    assert regenerated.dtype == stored.dtype
+    np.testing.assert_array_equal(regenerated.to_numpy(), stored.to_numpy())
+
+
+def test_noisy_summaries_are_the_draws_summaries(noisy_pair):
+    full, summary = noisy_pair
+    stored, summarised = bh.coefficient_table(full), bh.coefficient_table(summary)
+    theta = full.posterior["theta"].astype(float)
+    np.testing.assert_allclose(
+        summarised["mean"], theta.mean(("chain", "draw")).to_numpy().ravel(), rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        summarised["sd"], theta.std(("chain", "draw"), ddof=1).to_numpy().ravel(), rtol=1e-7
+    )
+    for column in ("prob_positive", "prob_negative", "lfsr", "qvalue", "called"):
+        np.testing.assert_array_equal(summarised[column], stored[column])
+
+
+def test_noisy_loo_in_chunks_is_the_stored_loo(noisy_pair):
+    """``b_marginal`` here is log p(b_j | b_−j, τ): chunked, the stored mode's values."""
+    full, summary = noisy_pair
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pareto k of a tiny fit
+        stored = bh.loo(full, reff=0.8, pointwise=True)
+        chunked = loo_in_chunks(summary, reff=0.8, chunk_features=4)
+    assert chunked["loo_i"].dims == stored["loo_i"].dims == ("observation",)
+    for key in ("loo_i", "pareto_k"):
+        np.testing.assert_allclose(chunked[key], stored[key], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(chunked["elpd_loo"], stored["elpd_loo"], rtol=1e-6)
+    np.testing.assert_array_equal(
+        chunked["loo_i"]["feature"].to_numpy(), stored["loo_i"]["feature"].to_numpy()
+    )
+
+
+def test_noisy_summary_fit_plots_and_loads_back(noisy_pair, tmp_path):
+    _, summary = noisy_pair
+    plot_forest_by_group(summary, covariate="z", top_k=3)
+    plot_volcano(summary, covariate="x")
+    path = bh.save_results(tmp_path / "fit.nc", summary)
+    loaded = bh.load_results(path).idata
+    np.testing.assert_array_equal(theta_draws(loaded, ["f1"]), theta_draws(summary, ["f1"]))
+
+
+def test_auto_storage_keeps_summaries_of_noisy_estimates_above_the_threshold(monkeypatch):
+    from tests.test_missing import _problem
+
+    problem = _problem(1, correlated=True)
+    options = {"draws": 20, "tune": 20, "chains": 2, "random_seed": 1, "progressbar": False}
+    monkeypatch.setattr(sampling, "SUMMARY_THRESHOLD_BYTES", 1000)
+    with pytest.warns(UserWarning, match="keeping their summaries only"):
+        fit = sample_gibbs(problem, **options)
+    assert THETA_SUMMARY in fit.groups() and fit.attrs["storage"] == "summary"
+    assert fit.attrs["noise"] == "tree"
 
 
 def test_a_saved_summary_fit_loads_back_whole(pair, tmp_path):

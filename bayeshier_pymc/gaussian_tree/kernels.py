@@ -22,6 +22,10 @@ the same formulas, and is tested against it (``tests/test_tree_kernels.py``). Th
 :func:`leave_one_out_moments`
     The leave-one-out predictive p(b_j | b_−j, τ) of every feature of one row, shared noise
     or not: its mean and variance, in O(m).
+:func:`leave_one_out_parent_terms`, :func:`held_out_log_density`
+    The same split in two: the O(m) passes keep four numbers per parent of θ, from which the
+    log predictive of any set of features follows in O(1) each (LOO a chunk of features at a
+    time, in summary storage).
 
 With shared noise (*shared noise, total* in the glossary) the upward pass and the downward
 draws run on the totals: every unit of the groups' levels and θ0 carries its noise variance
@@ -47,6 +51,7 @@ from bayeshier_pymc.gaussian_tree import (
 )
 
 __all__ = [
+    "LEAVE_ONE_OUT_PARENT_TERMS",
     "LEAVE_ONE_OUT_WORK",
     "LOG_BLOCK",
     "LaneMessages",
@@ -59,7 +64,9 @@ __all__ = [
     "ThetaStores",
     "TotalStores",
     "draw_children",
+    "held_out_log_density",
     "leave_one_out_moments",
+    "leave_one_out_parent_terms",
     "leave_one_out_tree",
     "log_normal",
     "noise_precision",
@@ -709,7 +716,120 @@ def leave_one_out_moments(
     1 / P) of θ_j's parent. ``b``, ``var_b``, ``mean`` and ``variance`` hold one value per
     feature, ``tau`` one scale per level (D + 1); ``work`` is :data:`LEAVE_ONE_OUT_WORK` ×
     the number of units. The parts of the cavities that only depend on the parent are
-    computed once per parent, and the units' precisions once for both passes.
+    computed once per parent (:func:`_parents_outside`), and the units' precisions once for
+    both passes.
+    """
+    parent = tree.parent
+    _parents_outside(b, var_b, tau, tree, mu0, s0, work)
+    outside_mean, outside_var, precision = work[2], work[3], work[4]
+    message_precision, outside_part = work[5], work[6]
+    scale_sq = tau[0] * tau[0]
+    for u in range(b.size):
+        h = parent[u]
+        mean[u], variance[u] = _held_out_feature(
+            outside_mean[h],
+            outside_var[h],
+            message_precision[h],
+            outside_part[h],
+            precision[u],
+            b[u],
+            var_b[u],
+            scale_sq,
+        )
+
+
+LEAVE_ONE_OUT_PARENT_TERMS = 4
+"""Numbers per parent of θ that :func:`leave_one_out_parent_terms` keeps."""
+_PARENT_TERM_ROWS = (2, 3, 5, 6)
+"""Their rows in the work array: outside mean and variance, message precision, outside part."""
+
+
+@compiled_kernel
+def leave_one_out_parent_terms(
+    b: np.ndarray,
+    var_b: np.ndarray,
+    tau: np.ndarray,
+    tree: LeaveOneOutTree,
+    mu0: float,
+    s0: float,
+    work: np.ndarray,
+    terms: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """What :func:`leave_one_out_moments` needs of θ's parents, for :func:`held_out_log_density`.
+
+    The same passes as :func:`leave_one_out_moments` up to θ's parents (the units of level
+    1); ``terms`` (parents × :data:`LEAVE_ONE_OUT_PARENT_TERMS`) receives each parent's
+    outside mean and variance, its message precision and its outside part. With them and
+    τ_0 the predictive of any feature takes O(1): a chunk of features at a time.
+    """
+    _parents_outside(b, var_b, tau, tree, mu0, s0, work)
+    first = tree.level_offsets[1]
+    for h in range(terms.shape[0]):
+        for t, row in enumerate(_PARENT_TERM_ROWS):
+            terms[h, t] = work[row, first + h]
+
+
+@compiled_kernel
+def held_out_log_density(
+    b: np.ndarray,
+    var_b: np.ndarray,
+    feature_noise: np.ndarray,
+    parent: np.ndarray,
+    tau_w: np.ndarray,
+    terms: np.ndarray,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """out[s, j] = log p(b_j | b_−j, τ_s) from draw s's parent terms, for a set of features.
+
+    ``b``, ``var_b``, ``feature_noise`` (the features' entries of
+    :attr:`LeaveOneOutTree.noise`) and ``parent`` (their parents, 0-based within level 1)
+    hold one value per feature; ``tau_w`` the features' scale of every draw; ``terms``
+    (draw, parent, :data:`LEAVE_ONE_OUT_PARENT_TERMS`) from :func:`leave_one_out_parent_terms`.
+    The formulas of :func:`leave_one_out_moments`, so the values are its, bitwise.
+    """
+    for s in range(out.shape[0]):
+        scale_sq = tau_w[s] * tau_w[s]
+        draw_terms = terms[s]
+        row = out[s]
+        for j in range(b.size):
+            h = parent[j]
+            mean, variance = _held_out_feature(
+                draw_terms[h, 0],
+                draw_terms[h, 1],
+                draw_terms[h, 2],
+                draw_terms[h, 3],
+                _unit_precision(var_b[j], scale_sq, feature_noise[j]),
+                b[j],
+                var_b[j],
+                scale_sq,
+            )
+            row[j] = log_normal(b[j] - mean, variance)
+
+
+@inline_kernel
+def _unit_precision(
+    message_var: float, scale_sq: float, noise: float
+) -> float:  # pragma: no cover - compiled
+    """The precision of a unit's message about its parent: 1 / (v + (τ² + n))."""
+    return 1.0 / (message_var + (scale_sq + noise))
+
+
+@compiled_kernel
+def _parents_outside(
+    b: np.ndarray,
+    var_b: np.ndarray,
+    tau: np.ndarray,
+    tree: LeaveOneOutTree,
+    mu0: float,
+    s0: float,
+    work: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """The passes of :func:`leave_one_out_moments` down to θ's parents, into ``work``.
+
+    Upward, the message N(y; u, v) of every unit and each unit's precision; downward, each
+    group's distribution given the data outside its subtree, and for every parent of θ its
+    message precision and outside part (outside_mean / outside_var + message precision ·
+    message y), which :func:`_held_out_feature` combines with a feature's own terms.
     """
     parent, offsets, noise = tree
     depth = offsets.size - 3
@@ -727,13 +847,13 @@ def leave_one_out_moments(
             y[h] = 0.0
             v[h] = 0.0
         for u in range(offsets[level], offsets[level + 1]):
-            precision[u] = 1.0 / (v[u] + (scale_sq + noise[u]))
+            precision[u] = _unit_precision(v[u], scale_sq, noise[u])
             v[parent[u]] += precision[u]
             y[parent[u]] += precision[u] * y[u]
         for h in range(offsets[level + 1], offsets[level + 2]):
             y[h] = y[h] / v[h]
             v[h] = 1.0 / v[h]
-    # downward: every unit given the data outside its subtree, from its parent's cavity; the
+    # downward: every group given the data outside its subtree, from its parent's cavity; the
     # parents' parts of the cavities (outside belief times message) once per parent
     top = offsets[depth + 1]
     outside_mean[top] = mu0
@@ -742,6 +862,8 @@ def leave_one_out_moments(
         for h in range(offsets[level + 1], offsets[level + 2]):
             message_precision[h] = 1.0 / v[h]
             outside_part[h] = outside_mean[h] / outside_var[h] + message_precision[h] * y[h]
+        if level == 0:
+            break
         scale_sq = tau[level] * tau[level]
         for u in range(offsets[level], offsets[level + 1]):
             h = parent[u]
@@ -753,12 +875,30 @@ def leave_one_out_moments(
                 precision[u],
                 y[u],
             )
-            if level:
-                outside_mean[u] = cavity_mean
-                outside_var[u] = 1.0 / cavity_precision + (scale_sq + noise[u])
-            else:
-                mean[u] = cavity_mean
-                variance[u] = (var_b[u] + scale_sq) + 1.0 / cavity_precision
+            outside_mean[u] = cavity_mean
+            outside_var[u] = 1.0 / cavity_precision + (scale_sq + noise[u])
+
+
+@inline_kernel
+def _held_out_feature(
+    outside_mean: float,
+    outside_var: float,
+    message_precision: float,
+    outside_part: float,
+    precision: float,
+    b: float,
+    var_b: float,
+    scale_sq: float,
+) -> tuple[float, float]:  # pragma: no cover - compiled
+    """Mean and variance of p(b_j | b_−j, τ) from the terms of θ_j's parent and θ_j's own.
+
+    ``precision`` is θ_j's message precision about its parent (:func:`_unit_precision`),
+    ``scale_sq`` τ_0².
+    """
+    cavity_mean, cavity_precision = _cavity(
+        outside_mean, outside_var, message_precision, outside_part, precision, b
+    )
+    return cavity_mean, (var_b + scale_sq) + 1.0 / cavity_precision
 
 
 @inline_kernel

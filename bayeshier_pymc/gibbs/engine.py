@@ -23,7 +23,9 @@ Storage: θ draws are kept in float32 by default (``theta_dtype``); at 4 chains 
 10 covariates × 999 features that is 320 MB instead of 640 MB, with a relative rounding error
 of 6e-8, far below any Monte Carlo error. Every other variable is float64. With
 ``storage="summary"`` no θ draw is kept: after the sweeps θ is replayed draw by draw and
-summarised per cell (:mod:`bayeshier_pymc.gibbs.theta_summary`), the same draws as stored.
+summarised per cell (:mod:`bayeshier_pymc.gibbs.theta_summary`), the same draws as stored;
+with shared noise the totals of θ's parents and their path noise are returned with the
+summaries, to regenerate θ from.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from bayeshier_pymc.gibbs.sweeps import (
 )
 from bayeshier_pymc.gibbs.theta_summary import ThetaStream, check_summary_problem, summarise
 from bayeshier_pymc.gibbs.theta_writer import ThetaParents, ThetaWriter
+from bayeshier_pymc.inference_data import THETA_PARENT_STORES
 from bayeshier_pymc.model import group_mean_name
 from bayeshier_pymc.problem import ShrinkageProblem
 
@@ -84,8 +87,10 @@ class EngineDraws(NamedTuple):
         sampling (independent estimates only), else ``None``.
     theta_summary
         With ``storage="summary"``, θ's per-cell summaries
-        (:func:`~bayeshier_pymc.gibbs.theta_summary.summarise`); ``posterior`` then has no
-        ``theta``.
+        (:func:`~bayeshier_pymc.gibbs.theta_summary.summarise`) and, with shared noise, the
+        stores of θ's parents
+        (:data:`~bayeshier_pymc.inference_data.THETA_PARENT_STORES`), from which θ is
+        regenerated; ``posterior`` then has no ``theta``.
     """
 
     posterior: dict[str, np.ndarray]
@@ -133,7 +138,7 @@ def run_engine(
     storage
         ``"full"``: keep every θ draw and the marginal pointwise log-likelihood;
         ``"summary"``: keep θ's per-cell summaries only (the collapsed scheme on a pooled
-        problem with independent estimates; see the module docstring).
+        problem; see the module docstring).
     """
     check_settings(draws, tune, chains, scheme, theta_dtype)
     check_scheme(problem, scheme)
@@ -325,8 +330,12 @@ def _run_chains(
             log_likelihood = written.log_likelihood
             stats = {"scale_acceptance": acceptance, "log_likelihood": written.conditional_total}
         if settings.summary:
-            stream = ThetaStream(problem, noise_seed, store.arrays, settings.theta_dtype)
+            stream = ThetaStream(
+                problem, noise_seed, store.arrays, settings.theta_dtype, store.theta_parents
+            )
             theta_summary, totals = summarise(stream)
+            if store.theta_parents is not None:  # kept: θ is regenerated from them
+                theta_summary.update(zip(THETA_PARENT_STORES, store.theta_parents, strict=True))
             stats = {"scale_acceptance": acceptance, "log_likelihood": totals}
     finally:
         if writer is not None:

@@ -2,19 +2,22 @@
 
 Design. At 10^5 features the θ draws and their pointwise log-likelihood do not fit in memory
 (16 GB each at m = 100,000, p = 10, 4 × 1000 draws in float32), but θ is exact given the
-recorded τ and the means of its parents: draw (c, d) is θ = w b + (1 − w) p + √(w s²) z with
-z the standard normals of the θ writer's own generator (SFC64 seeded by the second child of
+recorded τ and its parents: draw (c, d) is θ = w b + (1 − w) p + √(w s²) z with z the
+standard normals of the θ writer's own generator (SFC64 seeded by the second child of
 ``random_seed``'s seed sequence), drawn chain by chain, draw by draw, a (covariate × feature)
-block each (:mod:`~bayeshier_pymc.gibbs.theta_writer`). :class:`ThetaStream` replays that
-stream one draw at a time into a buffer with the writer's own kernel, so each θ draw is
-bitwise the stored mode's. One replay after the sweeps accumulates per (covariate, feature)
-the sum and sum of squares of θ − b and the numbers of positive and negative draws
-(:func:`summarise`, O(p·m) memory); a later replay keeps the draws of any subset of features
-(:func:`regenerate`). The pointwise log-likelihood ``b_marginal`` needs no θ at all (τ and
-the parents' means), so LOO computes it a chunk of features at a time
-(:mod:`bayeshier_pymc.streamed`).
+block each (:mod:`~bayeshier_pymc.gibbs.theta_writer`). With correlated estimates
+(tree-structured noise) p is the total of θ's parent in the noise tree and θ is its draw less
+the noise on the parent's path: the engine records both, (chain, draw, covariate, parent),
+O(groups) a draw (:class:`~bayeshier_pymc.gibbs.theta_writer.ThetaParents`), and the fit keeps
+them. :class:`ThetaStream` replays that stream one draw at a time into a buffer with the
+writer's own kernel, so each θ draw is bitwise the stored mode's. One replay after the sweeps
+accumulates per (covariate, feature) the sum and sum of squares of θ − b and the numbers of
+positive and negative draws (:func:`summarise`, O(p·m) memory); a later replay keeps the
+draws of any subset of features (:func:`regenerate`). The pointwise log-likelihood
+``b_marginal`` needs no θ at all (τ and the parents' means; with correlated estimates τ
+alone), so LOO computes it a chunk of features at a time (:mod:`bayeshier_pymc.streamed`).
 
-Only independent estimates, pooled, sampled by the collapsed Gibbs engine, have this form.
+Only pooled problems, sampled by the collapsed Gibbs engine, have this form.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ from typing import Any
 import numpy as np
 
 from bayeshier_pymc._numba import compiled_kernel
-from bayeshier_pymc.gaussian_tree.kernels import ThetaData, ThetaStores, write_theta_draw
+from bayeshier_pymc.gaussian_tree.kernels import (
+    ThetaData,
+    ThetaStores,
+    TotalStores,
+    noise_precision,
+    write_correlated_theta_draw,
+    write_theta_draw,
+)
+from bayeshier_pymc.gibbs.theta_writer import ThetaParents
 from bayeshier_pymc.log_likelihood import conditional_constant, theta_parents
 from bayeshier_pymc.problem import ShrinkageProblem
 
@@ -57,11 +68,6 @@ def check_summary_problem(problem: ShrinkageProblem) -> None:
             "storage='summary' needs pooling (a hierarchy): without it θ is drawn directly; "
             "use storage='full'."
         )
-    if problem.correlated:
-        raise ValueError(
-            "storage='summary' supports independent estimates only, not correlated "
-            "(tree-structured) noise; use storage='full'."
-        )
 
 
 class ThetaStream:
@@ -70,7 +76,7 @@ class ThetaStream:
     Parameters
     ----------
     problem
-        The pooled problem sampled, with independent estimates.
+        The pooled problem sampled.
     seed
         Seed of θ's noise generator (:func:`noise_seed`).
     posterior
@@ -78,6 +84,9 @@ class ThetaStream:
         the first annotation level.
     dtype
         θ's storage type in the run (the noise is drawn in it, as the writer does).
+    parents
+        With correlated estimates (``problem.correlated``), the recorded totals of θ's
+        parents and the noise on their paths; ``None`` otherwise.
     """
 
     def __init__(
@@ -86,8 +95,11 @@ class ThetaStream:
         seed: np.random.SeedSequence,
         posterior: dict[str, np.ndarray],
         dtype: Any,
+        parents: ThetaParents | None = None,
     ):
         check_summary_problem(problem)
+        if (parents is None) == problem.correlated:
+            raise ValueError("the totals of θ's parents go with shared noise, and only with it.")
         tree = problem.tree
         assert tree is not None  # pooled
         self._seed = seed
@@ -97,21 +109,27 @@ class ThetaStream:
         self.tau = np.ascontiguousarray(posterior["tau"])
         self.shape = (*self.tau.shape[:3], b.shape[1])
         self.dtype = np.dtype(dtype)
-        parent_mean, parent_index = theta_parents(
-            posterior,
-            tree.levels[0] if tree.depth else None,
-            tree.parents[0] if tree.depth else None,
-            b.shape[1],
-        )
-        self.parent_mean = np.ascontiguousarray(parent_mean)
+        self._parents = parents
+        if parents is None:
+            parent_mean, parent_index = theta_parents(
+                posterior,
+                tree.levels[0] if tree.depth else None,
+                tree.parents[0] if tree.depth else None,
+                b.shape[1],
+            )
+            self.parent_mean = np.ascontiguousarray(parent_mean)
+        else:
+            assert problem.noise is not None  # for the type checker: correlated
+            parent_index = problem.index.parent_of(0)
+            self._precision = noise_precision(var_b, problem.index, problem.noise)
         self._data = ThetaData(b, var_b, 1.0 / var_b, parent_index)
 
     def replay(self, visit: Callable[[int, int, np.ndarray], None]) -> np.ndarray:
         """Call ``visit(chain, draw, theta)`` for every draw, chain by chain.
 
         ``theta`` (covariate, feature) is a buffer reused for the next draw. Returns the
-        per-draw conditional totals Σ log N(b; θ, s²) over the observed cells (chain, draw),
-        as the writer's.
+        per-draw conditional totals over the observed cells (chain, draw), as the writer's:
+        Σ log N(b; θ, s²), or with correlated estimates Σ over covariates of log N(b; θ, Σ).
         """
         rng = np.random.Generator(np.random.SFC64(self._seed))
         n_chains, n_draws = self.shape[:2]
@@ -121,17 +139,38 @@ class ThetaStream:
         for chain in range(n_chains):
             for draw in range(n_draws):
                 rng.standard_normal(out=theta[0, 0], dtype=self.dtype)
-                one = slice(draw, draw + 1)
-                stores = ThetaStores(
-                    self.parent_mean[chain : chain + 1, one],
-                    self.tau[chain : chain + 1, one],
-                    theta,
-                    scratch,
-                    totals[chain : chain + 1, one],
-                )
-                write_theta_draw(self._data, stores, 0)
+                self._write(chain, draw, theta, scratch, totals)
                 visit(chain, draw, theta[0, 0])
+        # a missing cell is no data point: take its stand-in variance's constant out
+        if self._parents is not None:
+            return totals - conditional_constant(self.var_b[self.missing])
         return totals + conditional_constant(self.var_b[~self.missing])
+
+    def _write(
+        self,
+        chain: int,
+        draw: int,
+        theta: np.ndarray,
+        scratch: np.ndarray,
+        totals: np.ndarray,
+    ) -> None:
+        """Turn the noise in ``theta`` into draw (chain, draw) with the writer's kernel."""
+        one = (slice(chain, chain + 1), slice(draw, draw + 1))
+        if self._parents is not None:
+            stores = TotalStores(
+                self._parents.total[one],
+                self._parents.noise[one],
+                self.tau[one],
+                theta,
+                totals[one],
+            )
+            write_correlated_theta_draw(self._data, self._precision, stores, 0)
+            return
+        write_theta_draw(
+            self._data,
+            ThetaStores(self.parent_mean[one], self.tau[one], theta, scratch, totals[one]),
+            0,
+        )
 
 
 def summarise(stream: ThetaStream) -> tuple[dict[str, np.ndarray], np.ndarray]:
