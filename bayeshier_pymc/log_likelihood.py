@@ -18,7 +18,8 @@ Each is one value per (chain, draw, covariate, feature): 80 million at 4 × 2000
 storage type, with no temporaries of that size, split over threads by draw (the kernels
 release the GIL). So does the leave-one-out predictive of correlated estimates
 (:func:`leave_one_out`, O(m) per draw on the tree), over chunks of draws (:func:`chunks`)
-for which it draws the replicates' normals. The leave-one-group-out predictive
+for which it draws the replicates' normals; :class:`HeldOutFeatures` gives its values a chunk
+of features at a time, for LOO in summary storage. The leave-one-group-out predictive
 (:func:`held_out_predictive`) and :func:`conditional_leave_one_out`, computed on demand, run
 the NumPy tree algebra on such chunks and write each into the result.
 """

@@ -3,7 +3,8 @@
 A fit with ``storage="summary"`` keeps θ's per-cell summaries instead of its draws; its θ
 draws (regenerated), LOO (chunked over features), sign rates and the engine's per-draw totals
 must be those of ``storage="full"`` for the same seed, and its normal interval must agree
-with the stored draws' HDI within Monte Carlo error.
+with the stored draws' HDI within Monte Carlo error. The same holds with correlated estimates
+(tree-structured noise, missing cells included), at effect depths 1 and 2.
 """
 
 from __future__ import annotations

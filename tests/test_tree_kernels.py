@@ -21,12 +21,16 @@ from bayeshier_pymc.gaussian_tree import (
     upward_pass,
 )
 from bayeshier_pymc.gaussian_tree.kernels import (
+    LEAVE_ONE_OUT_PARENT_TERMS,
     LEAVE_ONE_OUT_WORK,
     ThetaData,
     ThetaStores,
     draw_children,
+    held_out_log_density,
     leave_one_out_moments,
+    leave_one_out_parent_terms,
     leave_one_out_tree,
+    log_normal,
     write_theta_draw,
 )
 from bayeshier_pymc.gaussian_tree.kernels import pointwise_marginal as compiled_pointwise_marginal
@@ -345,3 +349,18 @@ def test_compiled_leave_one_out_matches_reference(seed, tau_scale):
             leave_one_out_moments(b, var_b, tau, compiled, MU0, s0, work, mean, variance)
             np.testing.assert_allclose(mean, expected[0], rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(variance, expected[1], rtol=1e-10)
+            # split in two (the parents' terms, then any chunk of features): bitwise the same
+            terms = np.empty((1, tree.n_units[1], LEAVE_ONE_OUT_PARENT_TERMS))
+            leave_one_out_parent_terms(b, var_b, tau, compiled, MU0, s0, work, terms[0])
+            chunk = slice(1, tree.n_features)
+            log_density = np.empty((1, tree.n_features - 1))
+            held_out_log_density(
+                b[chunk],
+                var_b[chunk],
+                compiled.noise[chunk],
+                tree.parent_of(0)[chunk].astype(np.intp),
+                tau[:1],
+                terms,
+                log_density,
+            )
+            np.testing.assert_array_equal(log_density[0], log_normal(b - mean, variance)[chunk])
