@@ -641,7 +641,11 @@ def replicate_scores(idata: az.InferenceData) -> xr.Dataset:
     problem = problem_from_idata(idata)
     covariates = problem.covariates.to_numpy()
     if is_summary(idata):  # summary storage: θ's mean and sd kept per cell
-        cells = idata[THETA_SUMMARY].sel(covariate=covariates).transpose("covariate", "feature")
+        cells = (
+            idata[THETA_SUMMARY][["mean", "sd"]]
+            .sel(covariate=covariates)
+            .transpose("covariate", "feature")
+        )
         mean, variance = cells["mean"].to_numpy(), cells["sd"].to_numpy() ** 2
     elif "theta" not in idata.posterior:
         raise ValueError("the fresh-replicate scores need the fit's posterior draws of theta.")

@@ -18,6 +18,7 @@ import pytest
 
 import bayeshier_pymc as bh
 from bayeshier_pymc import sampling
+from bayeshier_pymc.depth_comparison import replicate_scores
 from bayeshier_pymc.diagnostics import loo_elpd
 from bayeshier_pymc.inference_data import THETA_SUMMARY, loo_in_chunks
 from bayeshier_pymc.plots.forest import plot_forest_by_group
@@ -255,6 +256,10 @@ def test_noisy_summaries_are_the_draws_summaries(noisy_pair):
     )
     for column in ("prob_positive", "prob_negative", "lfsr", "qvalue", "called"):
         np.testing.assert_array_equal(summarised[column], stored[column])
+    # the fresh-replicate scores of the depth comparison read θ's mean and sd
+    stored_scores, summary_scores = replicate_scores(full), replicate_scores(summary)
+    for name in stored_scores.data_vars:
+        np.testing.assert_allclose(summary_scores[name], stored_scores[name], rtol=1e-6)
 
 
 def test_noisy_loo_in_chunks_is_the_stored_loo(noisy_pair):
