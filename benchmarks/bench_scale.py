@@ -7,8 +7,13 @@ Each stage runs in its own subprocess so that its peak RSS (``ru_maxrss``) is it
     python benchmarks/bench_scale.py --m 2000 --skip-gibbs   # quick look
     python benchmarks/bench_scale.py --m 100000 --chains 4 --draws 1000 --storage summary \
         --skip-stage1 --budget-mb 4096                     # 10^5 features (issue 15, item 3)
+    python benchmarks/bench_scale.py --m 100000 --chains 4 --draws 1000 --storage summary \
+        --skip-stage1 --budget-mb 4096 --noise tree        # the same with correlated estimates
 
-With ``--storage summary`` the Gibbs stage keeps θ's summaries only and also times, in the
+With ``--noise tree`` the Gibbs stage's estimates come from ``mlm`` on simulated responses whose
+residuals share a normal per subgroup, per group and overall (a tree-structured covariance),
+so the model uses tree-structured noise; the stage-1 fit is not timed. With
+``--storage summary`` the Gibbs stage keeps θ's summaries only and also times, in the
 same process, ``coefficient_table``, LOO (chunked over features) and the regeneration of the
 θ draws of 10 features; the peak RSS covers them all.
 
@@ -49,10 +54,23 @@ sub = rng.integers(0, max(1, m // 100), size=m)
 ann = pd.DataFrame({{"SUB": [f"s{{s}}" for s in sub], "SUPER": [f"P{{s % 10}}" for s in sub]}},
                    index=features)
 tree = bh.Hierarchy.from_frame(ann, ["SUB", "SUPER"])
-b = rng.normal(size=(p, m)) * 0.3
-se = np.full((p, m), 0.2)
-est = (pd.DataFrame(b, columns=features), pd.DataFrame(se, columns=features))
+if "{noise}" == "tree":
+    # estimates of mlm on residuals with tree-structured covariance: per sample, a normal shared
+    # by each subgroup, each group and all features, on top of the features' own; the model
+    # then uses tree-structured noise (its default for estimates that carry it)
+    n = {noise_samples}
+    X = pd.DataFrame(rng.normal(size=(n, p)), columns=[f"x{{k}}" for k in range(p)])
+    shared = (0.6 * rng.normal(size=(n, sub.max() + 1))[:, sub]
+              + 0.4 * rng.normal(size=(n, 10))[:, sub % 10] + 0.3 * rng.normal(size=(n, 1)))
+    Y = X.to_numpy() @ (rng.normal(size=(p, m)) * 0.3) + rng.normal(size=(n, m)) + shared
+    est = bh.mlm(pd.DataFrame(Y, columns=features), X, x_intercept=False)
+    del Y, shared
+else:
+    b = rng.normal(size=(p, m)) * 0.3
+    se = np.full((p, m), 0.2)
+    est = (pd.DataFrame(b, columns=features), pd.DataFrame(se, columns=features))
 model = bh.ShrinkageModel(est, tree)
+assert model.problem.correlated == ("{noise}" == "tree")
 start = time.perf_counter()
 idata = model.sample("gibbs", draws={draws}, tune={draws}, chains={chains}, random_seed=1,
                      progressbar=False, storage="{storage}")
@@ -95,6 +113,9 @@ idata = model.sample(draws={draws}, tune={draws}, chains={chains}, random_seed=1
 wall = time.perf_counter() - start
 """
 
+NOISE_SAMPLES = 100
+"""Samples of the stage-1 fit whose estimates carry tree-structured noise (``--noise tree``)."""
+
 REPORT = """
 import json as _json
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -134,6 +155,13 @@ def main() -> None:
     parser.add_argument(
         "--storage", choices=("full", "summary", "auto"), default="full", help="Gibbs storage"
     )
+    parser.add_argument(
+        "--noise",
+        choices=("independent", "tree"),
+        default="independent",
+        help="Gibbs estimates: independent, or from mlm with tree-structured residual noise "
+        f"({NOISE_SAMPLES} samples)",
+    )
     parser.add_argument("--nuts-m", type=int, default=0, help="also run NUTS at this m")
     parser.add_argument("--nuts-draws", type=int, default=200)
     args = parser.parse_args()
@@ -148,9 +176,15 @@ def main() -> None:
             print("gibbs engine                     SKIPPED (bayeshier_pymc.gibbs.engine absent)")
         else:
             code = GIBBS.format(
-                m=m, p=p, draws=args.draws, chains=args.chains, storage=args.storage
+                m=m,
+                p=p,
+                draws=args.draws,
+                chains=args.chains,
+                storage=args.storage,
+                noise=args.noise,
+                noise_samples=NOISE_SAMPLES,
             )
-            name = f"gibbs m={m} p={p} {args.chains}x{args.draws} {args.storage}"
+            name = f"gibbs m={m} p={p} {args.chains}x{args.draws} {args.storage} {args.noise}"
             run_stage(name, code, args.budget_mb)
     if args.nuts_m:
         code = NUTS.format(m=args.nuts_m, p=p, draws=args.nuts_draws, chains=args.chains)
