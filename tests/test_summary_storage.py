@@ -282,6 +282,8 @@ def test_noisy_summary_fit_plots_and_loads_back(noisy_pair, tmp_path):
     _, summary = noisy_pair
     plot_forest_by_group(summary, covariate="z", top_k=3)
     plot_volcano(summary, covariate="x")
+    plot_shrinkage(summary, covariate="z")
+    plot_stage1_vs_shrunken(summary, covariate="x")
     path = bh.save_results(tmp_path / "fit.nc", summary)
     loaded = bh.load_results(path).idata
     np.testing.assert_array_equal(theta_draws(loaded, ["f1"]), theta_draws(summary, ["f1"]))
