@@ -38,6 +38,7 @@ __all__ = [
     "log_likelihood_dataset",
     "loo",
     "loo_in_chunks",
+    "marginal_chunks",
     "pointwise_draws",
     "posterior_dims",
     "problem_from_idata",
@@ -665,7 +666,7 @@ def loo_in_chunks(
 
     ``b_marginal`` needs τ and the parents' means only (no θ; with correlated estimates, the
     leave-one-out predictive, τ alone): it is computed for a chunk of features at a time
-    (:func:`_marginal_blocks`), ``arviz.loo`` runs on each chunk (PSIS is per observation)
+    (:func:`marginal_chunks`), ``arviz.loo`` runs on each chunk (PSIS is per observation)
     and the chunks are combined. The pointwise values are those of ``arviz.loo`` on the stored
     mode's fit for the same seed and ``reff``. ArviZ's default ``reff`` is the mean relative
     ESS of the posterior's variables, here without θ (which the stored fit's includes), so by
@@ -688,24 +689,19 @@ def loo_in_chunks(
     """
     if not is_summary(idata):
         raise ValueError("loo_in_chunks is for fits in summary storage; use loo.")
-    if chunk_features < 1:
-        raise ValueError(f"chunk_features must be at least 1, got {chunk_features}.")
     problem = problem_from_idata(idata)
     posterior = idata.posterior
     if reff is None:
         reff = _reff(posterior)
-    draws = pointwise_draws(posterior, problem, with_theta=False)
     marginal = LOG_LIKELIHOOD_NAMES["marginal"]
-    dtype = np.dtype(idata.attrs["theta_dtype"])
     observed = ~problem.missing
-    n_samples = int(np.prod(posterior["tau"].shape[:2]))
+    n_chains, n_draws = posterior.sizes["chain"], posterior.sizes["draw"]
+    n_samples = n_chains * n_draws
     loo_i, pareto_k = np.full(problem.b.shape, np.nan), np.full(problem.b.shape, np.nan)
     lppd, warning, good_k = 0.0, False, 1.0
-    for rows, chunk, values in _marginal_blocks(problem, draws, dtype, chunk_features):
-        cells = observed[rows, chunk]
-        if not cells.any():  # every cell of the block missing
-            continue
-        dataset = xr.Dataset({marginal: (("chain", "draw", "cell"), values[..., cells])})
+    for chunk, cells, values in marginal_chunks(idata, chunk_features):
+        by_chain = values.reshape(n_chains, n_draws, -1)
+        dataset = xr.Dataset({marginal: (("chain", "draw", "cell"), by_chain)})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # one warning for all chunks, below
             elpd = az.loo(
@@ -714,8 +710,8 @@ def loo_in_chunks(
                 reff=reff,
                 pointwise=True,
             )
-        loo_i[rows, chunk][cells] = elpd["loo_i"].to_numpy()
-        pareto_k[rows, chunk][cells] = elpd["pareto_k"].to_numpy()
+        loo_i[:, chunk][cells] = elpd["loo_i"].to_numpy()
+        pareto_k[:, chunk][cells] = elpd["pareto_k"].to_numpy()
         lppd += float(elpd["p_loo"]) + float(elpd["elpd_loo"])
         warning = warning or bool(elpd["warning"])
         good_k = float(elpd["good_k"])
@@ -757,29 +753,58 @@ def loo_in_chunks(
     )
 
 
-def _marginal_blocks(
-    problem: ShrinkageProblem, draws: Mapping[str, np.ndarray], dtype: Any, chunk_features: int
-) -> Iterator[tuple[slice, slice, np.ndarray]]:
-    """``b_marginal`` of a fit in summary storage, block by block of cells.
+def marginal_chunks(
+    idata: az.InferenceData, chunk_features: int = LOO_CHUNK_FEATURES
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """``b_marginal`` of a fit in summary storage, computed a chunk of features at a time.
 
-    Yields (covariates, features, values (chain, draw, covariate, feature)), the values those
-    the stored mode's fit holds, in ``dtype``. Independent estimates: every covariate of a
-    chunk of features at a time (:func:`~bayeshier_pymc.log_likelihood.marginal`). Correlated
-    ones: covariate by covariate, the O(m) passes of every draw once, then a chunk of features
-    at a time (:class:`~bayeshier_pymc.log_likelihood.HeldOutFeatures`).
+    The values are those the stored mode's fit holds for the same seed, in θ's floating
+    type. Independent estimates: ``b_marginal`` needs τ and the parents' means only (no θ),
+    every covariate of a chunk of features at once. Correlated estimates: it is the
+    leave-one-out predictive log p(b_j | b_−j, τ), whose O(m) tree passes run once per
+    covariate and draw (:class:`~bayeshier_pymc.log_likelihood.HeldOutFeatures`); then each
+    chunk of that covariate's features, O(1) a value, with ``cells`` true in its row only.
+
+    Parameters
+    ----------
+    idata
+        A fit in summary storage.
+    chunk_features
+        Features per chunk.
+
+    Yields
+    ------
+    features : slice
+        The chunk's features.
+    cells : numpy.ndarray
+        Which of the chunk's (covariate, feature) cells the values are of: the observed ones
+        (of one covariate with correlated estimates); never none.
+    values : numpy.ndarray
+        (draws, cells): draws chain-major, cells covariate-major.
     """
+    if not is_summary(idata):
+        raise ValueError("marginal_chunks is for fits in summary storage.")
+    if chunk_features < 1:
+        raise ValueError(f"chunk_features must be at least 1, got {chunk_features}.")
+    problem = problem_from_idata(idata)
+    draws = pointwise_draws(idata.posterior, problem, with_theta=False)
+    dtype = np.dtype(idata.attrs["theta_dtype"])
+    observed = ~problem.missing
     n_covariates, n_features = problem.b.shape
-    starts = range(0, n_features, chunk_features)
-    chunks = [slice(start, min(start + chunk_features, n_features)) for start in starts]
+    n_samples = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+    chunks = [
+        slice(start, min(start + chunk_features, n_features))
+        for start in range(0, n_features, chunk_features)
+    ]
     if problem.correlated:
         for covariate in range(n_covariates):
             held_out = pointwise.HeldOutFeatures(problem, draws["tau"], covariate)
             for chunk in chunks:
-                yield (
-                    slice(covariate, covariate + 1),
-                    chunk,
-                    held_out.chunk(chunk, dtype)[:, :, None],
-                )
+                cells = np.zeros((n_covariates, chunk.stop - chunk.start), dtype=bool)
+                cells[covariate] = observed[covariate, chunk]
+                if cells.any():  # a covariate's chunk may be all missing
+                    values = held_out.chunk(chunk, dtype).reshape(n_samples, -1)
+                    yield chunk, cells, values[:, cells[covariate]]
         return
     parent_mean, parent_index = theta_parent_draws(draws, problem)
     # the stored mode's data (inference_data._pointwise): se itself unless cells are missing
@@ -793,8 +818,10 @@ def _marginal_blocks(
             parent_index=parent_index[chunk],
             tau_w=draws["tau"][..., 0],
             dtype=dtype,
-        )
-        yield slice(None), chunk, values
+        ).reshape(n_samples, -1)
+        cells = observed[:, chunk]
+        if cells.any():
+            yield chunk, cells, values if cells.all() else values[:, cells.ravel()]
 
 
 def _reff(posterior: xr.Dataset) -> float:
