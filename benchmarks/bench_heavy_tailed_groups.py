@@ -47,11 +47,15 @@ message when their CSVs are absent), on the split halves of
   A's 95% predictive intervals (goal 93–97%) with its cluster-robust ``coverage_se``;
   ``calls`` (lfsr < 0.05) and ``checked_calls`` (half B's |z| > 3), their
   ``sign_error_rate`` against ``claimed_lfsr`` (mean lfsr); ``mse_gain`` over stage 1 (means
-  over the splits, as :func:`~bayeshier_pymc.calibration.split_half_summary`); ``max_rhat``,
+  over the splits, as :func:`~bayeshier_pymc.calibration.split_half_summary`); the
+  differences from the normal prior on the same cells, ``coverage_minus_normal`` with its
+  cluster-robust ``se_coverage_diff`` and ``mse_minus_normal`` (coefficient MSE, truth-free)
+  with ``se_mse_diff`` over the splits; ``max_rhat``,
   the largest rank r̂ of θ and τ over the splits' fits; and ``stage 1`` for reference;
 * **worst clusters**: the clusters (covariate × finest group) that make most of the normal
   prior's shortfall from 95% at depth 2 (as in ``bench_calibration_diagnosis.py``), each
-  prior's coverage of them and the posterior median of their λ_g (mean over splits);
+  prior's coverage of them, the mean z = b / se of their estimates in half A and half B, and
+  the posterior median of their λ_g (mean over splits);
 * **scales**: the posterior median of the finest group level's τ per covariate and prior,
   at depth 2 (mean over splits);
 * **simulation**: the research simulation (:func:`bayeshier_pymc.simulate`, normal group
@@ -82,6 +86,7 @@ from scipy import stats
 from bayeshier_pymc import Hierarchy, ShrinkageModel, mlm, simulate
 from bayeshier_pymc.calibration import (
     PosteriorSummary,
+    clustered_coverage_se,
     known_truth_scores,
     posterior_summary,
     split_half_cells,
@@ -578,6 +583,7 @@ def split_half_tables(study: ValidationStudy, args: argparse.Namespace) -> None:
             cells[key], stage_twos[key] = frame, stage_two
             rows[key] = {
                 **split_half_summary(frame).loc["mean", SPLIT_COLUMNS].to_dict(),
+                **paired_with_normal(frame, cells[(str(depth), "normal")]),
                 "max_rhat": max(r.max_rhat for r in stage_two.records),
                 "seconds": seconds,
             }
@@ -612,6 +618,34 @@ SPLIT_COLUMNS = [
 ]
 
 
+def paired_with_normal(cells: pd.DataFrame, normal: pd.DataFrame) -> dict[str, float]:
+    """Coverage and MSE minus the normal prior's on the same cells, with standard errors.
+
+    The coverage difference's standard error is cluster-robust (covariate × finest group,
+    each estimate's difference averaged over the splits, as ``coverage_se``); the MSE
+    difference's is that of the mean of the per-split differences.
+    """
+    keys = ["split", "covariate", "feature"]
+    if not cells[keys].equals(normal[keys]):
+        raise ValueError("the cells of the two priors differ (splits, covariates, features).")
+    difference = cells.assign(
+        difference=cells["covered"].astype(float) - normal["covered"].astype(float)
+    )
+    pooled = (
+        difference.groupby(["covariate", "feature"], sort=False)
+        .agg(difference=("difference", "mean"), group=("group", "first"))
+        .reset_index()
+    )
+    clusters = pooled.groupby(["covariate", "group"], sort=False).ngroup().to_numpy()
+    mse = (split_half_summary(cells)["mse"] - split_half_summary(normal)["mse"]).drop("mean")
+    return {
+        "coverage_minus_normal": float(difference["difference"].mean()),
+        "se_coverage_diff": clustered_coverage_se(pooled["difference"].to_numpy(), clusters),
+        "mse_minus_normal": float(mse.mean()),
+        "se_mse_diff": float(mse.std(ddof=1) / np.sqrt(mse.size)),
+    }
+
+
 def print_worst_clusters(
     name: str,
     cells: dict[tuple[str, str], pd.DataFrame],
@@ -626,6 +660,8 @@ def print_worst_clusters(
     table = pd.DataFrame({"features": normal.groupby(keys).size() / normal["split"].nunique()}).loc[
         worst
     ]
+    described = normal.assign(z_a=normal["b_a"] / normal["s_a"], z_b=normal["b_b"] / normal["s_b"])
+    table[["z_a", "z_b"]] = described.groupby(keys)[["z_a", "z_b"]].mean().loc[worst]
     for (level, prior), frame in cells.items():
         if level == depth:
             table[f"coverage {prior}"] = frame.groupby(keys)["covered"].mean().loc[worst]
@@ -635,8 +671,9 @@ def print_worst_clusters(
             table[f"λ {prior}"] = [medians.loc[c, g] for c, g in worst]
     print(
         f"{name}, the {N_WORST} clusters (covariate × finest group) that make most of the "
-        f"normal prior's shortfall at depth {depth}: coverage by prior, posterior median of "
-        "the group's λ (mean over splits):"
+        f"normal prior's shortfall at depth {depth}: mean z = b / se of its estimates in "
+        "halves A and B, coverage by prior, posterior median of the group's λ (mean over "
+        "splits):"
     )
     print(table.round(3).to_string(), flush=True)
 
@@ -723,7 +760,7 @@ def main() -> None:
         args.datasets, args.depths, args.splits = ["liver_lipidome"], [2], 2
         args.draws = args.tune = 200
         args.replicates, args.check_draws = 1, 300
-    pd.set_option("display.width", 200)
+    pd.set_option("display.width", 250)
     warnings.simplefilter("ignore")
     print(
         f"prototype Gibbs sampler, {args.chains} chains × {args.draws} draws after {args.tune} "
