@@ -1,7 +1,7 @@
 """The joint likelihood over covariates (C ⊗ Σ̂) against each covariate's own: what it gains.
 
-Run ``python benchmarks/bench_joint_covariates.py [--data ../shared/data] [--splits 6]
-[--replicates 3]`` (``--quick``: 2 splits and 1 replicate). For QMDiab plasma and the liver
+Run ``python benchmarks/bench_joint_covariates.py [--data ../shared/data] [--splits 10]
+[--replicates 6]`` (``--quick``: 2 splits and 1 replicate). For QMDiab plasma and the liver
 lipidome (each skipped with a message when its CSVs are absent) it prints:
 
 * the correlation of the estimates across covariates, ``c_kl / √(c_kk c_ll)`` with
@@ -16,7 +16,9 @@ lipidome (each skipped with a message when its CSVs are absent) it prints:
   set's design and residual covariance 0.8 S + 0.2 diag S, true effects = class effects
   (sd 0.3) + feature deviations (sd 0.1), independent across covariates as the priors say;
   coverage of the true θ, false sign rate against mean lfsr, MSE gain, MSE change;
-* the cost of the dense computations, per-covariate against joint.
+* the cost of the dense computations, per-covariate against joint: the time of one evaluation
+  of the marginal likelihood and its gradient (best of 5, on the whole data set) and how many
+  evaluations each fit's scales took.
 
 Stage 2 here is an exact dense Gaussian posterior given empirical-Bayes scales, at the full
 depth of the tree, with the package's default (``"auto"``) priors and tree-structured noise Σ̂
@@ -30,14 +32,16 @@ depth of the tree, with the package's default (``"auto"``) priors and tree-struc
 * ``joint, same τ̂``: vec(b) ~ N(vec(θ), C ⊗ Σ̂) over the shrunk covariates, with the
   per-covariate τ̂ (the likelihood's gain alone);
 * ``joint, joint τ̂``: the same likelihood with every covariate's τ re-maximised jointly on
-  p(b | τ) (started from the per-covariate τ̂).
+  p(b | τ) p(log τ) (started from the per-covariate τ̂).
 
 The intercept is left out of b: its θ has no prior, so its estimate carries no information
 about the others' errors and dropping it is exact (the rows and columns of the shrunk
 covariates of C are the marginal covariance of their estimates). Everything is m × m or
 pm × pm dense with Cholesky factors (p·m ≈ 1,500 here); a first line per data set checks the
 dense per-covariate log p(b_k | τ̂_k) against the package's tree pass. The output ends with
-the machine's load average.
+the machine's load average. The output in the docs was written with
+``OPENBLAS_NUM_THREADS=1``: on a shared machine one BLAS thread per call runs faster and times
+more steadily than threads that wait for each other.
 """
 
 from __future__ import annotations
@@ -318,55 +322,75 @@ def tree_pass_check(
     return worst
 
 
+def paired_change(mse: pd.Series, reference: pd.Series) -> dict[str, float]:
+    """MSE change against the reference, in % of its mean MSE, with the paired standard error.
+
+    ``mse`` and ``reference`` hold one MSE per split or replicate (the same ones):
+    ``100 (mean mse / mean reference − 1)``, and the standard error of the mean paired
+    difference in the same unit.
+    """
+    difference = mse - reference
+    scale = 100.0 / reference.mean()
+    se = difference.std(ddof=1) / np.sqrt(difference.size) if difference.size > 1 else np.nan
+    return {"mse_change_%": scale * difference.mean(), "change_se_%": scale * se}
+
+
 def split_half_report(name: str, cells: dict[str, pd.DataFrame]) -> None:
     """Print the split-half scores of every method and its MSE change, overall and by covariate."""
-    reference = cells[REFERENCE]
-    rows, by_covariate = {}, {}
-    for method, frame in cells.items():
-        summary = split_half_summary(frame)
-        row = summary.loc["mean", SPLIT_COLUMNS].to_dict()
-        change = summary["mse"].drop("mean") / split_half_summary(reference)["mse"].drop("mean")
-        row["mse_change_%"] = 100.0 * (change.mean() - 1.0)
-        row["change_se_%"] = 100.0 * change.std(ddof=1) / np.sqrt(change.size)
-        rows[method] = row
-        by_covariate[method] = _mse_by_covariate(frame)
-    print(f"{name}, split halves ({reference['split'].nunique()} splits, means; MSE change")
-    print("against per-covariate, paired over splits, with its standard error):")
+    summaries = {method: split_half_summary(frame) for method, frame in cells.items()}
+    reference = summaries[REFERENCE]["mse"].drop("mean")
+    rows = {
+        method: {
+            **summary.loc["mean", SPLIT_COLUMNS].to_dict(),
+            **paired_change(summary["mse"].drop("mean"), reference),
+        }
+        for method, summary in summaries.items()
+    }
+    print(f"{name}, split halves ({reference.size} splits, means; MSE change against")
+    print("per-covariate in % of its MSE, with the standard error of the paired difference):")
     print(pd.DataFrame.from_dict(rows, orient="index").to_string(float_format="{:.4f}".format))
-    mse = pd.DataFrame(by_covariate)
-    change = 100.0 * (mse.div(mse[REFERENCE], axis=0) - 1.0)
+    by_covariate = {method: _mse_by_covariate(frame) for method, frame in cells.items()}
+    base = by_covariate[REFERENCE]
+    table = {"per-covariate MSE": base.groupby(level="covariate", sort=False).mean()}
+    for method, mse in by_covariate.items():
+        if method == REFERENCE:
+            continue
+        difference = (mse - base).groupby(level="covariate", sort=False)
+        table[f"{method}: Δ"] = difference.mean()
+        table[f"{method}: se"] = difference.std(ddof=1) / np.sqrt(difference.size())
     coverage = pd.DataFrame(
         {
             method: frame.groupby("covariate", sort=False)["covered"].mean()
             for method, frame in cells.items()
         }
     )
-    print(f"{name}, split halves by covariate: MSE change against per-covariate (%)")
-    print(change.drop(columns=REFERENCE).to_string(float_format="{:+.2f}".format))
+    print(f"{name}, split halves by covariate: truth-free MSE of per-covariate and the paired")
+    print(
+        "difference of each joint posterior (Δ < 0: the joint is better), with its standard error:"
+    )
+    print(pd.DataFrame(table).to_string(float_format="{:+.5f}".format))
     print(f"{name}, split halves by covariate: coverage")
     print(coverage.to_string(float_format="{:.4f}".format))
 
 
 def _mse_by_covariate(frame: pd.DataFrame) -> pd.Series:
-    """Truth-free coefficient MSE by covariate: mean((b_B − μ)²) − mean(s_B²), over splits."""
+    """Truth-free coefficient MSE by split and covariate: mean((b_B − μ)²) − mean(s_B²)."""
     squared = (frame["b_b"] - frame["mean"]) ** 2 - frame["s_b"] ** 2
-    return squared.groupby(frame["covariate"], sort=False).mean()
+    return squared.groupby([frame["split"], frame["covariate"]], sort=False).mean()
 
 
 def known_truth_report(name: str, rows: dict[str, pd.DataFrame]) -> None:
     """Print the known-truth scores of every method and its MSE change against per-covariate."""
     reference = rows[REFERENCE]["mse"].drop("mean")
-    table = {}
-    for method, frame in rows.items():
-        row = frame.loc["mean", TRUTH_COLUMNS].to_dict()
-        change = frame["mse"].drop("mean") / reference
-        row["mse_change_%"] = 100.0 * (change.mean() - 1.0)
-        row["change_se_%"] = (
-            100.0 * change.std(ddof=1) / np.sqrt(change.size) if change.size > 1 else np.nan
-        )
-        table[method] = row
-    count = reference.size
-    print(f"{name}, real noise, known truth ({count} replicates, means; MSE change paired):")
+    table = {
+        method: {
+            **frame.loc["mean", TRUTH_COLUMNS].to_dict(),
+            **paired_change(frame["mse"].drop("mean"), reference),
+        }
+        for method, frame in rows.items()
+    }
+    print(f"{name}, real noise, known truth ({reference.size} replicates, means; MSE change")
+    print("as for the split halves):")
     print(pd.DataFrame.from_dict(table, orient="index").to_string(float_format="{:.4f}".format))
 
 
@@ -479,8 +503,8 @@ def main() -> None:
     """Run the comparison on every data set present."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the CSVs")
-    parser.add_argument("--splits", type=int, default=6, help="split-half splits")
-    parser.add_argument("--replicates", type=int, default=3, help="known-truth replicates")
+    parser.add_argument("--splits", type=int, default=10, help="split-half splits")
+    parser.add_argument("--replicates", type=int, default=6, help="known-truth replicates")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits and data sets")
     parser.add_argument(
         "--quick", action="store_true", help="2 splits and 1 replicate (a smoke run)"
