@@ -53,11 +53,18 @@ from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.mlm import MLMFit
 from bayeshier_pymc.noise import NodeVariances, Pooling, TreeNoise, tree_noise
 
-__all__ = ["NoiseRemainder", "noise_remainder"]
+__all__ = ["UNSUPPORTED_BY_SAMPLERS", "NoiseRemainder", "noise_remainder"]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 DEFAULT_MAX_RANK = 10
 DEFAULT_FOLDS = 5
+UNSUPPORTED_BY_SAMPLERS = (
+    "a low-rank noise remainder (NoiseRemainder) is not supported by the stage-2 samplers yet: "
+    "the Gibbs engine, the PyMC step, NUTS (collapsed and full model), the exact draws of θ "
+    "and LOO use tree-structured noise only. Pass its tree part (remainder.tree) to fit "
+    "without the remainder."
+)
+"""Why a :class:`NoiseRemainder` is refused where a noise structure is taken."""
 
 
 @dataclass(frozen=True, eq=False)

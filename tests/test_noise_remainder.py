@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bayeshier_pymc import Hierarchy, mlm
+from bayeshier_pymc import Estimates, Hierarchy, ShrinkageModel, mlm
 from bayeshier_pymc.noise import tree_noise
 from bayeshier_pymc.noise_remainder import noise_remainder
 
@@ -131,3 +131,14 @@ def test_bad_ranks_and_inputs_raise_clear_errors(rng):
     y.iloc[0, 0] = np.nan
     with pytest.raises(ValueError, match="complete residuals"):
         noise_remainder(mlm(y, fit.X, x_intercept=False, missing="per-feature"), tree, rank=1)
+
+
+def test_samplers_refuse_a_remainder_instead_of_ignoring_it(rng):
+    fit, _, _ = _study(rng, rank=1, n=60)
+    remainder = noise_remainder(fit, _hierarchy(), rank=1)
+    with pytest.raises(ValueError, match=r"remainder.*not supported.*remainder\.tree"):
+        ShrinkageModel(fit, _hierarchy(), noise=remainder)
+    with pytest.raises(ValueError, match=r"remainder.*not supported"):
+        Estimates.from_any(fit, noise=remainder)
+    # its tree part is taken, knowingly without the remainder
+    assert Estimates.from_any(fit, noise=remainder.tree).noise is remainder.tree
