@@ -135,8 +135,8 @@ def low_rank_marginal(
         rhs, np.asarray(var_b)[..., None, :], tau[..., None, :], tree, s0, lead_noise
     )
     # Lᵀ C⁻¹ (b − mu0) and Lᵀ C⁻¹ L
-    u = np.einsum("...mr,...m->...r", loadings, solved[..., 0, :])
-    gram = np.einsum("...mr,...sm->...rs", loadings, solved[..., 1:, :])
+    u = (solved[..., :1, :] @ loadings)[..., 0, :]
+    gram = solved[..., 1:, :] @ loadings
     gram = 0.5 * (gram + np.swapaxes(gram, -1, -2))
     factor = np.linalg.cholesky(np.eye(rank) + gram)
     whitened = np.linalg.solve(factor, u[..., None])[..., 0]
