@@ -10,7 +10,7 @@ maximises the marginal likelihood N(b; 0, P(τ) + N) and θ | b is Gaussian. The
 * ``tree``: :func:`~bayeshier_pymc.noise.tree_noise` (``TreeNoise.covariance``);
 * ``tree + remainder``: :func:`~bayeshier_pymc.noise_remainder.noise_remainder`, the tree
   noise plus a factor model of what it leaves, rank by cross-validated likelihood (3 folds,
-  ranks 0–10; ``NoiseRemainder.covariance``);
+  ranks 0–10; ``NoiseRemainder.covariance``), and with the rank fixed at 1 and at 3;
 * ``true Σ`` (simulation only): c_kk times the covariance that generated the residuals.
 
 It prints the scores of :mod:`bayeshier_pymc.calibration` for (a) the liver-Σ simulation of
@@ -77,6 +77,8 @@ from bayeshier_pymc.validation_data import (
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CV_FOLDS = 3
 MAX_RANK = 10
+FIXED_RANKS = {"tree + rank 1": 1, "tree + rank 3": 3}
+NOISE_MODELS = ("independent", "tree", "tree + remainder", *FIXED_RANKS)
 NoiseCovariance = Callable[[MLMFit, Hierarchy, object], np.ndarray]
 """(fit, hierarchy, covariate) → the m × m noise covariance of that covariate's estimates."""
 
@@ -105,6 +107,9 @@ class DenseEmpiricalBayes:
             remainder = noise_remainder(fit, hierarchy, max_rank=MAX_RANK, n_folds=CV_FOLDS)
             assert self.ranks is not None
             self.ranks.append(remainder.rank)
+            return [remainder.covariance(c) for c in covariates]
+        if self.noise in FIXED_RANKS:
+            remainder = noise_remainder(fit, hierarchy, rank=FIXED_RANKS[self.noise])
             return [remainder.covariance(c) for c in covariates]
         assert self.true_residual is not None
         c_kk = fit.coef_variance_factor.to_series()
@@ -165,9 +170,6 @@ def class_level_posterior(
     mean = gain @ b
     variance = np.diag(prior_cov) - np.sum(gain * prior_cov, axis=1)
     return mean, np.sqrt(variance)
-
-
-NOISE_MODELS = ("independent", "tree", "tree + remainder")
 
 
 def score_table(rows: dict[str, pd.Series], ranks: list[int]) -> pd.DataFrame:
