@@ -13,7 +13,6 @@ import xarray as xr
 from bayeshier_pymc._validation import as_numeric_matrix, check_positive, check_unique_labels
 from bayeshier_pymc.design import INTERCEPT_NAMES
 from bayeshier_pymc.noise import TreeNoise
-from bayeshier_pymc.noise_remainder import UNSUPPORTED_BY_SAMPLERS, NoiseRemainder
 
 __all__ = [
     "MISSING_VARIANCE_FACTOR",
@@ -320,8 +319,6 @@ def fill_missing(
 
 
 def _check_noise(noise: object, estimates: Estimates) -> None:
-    if isinstance(noise, NoiseRemainder):
-        raise ValueError(UNSUPPORTED_BY_SAMPLERS)
     if not isinstance(noise, TreeNoise):
         raise ValueError(f"noise must be a TreeNoise, got {type(noise).__name__}.")
     if not noise.features.equals(estimates.features):

@@ -18,7 +18,6 @@ from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.mlm import MLMFit
 from bayeshier_pymc.model import Parameterization, build_model, scale_levels
 from bayeshier_pymc.noise import TreeNoise, tree_noise
-from bayeshier_pymc.noise_remainder import UNSUPPORTED_BY_SAMPLERS, NoiseRemainder
 from bayeshier_pymc.prediction import predict_new
 from bayeshier_pymc.predictive import prior_predictive
 from bayeshier_pymc.priors import Priors
@@ -40,8 +39,6 @@ def with_noise(
     """
     if isinstance(noise, TreeNoise):
         return Estimates.from_any(estimates, noise=noise)
-    if isinstance(noise, NoiseRemainder):
-        raise ValueError(UNSUPPORTED_BY_SAMPLERS)
     if not isinstance(noise, str) or noise not in NOISE_CHOICES:
         raise ValueError(f"noise must be one of {NOISE_CHOICES!r} or a TreeNoise, got {noise!r}.")
     if noise == "independent":

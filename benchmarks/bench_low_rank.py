@@ -8,7 +8,7 @@ maximises the marginal likelihood N(b; 0, P(τ) + N) and θ | b is Gaussian. The
 
 * ``independent``: N = diag(se²), the research model;
 * ``tree``: :func:`~bayeshier_pymc.noise.tree_noise` (``TreeNoise.covariance``);
-* ``tree + remainder``: :func:`~bayeshier_pymc.noise_remainder.noise_remainder`, the tree
+* ``tree + remainder``: ``noise_remainder`` (``noise_remainder.py`` beside this script), the tree
   noise plus a factor model of what it leaves, rank by cross-validated likelihood (3 folds,
   ranks 0–10; ``NoiseRemainder.covariance``), and with the rank fixed at 1 and at 3;
 * ``true Σ`` (simulation only): c_kk times the covariance that generated the residuals.
@@ -28,7 +28,7 @@ m = 999 in 106 subclasses within 9 superclasses, n = 60, the residuals of
 
 * collapsed NUTS: the time of one evaluation of log p(b | τ) for all covariates, the tree pass
   alone (:func:`~bayeshier_pymc.gaussian_tree.upward_pass`) against the tree pass plus the
-  Woodbury correction (:func:`~bayeshier_pymc.gaussian_tree.low_rank.low_rank_marginal`,
+  Woodbury correction (``low_rank_marginal`` of ``low_rank_algebra.py`` beside this script,
   r + 1 right-hand sides of one batched up-and-down pass), and against the alternative of
   sampling f with τ (the tree pass on b − L f), all in the NumPy reference;
 * Gibbs engine: its measured time per sweep with tree-structured noise (4 chains, the second
@@ -51,6 +51,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
+from low_rank_algebra import low_rank_marginal, tree_solve
+from noise_remainder import NoiseRemainder, noise_remainder
 from scipy import linalg, optimize, stats
 
 from bayeshier_pymc import ShrinkageModel, mlm
@@ -61,11 +63,9 @@ from bayeshier_pymc.calibration import (
     split_half_check,
 )
 from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, upward_pass
-from bayeshier_pymc.gaussian_tree.low_rank import low_rank_marginal, tree_solve
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.mlm import MLMFit
 from bayeshier_pymc.noise import tree_noise
-from bayeshier_pymc.noise_remainder import NoiseRemainder, noise_remainder
 from bayeshier_pymc.simulate import ResidualNoise, simulate
 from bayeshier_pymc.validation_data import (
     VALIDATION_SETS,

@@ -7,10 +7,12 @@ import pytest
 from scipy import stats
 
 from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, pad_scales
-from bayeshier_pymc.gaussian_tree.low_rank import low_rank_marginal, tree_solve
 from tests.dense_gaussian import marginal_covariance
+from tests.research import research_module
 from tests.test_tree_noise_algebra import MU0, S0, _dense_noise, _hierarchy, _noise
 
+low_rank_marginal = research_module("low_rank_algebra").low_rank_marginal
+tree_solve = research_module("low_rank_algebra").tree_solve
 CASES = [(0, 0, 0, 1), (1, 1, 1, 2), (2, 2, 1, 3), (3, 3, 3, 2), (4, 2, 0, 1)]
 
 

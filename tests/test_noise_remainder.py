@@ -1,4 +1,4 @@
-"""A low-rank remainder on top of tree-structured noise (``bayeshier_pymc.noise_remainder``)."""
+"""A low-rank remainder on top of tree-structured noise (``benchmarks/noise_remainder.py``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bayeshier_pymc import Estimates, Hierarchy, ShrinkageModel, mlm
+from bayeshier_pymc import Hierarchy, mlm
 from bayeshier_pymc.noise import tree_noise
-from bayeshier_pymc.noise_remainder import noise_remainder
+from tests.research import research_module
 
+noise_remainder = research_module("noise_remainder").noise_remainder
 N_FEATURES = 60
 SUB = np.repeat(np.arange(12), 5)
 SUPER = SUB // 4
@@ -131,14 +132,3 @@ def test_bad_ranks_and_inputs_raise_clear_errors(rng):
     y.iloc[0, 0] = np.nan
     with pytest.raises(ValueError, match="complete residuals"):
         noise_remainder(mlm(y, fit.X, x_intercept=False, missing="per-feature"), tree, rank=1)
-
-
-def test_samplers_refuse_a_remainder_instead_of_ignoring_it(rng):
-    fit, _, _ = _study(rng, rank=1, n=60)
-    remainder = noise_remainder(fit, _hierarchy(), rank=1)
-    with pytest.raises(ValueError, match=r"remainder.*not supported.*remainder\.tree"):
-        ShrinkageModel(fit, _hierarchy(), noise=remainder)
-    with pytest.raises(ValueError, match=r"remainder.*not supported"):
-        Estimates.from_any(fit, noise=remainder)
-    # its tree part is taken, knowingly without the remainder
-    assert Estimates.from_any(fit, noise=remainder.tree).noise is remainder.tree

@@ -1,6 +1,6 @@
 """The tree algebra with a low-rank remainder of the noise: Woodbury on top of the tree pass.
 
-With a remainder (:mod:`bayeshier_pymc.noise_remainder`) the estimates of one covariate are
+With a remainder (``noise_remainder.py`` beside it) the estimates of one covariate are
 
     b = T + L f + ε,   f ~ N(0, I_r),
 
@@ -19,7 +19,8 @@ covariance of the totals T, ``C = K + diag(own)`` and ``E[T | x] = K C⁻¹ x``,
 downward pass of ``x`` (prior mean 0). ``b − mu0`` and the r columns of L are r + 1 such
 passes: O(m r) per row.
 
-This is the NumPy reference; no sampler uses it yet (see ``docs/benchmarks/low_rank.txt``).
+Research code of ``bench_low_rank.py`` (NumPy); no sampler uses it (see
+``docs/benchmarks/low_rank.txt``).
 """
 
 from __future__ import annotations

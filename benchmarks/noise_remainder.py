@@ -1,4 +1,7 @@
-"""A low-rank remainder of the residual covariance on top of tree-structured noise.
+"""A low-rank remainder of the residual covariance on top of tree-structured noise (research).
+
+Research code of ``bench_low_rank.py``, kept beside it: measured there, the remainder does not
+improve stage 2 on real data (``docs/model.md``), so the package's samplers do not take it.
 
 Tree-structured noise (:mod:`bayeshier_pymc.noise`) models the part of the residual covariance
 ``Σ`` that aliases with the annotation tree. What it leaves — correlations across groups that
@@ -53,18 +56,11 @@ from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.mlm import MLMFit
 from bayeshier_pymc.noise import NodeVariances, Pooling, TreeNoise, tree_noise
 
-__all__ = ["UNSUPPORTED_BY_SAMPLERS", "NoiseRemainder", "noise_remainder"]
+__all__ = ["NoiseRemainder", "noise_remainder"]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 DEFAULT_MAX_RANK = 10
 DEFAULT_FOLDS = 5
-UNSUPPORTED_BY_SAMPLERS = (
-    "a low-rank noise remainder (NoiseRemainder) is not supported by the stage-2 samplers yet: "
-    "the Gibbs engine, the PyMC step, NUTS (collapsed and full model), the exact draws of θ "
-    "and LOO use tree-structured noise only. Pass its tree part (remainder.tree) to fit "
-    "without the remainder."
-)
-"""Why a :class:`NoiseRemainder` is refused where a noise structure is taken."""
 
 
 @dataclass(frozen=True, eq=False)
