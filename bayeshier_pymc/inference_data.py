@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib.metadata import version
 from typing import Any, Literal
 
@@ -37,6 +37,7 @@ __all__ = [
     "log_likelihood_dataset",
     "loo",
     "loo_in_chunks",
+    "marginal_chunks",
     "pointwise_draws",
     "posterior_dims",
     "problem_from_idata",
@@ -635,8 +636,9 @@ def loo_in_chunks(
     """PSIS-LOO with ``b_marginal`` of a fit in summary storage, chunk by chunk of features.
 
     ``b_marginal`` needs τ and the parents' means only (no θ): it is computed for a chunk of
-    features at a time, the compiled PSIS (:func:`bayeshier_pymc.psis.psis_loo`, ArviZ's
-    algorithm) runs on each chunk (PSIS is per observation) and the chunks are combined.
+    features at a time (:func:`marginal_chunks`), the compiled PSIS
+    (:func:`bayeshier_pymc.psis.psis_loo`, ArviZ's algorithm) runs on each chunk (PSIS is
+    per observation) and the chunks are combined.
     The pointwise values are those of ``arviz.loo`` on the stored mode's fit for the same
     seed and ``reff``, computed in float64: to about 1e-12 with a float64 log-likelihood,
     to float32 rounding (about 1e-6) with the default float32 one, which ArviZ keeps in
@@ -661,36 +663,14 @@ def loo_in_chunks(
     """
     if not is_summary(idata):
         raise ValueError("loo_in_chunks is for fits in summary storage; use loo.")
-    if chunk_features < 1:
-        raise ValueError(f"chunk_features must be at least 1, got {chunk_features}.")
     problem = problem_from_idata(idata)
-    posterior = idata.posterior
     if reff is None:
-        reff = _reff(posterior)
-    draws = pointwise_draws(posterior, problem, with_theta=False)
-    parent_mean, parent_index = theta_parent_draws(draws, problem)
-    dtype = np.dtype(idata.attrs["theta_dtype"])
-    # the stored mode's data (inference_data._pointwise): se itself unless cells are missing
-    b = problem.algebra_b
-    se = np.sqrt(problem.var_b) if problem.has_missing else problem.se
+        reff = _reff(idata.posterior)
     observed = ~problem.missing
-    n_samples = int(np.prod(posterior["tau"].shape[:2]))
-    loo_i, pareto_k, lppd_i = (np.full(b.shape, np.nan) for _ in range(3))
-    for start in range(0, b.shape[1], chunk_features):
-        chunk = slice(start, min(start + chunk_features, b.shape[1]))
-        values = pointwise.marginal(
-            b[:, chunk],
-            se[:, chunk],
-            parent_mean=parent_mean,
-            parent_index=parent_index[chunk],
-            tau_w=draws["tau"][..., 0],
-            dtype=dtype,
-        )
-        cells = observed[:, chunk]
-        by_draw = values.reshape(n_samples, -1)
-        if not cells.all():
-            by_draw = by_draw[:, cells.ravel()]
-        terms = psis.psis_loo(by_draw, reff)
+    n_samples = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+    loo_i, pareto_k, lppd_i = (np.full(observed.shape, np.nan) for _ in range(3))
+    for chunk, cells, values in marginal_chunks(idata, chunk_features):
+        terms = psis.psis_loo(values, reff)
         loo_i[:, chunk][cells] = terms.loo_i
         pareto_k[:, chunk][cells] = terms.pareto_k
         lppd_i[:, chunk][cells] = terms.lppd_i
@@ -732,6 +712,56 @@ def loo_in_chunks(
             "good_k",
         ],
     )
+
+
+def marginal_chunks(
+    idata: az.InferenceData, chunk_features: int = LOO_CHUNK_FEATURES
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """``b_marginal`` of a fit in summary storage, computed a chunk of features at a time.
+
+    ``b_marginal`` needs τ and the parents' means only (no θ); the values are those the
+    stored mode's fit holds for the same seed, in θ's floating type.
+
+    Parameters
+    ----------
+    idata
+        A fit in summary storage.
+    chunk_features
+        Features per chunk.
+
+    Yields
+    ------
+    features : slice
+        The chunk's features.
+    cells : numpy.ndarray
+        Which of the chunk's (covariate, feature) cells are observed.
+    values : numpy.ndarray
+        (draws, observed cells): draws chain-major, cells covariate-major.
+    """
+    if not is_summary(idata):
+        raise ValueError("marginal_chunks is for fits in summary storage.")
+    if chunk_features < 1:
+        raise ValueError(f"chunk_features must be at least 1, got {chunk_features}.")
+    problem = problem_from_idata(idata)
+    draws = pointwise_draws(idata.posterior, problem, with_theta=False)
+    parent_mean, parent_index = theta_parent_draws(draws, problem)
+    dtype = np.dtype(idata.attrs["theta_dtype"])
+    # the stored mode's data (inference_data._pointwise): se itself unless cells are missing
+    b = problem.algebra_b
+    se = np.sqrt(problem.var_b) if problem.has_missing else problem.se
+    n_samples = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+    for start in range(0, b.shape[1], chunk_features):
+        chunk = slice(start, min(start + chunk_features, b.shape[1]))
+        values = pointwise.marginal(
+            b[:, chunk],
+            se[:, chunk],
+            parent_mean=parent_mean,
+            parent_index=parent_index[chunk],
+            tau_w=draws["tau"][..., 0],
+            dtype=dtype,
+        ).reshape(n_samples, -1)
+        cells = ~problem.missing[:, chunk]
+        yield chunk, cells, values if cells.all() else values[:, cells.ravel()]
 
 
 def _reff(posterior: xr.Dataset) -> float:

@@ -37,6 +37,9 @@ package stores them.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -56,6 +59,9 @@ _NEGLIGIBLE_WEIGHT = 10 * float(np.finfo(float).eps)
 _EPS = float(np.finfo(float).eps)
 _MIN_TAIL = 5
 """Fewest tail draws for which the GPD is fitted (k̂ = ∞ below)."""
+_BLOCK_VALUES = 1 << 18
+"""Log weights per block of observations: the block's float64 arrays take 2 MiB each, the
+fit's profile (rows × grid × tail) about twice that."""
 
 
 class PsisLoo(NamedTuple):
@@ -108,9 +114,18 @@ def psislw(log_weights: np.ndarray, reff: float = 1.0) -> tuple[np.ndarray, np.n
     values = np.asarray(log_weights)
     _check_values(values, axis=-1, reff=reff)
     rows = values.reshape(-1, values.shape[-1])
+    tail = tail_length(rows.shape[1], reff)
     out = np.empty(rows.shape, dtype=np.float64)
     pareto_k = np.empty(rows.shape[0], dtype=np.float64)
-    _psislw_kernel(rows, tail_length(rows.shape[1], reff), out, pareto_k)
+
+    def run(block: slice) -> None:
+        x = np.array(rows[block], dtype=np.float64)
+        x -= x.max(axis=1, keepdims=True)
+        smoothed = _smooth(x, tail)
+        out[block] = x - smoothed.total[:, None]
+        pareto_k[block] = smoothed.pareto_k
+
+    _in_threads(run, _blocks(rows.shape[0], rows.shape[1]))
     return out.reshape(values.shape), pareto_k.reshape(values.shape[:-1])
 
 
@@ -135,10 +150,93 @@ def psis_loo(log_likelihood: np.ndarray, reff: float) -> PsisLoo:
     if values.ndim != 2:
         raise ValueError(f"log_likelihood must be (draws, observations), got shape {values.shape}.")
     _check_values(values, axis=0, reff=reff)
-    n_observations = values.shape[1]
+    n_samples, n_observations = values.shape
+    tail = tail_length(n_samples, reff)
     loo_i, pareto_k, lppd_i = (np.empty(n_observations) for _ in range(3))
-    _loo_kernel(values, tail_length(values.shape[0], reff), loo_i, pareto_k, lppd_i)
+
+    def run(block: slice) -> None:
+        ll = np.array(values[:, block].T, dtype=np.float64, order="C")
+        lppd_i[block] = _logsumexp_rows(ll) - np.log(n_samples)
+        smallest = ll.min(axis=1)
+        # log weights −ll, shifted to a maximum of 0
+        x = smallest[:, None] - ll
+        smoothed = _smooth(x, tail)
+        pareto_k[block] = smoothed.pareto_k
+        loo_i[block] = _loo_rows(
+            x,
+            ll,
+            smoothed.tail_index,
+            smoothed.n_smoothed,
+            smoothed.total,
+            smallest - smoothed.total,
+        )
+
+    _in_threads(run, _blocks(n_observations, n_samples))
     return PsisLoo(loo_i, pareto_k, lppd_i)
+
+
+class _Smoothed(NamedTuple):
+    """Per row of a block: k̂, the smoothed draws and the log of the sum of the weights."""
+
+    pareto_k: np.ndarray
+    tail_index: np.ndarray
+    n_smoothed: np.ndarray
+    total: np.ndarray
+
+
+def _smooth(x: np.ndarray, tail: int) -> _Smoothed:
+    """Pareto-smooth the tails of the log weights ``x`` (rows × draws, maximum 0) in place.
+
+    The elementwise exponentials and logarithms over whole blocks run in NumPy (vectorised);
+    the per-row selection, fit and smoothing in compiled loops.
+    """
+    n_rows = x.shape[0]
+    tail_index = np.empty((n_rows, tail), dtype=np.intp)
+    n_tail = np.empty(n_rows, dtype=np.intp)
+    excess = np.zeros((n_rows, tail))
+    exp_cutoff = np.empty(n_rows)
+    grid = np.zeros((n_rows, _grid_size(tail)))
+    _select_tails(x, tail_index, n_tail, excess, exp_cutoff, grid)
+    # Zhang & Stephens' profile: mean over the tail of log1p(−b x) at every grid point b
+    # (the padding beyond a row's tail is 0 and adds log1p(0) = 0)
+    grid_k = np.log1p(-grid[:, :, None] * excess[:, None, :]).sum(axis=2)
+    pareto_k = np.empty(n_rows)
+    n_smoothed = np.empty(n_rows, dtype=np.intp)
+    _fit_and_smooth(x, tail_index, n_tail, excess, exp_cutoff, grid, grid_k, pareto_k, n_smoothed)
+    return _Smoothed(pareto_k, tail_index, n_smoothed, _logsumexp_rows(x))
+
+
+def _logsumexp_rows(values: np.ndarray) -> np.ndarray:
+    """Log of Σ exp over each row, shifted by the row's maximum (ArviZ's ``logsumexp``)."""
+    largest = values.max(axis=1)
+    return np.log(np.exp(values - largest[:, None]).sum(axis=1)) + largest
+
+
+def _in_threads(run: Callable[[slice], None], blocks: list[slice]) -> None:
+    """``run`` on every block, one thread per CPU; the results do not depend on the threads.
+
+    The blocks' rows are independent, and NumPy's loops and the kernels release the GIL.
+    """
+    n_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n_threads = min(len(blocks), n_cpus or 1)
+    if n_threads <= 1:
+        for block in blocks:
+            run(block)
+        return
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        for _ in pool.map(run, blocks):  # re-raises a block's exception
+            pass
+
+
+def _blocks(n_rows: int, n_samples: int) -> list[slice]:
+    """Blocks of rows of about :data:`_BLOCK_VALUES` values (at least one row each)."""
+    size = max(1, _BLOCK_VALUES // n_samples)
+    return [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
+
+
+def _grid_size(n_tail: int) -> int:
+    """Zhang & Stephens' number of grid points for a tail of ``n_tail`` draws."""
+    return 30 + int(n_tail**0.5)
 
 
 def _check_values(values: np.ndarray, *, axis: int, reff: float) -> None:
@@ -161,117 +259,136 @@ def _all_finite(values: np.ndarray) -> bool:  # pragma: no cover - compiled
 
 
 @compiled_kernel
-def _psislw_kernel(
-    log_weights: np.ndarray, tail: int, out: np.ndarray, pareto_k: np.ndarray
+def _select_tails(
+    x: np.ndarray,
+    tail_index: np.ndarray,
+    n_tail: np.ndarray,
+    excess: np.ndarray,
+    exp_cutoff: np.ndarray,
+    grid: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
-    """Each row of ``log_weights`` (observation × draws) smoothed and normalised into ``out``."""
-    n_samples = log_weights.shape[1]
-    x = np.empty(n_samples)
-    tail_index = np.empty(tail, dtype=np.intp)
-    for row in range(log_weights.shape[0]):
-        largest = -np.inf
+    """Each row's tail: the draws above the cutoff, ordered by weight, and the fit's grid.
+
+    The cutoff is the (T + 1)-th largest log weight (T = ``tail_index.shape[1]``), found
+    with a min-heap of the T + 1 largest, or log of the smallest positive float if larger.
+    Writes the tail's draws ordered by weight (ties by draw) into ``tail_index``, their
+    excesses exp(x) − exp(cutoff) into ``excess``, exp(cutoff) and the grid of b values;
+    ``n_tail`` is 0 where the tail is too short to fit.
+    """
+    n_rows, n_samples = x.shape
+    tail = tail_index.shape[1]
+    heap = np.empty(tail + 1)
+    for row in range(n_rows):
+        values = x[row]
+        size = 0
         for s in range(n_samples):
-            x[s] = log_weights[row, s]
-            largest = max(largest, x[s])
+            value = values[s]
+            if size <= tail:
+                _heap_push(heap, size, value)
+                size += 1
+            elif value > heap[0]:
+                _heap_replace_root(heap, size, value)
+        cutoff = max(heap[0], _CUTOFF_MIN)
+        n = 0
         for s in range(n_samples):
-            x[s] -= largest
-        pareto_k[row], _ = _smooth(x, tail, tail_index)
-        total = _logsumexp(x)
-        for s in range(n_samples):
-            out[row, s] = x[s] - total
+            if values[s] > cutoff:
+                tail_index[row, n] = s
+                n += 1
+        if n < _MIN_TAIL:
+            n_tail[row] = 0
+            continue
+        n_tail[row] = n
+        order = np.argsort(values[tail_index[row, :n]], kind="mergesort")
+        tail_index[row, :n] = tail_index[row, :n][order]
+        exp_cutoff[row] = np.exp(cutoff)
+        for i in range(n):
+            excess[row, i] = np.exp(values[tail_index[row, i]]) - exp_cutoff[row]
+        n_grid = 30 + int(n**0.5)
+        quartile = excess[row, int(n / 4 + 0.5) - 1]
+        for i in range(n_grid):
+            grid[row, i] = (1 - np.sqrt(n_grid / (i + 1 - 0.5))) / (_PRIOR_SCALE * quartile)
+            grid[row, i] += 1 / excess[row, n - 1]
 
 
 @compiled_kernel
-def _loo_kernel(
-    log_likelihood: np.ndarray,
-    tail: int,
-    loo_i: np.ndarray,
+def _heap_push(heap: np.ndarray, size: int, value: float) -> None:  # pragma: no cover
+    """Add ``value`` to the min-heap ``heap[:size]``."""
+    i = size
+    heap[i] = value
+    while i > 0:
+        parent = (i - 1) // 2
+        if heap[parent] <= heap[i]:
+            break
+        heap[parent], heap[i] = heap[i], heap[parent]
+        i = parent
+
+
+@compiled_kernel
+def _heap_replace_root(heap: np.ndarray, size: int, value: float) -> None:  # pragma: no cover
+    """Replace the minimum of the min-heap ``heap[:size]`` by ``value``."""
+    heap[0] = value
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and heap[child + 1] < heap[child]:
+            child += 1
+        if heap[i] <= heap[child]:
+            break
+        heap[child], heap[i] = heap[i], heap[child]
+        i = child
+
+
+@compiled_kernel
+def _fit_and_smooth(
+    x: np.ndarray,
+    tail_index: np.ndarray,
+    n_tail: np.ndarray,
+    excess: np.ndarray,
+    exp_cutoff: np.ndarray,
+    grid: np.ndarray,
+    grid_k: np.ndarray,
     pareto_k: np.ndarray,
-    lppd_i: np.ndarray,
+    n_smoothed: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
-    """Per column of ``log_likelihood`` (draws × observations): ``az.loo``'s terms.
+    """Fit each row's GPD from its grid's profile and replace the tail by its quantiles.
 
-    loo_i is logsumexp over the draws of the normalised log weight plus the log-likelihood.
-    Where a draw's weight was not smoothed that sum is the same number for every draw,
-    min(log-likelihood) − logsumexp(log weights), so only the smoothed draws need one
-    exponential each.
+    ``grid_k`` holds Σ log1p(−b x) over the tail at every grid point b. A row without a
+    tail to fit gets k̂ = ∞, one whose fit fails a k̂ that is not finite; neither is
+    smoothed (``n_smoothed`` 0).
     """
-    n_samples = log_likelihood.shape[0]
-    log_n = np.log(n_samples)
-    ll = np.empty(n_samples)
-    x = np.empty(n_samples)
-    tail_index = np.empty(tail, dtype=np.intp)
-    for j in range(log_likelihood.shape[1]):
-        smallest = np.inf
-        for s in range(n_samples):
-            ll[s] = log_likelihood[s, j]
-            smallest = min(smallest, ll[s])
-        lppd_i[j] = _logsumexp(ll) - log_n
-        # log weights −ll, shifted to a maximum of 0
-        for s in range(n_samples):
-            x[s] = -ll[s] + smallest
-        pareto_k[j], n_smoothed = _smooth(x, tail, tail_index)
-        total = _logsumexp(x)
-        unsmoothed = smallest - total
-        largest = unsmoothed
-        for i in range(n_smoothed):
-            s = tail_index[i]
-            largest = max(largest, (x[s] - total) + ll[s])
-        terms = (n_samples - n_smoothed) * np.exp(unsmoothed - largest)
-        for i in range(n_smoothed):
-            s = tail_index[i]
-            terms += np.exp((x[s] - total) + ll[s] - largest)
-        loo_i[j] = np.log(terms) + largest
+    for row in range(x.shape[0]):
+        n = n_tail[row]
+        n_smoothed[row] = 0
+        if n == 0:
+            pareto_k[row] = np.inf
+            continue
+        k, sigma = _gpd_fit(excess[row, :n], grid[row, : 30 + int(n**0.5)], grid_k[row])
+        pareto_k[row] = k
+        if not np.isfinite(k):
+            continue
+        for i in range(n):
+            quantile = _gpd_quantile((i + 0.5) / n, k, sigma)
+            smoothed = np.log(quantile + exp_cutoff[row])
+            # truncated at the largest raw weight, 0 (a NaN of a failed quantile stays NaN)
+            x[row, tail_index[row, i]] = 0.0 if smoothed > 0 else smoothed
+        n_smoothed[row] = n
 
 
 @compiled_kernel
-def _smooth(
-    x: np.ndarray, tail: int, tail_index: np.ndarray
-) -> tuple[float, int]:  # pragma: no cover - compiled
-    """Pareto-smooth the tail of the log weights ``x`` (maximum 0) in place.
+def _gpd_fit(
+    excess: np.ndarray, b: np.ndarray, sum_log1p: np.ndarray
+) -> tuple[float, float]:  # pragma: no cover - compiled
+    """Zhang & Stephens' empirical Bayes (k̂, σ̂) of a GPD from sorted excesses (ArviZ's).
 
-    Returns k̂ and the number of smoothed draws, whose indices it leaves in the first
-    entries of ``tail_index`` (room for ``tail`` indices); 0 when nothing was smoothed.
+    ``b`` is the grid, ``sum_log1p[i]`` = Σ log1p(−b_i x) over the excesses x.
     """
-    n_samples = x.size
-    rank = n_samples - tail - 1
-    cutoff = max(np.partition(x, rank)[rank], _CUTOFF_MIN)
-    exp_cutoff = np.exp(cutoff)
-    n_tail = 0
-    for s in range(n_samples):
-        if x[s] > cutoff:
-            tail_index[n_tail] = s
-            n_tail += 1
-    if n_tail < _MIN_TAIL:
-        return np.inf, 0
-    indices = tail_index[:n_tail]
-    order = np.argsort(x[indices], kind="mergesort")
-    sorted_index = indices[order]
-    excess = np.empty(n_tail)
-    for i in range(n_tail):
-        excess[i] = np.exp(x[sorted_index[i]]) - exp_cutoff
-    k, sigma = _gpd_fit(excess)
-    if not np.isfinite(k):
-        return k, 0
-    for i in range(n_tail):
-        smoothed = np.log(_gpd_quantile((i + 0.5) / n_tail, k, sigma) + exp_cutoff)
-        # truncated at the largest raw weight, 0 (a NaN of a failed quantile stays NaN)
-        x[sorted_index[i]] = 0.0 if smoothed > 0 else smoothed
-    return k, n_tail
-
-
-@compiled_kernel
-def _gpd_fit(excess: np.ndarray) -> tuple[float, float]:  # pragma: no cover - compiled
-    """Zhang & Stephens' empirical Bayes (k̂, σ̂) of a GPD from sorted excesses (ArviZ's)."""
     n = excess.size
-    n_grid = 30 + int(n**0.5)
-    quartile = excess[int(n / 4 + 0.5) - 1]
-    b = np.empty(n_grid)
+    n_grid = b.size
     log_scale = np.empty(n_grid)
     for i in range(n_grid):
-        b[i] = (1 - np.sqrt(n_grid / (i + 1 - 0.5))) / (_PRIOR_SCALE * quartile)
-        b[i] += 1 / excess[n - 1]
-        k_i = _mean_log1p(-b[i], excess)
+        k_i = sum_log1p[i] / n
         log_scale[i] = n * (np.log(-(b[i] / k_i)) - k_i - 1)
     total = _logsumexp(log_scale)
     weights = np.empty(n_grid)
@@ -284,18 +401,13 @@ def _gpd_fit(excess: np.ndarray) -> tuple[float, float]:  # pragma: no cover - c
     for i in range(n_grid):
         if weights[i] >= _NEGLIGIBLE_WEIGHT:
             b_post += b[i] * (weights[i] / weight_sum)
-    k_post = _mean_log1p(-b_post, excess)
+    k_post = 0.0
+    for value in excess:
+        k_post += np.log1p(-b_post * value)
+    k_post /= n
     sigma = -k_post / b_post
     k_post = (n * k_post + _PRIOR_K * 0.5) / (n + _PRIOR_K)
     return k_post, sigma
-
-
-@compiled_kernel
-def _mean_log1p(factor: float, values: np.ndarray) -> float:  # pragma: no cover - compiled
-    total = 0.0
-    for value in values:
-        total += np.log1p(factor * value)
-    return total / values.size
 
 
 @compiled_kernel
@@ -306,6 +418,37 @@ def _gpd_quantile(probability: float, k: float, sigma: float) -> float:  # pragm
     if abs(k) < _EPS:
         return -np.log1p(-probability) * sigma
     return np.expm1(-k * np.log1p(-probability)) / k * sigma
+
+
+@compiled_kernel
+def _loo_rows(
+    x: np.ndarray,
+    ll: np.ndarray,
+    tail_index: np.ndarray,
+    n_smoothed: np.ndarray,
+    total: np.ndarray,
+    unsmoothed: np.ndarray,
+) -> np.ndarray:  # pragma: no cover - compiled
+    """Per row, logsumexp over the draws of the normalised log weight plus the log-likelihood.
+
+    ``total`` is the row's logsumexp of the log weights ``x``. Where a draw's weight was not
+    smoothed the sum's term is the same number for every draw, ``unsmoothed`` =
+    min(log-likelihood) − ``total``, so only the smoothed draws need an exponential each.
+    """
+    n_rows, n_samples = x.shape
+    out = np.empty(n_rows)
+    for row in range(n_rows):
+        n = n_smoothed[row]
+        largest = unsmoothed[row]
+        for i in range(n):
+            s = tail_index[row, i]
+            largest = max(largest, (x[row, s] - total[row]) + ll[row, s])
+        terms = (n_samples - n) * np.exp(unsmoothed[row] - largest)
+        for i in range(n):
+            s = tail_index[row, i]
+            terms += np.exp((x[row, s] - total[row]) + ll[row, s] - largest)
+        out[row] = np.log(terms) + largest
+    return out
 
 
 @compiled_kernel

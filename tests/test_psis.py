@@ -66,6 +66,20 @@ def test_loo_terms_are_arviz(rng):
     np.testing.assert_array_equal(again.loo_i, terms.loo_i)
 
 
+def test_blocks_in_threads_give_the_numbers_of_one_block(rng, monkeypatch):
+    log_likelihood = _log_likelihood(rng, 50, 400)
+    whole = psis.psis_loo(log_likelihood.T, reff=0.9)
+    weights, k = psis.psislw(-log_likelihood, reff=0.9)
+    monkeypatch.setattr(psis, "_BLOCK_VALUES", 7 * 400)  # 8 blocks of up to 7 rows
+    assert len(psis._blocks(50, 400)) == 8
+    blocked = psis.psis_loo(log_likelihood.T, reff=0.9)
+    for name in ("loo_i", "pareto_k", "lppd_i"):
+        np.testing.assert_array_equal(getattr(blocked, name), getattr(whole, name))
+    blocked_weights, blocked_k = psis.psislw(-log_likelihood, reff=0.9)
+    np.testing.assert_array_equal(blocked_weights, weights)
+    np.testing.assert_array_equal(blocked_k, k)
+
+
 def test_short_tails_constant_observations_and_few_draws(rng):
     # 10 draws: a tail of 2 draws, too short to fit (k̂ = ∞, no smoothing)
     few = rng.normal(size=(5, 10))

@@ -19,7 +19,7 @@ import pytest
 import bayeshier_pymc as bh
 from bayeshier_pymc import sampling
 from bayeshier_pymc.diagnostics import loo_elpd
-from bayeshier_pymc.inference_data import THETA_SUMMARY, loo_in_chunks
+from bayeshier_pymc.inference_data import THETA_SUMMARY, loo_in_chunks, marginal_chunks
 from bayeshier_pymc.plots.forest import plot_forest_by_group
 from bayeshier_pymc.plots.shrinkage import plot_shrinkage
 from bayeshier_pymc.plots.stage1_comparison import plot_stage1_vs_shrunken
@@ -148,7 +148,11 @@ def test_loo_in_chunks_is_the_stored_loo(pair):
         np.testing.assert_allclose(chunked[key], stored[key], rtol=1e-6)
     assert chunked["n_data_points"] == stored["n_data_points"]
     assert chunked["n_samples"] == stored["n_samples"]
-    # the package's entry points route a summary fit here
+    # the package's entry points route a summary fit here, and only a summary fit
+    with pytest.raises(ValueError, match="summary storage"):
+        loo_in_chunks(full)
+    with pytest.raises(ValueError, match="summary storage"):
+        next(marginal_chunks(full))
     default = bh.loo(summary)
     assert np.isfinite(default["elpd_loo"])
     np.testing.assert_allclose(loo_elpd(summary)["loo_i"], default["loo_i"], rtol=1e-12)
