@@ -190,19 +190,24 @@ class _Smoothed(NamedTuple):
 def _smooth(x: np.ndarray, tail: int) -> _Smoothed:
     """Pareto-smooth the tails of the log weights ``x`` (rows × draws, maximum 0) in place.
 
-    The elementwise exponentials and logarithms over whole blocks run in NumPy (vectorised);
-    the per-row selection, fit and smoothing in compiled loops.
+    The cutoffs (a partition), the elementwise exponentials and logarithms run in NumPy over
+    the whole block (vectorised); the per-row tail, fit and smoothing in compiled loops.
     """
-    n_rows = x.shape[0]
+    n_rows, n_samples = x.shape
+    # the (T + 1)-th largest log weight, or log of the smallest positive float if larger
+    rank = n_samples - tail - 1
+    cutoff = np.maximum(np.partition(x, rank, axis=1)[:, rank], _CUTOFF_MIN)
     tail_index = np.empty((n_rows, tail), dtype=np.intp)
     n_tail = np.empty(n_rows, dtype=np.intp)
     excess = np.zeros((n_rows, tail))
-    exp_cutoff = np.empty(n_rows)
     grid = np.zeros((n_rows, _grid_size(tail)))
-    _select_tails(x, tail_index, n_tail, excess, exp_cutoff, grid)
-    # Zhang & Stephens' profile: mean over the tail of log1p(−b x) at every grid point b
-    # (the padding beyond a row's tail is 0 and adds log1p(0) = 0)
-    grid_k = np.log1p(-grid[:, :, None] * excess[:, None, :]).sum(axis=2)
+    exp_cutoff = np.exp(cutoff)
+    _select_tails(x, cutoff, exp_cutoff, tail_index, n_tail, excess, grid)
+    # Zhang & Stephens' profile: Σ log1p(−b x) over the tail at every grid point b (the
+    # padding beyond a row's tail is 0 and adds log1p(0) = 0), in place in one temporary
+    profile = np.multiply(grid[:, :, None], excess[:, None, :])
+    np.negative(profile, out=profile)
+    grid_k = np.log1p(profile, out=profile).sum(axis=2)
     pareto_k = np.empty(n_rows)
     n_smoothed = np.empty(n_rows, dtype=np.intp)
     _fit_and_smooth(x, tail_index, n_tail, excess, exp_cutoff, grid, grid_k, pareto_k, n_smoothed)
@@ -264,37 +269,25 @@ def _all_finite(values: np.ndarray) -> bool:  # pragma: no cover - compiled
 @compiled_kernel
 def _select_tails(
     x: np.ndarray,
+    cutoff: np.ndarray,
+    exp_cutoff: np.ndarray,
     tail_index: np.ndarray,
     n_tail: np.ndarray,
     excess: np.ndarray,
-    exp_cutoff: np.ndarray,
     grid: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
-    """Each row's tail: the draws above the cutoff, ordered by weight, and the fit's grid.
+    """Each row's tail: the draws above the row's cutoff, ordered by weight, and the fit's grid.
 
-    The cutoff is the (T + 1)-th largest log weight (T = ``tail_index.shape[1]``), found
-    with a min-heap of the T + 1 largest, or log of the smallest positive float if larger.
     Writes the tail's draws ordered by weight (ties by draw) into ``tail_index``, their
-    excesses exp(x) − exp(cutoff) into ``excess``, exp(cutoff) and the grid of b values;
-    ``n_tail`` is 0 where the tail is too short to fit.
+    excesses exp(x) − exp(cutoff) into ``excess`` and the grid of b values; ``n_tail`` is 0
+    where the tail is too short to fit.
     """
     n_rows, n_samples = x.shape
-    tail = tail_index.shape[1]
-    heap = np.empty(tail + 1)
     for row in range(n_rows):
         values = x[row]
-        size = 0
-        for s in range(n_samples):
-            value = values[s]
-            if size <= tail:
-                _heap_push(heap, size, value)
-                size += 1
-            elif value > heap[0]:
-                _heap_replace_root(heap, size, value)
-        cutoff = max(heap[0], _CUTOFF_MIN)
         n = 0
         for s in range(n_samples):
-            if values[s] > cutoff:
+            if values[s] > cutoff[row]:
                 tail_index[row, n] = s
                 n += 1
         if n < _MIN_TAIL:
@@ -303,7 +296,6 @@ def _select_tails(
         n_tail[row] = n
         order = np.argsort(values[tail_index[row, :n]], kind="mergesort")
         tail_index[row, :n] = tail_index[row, :n][order]
-        exp_cutoff[row] = np.exp(cutoff)
         for i in range(n):
             excess[row, i] = np.exp(values[tail_index[row, i]]) - exp_cutoff[row]
         n_grid = 30 + int(n**0.5)
@@ -311,36 +303,6 @@ def _select_tails(
         for i in range(n_grid):
             grid[row, i] = (1 - np.sqrt(n_grid / (i + 1 - 0.5))) / (_PRIOR_SCALE * quartile)
             grid[row, i] += 1 / excess[row, n - 1]
-
-
-@compiled_kernel
-def _heap_push(heap: np.ndarray, size: int, value: float) -> None:  # pragma: no cover
-    """Add ``value`` to the min-heap ``heap[:size]``."""
-    i = size
-    heap[i] = value
-    while i > 0:
-        parent = (i - 1) // 2
-        if heap[parent] <= heap[i]:
-            break
-        heap[parent], heap[i] = heap[i], heap[parent]
-        i = parent
-
-
-@compiled_kernel
-def _heap_replace_root(heap: np.ndarray, size: int, value: float) -> None:  # pragma: no cover
-    """Replace the minimum of the min-heap ``heap[:size]`` by ``value``."""
-    heap[0] = value
-    i = 0
-    while True:
-        child = 2 * i + 1
-        if child >= size:
-            break
-        if child + 1 < size and heap[child + 1] < heap[child]:
-            child += 1
-        if heap[i] <= heap[child]:
-            break
-        heap[child], heap[i] = heap[i], heap[child]
-        i = child
 
 
 @compiled_kernel
