@@ -14,6 +14,7 @@ import xarray as xr
 from arviz.stats.stats import ELPDData
 
 from bayeshier_pymc import log_likelihood as pointwise
+from bayeshier_pymc import psis
 from bayeshier_pymc.gaussian_tree import NodeNoise
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.model import group_mean_name, model_coords
@@ -115,7 +116,7 @@ the Gibbs engine drew them (:class:`~bayeshier_pymc.gibbs.theta_writer.ThetaPare
 
 LOO_CHUNK_FEATURES = 2000
 """Features per chunk of :func:`loo_in_chunks`: at p = 10 and 4 × 1000 draws, 80 million values
-of the log-likelihood (320 MB in float32) and ArviZ's temporaries of that size."""
+of the log-likelihood (320 MB in float32); PSIS adds no temporary of that size."""
 
 
 def is_summary(idata: az.InferenceData) -> bool:
@@ -666,11 +667,15 @@ def loo_in_chunks(
 
     ``b_marginal`` needs τ and the parents' means only (no θ; with correlated estimates, the
     leave-one-out predictive, τ alone): it is computed for a chunk of features at a time
-    (:func:`marginal_chunks`), ``arviz.loo`` runs on each chunk (PSIS is per observation)
-    and the chunks are combined. The pointwise values are those of ``arviz.loo`` on the stored
-    mode's fit for the same seed and ``reff``. ArviZ's default ``reff`` is the mean relative
-    ESS of the posterior's variables, here without θ (which the stored fit's includes), so by
-    default the Pareto smoothing, and the values, may differ slightly from the stored mode's.
+    (:func:`marginal_chunks`), the compiled PSIS
+    (:func:`bayeshier_pymc.psis.psis_loo`, ArviZ's algorithm) runs on each chunk (PSIS is
+    per observation) and the chunks are combined.
+    The pointwise values are those of ``arviz.loo`` on the stored mode's fit for the same
+    seed and ``reff``, computed in float64: to about 1e-12 with a float64 log-likelihood,
+    to float32 rounding (about 1e-6) with the default float32 one, which ArviZ keeps in
+    float32 through its sums. ArviZ's default ``reff`` is the mean relative ESS of the
+    posterior's variables, here without θ (which the stored fit's includes), so by default
+    the Pareto smoothing, and the values, may differ slightly from the stored mode's.
 
     Parameters
     ----------
@@ -690,34 +695,21 @@ def loo_in_chunks(
     if not is_summary(idata):
         raise ValueError("loo_in_chunks is for fits in summary storage; use loo.")
     problem = problem_from_idata(idata)
-    posterior = idata.posterior
     if reff is None:
-        reff = _reff(posterior)
-    marginal = LOG_LIKELIHOOD_NAMES["marginal"]
+        reff = _reff(idata.posterior)
     observed = ~problem.missing
-    n_chains, n_draws = posterior.sizes["chain"], posterior.sizes["draw"]
-    n_samples = n_chains * n_draws
-    loo_i, pareto_k = np.full(problem.b.shape, np.nan), np.full(problem.b.shape, np.nan)
-    lppd, warning, good_k = 0.0, False, 1.0
+    n_samples = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+    loo_i, pareto_k, lppd_i = (np.full(observed.shape, np.nan) for _ in range(3))
     for chunk, cells, values in marginal_chunks(idata, chunk_features):
-        by_chain = values.reshape(n_chains, n_draws, -1)
-        dataset = xr.Dataset({marginal: (("chain", "draw", "cell"), by_chain)})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # one warning for all chunks, below
-            elpd = az.loo(
-                az.InferenceData(log_likelihood=dataset),
-                var_name=marginal,
-                reff=reff,
-                pointwise=True,
-            )
-        loo_i[:, chunk][cells] = elpd["loo_i"].to_numpy()
-        pareto_k[:, chunk][cells] = elpd["pareto_k"].to_numpy()
-        lppd += float(elpd["p_loo"]) + float(elpd["elpd_loo"])
-        warning = warning or bool(elpd["warning"])
-        good_k = float(elpd["good_k"])
+        terms = psis.psis_loo(values, reff)
+        loo_i[:, chunk][cells] = terms.loo_i
+        pareto_k[:, chunk][cells] = terms.pareto_k
+        lppd_i[:, chunk][cells] = terms.lppd_i
+    threshold = psis.good_k(n_samples)
+    warning = bool(np.any(pareto_k[observed] > threshold))
     if warning:
         warnings.warn(
-            f"Estimated shape parameter of Pareto distribution is greater than {good_k:.2f} "
+            f"Estimated shape parameter of Pareto distribution is greater than {threshold:.2f} "
             "for one or more samples.",
             UserWarning,
             stacklevel=2,
@@ -729,14 +721,14 @@ def loo_in_chunks(
         data=[
             elpd_loo,
             (n_points * np.var(loo_i[observed])) ** 0.5,
-            lppd - elpd_loo,
+            float(np.sum(lppd_i[observed])) - elpd_loo,
             n_samples,
             n_points,
             warning,
             pointwise_values["loo_i"],
             pointwise_values["pareto_k"],
             "log",
-            good_k,
+            threshold,
         ],
         index=[
             "elpd_loo",
