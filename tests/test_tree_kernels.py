@@ -388,6 +388,13 @@ def test_log_marginal_op_matches_reference_in_every_backend(mode, shared_noise):
         np.testing.assert_allclose(gradient, differences, rtol=1e-5, atol=1e-8)
 
 
+def test_log_marginal_op_refuses_variances_of_another_shape():
+    tree = _random_tree(1)
+    var_b = np.ones((2, tree.n_features + 1))
+    with pytest.raises(ValueError, match=f"the tree's {tree.n_features} features"):
+        log_marginal(pt.dmatrix("b"), pt.dmatrix("tau"), var_b, tree, MU0, S0)
+
+
 @pytest.mark.parametrize("tau_scale", EXTREME_TAU)
 def test_log_marginal_op_gradient_at_extreme_scales(tau_scale):
     """PyTensor's own check of the Op's gradient (on log τ, as NUTS samples it), τ from 1e-6

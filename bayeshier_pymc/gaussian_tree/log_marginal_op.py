@@ -127,6 +127,11 @@ def log_marginal(
         Shape (rows,).
     """
     var_b = np.asarray(var_b, dtype=float)
+    if var_b.ndim != 2 or var_b.shape[1] != tree.n_features:
+        raise ValueError(
+            f"var_b must be rows x features with the tree's {tree.n_features} features; "
+            f"got shape {var_b.shape}."
+        )
     n_rows, n_features = var_b.shape
     mu0 = np.broadcast_to(np.asarray(mu0, dtype=float), (n_rows,))
     s0 = np.broadcast_to(np.asarray(s0, dtype=float), (n_rows,))
