@@ -22,7 +22,9 @@ Both are tested against the NumPy reference in ``tests/test_log_marginal_op.py``
 
 from __future__ import annotations
 
+import sys
 from hashlib import sha256
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +35,7 @@ from pytensor.gradient import DisconnectedType, grad_not_implemented
 from pytensor.link.numba.dispatch import basic as numba_basic
 from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
 
-from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, upward_pass
+from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, kernels, upward_pass
 from bayeshier_pymc.gaussian_tree.kernels import (
     LaneProblem,
     lane_problem,
@@ -86,8 +88,14 @@ class LogMarginalOp(OpFromGraph):
         outputs[1][0] = gradient
 
     def cache_key(self) -> str:
-        """A key of everything the compiled function depends on (PyTensor's numba cache)."""
+        """A key of everything the compiled function depends on (PyTensor's numba cache).
+
+        The arrays it holds and the source of the kernels and of this module, so that a
+        changed kernel is compiled again rather than read from PyTensor's cache.
+        """
         digest = sha256(type(self).__qualname__.encode())
+        for module in (kernels, sys.modules[__name__]):
+            digest.update(Path(str(module.__file__)).read_bytes())
         for array in (self.feature_order, *self.lane[1:]):
             digest.update(str((array.dtype, array.shape)).encode())
             digest.update(np.ascontiguousarray(array).tobytes())
