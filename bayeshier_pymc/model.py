@@ -10,9 +10,10 @@ predictive draws of b with the correlated noise).
 ``"collapsed"`` (the default for NUTS)
     Given the scales τ, every other quantity is Gaussian on a tree, so θ0, the group means and
     θ are integrated out exactly (:mod:`bayeshier_pymc.gaussian_tree`) and NUTS samples only
-    ``tau`` (one scale per covariate and level). θ0, the group means and θ are then drawn
-    exactly from their Gaussian conditional given each τ draw. No funnel remains, whatever
-    the number of features per group.
+    ``tau`` (one scale per covariate and level): log p(b | τ) and its gradient are one compiled
+    pass (:mod:`bayeshier_pymc.gaussian_tree.log_marginal_op`). θ0, the group means and θ are
+    then drawn exactly from their Gaussian conditional given each τ draw. No funnel remains,
+    whatever the number of features per group.
 
 ``"centered"`` / ``"noncentered"`` / ``"auto"`` / a per-level mapping (the full model)
     Every quantity is a PyMC variable. ``"auto"`` chooses per level from the data: a level is
@@ -40,6 +41,7 @@ from bayeshier_pymc.gaussian_tree import (
     noise_log_density,
     upward_pass,
 )
+from bayeshier_pymc.gaussian_tree.log_marginal_op import log_marginal
 from bayeshier_pymc.gaussian_tree.pytensor_ops import PYTENSOR_OPS
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.priors import Priors
@@ -203,27 +205,25 @@ def build_model(
         if parameterization == "collapsed":
             b_data = pm.Data("b", b, dims=("covariate", "feature"))
             if noise is None:
-                messages = upward_pass(
+                log_density = log_marginal(
                     b_data,
-                    var_b,
                     tau,
+                    var_b,
                     TreeIndex.from_hierarchy(hierarchy),
                     priors.mu0,
                     priors.s0,
-                    ops=PYTENSOR_OPS,
                 )
             else:
-                messages = upward_pass(
+                log_density = log_marginal(
                     b_data,
-                    noise.own,
                     noise.pad(tau, hierarchy.depth + 1),
+                    noise.own,
                     noise.tree,
                     priors.mu0,
                     priors.s0,
-                    ops=PYTENSOR_OPS,
-                    noise=noise.shared,
+                    noise.shared,
                 )
-            pm.Potential("b_marginal_loglik", messages.log_marginal.sum())
+            pm.Potential("b_marginal_loglik", log_density.sum())
         else:
             centering = resolve_centering(parameterization, estimates, hierarchy, priors)
             theta = _full_tree(tau, hierarchy, priors, centering)

@@ -68,10 +68,12 @@ NUTS_SAMPLERS: tuple[str, ...] = ("pymc", "nutpie", "numpyro")
 DEFAULT_NUTS_SAMPLER: NutsSampler = "nutpie"
 """Fastest NUTS backend measured on the research simulation, compilation included
 (``benchmarks/bench_nuts.py``; ``docs/nuts.md``)."""
-NUTPIE_COMPILATION: Mapping[str, str] = {"backend": "jax", "gradient_backend": "jax"}
+NUTPIE_COMPILATION: Mapping[str, str] = {"backend": "numba"}
 """How nutpie compiles the log density and its gradient unless ``nuts_sampler_kwargs`` names a
-``backend``: with JAX, whose compilation took a fraction of numba's and whose runs were faster
-on the research simulation (``benchmarks/bench_nuts.py``)."""
+``backend``: with numba, which calls the collapsed model's compiled log density and gradient
+(:mod:`~bayeshier_pymc.gaussian_tree.log_marginal_op`) from nutpie's Rust threads without
+Python; ``{"backend": "jax", "gradient_backend": "jax"}`` runs the model's graph in JAX instead
+(a GPU when JAX sees one). Measured in ``benchmarks/bench_nuts.py`` (``docs/nuts.md``)."""
 
 
 @dataclass(frozen=True)

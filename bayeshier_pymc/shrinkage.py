@@ -241,7 +241,7 @@ class ShrinkageModel:
             from it); the same seed gives the same draws.
         nuts_sampler
             ``"nutpie"`` (default: fastest measured here, compilation included,
-            ``benchmarks/bench_nuts.py``; its log density and gradient compiled by JAX unless
+            ``benchmarks/bench_nuts.py``; its log density and gradient compiled by numba unless
             ``nuts_sampler_kwargs`` names nutpie's ``backend``), ``"numpyro"`` or ``"pymc"``.
         parameterization
             ``"collapsed"`` (default) or a full-model choice; see :mod:`bayeshier_pymc.model`.

@@ -3,6 +3,8 @@ compiled version (numba kernels, the PyTensor graph) against the reference to 1e
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
@@ -34,6 +36,7 @@ from bayeshier_pymc.gaussian_tree.kernels import (
     write_theta_draw,
 )
 from bayeshier_pymc.gaussian_tree.kernels import pointwise_marginal as compiled_pointwise_marginal
+from bayeshier_pymc.gaussian_tree.log_marginal_op import log_marginal
 from bayeshier_pymc.gaussian_tree.pytensor_ops import PYTENSOR_OPS
 from bayeshier_pymc.gibbs.layout import TreeData
 from bayeshier_pymc.gibbs.scale_kernels import evaluate
@@ -320,6 +323,102 @@ def test_pytensor_graph_with_noise_and_missing_cell_in_every_backend(mode):
             forward, backward = reference(tau + shift).sum(), reference(tau - shift).sum()
             differences[index] = (forward - backward) / (2.0 * step[index])
         np.testing.assert_allclose(gradient, differences, rtol=1e-5, atol=1e-8)
+
+
+def _central_differences(function, tau: np.ndarray) -> np.ndarray:
+    """Central differences of the scalar ``function`` at ``tau``, relative steps 1e-6."""
+    step = 1e-6 * tau
+    differences = np.zeros_like(tau)
+    for index in np.ndindex(tau.shape):
+        shift = np.zeros_like(tau)
+        shift[index] = step[index]
+        differences[index] = (function(tau + shift) - function(tau - shift)) / (2.0 * step[index])
+    return differences
+
+
+@pytest.mark.parametrize("mode", ["FAST_COMPILE", "NUMBA", "JAX"])
+@pytest.mark.parametrize("shared_noise", [False, True], ids=["independent", "shared-noise"])
+def test_log_marginal_op_matches_reference_in_every_backend(mode, shared_noise):
+    """The collapsed model's Op: log p(b | τ) and its gradient in τ, as each backend runs it.
+
+    Python (the kernel through ``perform``, as PyMC's own sampler runs it), numba (nutpie's
+    numba backend: the kernel itself, never numba's object mode) and JAX (the Op's graph),
+    on trees of depths 0 to 3 (JAX, whose compilation is slow, 3 alone) with three
+    covariates, a missing cell (``fill_missing``'s huge variance) and, for ``shared_noise``,
+    noise shared at every node: the value matches the NumPy reference, the gradient central
+    differences of the reference.
+    """
+    rows = 3
+    for seed in range(4) if mode != "JAX" else (3,):  # seed = depth
+        tree = _random_tree(seed)
+        rng = np.random.default_rng(seed)
+        b = rng.normal(size=(rows, tree.n_features))
+        var_b = rng.uniform(0.1, 2.0, (rows, tree.n_features)) ** 2
+        b[1, 0], var_b[1, 0] = 0.0, 1e30
+        tau = rng.uniform(1e-3, 10.0, (rows, tree.depth + 1))
+        mu0, s0 = rng.normal(size=rows), rng.uniform(0.5, 2.0, rows)
+        noise = (
+            NodeNoise(
+                tuple(rng.uniform(0.0, 0.8, (rows, n)) for n in tree.n_groups),
+                rng.uniform(0.1, 0.5, rows),
+            )
+            if shared_noise
+            else None
+        )
+        b_tensor, tau_tensor = pt.dmatrix("b"), pt.dmatrix("tau")
+        density = log_marginal(b_tensor, tau_tensor, var_b, tree, mu0, s0, noise)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*object mode.*")
+            function = pytensor.function(
+                [b_tensor, tau_tensor],
+                [density, pytensor.grad(density.sum(), tau_tensor)],
+                mode=mode,
+            )
+        value, gradient = function(b, tau)
+
+        def reference(
+            tau_values: np.ndarray,
+            b: np.ndarray = b,
+            var_b: np.ndarray = var_b,
+            tree: TreeIndex = tree,
+            mu0: np.ndarray = mu0,
+            s0: np.ndarray = s0,
+            noise: NodeNoise | None = noise,
+        ) -> np.ndarray:
+            return upward_pass(b, var_b, tau_values, tree, mu0, s0, noise=noise).log_marginal
+
+        np.testing.assert_allclose(value, reference(tau), rtol=1e-12)
+        differences = _central_differences(lambda t, f=reference: f(t).sum(), tau)
+        np.testing.assert_allclose(gradient, differences, rtol=1e-5, atol=1e-8)
+
+
+def test_log_marginal_op_refuses_variances_of_another_shape():
+    tree = _random_tree(1)
+    var_b = np.ones((2, tree.n_features + 1))
+    with pytest.raises(ValueError, match=f"the tree's {tree.n_features} features"):
+        log_marginal(pt.dmatrix("b"), pt.dmatrix("tau"), var_b, tree, MU0, S0)
+
+
+@pytest.mark.parametrize("tau_scale", EXTREME_TAU)
+def test_log_marginal_op_gradient_at_extreme_scales(tau_scale):
+    """PyTensor's own check of the Op's gradient (on log τ, as NUTS samples it), τ from 1e-6
+    to 1e6 times the data's scale, with shared noise at a depth-2 tree's nodes."""
+    tree = _random_tree(2)
+    rng = np.random.default_rng(7)
+    b = rng.normal(size=(2, tree.n_features))
+    var_b = rng.uniform(0.1, 2.0, (2, tree.n_features)) ** 2
+    noise = NodeNoise(
+        tuple(rng.uniform(0.0, 0.8, (2, n)) for n in tree.n_groups), rng.uniform(0.1, 0.5, 2)
+    )
+    log_tau = np.log(tau_scale * rng.uniform(0.5, 2.0, (2, tree.depth + 1)))
+
+    def density(log_tau_tensor: pt.TensorVariable) -> pt.TensorVariable:
+        tau = pt.exp(log_tau_tensor)
+        return log_marginal(pt.as_tensor(b), tau, var_b, tree, MU0, S0, noise).sum()
+
+    pytensor.gradient.verify_grad(
+        density, [log_tau], rng=rng, mode="FAST_COMPILE", abs_tol=1e-6, rel_tol=1e-6
+    )
 
 
 @pytest.mark.parametrize("seed", TREE_SEEDS)

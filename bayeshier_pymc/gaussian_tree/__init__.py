@@ -9,10 +9,10 @@ is jointly Gaussian on a tree. This module is the plain NumPy reference of every
 package computes on that tree: the upward pass (the log marginal likelihood p(b | τ)), exact
 downward draws from p(θ0, group means, θ | b, τ), the posterior mean and variance of every
 unit, and the predictive of a held-out group (leave-one-group-out). The upward pass also runs
-on PyTensor tensors (the collapsed PyMC model, :mod:`.pytensor_ops`) through
-:class:`ArrayOps`; :mod:`.kernels` holds the compiled (numba) versions the Gibbs engine runs,
-each tested against this reference. Each formula has one numerically stable form, written
-here and copied verbatim by the kernels.
+on PyTensor tensors (the collapsed PyMC model's graph for JAX, :mod:`.pytensor_ops`) through
+:class:`ArrayOps`; :mod:`.kernels` holds the compiled (numba) versions the Gibbs engine and the
+collapsed model's Op (:mod:`.log_marginal_op`) run, each tested against this reference. Each
+formula has one numerically stable form, written here and copied verbatim by the kernels.
 
 Glossary
 --------

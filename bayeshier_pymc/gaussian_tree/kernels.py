@@ -59,20 +59,25 @@ __all__ = [
     "LaneScratch",
     "LeaveOneOutTree",
     "NoisePrecision",
+    "SortedTree",
     "SplitTree",
     "ThetaData",
     "ThetaStores",
     "TotalStores",
     "draw_children",
     "held_out_log_density",
+    "lane_problem",
     "leave_one_out_moments",
     "leave_one_out_parent_terms",
     "leave_one_out_tree",
+    "level_variance_gradient",
+    "log_marginal_and_gradient",
     "log_normal",
     "noise_precision",
     "noise_quadratic",
     "pointwise_marginal",
     "posterior_normal",
+    "sort_tree",
     "split_totals",
     "sum_log",
     "upward_pass_from",
@@ -316,6 +321,179 @@ def upward_pass_from(
         terms[depth + 1, r] = top_term(
             out.y[top, r], out.v[top, r], problem.mu0[r], problem.s0[r], problem.noise[top, r]
         )
+
+
+class SortedTree(NamedTuple):
+    """Every level's units sorted by their parent, so that a unit's children are contiguous.
+
+    Attributes
+    ----------
+    orders
+        For each level 0..D, the tree's index of each sorted unit.
+    parent_index
+        For each level 0..D, the parent (a sorted level-(l + 1) unit) of each sorted unit;
+        non-decreasing.
+    starts
+        For each level 0..D, the first child of each level-(l + 1) unit.
+    """
+
+    orders: tuple[np.ndarray, ...]
+    parent_index: tuple[np.ndarray, ...]
+    starts: tuple[np.ndarray, ...]
+
+
+def sort_tree(tree: TreeIndex) -> SortedTree:
+    """The orders that sort every level's units of ``tree`` by parent, coarsest level first."""
+    n_top = tree.n_units[-2]
+    orders = [np.arange(n_top)]
+    parent_index = [np.zeros(n_top, dtype=np.intp)]
+    position = np.arange(n_top)
+    for level in range(tree.depth - 1, -1, -1):
+        parent_position = position[tree.parents[level]]
+        order = np.argsort(parent_position, kind="stable")
+        orders.insert(0, order)
+        parent_index.insert(0, parent_position[order].astype(np.intp))
+        position = np.argsort(order)
+    starts = tuple(np.flatnonzero(np.diff(index, prepend=-1)) for index in parent_index)
+    return SortedTree(tuple(orders), tuple(parent_index), starts)
+
+
+def lane_problem(
+    b: np.ndarray,
+    var_b: np.ndarray,
+    starts: tuple[np.ndarray, ...],
+    n_units: tuple[int, ...],
+    mu0: np.ndarray,
+    s0: np.ndarray,
+    noise: tuple[np.ndarray, ...],
+) -> LaneProblem:
+    """The :class:`LaneProblem` of rows-first arrays whose units are sorted by parent.
+
+    ``b`` and ``var_b`` are rows × m, ``starts`` :attr:`SortedTree.starts`, ``mu0`` and ``s0``
+    one per row, ``noise`` for each level 1..D + 1 rows × units (zeros without shared noise).
+    """
+    return LaneProblem(
+        b=np.ascontiguousarray(b.T),
+        var_b=np.ascontiguousarray(var_b.T),
+        first_child=np.concatenate(starts).astype(np.intp),
+        first_child_offsets=np.cumsum([0, *(s.size for s in starts)]).astype(np.intp),
+        message_offsets=np.cumsum([0, 0, *n_units[1:]]).astype(np.intp),
+        mu0=np.ascontiguousarray(mu0, dtype=float),
+        s0=np.ascontiguousarray(s0, dtype=float),
+        noise=np.ascontiguousarray(np.concatenate([n.T for n in noise]), dtype=float),
+    )
+
+
+# ------------------------------------------------------------------------------ gradient
+@vector_kernel
+def level_variance_gradient(
+    level_var: np.ndarray, problem: LaneProblem, messages: LaneMessages, gradient: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """The derivative of log p(b | τ) in τ_l² of every level l and row (levels × rows).
+
+    By Fisher's identity the derivative in the prior variance V = τ_l² + n_u of a unit u
+    around its parent p is E[d log N(u; p, V) / dV | b] = ½ (E[(u − p)² | b] − V) / V².
+    Given p and the data below u (its message N(y; u, v)), u − p is N(w (y − p), w v) with
+    w = V / S, S = V + v, so that with D = (y − E[p | b])² + Var[p | b] the derivative is
+    ½ (D − S) / S², finite however small V. The posterior moments of the parents come
+    top-down (:func:`bayeshier_pymc.gaussian_tree.posterior_moments`, on the totals with
+    shared noise): E[u | b] = w y + (1 − w) E[p | b], Var[u | b] = w v + (v / S)² Var[p | b].
+
+    ``messages`` are the upward pass's (:func:`upward_pass_from` from level 0) for the same
+    ``level_var`` (levels × rows) and ``problem``; the derivatives go to ``gradient``.
+    """
+    depth = level_var.shape[0] - 1
+    n_rows = level_var.shape[1]
+    offsets = problem.message_offsets
+    starts = problem.first_child_offsets
+    noise = problem.noise
+    y, v = messages
+    mean = np.empty_like(y)
+    var = np.empty_like(v)
+    top = offsets[depth + 1]
+    for r in range(n_rows):
+        mean[top, r], var[top, r] = posterior_normal(
+            problem.mu0[r], problem.s0[r] * problem.s0[r] + noise[top, r], y[top, r], v[top, r]
+        )
+    gradient[:] = 0.0
+    for level in range(depth, -1, -1):
+        first_child = problem.first_child[starts[level] : starts[level + 1]]
+        n_parents = first_child.size
+        n_units = problem.b.shape[0] if level == 0 else offsets[level + 1] - offsets[level]
+        row_gradient = gradient[level]
+        for h in range(n_parents):
+            parent = offsets[level + 1] + h
+            end = first_child[h + 1] if h + 1 < n_parents else n_units
+            for j in range(first_child[h], end):
+                if level == 0:
+                    for r in range(n_rows):
+                        total = level_var[0, r] + problem.var_b[j, r]
+                        deviation = problem.b[j, r] - mean[parent, r]
+                        spread = deviation * deviation + var[parent, r]
+                        row_gradient[r] += 0.5 * (spread - total) / (total * total)
+                else:
+                    u = offsets[level] + j
+                    for r in range(n_rows):
+                        prior_var = level_var[level, r] + noise[u, r]
+                        total = prior_var + v[u, r]
+                        deviation = y[u, r] - mean[parent, r]
+                        spread = deviation * deviation + var[parent, r]
+                        row_gradient[r] += 0.5 * (spread - total) / (total * total)
+                        mean[u, r], conditional_var = posterior_normal(
+                            mean[parent, r], prior_var, y[u, r], v[u, r]
+                        )
+                        parent_weight = v[u, r] / total
+                        var[u, r] = conditional_var + parent_weight * parent_weight * var[parent, r]
+
+
+@compiled_kernel
+def log_marginal_and_gradient(
+    tau: np.ndarray, b: np.ndarray, feature_order: np.ndarray, problem: LaneProblem
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Log p(b | τ) of every row and its gradient in τ: the upward pass, then one pass down.
+
+    ``tau`` is rows × (D + 1) and ``b`` rows × m in the tree's order of features;
+    ``feature_order`` sorts the features by parent (:attr:`SortedTree.orders` ``[0]``) and
+    ``problem`` holds everything else (its ``b`` is replaced by ``b``). Returns log p(b | τ),
+    one per row, with every constant (:func:`upward_pass_from` plus -½ m log 2π), and
+    d log p(b | τ) / dτ (rows × (D + 1); 2 τ_l times :func:`level_variance_gradient`).
+    """
+    n_rows, n_levels = tau.shape
+    n_features = feature_order.size
+    lane_b = np.empty((n_features, n_rows))
+    for j in range(n_features):
+        for r in range(n_rows):
+            lane_b[j, r] = b[r, feature_order[j]]
+    level_var = np.empty((n_levels, n_rows))
+    for level in range(n_levels):
+        for r in range(n_rows):
+            level_var[level, r] = tau[r, level] * tau[r, level]
+    data = LaneProblem(
+        lane_b,
+        problem.var_b,
+        problem.first_child,
+        problem.first_child_offsets,
+        problem.message_offsets,
+        problem.mu0,
+        problem.s0,
+        problem.noise,
+    )
+    n_messages = problem.message_offsets[-1]
+    messages = LaneMessages(np.empty((n_messages, n_rows)), np.empty((n_messages, n_rows)))
+    scratch = LaneScratch(np.empty((n_features, n_rows)), np.empty((n_features, n_rows)))
+    terms = np.empty((n_levels + 1, n_rows))
+    upward_pass_from(0, level_var, data, messages, terms, messages, scratch)
+    log_marginal = np.full(n_rows, -n_features * _HALF_LOG_2PI)
+    for level in range(n_levels + 1):
+        for r in range(n_rows):
+            log_marginal[r] += terms[level, r]
+    variance_gradient = np.empty((n_levels, n_rows))
+    level_variance_gradient(level_var, data, messages, variance_gradient)
+    gradient = np.empty((n_rows, n_levels))
+    for r in range(n_rows):
+        for level in range(n_levels):
+            gradient[r, level] = 2.0 * tau[r, level] * variance_gradient[level, r]
+    return log_marginal, gradient
 
 
 @compiled_kernel

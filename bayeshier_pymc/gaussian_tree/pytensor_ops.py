@@ -1,8 +1,10 @@
 """The tree algebra's array operations on PyTensor tensors: the collapsed PyMC model's graph.
 
 :func:`bayeshier_pymc.gaussian_tree.upward_pass` with ``ops=PYTENSOR_OPS`` builds the graph of
-log p(b | τ) that NUTS samples (``model.build_model(..., "collapsed")``); it is tested against
-the NumPy reference in ``tests/test_tree_kernels.py``.
+log p(b | τ) that the JAX backends run for the collapsed model (the inner graph of
+:class:`~bayeshier_pymc.gaussian_tree.log_marginal_op.LogMarginalOp`) and the full model's
+tree-structured noise density; it is tested against the NumPy reference in
+``tests/test_tree_kernels.py``.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from functools import cached_property
 import numpy as np
 
 from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, pad_scales
-from bayeshier_pymc.gaussian_tree.kernels import LaneProblem, SplitTree
+from bayeshier_pymc.gaussian_tree.kernels import LaneProblem, SplitTree, lane_problem, sort_tree
 from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = ["TreeData", "TreeState"]
@@ -100,15 +100,8 @@ class TreeData:
     @cached_property
     def lane_problem(self) -> LaneProblem:
         """The data, tree and θ0 prior in lane layout, for the compiled upward pass."""
-        return LaneProblem(
-            b=np.ascontiguousarray(self.b.T),
-            var_b=np.ascontiguousarray(self.var_b.T),
-            first_child=np.concatenate(self.starts),
-            first_child_offsets=np.cumsum([0, *(s.size for s in self.starts)]),
-            message_offsets=self.message_offsets,
-            mu0=self.mu0,
-            s0=self.s0,
-            noise=np.ascontiguousarray(np.concatenate([n.T for n in self.noise])),
+        return lane_problem(
+            self.b, self.var_b, self.starts, self.n_units, self.mu0, self.s0, self.noise
         )
 
     @cached_property
@@ -167,7 +160,7 @@ class TreeData:
             Shared noise at the groups and the top, rows first, groups in the order of
             ``tree``; ``None`` for independent estimates (``var_b`` their variances).
         """
-        orders, parent_index = _sorted_levels(tree)
+        orders, parent_index, starts = sort_tree(tree)
         n_units = tree.n_units
         b = np.asarray(b, dtype=float)
         var_b = np.broadcast_to(np.asarray(var_b, dtype=float), b.shape)
@@ -189,7 +182,7 @@ class TreeData:
             mu0=_per_row(mu0, n_rows),
             s0=_per_row(s0, n_rows),
             parent_index=parent_index,
-            starts=tuple(np.flatnonzero(np.diff(i, prepend=-1)) for i in parent_index),
+            starts=starts,
             n_units=n_units,
             n_children=(
                 np.ones(n_units[0]),
@@ -261,21 +254,6 @@ def _scales_per_row(tau_scale: np.ndarray, n_rows: int) -> np.ndarray:
     scales = np.asarray(tau_scale, dtype=float)
     scales = scales[None, :] if scales.ndim == 1 else scales
     return np.ascontiguousarray(np.broadcast_to(scales, (n_rows, scales.shape[-1])))
-
-
-def _sorted_levels(tree: TreeIndex) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
-    """Orders that sort every level's units by parent, and the parent index after sorting."""
-    n_top = tree.n_units[-2]
-    orders = [np.arange(n_top)]
-    parent_index = [np.zeros(n_top, dtype=np.intp)]
-    position = np.arange(n_top)
-    for level in range(tree.depth - 1, -1, -1):
-        parent_position = position[tree.parents[level]]
-        order = np.argsort(parent_position, kind="stable")
-        orders.insert(0, order)
-        parent_index.insert(0, parent_position[order].astype(np.intp))
-        position = np.argsort(order)
-    return tuple(orders), tuple(parent_index)
 
 
 @dataclass

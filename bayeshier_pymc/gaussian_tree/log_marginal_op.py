@@ -1,0 +1,189 @@
+"""log p(b | τ) and its gradient in τ as one PyTensor Op: the collapsed PyMC model's density.
+
+:func:`log_marginal` gives the log marginal likelihood of every row (covariate) of the
+collapsed model (:func:`bayeshier_pymc.gaussian_tree.upward_pass` integrated over θ0, the
+group means and θ) as the first output of a :class:`LogMarginalOp`, whose second output is
+its gradient in τ; the Op's gradient is that second output, so a compiled log density and
+gradient evaluate the Op once. One source per formula, for each backend:
+
+numba (nutpie's numba backend, PyMC's numba mode) and Python/C (PyMC's own NUTS)
+    The compiled kernel :func:`~bayeshier_pymc.gaussian_tree.kernels.log_marginal_and_gradient`:
+    the upward pass of :mod:`.kernels` (:func:`~.kernels.upward_pass_from`), then one pass
+    down for the gradient (:func:`~.kernels.level_variance_gradient`, Fisher's identity), in
+    O(p·m). The numba backend calls it directly (:func:`_numba_log_marginal`), the others
+    through :meth:`LogMarginalOp.perform`.
+JAX (nutpie's JAX backend, numpyro, a GPU)
+    The Op is an ``OpFromGraph`` whose inner graph is the upward pass on PyTensor tensors
+    (:mod:`.pytensor_ops`) and its gradient by PyTensor's automatic differentiation; PyTensor
+    turns that graph into JAX.
+
+Both are tested against the NumPy reference in ``tests/test_log_marginal_op.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.compile.builders import OpFromGraph
+from pytensor.gradient import DisconnectedType, grad_not_implemented
+from pytensor.link.numba.dispatch import basic as numba_basic
+from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
+
+from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, kernels, upward_pass
+from bayeshier_pymc.gaussian_tree.kernels import (
+    LaneProblem,
+    lane_problem,
+    log_marginal_and_gradient,
+    sort_tree,
+)
+from bayeshier_pymc.gaussian_tree.pytensor_ops import PYTENSOR_OPS
+
+__all__ = ["LogMarginalOp", "log_marginal"]
+
+
+class LogMarginalOp(OpFromGraph):
+    """(τ, b) ↦ (log p(b | τ) per row, its gradient in τ), for one tree, variances and prior.
+
+    Built by :func:`log_marginal`. Inputs: ``tau`` (rows × (D + 1)) and ``b`` (rows × m, the
+    tree's order of features); outputs: ``log_marginal`` (rows) and ``gradient`` (rows ×
+    (D + 1)). The inner graph serves JAX; :meth:`perform` and the numba backend run the
+    compiled kernel on :attr:`lane` (the variances, tree, θ0 prior and shared noise in lane
+    layout, features sorted by :attr:`feature_order`). The gradient in ``b`` (data) and
+    second derivatives are not implemented.
+    """
+
+    feature_order: np.ndarray
+    lane: LaneProblem
+
+    def L_op(
+        self,
+        inputs: list[pt.TensorVariable],
+        outputs: list[pt.TensorVariable],
+        output_grads: list[pt.TensorVariable],
+    ) -> list[Any]:
+        """The gradient in τ: the incoming gradient of each row's log density × output 1."""
+        tau, b = inputs
+        log_marginal_grad, gradient_grad = output_grads
+        not_b = grad_not_implemented(self, 1, b, "the log marginal's gradient in b (data)")
+        if not isinstance(gradient_grad.type, DisconnectedType):
+            return [grad_not_implemented(self, 0, tau, "second derivatives in τ"), not_b]
+        return [log_marginal_grad[:, None] * outputs[1], not_b]
+
+    def perform(self, node: Any, inputs: list[np.ndarray], outputs: list[list[np.ndarray]]) -> None:
+        """Run the compiled kernel (PyTensor's Python and C backends)."""
+        tau, b = inputs
+        log_density, gradient = log_marginal_and_gradient(
+            np.ascontiguousarray(tau, dtype=float),
+            np.ascontiguousarray(b, dtype=float),
+            self.feature_order,
+            self.lane,
+        )
+        outputs[0][0] = log_density
+        outputs[1][0] = gradient
+
+    def cache_key(self) -> str:
+        """A key of everything the compiled function depends on (PyTensor's numba cache).
+
+        The arrays it holds and the source of the kernels and of this module, so that a
+        changed kernel is compiled again rather than read from PyTensor's cache.
+        """
+        digest = sha256(type(self).__qualname__.encode())
+        for module in (kernels, sys.modules[__name__]):
+            digest.update(Path(str(module.__file__)).read_bytes())
+        for array in (self.feature_order, *self.lane[1:]):
+            digest.update(str((array.dtype, array.shape)).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+
+def log_marginal(
+    b: pt.TensorVariable,
+    tau: pt.TensorVariable,
+    var_b: np.ndarray,
+    tree: TreeIndex,
+    mu0: np.ndarray,
+    s0: np.ndarray,
+    noise: NodeNoise | None = None,
+) -> pt.TensorVariable:
+    """Log p(b | τ) of every row, by :class:`LogMarginalOp`: the collapsed model's density.
+
+    Parameters
+    ----------
+    b
+        Estimates, rows × m (missing cells filled, as for
+        :func:`~bayeshier_pymc.gaussian_tree.upward_pass`).
+    tau
+        Scales, rows × (D + 1) (every level of ``tree``).
+    var_b
+        Variances of the estimates (with ``noise``, their own noise variances), rows × m.
+    tree
+        The tree.
+    mu0, s0
+        Mean and sd of θ0's prior, one per row.
+    noise
+        Shared noise at the groups and the top, rows first; ``None``: independent estimates.
+
+    Returns
+    -------
+    pytensor.tensor.TensorVariable
+        Shape (rows,).
+    """
+    var_b = np.asarray(var_b, dtype=float)
+    if var_b.ndim != 2 or var_b.shape[1] != tree.n_features:
+        raise ValueError(
+            f"var_b must be rows x features with the tree's {tree.n_features} features; "
+            f"got shape {var_b.shape}."
+        )
+    n_rows, n_features = var_b.shape
+    mu0 = np.broadcast_to(np.asarray(mu0, dtype=float), (n_rows,))
+    s0 = np.broadcast_to(np.asarray(s0, dtype=float), (n_rows,))
+    scales_shape = (n_rows, tree.depth + 1)
+    tau_in = pt.matrix("tau", shape=scales_shape)
+    b_in = pt.matrix("b", shape=(n_rows, n_features))
+    graph = upward_pass(b_in, var_b, tau_in, tree, mu0, s0, ops=PYTENSOR_OPS, noise=noise)
+    density = graph.log_marginal
+    op = LogMarginalOp(
+        [tau_in, b_in], [density, pytensor.grad(density.sum(), tau_in)], name="log_marginal"
+    )
+    sorted_tree = sort_tree(tree)
+    orders = sorted_tree.orders
+    if noise is None:
+        shared = tuple(np.zeros((n_rows, n)) for n in tree.n_units[1:])
+    else:
+        shared = (
+            *(
+                np.broadcast_to(g, (n_rows, n))[:, order]
+                for g, n, order in zip(noise.groups, tree.n_units[1:-1], orders[1:], strict=True)
+            ),
+            np.broadcast_to(np.asarray(noise.top, dtype=float), (n_rows,))[:, None],
+        )
+    sorted_var_b = var_b[:, orders[0]]
+    op.feature_order = orders[0].astype(np.intp)
+    op.lane = lane_problem(
+        sorted_var_b, sorted_var_b, sorted_tree.starts, tree.n_units, mu0, s0, shared
+    )
+    tau = pt.specify_shape(pt.as_tensor_variable(tau), scales_shape)
+    b = pt.specify_shape(pt.as_tensor_variable(b), (n_rows, n_features))
+    return op(tau, b)[0]
+
+
+@register_funcify_and_cache_key(LogMarginalOp)
+def _numba_log_marginal(op: LogMarginalOp, node: Any = None, **kwargs: Any) -> tuple[Any, str]:
+    """The numba backend's function of a :class:`LogMarginalOp`: the compiled kernel itself."""
+    feature_order = op.feature_order
+    _, var_b, first_child, first_child_offsets, message_offsets, mu0, s0, noise = op.lane
+
+    @numba_basic.numba_njit
+    def log_marginal_kernel(tau: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        problem = LaneProblem(
+            var_b, var_b, first_child, first_child_offsets, message_offsets, mu0, s0, noise
+        )
+        return log_marginal_and_gradient(tau, b, feature_order, problem)
+
+    return log_marginal_kernel, op.cache_key()
