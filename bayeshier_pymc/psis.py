@@ -40,14 +40,12 @@ package stores them.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 
 from bayeshier_pymc._numba import compiled_kernel
+from bayeshier_pymc._threads import in_threads
 
 __all__ = ["PsisLoo", "good_k", "psis_loo", "psislw", "tail_length"]
 
@@ -128,7 +126,7 @@ def psislw(log_weights: np.ndarray, reff: float = 1.0) -> tuple[np.ndarray, np.n
         out[block] = x - smoothed.total[:, None]
         pareto_k[block] = smoothed.pareto_k
 
-    _in_threads(run, _blocks(rows.shape[0], rows.shape[1]))
+    in_threads(run, _blocks(rows.shape[0], rows.shape[1]))
     return out.reshape(values.shape), pareto_k.reshape(values.shape[:-1])
 
 
@@ -174,7 +172,7 @@ def psis_loo(log_likelihood: np.ndarray, reff: float) -> PsisLoo:
             smallest - smoothed.total,
         )
 
-    _in_threads(run, _blocks(n_observations, n_samples))
+    in_threads(run, _blocks(n_observations, n_samples))
     return PsisLoo(loo_i, pareto_k, lppd_i)
 
 
@@ -218,22 +216,6 @@ def _logsumexp_rows(values: np.ndarray) -> np.ndarray:
     """Log of Σ exp over each row, shifted by the row's maximum (ArviZ's ``logsumexp``)."""
     largest = values.max(axis=1)
     return np.log(np.exp(values - largest[:, None]).sum(axis=1)) + largest
-
-
-def _in_threads(run: Callable[[slice], None], blocks: list[slice]) -> None:
-    """``run`` on every block, one thread per CPU; the results do not depend on the threads.
-
-    The blocks' rows are independent, and NumPy's loops and the kernels release the GIL.
-    """
-    n_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    n_threads = min(len(blocks), n_cpus or 1)
-    if n_threads <= 1:
-        for block in blocks:
-            run(block)
-        return
-    with ThreadPoolExecutor(max_workers=n_threads) as pool:
-        for _ in pool.map(run, blocks):  # re-raises a block's exception
-            pass
 
 
 def _blocks(n_rows: int, n_samples: int) -> list[slice]:
