@@ -101,7 +101,8 @@ def psislw(log_weights: np.ndarray, reff: float = 1.0) -> tuple[np.ndarray, np.n
     ----------
     log_weights
         Raw log weights (..., draws): the last axis holds the draws of each observation
-        (for LOO, minus the log-likelihood).
+        (for LOO, minus the log-likelihood). Any floating type, byte order and memory layout:
+        each block of observations is copied into float64 in turn, never the whole array.
     reff
         Relative efficiency of the draws (ESS / S), which sets the tail's length.
 
@@ -114,19 +115,24 @@ def psislw(log_weights: np.ndarray, reff: float = 1.0) -> tuple[np.ndarray, np.n
     """
     values = np.asarray(log_weights)
     _check_values(values, axis=-1, reff=reff)
-    rows = values.reshape(-1, values.shape[-1])
-    tail = tail_length(rows.shape[1], reff)
-    out = np.empty(rows.shape, dtype=np.float64)
-    pareto_k = np.empty(rows.shape[0], dtype=np.float64)
+    table = values if values.ndim > 1 else values[np.newaxis]  # views, never a copy
+    lead, n_samples = table.shape[:-1], table.shape[-1]
+    n_rows = int(np.prod(lead))
+    tail = tail_length(n_samples, reff)
+    out = np.empty((n_rows, n_samples), dtype=np.float64)
+    pareto_k = np.empty(n_rows, dtype=np.float64)
 
     def run(block: slice) -> None:
-        x = np.array(rows[block], dtype=np.float64)
+        # the block's rows only, in float64 (whatever the input's type, order and layout)
+        rows = np.unravel_index(np.arange(block.start, block.stop), lead)
+        x = np.array(table[rows], dtype=np.float64)
+        _check_finite(x, "log weights")
         x -= x.max(axis=1, keepdims=True)
         smoothed = _smooth(x, tail)
         out[block] = x - smoothed.total[:, None]
         pareto_k[block] = smoothed.pareto_k
 
-    in_threads(run, _blocks(rows.shape[0], rows.shape[1]))
+    in_threads(run, _blocks(n_rows, n_samples))
     return out.reshape(values.shape), pareto_k.reshape(values.shape[:-1])
 
 
@@ -136,7 +142,8 @@ def psis_loo(log_likelihood: np.ndarray, reff: float) -> PsisLoo:
     Parameters
     ----------
     log_likelihood
-        Pointwise log-likelihood (draws, observations), any floating type: row s holds draw s
+        Pointwise log-likelihood (draws, observations), any floating type, byte order and
+        memory layout (copied into float64 a block of observations at a time): row s holds draw s
         of every observation (draws in the order of ``az.loo``'s stacking, chain-major, give
         its numbers to the last bits of the sums).
     reff
@@ -157,6 +164,7 @@ def psis_loo(log_likelihood: np.ndarray, reff: float) -> PsisLoo:
 
     def run(block: slice) -> None:
         ll = np.array(values[:, block].T, dtype=np.float64, order="C")
+        _check_finite(ll, "log-likelihood values")
         lppd_i[block] = _logsumexp_rows(ll) - np.log(n_samples)
         smallest = ll.min(axis=1)
         # log weights −ll, shifted to a maximum of 0
@@ -236,16 +244,12 @@ def _check_values(values: np.ndarray, *, axis: int, reff: float) -> None:
         raise ValueError(f"PSIS needs at least 2 draws per observation, got shape {values.shape}.")
     if not (np.isfinite(reff) and reff > 0):
         raise ValueError(f"reff must be a positive number, got {reff}.")
-    if not _all_finite(values.reshape(-1)):
-        raise ValueError("log weights must be finite (found NaN or ±inf).")
 
 
-@compiled_kernel
-def _all_finite(values: np.ndarray) -> bool:  # pragma: no cover - compiled
-    for value in values:  # noqa: SIM110 - numba compiles no generator
-        if not np.isfinite(value):
-            return False
-    return True
+def _check_finite(block: np.ndarray, what: str) -> None:
+    """Refuse a block of values (in float64) with a NaN or an infinity."""
+    if not np.isfinite(block).all():
+        raise ValueError(f"{what} must be finite, found NaN or ±inf.")
 
 
 @compiled_kernel
