@@ -160,6 +160,22 @@ def test_loo_in_chunks_is_the_stored_loo(pair):
     np.testing.assert_allclose(loo_elpd(summary)["loo_i"], default["loo_i"], rtol=1e-12)
 
 
+def test_loo_of_a_summary_fit_takes_the_arviz_arguments_that_apply(pair):
+    """``bh.loo`` as on a stored fit: ``reff``, ``pointwise`` and the log scale pass; not others."""
+    _, summary = pair
+    chunked = loo_in_chunks(summary, reff=0.8)
+    for arguments in ({"pointwise": True}, {"pointwise": False}, {"scale": "log"}):
+        result = bh.loo(summary, reff=0.8, **arguments)
+        np.testing.assert_array_equal(result["loo_i"], chunked["loo_i"])
+        assert result["elpd_loo"] == chunked["elpd_loo"]
+    with pytest.raises(ValueError, match="var_name"):
+        bh.loo(summary, var_name="b_marginal")
+    with pytest.raises(ValueError, match="log scale, got scale='deviance'"):
+        bh.loo(summary, scale="deviance")
+    with pytest.raises(ValueError, match="takes reff, pointwise and scale='log' only"):
+        bh.loo(summary, chunk_size=3)
+
+
 def test_loo_with_missing_cells_is_the_stored_loo():
     full, summary = _pair(_model(n_features=60, missing=True), draws=100)
     with warnings.catch_warnings():
