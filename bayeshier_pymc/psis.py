@@ -135,9 +135,10 @@ def psislw(log_weights: np.ndarray, reff: float = 1.0) -> tuple[np.ndarray, np.n
     pareto_k = np.empty(n_rows, dtype=np.float64)
 
     def run(block: slice) -> None:
-        # the block's rows only, in float64 (whatever the input's type, order and layout)
+        # a copy of the block's rows only (fancy indexing), in float64 whatever the input's
+        # type, byte order and layout
         rows = np.unravel_index(np.arange(block.start, block.stop), lead)
-        x = np.array(table[rows], dtype=np.float64)
+        x = np.asarray(table[rows], dtype=np.float64)
         _check_finite(x, "log weights")
         x -= x.max(axis=1, keepdims=True)
         smoothed = _smooth(x, tail)

@@ -171,8 +171,10 @@ def test_non_contiguous_input_gives_the_contiguous_numbers(rng, monkeypatch):
     values = -_log_likelihood(rng, 24, 200).T.reshape(200, 4, 6)
     view = values.transpose(2, 1, 0)
     assert not view.flags.c_contiguous and not view.flags.f_contiguous
-    want_weights, want_k = psis.psislw(np.ascontiguousarray(view), reff=0.7)
+    contiguous = np.ascontiguousarray(view)
+    want_weights, want_k = psis.psislw(contiguous, reff=0.7)
     weights, k = psis.psislw(view, reff=0.7)
+    np.testing.assert_array_equal(view, contiguous)  # the input is left as it was
     np.testing.assert_array_equal(weights, want_weights)
     np.testing.assert_array_equal(k, want_k)
     # psis_loo of a transposed (Fortran-ordered) and of a strided log-likelihood
