@@ -68,6 +68,18 @@ LFSR_LEVEL = 0.05
 STRONG_Z = 3.0
 NOISE_SETTINGS = ("auto", "independent")
 """The noise models :class:`StageTwo` compares: the package default and the research model."""
+SPLIT_COLUMNS = [
+    "coverage",
+    "coverage_se",
+    "calls",
+    "checked_calls",
+    "sign_error_rate",
+    "claimed_lfsr",
+    "mse_gain",
+]
+"""The columns of :func:`split_half_summary` that the studies report (a list, for ``.loc``)."""
+TRUTH_COLUMNS = ["coverage", "calls", "false_sign_rate", "claimed_lfsr", "mse_gain"]
+"""The columns of :func:`known_truth_check` that the studies report (a list, for ``.loc``)."""
 
 
 @dataclass(frozen=True)

@@ -643,7 +643,9 @@ def loo(idata: az.InferenceData, kind: LogLikelihoodKind | None = None, **kwargs
         reweights; see :data:`DEFAULT_LOG_LIKELIHOOD` for why the marginal one is reliable.
         One that ``idata`` does not hold is computed from the draws.
     **kwargs
-        Passed to :func:`arviz.loo`.
+        Passed to :func:`arviz.loo`. A fit in summary storage (:func:`loo_in_chunks`) takes
+        ``reff``, ``pointwise`` (its result is pointwise whatever the value) and
+        ``scale="log"``; it refuses ``var_name`` and the other scales.
     """
     kind = _check_kind(kind or DEFAULT_LOG_LIKELIHOOD)
     if is_summary(idata):
@@ -652,9 +654,30 @@ def loo(idata: az.InferenceData, kind: LogLikelihoodKind | None = None, **kwargs
                 "a fit in summary storage has LOO with the marginal log-likelihood only "
                 "(the conditional one needs every θ draw)."
             )
-        return loo_in_chunks(idata, **kwargs)
+        return loo_in_chunks(idata, reff=_summary_loo_reff(kwargs))
     source = with_log_likelihood(idata, kind)
     return az.loo(source, var_name=LOG_LIKELIHOOD_NAMES[kind], **kwargs)
+
+
+def _summary_loo_reff(arguments: Mapping[str, Any]) -> float | None:
+    """``reff`` of :func:`loo`'s ``arviz.loo`` arguments for a fit in summary storage.
+
+    ``pointwise`` is accepted (the result always is) and ``scale`` if it is ``"log"``; any
+    other argument is refused, ``var_name`` among them (the log-likelihood is ``b_marginal``).
+    """
+    unknown = sorted(set(arguments) - {"pointwise", "reff", "scale"})
+    if unknown:
+        raise ValueError(
+            f"LOO of a fit in summary storage takes reff, pointwise and scale='log' only, "
+            f"got {', '.join(unknown)} (its log-likelihood is always "
+            f"{LOG_LIKELIHOOD_NAMES['marginal']!r}, computed chunk by chunk)."
+        )
+    scale = arguments.get("scale")
+    if scale not in (None, "log"):
+        raise ValueError(
+            f"LOO of a fit in summary storage is on the log scale, got scale={scale!r}."
+        )
+    return arguments.get("reff")
 
 
 def loo_in_chunks(

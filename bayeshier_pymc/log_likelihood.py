@@ -27,15 +27,16 @@ the NumPy tree algebra on such chunks and write each into the result.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bayeshier_pymc import _threads
 from bayeshier_pymc._memory import store_array
 from bayeshier_pymc._numba import compiled_kernel
+from bayeshier_pymc._threads import in_threads
 from bayeshier_pymc.gaussian_tree import (
     TreeIndex,
     group_log_predictive,
@@ -330,7 +331,7 @@ def leave_one_out(
     index, scales, top_sd = _leave_one_out_scales(problem, tau, lead)
     no_normals = np.empty((0, b.shape[1]))
     no_rows = np.empty((0, b.shape[1]), dtype=dtype)
-    with ThreadPoolExecutor(max_workers=_cpu_count()) as pool:
+    with ThreadPoolExecutor(max_workers=_threads.cpu_count()) as pool:
         writing: list[Future[None]] = []
         for c in range(b.shape[0]):
             noise = problem.noise.row(c) if problem.noise is not None else None
@@ -542,25 +543,14 @@ def _data(b: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _in_threads(run: Callable[[int, int], Any], n: int) -> None:
     """``run(start, stop)`` over contiguous parts of ``range(n)``, one thread per CPU."""
-    parts = _parts(n)
-    if len(parts) == 1:
-        run(0, n)
-        return
-    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
-        _wait([pool.submit(run, lo, hi) for lo, hi in parts])
+    in_threads(lambda part: run(*part), _parts(n))
 
 
 def _parts(n: int) -> list[tuple[int, int]]:
     """Contiguous parts of ``range(n)``, one per CPU, of at least ``_MIN_DRAWS_PER_THREAD``."""
-    n_threads = max(1, min(_cpu_count(), n // _MIN_DRAWS_PER_THREAD))
+    n_threads = max(1, min(_threads.cpu_count(), n // _MIN_DRAWS_PER_THREAD))
     bounds = np.linspace(0, n, n_threads + 1).astype(int)
     return list(itertools.pairwise(bounds.tolist()))
-
-
-def _cpu_count() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1  # pragma: no cover - platforms without affinity
 
 
 @compiled_kernel

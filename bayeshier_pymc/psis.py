@@ -40,16 +40,14 @@ package stores them.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 
 from bayeshier_pymc._numba import compiled_kernel
+from bayeshier_pymc._threads import in_threads
 
-__all__ = ["PsisLoo", "good_k", "psis_loo", "psislw", "tail_length"]
+__all__ = ["PsisLoo", "good_k", "psis_loo", "psislw"]
 
 _CUTOFF_MIN = float(np.log(np.finfo(float).tiny))
 """Smallest cutoff of the tail: log of the smallest positive normal float64."""
@@ -64,7 +62,8 @@ _MIN_TAIL = 5
 """Fewest tail draws for which the GPD is fitted (k̂ = ∞ below)."""
 _BLOCK_VALUES = 1 << 18
 """Log weights per block of observations: the block's float64 arrays take 2 MiB each, the
-fit's profile (rows × grid × tail) about twice that."""
+fit's profile (rows × grid × tail, T tail draws of S) about 2 MiB · grid · T / S per thread
+(grid = 30 + ⌊√T⌋; at S = 4000 and r_eff = 1, T = 190: about 4 MiB)."""
 
 
 class PsisLoo(NamedTuple):
@@ -86,13 +85,24 @@ class PsisLoo(NamedTuple):
     lppd_i: np.ndarray
 
 
-def tail_length(n_samples: int, reff: float) -> int:
+def _tail_length(n_samples: int, reff: float) -> int:
     """The number of draws in the tail: ⌈min(S / 5, 3 √(S / r_eff))⌉, as ArviZ's ``psislw``."""
     return int(np.ceil(min(n_samples / 5.0, 3 * (n_samples / reff) ** 0.5)))
 
 
 def good_k(n_samples: int) -> float:
-    """The k̂ above which ``az.loo`` warns: min(1 − 1 / log10(S), 0.7)."""
+    """The k̂ above which ``az.loo`` warns: min(1 − 1 / log10(S), 0.7).
+
+    Parameters
+    ----------
+    n_samples
+        The number of draws S (over all chains).
+
+    Returns
+    -------
+    float
+        The threshold: observations whose k̂ exceeds it have unreliable PSIS estimates.
+    """
     return min(1 - 1 / np.log10(n_samples), 0.7)
 
 
@@ -103,7 +113,8 @@ def psislw(log_weights: np.ndarray, reff: float = 1.0) -> tuple[np.ndarray, np.n
     ----------
     log_weights
         Raw log weights (..., draws): the last axis holds the draws of each observation
-        (for LOO, minus the log-likelihood).
+        (for LOO, minus the log-likelihood). Any floating type, byte order and memory layout:
+        each block of observations is copied into float64 in turn, never the whole array.
     reff
         Relative efficiency of the draws (ESS / S), which sets the tail's length.
 
@@ -116,19 +127,25 @@ def psislw(log_weights: np.ndarray, reff: float = 1.0) -> tuple[np.ndarray, np.n
     """
     values = np.asarray(log_weights)
     _check_values(values, axis=-1, reff=reff)
-    rows = values.reshape(-1, values.shape[-1])
-    tail = tail_length(rows.shape[1], reff)
-    out = np.empty(rows.shape, dtype=np.float64)
-    pareto_k = np.empty(rows.shape[0], dtype=np.float64)
+    table = values if values.ndim > 1 else values[np.newaxis]  # views, never a copy
+    lead, n_samples = table.shape[:-1], table.shape[-1]
+    n_rows = int(np.prod(lead))
+    tail = _tail_length(n_samples, reff)
+    out = np.empty((n_rows, n_samples), dtype=np.float64)
+    pareto_k = np.empty(n_rows, dtype=np.float64)
 
     def run(block: slice) -> None:
-        x = np.array(rows[block], dtype=np.float64)
+        # a copy of the block's rows only (fancy indexing), in float64 whatever the input's
+        # type, byte order and layout
+        rows = np.unravel_index(np.arange(block.start, block.stop), lead)
+        x = np.asarray(table[rows], dtype=np.float64)
+        _check_finite(x, "log weights")
         x -= x.max(axis=1, keepdims=True)
         smoothed = _smooth(x, tail)
         out[block] = x - smoothed.total[:, None]
         pareto_k[block] = smoothed.pareto_k
 
-    _in_threads(run, _blocks(rows.shape[0], rows.shape[1]))
+    in_threads(run, _blocks(n_rows, n_samples))
     return out.reshape(values.shape), pareto_k.reshape(values.shape[:-1])
 
 
@@ -138,7 +155,8 @@ def psis_loo(log_likelihood: np.ndarray, reff: float) -> PsisLoo:
     Parameters
     ----------
     log_likelihood
-        Pointwise log-likelihood (draws, observations), any floating type: row s holds draw s
+        Pointwise log-likelihood (draws, observations), any floating type, byte order and
+        memory layout (copied into float64 a block of observations at a time): row s holds draw s
         of every observation (draws in the order of ``az.loo``'s stacking, chain-major, give
         its numbers to the last bits of the sums).
     reff
@@ -154,11 +172,12 @@ def psis_loo(log_likelihood: np.ndarray, reff: float) -> PsisLoo:
         raise ValueError(f"log_likelihood must be (draws, observations), got shape {values.shape}.")
     _check_values(values, axis=0, reff=reff)
     n_samples, n_observations = values.shape
-    tail = tail_length(n_samples, reff)
+    tail = _tail_length(n_samples, reff)
     loo_i, pareto_k, lppd_i = (np.empty(n_observations) for _ in range(3))
 
     def run(block: slice) -> None:
         ll = np.array(values[:, block].T, dtype=np.float64, order="C")
+        _check_finite(ll, "log-likelihood values")
         lppd_i[block] = _logsumexp_rows(ll) - np.log(n_samples)
         smallest = ll.min(axis=1)
         # log weights −ll, shifted to a maximum of 0
@@ -174,7 +193,7 @@ def psis_loo(log_likelihood: np.ndarray, reff: float) -> PsisLoo:
             smallest - smoothed.total,
         )
 
-    _in_threads(run, _blocks(n_observations, n_samples))
+    in_threads(run, _blocks(n_observations, n_samples))
     return PsisLoo(loo_i, pareto_k, lppd_i)
 
 
@@ -220,22 +239,6 @@ def _logsumexp_rows(values: np.ndarray) -> np.ndarray:
     return np.log(np.exp(values - largest[:, None]).sum(axis=1)) + largest
 
 
-def _in_threads(run: Callable[[slice], None], blocks: list[slice]) -> None:
-    """``run`` on every block, one thread per CPU; the results do not depend on the threads.
-
-    The blocks' rows are independent, and NumPy's loops and the kernels release the GIL.
-    """
-    n_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    n_threads = min(len(blocks), n_cpus or 1)
-    if n_threads <= 1:
-        for block in blocks:
-            run(block)
-        return
-    with ThreadPoolExecutor(max_workers=n_threads) as pool:
-        for _ in pool.map(run, blocks):  # re-raises a block's exception
-            pass
-
-
 def _blocks(n_rows: int, n_samples: int) -> list[slice]:
     """Blocks of rows of about :data:`_BLOCK_VALUES` values (at least one row each)."""
     size = max(1, _BLOCK_VALUES // n_samples)
@@ -254,16 +257,12 @@ def _check_values(values: np.ndarray, *, axis: int, reff: float) -> None:
         raise ValueError(f"PSIS needs at least 2 draws per observation, got shape {values.shape}.")
     if not (np.isfinite(reff) and reff > 0):
         raise ValueError(f"reff must be a positive number, got {reff}.")
-    if not _all_finite(values.reshape(-1)):
-        raise ValueError("log weights must be finite (found NaN or ±inf).")
 
 
-@compiled_kernel
-def _all_finite(values: np.ndarray) -> bool:  # pragma: no cover - compiled
-    for value in values:  # noqa: SIM110 - numba compiles no generator
-        if not np.isfinite(value):
-            return False
-    return True
+def _check_finite(block: np.ndarray, what: str) -> None:
+    """Refuse a block of values (in float64) with a NaN or an infinity."""
+    if not np.isfinite(block).all():
+        raise ValueError(f"{what} must be finite, found NaN or ±inf.")
 
 
 @compiled_kernel

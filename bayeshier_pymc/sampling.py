@@ -40,11 +40,16 @@ from bayeshier_pymc._interrupt import (
 from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.convergence import warn_if_not_converged
 from bayeshier_pymc.gaussian_tree import draw_tree, noise_log_density, upward_pass
+from bayeshier_pymc.gaussian_tree.kernels import LEAVE_ONE_OUT_PARENT_TERMS
 from bayeshier_pymc.gibbs.engine import check_settings, run_engine
 from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS
 from bayeshier_pymc.gibbs.step import TreeGibbs
 from bayeshier_pymc.gibbs.sweeps import check_scheme
-from bayeshier_pymc.inference_data import build_inference_data, posterior_dims
+from bayeshier_pymc.inference_data import (
+    THETA_PARENT_STORES,
+    build_inference_data,
+    posterior_dims,
+)
 from bayeshier_pymc.log_likelihood import conditional_constant, conditional_total, leave_one_out
 from bayeshier_pymc.model import Parameterization, build_model, group_mean_name
 from bayeshier_pymc.predictive import add_posterior_predictive, predictive_generator
@@ -260,8 +265,9 @@ def sample_gibbs(
         stored; ``"summary"``: θ's per-cell summaries only, in the ``theta_summary`` group,
         with LOO and θ draws computed on demand (:mod:`bayeshier_pymc.streamed`; the
         collapsed engine on a pooled problem, with independent or correlated estimates); ``"auto"``
-        (default): ``"summary"`` when that is possible and the θ store would exceed
-        :data:`SUMMARY_THRESHOLD_BYTES`, announced by one warning, else ``"full"``.
+        (default): ``"summary"`` when that is possible and what ``"full"`` keeps would exceed
+        :data:`SUMMARY_THRESHOLD_BYTES` and θ's summaries take less,
+        announced by one warning, else ``"full"``.
 
     Returns
     -------
@@ -525,11 +531,55 @@ def _sample_gibbs(
     )
 
 
-SUMMARY_THRESHOLD_BYTES = 2 * 1024**3
-"""Size of the θ store (chains × draws × covariates × features × θ's item size) above which
-``storage="auto"`` keeps θ's summaries only: 2 GiB, e.g. m = 12,500 features, p = 10 and
-4 × 1000 draws in float32; the stored mode needs about three times it (θ, the pointwise
-log-likelihood and the replicated estimates)."""
+SUMMARY_THRESHOLD_BYTES = 6 * 1024**3
+"""Size of what ``storage="full"`` keeps (θ, the pointwise log-likelihood and the replicated
+estimates, each chains × draws × covariates × features in θ's floating type) above which
+``storage="auto"`` keeps θ's summaries only, if they take less: 6 GiB,
+e.g. m = 12,500 features, p = 10 and 4 × 1000 draws in float32 (θ alone 2 GiB)."""
+
+_CELL_SUMMARY_BYTES = 4 * 8
+"""Per (covariate, feature) cell of a summary fit: θ's mean and sd (float64) and its numbers
+of positive and negative draws (int64)."""
+
+
+def _storage_bytes(
+    problem: ShrinkageProblem, lead: tuple[int, int], theta_dtype: Any
+) -> dict[str, int]:
+    """What each storage mode of the Gibbs engine keeps, in bytes, for (chains, draws) ``lead``.
+
+    ``"full"``: θ, the pointwise log-likelihood and the replicated estimates, one value each
+    per draw and cell in θ's type. ``"summary"``: θ's per-cell summaries and, with correlated
+    estimates, per draw and covariate, the float64 totals and path noise of θ's G parents
+    (the noise tree's first-level groups, 16 G bytes) and, while LOO runs on one covariate,
+    the leave-one-out terms of its parents (4 float64 per parent and draw,
+    :class:`~bayeshier_pymc.log_likelihood.HeldOutFeatures`). Summary storage keeps more when
+    16 G p + 32 G > 3 m p × θ's item size: G above m / 4 for one covariate in float32.
+
+    Parameters
+    ----------
+    problem
+        What is sampled.
+    lead
+        The numbers of chains and of draws per chain.
+    theta_dtype
+        θ's floating type.
+
+    Returns
+    -------
+    dict
+        ``{"full": bytes, "summary": bytes}``.
+    """
+    n_draws = lead[0] * lead[1]
+    n_covariates, n_features = problem.b.shape
+    per_value = np.dtype(theta_dtype).itemsize
+    full = 3 * n_draws * n_covariates * n_features * per_value
+    summary = n_covariates * n_features * _CELL_SUMMARY_BYTES
+    if problem.correlated:
+        n_parents = problem.index.n_units[1]
+        parent_stores = len(THETA_PARENT_STORES) * n_draws * n_covariates * n_parents * 8
+        loo_terms = LEAVE_ONE_OUT_PARENT_TERMS * n_draws * n_parents * 8
+        summary += parent_stores + loo_terms
+    return {"full": full, "summary": summary}
 
 
 def _resolve_storage(
@@ -548,12 +598,16 @@ def _resolve_storage(
         raise ValueError("storage='summary' needs the Gibbs engine (backend='numpy').")
     if storage != "auto":
         return storage
-    size = lead[0] * lead[1] * problem.b.size * np.dtype(theta_dtype).itemsize
-    if not possible or size <= SUMMARY_THRESHOLD_BYTES:
+    if not possible:
+        return "full"
+    size = _storage_bytes(problem, lead, theta_dtype)
+    if size["full"] <= SUMMARY_THRESHOLD_BYTES or size["summary"] >= size["full"]:
         return "full"
     warnings.warn(
-        f"the θ draws would take {size / 1024**3:.1f} GiB: keeping their summaries only "
-        "(storage='summary'; pass storage='full' to keep them).",
+        f"the θ draws, with the pointwise log-likelihood and the replicated estimates, would "
+        f"take {size['full'] / 1024**3:.1f} GiB: keeping their summaries only, "
+        f"{size['summary'] / 1024**3:.2f} GiB (storage='summary'; pass storage='full' to "
+        "keep them).",
         UserWarning,
         stacklevel=4,
     )

@@ -46,6 +46,8 @@ import pandas as pd
 
 from bayeshier_pymc import ShrinkageModel, mlm
 from bayeshier_pymc.calibration import (
+    SPLIT_COLUMNS,
+    TRUTH_COLUMNS,
     StageTwo,
     known_truth_check,
     split_half_cells,
@@ -63,16 +65,6 @@ from bayeshier_pymc.validation_data import (
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEPTHS = (0, 1, 2)
 NOISE_MODELS = {"independent": "independent", "structured": "auto"}
-SPLIT_COLUMNS = [
-    "coverage",
-    "coverage_se",
-    "calls",
-    "checked_calls",
-    "sign_error_rate",
-    "claimed_lfsr",
-    "mse_gain",
-]
-TRUTH_COLUMNS = ["coverage", "calls", "false_sign_rate", "claimed_lfsr", "mse_gain"]
 REFERENCE = ("independent", 0)
 Z_BANDS = [0.0, 1.0, 2.0, 3.0, 5.0, np.inf]
 """Bands of half A's |b / se| for the coverage by band."""

@@ -85,6 +85,7 @@ from scipy import stats
 
 from bayeshier_pymc import Hierarchy, ShrinkageModel, mlm, simulate
 from bayeshier_pymc.calibration import (
+    SPLIT_COLUMNS,
     PosteriorSummary,
     clustered_coverage_se,
     known_truth_scores,
@@ -605,17 +606,6 @@ def split_half_tables(study: ValidationStudy, args: argparse.Namespace) -> None:
     deepest = str(max(args.depths))
     print_worst_clusters(study.name, cells, stage_twos, deepest)
     print_scales(study.name, stage_twos, deepest)
-
-
-SPLIT_COLUMNS = [
-    "coverage",
-    "coverage_se",
-    "calls",
-    "checked_calls",
-    "sign_error_rate",
-    "claimed_lfsr",
-    "mse_gain",
-]
 
 
 def paired_with_normal(cells: pd.DataFrame, normal: pd.DataFrame) -> dict[str, float]:

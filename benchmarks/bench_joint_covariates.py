@@ -60,6 +60,8 @@ import xarray as xr
 from scipy import linalg, optimize, stats
 
 from bayeshier_pymc.calibration import (
+    SPLIT_COLUMNS,
+    TRUTH_COLUMNS,
     Z_95,
     PosteriorSummary,
     known_truth_check,
@@ -82,16 +84,6 @@ METHODS: dict[str, tuple[Likelihood, Likelihood]] = {
 }
 """Each posterior by name: (its likelihood, the likelihood its scales maximise)."""
 REFERENCE = "per-covariate"
-SPLIT_COLUMNS = [
-    "coverage",
-    "coverage_se",
-    "calls",
-    "checked_calls",
-    "sign_error_rate",
-    "claimed_lfsr",
-    "mse_gain",
-]
-TRUTH_COLUMNS = ["coverage", "calls", "false_sign_rate", "claimed_lfsr", "mse_gain"]
 
 
 @dataclass(frozen=True)

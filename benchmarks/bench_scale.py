@@ -14,7 +14,9 @@ With ``--noise tree`` the Gibbs stage's estimates come from ``mlm`` on simulated
 residuals share a normal per subgroup, per group and overall (a tree-structured covariance),
 so the model uses tree-structured noise; the stage-1 fit is not timed. With
 ``--storage summary`` the Gibbs stage keeps θ's summaries only and also times, in the
-same process, ``coefficient_table``, LOO (chunked over features, compiled PSIS), the compiled
+same process, ``coefficient_table``, LOO (chunked over features, compiled PSIS; then its two
+parts again, summed over the chunks: ``loo_log_likelihood_s`` computing ``b_marginal`` and
+``loo_psis_s`` the PSIS, with the same total elpd), the compiled
 PSIS against ArviZ's ``az.loo`` on the same 1000 cells of the first chunk (r_eff = 1; their
 ratio and largest difference of loo_i) and the regeneration of the θ draws of 10 features;
 the peak RSS covers them all.
@@ -86,10 +88,25 @@ if "{storage}" == "summary":
     tick = time.perf_counter()
     elpd = bh.loo(idata)
     extra["loo_s"] = time.perf_counter() - tick
+    # LOO's two parts, over every chunk as loo_in_chunks runs them: the log-likelihood
+    # (marginal_chunks, timed while it computes each chunk) and the PSIS of each chunk
+    from bayeshier_pymc import psis
+    from bayeshier_pymc.inference_data import _reff, marginal_chunks
+    reff = _reff(idata.posterior)  # bh.loo's default
+    extra["loo_log_likelihood_s"] = extra["loo_psis_s"] = 0.0
+    elpd_loo, chunks = 0.0, marginal_chunks(idata)
+    while True:
+        tick = time.perf_counter()
+        chunk = next(chunks, None)
+        extra["loo_log_likelihood_s"] += time.perf_counter() - tick
+        if chunk is None:
+            break
+        tick = time.perf_counter()
+        elpd_loo += psis.psis_loo(chunk[2], reff).loo_i.sum()
+        extra["loo_psis_s"] += time.perf_counter() - tick
+    assert np.isclose(elpd_loo, elpd["elpd_loo"], rtol=1e-9, atol=0), (elpd_loo, elpd["elpd_loo"])
     # the compiled PSIS against ArviZ's on the same 1000 cells of the first chunk
     import warnings, arviz as az, xarray as xr
-    from bayeshier_pymc import psis
-    from bayeshier_pymc.inference_data import marginal_chunks
     _, _, values = next(marginal_chunks(idata))
     values = values[:, :1000]
     reff = 1.0

@@ -175,7 +175,7 @@ def test_api_reference_lists_every_public_name():
 
     listed = set(re.findall(r"^   ([\w.]+)$", (ROOT / "docs" / "api.rst").read_text(), re.M))
     public = {name: getattr(bh, name) for name in bh.__all__ if name != "__version__"}
-    for module in ("csv_inputs", "pipeline", "report", "cli", "plots"):
+    for module in ("csv_inputs", "pipeline", "report", "cli", "plots", "psis"):
         loaded = importlib.import_module(f"bayeshier_pymc.{module}")
         public |= {f"{module}.{name}": getattr(loaded, name) for name in loaded.__all__}
     resolved = set()

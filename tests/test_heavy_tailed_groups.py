@@ -7,29 +7,19 @@ conditionals against the priors they must leave invariant.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy import stats
 
 import bayeshier_pymc as bh
 from bayeshier_pymc.gaussian_tree import upward_pass
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_heavy_tailed_groups.py"
+from tests.research import research_module
 
 
 @pytest.fixture(scope="module")
 def prototype():
     """The benchmark script, imported as a module."""
-    spec = importlib.util.spec_from_file_location("bench_heavy_tailed_groups", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    return research_module("bench_heavy_tailed_groups")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayeshier_pymc import Estimates, ShrinkageModel, log_likelihood
+from bayeshier_pymc import Estimates, ShrinkageModel, _threads, log_likelihood
 from bayeshier_pymc.gaussian_tree import NodeNoise, leave_one_out_normal
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import OBSERVATION, problem_from_idata
@@ -236,7 +236,7 @@ def test_leave_one_out_pass_is_the_same_in_chunks_and_threads(monkeypatch, corre
     problem = _problem(2, correlated)
     lead = (2, 300)
     tau = np.random.default_rng(3).uniform(0.05, 1.5, (*lead, 2, 3))
-    monkeypatch.setattr(log_likelihood, "_cpu_count", lambda: 1)
+    monkeypatch.setattr(_threads, "cpu_count", lambda: 1)
     assert len(list(log_likelihood.chunks(lead, 9))) == 2
     whole = {
         dtype: leave_one_out(problem, tau, lead=lead, dtype=dtype, rng=np.random.default_rng(4))
@@ -244,7 +244,7 @@ def test_leave_one_out_pass_is_the_same_in_chunks_and_threads(monkeypatch, corre
     }
     monkeypatch.setattr(log_likelihood, "CHUNK_VALUES", 1110)  # 123 draws of 9 features
     monkeypatch.setattr(log_likelihood, "_MIN_DRAWS_PER_THREAD", 4)
-    monkeypatch.setattr(log_likelihood, "_cpu_count", lambda: 3)
+    monkeypatch.setattr(_threads, "cpu_count", lambda: 3)
     sizes = [draws.stop - draws.start for _, draws in log_likelihood.chunks(lead, 9)]
     assert sizes == [123, 123, 54] * 2
     assert len(log_likelihood._parts(54)) == 3

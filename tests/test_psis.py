@@ -148,3 +148,51 @@ def test_bad_input_is_refused(values, reff, message):
 def test_loo_needs_draws_by_observations():
     with pytest.raises(ValueError, match="draws, observations"):
         psis.psis_loo(np.zeros(10), 1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ">f8", "<f4", np.longdouble])
+def test_any_floating_type_and_byte_order_gives_the_float64_numbers(rng, dtype):
+    """The values in another type give the numbers of the same values in native float64."""
+    log_likelihood = _log_likelihood(rng, 12, 300).astype(dtype)
+    native = log_likelihood.astype(np.float64)  # exact: every value is a float64 too
+    want_weights, want_k = psis.psislw(-native, reff=0.8)
+    weights, k = psis.psislw(-log_likelihood, reff=0.8)
+    np.testing.assert_array_equal(weights, want_weights)
+    np.testing.assert_array_equal(k, want_k)
+    want, got = psis.psis_loo(native.T, reff=0.8), psis.psis_loo(log_likelihood.T, reff=0.8)
+    for name in ("loo_i", "pareto_k", "lppd_i"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+
+
+def test_non_contiguous_input_gives_the_contiguous_numbers(rng, monkeypatch):
+    """Transposed and strided views, in several blocks: the numbers of C-contiguous copies."""
+    monkeypatch.setattr(psis, "_BLOCK_VALUES", 5 * 200)  # blocks of 5 observations
+    # (draws, 4, 6) viewed as (6, 4, draws): observations on two axes, the draws strided
+    values = -_log_likelihood(rng, 24, 200).T.reshape(200, 4, 6)
+    view = values.transpose(2, 1, 0)
+    assert not view.flags.c_contiguous and not view.flags.f_contiguous
+    contiguous = np.ascontiguousarray(view)
+    want_weights, want_k = psis.psislw(contiguous, reff=0.7)
+    weights, k = psis.psislw(view, reff=0.7)
+    np.testing.assert_array_equal(view, contiguous)  # the input is left as it was
+    np.testing.assert_array_equal(weights, want_weights)
+    np.testing.assert_array_equal(k, want_k)
+    # psis_loo of a transposed (Fortran-ordered) and of a strided log-likelihood
+    log_likelihood = _log_likelihood(rng, 40, 400)[:, ::2].T  # (200 draws, 40)
+    assert not log_likelihood.flags.c_contiguous
+    want = psis.psis_loo(np.ascontiguousarray(log_likelihood), reff=0.7)
+    got = psis.psis_loo(log_likelihood, reff=0.7)
+    for name in ("loo_i", "pareto_k", "lppd_i"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_bad_value_in_a_later_block_is_refused(rng, monkeypatch, bad):
+    """The check of each block, in threads, names the problem; big-endian input too."""
+    monkeypatch.setattr(psis, "_BLOCK_VALUES", 3 * 100)
+    log_likelihood = _log_likelihood(rng, 20, 100).astype(">f8")
+    log_likelihood[17, 42] = bad
+    with pytest.raises(ValueError, match="log weights must be finite"):
+        psis.psislw(-log_likelihood, reff=1.0)
+    with pytest.raises(ValueError, match="log-likelihood values must be finite"):
+        psis.psis_loo(log_likelihood.T, reff=1.0)

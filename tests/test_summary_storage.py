@@ -160,6 +160,22 @@ def test_loo_in_chunks_is_the_stored_loo(pair):
     np.testing.assert_allclose(loo_elpd(summary)["loo_i"], default["loo_i"], rtol=1e-12)
 
 
+def test_loo_of_a_summary_fit_takes_the_arviz_arguments_that_apply(pair):
+    """``bh.loo`` as on a stored fit: ``reff``, ``pointwise`` and the log scale pass; not others."""
+    _, summary = pair
+    chunked = loo_in_chunks(summary, reff=0.8)
+    for arguments in ({"pointwise": True}, {"pointwise": False}, {"scale": "log"}):
+        result = bh.loo(summary, reff=0.8, **arguments)
+        np.testing.assert_array_equal(result["loo_i"], chunked["loo_i"])
+        assert result["elpd_loo"] == chunked["elpd_loo"]
+    with pytest.raises(ValueError, match="var_name"):
+        bh.loo(summary, var_name="b_marginal")
+    with pytest.raises(ValueError, match="log scale, got scale='deviance'"):
+        bh.loo(summary, scale="deviance")
+    with pytest.raises(ValueError, match="takes reff, pointwise and scale='log' only"):
+        bh.loo(summary, chunk_size=3)
+
+
 def test_loo_with_missing_cells_is_the_stored_loo():
     full, summary = _pair(_model(n_features=60, missing=True), draws=100)
     with warnings.catch_warnings():
@@ -321,8 +337,10 @@ def test_noisy_loo_in_chunks_is_the_stored_loo(noisy_pair):
         stored = bh.loo(full, reff=0.8, pointwise=True)
         chunked = loo_in_chunks(summary, reff=0.8, chunk_features=4)
     assert chunked["loo_i"].dims == stored["loo_i"].dims == ("observation",)
-    np.testing.assert_allclose(chunked["loo_i"], stored["loo_i"], rtol=0, atol=1e-5)
-    np.testing.assert_allclose(chunked["pareto_k"], stored["pareto_k"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(chunked["loo_i"], stored["loo_i"], rtol=0, atol=FLOAT32_LOO_ATOL)
+    np.testing.assert_allclose(
+        chunked["pareto_k"], stored["pareto_k"], rtol=0, atol=FLOAT32_PARETO_K_ATOL
+    )
     np.testing.assert_allclose(chunked["elpd_loo"], stored["elpd_loo"], rtol=1e-6)
     np.testing.assert_array_equal(
         chunked["loo_i"]["feature"].to_numpy(), stored["loo_i"]["feature"].to_numpy()
@@ -350,6 +368,68 @@ def test_auto_storage_keeps_summaries_of_noisy_estimates_above_the_threshold(mon
         fit = sample_gibbs(problem, **options)
     assert THETA_SUMMARY in fit.groups() and fit.attrs["storage"] == "summary"
     assert fit.attrs["noise"] == "tree"
+
+
+def _values_nbytes(*groups) -> int:
+    """Bytes of the groups' variables, without their coordinates."""
+    return sum(variable.nbytes for group in groups for variable in group.data_vars.values())
+
+
+def test_storage_sizes_count_what_each_mode_keeps(noisy_pair):
+    """The estimate behind ``storage="auto"``: the arrays the fits hold and LOO's terms."""
+    full, summary = noisy_pair
+    problem = bh.inference_data.problem_from_idata(full)
+    lead = (full.posterior.sizes["chain"], full.posterior.sizes["draw"])
+    size = sampling._storage_bytes(problem, lead, np.float32)
+    draws = full.posterior["theta"]
+    # the stored mode: θ, and the observed cells' log-likelihood and replicated estimates
+    stored = draws.nbytes + _values_nbytes(full.log_likelihood, full.posterior_predictive)
+    unobserved = 2 * draws[..., 0, 0].size * draws.dtype.itemsize * int(problem.missing.sum())
+    assert stored + unobserved == size["full"]
+    tau = full.posterior["tau"].to_numpy()
+    held_out = bh.log_likelihood.HeldOutFeatures(problem, tau, covariate=0)
+    assert _values_nbytes(summary[THETA_SUMMARY]) + held_out._terms.nbytes == size["summary"]
+
+
+def _one_covariate_noisy_problem():
+    """One covariate, m = 9 features with tree noise on G = 3 first-level groups and 2 above."""
+    from bayeshier_pymc.gaussian_tree import NodeNoise
+    from bayeshier_pymc.priors import Priors
+    from bayeshier_pymc.problem import ShrinkageProblem
+    from tests.test_missing import FEATURES, MU0, S0, _hierarchy
+
+    rng = np.random.default_rng(5)
+    covariates = pd.Index(["x"], name="covariate")
+    se = rng.uniform(0.4, 1.0, (1, 9))
+    tree = _hierarchy().truncate(1)
+    return ShrinkageProblem(
+        b=rng.normal(MU0, 1.5, (1, 9)),
+        se=se,
+        covariates=covariates,
+        features=FEATURES,
+        tree=tree,
+        priors=Priors.resolve({"mu0": MU0, "s0": S0}, ("feature", *tree.levels), covariates, se),
+        depth=1,
+        noise_tree=_hierarchy(),
+        noise=NodeNoise(
+            (rng.uniform(0, 0.6, (1, 3)), rng.uniform(0, 0.6, (1, 2))), np.array([0.3])
+        ),
+        own_variance=rng.uniform(0.1, 1.0, (1, 9)),
+    )
+
+
+def test_auto_storage_keeps_the_draws_when_summaries_would_take_more(monkeypatch):
+    """G / m = 1/3 at p = 1: 16 G + 32 G bytes a draw exceed float32's 3 × 4 m, not float64's."""
+    problem = _one_covariate_noisy_problem()
+    options = {"draws": 20, "tune": 20, "chains": 2, "random_seed": 1, "progressbar": False}
+    monkeypatch.setattr(sampling, "SUMMARY_THRESHOLD_BYTES", 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = sample_gibbs(problem, theta_dtype=np.float32, **options)
+    assert "theta" in kept.posterior and kept.attrs["storage"] == "full"
+    with pytest.warns(UserWarning, match="keeping their summaries only"):
+        summarised = sample_gibbs(problem, theta_dtype=np.float64, **options)
+    assert THETA_SUMMARY in summarised.groups() and summarised.attrs["storage"] == "summary"
 
 
 def test_a_saved_summary_fit_loads_back_whole(pair, tmp_path):
