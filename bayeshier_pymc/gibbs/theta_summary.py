@@ -28,16 +28,7 @@ from typing import Any
 import numpy as np
 
 from bayeshier_pymc._numba import compiled_kernel
-from bayeshier_pymc.gaussian_tree.kernels import (
-    ThetaData,
-    ThetaStores,
-    TotalStores,
-    noise_precision,
-    write_correlated_theta_draw,
-    write_theta_draw,
-)
-from bayeshier_pymc.gibbs.theta_writer import ThetaParents
-from bayeshier_pymc.log_likelihood import conditional_constant, theta_parents
+from bayeshier_pymc.gibbs.theta_writer import ThetaKernel, ThetaParents
 from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = [
@@ -98,31 +89,12 @@ class ThetaStream:
         parents: ThetaParents | None = None,
     ):
         check_summary_problem(problem)
-        if (parents is None) == problem.correlated:
-            raise ValueError("the totals of θ's parents go with shared noise, and only with it.")
-        tree = problem.tree
-        assert tree is not None  # pooled
         self._seed = seed
-        b = np.ascontiguousarray(problem.algebra_b, dtype=float)
-        var_b = np.ascontiguousarray(problem.var_b, dtype=float)
-        self.b, self.var_b, self.missing = b, var_b, problem.missing
-        self.tau = np.ascontiguousarray(posterior["tau"])
-        self.shape = (*self.tau.shape[:3], b.shape[1])
+        # the recorded draws, contiguous for the kernel (a loaded fit's may not be)
+        recorded = {name: np.ascontiguousarray(values) for name, values in posterior.items()}
+        self._kernel = ThetaKernel(problem, recorded, parents)
+        self.b, self.shape = self._kernel.b, self._kernel.shape
         self.dtype = np.dtype(dtype)
-        self._parents = parents
-        if parents is None:
-            parent_mean, parent_index = theta_parents(
-                posterior,
-                tree.levels[0] if tree.depth else None,
-                tree.parents[0] if tree.depth else None,
-                b.shape[1],
-            )
-            self.parent_mean = np.ascontiguousarray(parent_mean)
-        else:
-            assert problem.noise is not None  # for the type checker: correlated
-            parent_index = problem.index.parent_of(0)
-            self._precision = noise_precision(var_b, problem.index, problem.noise)
-        self._data = ThetaData(b, var_b, 1.0 / var_b, parent_index)
 
     def replay(self, visit: Callable[[int, int, np.ndarray], None]) -> np.ndarray:
         """Call ``visit(chain, draw, theta)`` for every draw, chain by chain.
@@ -139,38 +111,9 @@ class ThetaStream:
         for chain in range(n_chains):
             for draw in range(n_draws):
                 rng.standard_normal(out=theta[0, 0], dtype=self.dtype)
-                self._write(chain, draw, theta, scratch, totals)
+                self._kernel.write(theta, scratch, totals, draw, chain)
                 visit(chain, draw, theta[0, 0])
-        # a missing cell is no data point: take its stand-in variance's constant out
-        if self._parents is not None:
-            return totals - conditional_constant(self.var_b[self.missing])
-        return totals + conditional_constant(self.var_b[~self.missing])
-
-    def _write(
-        self,
-        chain: int,
-        draw: int,
-        theta: np.ndarray,
-        scratch: np.ndarray,
-        totals: np.ndarray,
-    ) -> None:
-        """Turn the noise in ``theta`` into draw (chain, draw) with the writer's kernel."""
-        one = (slice(chain, chain + 1), slice(draw, draw + 1))
-        if self._parents is not None:
-            stores = TotalStores(
-                self._parents.total[one],
-                self._parents.noise[one],
-                self.tau[one],
-                theta,
-                totals[one],
-            )
-            write_correlated_theta_draw(self._data, self._precision, stores, 0)
-            return
-        write_theta_draw(
-            self._data,
-            ThetaStores(self.parent_mean[one], self.tau[one], theta, scratch, totals[one]),
-            0,
-        )
+        return self._kernel.observed_totals(totals)
 
 
 def summarise(stream: ThetaStream) -> tuple[dict[str, np.ndarray], np.ndarray]:

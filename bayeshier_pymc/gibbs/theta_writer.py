@@ -51,7 +51,7 @@ from bayeshier_pymc.gaussian_tree.kernels import (
 from bayeshier_pymc.log_likelihood import conditional_constant, theta_parents
 from bayeshier_pymc.problem import ShrinkageProblem
 
-__all__ = ["ThetaParents", "ThetaWriter", "WrittenDraws"]
+__all__ = ["ThetaKernel", "ThetaParents", "ThetaWriter", "WrittenDraws"]
 
 _STOP = -1
 """Queue item that ends the background thread early."""
@@ -68,6 +68,108 @@ class ThetaParents(NamedTuple):
 
     total: np.ndarray
     noise: np.ndarray
+
+
+class ThetaKernel:
+    """θ's data, its parents' stores and the compiled kernel that turns noise into θ.
+
+    The one construction of what the kernel reads
+    (:func:`~bayeshier_pymc.gaussian_tree.kernels.write_theta_draw` for independent
+    estimates, :func:`~bayeshier_pymc.gaussian_tree.kernels.write_correlated_theta_draw`
+    with shared noise), for the writer during sampling and for the replay of a fit in
+    summary storage (:class:`~bayeshier_pymc.gibbs.theta_summary.ThetaStream`). The stores
+    of ``posterior`` and ``parents`` are kept as they are, not copied: the writer reads them
+    while the engine fills them.
+
+    Parameters
+    ----------
+    problem
+        The problem sampled (a pooled one).
+    posterior
+        The draws, (chain, draw, covariate, ...): ``tau`` and the means of θ's parents
+        (``mu`` at depth 0).
+    parents
+        With shared noise (``problem.correlated``), the stores of θ's parents; ``None``
+        otherwise.
+    """
+
+    def __init__(
+        self,
+        problem: ShrinkageProblem,
+        posterior: dict[str, np.ndarray],
+        parents: ThetaParents | None,
+    ):
+        tree = problem.tree
+        if tree is None:
+            raise ValueError("θ is written from its parents, which a model without pooling lacks.")
+        if (parents is None) == problem.correlated:
+            raise ValueError("the stores of θ's parents go with shared noise, and only with it.")
+        self.b = np.ascontiguousarray(problem.algebra_b, dtype=float)
+        self.var_b = np.ascontiguousarray(problem.var_b, dtype=float)
+        self.missing = problem.missing
+        self.tau = posterior["tau"]
+        self.shape = (*self.tau.shape[:3], self.b.shape[1])
+        self.parents = parents
+        if parents is None:
+            self.parent_mean, parent_index = theta_parents(
+                posterior,
+                tree.levels[0] if tree.depth else None,
+                tree.parents[0] if tree.depth else None,
+                self.shape[-1],
+            )
+        else:
+            parent_index = problem.index.parent_of(0)
+            assert problem.noise is not None  # for the type checker: correlated
+            self.precision = noise_precision(self.var_b, problem.index, problem.noise)
+        self.data = ThetaData(self.b, self.var_b, 1.0 / self.var_b, parent_index)
+
+    def write(
+        self,
+        theta: np.ndarray,
+        log_likelihood: np.ndarray,
+        totals: np.ndarray,
+        draw: int,
+        chain: int | None = None,
+    ) -> None:
+        """Turn θ's noise in ``theta`` into draw ``draw`` of every chain, or of ``chain``.
+
+        ``totals`` (chain, draw) receives each draw's conditional total. Without ``chain``,
+        ``theta`` and ``log_likelihood`` are the (chain, draw, covariate, feature) stores;
+        with it, they hold that one (chain, draw) (leading dims of size 1). With shared noise
+        the kernel writes no pointwise log-likelihood and ``log_likelihood`` is not used.
+        """
+        lead: tuple[slice, ...] = ()
+        index = draw
+        if chain is not None:
+            lead, index = (slice(chain, chain + 1), slice(draw, draw + 1)), 0
+        if self.parents is not None:
+            stores = TotalStores(
+                self.parents.total[lead],
+                self.parents.noise[lead],
+                self.tau[lead],
+                theta,
+                totals[lead],
+            )
+            write_correlated_theta_draw(self.data, self.precision, stores, index)
+            return
+        write_theta_draw(
+            self.data,
+            ThetaStores(
+                self.parent_mean[lead], self.tau[lead], theta, log_likelihood, totals[lead]
+            ),
+            index,
+        )
+
+    def observed_totals(self, totals: np.ndarray) -> np.ndarray:
+        """The conditional totals over the observed cells: a missing cell is no data point.
+
+        The kernels sum every cell, a missing one with its stand-in variance; its constant
+        is taken out (the kernels' totals leave the constant of the observed cells out with
+        independent estimates, and include it with shared noise).
+        """
+        if self.parents is not None:
+            return totals - conditional_constant(self.var_b[self.missing])
+        return totals + conditional_constant(self.var_b[~self.missing])
 
 
 @dataclass(frozen=True)
@@ -125,31 +227,10 @@ class ThetaWriter:
         background: bool,
         parents: ThetaParents | None = None,
     ):
-        tree = problem.tree
-        if tree is None:
-            raise ValueError("θ is written from its parents, which a model without pooling lacks.")
-        if (parents is None) == problem.correlated:
-            raise ValueError("the stores of θ's parents go with shared noise, and only with it.")
+        self._kernel = ThetaKernel(problem, posterior, parents)
         self._rng = np.random.Generator(np.random.SFC64(seed))
-        self._b = np.ascontiguousarray(problem.algebra_b, dtype=float)
-        self._var_b = np.ascontiguousarray(problem.var_b, dtype=float)
-        self._missing = problem.missing
-        self._tau = posterior["tau"]
-        self._shape = (*self._tau.shape[:3], self._b.shape[1])
+        self._shape = self._kernel.shape
         self._dtype = dtype
-        self._parents = parents
-        if parents is None:
-            self._parent_mean, parent_index = theta_parents(
-                posterior,
-                tree.levels[0] if tree.depth else None,
-                tree.parents[0] if tree.depth else None,
-                self._shape[-1],
-            )
-        else:
-            parent_index = problem.index.parent_of(0)
-            assert problem.noise is not None  # for the type checker: correlated
-            self._precision = noise_precision(self._var_b, problem.index, problem.noise)
-        self._data = ThetaData(self._b, self._var_b, 1.0 / self._var_b, parent_index)
         self._theta = self._log_likelihood = np.empty(0, dtype=dtype)  # allocated by _prepare
         self._totals = np.empty(self._shape[:2])
         self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -181,11 +262,9 @@ class ThetaWriter:
             while self._ready and self._write_next():
                 pass
             self._done.result()
-        # a missing cell is no data point: take its stand-in variance's constant out
-        if self._parents is not None:
-            totals = self._totals - conditional_constant(self._var_b[self._missing])
+        totals = self._kernel.observed_totals(self._totals)
+        if self._kernel.parents is not None:
             return WrittenDraws(self._theta, None, totals)
-        totals = self._totals + conditional_constant(self._var_b[~self._missing])
         return WrittenDraws(self._theta, self._log_likelihood, totals)
 
     def close(self, *, abandon: bool = False) -> None:
@@ -236,7 +315,7 @@ class ThetaWriter:
         self._theta = store_array(self._shape, self._dtype, commit=True)
         if self._stopping.is_set():
             return
-        if self._parents is None:
+        if self._kernel.parents is None:
             self._log_likelihood = store_array(self._shape, self._dtype, commit=True)
         draws = self._theta.reshape(-1, *self._shape[2:])
         per_block = max(1, NOISE_BLOCK // (draws.size // len(draws)))
@@ -248,13 +327,4 @@ class ThetaWriter:
         self._ready = True
 
     def _write(self, draw: int) -> None:
-        if self._parents is not None:
-            totals = TotalStores(
-                self._parents.total, self._parents.noise, self._tau, self._theta, self._totals
-            )
-            write_correlated_theta_draw(self._data, self._precision, totals, draw)
-            return
-        stores = ThetaStores(
-            self._parent_mean, self._tau, self._theta, self._log_likelihood, self._totals
-        )
-        write_theta_draw(self._data, stores, draw)
+        self._kernel.write(self._theta, self._log_likelihood, self._totals, draw)
