@@ -10,7 +10,7 @@ covariates standardised, categorical ones dummy-coded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from bayeshier_pymc.preprocess import preprocess
 __all__ = [
     "VALIDATION_SETS",
     "ValidationStudy",
+    "available_studies",
     "blended_residual_covariance",
     "read_liver_lipidome",
     "read_qmdiab",
@@ -140,6 +141,22 @@ VALIDATION_SETS: dict[str, tuple[tuple[str, ...], Callable[[Path | str], Validat
     "liver_lipidome": (LIVER_FILES, read_liver_lipidome),
 }
 """Each real data set by name: the CSV files it needs (:func:`has_files`) and its reader."""
+
+
+def available_studies(
+    folder: Path | str, names: Iterable[str]
+) -> Iterator[tuple[str, ValidationStudy]]:
+    """Each study of ``names`` (keys of :data:`VALIDATION_SETS`) whose files ``folder`` holds.
+
+    A study whose files are absent is skipped with one printed line naming them, as a
+    benchmark script reports it.
+    """
+    for name in names:
+        files, reader = VALIDATION_SETS[name]
+        if not has_files(folder, files):
+            print(f"{name}: skipped, {folder} lacks {files}")
+            continue
+        yield name, reader(folder)
 
 
 def blended_residual_covariance(

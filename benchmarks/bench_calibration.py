@@ -58,7 +58,7 @@ from bayeshier_pymc.depth_comparison import DepthComparison, RecommendationRule,
 from bayeshier_pymc.priors import PRESETS
 from bayeshier_pymc.validation_data import (
     VALIDATION_SETS,
-    has_files,
+    available_studies,
     real_residual_covariance,
 )
 
@@ -102,12 +102,7 @@ def main() -> None:
         f"tuning steps, priors {args.priors!r}; seed {args.seed}, {args.splits} splits, "
         f"{args.replicates} known-truth replicates"
     )
-    for name in args.datasets:
-        files, reader = VALIDATION_SETS[name]
-        if not has_files(args.data, files):
-            print(f"{name}: skipped, {args.data} lacks {files}")
-            continue
-        study = reader(args.data)
+    for name, study in available_studies(args.data, args.datasets):
         print(
             f"\n{name}: {study.Y.shape[0]} samples × {study.Y.shape[1]} features, "
             f"covariates {list(study.X.columns)}, {study.hierarchy}",

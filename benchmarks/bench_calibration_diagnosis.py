@@ -60,7 +60,7 @@ from bayeshier_pymc.noise import tree_noise
 from bayeshier_pymc.validation_data import (
     VALIDATION_SETS,
     ValidationStudy,
-    has_files,
+    available_studies,
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -97,12 +97,7 @@ def main() -> None:
         f"tuning steps, package default priors; seed {args.seed}, {args.splits} splits (with "
         "the defaults, the cells of bench_calibration.py --sampler gibbs --draws 1000 --chains 4)"
     )
-    for name in args.datasets:
-        files, reader = VALIDATION_SETS[name]
-        if not has_files(args.data, files):
-            print(f"{name}: skipped, {args.data} lacks {files}")
-            continue
-        study = reader(args.data)
+    for name, study in available_studies(args.data, args.datasets):
         print(
             f"\n{name}: {study.Y.shape[0]} samples × {study.Y.shape[1]} features, {study.hierarchy}"
         )

@@ -105,7 +105,7 @@ from bayeshier_pymc.gaussian_tree import (
 from bayeshier_pymc.gibbs.scale_kernels import log_scale_prior
 from bayeshier_pymc.mlm import MLMFit
 from bayeshier_pymc.problem import ShrinkageProblem
-from bayeshier_pymc.validation_data import VALIDATION_SETS, ValidationStudy, has_files
+from bayeshier_pymc.validation_data import VALIDATION_SETS, ValidationStudy, available_studies
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GOAL = 0.95
@@ -757,12 +757,7 @@ def main() -> None:
         f"per fit, package default priors for τ and θ0; seed {args.seed}, {args.splits} splits"
     )
     checked = False
-    for name in args.datasets:
-        files, reader = VALIDATION_SETS[name]
-        if not has_files(args.data, files):
-            print(f"\n{name}: skipped, {args.data} lacks {files}")
-            continue
-        study = reader(args.data)
+    for name, study in available_studies(args.data, args.datasets):
         print(
             f"\n{name}: {study.Y.shape[0]} samples × {study.Y.shape[1]} features, {study.hierarchy}"
         )
