@@ -194,6 +194,11 @@ def build_model(
         missing cell, an estimate of infinite variance) and dims ``covariate``,
         ``feature``, ``level`` and one per annotation level.
     """
+    if priors.heavy_tailed and hierarchy is not None and hierarchy.levels:
+        raise ValueError(
+            f"group_prior={priors.group_prior!r} is not yet available in the PyMC model; "
+            "use group_prior='normal'."
+        )
     b, var_b = _independent_algebra_data(estimates, priors)
     se = np.sqrt(var_b)
     if hierarchy is None:

@@ -20,6 +20,24 @@ therefore sets them from each covariate's own standard errors:
 
 A mapping overrides any of ``mu0``, ``s0``, ``tau_scale`` over a preset (``"preset"``, default
 ``"auto"``); numbers given are in coefficient units.
+
+The prior of the group effects
+------------------------------
+``group_prior`` chooses how each group effect (a unit of an annotation level used, not a
+feature, not θ0) varies around its parent: u_g ~ N(parent, τ_l² λ_g²), with
+
+``"normal"`` (the default)
+    λ_g ≡ 1: one scale τ_l per level, the package's model.
+``"student_t"``
+    λ_g² ~ InvGamma(ν/2, ν/2) with ν = ``group_df`` (default 3): the group effects are
+    Student-t with ν degrees of freedom around their parent.
+``"horseshoe"``
+    λ_g ~ HalfCauchy(0, 1): the horseshoe's local scales, as the inverse-gamma mixture
+    λ_g² | ξ_g ~ InvGamma(1/2, 1/ξ_g), ξ_g ~ InvGamma(1/2, 1) (Makalic & Schmidt 2016).
+
+Each covariate has its own λ_g. A heavy-tailed prior lets a group with a large, coherent
+effect escape a small τ_l (``docs/calibration.md``, "A heavy-tailed group prior"); the features'
+deviations around their group stay normal.
 """
 
 from __future__ import annotations
@@ -36,7 +54,10 @@ import pandas as pd
 __all__ = [
     "AUTO_S0_MULTIPLE",
     "AUTO_TAU_MULTIPLE",
+    "DEFAULT_GROUP_DF",
+    "DEFAULT_GROUP_PRIOR",
     "DEFAULT_PRESET",
+    "GROUP_PRIORS",
     "PRESETS",
     "RESEARCH_PRIORS",
     "Priors",
@@ -56,7 +77,15 @@ PRESETS = ("auto", "research")
 
 DEFAULT_PRESET = "auto"
 
-SETTINGS = ("mu0", "s0", "tau_scale")
+GROUP_PRIORS = ("normal", "student_t", "horseshoe")
+"""The priors of the group effects around their parent (see the module docstring)."""
+
+DEFAULT_GROUP_PRIOR = "normal"
+
+DEFAULT_GROUP_DF = 3.0
+"""The degrees of freedom ν of ``group_prior="student_t"`` unless ``group_df`` is given."""
+
+SETTINGS = ("mu0", "s0", "tau_scale", "group_prior", "group_df")
 
 PRIOR_LIMIT = 1e100
 """Prior means and scales are bounded like the stage-2 inputs (see ``estimates.STAGE2_LIMIT``)."""
@@ -169,6 +198,10 @@ class Priors:
         preset scales by), shape (covariate,).
     preset
         The preset the settings not given came from (``"auto"`` or ``"research"``).
+    group_prior
+        The prior of the group effects around their parent, one of :data:`GROUP_PRIORS`.
+    group_df
+        Its degrees of freedom ν for ``"student_t"`` (ignored otherwise).
     """
 
     mu0: np.ndarray
@@ -178,6 +211,13 @@ class Priors:
     scale_levels: tuple[str, ...]
     typical_se: np.ndarray
     preset: str = DEFAULT_PRESET
+    group_prior: str = DEFAULT_GROUP_PRIOR
+    group_df: float = DEFAULT_GROUP_DF
+
+    @property
+    def heavy_tailed(self) -> bool:
+        """Whether the group effects have local scales λ_g (any ``group_prior`` but normal)."""
+        return self.group_prior != "normal"
 
     @classmethod
     def resolve(
@@ -198,7 +238,9 @@ class Priors:
             and ``tau_scale`` overriding the preset: ``mu0`` and ``s0`` one number, one per
             covariate, or a mapping from covariate to number (others keep the preset);
             ``tau_scale`` one number, one per scale level, a mapping from level name to
-            number (others keep the preset), or an array (covariate, level). A
+            number (others keep the preset), or an array (covariate, level);
+            ``group_prior`` (one of :data:`GROUP_PRIORS`, default ``"normal"``) and
+            ``group_df`` (ν of ``"student_t"``, a positive number, default 3). A
             :class:`Priors` (e.g. another model's ``.priors``): its values for these
             covariates and levels, with its ``typical_se`` (what its values were scaled by).
         scale_levels
@@ -211,9 +253,10 @@ class Priors:
         Raises
         ------
         ValueError
-            For an unknown preset or key, values that are not numbers (booleans and text
-            included), values beyond 1e100 (scales below 1e-100 too), or shapes that do not
-            match the covariates and levels; each message names the prior.
+            For an unknown preset, key or group prior, values that are not numbers (booleans
+            and text included), values beyond 1e100 (scales below 1e-100 too), a ``group_df``
+            that is not positive, or shapes that do not match the covariates and levels;
+            each message names the prior.
         """
         levels, labels = tuple(scale_levels), tuple(covariates)
         if isinstance(priors, Priors):
@@ -246,11 +289,19 @@ class Priors:
             values["tau_scale"] = _tau_scales(
                 settings["tau_scale"], values["tau_scale"], labels, levels
             )
+        group_prior = settings.get("group_prior", DEFAULT_GROUP_PRIOR)
+        if group_prior not in GROUP_PRIORS:
+            raise ValueError(
+                f"priors['group_prior'] must be one of {GROUP_PRIORS!r}, got {group_prior!r}."
+            )
+        group_df = _number(settings.get("group_df", DEFAULT_GROUP_DF), "priors['group_df']")
         return cls(
             covariates=labels,
             scale_levels=levels,
             typical_se=typical_se,
             preset=preset,
+            group_prior=group_prior,
+            group_df=group_df,
             **values,
         )._checked()
 
@@ -270,6 +321,11 @@ class Priors:
             raise ValueError(
                 "priors['tau_scale'] must be positive and finite, in [1e-100, 1e100], got "
                 f"{scales.tolist()!r}."
+            )
+        if not 1 / PRIOR_LIMIT <= self.group_df <= PRIOR_LIMIT:
+            raise ValueError(
+                "priors['group_df'] must be a positive number in [1e-100, 1e100], got "
+                f"{self.group_df!r}."
             )
         return self
 
@@ -296,6 +352,8 @@ class Priors:
             scale_levels=levels,
             typical_se=self.typical_se[rows],
             preset=self.preset,
+            group_prior=self.group_prior,
+            group_df=self.group_df,
         )
 
     def to_frame(self) -> pd.DataFrame:
@@ -319,7 +377,17 @@ class Priors:
             ),
             "research": "preset 'research' where not given: mu0 = 0, s0 = 1, tau_scale = 1",
         }[self.preset]
-        return f"θ0 ~ N(mu0, s0²), τ ~ HalfCauchy(tau_scale) per covariate and level; {origin}"
+        groups = {
+            "normal": "",
+            "student_t": (
+                f"; group effects Student-t with {self.group_df:g} df around their parent "
+                "(λ² ~ InvGamma(ν/2, ν/2))"
+            ),
+            "horseshoe": "; group effects horseshoe around their parent (λ ~ HalfCauchy(1))",
+        }[self.group_prior]
+        return (
+            f"θ0 ~ N(mu0, s0²), τ ~ HalfCauchy(tau_scale) per covariate and level{groups}; {origin}"
+        )
 
     def __repr__(self) -> str:
         table = self.to_frame().to_string(float_format="{:.4g}".format)
@@ -339,6 +407,8 @@ class Priors:
                 "mu0": self.mu0.tolist(),
                 "s0": self.s0.tolist(),
                 "tau_scale": self.tau_scale.tolist(),
+                "group_prior": self.group_prior,
+                "group_df": self.group_df,
             }
         )
 

@@ -164,6 +164,11 @@ def sample(
         draws=draws, tune=tune, chains=chains, cores=cores, random_seed=random_seed
     )
     check_sampler_name(sampler)
+    if problem.priors.heavy_tailed and problem.tree is not None and problem.tree.levels:
+        raise ValueError(
+            f"group_prior={problem.priors.group_prior!r} is not yet available in the "
+            f"{sampler!r} sampler; use group_prior='normal'."
+        )
     if sampler != "gibbs":
         storage = options.pop("storage", "full")
         if storage not in ("full", "auto"):

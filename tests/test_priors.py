@@ -68,6 +68,9 @@ def test_settings_override_the_preset_per_covariate_and_level():
         ({"s0": [1.0, 2.0, 3.0]}, r"priors\['s0'\] has 3 entries but the model has 2 covariate"),
         ({"tau_scale": np.ones((3, 2))}, r"priors\['tau_scale'\] has 6 entries but the model"),
         ({"s0": {"sex": -1.0}}, r"priors\['s0'\] must be a positive number"),
+        ({"group_prior": "laplace"}, r"priors\['group_prior'\] must be one of \('normal', "),
+        ({"group_prior": "student_t", "group_df": 0.0}, r"priors\['group_df'\] must be a posit"),
+        ({"group_df": "three"}, r"priors\['group_df'\] must be a number"),
     ],
 )
 def test_bad_priors_are_refused_by_name(settings, message):
@@ -231,3 +234,20 @@ def test_another_fits_priors_keep_their_typical_se():
     np.testing.assert_array_equal(reused.typical_se, [5.0])
     np.testing.assert_allclose(reused.s0, AUTO_S0_MULTIPLE * reused.typical_se)
     np.testing.assert_allclose(reused.tau_scale, [[5.0]])
+
+
+def test_the_group_prior_is_normal_by_default_and_kept_through_storage_and_restriction():
+    default = Priors.resolve(None, LEVELS, ["age", "sex"], _se())
+    assert default.group_prior == "normal" and not default.heavy_tailed
+    assert "group effects" not in default.describe()
+    chosen = Priors.resolve(
+        {"group_prior": "student_t", "group_df": 5}, LEVELS, ["age", "sex"], _se()
+    )
+    assert chosen.heavy_tailed and chosen.group_df == 5.0
+    assert "Student-t with 5 df" in chosen.describe()
+    again = Priors.from_json(chosen.to_json(), LEVELS, ["age", "sex"], _se())
+    assert (again.group_prior, again.group_df) == ("student_t", 5.0)
+    restricted = Priors.resolve(chosen, ("feature",), ["sex"], _se()[1:])
+    assert (restricted.group_prior, restricted.group_df) == ("student_t", 5.0)
+    horseshoe = Priors.resolve({"group_prior": "horseshoe"}, LEVELS, ["age", "sex"], _se())
+    assert "horseshoe" in horseshoe.describe()
