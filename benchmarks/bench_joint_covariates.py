@@ -73,7 +73,12 @@ from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.mlm import MLMFit, mlm
 from bayeshier_pymc.noise import TreeNoise, tree_noise
 from bayeshier_pymc.priors import Priors
-from bayeshier_pymc.validation_data import VALIDATION_SETS, has_files, real_residual_covariance
+from bayeshier_pymc.validation_data import (
+    VALIDATION_SETS,
+    ValidationStudy,
+    available_studies,
+    real_residual_covariance,
+)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 Likelihood = Literal["per-covariate", "joint"]
@@ -436,9 +441,10 @@ def cost_report(
     print(frame.to_string(float_format="{:.3f}".format))
 
 
-def run_data_set(name: str, folder: Path, splits: int, replicates: int, seed: int) -> None:
+def run_data_set(
+    name: str, study: ValidationStudy, splits: int, replicates: int, seed: int
+) -> None:
     """Every check of one data set."""
-    study = VALIDATION_SETS[name][1](folder)
     covariates = list(study.X.columns)
     whole = mlm(study.Y, study.X)
     print(
@@ -509,11 +515,8 @@ def main() -> None:
         f"replicates; {os.cpu_count()} CPUs, OPENBLAS_NUM_THREADS="
         f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}"
     )
-    for name, (files, _) in VALIDATION_SETS.items():
-        if not has_files(args.data, files):
-            print(f"\n{name}: skipped, {args.data} lacks its CSVs {list(files)}")
-            continue
-        run_data_set(name, args.data, splits, replicates, args.seed)
+    for name, study in available_studies(args.data, VALIDATION_SETS):
+        run_data_set(name, study, splits, replicates, args.seed)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nload average (1, 5, 15 min) at the end: {load}")
 
