@@ -62,9 +62,9 @@ from scipy import linalg, optimize, stats
 from bayeshier_pymc.calibration import (
     SPLIT_COLUMNS,
     TRUTH_COLUMNS,
-    Z_95,
     PosteriorSummary,
     known_truth_check,
+    normal_posterior,
     split_half_cells,
     split_half_summary,
 )
@@ -273,16 +273,10 @@ class DenseEmpiricalBayes:
             moments = [posterior_moments(alone, tau[k : k + 1]) for k, alone in enumerate(single)]
             mean, sd = (np.vstack(parts) for parts in zip(*moments, strict=True))
         coords = {"covariate": list(covariates), "feature": noise.features.to_numpy()}
-
-        def labelled(values: np.ndarray) -> xr.DataArray:
-            return xr.DataArray(values, coords=coords, dims=("covariate", "feature"))
-
-        return PosteriorSummary(
-            mean=labelled(mean),
-            sd=labelled(sd),
-            lower=labelled(mean - Z_95 * sd),
-            upper=labelled(mean + Z_95 * sd),
-            lfsr=labelled(stats.norm.sf(np.abs(mean) / sd)),
+        dims = ("covariate", "feature")
+        return normal_posterior(
+            xr.DataArray(mean, coords=coords, dims=dims),
+            xr.DataArray(sd, coords=coords, dims=dims),
         )
 
 

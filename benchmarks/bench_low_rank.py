@@ -53,13 +53,13 @@ import pandas as pd
 import xarray as xr
 from low_rank_algebra import low_rank_marginal, tree_solve
 from noise_remainder import NoiseRemainder, noise_remainder
-from scipy import linalg, optimize, stats
+from scipy import linalg, optimize
 
 from bayeshier_pymc import ShrinkageModel, mlm
 from bayeshier_pymc.calibration import (
-    Z_95,
     PosteriorSummary,
     known_truth_check,
+    normal_posterior,
     split_half_check,
 )
 from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, upward_pass
@@ -129,16 +129,10 @@ class DenseEmpiricalBayes:
             sds.append(sd)
         coords = {"covariate": list(covariates), "feature": tree.features.tolist()}
 
-        def frame(values: np.ndarray) -> xr.DataArray:
-            return xr.DataArray(values, coords=coords, dims=("covariate", "feature"))
-
-        mean, sd = np.array(means), np.array(sds)
-        return PosteriorSummary(
-            mean=frame(mean),
-            sd=frame(sd),
-            lower=frame(mean - Z_95 * sd),
-            upper=frame(mean + Z_95 * sd),
-            lfsr=frame(stats.norm.sf(np.abs(mean) / sd)),
+        dims = ("covariate", "feature")
+        return normal_posterior(
+            xr.DataArray(np.array(means), coords=coords, dims=dims),
+            xr.DataArray(np.array(sds), coords=coords, dims=dims),
         )
 
 
