@@ -54,6 +54,7 @@ __all__ = [
     "clustered_coverage_se",
     "known_truth_check",
     "known_truth_scores",
+    "normal_posterior",
     "posterior_summary",
     "predictive_coverage",
     "split_half_cells",
@@ -185,8 +186,16 @@ def stage_one_posterior(
     run with it measure how far stage 1's own assumptions hold on the data. ``hierarchy`` and
     ``random_seed`` are unused (the signature of a stage-2 fit).
     """
-    mean = fit.coef.sel(covariate=list(covariates))
-    sd = fit.se.sel(covariate=list(covariates))
+    return normal_posterior(
+        fit.coef.sel(covariate=list(covariates)), fit.se.sel(covariate=list(covariates))
+    )
+
+
+def normal_posterior(mean: xr.DataArray, sd: xr.DataArray) -> PosteriorSummary:
+    """The :class:`PosteriorSummary` of a normal posterior θ ~ N(mean, sd²).
+
+    The interval is ``mean ± 1.96 sd`` and the lfsr ``Φ(−|mean| / sd)``.
+    """
     return PosteriorSummary(
         mean=mean,
         sd=sd,

@@ -94,6 +94,7 @@ from bayeshier_pymc.inference_data import (
 )
 from bayeshier_pymc.log_likelihood import held_out_predictive
 from bayeshier_pymc.model import scale_levels
+from bayeshier_pymc.noise import path_variance
 from bayeshier_pymc.parallel import dispatch, inner_fit_options
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem, resolve_depth
@@ -679,11 +680,9 @@ def _noise_variance(problem: ShrinkageProblem) -> np.ndarray:
     """Σ_jj, the model's noise variance of every estimate, (covariate, feature)."""
     if problem.noise is None:
         return problem.se**2
-    tree = problem.algebra_tree
-    total = problem.own_variance + np.asarray(problem.noise.top)[:, None]
-    for level, variances in enumerate(problem.noise.groups):
-        total = total + np.asarray(variances)[:, tree.membership(level)]
-    return total
+    return path_variance(
+        problem.algebra_tree, problem.noise.top, problem.noise.groups, problem.own_variance
+    )
 
 
 def _replicate_table(fits: Mapping[Depth, az.InferenceData]) -> pd.DataFrame:

@@ -35,6 +35,7 @@ minority of the features).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,7 +46,7 @@ from bayeshier_pymc.covariance import residual_divisor
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.mlm import MLMFit
 
-__all__ = ["NodeVariances", "TreeNoise", "tree_noise"]
+__all__ = ["NodeVariances", "TreeNoise", "path_variance", "tree_noise"]
 
 Pooling = Literal["partial", "none", "complete"]
 POOLING_CHOICES = ("partial", "none", "complete")
@@ -148,10 +149,7 @@ class TreeNoise:
 
     def shared_variance(self) -> np.ndarray:
         """Each feature's residual variance shared with others (the sum over its path)."""
-        shared = np.full(self.hierarchy.n_features, self.residual.top)
-        for level, variances in enumerate(self.residual.groups):
-            shared += variances[self.hierarchy.membership(level)]
-        return shared
+        return path_variance(self.hierarchy, self.residual.top, self.residual.groups)
 
     def covariance(self, covariate: object | None = None) -> np.ndarray:
         """The dense m × m covariance (residual, or of ``covariate``'s estimates); small m only.
@@ -172,6 +170,45 @@ class TreeNoise:
             matrix += (codes[:, None] == codes[None, :]) * group_variances[codes][:, None]
         matrix[np.diag_indices_from(matrix)] += variances.own
         return matrix
+
+
+def path_variance(
+    hierarchy: Hierarchy,
+    top: float | np.ndarray,
+    groups: Sequence[np.ndarray],
+    own: np.ndarray | None = None,
+) -> np.ndarray:
+    """Each feature's noise variance along its path in the tree: own + top + its groups'.
+
+    The diagonal of the tree-structured noise covariance: the variance of the noise shared by
+    all features, plus at every level that of the feature's group, plus (with ``own``) the
+    feature's own. Leading axes (e.g. covariates) broadcast.
+
+    Parameters
+    ----------
+    hierarchy
+        The tree of the noise, aligned to the features.
+    top
+        Variance of the noise shared by all features, shape ``(...,)``.
+    groups
+        For each annotation level, finest first, the variance of each group's shared noise,
+        shape ``(..., n_groups)``.
+    own
+        Each feature's own variance, shape ``(..., m)``; ``None``: the shared part only.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(..., m)``.
+    """
+    shared = np.asarray(top)[..., None]
+    if own is None:
+        total = np.full((*shared.shape[:-1], hierarchy.n_features), shared)
+    else:
+        total = own + shared
+    for level, variances in enumerate(groups):
+        total = total + np.asarray(variances)[..., hierarchy.membership(level)]
+    return total
 
 
 def tree_noise(
@@ -224,9 +261,7 @@ def tree_noise(
     residual_variance = fit.sigma.to_numpy()
     observed = ~np.isnan(resid) if fit.per_feature else None
     top, groups, estimation = _node_variances(resid, tree, divisor, pooling, observed)
-    shared = np.full(tree.n_features, top)
-    for level, variances in enumerate(groups):
-        shared += variances[tree.membership(level)]
+    shared = path_variance(tree, top, groups)
     own = np.maximum(residual_variance - shared, min_own_share * residual_variance)
     if not fit.per_feature:
         scale = fit.coef_variance_factor.to_series()

@@ -25,10 +25,7 @@ from pathlib import Path
 
 from bayeshier_pymc.priors import PRESETS
 from bayeshier_pymc.study import correlated_settings, simulation_study
-from bayeshier_pymc.validation_data import (
-    VALIDATION_SETS,
-    has_files,
-)
+from bayeshier_pymc.validation_data import available_studies
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -54,12 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     logging.getLogger("pymc").setLevel(logging.ERROR)
-    real = []
-    for files, reader in (VALIDATION_SETS[name] for name in ("liver_lipidome", "qmdiab")):
-        if has_files(args.data, files):
-            real.append(reader(args.data))
-        else:
-            print(f"skipped a real-covariance row: {args.data} lacks {files}")
+    real = [study for _, study in available_studies(args.data, ("liver_lipidome", "qmdiab"))]
     options = {"nuts_sampler": args.nuts_sampler, "cores": 1} if args.sampler == "nuts" else {}
     start = time.perf_counter()
     result = simulation_study(

@@ -43,10 +43,7 @@ from bayeshier_pymc.depth_comparison import RecommendationRule, compare_fits
 from bayeshier_pymc.results import coefficient_matrix
 from bayeshier_pymc.simulate import ResidualNoise, simulate, train_test_split
 from bayeshier_pymc.study import correlated_settings, simulate_setting
-from bayeshier_pymc.validation_data import (
-    VALIDATION_SETS,
-    has_files,
-)
+from bayeshier_pymc.validation_data import VALIDATION_SETS, available_studies
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEPTHS = (0, 1, 2)
@@ -74,12 +71,8 @@ def main() -> None:
     logging.getLogger("pymc").setLevel(logging.ERROR)
     options = {"draws": args.draws, "tune": args.draws // 2, "chains": 2}
     start = time.perf_counter()
-    real_rows = []
-    for files, reader in VALIDATION_SETS.values():
-        if not has_files(args.data, files):
-            print(f"skipped a real data set: {args.data} lacks {files}")
-            continue
-        real_rows.append(_real_row(reader(args.data), args.splits, options))
+    studies = dict(available_studies(args.data, VALIDATION_SETS))
+    real_rows = [_real_row(study, args.splits, options) for study in studies.values()]
     if real_rows:
         print("Real data: split-half coefficient-MSE gain over stage 1 by depth (structured and")
         print("independent noise), each criterion's recommended depth on the whole data set, and")
@@ -91,11 +84,7 @@ def main() -> None:
         for seed in range(1, args.seeds + 1)
         for study in [_twelve_subclasses(seed, scales)]
     ]
-    real = [
-        reader(args.data)
-        for files, reader in (VALIDATION_SETS[name] for name in ("liver_lipidome", "qmdiab"))
-        if has_files(args.data, files)
-    ]
+    real = [studies[name] for name in ("liver_lipidome", "qmdiab") if name in studies]
     for setting in correlated_settings(real=real)[1:]:
         for seed in range(args.seeds):
             study = simulate_setting(setting, seed)

@@ -62,9 +62,9 @@ from scipy import linalg, optimize, stats
 from bayeshier_pymc.calibration import (
     SPLIT_COLUMNS,
     TRUTH_COLUMNS,
-    Z_95,
     PosteriorSummary,
     known_truth_check,
+    normal_posterior,
     split_half_cells,
     split_half_summary,
 )
@@ -73,7 +73,12 @@ from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.mlm import MLMFit, mlm
 from bayeshier_pymc.noise import TreeNoise, tree_noise
 from bayeshier_pymc.priors import Priors
-from bayeshier_pymc.validation_data import VALIDATION_SETS, has_files, real_residual_covariance
+from bayeshier_pymc.validation_data import (
+    VALIDATION_SETS,
+    ValidationStudy,
+    available_studies,
+    real_residual_covariance,
+)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 Likelihood = Literal["per-covariate", "joint"]
@@ -268,16 +273,10 @@ class DenseEmpiricalBayes:
             moments = [posterior_moments(alone, tau[k : k + 1]) for k, alone in enumerate(single)]
             mean, sd = (np.vstack(parts) for parts in zip(*moments, strict=True))
         coords = {"covariate": list(covariates), "feature": noise.features.to_numpy()}
-
-        def labelled(values: np.ndarray) -> xr.DataArray:
-            return xr.DataArray(values, coords=coords, dims=("covariate", "feature"))
-
-        return PosteriorSummary(
-            mean=labelled(mean),
-            sd=labelled(sd),
-            lower=labelled(mean - Z_95 * sd),
-            upper=labelled(mean + Z_95 * sd),
-            lfsr=labelled(stats.norm.sf(np.abs(mean) / sd)),
+        dims = ("covariate", "feature")
+        return normal_posterior(
+            xr.DataArray(mean, coords=coords, dims=dims),
+            xr.DataArray(sd, coords=coords, dims=dims),
         )
 
 
@@ -436,9 +435,10 @@ def cost_report(
     print(frame.to_string(float_format="{:.3f}".format))
 
 
-def run_data_set(name: str, folder: Path, splits: int, replicates: int, seed: int) -> None:
+def run_data_set(
+    name: str, study: ValidationStudy, splits: int, replicates: int, seed: int
+) -> None:
     """Every check of one data set."""
-    study = VALIDATION_SETS[name][1](folder)
     covariates = list(study.X.columns)
     whole = mlm(study.Y, study.X)
     print(
@@ -509,11 +509,8 @@ def main() -> None:
         f"replicates; {os.cpu_count()} CPUs, OPENBLAS_NUM_THREADS="
         f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}"
     )
-    for name, (files, _) in VALIDATION_SETS.items():
-        if not has_files(args.data, files):
-            print(f"\n{name}: skipped, {args.data} lacks its CSVs {list(files)}")
-            continue
-        run_data_set(name, args.data, splits, replicates, args.seed)
+    for name, study in available_studies(args.data, VALIDATION_SETS):
+        run_data_set(name, study, splits, replicates, args.seed)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nload average (1, 5, 15 min) at the end: {load}")
 

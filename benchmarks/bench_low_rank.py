@@ -53,13 +53,13 @@ import pandas as pd
 import xarray as xr
 from low_rank_algebra import low_rank_marginal, tree_solve
 from noise_remainder import NoiseRemainder, noise_remainder
-from scipy import linalg, optimize, stats
+from scipy import linalg, optimize
 
 from bayeshier_pymc import ShrinkageModel, mlm
 from bayeshier_pymc.calibration import (
-    Z_95,
     PosteriorSummary,
     known_truth_check,
+    normal_posterior,
     split_half_check,
 )
 from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, upward_pass
@@ -68,9 +68,8 @@ from bayeshier_pymc.mlm import MLMFit
 from bayeshier_pymc.noise import tree_noise
 from bayeshier_pymc.simulate import ResidualNoise, simulate
 from bayeshier_pymc.validation_data import (
-    VALIDATION_SETS,
-    has_files,
-    read_liver_lipidome,
+    ValidationStudy,
+    available_studies,
     real_residual_covariance,
 )
 
@@ -130,16 +129,10 @@ class DenseEmpiricalBayes:
             sds.append(sd)
         coords = {"covariate": list(covariates), "feature": tree.features.tolist()}
 
-        def frame(values: np.ndarray) -> xr.DataArray:
-            return xr.DataArray(values, coords=coords, dims=("covariate", "feature"))
-
-        mean, sd = np.array(means), np.array(sds)
-        return PosteriorSummary(
-            mean=frame(mean),
-            sd=frame(sd),
-            lower=frame(mean - Z_95 * sd),
-            upper=frame(mean + Z_95 * sd),
-            lfsr=frame(stats.norm.sf(np.abs(mean) / sd)),
+        dims = ("covariate", "feature")
+        return normal_posterior(
+            xr.DataArray(np.array(means), coords=coords, dims=dims),
+            xr.DataArray(np.array(sds), coords=coords, dims=dims),
         )
 
 
@@ -181,8 +174,7 @@ def score_table(rows: dict[str, pd.Series], ranks: list[int]) -> pd.DataFrame:
     return table
 
 
-def simulation(folder: Path, n_replicates: int) -> None:
-    study = read_liver_lipidome(folder)
+def simulation(study: ValidationStudy, n_replicates: int) -> None:
     covariance = real_residual_covariance(study)
     rows, ranks = {}, []
     for noise in (*NOISE_MODELS, "true Σ"):
@@ -203,12 +195,7 @@ def simulation(folder: Path, n_replicates: int) -> None:
     print()
 
 
-def split_halves(name: str, folder: Path, n_splits: int) -> None:
-    files, reader = VALIDATION_SETS[name]
-    if not has_files(folder, files):
-        print(f"{name}: CSVs absent in {folder}, skipped\n")
-        return
-    study = reader(folder)
+def split_halves(name: str, study: ValidationStudy, n_splits: int) -> None:
     rows, ranks = {}, []
     for noise in NOISE_MODELS:
         result = split_half_check(
@@ -379,12 +366,11 @@ def main() -> None:
         cost(0, args.repeats, args.draws)
         print(f"{time.perf_counter() - start:.0f} s")
         return
-    if has_files(args.data, VALIDATION_SETS["liver_lipidome"][0]):
-        simulation(args.data, args.replicates)
-    else:
-        print(f"liver lipidome CSVs absent in {args.data}: simulation skipped\n")
-    for name in ("liver_lipidome", "qmdiab"):
-        split_halves(name, args.data, args.splits)
+    studies = dict(available_studies(args.data, ("liver_lipidome", "qmdiab")))
+    if "liver_lipidome" in studies:
+        simulation(studies["liver_lipidome"], args.replicates)
+    for name, study in studies.items():
+        split_halves(name, study, args.splits)
     print(
         "exact Gaussian posterior given empirical-Bayes τ (class level); remainder rank by "
         f"{CV_FOLDS}-fold cross-validated likelihood over ranks 0–{MAX_RANK}; "

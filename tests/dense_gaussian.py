@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from bayeshier_pymc.gaussian_tree import NodeNoise
 from bayeshier_pymc.hierarchy import Hierarchy
 
 
@@ -117,6 +118,19 @@ def dense_posterior(
     covariance = prior - gain @ cov_units_b.T
     log_marginal = stats.multivariate_normal(np.full(b.size, mu0), cov_b).logpdf(b)
     return DensePosterior(mean, covariance, float(log_marginal), blocks)
+
+
+def tree_noise_covariance(hierarchy: Hierarchy, own: np.ndarray, noise: NodeNoise) -> np.ndarray:
+    """The dense m × m tree-structured noise covariance of one row of ``noise``.
+
+    Every pair shares the top's variance and that of every group they are both in; ``own``
+    (length m) is added on the diagonal.
+    """
+    matrix = np.full((hierarchy.n_features,) * 2, float(noise.top))
+    for level, variances in enumerate(noise.groups):
+        codes = hierarchy.membership(level)
+        matrix += (codes[:, None] == codes[None, :]) * variances[codes][:, None]
+    return matrix + np.diag(own)
 
 
 def marginal_covariance(

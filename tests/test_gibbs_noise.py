@@ -34,7 +34,7 @@ from bayeshier_pymc.problem import ShrinkageProblem
 from bayeshier_pymc.sampler_comparison import compare_samplers
 from bayeshier_pymc.sampling import sample, sample_gibbs
 from bayeshier_pymc.simulate import ResidualNoise, simulate
-from tests.dense_gaussian import dense_posterior
+from tests.dense_gaussian import dense_posterior, tree_noise_covariance
 
 Z_LIMIT = 4.0
 FAMILY_ALPHA = 1e-3
@@ -70,12 +70,8 @@ def _problem(study, depth, noise="auto", priors=None) -> ShrinkageProblem:
 
 def _dense_noise(problem: ShrinkageProblem, covariate: int = 0) -> np.ndarray:
     """The m × m noise covariance of one covariate's estimates."""
-    tree, noise = problem.noise_tree, problem.noise.row(covariate)
-    matrix = np.full((tree.n_features,) * 2, float(noise.top))
-    for level, variances in enumerate(noise.groups):
-        codes = tree.membership(level)
-        matrix += (codes[:, None] == codes[None, :]) * variances[codes][:, None]
-    return matrix + np.diag(problem.var_b[covariate])
+    noise = problem.noise.row(covariate)
+    return tree_noise_covariance(problem.noise_tree, problem.var_b[covariate], noise)
 
 
 def test_the_problem_is_correlated(study):

@@ -32,7 +32,11 @@ from bayeshier_pymc.inference_data import (
 from bayeshier_pymc.persistence import load_results, save_results
 from bayeshier_pymc.problem import ShrinkageProblem
 from bayeshier_pymc.simulate import ResidualNoise, simulate
-from tests.dense_gaussian import leave_one_out_log_predictive, marginal_covariance
+from tests.dense_gaussian import (
+    leave_one_out_log_predictive,
+    marginal_covariance,
+    tree_noise_covariance,
+)
 
 NUTS = {
     "draws": 60,
@@ -86,12 +90,7 @@ def _fabricated_fit(study, depth, seed=0, noise="auto"):
 
 def dense_noise_covariance(problem: ShrinkageProblem, c: int) -> np.ndarray:
     """The dense noise covariance of covariate ``c``'s estimates."""
-    tree, noise = problem.noise_tree, problem.noise
-    matrix = np.full((len(problem.features),) * 2, float(noise.top[c]))
-    for level, variances in enumerate(noise.groups):
-        codes = tree.membership(level)
-        matrix += (codes[:, None] == codes[None, :]) * variances[c][codes][:, None]
-    return matrix + np.diag(problem.own_variance[c])
+    return tree_noise_covariance(problem.noise_tree, problem.own_variance[c], problem.noise.row(c))
 
 
 def _dense_loo(problem, c, tau):

@@ -7,9 +7,9 @@ import pytest
 from scipy import stats
 
 from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, pad_scales
-from tests.dense_gaussian import marginal_covariance
+from tests.dense_gaussian import marginal_covariance, tree_noise_covariance
 from tests.research import research_module
-from tests.test_tree_noise_algebra import MU0, S0, _dense_noise, _hierarchy, _noise
+from tests.test_tree_noise_algebra import MU0, S0, _hierarchy, _noise
 
 low_rank_marginal = research_module("low_rank_algebra").low_rank_marginal
 tree_solve = research_module("low_rank_algebra").tree_solve
@@ -31,7 +31,7 @@ def _rows(seed: int, depth: int, used: int, rank: int):
     b = rng.normal(MU0, 1.5, (2, tree.n_features))
     dense = [
         marginal_covariance(
-            scale[k] * _dense_noise(hierarchy, own, noise) + loadings[k] @ loadings[k].T,
+            scale[k] * tree_noise_covariance(hierarchy, own, noise) + loadings[k] @ loadings[k].T,
             tau_used[k],
             hierarchy.truncate(used),
             S0,
@@ -64,7 +64,7 @@ def test_tree_solve_is_the_dense_inverse():
     for k in range(2):
         row_noise = noise.row(k)
         dense = marginal_covariance(
-            _dense_noise(hierarchy, own[k], row_noise), tau_used[k], hierarchy, S0
+            tree_noise_covariance(hierarchy, own[k], row_noise), tau_used[k], hierarchy, S0
         )
         solved = tree_solve(b[k], own[k], tau[k], tree, S0, row_noise)
         np.testing.assert_allclose(solved, np.linalg.solve(dense, b[k]), rtol=1e-9)

@@ -22,7 +22,11 @@ from bayeshier_pymc.log_likelihood import leave_one_out
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
 from bayeshier_pymc.sampling import draw_given_scales
-from tests.dense_gaussian import dense_posterior, leave_one_out_log_predictive
+from tests.dense_gaussian import (
+    dense_posterior,
+    leave_one_out_log_predictive,
+    tree_noise_covariance,
+)
 
 MU0, S0 = 0.3, 1.4
 FEATURES = pd.Index([f"f{j}" for j in range(9)], name="feature")
@@ -75,12 +79,7 @@ def _problem(depth: int | str, correlated: bool, seed: int = 0) -> ShrinkageProb
 def _dense_noise(problem: ShrinkageProblem, c: int) -> np.ndarray:
     if problem.noise is None:
         return np.diag(problem.se[c] ** 2)
-    full = _hierarchy()
-    matrix = np.full((9, 9), float(problem.noise.top[c]))
-    for level, variances in enumerate(problem.noise.groups):
-        codes = full.membership(level)
-        matrix += (codes[:, None] == codes[None, :]) * variances[c][codes][:, None]
-    return matrix + np.diag(problem.own_variance[c])
+    return tree_noise_covariance(_hierarchy(), problem.own_variance[c], problem.noise.row(c))
 
 
 # --- the rule -----------------------------------------------------------------------------

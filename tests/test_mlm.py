@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from statsmodels.stats.multitest import multipletests
 
 from bayeshier_pymc.mlm import MLMFit, mlm
+from tests.test_covariance import schafer_strimmer_moments
 
 RTOL, ATOL = 1e-8, 1e-10
 
@@ -237,15 +238,8 @@ def test_shrinkage_a_by_hand_on_sacurine(sacurine):
     fit = mlm(Y, covariates(meta), shrinkage="A", dof="n-1")
     design = sm.add_constant(covariates(meta).to_numpy())
     E = np.column_stack([sm.OLS(Y[c].to_numpy(), design).fit().resid for c in Y.columns])
-    n, m = E.shape
-    centred = E - E.mean(axis=0)
-    s = np.empty((m, m))
-    var_s = np.empty((m, m))
-    for i in range(m):
-        for j in range(m):
-            w = centred[:, i] * centred[:, j]
-            s[i, j] = n / (n - 1) * w.mean()
-            var_s[i, j] = n / (n - 1) ** 3 * ((w - w.mean()) ** 2).sum()
+    s, var_s = schafer_strimmer_moments(E)
+    m = s.shape[0]
     lam = min(1.0, max(0.0, var_s.sum() / ((s - np.eye(m)) ** 2).sum()))
     assert fit.shrinkage_lambda == pytest.approx(lam, rel=1e-9)
     np.testing.assert_allclose(

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bayeshier_pymc import Estimates, Hierarchy, ShrinkageModel, mlm
-from bayeshier_pymc.noise import TreeNoise, tree_noise
+from bayeshier_pymc.noise import TreeNoise, path_variance, tree_noise
 
 SUB = np.repeat(np.arange(6), [5, 4, 6, 3, 4, 2])
 SUPER_OF_SUB = np.array([0, 0, 0, 1, 1, 1])
@@ -70,6 +70,18 @@ def test_dense_covariance_and_own_variances_reproduce_the_residual_variances(rng
     # covariance of two features in different superclasses is the top variance alone
     assert dense[0, -1] == pytest.approx(noise.residual.top)
     assert np.allclose(noise.covariance("b"), noise.covariate_scale["b"] * dense)
+
+
+def test_path_variance_is_the_diagonal_of_the_dense_covariance():
+    """Known node variances, one row per covariate scale: own + top + the path's groups."""
+    scale = np.array([1.0, 2.5])[:, None]
+    top = scale[:, 0] * TOP
+    groups = (scale * SUB_VAR, scale * SUPER_VAR)
+    own = scale * OWN
+    total = path_variance(_hierarchy(), top, groups, own)
+    np.testing.assert_allclose(total, scale * np.diag(_true_covariance()), rtol=1e-14)
+    shared = path_variance(_hierarchy(), TOP, (SUB_VAR, SUPER_VAR))
+    np.testing.assert_allclose(shared, np.diag(_true_covariance()) - OWN, rtol=1e-14)
 
 
 def test_aligned_noise_is_the_submatrix_of_the_dense_covariance(rng):

@@ -25,7 +25,11 @@ from bayeshier_pymc.gaussian_tree import (
     upward_pass,
 )
 from bayeshier_pymc.hierarchy import Hierarchy
-from tests.dense_gaussian import dense_posterior, leave_one_out_log_predictive
+from tests.dense_gaussian import (
+    dense_posterior,
+    leave_one_out_log_predictive,
+    tree_noise_covariance,
+)
 
 MU0, S0 = 0.3, 1.4
 
@@ -55,14 +59,6 @@ def _noise(tree: TreeIndex, seed: int) -> tuple[np.ndarray, NodeNoise]:
     return own, NodeNoise(groups, np.asarray(rng.uniform(0.0, 0.5)))
 
 
-def _dense_noise(hierarchy: Hierarchy, own: np.ndarray, noise: NodeNoise) -> np.ndarray:
-    matrix = np.full((hierarchy.n_features,) * 2, float(noise.top))
-    for level, variances in enumerate(noise.groups):
-        codes = hierarchy.membership(level)
-        matrix += (codes[:, None] == codes[None, :]) * variances[codes][:, None]
-    return matrix + np.diag(own)
-
-
 CASES = [
     (seed, depth, used) for seed, depth in enumerate((0, 1, 2, 3)) for used in range(depth + 1)
 ]
@@ -78,7 +74,7 @@ def test_marginal_and_loo_match_dense(seed, depth, used):
     b = rng.normal(MU0, 1.5, tree.n_features)
     tau_used = rng.uniform(0.2, 1.2, used + 1)
     tau = np.concatenate([tau_used, np.zeros(depth - used)])
-    dense_noise = _dense_noise(hierarchy, own, noise)
+    dense_noise = tree_noise_covariance(hierarchy, own, noise)
     effect_tree = hierarchy.truncate(used)
     expected = dense_posterior(b, dense_noise, tau_used, effect_tree, MU0, S0)
     messages = upward_pass(b, own, tau, tree, MU0, S0, noise=noise)
@@ -120,7 +116,7 @@ def test_draws_match_dense_posterior(seed, depth, used):
     tau = np.concatenate([tau_used, np.zeros(depth - used)])
     effect_tree = hierarchy.truncate(used)
     expected = dense_posterior(
-        b, _dense_noise(hierarchy, own, noise), tau_used, effect_tree, MU0, S0
+        b, tree_noise_covariance(hierarchy, own, noise), tau_used, effect_tree, MU0, S0
     )
     n_draws = 200_000
     tau_draws = np.broadcast_to(tau, (n_draws, depth + 1))
@@ -170,7 +166,9 @@ def test_noise_log_density_is_the_dense_normal(depth):
     own, noise = _noise(tree, depth)
     residual = np.random.default_rng(depth).normal(size=(4, tree.n_features))
     got = noise_log_density(residual, own, tree, noise)
-    want = stats.multivariate_normal(np.zeros(tree.n_features), _dense_noise(hierarchy, own, noise))
+    want = stats.multivariate_normal(
+        np.zeros(tree.n_features), tree_noise_covariance(hierarchy, own, noise)
+    )
     np.testing.assert_allclose(got, want.logpdf(residual), rtol=1e-10)
 
 
@@ -182,7 +180,7 @@ def test_drawn_noise_has_the_tree_covariance(depth):
     own, noise = _noise(tree, depth)
     n = 100_000
     draws = draw_noise(own, tree, noise, np.random.default_rng(depth), lead=(n,))
-    expected = _dense_noise(hierarchy, own, noise)
+    expected = tree_noise_covariance(hierarchy, own, noise)
     scale = np.sqrt(np.outer(np.diag(expected), np.diag(expected)))
     # the sample covariance's sd is about sqrt((σ_ii σ_jj + σ_ij²) / n) ≤ sqrt(2 / n) · scale
     np.testing.assert_array_less(
@@ -202,7 +200,9 @@ def test_leave_one_out_normal_matches_dense(seed, depth, used):
     b = rng.normal(MU0, 1.5, tree.n_features)
     tau_used = rng.uniform(0.2, 1.2, used + 1)
     tau = np.concatenate([tau_used, np.zeros(depth - used)])
-    cov = _dense_noise(hierarchy, own, noise) + _effect_cov(hierarchy.truncate(used), tau_used)
+    cov = tree_noise_covariance(hierarchy, own, noise) + _effect_cov(
+        hierarchy.truncate(used), tau_used
+    )
     precision = np.linalg.inv(cov)
     diagonal = np.diag(precision)
     expected_mean = b - precision @ (b - MU0) / diagonal
