@@ -79,8 +79,10 @@ NUTPIE_COMPILATION: Mapping[str, str] = {"backend": "numba"}
 """How nutpie compiles the log density and its gradient unless ``nuts_sampler_kwargs`` names a
 ``backend``: with numba, which calls the collapsed model's compiled log density and gradient
 (:mod:`~bayeshier_pymc.gaussian_tree.log_marginal_op`) from nutpie's Rust threads without
-Python; ``{"backend": "jax", "gradient_backend": "jax"}`` runs the model's graph in JAX instead
-(a GPU when JAX sees one). Measured in ``benchmarks/bench_nuts.py`` (``docs/nuts.md``)."""
+Python, its compiled entry points read from numba's disk cache after a model's first fit
+(:func:`cached_nutpie_compilation`); ``{"backend": "jax", "gradient_backend": "jax"}`` runs
+the model's graph in JAX instead (a GPU when JAX sees one). Measured in
+``benchmarks/bench_nuts.py`` (``docs/nuts.md``)."""
 
 
 @dataclass(frozen=True)
