@@ -5,8 +5,9 @@ density with its gradient, and the function that expands a point into every vari
 numba code (which PyTensor's own numba cache keeps on disk); then nutpie wraps each in a C
 callback (``numba.cfunc``) that its Rust threads call, reading the model's shared data (its
 ``pm.Data``) through a pointer. The wrappers inline the whole model, so compiling them is
-most of the time (9.6 of 10.5 s for the collapsed research model, loaded 2-core machine) and
-numba cannot cache them ("uses dynamic globals": they are closures). Here they are compiled
+most of the time (9.6 of 10.5 s for the collapsed research model, loaded 2-core machine),
+and nutpie compiles them uncached, at every call (they are closures over the model's
+functions, which numba's cache cannot key). Here they are compiled
 as PyTensor compiles its own functions, so that numba's disk cache serves them: each is
 recompiled from a small source whose free variables are globals, under a key
 (:func:`compiled_key`).
