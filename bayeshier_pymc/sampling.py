@@ -23,7 +23,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,6 +37,7 @@ from bayeshier_pymc._interrupt import (
     numpyro_steps_from_python,
     nutpie_start_logged,
 )
+from bayeshier_pymc._nutpie_cache import cached_nutpie_compilation
 from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.convergence import warn_if_not_converged
 from bayeshier_pymc.gaussian_tree import draw_tree, noise_log_density, upward_pass
@@ -62,6 +63,7 @@ __all__ = [
     "SAMPLERS",
     "SUMMARY_THRESHOLD_BYTES",
     "SamplerRun",
+    "cached_nutpie_compilation",
     "draw_given_scales",
     "finish",
     "sample",
@@ -77,8 +79,10 @@ NUTPIE_COMPILATION: Mapping[str, str] = {"backend": "numba"}
 """How nutpie compiles the log density and its gradient unless ``nuts_sampler_kwargs`` names a
 ``backend``: with numba, which calls the collapsed model's compiled log density and gradient
 (:mod:`~bayeshier_pymc.gaussian_tree.log_marginal_op`) from nutpie's Rust threads without
-Python; ``{"backend": "jax", "gradient_backend": "jax"}`` runs the model's graph in JAX instead
-(a GPU when JAX sees one). Measured in ``benchmarks/bench_nuts.py`` (``docs/nuts.md``)."""
+Python, its compiled entry points read from numba's disk cache after a model's first fit
+(:func:`cached_nutpie_compilation`); ``{"backend": "jax", "gradient_backend": "jax"}`` runs
+the model's graph in JAX instead (a GPU when JAX sees one). Measured in
+``benchmarks/bench_nuts.py`` (``docs/nuts.md``)."""
 
 
 @dataclass(frozen=True)
@@ -399,6 +403,7 @@ def _sample_nuts(
         caught_interrupts_raised(),
         numpyro_steps_from_python(nuts_sampler, progressbar),
         nutpie_start_logged(nuts_sampler),
+        cached_nutpie_compilation() if nuts_sampler == "nutpie" else nullcontext(),
         _compiled_jax_log_density(nuts_sampler),
     ):
         raw = pm.sample(

@@ -2,15 +2,21 @@
 
 n=60, m=770, p=10, 4 subclasses (.55/.25/.15/.05), tau_v=0.12, tau_w=0.08; stage-1 OLS
 without intercept; the default model (correlated noise, estimated from the residuals); 4 chains
-x 1000 draws after 1000 tuning steps. Prints, per configuration: wall time of the whole
-``model.sample`` call (compilation included), divergences, max r-hat and min bulk ESS over tau,
-mu, subclass means and theta, ESS/s of the slowest parameter, and the bulk ESS and ESS/s of the
-slowest tau (smallest over covariates and levels); then ratios against the default NUTS, and
-the default NUTS's ESS/s of the slowest tau over the Gibbs engine's, in the same run: of the
-samplers' own times (``attrs["sampling_time"]``: NUTS's compilation, tuning, sampling and
-exact draws of the rest; the engine's sweeps), against the goal of a fifth, and of the whole
-calls (both add the same work after sampling: the leave-one-out log-likelihood and the
-replicated estimates).
+x 1000 draws after 1000 tuning steps. Each configuration runs in a fresh Python process, so
+that none profits from another's warm state in the process. Prints, per configuration: wall
+time of the whole ``model.sample`` call (compilation included), the sampler's own time, the
+part of it nutpie took to compile the model and whether its numba entry points were read from
+the disk cache (``bayeshier_pymc._nutpie_cache``), divergences, max r-hat and min bulk ESS over
+tau, mu, subclass means and theta, ESS/s of the slowest parameter, and the bulk ESS and ESS/s
+of the slowest tau (smallest over covariates and levels). The default NUTS runs twice, in a
+fresh PyTensor compilation folder: first with it empty (``empty cache``: the model compiled
+from scratch, as on a new machine), then with what that run left there (a later fit of the
+model). Then ratios against the default NUTS, and the default NUTS's ESS/s of the slowest tau
+over the Gibbs engine's, in the same run: of the samplers' own times (``attrs["sampling_time"]``:
+NUTS's compilation, tuning, sampling and exact draws of the rest; the engine's sweeps), against
+the goal of a fifth, and of the whole calls (both add the same work after sampling: the
+leave-one-out log-likelihood and the replicated estimates); and the first of these for the
+empty-cache run.
 
     python benchmarks/bench_nuts.py                    # every configuration
     python benchmarks/bench_nuts.py --quick            # backends on the collapsed model only
@@ -18,13 +24,14 @@ replicated estimates).
     python benchmarks/bench_nuts.py --noise-cost       # tree noise against independent noise
 
 ``--profile`` splits the default NUTS (nutpie, compiled by numba) on the same model into its
-compilation and its run, counts its gradient evaluations in tuning and sampling (leapfrog
-steps per draw), times one evaluation of the log density and its gradient in each compiled
-form (numba for nutpie's default backend: the collapsed model's Op, one compiled pass; JAX for
-nutpie's JAX backend and numpyro: the Op's graph; PyTensor's C for PyMC: the Op's kernel
-called from Python) against a floor (a compiled pass over the p·m estimates computing
-Σ log N(b; 0, s² + τ²) and its gradient, the least any evaluation must do, compiled by numba
-and by JAX), and prints the time the gradients account for.
+compilation (through the disk cache, saying whether it was read from it) and its run, counts
+its gradient evaluations in tuning and sampling (leapfrog steps per draw), times one evaluation
+of the log density and its gradient in each compiled form (numba for nutpie's default backend:
+the collapsed model's Op, one compiled pass; JAX for nutpie's JAX backend and numpyro: the Op's
+graph; PyTensor's C for PyMC: the Op's kernel called from Python) against a floor (a compiled
+pass over the p·m estimates computing Σ log N(b; 0, s² + τ²) and its gradient, the least any
+evaluation must do, compiled by numba and by JAX), and prints the time the gradients account
+for.
 
 ``--noise-cost`` times the default NUTS (collapsed) at the COPDGene shape of
 ``bench_gibbs.py`` (p=10, m=999, 106 subclasses in 9 superclasses, shared residual noise),
@@ -35,11 +42,17 @@ over ``--runs`` runs, and prints the ratio of the median sampling times (goal �
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import timeit
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import arviz as az
 import numpy as np
@@ -58,8 +71,6 @@ GOAL = 0.2
 
 def load() -> str:
     """The machine's load averages over 1, 5 and 15 minutes, and its CPU count."""
-    import os
-
     averages = " ".join(f"{value:.1f}" for value in os.getloadavg())
     return f"load average {averages} on {os.cpu_count()} CPUs"
 
@@ -77,8 +88,57 @@ def slowest_tau_ess(idata: az.InferenceData) -> float:
     return float(bulk_ess(tau.reshape(*tau.shape[:2], -1)).min())
 
 
-def run(model: bh.ShrinkageModel, sampler: str, **options: object) -> dict[str, float]:
-    """One ``model.sample`` call, timed whole, and its diagnostics."""
+CONFIGURATIONS: dict[str, tuple[str, dict[str, object]]] = {
+    "Gibbs engine": ("gibbs", {}),
+    **{
+        f"collapsed {backend}": ("nuts", {"nuts_sampler": backend, "parameterization": "collapsed"})
+        for backend in BACKENDS
+    },
+    "collapsed nutpie-jax": (
+        "nuts",
+        {
+            "nuts_sampler": "nutpie",
+            "nuts_sampler_kwargs": {"backend": "jax", "gradient_backend": "jax"},
+        },
+    ),
+    **{
+        f"{parameterization} nutpie": (
+            "nuts",
+            {"nuts_sampler": "nutpie", "parameterization": parameterization},
+        )
+        for parameterization in FULL_MODEL
+    },
+}
+"""Every configuration by name: the sampler and its options."""
+DEFAULT = f"collapsed {DEFAULT_NUTS_SAMPLER}"
+EMPTY_CACHE = f"{DEFAULT}, empty cache"
+"""The default NUTS in a fresh PyTensor compilation folder (``base_compiledir``), where it
+compiles the model from scratch, as a new machine's first fit does; the default row then
+runs with the same folder, as every later fit of the model does."""
+
+
+def run(name: str) -> dict[str, float]:
+    """One ``model.sample`` call of the configuration ``name``, timed whole, and its diagnostics.
+
+    The time nutpie takes to compile the model (``compile_s``) is timed apart, with whether its
+    numba entry points came from the disk cache (``cached``: 1 or 0; -1 for a backend nutpie
+    does not compile or that it compiles uncached).
+    """
+    from bayeshier_pymc import _nutpie_cache
+
+    model = research_model()
+    sampler, options = CONFIGURATIONS[name.removesuffix(", empty cache")]
+    compiled = []
+    compile_model = _nutpie_cache.compile_pymc_model
+
+    def timed(*args: object, **kwargs: object) -> object:
+        start = time.perf_counter()
+        result = compile_model(*args, **kwargs)
+        hits = getattr(getattr(result, "compiled_logp_func", None), "cache_hits", -1)
+        compiled.append((time.perf_counter() - start, hits))
+        return result
+
+    _nutpie_cache.compile_pymc_model = timed
     start = time.perf_counter()
     idata = model.sample(sampler, random_seed=1, progressbar=False, **options)
     wall = time.perf_counter() - start
@@ -90,6 +150,8 @@ def run(model: bh.ShrinkageModel, sampler: str, **options: object) -> dict[str, 
     return {
         "wall_s": wall,
         "sampler_s": float(idata.attrs["sampling_time"]),
+        "compile_s": compiled[0][0] if compiled else float("nan"),
+        "cached": int(compiled[0][1]) if compiled else -1,
         "divergences": int(stats["diverging"].sum()) if "diverging" in stats else 0,
         "rhat_max": float(summary["r_hat"].max()),
         "ess_bulk_min": float(summary["ess_bulk"].min()),
@@ -100,51 +162,64 @@ def run(model: bh.ShrinkageModel, sampler: str, **options: object) -> dict[str, 
     }
 
 
-def compare(quick: bool) -> None:
-    """Every backend on the collapsed model (and the full model), beside the Gibbs engine."""
-    model = research_model()
-    configurations = [("Gibbs engine", "gibbs", {})]
-    configurations += [
-        (f"collapsed {b}", "nuts", {"nuts_sampler": b, "parameterization": "collapsed"})
-        for b in BACKENDS
-    ]
-    configurations.append(
-        (
-            "collapsed nutpie-jax",
-            "nuts",
-            {
-                "nuts_sampler": "nutpie",
-                "nuts_sampler_kwargs": {"backend": "jax", "gradient_backend": "jax"},
-            },
+def run_in_fresh_process(name: str, compiledir: str | None = None) -> dict[str, float]:
+    """:func:`run` in a new Python process, so that no run profits from another's warm state.
+
+    ``compiledir``: PyTensor's compilation folder for the run (default: the usual one).
+    """
+    environment = dict(os.environ)
+    if compiledir is not None:
+        flags = environment.get("PYTENSOR_FLAGS", "")
+        environment["PYTENSOR_FLAGS"] = ",".join(
+            filter(None, [flags, f"base_compiledir={compiledir}"])
         )
+    done = subprocess.run(
+        [sys.executable, __file__, "--run", name],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=Path(__file__).parent,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(quick: bool) -> None:
+    """Every backend on the collapsed model (and the full model), beside the Gibbs engine.
+
+    Each configuration runs in a fresh process; the default NUTS runs twice, first with an
+    empty compilation cache, then with the cache that run filled.
+    """
+    names = ["Gibbs engine", EMPTY_CACHE, DEFAULT]
+    names += [name for name in CONFIGURATIONS if name.startswith("collapsed") and name != DEFAULT]
     if not quick:
-        configurations += [
-            (f"{p} nutpie", "nuts", {"nuts_sampler": "nutpie", "parameterization": p})
-            for p in FULL_MODEL
-        ]
+        names += [f"{p} nutpie" for p in FULL_MODEL]
     print(f"before the runs: {load()}")
     print(
-        f"{'sampler':<22}{'wall s':>8}{'sampler s':>10}{'div':>5}{'rhat':>7}{'ESS min':>9}"
-        f"{'ESS/s':>8}{'tau ESS':>9}{'tau ESS/s':>10}"
+        f"{'sampler':<32}{'wall s':>8}{'sampler s':>10}{'compile s':>10}{'cached':>7}{'div':>5}"
+        f"{'rhat':>7}{'ESS min':>9}{'ESS/s':>8}{'tau ESS':>9}{'tau ESS/s':>10}"
     )
     results = {}
-    for name, sampler, options in configurations:
-        r = run(model, sampler, **options)
-        results[name] = r
-        print(
-            f"{name:<22}{r['wall_s']:>8.1f}{r['sampler_s']:>10.1f}{r['divergences']:>5d}"
-            f"{r['rhat_max']:>7.3f}{r['ess_bulk_min']:>9.0f}{r['ess_per_s_min']:>8.1f}"
-            f"{r['tau_ess']:>9.0f}{r['tau_ess_per_s']:>10.1f}",
-            flush=True,
-        )
-    print(f"after the runs: {load()}")
-    default_name = f"collapsed {DEFAULT_NUTS_SAMPLER}"
-    default, gibbs = results[default_name], results["Gibbs engine"]
-    for name, r in results.items():
-        if name not in (default_name, "Gibbs engine"):
+    with tempfile.TemporaryDirectory() as compiledir:
+        for name in names:
+            nutpie_default = name in (EMPTY_CACHE, DEFAULT)
+            r = run_in_fresh_process(name, compiledir if nutpie_default else None)
+            results[name] = r
+            compile_s = "-" if np.isnan(r["compile_s"]) else f"{r['compile_s']:.1f}"
+            cached = {1: "yes", 0: "no"}.get(r["cached"], "-")
             print(
-                f"ESS/s of the slowest parameter, default ({default_name}) / {name}: "
+                f"{name:<32}{r['wall_s']:>8.1f}{r['sampler_s']:>10.1f}{compile_s:>10}{cached:>7}"
+                f"{r['divergences']:>5d}{r['rhat_max']:>7.3f}{r['ess_bulk_min']:>9.0f}"
+                f"{r['ess_per_s_min']:>8.1f}{r['tau_ess']:>9.0f}{r['tau_ess_per_s']:>10.1f}",
+                flush=True,
+            )
+    print(f"after the runs: {load()}")
+    default, gibbs = results[DEFAULT], results["Gibbs engine"]
+    for name, r in results.items():
+        if name not in (DEFAULT, EMPTY_CACHE, "Gibbs engine"):
+            print(
+                f"ESS/s of the slowest parameter, default ({DEFAULT}) / {name}: "
                 f"{default['ess_per_s_min'] / max(r['ess_per_s_min'], 1e-9):.1f}x"
             )
     for label, key in (
@@ -158,6 +233,11 @@ def compare(quick: bool) -> None:
             f"ESS/s of the slowest tau, default NUTS ({DEFAULT_NUTS_SAMPLER}) / Gibbs engine, "
             f"{label}: {default[key]:.1f} / {gibbs[key]:.1f} = {ratio:.3f}{goal}"
         )
+    first = results[EMPTY_CACHE]["tau_ess_per_sampler_s"] / gibbs["tau_ess_per_sampler_s"]
+    print(
+        "the same with the compilation from scratch (a new machine's first fit of the model), "
+        f"samplers' own times: {first:.3f}"
+    )
 
 
 def noise_cost(runs: int) -> None:
@@ -280,11 +360,11 @@ def _segment_sum_costs(problem, log_tau: np.ndarray) -> dict[str, float]:
 
 def profile() -> None:
     """Where the default NUTS (nutpie, compiled by numba) spends its time."""
-    import os
-
     import jax
     import nutpie
     from pymc.sampling.jax import get_jaxified_logp
+
+    from bayeshier_pymc._nutpie_cache import compile_pymc_model
 
     model = research_model()
     problem = model.problem
@@ -300,8 +380,9 @@ def profile() -> None:
         f"{chains} chains x 1000 draws after 1000 tuning steps, {cores} threads"
     )
     start = time.perf_counter()
-    compiled = nutpie.compile_pymc_model(pm_model, **NUTPIE_COMPILATION)
+    compiled = compile_pymc_model(pm_model, **NUTPIE_COMPILATION)
     compile_s = time.perf_counter() - start
+    cached = "yes" if compiled.compiled_logp_func.cache_hits else "no"
     start = time.perf_counter()
     trace = nutpie.sample(
         compiled, draws=1000, tune=1000, chains=chains, cores=cores, seed=1, progress_bar=False
@@ -313,7 +394,8 @@ def profile() -> None:
     }
     evaluations = sum(int(s.sum()) for s in steps.values())
     print(
-        f"nutpie ({compilation}): compilation {compile_s:.1f} s, tuning and sampling {run_s:.1f} s"
+        f"nutpie ({compilation}): compilation {compile_s:.1f} s (read from the disk cache: "
+        f"{cached}), tuning and sampling {run_s:.1f} s"
     )
     for phase, n in steps.items():
         print(
@@ -380,9 +462,12 @@ def main() -> None:
         "--noise-cost", action="store_true", help="tree noise against independent noise"
     )
     parser.add_argument("--runs", type=int, default=3, help="runs per noise model")
+    parser.add_argument("--run", help="one configuration, printed as JSON (in a fresh process)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    if args.noise_cost:
+    if args.run:
+        print(json.dumps(run(args.run)))
+    elif args.noise_cost:
         noise_cost(args.runs)
     elif args.profile:
         profile()
