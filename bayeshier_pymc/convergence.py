@@ -46,6 +46,7 @@ __all__ = [
     "posterior_rank_diagnostics",
     "rank_diagnostics",
     "rank_rhat",
+    "relative_efficiency",
     "split_chains",
     "tail_ess",
     "warn_if_not_converged",
@@ -191,6 +192,33 @@ def posterior_rank_diagnostics(posterior: xr.Dataset) -> dict[str, xr.Dataset]:
                 measure.reshape(values.shape[2:]), dims=extra, coords=coords
             )
     return {key: xr.Dataset(arrays) for key, arrays in results.items()}
+
+
+def relative_efficiency(posterior: xr.Dataset) -> float:
+    """ArviZ's default ``reff`` of ``az.loo``: the mean ESS per draw of every posterior value.
+
+    The ESS is ``arviz.ess(method="mean")`` (:func:`ess` of the split chains), computed in
+    float64 and in blocks rather than by ArviZ's loop over the parameters; 1 with one chain,
+    as in ArviZ.
+
+    Parameters
+    ----------
+    posterior
+        Variables with dims ``chain``, ``draw`` and any others.
+
+    Returns
+    -------
+    float
+    """
+    n_chains, n_draws = posterior.sizes["chain"], posterior.sizes["draw"]
+    if n_chains == 1:
+        return 1.0
+    values = []
+    for variable in posterior.data_vars.values():
+        extra = [d for d in variable.dims if d not in SAMPLE_DIMS]
+        draws = variable.transpose(*SAMPLE_DIMS, *extra).to_numpy()
+        values.append(ess(split_chains(draws.reshape(n_chains, n_draws, -1))))
+    return float(np.concatenate(values).mean() / (n_chains * n_draws))
 
 
 def _by_blocks(
