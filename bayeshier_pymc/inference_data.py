@@ -15,6 +15,7 @@ from arviz.stats.stats import ELPDData
 
 from bayeshier_pymc import log_likelihood as pointwise
 from bayeshier_pymc import psis
+from bayeshier_pymc.convergence import relative_efficiency
 from bayeshier_pymc.gaussian_tree import NodeNoise
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.model import group_mean_name, model_coords
@@ -719,7 +720,7 @@ def loo_in_chunks(
         raise ValueError("loo_in_chunks is for fits in summary storage; use loo.")
     problem = problem_from_idata(idata)
     if reff is None:
-        reff = _reff(idata.posterior)
+        reff = relative_efficiency(idata.posterior)
     observed = ~problem.missing
     n_samples = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
     loo_i, pareto_k, lppd_i = (np.full(observed.shape, np.nan) for _ in range(3))
@@ -837,13 +838,3 @@ def marginal_chunks(
         cells = observed[:, chunk]
         if cells.any():
             yield chunk, cells, values if cells.all() else values[:, cells.ravel()]
-
-
-def _reff(posterior: xr.Dataset) -> float:
-    """ArviZ's default relative efficiency: the mean relative ESS of the posterior's values."""
-    n_chains, n_draws = posterior.sizes["chain"], posterior.sizes["draw"]
-    if n_chains == 1:
-        return 1.0
-    ess = az.ess(posterior, method="mean")
-    values = np.hstack([ess[name].to_numpy().ravel() for name in ess.data_vars])
-    return float(values.mean() / (n_chains * n_draws))

@@ -2,7 +2,10 @@
 
 The file holds the InferenceData under the netCDF group ``idata`` (written by ArviZ, so
 ``az.from_netcdf(path, base_group="idata")`` reads it too) and, beside it, the annotation tree
-(``bayeshier/hierarchy``) and the stage-1 tidy table (``bayeshier/stage1``).
+(``bayeshier/hierarchy``) and the stage-1 tidy table (``bayeshier/stage1``). The variables
+are stored uncompressed: draws are random floats, which zlib shrinks by about 5% (the demo's
+fit: 84 MB instead of 89 MB) at about five times the CPU time of writing them (3.2 s
+instead of 0.7 s, measured side by side).
 
 netCDF cannot hold every Python value, so a few things are encoded on the way out and decoded
 on the way in:
@@ -255,7 +258,7 @@ def save_results(
     handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(handle)
     try:
-        encoded.to_netcdf(partial, base_group=IDATA_GROUP)
+        encoded.to_netcdf(partial, base_group=IDATA_GROUP, compress=False)
         if hierarchy is not None:
             _hierarchy_dataset(hierarchy).to_netcdf(
                 partial, mode="a", group=HIERARCHY_GROUP, engine=_ENGINE

@@ -217,24 +217,30 @@ def run_pipeline(
     if depths is not None and samplers is not None:
         tables["depths.csv"] = depths.summary.reset_index(names="depth")
         tables["sampler_agreement.csv"] = samplers.table.reset_index()
-    files = [_write_csv(frame, out / name) for name, frame in tables.items()]
-    files.append(save_results(out / "results.nc", idata, hierarchy=hierarchy, fit=fit))
-    figures = _write_figures(idata, fit, samplers, depths, out)
-    report = write_report(
-        out / "report.md",
-        title=title,
-        fit=fit,
-        model=model,
-        coefficients=coefficients,
-        scales=scales,
-        samplers=samplers,
-        depths=depths,
-        diagnosis=diagnosis,
-        figures=figures,
-        sampler=str(idata.attrs["sampler"]),
-    )
-    for path in [*files, *figures, report]:
+
+    def wrote(path: Path) -> Path:
+        """Log a file as soon as it is written (the gaps between the lines time each one)."""
         log(f"wrote {path}")
+        return path
+
+    files = [wrote(_write_csv(frame, out / name)) for name, frame in tables.items()]
+    files.append(wrote(save_results(out / "results.nc", idata, hierarchy=hierarchy, fit=fit)))
+    figures = _write_figures(idata, fit, samplers, depths, out, wrote)
+    report = wrote(
+        write_report(
+            out / "report.md",
+            title=title,
+            fit=fit,
+            model=model,
+            coefficients=coefficients,
+            scales=scales,
+            samplers=samplers,
+            depths=depths,
+            diagnosis=diagnosis,
+            figures=figures,
+            sampler=str(idata.attrs["sampler"]),
+        )
+    )
     return PipelineResult(
         fit,
         hierarchy,
@@ -303,8 +309,12 @@ def _write_figures(
     samplers: SamplerComparison | None,
     depths: DepthComparison | None,
     out: Path,
+    wrote: Callable[[Path], Path],
 ) -> list[Path]:
-    """One PNG per figure; the first covariate is shown where a figure shows one."""
+    """One PNG per figure, each passed to ``wrote`` once saved.
+
+    The first covariate is shown where a figure shows one.
+    """
     import matplotlib.pyplot as plt
 
     from bayeshier_pymc import plots
@@ -328,11 +338,11 @@ def _write_figures(
         axes = draw(None)
         axes.figure.savefig(out / name, dpi=110, bbox_inches="tight")
         plt.close(axes.figure)
-        paths.append(out / name)
+        paths.append(wrote(out / name))
     if samplers is not None:
         panels = plots.plot_sampler_comparison(samplers)
         figure = panels.flat[0].figure
         figure.savefig(out / "sampler_comparison.png", dpi=110, bbox_inches="tight")
         plt.close(figure)
-        paths.append(out / "sampler_comparison.png")
+        paths.append(wrote(out / "sampler_comparison.png"))
     return paths

@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,9 @@ def test_demo_writes_results(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), *TINY]) == 0
     err = capsys.readouterr().err
     assert "stage 1" in err and "stage 2" in err
+    logged = [line.removeprefix("wrote ") for line in err.splitlines() if line.startswith("wrote ")]
+    assert sorted(Path(path).name for path in logged) == sorted(p.name for p in tmp_path.iterdir())
+    assert Path(logged[-1]).name == "report.md"
     effects = pd.read_csv(tmp_path / "shrunken_effects.csv")
     assert set(effects["covariate"]) == {"age", "bmi", "sex"}
     assert len(effects) == 3 * 300

@@ -16,6 +16,7 @@ from bayeshier_pymc.convergence import (
     ess,
     rank_diagnostics,
     rank_rhat,
+    relative_efficiency,
     split_chains,
     tail_ess,
 )
@@ -130,3 +131,22 @@ def test_thresholds_are_applied_as_given(rng):
     assert check_convergence(idata, thresholds=Thresholds(ess_per_chain=50)).ok
     strict = check_convergence(idata, thresholds=Thresholds(r_hat=1.0001))
     assert any("r̂" in problem for problem in strict.problems)
+
+
+def test_relative_efficiency_is_arvizs_default_reff(rng):
+    """``az.loo``'s default reff: the mean ``az.ess(method="mean")`` of every value, per draw."""
+    posterior = az.from_dict(
+        posterior={
+            "theta": _ar1(rng, 0.8, 4, 300, size=6).reshape(4, 300, 2, 3),
+            "tau": np.exp(_ar1(rng, 0.3, 4, 300, size=2)),
+            "mu": _ar1(rng, -0.5, 4, 300)[..., 0],
+        }
+    ).posterior
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        per_value = az.ess(posterior, method="mean")
+    values = np.hstack([per_value[name].to_numpy().ravel() for name in per_value.data_vars])
+    reference = values.mean() / (4 * 300)
+    assert reference < 0.9  # the AR(1) chains are far from independent draws
+    assert relative_efficiency(posterior) == pytest.approx(reference, rel=1e-12)
+    assert relative_efficiency(posterior.isel(chain=[0])) == 1.0
