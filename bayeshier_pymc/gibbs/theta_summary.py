@@ -22,6 +22,8 @@ Only pooled problems, sampled by the collapsed Gibbs engine, have this form.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +44,8 @@ __all__ = [
 
 SUMMARY_COUNTS = ("n_positive", "n_negative")
 """The per-cell counts of draws with θ > 0 and θ < 0 that :func:`summarise` returns."""
+NOISE_BUFFERS = 3
+"""Draws of θ's noise a replay holds at once: drawn ahead, being turned into θ, or visited."""
 
 
 def noise_seed(random_seed: int) -> np.random.SeedSequence:
@@ -99,21 +103,74 @@ class ThetaStream:
     def replay(self, visit: Callable[[int, int, np.ndarray], None]) -> np.ndarray:
         """Call ``visit(chain, draw, theta)`` for every draw, chain by chain.
 
-        ``theta`` (covariate, feature) is a buffer reused for the next draw. Returns the
+        ``theta`` (covariate, feature) is a buffer reused for a later draw. Returns the
         per-draw conditional totals over the observed cells (chain, draw), as the writer's:
         Σ log N(b; θ, s²), or with correlated estimates Σ over covariates of log N(b; θ, Σ).
+        The noise is drawn ahead in a thread of its own (:class:`_NoiseAhead`) while this
+        one turns it into θ and visits it.
         """
-        rng = np.random.Generator(np.random.SFC64(self._seed))
         n_chains, n_draws = self.shape[:2]
-        theta = np.empty((1, 1, *self.shape[2:]), dtype=self.dtype)
-        scratch = np.empty_like(theta)
+        scratch = np.empty((1, 1, *self.shape[2:]), dtype=self.dtype)
         totals = np.empty((n_chains, n_draws))
-        for chain in range(n_chains):
-            for draw in range(n_draws):
-                rng.standard_normal(out=theta[0, 0], dtype=self.dtype)
-                self._kernel.write(theta, scratch, totals, draw, chain)
-                visit(chain, draw, theta[0, 0])
+        with _NoiseAhead(self._seed, scratch.shape, self.dtype, n_chains * n_draws) as noise:
+            for chain in range(n_chains):
+                for draw in range(n_draws):
+                    theta = noise.next()
+                    self._kernel.write(theta, scratch, totals, draw, chain)
+                    visit(chain, draw, theta[0, 0])
+                    noise.release(theta)
         return self._kernel.observed_totals(totals)
+
+
+class _NoiseAhead:
+    """θ's noise stream, one draw a buffer, drawn by a thread ahead of its consumer.
+
+    The generator is SFC64 seeded with ``seed``, each draw filled in ``dtype`` in turn, as
+    the θ writer draws it: the same numbers as drawing in the consumer's thread, which
+    meanwhile works on earlier draws (NumPy's generator releases the GIL).
+    :data:`NOISE_BUFFERS` buffers circulate: :meth:`next` hands the next draw's, which the
+    consumer gives back with :meth:`release` once done with it. Use it as a context manager:
+    leaving it stops the thread.
+    """
+
+    def __init__(self, seed: np.random.SeedSequence, shape: tuple[int, ...], dtype: Any, n: int):
+        self._rng = np.random.Generator(np.random.SFC64(seed))
+        self._n = n
+        self._free: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
+        self._filled: queue.SimpleQueue[np.ndarray | BaseException] = queue.SimpleQueue()
+        for _ in range(NOISE_BUFFERS):
+            self._free.put(np.empty(shape, dtype=dtype))
+        self._thread = threading.Thread(target=self._fill, daemon=True)
+
+    def __enter__(self) -> _NoiseAhead:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._free.put(None)  # wakes the thread if it waits for a buffer; it stops there
+        self._thread.join()
+
+    def next(self) -> np.ndarray:
+        """The next draw's noise (raises what the drawing thread raised)."""
+        item = self._filled.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def release(self, buffer: np.ndarray) -> None:
+        """Give back a buffer of :meth:`next`, free for a later draw."""
+        self._free.put(buffer)
+
+    def _fill(self) -> None:
+        try:
+            for _ in range(self._n):
+                buffer = self._free.get()
+                if buffer is None:
+                    return
+                self._rng.standard_normal(out=buffer.reshape(buffer.shape[-2:]), dtype=buffer.dtype)
+                self._filled.put(buffer)
+        except BaseException as error:  # handed to the consumer, which raises it
+            self._filled.put(error)
 
 
 def summarise(stream: ThetaStream) -> tuple[dict[str, np.ndarray], np.ndarray]:
