@@ -82,6 +82,10 @@ class ThetaStream:
     parents
         With correlated estimates (``problem.correlated``), the recorded totals of θ's
         parents and the noise on their paths; ``None`` otherwise.
+    features
+        Positions of the features whose θ the replay computes (default: all). The noise of
+        every feature is drawn all the same (the stream's order fixes each draw's noise),
+        but θ only of these.
     """
 
     def __init__(
@@ -91,35 +95,44 @@ class ThetaStream:
         posterior: dict[str, np.ndarray],
         dtype: Any,
         parents: ThetaParents | None = None,
+        features: np.ndarray | None = None,
     ):
         check_summary_problem(problem)
         self._seed = seed
         # the recorded draws, contiguous for the kernel (a loaded fit's may not be)
         recorded = {name: np.ascontiguousarray(values) for name, values in posterior.items()}
-        self._kernel = ThetaKernel(problem, recorded, parents)
+        self._kernel = ThetaKernel(problem, recorded, parents, features)
+        self._features = None if features is None else np.asarray(features, dtype=np.intp)
+        self._noise_shape = problem.b.shape
         self.b, self.shape = self._kernel.b, self._kernel.shape
         self.dtype = np.dtype(dtype)
 
-    def replay(self, visit: Callable[[int, int, np.ndarray], None]) -> np.ndarray:
+    def replay(self, visit: Callable[[int, int, np.ndarray], None]) -> np.ndarray | None:
         """Call ``visit(chain, draw, theta)`` for every draw, chain by chain.
 
         ``theta`` (covariate, feature) is a buffer reused for a later draw. Returns the
         per-draw conditional totals over the observed cells (chain, draw), as the writer's:
-        Σ log N(b; θ, s²), or with correlated estimates Σ over covariates of log N(b; θ, Σ).
-        The noise is drawn ahead in a thread of its own (:class:`_NoiseAhead`) while this
-        one turns it into θ and visits it.
+        Σ log N(b; θ, s²), or with correlated estimates Σ over covariates of log N(b; θ, Σ);
+        ``None`` when the stream computes θ of some features only. The noise is drawn ahead
+        in a thread of its own (:class:`_NoiseAhead`) while this one turns it into θ.
         """
         n_chains, n_draws = self.shape[:2]
-        scratch = np.empty((1, 1, *self.shape[2:]), dtype=self.dtype)
+        theta = np.empty((1, 1, *self.shape[2:]), dtype=self.dtype)
+        scratch = np.empty_like(theta)
         totals = np.empty((n_chains, n_draws))
-        with _NoiseAhead(self._seed, scratch.shape, self.dtype, n_chains * n_draws) as noise:
+        noise_shape = (1, 1, *self._noise_shape)
+        with _NoiseAhead(self._seed, noise_shape, self.dtype, n_chains * n_draws) as noise:
             for chain in range(n_chains):
                 for draw in range(n_draws):
-                    theta = noise.next()
+                    drawn = noise.next()
+                    if self._features is None:
+                        theta = drawn  # turned into θ in place
+                    else:
+                        np.take(drawn, self._features, axis=-1, out=theta)
                     self._kernel.write(theta, scratch, totals, draw, chain)
                     visit(chain, draw, theta[0, 0])
-                    noise.release(theta)
-        return self._kernel.observed_totals(totals)
+                    noise.release(drawn)
+        return self._kernel.observed_totals(totals) if self._kernel.complete else None
 
 
 class _NoiseAhead:
@@ -187,6 +200,8 @@ def summarise(stream: ThetaStream) -> tuple[dict[str, np.ndarray], np.ndarray]:
         _accumulate(theta, stream.b, sums, squares, positive, negative)
 
     totals = stream.replay(accumulate)
+    if totals is None:
+        raise ValueError("summarise needs the stream of every feature.")
     n = stream.shape[0] * stream.shape[1]
     mean = sums / n
     variance = np.maximum(squares - n * mean * mean, 0.0) / max(n - 1, 1)
@@ -199,15 +214,16 @@ def summarise(stream: ThetaStream) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return summary, totals
 
 
-def regenerate(stream: ThetaStream, features: np.ndarray) -> np.ndarray:
-    """The θ draws of the features at positions ``features``, (chain, draw, covariate, feature).
+def regenerate(stream: ThetaStream) -> np.ndarray:
+    """The θ draws of the stream's features, (chain, draw, covariate, feature).
 
-    One replay of the whole stream (its time does not depend on how many features are kept).
+    One replay of the whole stream: the noise of every feature is drawn, θ of the stream's
+    features only (:class:`ThetaStream`).
     """
-    out = np.empty((*stream.shape[:3], len(features)), dtype=stream.dtype)
+    out = np.empty((*stream.shape[:3], stream.shape[3]), dtype=stream.dtype)
 
     def keep(chain: int, draw: int, theta: np.ndarray) -> None:
-        out[chain, draw] = theta[:, features]
+        out[chain, draw] = theta
 
     stream.replay(keep)
     return out
