@@ -103,8 +103,8 @@ def test_a_replay_stopped_by_an_error_leaves_no_thread(pair):
     before = threading.active_count()
     stream = streamed._stream(summary)
 
-    def fail(chain: int, draw: int, theta: np.ndarray) -> None:
-        if draw == 3:
+    def fail(chain: int, draws: slice, theta: np.ndarray) -> None:
+        if draws.start > 0:
             raise RuntimeError("stop here")
 
     with pytest.raises(RuntimeError, match="stop here"):

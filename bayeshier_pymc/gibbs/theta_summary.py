@@ -9,13 +9,15 @@ block each (:mod:`~bayeshier_pymc.gibbs.theta_writer`). With correlated estimate
 (tree-structured noise) p is the total of θ's parent in the noise tree and θ is its draw less
 the noise on the parent's path: the engine records both, (chain, draw, covariate, parent),
 O(groups) a draw (:class:`~bayeshier_pymc.gibbs.theta_writer.ThetaParents`), and the fit keeps
-them. :class:`ThetaStream` replays that stream one draw at a time into a buffer with the
-writer's own kernel, so each θ draw is bitwise the stored mode's. One replay after the sweeps
-accumulates per (covariate, feature) the sum and sum of squares of θ − b and the numbers of
-positive and negative draws (:func:`summarise`, O(p·m) memory); a later replay keeps the
-draws of any subset of features (:func:`regenerate`). The pointwise log-likelihood
-``b_marginal`` needs no θ at all (τ and the parents' means; with correlated estimates τ
-alone), so LOO computes it a chunk of features at a time (:mod:`bayeshier_pymc.streamed`).
+them. :class:`ThetaStream` replays that stream a block of draws at a time into a buffer with
+the writer's own kernel, so each θ draw is bitwise the stored mode's; a thread draws the next
+blocks' noise meanwhile (the stream is one sequence: its noise cannot be split over threads).
+One replay after the sweeps accumulates per (covariate, feature) the sum and sum of squares of
+θ − b and the numbers of positive and negative draws (:func:`summarise`, O(p·m) memory); a
+later replay keeps the draws of any subset of features (:func:`regenerate`), computing θ of
+those only. The pointwise log-likelihood ``b_marginal`` needs no θ at all (τ and the parents'
+means; with correlated estimates τ alone), so LOO computes it a chunk of features at a time
+(:mod:`bayeshier_pymc.streamed`).
 
 Only pooled problems, sampled by the collapsed Gibbs engine, have this form.
 """
@@ -45,7 +47,12 @@ __all__ = [
 SUMMARY_COUNTS = ("n_positive", "n_negative")
 """The per-cell counts of draws with θ > 0 and θ < 0 that :func:`summarise` returns."""
 NOISE_BUFFERS = 3
-"""Draws of θ's noise a replay holds at once: drawn ahead, being turned into θ, or visited."""
+"""Blocks of θ's noise a replay holds at once: drawn ahead, being turned into θ, or visited."""
+BLOCK_VALUES = 1 << 23
+"""Values (draws × covariates × features) per block of a replay, up to :data:`MAX_BLOCK_DRAWS`
+draws (32 MiB in float32): one exchange between the threads per block."""
+MAX_BLOCK_DRAWS = 16
+"""Most draws per block of a replay."""
 
 
 def noise_seed(random_seed: int) -> np.random.SeedSequence:
@@ -107,48 +114,61 @@ class ThetaStream:
         self.b, self.shape = self._kernel.b, self._kernel.shape
         self.dtype = np.dtype(dtype)
 
-    def replay(self, visit: Callable[[int, int, np.ndarray], None]) -> np.ndarray | None:
-        """Call ``visit(chain, draw, theta)`` for every draw, chain by chain.
+    def replay(self, visit: Callable[[int, slice, np.ndarray], None]) -> np.ndarray | None:
+        """Call ``visit(chain, draws, theta)`` for every block of draws, chain by chain.
 
-        ``theta`` (covariate, feature) is a buffer reused for a later draw. Returns the
+        ``theta`` (draw, covariate, feature) holds the θ draws ``draws`` of ``chain``, a few
+        at a time (:data:`BLOCK_VALUES`), in a buffer reused for a later block. Returns the
         per-draw conditional totals over the observed cells (chain, draw), as the writer's:
         Σ log N(b; θ, s²), or with correlated estimates Σ over covariates of log N(b; θ, Σ);
         ``None`` when the stream computes θ of some features only. The noise is drawn ahead
         in a thread of its own (:class:`_NoiseAhead`) while this one turns it into θ.
         """
         n_chains, n_draws = self.shape[:2]
-        theta = np.empty((1, 1, *self.shape[2:]), dtype=self.dtype)
-        scratch = np.empty_like(theta)
+        per_block = min(MAX_BLOCK_DRAWS, max(1, BLOCK_VALUES // int(np.prod(self._noise_shape))))
+        blocks = [
+            (chain, slice(start, min(start + per_block, n_draws)))
+            for chain in range(n_chains)
+            for start in range(0, n_draws, per_block)
+        ]
+        theta = np.empty((per_block, *self.shape[2:]), dtype=self.dtype)
+        scratch = np.empty((1, 1, *self.shape[2:]), dtype=self.dtype)
         totals = np.empty((n_chains, n_draws))
-        noise_shape = (1, 1, *self._noise_shape)
-        with _NoiseAhead(self._seed, noise_shape, self.dtype, n_chains * n_draws) as noise:
-            for chain in range(n_chains):
-                for draw in range(n_draws):
-                    drawn = noise.next()
-                    if self._features is None:
-                        theta = drawn  # turned into θ in place
-                    else:
-                        np.take(drawn, self._features, axis=-1, out=theta)
-                    self._kernel.write(theta, scratch, totals, draw, chain)
-                    visit(chain, draw, theta[0, 0])
-                    noise.release(drawn)
+        sizes = [draws.stop - draws.start for _, draws in blocks]
+        with _NoiseAhead(self._seed, (per_block, *self._noise_shape), self.dtype, sizes) as noise:
+            for chain, draws in blocks:
+                drawn = noise.next()
+                size = draws.stop - draws.start
+                if self._features is None:
+                    theta = drawn  # turned into θ in place
+                else:
+                    np.take(drawn[:size], self._features, axis=-1, out=theta[:size])
+                for offset in range(size):
+                    self._kernel.write(
+                        theta[offset][None, None], scratch, totals, draws.start + offset, chain
+                    )
+                visit(chain, draws, theta[:size])
+                noise.release(drawn)
         return self._kernel.observed_totals(totals) if self._kernel.complete else None
 
 
 class _NoiseAhead:
-    """θ's noise stream, one draw a buffer, drawn by a thread ahead of its consumer.
+    """θ's noise stream, a block of draws a buffer, drawn by a thread ahead of its consumer.
 
-    The generator is SFC64 seeded with ``seed``, each draw filled in ``dtype`` in turn, as
-    the θ writer draws it: the same numbers as drawing in the consumer's thread, which
-    meanwhile works on earlier draws (NumPy's generator releases the GIL).
-    :data:`NOISE_BUFFERS` buffers circulate: :meth:`next` hands the next draw's, which the
+    The generator is SFC64 seeded with ``seed``, the draws filled in ``dtype`` one after the
+    other, as the θ writer draws them: the same numbers as drawing in the consumer's thread,
+    which meanwhile works on earlier draws (NumPy's generator releases the GIL).
+    :data:`NOISE_BUFFERS` buffers of ``shape`` (draw, ...) circulate, block ``i`` filling the
+    first ``sizes[i]`` draws of one: :meth:`next` hands the next block's buffer, which the
     consumer gives back with :meth:`release` once done with it. Use it as a context manager:
     leaving it stops the thread.
     """
 
-    def __init__(self, seed: np.random.SeedSequence, shape: tuple[int, ...], dtype: Any, n: int):
+    def __init__(
+        self, seed: np.random.SeedSequence, shape: tuple[int, ...], dtype: Any, sizes: list[int]
+    ):
         self._rng = np.random.Generator(np.random.SFC64(seed))
-        self._n = n
+        self._sizes = sizes
         self._free: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
         self._filled: queue.SimpleQueue[np.ndarray | BaseException] = queue.SimpleQueue()
         for _ in range(NOISE_BUFFERS):
@@ -164,23 +184,23 @@ class _NoiseAhead:
         self._thread.join()
 
     def next(self) -> np.ndarray:
-        """The next draw's noise (raises what the drawing thread raised)."""
+        """The next block's noise (raises what the drawing thread raised)."""
         item = self._filled.get()
         if isinstance(item, BaseException):
             raise item
         return item
 
     def release(self, buffer: np.ndarray) -> None:
-        """Give back a buffer of :meth:`next`, free for a later draw."""
+        """Give back a buffer of :meth:`next`, free for a later block."""
         self._free.put(buffer)
 
     def _fill(self) -> None:
         try:
-            for _ in range(self._n):
+            for size in self._sizes:
                 buffer = self._free.get()
                 if buffer is None:
                     return
-                self._rng.standard_normal(out=buffer.reshape(buffer.shape[-2:]), dtype=buffer.dtype)
+                self._rng.standard_normal(out=buffer[:size], dtype=buffer.dtype)
                 self._filled.put(buffer)
         except BaseException as error:  # handed to the consumer, which raises it
             self._filled.put(error)
@@ -196,7 +216,7 @@ def summarise(stream: ThetaStream) -> tuple[dict[str, np.ndarray], np.ndarray]:
     sums, squares = np.zeros(shape), np.zeros(shape)
     positive, negative = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
 
-    def accumulate(chain: int, draw: int, theta: np.ndarray) -> None:
+    def accumulate(chain: int, draws: slice, theta: np.ndarray) -> None:
         _accumulate(theta, stream.b, sums, squares, positive, negative)
 
     totals = stream.replay(accumulate)
@@ -222,8 +242,8 @@ def regenerate(stream: ThetaStream) -> np.ndarray:
     """
     out = np.empty((*stream.shape[:3], stream.shape[3]), dtype=stream.dtype)
 
-    def keep(chain: int, draw: int, theta: np.ndarray) -> None:
-        out[chain, draw] = theta
+    def keep(chain: int, draws: slice, theta: np.ndarray) -> None:
+        out[chain, draws] = theta
 
     stream.replay(keep)
     return out
@@ -238,15 +258,19 @@ def _accumulate(
     positive: np.ndarray,
     negative: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
-    """Add one draw: Σ (θ − shift), Σ (θ − shift)², #(θ > 0) and #(θ < 0), per cell."""
-    n_covariates, n_features = theta.shape
-    for k in range(n_covariates):
-        for j in range(n_features):
-            value = theta[k, j]
-            x = value - shift[k, j]
-            sums[k, j] += x
-            squares[k, j] += x * x
-            if value > 0:
-                positive[k, j] += 1
-            elif value < 0:
-                negative[k, j] += 1
+    """Add draws (draw, covariate, feature): Σ (θ − shift), Σ (θ − shift)², #(θ > 0), #(θ < 0).
+
+    Each cell's sums run over the draws in order (the numbers of adding one draw at a time).
+    The counts add comparisons rather than branch on them, which lets the loop vectorise
+    (a third of the time of the branching loop).
+    """
+    n_draws, n_covariates, n_features = theta.shape
+    for d in range(n_draws):
+        for k in range(n_covariates):
+            for j in range(n_features):
+                value = theta[d, k, j]
+                x = value - shift[k, j]
+                sums[k, j] += x
+                squares[k, j] += x * x
+                positive[k, j] += value > 0
+                negative[k, j] += value < 0
