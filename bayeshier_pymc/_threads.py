@@ -7,13 +7,16 @@ run in parallel in threads of one process, writing into disjoint slices of share
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["cpu_count", "in_threads"]
+__all__ = ["ahead", "cpu_count", "in_threads"]
 
 Part = TypeVar("Part")
+Item = TypeVar("Item")
+_END = object()
+"""What :func:`ahead`'s thread returns once the items are exhausted."""
 
 
 def cpu_count() -> int:
@@ -37,3 +40,17 @@ def in_threads(run: Callable[[Part], Any], parts: Sequence[Part]) -> None:
     with ThreadPoolExecutor(max_workers=n_threads) as pool:
         for future in [pool.submit(run, part) for part in parts]:
             future.result()
+
+
+def ahead(items: Iterator[Item]) -> Iterator[Item]:
+    """The items of ``items`` in order, each computed in a thread while the caller has the last.
+
+    One item is computed ahead (so two are held at once): the caller's work on an item and
+    the computation of the next overlap, on two cores where both release the GIL. An error of
+    the computation is raised when its item is asked for.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next, items, _END)
+        while (item := pending.result()) is not _END:
+            pending = pool.submit(next, items, _END)
+            yield item

@@ -15,6 +15,7 @@ from arviz.stats.stats import ELPDData
 
 from bayeshier_pymc import log_likelihood as pointwise
 from bayeshier_pymc import psis
+from bayeshier_pymc._threads import ahead
 from bayeshier_pymc.convergence import relative_efficiency
 from bayeshier_pymc.gaussian_tree import NodeNoise
 from bayeshier_pymc.hierarchy import Hierarchy
@@ -693,7 +694,9 @@ def loo_in_chunks(
     leave-one-out predictive, τ alone): it is computed for a chunk of features at a time
     (:func:`marginal_chunks`), the compiled PSIS
     (:func:`bayeshier_pymc.psis.psis_loo`, ArviZ's algorithm) runs on each chunk (PSIS is
-    per observation) and the chunks are combined.
+    per observation) and the chunks are combined. A thread computes the next chunk's values
+    while PSIS runs on the current one's (:func:`~bayeshier_pymc._threads.ahead`): two chunks
+    are held at once.
     The pointwise values are those of ``arviz.loo`` on the stored mode's fit for the same
     seed and ``reff``, computed in float64: to about 1e-12 with a float64 log-likelihood,
     to float32 rounding (about 1e-6) with the default float32 one, which ArviZ keeps in
@@ -724,7 +727,8 @@ def loo_in_chunks(
     observed = ~problem.missing
     n_samples = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
     loo_i, pareto_k, lppd_i = (np.full(observed.shape, np.nan) for _ in range(3))
-    for chunk, cells, values in marginal_chunks(idata, chunk_features):
+    # the next chunk's log-likelihood is computed while PSIS runs on this one's
+    for chunk, cells, values in ahead(marginal_chunks(idata, chunk_features)):
         terms = psis.psis_loo(values, reff)
         loo_i[:, chunk][cells] = terms.loo_i
         pareto_k[:, chunk][cells] = terms.pareto_k

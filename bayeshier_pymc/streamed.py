@@ -7,8 +7,9 @@ totals and path noise of θ's parents) and the seed, not θ's draws nor the poin
 log-likelihood (:mod:`bayeshier_pymc.gibbs.theta_summary` for the design):
 
 * :func:`theta_draws` regenerates the θ draws of chosen features, bitwise the draws the
-  stored mode keeps for the same seed, by one replay of θ's noise stream (its time is that
-  of drawing every θ once, whatever the number of features kept);
+  stored mode keeps for the same seed, by one replay of θ's noise stream (the noise of every
+  feature is drawn, its order fixing each draw's, but θ is computed for the chosen ones
+  only: for a few features the time is that of drawing the noise);
 * LOO (:func:`~bayeshier_pymc.inference_data.loo`) needs no θ: it computes ``b_marginal`` a
   chunk of features at a time (:func:`~bayeshier_pymc.inference_data.loo_in_chunks`; with
   correlated estimates the leave-one-out predictive, from per-draw terms of θ's parents).
@@ -38,8 +39,8 @@ from bayeshier_pymc.inference_data import (
 __all__ = ["theta_draws"]
 
 
-def _stream(idata: az.InferenceData) -> ThetaStream:
-    """The replay of θ's draws of a fit in summary storage."""
+def _stream(idata: az.InferenceData, features: np.ndarray | None = None) -> ThetaStream:
+    """The replay of θ's draws of a fit in summary storage (of the features at ``features``)."""
     problem = problem_from_idata(idata)
     posterior = pointwise_draws(idata.posterior, problem, with_theta=False)
     dtype = np.dtype(idata.attrs["theta_dtype"])
@@ -54,7 +55,7 @@ def _stream(idata: az.InferenceData) -> ThetaStream:
             )
         )
     seed = noise_seed(int(idata.attrs["random_seed"]))
-    return ThetaStream(problem, seed, posterior, dtype, parents)
+    return ThetaStream(problem, seed, posterior, dtype, parents, features)
 
 
 def theta_draws(
@@ -84,8 +85,7 @@ def theta_draws(
         raise ValueError(f"not features of the fit: {labels[positions < 0].tolist()!r}.")
     if not is_summary(idata):
         return idata.posterior["theta"].isel(feature=positions)
-    stream = _stream(idata)
-    values = regenerate(stream, positions)
+    values = regenerate(_stream(idata, positions))
     posterior = idata.posterior
     return xr.DataArray(
         values,

@@ -14,7 +14,9 @@ With ``--noise tree`` the Gibbs stage's estimates come from ``mlm`` on simulated
 residuals share a normal per subgroup, per group and overall (a tree-structured covariance),
 so the model uses tree-structured noise; the stage-1 fit is not timed. With
 ``--storage summary`` the Gibbs stage keeps θ's summaries only and also times, in the
-same process, ``coefficient_table``, LOO (chunked over features, compiled PSIS; then its two
+same process, the replay of θ that sampling ends with (``theta_replay_s``: the summaries
+computed again from the stored τ and parents; sampling's wall time less it is the sweeps'),
+``coefficient_table``, LOO (chunked over features, compiled PSIS; then its two
 parts again, summed over the chunks: ``loo_log_likelihood_s`` computing ``b_marginal`` and
 ``loo_psis_s`` the PSIS, with the same total elpd), the compiled
 PSIS against ArviZ's ``az.loo`` on the same 1000 cells of the first chunk (r_eff = 1; their
@@ -81,7 +83,12 @@ idata = model.sample("gibbs", draws={draws}, tune={draws}, chains={chains}, rand
 wall = time.perf_counter() - start
 extra = {{}}
 if "{storage}" == "summary":
-    from bayeshier_pymc.streamed import theta_draws
+    from bayeshier_pymc.gibbs.theta_summary import summarise
+    from bayeshier_pymc.streamed import _stream, theta_draws
+    # the replay that sampling ran after its sweeps (θ's summaries), once more on its own
+    tick = time.perf_counter()
+    summarise(_stream(idata))
+    extra["theta_replay_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
     table = bh.coefficient_table(idata)
     extra["coefficient_table_s"] = time.perf_counter() - tick

@@ -9,6 +9,7 @@ with the stored draws' HDI within Monte Carlo error. The same holds with correla
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import arviz as az
@@ -18,7 +19,7 @@ import pandas as pd
 import pytest
 
 import bayeshier_pymc as bh
-from bayeshier_pymc import sampling
+from bayeshier_pymc import sampling, streamed
 from bayeshier_pymc.depth_comparison import replicate_scores
 from bayeshier_pymc.diagnostics import loo_elpd
 from bayeshier_pymc.inference_data import THETA_SUMMARY, loo_in_chunks, marginal_chunks
@@ -92,6 +93,23 @@ def test_regenerated_theta_is_the_stored_draws_bitwise(pair):
     np.testing.assert_array_equal(
         theta_draws(full, chosen), full.posterior["theta"].sel(feature=chosen)
     )
+    # every feature: the stream's own θ, not a subset's
+    every = theta_draws(summary).transpose(*full.posterior["theta"].dims)
+    np.testing.assert_array_equal(every.to_numpy(), full.posterior["theta"].to_numpy())
+
+
+def test_a_replay_stopped_by_an_error_leaves_no_thread(pair):
+    _, summary = pair
+    before = threading.active_count()
+    stream = streamed._stream(summary)
+
+    def fail(chain: int, draws: slice, theta: np.ndarray) -> None:
+        if draws.start > 0:
+            raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        stream.replay(fail)
+    assert threading.active_count() == before
 
 
 def test_summaries_are_the_draws_summaries(pair):

@@ -731,19 +731,24 @@ class TotalStores(NamedTuple):
 
 @compiled_kernel
 def write_correlated_theta_draw(
-    data: ThetaData, precision: NoisePrecision, stores: TotalStores, draw: int
+    data: ThetaData, precision: NoisePrecision | None, stores: TotalStores, draw: int
 ) -> None:  # pragma: no cover - compiled
     """Draw number ``draw`` of every chain with shared noise: θ from ``stores.theta``'s noise.
 
     θ_j's total T_j | T_h, τ_w ~ N(T_h, τ_w²) × N(b_j; T_j, own variance) (the lowest level
     of the downward draw on the totals), and θ_j = T_j − N_h with N_h the noise on the path
     of θ_j's parent h (``data.parent_index``: parents in the noise tree).
-    ``totals[chain, draw]`` gets Σ over covariates of log N(b; θ, Σ).
+    ``totals[chain, draw]`` gets Σ over covariates of log N(b; θ, Σ); with ``precision``
+    None, θ only is written (of any subset of the features: ``data`` and ``stores.theta``
+    restricted to it), ``totals`` untouched.
     """
     b, var_b, _, parent_index = data
     theta = stores.theta
     n_chains, _, n_covariates, n_features = theta.shape
-    work = np.empty(precision.weight.shape[1])
+    n_units = 0
+    if precision is not None:
+        n_units = precision.weight.shape[1]
+    work = np.empty(n_units)
     residual = np.empty(n_features)
     for c in range(n_chains):
         total = 0.0
@@ -756,10 +761,12 @@ def write_correlated_theta_draw(
                 h = parent_index[j]
                 mean, var = posterior_normal(parent_total[h], tau_sq, b[k, j], var_b[k, j])
                 row[j] = mean + np.sqrt(var) * row[j] - parent_noise[h]
-            for j in range(n_features):
-                residual[j] = b[k, j] - row[j]
-            total += precision.constant[k] - 0.5 * noise_quadratic(residual, k, precision, work)
-        stores.totals[c, draw] = total
+            if precision is not None:
+                for j in range(n_features):
+                    residual[j] = b[k, j] - row[j]
+                total += precision.constant[k] - 0.5 * noise_quadratic(residual, k, precision, work)
+        if precision is not None:
+            stores.totals[c, draw] = total
 
 
 class SplitTree(NamedTuple):

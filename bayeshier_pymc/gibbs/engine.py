@@ -22,7 +22,7 @@ collapsed scheme has this form; without pooling θ is drawn exactly by
 Storage: θ draws are kept in float32 by default (``theta_dtype``); at 4 chains × 2000 draws ×
 10 covariates × 999 features that is 320 MB instead of 640 MB, with a relative rounding error
 of 6e-8, far below any Monte Carlo error. Every other variable is float64. With
-``storage="summary"`` no θ draw is kept: after the sweeps θ is replayed draw by draw and
+``storage="summary"`` no θ draw is kept: after the sweeps θ is replayed block by block and
 summarised per cell (:mod:`bayeshier_pymc.gibbs.theta_summary`), the same draws as stored;
 with shared noise the totals of θ's parents and their path noise are returned with the
 summaries, to regenerate θ from.

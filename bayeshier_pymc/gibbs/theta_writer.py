@@ -41,6 +41,7 @@ import numpy as np
 
 from bayeshier_pymc._memory import store_array
 from bayeshier_pymc.gaussian_tree.kernels import (
+    NoisePrecision,
     ThetaData,
     ThetaStores,
     TotalStores,
@@ -91,6 +92,10 @@ class ThetaKernel:
     parents
         With shared noise (``problem.correlated``), the stores of θ's parents; ``None``
         otherwise.
+    features
+        Positions of the features whose θ it writes (default: all). θ of each is the same,
+        bitwise, whichever others are written; with a subset the conditional totals, which
+        need every feature, are not computed (:attr:`complete` is False).
     """
 
     def __init__(
@@ -98,29 +103,35 @@ class ThetaKernel:
         problem: ShrinkageProblem,
         posterior: dict[str, np.ndarray],
         parents: ThetaParents | None,
+        features: np.ndarray | None = None,
     ):
         tree = problem.tree
         if tree is None:
             raise ValueError("θ is written from its parents, which a model without pooling lacks.")
         if (parents is None) == problem.correlated:
             raise ValueError("the stores of θ's parents go with shared noise, and only with it.")
-        self.b = np.ascontiguousarray(problem.algebra_b, dtype=float)
-        self.var_b = np.ascontiguousarray(problem.var_b, dtype=float)
-        self.missing = problem.missing
+        self.complete = features is None
+        kept = slice(None) if features is None else np.asarray(features, dtype=np.intp)
+        self.b = np.ascontiguousarray(problem.algebra_b[:, kept], dtype=float)
+        self.var_b = np.ascontiguousarray(problem.var_b[:, kept], dtype=float)
+        self.missing = problem.missing[:, kept]
         self.tau = posterior["tau"]
         self.shape = (*self.tau.shape[:3], self.b.shape[1])
         self.parents = parents
+        self.precision: NoisePrecision | None = None
         if parents is None:
             self.parent_mean, parent_index = theta_parents(
                 posterior,
                 tree.levels[0] if tree.depth else None,
                 tree.parents[0] if tree.depth else None,
-                self.shape[-1],
+                problem.b.shape[1],
             )
         else:
             parent_index = problem.index.parent_of(0)
             assert problem.noise is not None  # for the type checker: correlated
-            self.precision = noise_precision(self.var_b, problem.index, problem.noise)
+            if self.complete:
+                self.precision = noise_precision(self.var_b, problem.index, problem.noise)
+        parent_index = np.ascontiguousarray(parent_index[kept], dtype=np.intp)
         self.data = ThetaData(self.b, self.var_b, 1.0 / self.var_b, parent_index)
 
     def write(
@@ -133,7 +144,8 @@ class ThetaKernel:
     ) -> None:
         """Turn θ's noise in ``theta`` into draw ``draw`` of every chain, or of ``chain``.
 
-        ``totals`` (chain, draw) receives each draw's conditional total. Without ``chain``,
+        ``totals`` (chain, draw) receives each draw's conditional total (unless the kernel
+        writes a subset of the features: then its content is of no use). Without ``chain``,
         ``theta`` and ``log_likelihood`` are the (chain, draw, covariate, feature) stores;
         with it, they hold that one (chain, draw) (leading dims of size 1). With shared noise
         the kernel writes no pointwise log-likelihood and ``log_likelihood`` is not used.
