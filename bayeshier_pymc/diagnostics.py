@@ -41,6 +41,7 @@ from bayeshier_pymc.inference_data import (
     OBSERVATION,
     is_summary,
     loo,
+    psis_elpd,
     with_log_likelihood,
 )
 
@@ -248,11 +249,11 @@ def loo_elpd(idata: az.InferenceData, kind: LooKind = "marginal") -> az.ELPDData
     else:
         var_name = LOG_LIKELIHOOD_NAMES[kind]
         idata = with_log_likelihood(idata, kind)
+    log_lik = idata.log_likelihood[var_name]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        reff = relative_efficiency(idata.posterior)  # ArviZ's default, without its loop
-        elpd = az.loo(idata, var_name=var_name, pointwise=True, reff=reff)
-    log_lik = idata.log_likelihood[var_name]
+        # ArviZ's default reff and PSIS, compiled (az.loo loops over parameters and points)
+        elpd = psis_elpd(log_lik, relative_efficiency(idata.posterior))
     constant = (log_lik.max(SAMPLE_DIMS) == log_lik.min(SAMPLE_DIMS)).to_numpy()
     k = elpd["pareto_k"].copy()
     k.values[constant] = np.nan

@@ -16,7 +16,7 @@ from arviz.stats.stats import ELPDData
 from bayeshier_pymc import log_likelihood as pointwise
 from bayeshier_pymc import psis
 from bayeshier_pymc._threads import ahead
-from bayeshier_pymc.convergence import relative_efficiency
+from bayeshier_pymc.convergence import SAMPLE_DIMS, relative_efficiency
 from bayeshier_pymc.gaussian_tree import NodeNoise
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.model import group_mean_name, model_coords
@@ -733,8 +733,72 @@ def loo_in_chunks(
         loo_i[:, chunk][cells] = terms.loo_i
         pareto_k[:, chunk][cells] = terms.pareto_k
         lppd_i[:, chunk][cells] = terms.lppd_i
+    pointwise_values = cell_dataset({"loo_i": loo_i, "pareto_k": pareto_k}, problem)
+    return elpd_data(
+        pointwise_values["loo_i"],
+        pointwise_values["pareto_k"],
+        float(np.sum(lppd_i[observed])),
+        n_samples,
+    )
+
+
+def psis_elpd(log_likelihood: xr.DataArray, reff: float) -> ELPDData:
+    """``arviz.loo(..., pointwise=True)`` of one stored pointwise log-likelihood, compiled.
+
+    The compiled PSIS (:func:`bayeshier_pymc.psis.psis_loo`, ArviZ's algorithm without its
+    Python loop over the observations) in float64: the values are ArviZ's to about 1e-12
+    with a float64 log-likelihood and to float32 rounding with a float32 one (ArviZ sums in
+    float32).
+
+    Parameters
+    ----------
+    log_likelihood
+        Dims ``chain``, ``draw`` and the observations' dims, in any order.
+    reff
+        Relative efficiency of the draws.
+
+    Returns
+    -------
+    arviz.ELPDData
+        As :func:`arviz.loo` with ``pointwise=True``, ``loo_i`` and ``pareto_k`` over the
+        observations' dims with their coordinates.
+    """
+    points = log_likelihood.stack(sample=SAMPLE_DIMS).transpose("sample", ...)
+    shape = points.shape[1:]
+    values = points.to_numpy().reshape(points.shape[0], -1)
+    terms = psis.psis_loo(values, reff)
+    template = points.isel(sample=0, drop=True)
+    return elpd_data(
+        template.copy(data=terms.loo_i.reshape(shape)),
+        template.copy(data=terms.pareto_k.reshape(shape)),
+        float(np.sum(terms.lppd_i)),
+        values.shape[0],
+    )
+
+
+def elpd_data(loo_i: xr.DataArray, pareto_k: xr.DataArray, lppd: float, n_samples: int) -> ELPDData:
+    """ArviZ's pointwise PSIS-LOO result from the terms of the observed points.
+
+    Parameters
+    ----------
+    loo_i, pareto_k
+        Per point, NaN where a cell is not observed (left out of every sum).
+    lppd
+        The log pointwise predictive density summed over the observed points.
+    n_samples
+        Draws behind each term.
+
+    Returns
+    -------
+    arviz.ELPDData
+        ``elpd_loo``, ``se``, ``p_loo``, ``warning`` (any k̂ above
+        :func:`~bayeshier_pymc.psis.good_k`, also warned as ``arviz.loo`` does) and the
+        pointwise values, on the log scale.
+    """
+    observed = np.isfinite(loo_i.to_numpy())
+    loo_values, k_values = loo_i.to_numpy()[observed], pareto_k.to_numpy()[observed]
     threshold = psis.good_k(n_samples)
-    warning = bool(np.any(pareto_k[observed] > threshold))
+    warning = bool(np.any(k_values > threshold))
     if warning:
         warnings.warn(
             f"Estimated shape parameter of Pareto distribution is greater than {threshold:.2f} "
@@ -742,19 +806,18 @@ def loo_in_chunks(
             UserWarning,
             stacklevel=2,
         )
-    pointwise_values = cell_dataset({"loo_i": loo_i, "pareto_k": pareto_k}, problem)
-    elpd_loo = float(np.sum(loo_i[observed]))
+    elpd_loo = float(np.sum(loo_values))
     n_points = int(observed.sum())
     return ELPDData(
         data=[
             elpd_loo,
-            (n_points * np.var(loo_i[observed])) ** 0.5,
-            float(np.sum(lppd_i[observed])) - elpd_loo,
+            (n_points * np.var(loo_values)) ** 0.5,
+            lppd - elpd_loo,
             n_samples,
             n_points,
             warning,
-            pointwise_values["loo_i"],
-            pointwise_values["pareto_k"],
+            loo_i,
+            pareto_k,
             "log",
             threshold,
         ],
