@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bayeshier_pymc import Hierarchy, ShrinkageModel, mlm, simulate
+from bayeshier_pymc.convergence import relative_efficiency
 from bayeshier_pymc.diagnostics import Thresholds, diagnose, loo_elpd
 
 CHAINS, DRAWS = 4, 500
@@ -161,6 +162,27 @@ def test_constant_log_likelihood_has_exact_loo():
     elpd = loo_elpd(idata)
     assert np.isnan(elpd["pareto_k"]).all() and not elpd["warning"]
     assert elpd["elpd_loo"] == pytest.approx(10.0)
+
+
+def test_loo_of_stored_draws_is_arvizs_computed_by_the_compiled_psis():
+    """ArviZ's PSIS-LOO on a heavy-tailed log-likelihood (some k̂ large), in float64."""
+    rng = np.random.default_rng(5)
+    log_lik = -0.5 * rng.standard_t(3, size=(2, 300, 3, 7)) ** 2
+    idata = az.from_dict(
+        posterior={"a": rng.normal(size=(2, 300))},
+        log_likelihood={"b_marginal": log_lik},
+        dims={"b_marginal": ["covariate", "feature"]},
+        coords={"covariate": ["x", "y", "z"], "feature": list("abcdefg")},
+    )
+    ours = loo_elpd(idata)
+    theirs = az.loo(idata, pointwise=True, reff=relative_efficiency(idata.posterior))
+    assert ours["loo_i"].dims == ("covariate", "feature")
+    assert list(ours["loo_i"].feature.values) == list("abcdefg")
+    np.testing.assert_allclose(ours["loo_i"], theirs["loo_i"], rtol=1e-10)
+    np.testing.assert_allclose(ours["pareto_k"], theirs["pareto_k"], rtol=1e-10)
+    for name in ("elpd_loo", "p_loo", "se"):
+        assert ours[name] == pytest.approx(theirs[name], rel=1e-10)
+    assert ours["warning"] == theirs["warning"] and ours["n_data_points"] == 21
 
 
 @pytest.fixture(scope="module")
