@@ -58,7 +58,8 @@ def draw_prior_local_variance(
 
 
 def draw_conditional_local_variance(
-    priors: Priors,
+    group_prior: str,
+    group_df: float,
     standardised: np.ndarray,
     auxiliary: np.ndarray,
     rng: np.random.Generator,
@@ -67,8 +68,9 @@ def draw_conditional_local_variance(
 
     Parameters
     ----------
-    priors
-        Their ``group_prior`` (``"student_t"`` or ``"horseshoe"``) and ``group_df``.
+    group_prior, group_df
+        ``"student_t"`` (with ν = ``group_df``) or ``"horseshoe"``
+        (:attr:`~bayeshier_pymc.priors.Priors.group_prior`).
     standardised
         δ² / τ² of every group: its squared effect around its parent over its level variance.
     auxiliary
@@ -81,11 +83,11 @@ def draw_conditional_local_variance(
     variances, auxiliary : numpy.ndarray
         The new λ² and ξ (``auxiliary`` itself under the Student-t prior).
     """
-    if priors.group_prior == "student_t":
-        df = priors.group_df
-        return draw_inverse_gamma(0.5 * (df + 1.0), 0.5 * (df + standardised), rng), auxiliary
-    if priors.group_prior != "horseshoe":
-        raise ValueError(f"group_prior={priors.group_prior!r} has no local scales.")
+    if group_prior == "student_t":
+        rate = 0.5 * (group_df + standardised)
+        return draw_inverse_gamma(0.5 * (group_df + 1.0), rate, rng), auxiliary
+    if group_prior != "horseshoe":
+        raise ValueError(f"group_prior={group_prior!r} has no local scales.")
     variances = draw_inverse_gamma(1.0, 1.0 / auxiliary + 0.5 * standardised, rng)
     return variances, draw_inverse_gamma(1.0, 1.0 + 1.0 / variances, rng)
 
@@ -160,5 +162,9 @@ class LocalScales:
             deviation = effects[level - 1] - parent
             standardised = np.square(deviation / tau[:, level, None])
             self.variances[level - 1], self.auxiliary[level - 1] = draw_conditional_local_variance(
-                self.priors, standardised, self.auxiliary[level - 1], rng
+                self.priors.group_prior,
+                self.priors.group_df,
+                standardised,
+                self.auxiliary[level - 1],
+                rng,
             )
