@@ -15,10 +15,13 @@ from scipy import stats
 import bayeshier_pymc as bh
 from bayeshier_pymc.gaussian_tree import draw_tree, upward_pass
 from bayeshier_pymc.gibbs.layout import TreeData, TreeState
-from bayeshier_pymc.gibbs.local_scales import LocalScales
+from bayeshier_pymc.gibbs.local_scales import LocalScales, draw_prior_local_variance
 from bayeshier_pymc.gibbs.scale_kernels import evaluate
 from bayeshier_pymc.gibbs.sweeps import draw_units_given_scales, split_effects
+from bayeshier_pymc.priors import Priors
+from bayeshier_pymc.sampling import sample_gibbs
 from bayeshier_pymc.simulate import ResidualNoise
+from tests.research import research_module
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +213,125 @@ def test_engine_pass_and_draws_with_local_scales_match_the_dense_posterior(study
     groups = rows.from_sorted(effects[level - 1][pick], level)
     mean, sd = _dense_posterior(problem, scales, local, row, level)
     _assert_moments(np.hstack([theta, groups]), mean, sd)
+
+
+def _prior_effects(data, tau, local, rng):
+    """Group effects of levels 1..D and θ0 (last) drawn from their prior given τ and λ."""
+    effects = [np.zeros((data.n_rows, 1))]
+    for level in range(data.depth, 0, -1):
+        parent = effects[0][:, data.parent_index[level]]
+        sd = tau[:, level, None] * np.sqrt(local.unit(level))
+        effects.insert(0, parent + sd * rng.standard_normal(parent.shape))
+    return effects
+
+
+@pytest.mark.parametrize(
+    ("group_prior", "reference"),
+    [
+        ("student_t", lambda rng, n: stats.t(3).rvs(n, random_state=rng)),
+        ("horseshoe", lambda rng, n: np.abs(rng.standard_cauchy(n)) * rng.standard_normal(n)),
+    ],
+)
+def test_local_scale_updates_leave_the_prior_invariant(study, rng, group_prior, reference):
+    """Alternating the effects from their prior given λ and λ | effects keeps the prior.
+
+    The standardised deviations (u − parent) / τ of every level are then Student-t with 3 df
+    (ν's default) or horseshoe draws (λ z, λ ~ HalfCauchy(0, 1)).
+    """
+    problem = _model(study, 2, group_prior, noise="independent").problem
+    data = TreeData.from_problem(problem, 2000)
+    tau = data.tau_scale * np.exp(rng.normal(0.0, 0.5, data.tau_scale.shape))
+    local = LocalScales.start(data, problem.priors)
+    for _ in range(100):
+        local.update(data, _prior_effects(data, tau, local, rng), tau, rng)
+    effects = _prior_effects(data, tau, local, rng)
+    for level in (1, 2):
+        deviation = effects[level - 1] - effects[level][:, data.parent_index[level]]
+        standardised = (deviation / tau[:, level, None]).ravel()
+        expected = reference(rng, standardised.size)
+        assert stats.ks_2samp(standardised, expected).pvalue > 0.001, level
+
+
+def test_prior_draws_of_new_local_scales(rng):
+    """λ² of new groups: IG(ν/2, ν/2) (so that λ z is t_ν) and a squared HalfCauchy."""
+    n = 20_000
+    for group_prior, df, reference in (
+        ("student_t", 5.0, stats.t(5)),
+        ("horseshoe", 3.0, None),
+    ):
+        priors = Priors.resolve(
+            {"group_prior": group_prior, "group_df": df}, ["feature", "a"], ["x"], np.ones((1, 2))
+        )
+        local_variance = draw_prior_local_variance(priors, (n,), rng)
+        if reference is None:
+            drawn = np.sqrt(local_variance)
+            assert stats.kstest(drawn, stats.halfcauchy().cdf).pvalue > 0.001
+        else:
+            drawn = np.sqrt(local_variance) * rng.standard_normal(n)
+            assert stats.kstest(drawn, reference.cdf).pvalue > 0.001
+
+
+def _assert_same_means(runs, level: str) -> None:
+    """θ, log τ and the finest level's log λ: posterior means within Bonferroni MCSE bounds.
+
+    ``runs`` are two mappings from ``"theta"``, ``"tau"`` and ``level`` to (chain, draw, …)
+    arrays; the Monte Carlo errors come from the ESS of each run.
+    """
+    prototype = research_module("bench_heavy_tailed_groups")
+    for name in ("theta", "tau", level):
+        moments = [
+            prototype.mean_and_sd_with_errors(run[name] if name == "theta" else np.log(run[name]))
+            for run in runs
+        ]
+        (mean_a, _, error_a, _), (mean_b, _, error_b, _) = moments
+        z = (mean_a - mean_b) / np.hypot(error_a, error_b)
+        assert np.abs(z).max() < stats.norm.isf(0.005 / z.size), name
+
+
+def _engine_draws(idata, level: str) -> dict[str, np.ndarray]:
+    names = {"theta": "theta", "tau": "tau", level: f"{level}_local_scale"}
+    return {
+        key: idata.posterior[name].transpose("chain", "draw", ...).to_numpy()
+        for key, name in names.items()
+    }
+
+
+@pytest.mark.parametrize(("group_prior", "name"), [("horseshoe", "horseshoe"), ("student_t", "t3")])
+def test_engine_samples_the_prototype_posterior(study, group_prior, name):
+    """Tree noise, depth 2: the engine against the NumPy prototype of the same model.
+
+    The prototype (``benchmarks/bench_heavy_tailed_groups.py``) updates τ by random-walk
+    Metropolis on the reference algebra; the engine by its own compiled kernels.
+    """
+    prototype = research_module("bench_heavy_tailed_groups")
+    model = _model(study, 2, group_prior)
+    options = {"draws": 600, "chains": 2, "tune": 300}
+    engine = sample_gibbs(model.problem, random_seed=1, progressbar=False, **options)
+    reference = prototype.sample_group_prior(
+        model.problem, prototype.PRIORS[name], rng=np.random.default_rng(2), **options
+    )
+    level = model.problem.tree.levels[0]
+    expected = {"theta": reference.theta, "tau": reference.tau, level: reference.local_scale[0]}
+    _assert_same_means([_engine_draws(engine, level), expected], level)
+
+
+def test_conjugate_and_collapsed_schemes_agree(study):
+    """Independent estimates, horseshoe: the two schemes sample one posterior."""
+    problem = _model(study, 2, "horseshoe", noise="independent").problem
+    level = problem.tree.levels[0]
+    runs = [
+        _engine_draws(
+            sample_gibbs(
+                problem,
+                draws=3000,
+                tune=1000,
+                chains=4,
+                random_seed=1,
+                progressbar=False,
+                scheme=scheme,
+            ),
+            level,
+        )
+        for scheme in ("collapsed", "conjugate")
+    ]
+    _assert_same_means(runs, level)
