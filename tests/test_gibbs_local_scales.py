@@ -13,14 +13,27 @@ import pytest
 from scipy import stats
 
 import bayeshier_pymc as bh
-from bayeshier_pymc.gaussian_tree import draw_tree, upward_pass
+from bayeshier_pymc.depth_comparison import group_log_likelihood
+from bayeshier_pymc.gaussian_tree import (
+    draw_tree,
+    group_log_predictive,
+    leave_one_out_normal,
+    upward_pass,
+)
+from bayeshier_pymc.gaussian_tree.kernels import (
+    LEAVE_ONE_OUT_WORK,
+    leave_one_out_moments,
+    leave_one_out_tree,
+)
 from bayeshier_pymc.gibbs.layout import TreeData, TreeState
 from bayeshier_pymc.gibbs.local_scales import LocalScales, draw_prior_local_variance
 from bayeshier_pymc.gibbs.scale_kernels import evaluate
 from bayeshier_pymc.gibbs.sweeps import draw_units_given_scales, split_effects
+from bayeshier_pymc.inference_data import local_variance_draws, marginal_chunks, pointwise_draws
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.sampling import sample_gibbs
 from bayeshier_pymc.simulate import ResidualNoise
+from bayeshier_pymc.streamed import theta_draws
 from tests.research import research_module
 
 
@@ -335,3 +348,158 @@ def test_conjugate_and_collapsed_schemes_agree(study):
         for scheme in ("collapsed", "conjugate")
     ]
     _assert_same_means(runs, level)
+
+
+def _local_for_row(problem, local, row: int):
+    return tuple(x[row] for x in local)
+
+
+def test_leave_one_out_with_local_scales_is_the_dense_conditional(study, rng):
+    """p(b_j | b_−j, τ, λ): the compiled kernel and the reference against dense algebra."""
+    problem = _model(study, 2).problem
+    scales, _, local = _given(problem, rng)
+    index = problem.index
+    for row in range(problem.b.shape[0]):
+        ancestry, variances, covariance = _dense(problem, scales, local, row)
+        covariance = covariance + (ancestry * variances) @ ancestry.T
+        precision = np.linalg.inv(covariance)
+        b = problem.algebra_b[row]
+        centred = b - problem.priors.mu0[row]
+        variance = 1.0 / np.diag(precision)
+        mean = b - variance * (precision @ centred)
+        mu0, s0 = problem.priors.mu0[row], problem.priors.s0[row]
+        noise = problem.noise.row(row)
+        given = _local_for_row(problem, local, row)
+        reference = leave_one_out_normal(
+            b, problem.var_b[row], scales[row], index, mu0, s0, noise, given
+        )
+        np.testing.assert_allclose(reference[0], mean, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(reference[1], variance, rtol=1e-9)
+        work = np.empty((LEAVE_ONE_OUT_WORK, sum(index.n_units)))
+        compiled = np.empty((2, index.n_features))
+        leave_one_out_moments(
+            b,
+            problem.var_b[row],
+            scales[row],
+            np.concatenate(given),
+            leave_one_out_tree(index, noise),
+            float(mu0),
+            float(s0),
+            work,
+            compiled[0],
+            compiled[1],
+        )
+        np.testing.assert_allclose(compiled[0], mean, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(compiled[1], variance, rtol=1e-9)
+
+
+def test_group_predictive_with_local_scales_is_the_dense_conditional(study, rng):
+    """p(b_G | b_−G, τ, λ) of each subclass G against dense Gaussian conditioning."""
+    problem = _model(study, 2).problem
+    scales, _, local = _given(problem, rng)
+    index, row = problem.index, 0
+    to_group = np.arange(index.n_groups[0])
+    got = group_log_predictive(
+        problem.algebra_b[row],
+        problem.var_b[row],
+        scales[row],
+        index,
+        problem.priors.mu0[row],
+        problem.priors.s0[row],
+        1,
+        to_group,
+        problem.noise.row(row),
+        _local_for_row(problem, local, row),
+    )
+    ancestry, variances, covariance = _dense(problem, scales, local, row)
+    covariance = covariance + (ancestry * variances) @ ancestry.T
+    centred = problem.algebra_b[row] - problem.priors.mu0[row]
+    members = index.parents[0]
+    for group in to_group:
+        held, rest = members == group, members != group
+        gain = np.linalg.solve(covariance[np.ix_(rest, rest)], covariance[np.ix_(rest, held)]).T
+        mean = gain @ centred[rest]
+        conditional = covariance[np.ix_(held, held)] - gain @ covariance[np.ix_(rest, held)]
+        expected = stats.multivariate_normal(mean, conditional).logpdf(centred[held])
+        np.testing.assert_allclose(got[group], expected, rtol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def horseshoe_fits(study):
+    """A short horseshoe fit under tree noise, in full and in summary storage (one seed)."""
+    problem = _model(study, 2).problem
+    options = {"draws": 40, "tune": 40, "chains": 2, "random_seed": 5, "progressbar": False}
+    return problem, {
+        storage: sample_gibbs(problem, storage=storage, **options)
+        for storage in ("full", "summary")
+    }
+
+
+def test_stored_log_likelihood_uses_each_draws_local_scales(horseshoe_fits):
+    """b_marginal of a horseshoe fit (tree noise) is the reference LOO given τ and λ."""
+    problem, fits = horseshoe_fits
+    full = fits["full"]
+    assert set(full.posterior["subclass_local_scale"].dims) == {
+        "chain",
+        "draw",
+        "covariate",
+        "subclass",
+    }
+    draws = pointwise_draws(full.posterior, problem, with_theta=False)
+    local = local_variance_draws(draws, problem)
+    stored = full.log_likelihood["b_marginal"].transpose("chain", "draw", "covariate", "feature")
+    scales = problem.algebra_scales(draws["tau"])
+    for chain, draw, row in ((0, 0, 0), (1, 17, 1), (0, 39, 1)):
+        mean, variance = leave_one_out_normal(
+            problem.algebra_b[row],
+            problem.var_b[row],
+            scales[chain, draw, row],
+            problem.index,
+            problem.priors.mu0[row],
+            problem.priors.s0[row],
+            problem.noise.row(row),
+            tuple(x[chain, draw, row] for x in local),
+        )
+        expected = stats.norm(mean, np.sqrt(variance)).logpdf(problem.algebra_b[row])
+        np.testing.assert_allclose(stored[chain, draw, row], expected, rtol=2e-6)
+
+
+def test_summary_storage_with_local_scales_is_the_full_storage(horseshoe_fits):
+    """The same draws, θ replayed, and b_marginal a chunk at a time: the stored fit's."""
+    _, fits = horseshoe_fits
+    full, summary = fits["full"], fits["summary"]
+    for name in ("tau", "subclass_local_scale", "superclass_local_scale", "subclass_mean"):
+        np.testing.assert_array_equal(summary.posterior[name], full.posterior[name])
+    np.testing.assert_array_equal(theta_draws(summary), full.posterior["theta"])
+    stored = full.log_likelihood["b_marginal"].transpose("chain", "draw", "covariate", "feature")
+    n_samples = stored.shape[0] * stored.shape[1]
+    for features, cells, values in marginal_chunks(summary, chunk_features=7):
+        expected = stored.to_numpy()[:, :, :, features].reshape(n_samples, len(cells), -1)
+        row = np.flatnonzero(cells.any(axis=1))[0]
+        np.testing.assert_array_equal(values, expected[:, row])
+
+
+def test_group_loo_uses_each_draws_local_scales(study, horseshoe_fits):
+    problem, fits = horseshoe_fits
+    full = fits["full"]
+    tree = bh.Hierarchy.from_frame(study.annotations, study.levels)
+    values = group_log_likelihood(full, tree, "subclass").transpose(
+        "chain", "draw", "covariate", "subclass"
+    )
+    draws = pointwise_draws(full.posterior, problem, with_theta=False)
+    local = local_variance_draws(draws, problem)
+    scales = problem.algebra_scales(draws["tau"])
+    chain, draw, row = 1, 11, 0
+    expected = group_log_predictive(
+        problem.algebra_b[row],
+        problem.var_b[row],
+        scales[chain, draw, row],
+        problem.index,
+        problem.priors.mu0[row],
+        problem.priors.s0[row],
+        1,
+        np.arange(problem.index.n_groups[0]),
+        problem.noise.row(row),
+        tuple(x[chain, draw, row] for x in local),
+    )
+    np.testing.assert_allclose(values[chain, draw, row], expected, rtol=1e-10)
