@@ -307,13 +307,19 @@ class ShrinkageModel:
         """
         return prior_predictive(self.problem, draws, np.random.default_rng(random_seed))
 
-    def draw_given_scales(self, tau: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def draw_given_scales(
+        self,
+        tau: np.ndarray,
+        rng: np.random.Generator,
+        local: tuple[np.ndarray, ...] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Exact draws of θ0, the group means and θ given scale draws ``tau``.
 
-        ``tau`` is (chain, draw, covariate, level); see
+        ``tau`` is (chain, draw, covariate, level), ``local`` (needed under a heavy-tailed
+        group prior) the local variances λ² that go with it; see
         :func:`bayeshier_pymc.sampling.draw_given_scales`.
         """
-        return draw_given_scales(self.problem, tau, rng)
+        return draw_given_scales(self.problem, tau, rng, local)
 
     def predict_new(
         self,

@@ -9,6 +9,7 @@ model; ``group_prior="normal"`` unchanged.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -30,8 +31,10 @@ from bayeshier_pymc.gibbs.local_scales import LocalScales, draw_prior_local_vari
 from bayeshier_pymc.gibbs.scale_kernels import evaluate
 from bayeshier_pymc.gibbs.sweeps import draw_units_given_scales, split_effects
 from bayeshier_pymc.inference_data import local_variance_draws, marginal_chunks, pointwise_draws
+from bayeshier_pymc.model import group_mean_name
+from bayeshier_pymc.prediction import predict_new
 from bayeshier_pymc.priors import Priors
-from bayeshier_pymc.sampling import sample_gibbs
+from bayeshier_pymc.sampling import draw_given_scales, sample_gibbs
 from bayeshier_pymc.simulate import ResidualNoise
 from bayeshier_pymc.streamed import theta_draws
 from tests.research import research_module
@@ -503,3 +506,55 @@ def test_group_loo_uses_each_draws_local_scales(study, horseshoe_fits):
         tuple(x[chain, draw, row] for x in local),
     )
     np.testing.assert_allclose(values[chain, draw, row], expected, rtol=1e-10)
+
+
+def test_predict_new_draws_new_groups_local_scales_from_the_prior(study, horseshoe_fits, rng):
+    """A new subclass under a known superclass: θ_new − parent = τ_sub λ z + τ_w z′, λ ~ C⁺."""
+    problem, fits = horseshoe_fits
+    full = fits["full"]
+    n_new = 60
+    annotations = pd.DataFrame(
+        {"subclass": [f"new{j}" for j in range(n_new)], "superclass": "superclass_0"},
+        index=[f"novel{j}" for j in range(n_new)],
+    )
+    annotations.columns = list(problem.levels)
+    annotations.iloc[:, 1] = problem.tree.groups[1][0]
+    predicted = predict_new(full, annotations, random_seed=3).predictions["theta"]
+    predicted = predicted.transpose("chain", "draw", "covariate", "feature").to_numpy()
+    parent = full.posterior[group_mean_name(problem.levels[1])].isel({problem.levels[1]: 0})
+    tau = full.posterior["tau"].transpose("chain", "draw", "covariate", "level").to_numpy()
+    deviation = predicted - parent.transpose("chain", "draw", "covariate").to_numpy()[..., None]
+    shape = predicted.shape
+    local = np.abs(rng.standard_cauchy(shape))
+    expected = tau[..., 1:2] * local * rng.standard_normal(shape) + tau[..., 0:1] * (
+        rng.standard_normal(shape)
+    )
+    assert stats.ks_2samp(deviation.ravel(), expected.ravel()).pvalue > 0.001
+    # without λ the tails are too light: the same check rejects normal new groups
+    normal = tau[..., 1:2] * rng.standard_normal(shape) + tau[..., 0:1] * rng.standard_normal(shape)
+    assert stats.ks_2samp(normal.ravel(), expected.ravel()).pvalue < 0.001
+
+
+def test_draw_given_scales_uses_the_local_scales(horseshoe_fits, rng):
+    """Given one (τ, λ) repeated, θ and the finest effects have the dense posterior."""
+    problem, fits = horseshoe_fits
+    full = fits["full"]
+    tau = full.posterior["tau"].transpose("chain", "draw", "covariate", "level").to_numpy()
+    with pytest.raises(ValueError, match="local scales"):
+        draw_given_scales(problem, tau, rng)
+    local = local_variance_draws(pointwise_draws(full.posterior, problem), problem)
+    drawn = draw_given_scales(problem, tau, rng, local)
+    level = problem.levels[0]
+    np.testing.assert_array_equal(drawn[f"{level}_local_scale"], np.sqrt(local[0]))
+    n_draws, row = 4000, 1
+    repeated_tau = np.repeat(tau[:1, 5:6], n_draws, axis=1)
+    repeated = tuple(np.repeat(x[:1, 5:6], n_draws, axis=1) for x in local)
+    drawn = draw_given_scales(problem, repeated_tau, rng, repeated)
+    scales = problem.algebra_scales(tau[0, 5])
+    given = tuple(x[0, 5] for x in local)
+    mean, sd = _dense_posterior(problem, scales, given, row, 1)
+    _assert_moments(
+        np.hstack([drawn["theta"][0, :, row], drawn[group_mean_name(level)][0, :, row]]),
+        mean,
+        sd,
+    )
