@@ -48,7 +48,6 @@ from bayeshier_pymc.gibbs.sweeps import check_scheme
 from bayeshier_pymc.inference_data import (
     THETA_PARENT_STORES,
     build_inference_data,
-    local_scale_name,
     local_variance_draws,
     posterior_dims,
 )
@@ -303,10 +302,7 @@ def sample_gibbs(
 
 
 def draw_given_scales(
-    problem: ShrinkageProblem,
-    tau: np.ndarray,
-    rng: np.random.Generator,
-    local: tuple[np.ndarray, ...] | None = None,
+    problem: ShrinkageProblem, tau: np.ndarray, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
     """Exact draws of θ0, the group means and θ given scale draws ``tau``.
 
@@ -318,40 +314,23 @@ def draw_given_scales(
         Array (chain, draw, covariate, level).
     rng
         Random generator.
-    local
-        Under a heavy-tailed group prior, the draws of the local variances λ² that go with
-        ``tau``: one array (chain, draw, covariate, group) per annotation level used, finest
-        first (:func:`~bayeshier_pymc.inference_data.local_variance_draws`); required then,
-        and the groups' variances τ_l² λ_g² are used.
 
     Returns
     -------
     dict
-        ``mu``, ``tau``, ``<level>_mean`` and ``theta`` (and ``<level>_local_scale``, λ, with
-        ``local``), each with leading (chain, draw).
+        ``mu``, ``tau``, ``<level>_mean`` and ``theta``, each with leading (chain, draw).
     """
     if problem.tree is None:
         raise ValueError("a model without pooling has no scales to condition on.")
-    heavy_tailed = problem.priors.heavy_tailed and bool(problem.levels)
-    if heavy_tailed and local is None:
-        raise ValueError(
-            f"group_prior={problem.priors.group_prior!r}: the draws given the scales need the "
-            "local scales' draws too (local=...)."
-        )
-    if not heavy_tailed:
-        local = None
     index, noise = problem.index, problem.noise
     b = problem.algebra_b
     var_b = problem.var_b
     mu0, s0 = problem.priors.mu0, problem.priors.s0
     per_chain = []
-    for chain, chain_tau in enumerate(tau):
+    for chain_tau in tau:
         scales = problem.algebra_scales(chain_tau)
-        chain_local = None if local is None else tuple(x[chain] for x in local)
-        messages = upward_pass(b, var_b, scales, index, mu0, s0, noise=noise, local=chain_local)
-        per_chain.append(
-            draw_tree(messages, scales, index, mu0, s0, rng, noise=noise, local=chain_local)
-        )
+        messages = upward_pass(b, var_b, scales, index, mu0, s0, noise=noise)
+        per_chain.append(draw_tree(messages, scales, index, mu0, s0, rng, noise=noise))
     posterior = {
         "mu": np.stack([theta0 for theta0, _, _ in per_chain]),
         "tau": tau,
@@ -361,8 +340,6 @@ def draw_given_scales(
         posterior[group_mean_name(level)] = np.stack(
             [groups[level_index] for _, groups, _ in per_chain]
         )
-        if local is not None:
-            posterior[local_scale_name(level)] = np.sqrt(local[level_index])
     return posterior
 
 

@@ -307,19 +307,13 @@ class ShrinkageModel:
         """
         return prior_predictive(self.problem, draws, np.random.default_rng(random_seed))
 
-    def draw_given_scales(
-        self,
-        tau: np.ndarray,
-        rng: np.random.Generator,
-        local: tuple[np.ndarray, ...] | None = None,
-    ) -> dict[str, np.ndarray]:
+    def draw_given_scales(self, tau: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Exact draws of θ0, the group means and θ given scale draws ``tau``.
 
-        ``tau`` is (chain, draw, covariate, level), ``local`` (needed under a heavy-tailed
-        group prior) the local variances λ² that go with it; see
+        ``tau`` is (chain, draw, covariate, level); see
         :func:`bayeshier_pymc.sampling.draw_given_scales`.
         """
-        return draw_given_scales(self.problem, tau, rng, local)
+        return draw_given_scales(self.problem, tau, rng)
 
     def predict_new(
         self,
