@@ -41,7 +41,10 @@ from bayeshier_pymc.gaussian_tree import (
     noise_log_density,
     upward_pass,
 )
-from bayeshier_pymc.gaussian_tree.log_marginal_op import log_marginal
+from bayeshier_pymc.gaussian_tree.log_marginal_op import (
+    log_marginal,
+    log_marginal_with_local_scales,
+)
 from bayeshier_pymc.gaussian_tree.pytensor_ops import PYTENSOR_OPS
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.priors import Priors
@@ -216,37 +219,38 @@ def build_model(
         tau = pm.HalfCauchy("tau", beta=priors.tau_scale, dims=("covariate", "level"))
         local_scales = _local_scales(hierarchy, priors)
         if parameterization == "collapsed":
-            if local_scales is not None:
-                raise ValueError(
-                    f"group_prior={priors.group_prior!r} is not yet available in the collapsed "
-                    "model; use a full parameterization."
-                )
             b_data = pm.Data("b", b, dims=("covariate", "feature"))
-            if noise is None:
-                log_density = log_marginal(
-                    b_data,
-                    tau,
-                    var_b,
-                    TreeIndex.from_hierarchy(hierarchy),
-                    priors.mu0,
-                    priors.s0,
-                )
-            else:
-                log_density = log_marginal(
-                    b_data,
-                    noise.pad(tau, hierarchy.depth + 1),
-                    noise.own,
-                    noise.tree,
-                    priors.mu0,
-                    priors.s0,
-                    noise.shared,
-                )
+            log_density = _collapsed_log_density(
+                b_data, tau, local_scales, var_b, hierarchy, priors, noise
+            )
             pm.Potential("b_marginal_loglik", log_density.sum())
         else:
             centering = resolve_centering(parameterization, estimates, hierarchy, priors)
             theta = _full_tree(tau, local_scales, hierarchy, priors, centering)
             _likelihood(theta, b, se, noise)
     return model
+
+
+def _collapsed_log_density(
+    b: pt.TensorVariable,
+    tau: pt.TensorVariable,
+    local_scales: list[pt.TensorVariable] | None,
+    var_b: np.ndarray,
+    hierarchy: Hierarchy,
+    priors: Priors,
+    noise: NoiseModel | None,
+) -> pt.TensorVariable:
+    """Log p(b | τ) (or p(b | τ, λ) under a heavy-tailed group prior) of every covariate."""
+    if noise is None:
+        tree, scales, variances, shared = TreeIndex.from_hierarchy(hierarchy), tau, var_b, None
+    else:
+        tree, variances, shared = noise.tree, noise.own, noise.shared
+        scales = noise.pad(tau, hierarchy.depth + 1)
+    if local_scales is None:
+        return log_marginal(b, scales, variances, tree, priors.mu0, priors.s0, shared)
+    return log_marginal_with_local_scales(
+        b, scales, local_scales, variances, tree, priors.mu0, priors.s0, shared
+    )
 
 
 def _likelihood(
