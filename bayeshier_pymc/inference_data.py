@@ -36,6 +36,7 @@ __all__ = [
     "build_inference_data",
     "cell_dataset",
     "is_summary",
+    "local_scale_name",
     "log_likelihood_dataset",
     "loo",
     "loo_in_chunks",
@@ -166,8 +167,19 @@ def shared_variance_name(level: str) -> str:
     return f"{level}_{SHARED_VARIANCE}"
 
 
-def posterior_dims(hierarchy: Hierarchy | None) -> dict[str, tuple[str, ...]]:
-    """Dims (after chain and draw) of every posterior variable."""
+def local_scale_name(level: str) -> str:
+    """Name of the posterior variable holding the local scales λ of the groups at ``level``."""
+    return f"{level}_local_scale"
+
+
+def posterior_dims(
+    hierarchy: Hierarchy | None, heavy_tailed: bool = False
+) -> dict[str, tuple[str, ...]]:
+    """Dims (after chain and draw) of every posterior variable.
+
+    ``heavy_tailed``: the group effects have local scales (a heavy-tailed
+    ``Priors.group_prior``), stored as ``<level>_local_scale`` for every level.
+    """
     dims: dict[str, tuple[str, ...]] = {"theta": ("covariate", "feature")}
     if hierarchy is None:
         return dims
@@ -175,6 +187,9 @@ def posterior_dims(hierarchy: Hierarchy | None) -> dict[str, tuple[str, ...]]:
     dims["tau"] = ("covariate", "level")
     for level in hierarchy.levels:
         dims[group_mean_name(level)] = ("covariate", level)
+    if heavy_tailed:
+        for level in hierarchy.levels:
+            dims[local_scale_name(level)] = ("covariate", level)
     return dims
 
 
@@ -218,7 +233,7 @@ def build_inference_data(
         ``log_likelihood``).
     """
     estimates, hierarchy = problem.estimates, problem.tree
-    dims = posterior_dims(hierarchy)
+    dims = posterior_dims(hierarchy, problem.priors.heavy_tailed)
     if theta_summary is not None:
         del dims["theta"]
     missing = sorted(set(dims) - set(posterior))

@@ -164,11 +164,8 @@ def sample(
         draws=draws, tune=tune, chains=chains, cores=cores, random_seed=random_seed
     )
     check_sampler_name(sampler)
-    if problem.priors.heavy_tailed and problem.tree is not None and problem.tree.levels:
-        raise ValueError(
-            f"group_prior={problem.priors.group_prior!r} is not yet available in the "
-            f"{sampler!r} sampler; use group_prior='normal'."
-        )
+    if sampler != "gibbs":
+        _refuse_heavy_tailed(problem, f"the {sampler!r} sampler")
     if sampler != "gibbs":
         storage = options.pop("storage", "full")
         if storage not in ("full", "auto"):
@@ -340,6 +337,15 @@ def draw_given_scales(
     return posterior
 
 
+def _refuse_heavy_tailed(problem: ShrinkageProblem, where: str) -> None:
+    """Raise a ValueError if ``problem`` has a heavy-tailed group prior that ``where`` lacks."""
+    if problem.priors.heavy_tailed and problem.tree is not None and problem.tree.levels:
+        raise ValueError(
+            f"group_prior={problem.priors.group_prior!r} is not yet available in {where}; "
+            "use sample('gibbs') (the Gibbs engine) or group_prior='normal'."
+        )
+
+
 def _default_cores(cores: int | None, chains: int) -> int:
     """Processes for ``pymc.sample``: PyMC's own guess ran chains one after another on 2 CPUs."""
     return cores or min(chains, os.cpu_count() or 1)
@@ -485,6 +491,8 @@ def _sample_gibbs(
     """
     if backend not in ("numpy", "pymc"):
         raise ValueError(f"unknown backend {backend!r}; use 'numpy' or 'pymc'.")
+    if backend == "pymc":
+        _refuse_heavy_tailed(problem, "the PyMC Gibbs step (backend='pymc')")
     check_scheme(problem, scheme)
     storage = _resolve_storage(storage, problem, backend, scheme, (chains, draws), theta_dtype)
     theta_summary = None
@@ -670,7 +678,10 @@ def _run_step(
 
 def _posterior_arrays(raw: az.InferenceData, problem: ShrinkageProblem) -> dict[str, np.ndarray]:
     """The contract's posterior variables of a ``pymc.sample`` result, as arrays."""
-    return {name: raw.posterior[name].to_numpy() for name in posterior_dims(problem.tree)}
+    return {
+        name: raw.posterior[name].to_numpy()
+        for name in posterior_dims(problem.tree, problem.priors.heavy_tailed)
+    }
 
 
 SAMPLERS: dict[str, Callable[..., SamplerRun]] = {"nuts": _sample_nuts, "gibbs": _sample_gibbs}

@@ -215,7 +215,9 @@ def test_compiled_downward_draw_matches_reference(seed, tau_scale):
     noise = rng.standard_normal(y.shape)
     mean, var = posterior_normal(parent[:, parent_index], level_var[:, None], y, v)
     expected = mean + np.sqrt(var) * noise
-    got = draw_children(parent, parent_index, level_var, np.empty((rows, 0)), y, v, noise)
+    got = draw_children(
+        parent, parent_index, level_var, np.empty((rows, 0)), np.empty((rows, 0)), y, v, noise
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10 * np.abs(expected).max())
 
 

@@ -194,6 +194,7 @@ def level_term(
     child_v: np.ndarray,
     level_var: np.ndarray,
     unit_noise: np.ndarray,
+    unit_local: np.ndarray,
     first_child: np.ndarray,
     parent_y: np.ndarray,
     parent_v: np.ndarray,
@@ -205,8 +206,9 @@ def level_term(
     The level's contribution to log p(b | τ), up to a constant, goes to ``term`` (one per
     row): -½ Σ_units [log(v + τ²) + (y - ȳ_parent)² / (v + τ²)] - ½ Σ_parents log P, with P
     and ȳ the precision and precision-weighted mean of the children of each parent; the
-    messages N(ȳ; u, 1/P) to the parents go to ``parent_y``, ``parent_v``. With shared
-    noise each unit's τ² is τ² + n_u (``unit_noise``, units × rows; no rows: none).
+    messages N(ȳ; u, 1/P) to the parents go to ``parent_y``, ``parent_v``. With local
+    scales each unit's τ² is τ² λ_u² (``unit_local``: λ², units × rows; no rows: none); with
+    shared noise n_u is added (``unit_noise``, units × rows; no rows: none).
 
     Lane layout: ``child_y``, ``child_v`` are units × rows, ``parent_y``, ``parent_v``
     parents × rows, ``level_var`` one per row. Two exact rearrangements keep the pass cheap:
@@ -217,9 +219,14 @@ def level_term(
     n_units, n_rows = child_y.shape
     n_parents = first_child.size
     variance, precision = scratch
-    for j in range(n_units):
-        for r in range(n_rows):
-            variance[j, r] = child_v[j, r] + level_var[r]
+    if unit_local.shape[0]:
+        for j in range(n_units):
+            for r in range(n_rows):
+                variance[j, r] = child_v[j, r] + level_var[r] * unit_local[j, r]
+    else:
+        for j in range(n_units):
+            for r in range(n_rows):
+                variance[j, r] = child_v[j, r] + level_var[r]
     if unit_noise.shape[0]:
         for j in range(n_units):
             for r in range(n_rows):
@@ -266,6 +273,7 @@ def upward_pass_from(
     level: int,
     level_var: np.ndarray,
     problem: LaneProblem,
+    local_var: np.ndarray,
     given: LaneMessages,
     terms: np.ndarray,
     out: LaneMessages,
@@ -282,6 +290,11 @@ def upward_pass_from(
         without effect variation).
     problem
         Data, tree, shared noise and θ0 prior.
+    local_var
+        The local variances λ² of every unit of levels 1..D + 1 at its place in a
+        :class:`LaneMessages` array (each unit's prior variance τ_l² λ_u²; θ0's and those
+        of levels without local scales are ignored or one), or an array without rows: none
+        (every λ = 1).
     given
         The messages to the units of ``level`` (read only when ``level > 0``; level 0's are
         the data). It may be ``out`` itself.
@@ -312,6 +325,7 @@ def upward_pass_from(
             v,
             level_var[upper],
             problem.noise[below],
+            local_var[below],
             first_child,
             out.y[above],
             out.v[above],
@@ -484,7 +498,8 @@ def log_marginal_and_gradient(
     messages = LaneMessages(np.empty((n_messages, n_rows)), np.empty((n_messages, n_rows)))
     scratch = LaneScratch(np.empty((n_features, n_rows)), np.empty((n_features, n_rows)))
     terms = np.empty((n_levels + 1, n_rows))
-    upward_pass_from(0, level_var, data, messages, terms, messages, scratch)
+    no_local = np.empty((0, n_rows))
+    upward_pass_from(0, level_var, data, no_local, messages, terms, messages, scratch)
     log_marginal = np.full(n_rows, -n_features * _HALF_LOG_2PI)
     for level in range(n_levels + 1):
         for r in range(n_rows):
@@ -669,6 +684,7 @@ def draw_children(
     parent_index: np.ndarray,
     level_var: np.ndarray,
     unit_noise: np.ndarray,
+    unit_local: np.ndarray,
     y: np.ndarray,
     v: np.ndarray,
     noise: np.ndarray,
@@ -677,11 +693,24 @@ def draw_children(
 
     Each unit j of every row r is drawn from N(parent[r, parent_index[j]], level_var[r]) ×
     N(y; u, v) (:func:`posterior_normal`), with ``noise`` standard normal (rows × units).
-    With shared noise (``unit_noise``, rows × units; no columns: none) the units are totals
-    and the prior variance is level_var[r] + unit_noise[r, j].
+    With local scales (``unit_local``: λ², rows × units; no columns: none) the prior
+    variance is level_var[r] λ²[r, j]; with shared noise (``unit_noise``, rows × units; no
+    columns: none) the units are totals and unit_noise[r, j] is added to it.
     """
     n_rows, n_units = y.shape
     out = np.empty((n_rows, n_units))
+    if unit_local.shape[1]:
+        with_noise = unit_noise.shape[1] > 0
+        for r in range(n_rows):
+            for j in range(n_units):
+                prior_var = level_var[r] * unit_local[r, j]
+                if with_noise:
+                    prior_var += unit_noise[r, j]
+                mean, var = posterior_normal(
+                    parent[r, parent_index[j]], prior_var, y[r, j], v[r, j]
+                )
+                out[r, j] = mean + np.sqrt(var) * noise[r, j]
+        return out
     if unit_noise.shape[1]:
         for r in range(n_rows):
             for j in range(n_units):
@@ -939,6 +968,7 @@ def split_totals(
     effect_var: np.ndarray,
     tree: SplitTree,
     mu0: np.ndarray,
+    unit_local: np.ndarray,
     normals: np.ndarray,
     effects: np.ndarray,
     path_noise: np.ndarray,
@@ -951,10 +981,12 @@ def split_totals(
     noise. ``totals``, ``normals`` (standard normal), ``effects`` and ``path_noise`` are
     rows × units (:class:`SplitTree`'s numbering); ``effect_var`` is rows × (D + 2): the
     effect variance τ_l² of each level l = 1..D, then θ0's prior variance s0² (index 0
-    unused).
+    unused). With local scales ``unit_local`` (λ², rows × units; no columns: none) a
+    group's effect variance is τ_l² λ_u².
     """
     n_rows, n_units = totals.shape
     top = n_units - 1
+    local = unit_local.shape[1] > 0
     for r in range(n_rows):
         eta = _noise_given_increment(
             tree.noise[r, top], effect_var[r, -1], totals[r, top] - mu0[r], normals[r, top]
@@ -963,9 +995,12 @@ def split_totals(
         effects[r, top] = totals[r, top] - eta
         for u in range(top - 1, -1, -1):
             parent = tree.parent[u]
+            unit_var = effect_var[r, tree.unit_level[u]]
+            if local:
+                unit_var *= unit_local[r, u]
             eta = _noise_given_increment(
                 tree.noise[r, u],
-                effect_var[r, tree.unit_level[u]],
+                unit_var,
                 totals[r, u] - totals[r, parent],
                 normals[r, u],
             )

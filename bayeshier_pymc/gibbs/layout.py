@@ -26,12 +26,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, pad_scales
 from bayeshier_pymc.gaussian_tree.kernels import LaneProblem, SplitTree, lane_problem, sort_tree
 from bayeshier_pymc.problem import ShrinkageProblem
+
+if TYPE_CHECKING:
+    from bayeshier_pymc.gibbs.local_scales import LocalScales
 
 __all__ = ["TreeData", "TreeState"]
 
@@ -266,7 +270,23 @@ class TreeState:
         Rows × (D + 1) scales.
     units
         ``D + 2`` arrays: θ (sorted features), the group means finest first, θ0 (rows × 1).
+    local
+        The local scales of the group effects under a heavy-tailed group prior
+        (:mod:`bayeshier_pymc.gibbs.local_scales`); ``None`` under the normal one.
+    split
+        With local scales and shared noise, the effects split from the last drawn totals
+        and the noise on the paths of θ's parents
+        (:func:`~bayeshier_pymc.gibbs.sweeps.split_effects`), which λ was drawn from and
+        which the kept draw records; ``None`` otherwise.
     """
 
     tau: np.ndarray
     units: list[np.ndarray]
+    local: LocalScales | None = None
+    split: tuple[list[np.ndarray], np.ndarray] | None = None
+
+    def local_lane(self, data: TreeData) -> np.ndarray:
+        """λ² in lane layout for the compiled upward pass; no rows under the normal prior."""
+        if self.local is None:
+            return np.empty((0, data.n_rows))
+        return self.local.lane(data)
