@@ -589,8 +589,9 @@ def log_marginal_and_local_gradient(
     level, each in the tree's order); ``group_order`` gives, for each :class:`LaneMessages`
     place of levels 1..D, the column of ``local_scale`` of its unit. The upward pass runs
     with those variances as the units' own (:attr:`LaneProblem.noise` plus τ_l² λ_g², level
-    variance zero); the pass down (:func:`node_variance_gradient`) gives d log p / dV_g, so
-    d/dτ_l = Σ_g 2 τ_l λ_g² d/dV_g and d/dλ_g = 2 τ_l² λ_g d/dV_g.
+    variance zero, no λ² multipliers of :func:`upward_pass_from`); the pass down
+    (:func:`node_variance_gradient`) gives d log p / dV_g, so d/dτ_l = Σ_g 2 τ_l λ_g² d/dV_g
+    and d/dλ_g = 2 τ_l² λ_g d/dV_g.
 
     Returns
     -------
@@ -628,7 +629,9 @@ def log_marginal_and_local_gradient(
     messages = LaneMessages(np.empty((n_messages, n_rows)), np.empty((n_messages, n_rows)))
     scratch = LaneScratch(np.empty((n_features, n_rows)), np.empty((n_features, n_rows)))
     terms = np.empty((n_levels + 1, n_rows))
-    upward_pass_from(0, level_var, data, messages, terms, messages, scratch)
+    # the groups' variances are their own (``node_var``): no λ² multipliers
+    no_local = np.empty((0, n_rows))
+    upward_pass_from(0, level_var, data, no_local, messages, terms, messages, scratch)
     log_marginal = np.full(n_rows, -n_features * _HALF_LOG_2PI)
     for level in range(n_levels + 1):
         for r in range(n_rows):
