@@ -27,7 +27,12 @@ import numpy as np
 from bayeshier_pymc.gibbs.layout import TreeData
 from bayeshier_pymc.priors import Priors
 
-__all__ = ["LocalScales", "draw_inverse_gamma", "draw_prior_local_variance"]
+__all__ = [
+    "LocalScales",
+    "draw_conditional_local_variance",
+    "draw_inverse_gamma",
+    "draw_prior_local_variance",
+]
 
 
 def draw_inverse_gamma(
@@ -50,6 +55,41 @@ def draw_prior_local_variance(
     if priors.group_prior == "horseshoe":
         return np.square(rng.standard_cauchy(shape))
     return np.ones(shape)
+
+
+def draw_conditional_local_variance(
+    group_prior: str,
+    group_df: float,
+    standardised: np.ndarray,
+    auxiliary: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """λ² (and the horseshoe's ξ) drawn from their conditionals (module docstring).
+
+    Parameters
+    ----------
+    group_prior, group_df
+        ``"student_t"`` (with ν = ``group_df``) or ``"horseshoe"``
+        (:attr:`~bayeshier_pymc.priors.Priors.group_prior`).
+    standardised
+        δ² / τ² of every group: its squared effect around its parent over its level variance.
+    auxiliary
+        The current ξ (read by the horseshoe only).
+    rng
+        Random generator.
+
+    Returns
+    -------
+    variances, auxiliary : numpy.ndarray
+        The new λ² and ξ (``auxiliary`` itself under the Student-t prior).
+    """
+    if group_prior == "student_t":
+        rate = 0.5 * (group_df + standardised)
+        return draw_inverse_gamma(0.5 * (group_df + 1.0), rate, rng), auxiliary
+    if group_prior != "horseshoe":
+        raise ValueError(f"group_prior={group_prior!r} has no local scales.")
+    variances = draw_inverse_gamma(1.0, 1.0 / auxiliary + 0.5 * standardised, rng)
+    return variances, draw_inverse_gamma(1.0, 1.0 + 1.0 / variances, rng)
 
 
 @dataclass
@@ -121,15 +161,10 @@ class LocalScales:
             parent = effects[level][:, data.parent_index[level]]
             deviation = effects[level - 1] - parent
             standardised = np.square(deviation / tau[:, level, None])
-            index = level - 1
-            if self.priors.group_prior == "student_t":
-                df = self.priors.group_df
-                self.variances[index] = draw_inverse_gamma(
-                    0.5 * (df + 1.0), 0.5 * (df + standardised), rng
-                )
-            else:
-                variances = draw_inverse_gamma(
-                    1.0, 1.0 / self.auxiliary[index] + 0.5 * standardised, rng
-                )
-                self.variances[index] = variances
-                self.auxiliary[index] = draw_inverse_gamma(1.0, 1.0 + 1.0 / variances, rng)
+            self.variances[level - 1], self.auxiliary[level - 1] = draw_conditional_local_variance(
+                self.priors.group_prior,
+                self.priors.group_df,
+                standardised,
+                self.auxiliary[level - 1],
+                rng,
+            )
