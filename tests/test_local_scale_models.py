@@ -235,3 +235,41 @@ def test_the_models_local_scales_have_the_specified_prior(small, group_prior):
 def test_the_normal_prior_has_no_local_scales(small):
     model = _model(small, "normal").build()
     assert not any("local" in name for name in model.named_vars)
+
+
+# ------------------------------------------------------------------ draws given τ and λ
+def test_draws_given_scales_follow_the_dense_posterior_given_tau_and_local_scales(small):
+    """θ drawn given fixed τ and λ (λ far from 1): mean and variance of the dense posterior."""
+    model = _model(small, "horseshoe")
+    tree, b, se = model.tree, model.estimates.estimate.values, model.estimates.se.values
+    n_draws = 4000
+    tau = np.array([[0.3, 0.5, 0.9], [1.2, 0.1, 0.4]])
+    local = [np.array([[0.2, 3.0, 1.0], [4.0, 0.5, 1.5]]), np.array([[2.5, 0.3], [0.4, 3.0]])]
+    repeated = [np.broadcast_to(x, (1, n_draws, *x.shape)) for x in (tau, *local)]
+    draws = model.draw_given_scales(repeated[0], np.random.default_rng(5), repeated[1:])
+    np.testing.assert_array_equal(draws["sub_local_scale"], repeated[1])
+    theta = draws["theta"][0]
+    sub, sup = tree.membership(0), tree.membership(1)
+    for row in range(2):
+        prior = (
+            1.5**2
+            + np.diag(np.full(5, tau[row, 0] ** 2))
+            + (sub[:, None] == sub) * ((tau[row, 1] * local[0][row]) ** 2)[sub][:, None]
+            + (sup[:, None] == sup) * ((tau[row, 2] * local[1][row]) ** 2)[sup][:, None]
+        )
+        gain = prior @ np.linalg.inv(prior + np.diag(se[row] ** 2))
+        mean = 0.2 + gain @ (b[row] - 0.2)
+        variance = np.diag(prior - gain @ prior)
+        z_mean = (theta[:, row].mean(axis=0) - mean) / np.sqrt(variance / n_draws)
+        z_var = (theta[:, row].var(axis=0) / variance - 1) / np.sqrt(2 / n_draws)
+        assert np.abs(z_mean).max() < 4 and np.abs(z_var).max() < 4, (z_mean, z_var)
+
+
+def test_draws_given_scales_need_local_scales_exactly_when_heavy_tailed(small):
+    tau = np.ones((1, 2, 2, 3))
+    with pytest.raises(ValueError, match="needs local_scales exactly when"):
+        _model(small, "horseshoe").draw_given_scales(tau, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="needs local_scales exactly when"):
+        _model(small, "normal").draw_given_scales(
+            tau, np.random.default_rng(0), [np.ones((1, 2, 2, 3)), np.ones((1, 2, 2, 2))]
+        )
