@@ -17,7 +17,7 @@ from bayeshier_pymc import log_likelihood as pointwise
 from bayeshier_pymc import psis
 from bayeshier_pymc.gaussian_tree import NodeNoise
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.model import group_mean_name, model_coords
+from bayeshier_pymc.model import group_mean_name, local_scale_name, model_coords
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
 
@@ -166,11 +166,6 @@ def cell_dataset(
 def shared_variance_name(level: str) -> str:
     """Name of the noise variance shared within each group of ``level`` (covariate, level)."""
     return f"{level}_{SHARED_VARIANCE}"
-
-
-def local_scale_name(level: str) -> str:
-    """Name of the posterior variable holding the local scales λ of the groups at ``level``."""
-    return f"{level}_local_scale"
 
 
 def posterior_dims(

@@ -72,7 +72,9 @@ __all__ = [
     "leave_one_out_tree",
     "level_variance_gradient",
     "log_marginal_and_gradient",
+    "log_marginal_and_local_gradient",
     "log_normal",
+    "node_variance_gradient",
     "noise_precision",
     "noise_quadratic",
     "pointwise_marginal",
@@ -509,6 +511,147 @@ def log_marginal_and_gradient(
         for level in range(n_levels):
             gradient[r, level] = 2.0 * tau[r, level] * variance_gradient[level, r]
     return log_marginal, gradient
+
+
+@vector_kernel
+def node_variance_gradient(
+    level_var: np.ndarray,
+    problem: LaneProblem,
+    messages: LaneMessages,
+    feature_gradient: np.ndarray,
+    node_gradient: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """The derivative of log p(b | τ) in the prior variance of every group unit, and τ_0².
+
+    :func:`level_variance_gradient` unit by unit: the derivative ½ (D − S) / S² in the prior
+    variance V_u = ``level_var[l]`` + ``problem.noise[u]`` of every unit u of levels 1..D goes
+    to ``node_gradient[u]`` (:class:`LaneMessages` places, units × rows; θ0's place is left
+    as it is), and the sum over the features of theirs, the derivative in τ_0², to
+    ``feature_gradient`` (one per row). With one prior variance per group (a local scale
+    each, held in ``problem.noise``) these are the terms of the gradient in τ and λ.
+    """
+    depth = level_var.shape[0] - 1
+    n_rows = level_var.shape[1]
+    offsets = problem.message_offsets
+    starts = problem.first_child_offsets
+    noise = problem.noise
+    y, v = messages
+    mean = np.empty_like(y)
+    var = np.empty_like(v)
+    top = offsets[depth + 1]
+    for r in range(n_rows):
+        mean[top, r], var[top, r] = posterior_normal(
+            problem.mu0[r], problem.s0[r] * problem.s0[r] + noise[top, r], y[top, r], v[top, r]
+        )
+    feature_gradient[:] = 0.0
+    for level in range(depth, -1, -1):
+        first_child = problem.first_child[starts[level] : starts[level + 1]]
+        n_parents = first_child.size
+        n_units = problem.b.shape[0] if level == 0 else offsets[level + 1] - offsets[level]
+        for h in range(n_parents):
+            parent = offsets[level + 1] + h
+            end = first_child[h + 1] if h + 1 < n_parents else n_units
+            for j in range(first_child[h], end):
+                if level == 0:
+                    for r in range(n_rows):
+                        total = level_var[0, r] + problem.var_b[j, r]
+                        deviation = problem.b[j, r] - mean[parent, r]
+                        spread = deviation * deviation + var[parent, r]
+                        feature_gradient[r] += 0.5 * (spread - total) / (total * total)
+                else:
+                    u = offsets[level] + j
+                    for r in range(n_rows):
+                        prior_var = level_var[level, r] + noise[u, r]
+                        total = prior_var + v[u, r]
+                        deviation = y[u, r] - mean[parent, r]
+                        spread = deviation * deviation + var[parent, r]
+                        node_gradient[u, r] = 0.5 * (spread - total) / (total * total)
+                        mean[u, r], conditional_var = posterior_normal(
+                            mean[parent, r], prior_var, y[u, r], v[u, r]
+                        )
+                        parent_weight = v[u, r] / total
+                        var[u, r] = conditional_var + parent_weight * parent_weight * var[parent, r]
+
+
+@compiled_kernel
+def log_marginal_and_local_gradient(
+    tau: np.ndarray,
+    b: np.ndarray,
+    local_scale: np.ndarray,
+    feature_order: np.ndarray,
+    group_order: np.ndarray,
+    problem: LaneProblem,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """:func:`log_marginal_and_gradient` with a local scale λ_g for every group unit.
+
+    A unit g of level l ≥ 1 has the prior variance τ_l² λ_g² around its parent (plus its
+    shared noise). ``local_scale`` is rows × G (G the group units of levels 1..D, level by
+    level, each in the tree's order); ``group_order`` gives, for each :class:`LaneMessages`
+    place of levels 1..D, the column of ``local_scale`` of its unit. The upward pass runs
+    with those variances as the units' own (:attr:`LaneProblem.noise` plus τ_l² λ_g², level
+    variance zero, no λ² multipliers of :func:`upward_pass_from`); the pass down
+    (:func:`node_variance_gradient`) gives d log p / dV_g, so d/dτ_l = Σ_g 2 τ_l λ_g² d/dV_g
+    and d/dλ_g = 2 τ_l² λ_g d/dV_g.
+
+    Returns
+    -------
+    tuple
+        log p(b | τ, λ) per row, its gradient in τ (rows × (D + 1)) and in λ (rows × G).
+    """
+    n_rows, n_levels = tau.shape
+    n_features = feature_order.size
+    offsets = problem.message_offsets
+    lane_b = np.empty((n_features, n_rows))
+    for j in range(n_features):
+        for r in range(n_rows):
+            lane_b[j, r] = b[r, feature_order[j]]
+    level_var = np.zeros((n_levels, n_rows))
+    for r in range(n_rows):
+        level_var[0, r] = tau[r, 0] * tau[r, 0]
+    node_var = problem.noise.copy()
+    for level in range(1, n_levels):
+        for u in range(offsets[level], offsets[level + 1]):
+            column = group_order[u]
+            for r in range(n_rows):
+                scale = tau[r, level] * local_scale[r, column]
+                node_var[u, r] += scale * scale
+    data = LaneProblem(
+        lane_b,
+        problem.var_b,
+        problem.first_child,
+        problem.first_child_offsets,
+        problem.message_offsets,
+        problem.mu0,
+        problem.s0,
+        node_var,
+    )
+    n_messages = offsets[-1]
+    messages = LaneMessages(np.empty((n_messages, n_rows)), np.empty((n_messages, n_rows)))
+    scratch = LaneScratch(np.empty((n_features, n_rows)), np.empty((n_features, n_rows)))
+    terms = np.empty((n_levels + 1, n_rows))
+    # the groups' variances are their own (``node_var``): no λ² multipliers
+    no_local = np.empty((0, n_rows))
+    upward_pass_from(0, level_var, data, no_local, messages, terms, messages, scratch)
+    log_marginal = np.full(n_rows, -n_features * _HALF_LOG_2PI)
+    for level in range(n_levels + 1):
+        for r in range(n_rows):
+            log_marginal[r] += terms[level, r]
+    feature_gradient = np.empty(n_rows)
+    node_gradient = np.empty((n_messages, n_rows))
+    node_variance_gradient(level_var, data, messages, feature_gradient, node_gradient)
+    tau_gradient = np.zeros((n_rows, n_levels))
+    scale_gradient = np.zeros((n_rows, local_scale.shape[1]))
+    for r in range(n_rows):
+        tau_gradient[r, 0] = 2.0 * tau[r, 0] * feature_gradient[r]
+    for level in range(1, n_levels):
+        for u in range(offsets[level], offsets[level + 1]):
+            column = group_order[u]
+            for r in range(n_rows):
+                lam = local_scale[r, column]
+                scale = tau[r, level]
+                tau_gradient[r, level] += 2.0 * scale * lam * lam * node_gradient[u, r]
+                scale_gradient[r, column] = 2.0 * scale * scale * lam * node_gradient[u, r]
+    return log_marginal, tau_gradient, scale_gradient
 
 
 @compiled_kernel
