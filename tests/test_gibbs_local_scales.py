@@ -556,3 +556,25 @@ def test_draw_given_scales_uses_the_local_scales(horseshoe_fits, rng):
         mean,
         sd,
     )
+
+
+@pytest.mark.parametrize(
+    ("group_prior", "noise", "scheme", "draws", "chains"),
+    [
+        ("horseshoe", "tree", "collapsed", 600, 2),
+        ("student_t", "independent", "conjugate", 3000, 4),
+    ],
+)
+def test_pymc_step_samples_the_engine_posterior(study, group_prior, noise, scheme, draws, chains):
+    """The PyMC Gibbs step on the centred model with λ: the engine's θ, log τ and log λ."""
+    problem = _model(study, 2, group_prior, noise=noise).problem
+    level = problem.levels[0]
+    options = {"draws": draws, "tune": 300, "chains": chains, "progressbar": False}
+    runs = [
+        _engine_draws(
+            sample_gibbs(problem, random_seed=seed, cores=1, scheme=scheme, **options, **backend),
+            level,
+        )
+        for seed, backend in ((1, {"backend": "pymc"}), (2, {}))
+    ]
+    _assert_same_means(runs, level)
