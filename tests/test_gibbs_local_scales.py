@@ -648,3 +648,28 @@ def test_sbc_tree_noise_horseshoe(study):
     """The long version: 200 replicates."""
     ranks, n_kept = _sbc_ranks(study, n_replicates=200, draws=600, thin=4)
     _assert_uniform_ranks(ranks, n_kept, bins=10)
+
+
+def test_local_scales_are_in_the_posterior_only_under_a_heavy_tailed_prior(study, horseshoe_fits):
+    problem, fits = horseshoe_fits
+    for level in problem.levels:
+        scales = fits["full"].posterior[local_scale_name(level)]
+        assert scales.dims == ("chain", "draw", "covariate", level)
+        assert bool((scales > 0).all())
+    normal = sample_gibbs(
+        _model(study, 2, "normal").problem, draws=5, tune=5, chains=1, progressbar=False
+    )
+    assert not [name for name in normal.posterior.data_vars if name.endswith("_local_scale")]
+
+
+def test_exact_group_refits_refuse_a_heavy_tailed_prior(study):
+    tree = bh.Hierarchy.from_frame(study.annotations, study.levels)
+    with pytest.raises(ValueError, match="refit_bad_k is not available with group_prior"):
+        bh.compare_depths(
+            bh.mlm(study.Y, study.X),
+            tree,
+            loo="group",
+            refit_bad_k=True,
+            priors={"group_prior": "horseshoe"},
+            sampler="gibbs",
+        )
