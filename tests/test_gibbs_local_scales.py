@@ -30,10 +30,14 @@ from bayeshier_pymc.gaussian_tree.kernels import (
     leave_one_out_tree,
 )
 from bayeshier_pymc.gibbs.engine import run_engine
-from bayeshier_pymc.gibbs.layout import TreeData, TreeState
-from bayeshier_pymc.gibbs.local_scales import LocalScales, draw_prior_local_variance
+from bayeshier_pymc.gibbs.layout import LocalScales, TreeData, TreeState
+from bayeshier_pymc.gibbs.local_scales import draw_prior_local_variance
 from bayeshier_pymc.gibbs.scale_kernels import evaluate
-from bayeshier_pymc.gibbs.sweeps import draw_units_given_scales, split_effects
+from bayeshier_pymc.gibbs.sweeps import (
+    draw_units_given_scales,
+    split_effects,
+    update_local_scales,
+)
 from bayeshier_pymc.inference_data import local_variance_draws, marginal_chunks, pointwise_draws
 from bayeshier_pymc.model import group_mean_name, local_scale_name
 from bayeshier_pymc.prediction import predict_new
@@ -263,7 +267,7 @@ def test_local_scale_updates_leave_the_prior_invariant(study, rng, group_prior, 
     tau = data.tau_scale * np.exp(rng.normal(0.0, 0.5, data.tau_scale.shape))
     local = LocalScales.start(data, problem.priors)
     for _ in range(100):
-        local.update(data, _prior_effects(data, tau, local, rng), tau, rng)
+        update_local_scales(data, local, _prior_effects(data, tau, local, rng), tau, rng)
     effects = _prior_effects(data, tau, local, rng)
     for level in (1, 2):
         deviation = effects[level - 1] - effects[level][:, data.parent_index[level]]

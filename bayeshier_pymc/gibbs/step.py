@@ -42,8 +42,8 @@ from pymc.util import get_random_generator
 from pytensor.graph.basic import Variable
 
 from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal
-from bayeshier_pymc.gibbs.layout import TreeData, TreeState
-from bayeshier_pymc.gibbs.local_scales import LocalScales, draw_inverse_gamma
+from bayeshier_pymc.gibbs.layout import LocalScales, TreeData, TreeState
+from bayeshier_pymc.gibbs.local_scales import draw_inverse_gamma
 from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS, ScaleKernel
 from bayeshier_pymc.gibbs.sweeps import (
     check_scheme,

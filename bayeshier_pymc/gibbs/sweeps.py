@@ -23,7 +23,7 @@ form for shared noise (:func:`check_scheme`). :func:`draw_unpooled` draws θ wit
 under shared noise.
 
 Under a heavy-tailed group prior the state carries the groups' local scales
-(:class:`~bayeshier_pymc.gibbs.local_scales.LocalScales`): every group's prior variance is
+(:class:`~bayeshier_pymc.gibbs.layout.LocalScales`): every group's prior variance is
 τ_l² λ_g² in the τ updates, the draws and the split, and both sweeps end with λ (and the
 horseshoe's ξ) drawn from their conjugate conditionals given the group effects and τ (the
 collapsed sweep then draws the group effects in every sweep, kept or not). Without local
@@ -36,8 +36,8 @@ import numpy as np
 
 from bayeshier_pymc.gaussian_tree import Messages, draw_tree, posterior_normal, upward_pass
 from bayeshier_pymc.gaussian_tree.kernels import draw_children, split_totals
-from bayeshier_pymc.gibbs.layout import TreeData, TreeState
-from bayeshier_pymc.gibbs.local_scales import LocalScales, draw_inverse_gamma
+from bayeshier_pymc.gibbs.layout import LocalScales, TreeData, TreeState
+from bayeshier_pymc.gibbs.local_scales import draw_conditional_local_variance, draw_inverse_gamma
 from bayeshier_pymc.gibbs.scale_kernels import RowMessages, ScaleKernel, evaluate, update_scales
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
@@ -57,6 +57,7 @@ __all__ = [
     "initial_state",
     "split_effects",
     "sum_sq_deviations",
+    "update_local_scales",
     "update_scale_conjugate",
     "update_units",
 ]
@@ -246,7 +247,7 @@ def conjugate_sweep(data: TreeData, state: TreeState, rng: np.random.Generator) 
     for level in range(data.depth + 1):
         update_scale_conjugate(data, state, level, rng)
     if state.local is not None:
-        state.local.update(data, state.units[1:], state.tau, rng)
+        update_local_scales(data, state.local, state.units[1:], state.tau, rng)
 
 
 def update_scale_conjugate(
@@ -256,6 +257,29 @@ def update_scale_conjugate(
     mixing = draw_mixing(state.tau[:, level], data.tau_scale[:, level], rng)
     sum_sq = sum_sq_deviations(data, state, level)
     state.tau[:, level] = draw_scale(sum_sq, data.n_units[level], mixing, rng)
+
+
+def update_local_scales(
+    data: TreeData,
+    local: LocalScales,
+    effects: list[np.ndarray],
+    tau: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
+    """Draw λ² (and ξ) of every level from their conditionals given the effects, in place.
+
+    ``effects`` are the group effects of levels 1..D, then θ0 (rows × 1), sorted as the
+    state's units (index l − 1 for level l); ``tau`` the rows' scales (rows × levels). The
+    conditionals are :func:`~bayeshier_pymc.gibbs.local_scales.draw_conditional_local_variance`
+    of δ² / τ_l², δ = u − parent.
+    """
+    priors = local.priors
+    for level in range(1, local.n_levels + 1):
+        parent = effects[level][:, data.parent_index[level]]
+        standardised = np.square((effects[level - 1] - parent) / tau[:, level, None])
+        local.variances[level - 1], local.auxiliary[level - 1] = draw_conditional_local_variance(
+            priors.group_prior, priors.group_df, standardised, local.auxiliary[level - 1], rng
+        )
 
 
 # ---------------------------------------------------------------------------- collapsed sweep
@@ -301,7 +325,7 @@ def collapsed_sweep(
             effects = state.split[0]
         else:
             effects = state.units[1:]
-        state.local.update(data, effects, state.tau, rng)
+        update_local_scales(data, state.local, effects, state.tau, rng)
     elif draw_units_from is not None:
         draw_units_given_scales(data, state, messages, rng, lowest_level=draw_units_from)
     return acceptance
@@ -315,7 +339,7 @@ def initial_state(
     Every row gets its own scales; θ0, the group means and θ are then drawn exactly given
     them, so each chain starts from a different, internally consistent point. Under a
     heavy-tailed group prior of ``priors`` the local scales start at λ = 1
-    (:meth:`~bayeshier_pymc.gibbs.local_scales.LocalScales.start`).
+    (:meth:`~bayeshier_pymc.gibbs.layout.LocalScales.start`).
     """
     log_scale = np.log(data.tau_scale)
     tau = np.exp(log_scale - np.log(20.0) * rng.random((data.n_rows, data.n_scales)))
