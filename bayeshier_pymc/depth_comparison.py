@@ -90,8 +90,8 @@ from bayeshier_pymc.inference_data import (
     OBSERVATION,
     THETA_SUMMARY,
     is_summary,
+    local_scale_draws,
     local_variance_draws,
-    pointwise_draws,
     problem_from_idata,
 )
 from bayeshier_pymc.log_likelihood import held_out_predictive
@@ -756,10 +756,7 @@ def group_log_likelihood(
     """
     problem = problem_from_idata(idata)
     full, target = _group_target(problem, hierarchy, level)
-    local = None
-    if problem.pooled:
-        draws = pointwise_draws(idata.posterior, problem, with_theta=False)
-        local = local_variance_draws(draws, problem)
+    local = local_variance_draws(local_scale_draws(idata.posterior, problem), problem)
     values = _held_out_values(
         problem, full, target, idata.posterior.get("tau"), _n_draws(idata), local
     )

@@ -36,6 +36,7 @@ __all__ = [
     "build_inference_data",
     "cell_dataset",
     "is_summary",
+    "local_scale_draws",
     "local_scale_name",
     "local_variance_draws",
     "log_likelihood_dataset",
@@ -380,11 +381,24 @@ def pointwise_draws(
         for level in problem.levels[:1]:
             name = group_mean_name(level)
             draws[name] = posterior[name].transpose(*lead, level).to_numpy()
-        if problem.priors.heavy_tailed:
-            for level in problem.levels:
-                name = local_scale_name(level)
-                draws[name] = posterior[name].transpose(*lead, level).to_numpy()
+        draws.update(local_scale_draws(posterior, problem))
     return draws
+
+
+def local_scale_draws(posterior: xr.Dataset, problem: ShrinkageProblem) -> dict[str, np.ndarray]:
+    """``<level>_local_scale`` of every level as (chain, draw, covariate, group) arrays.
+
+    Empty unless ``problem`` pools under a heavy-tailed group prior.
+    """
+    if not (problem.priors.heavy_tailed and problem.pooled):
+        return {}
+    lead = ("chain", "draw", "covariate")
+    return {
+        local_scale_name(level): posterior[local_scale_name(level)]
+        .transpose(*lead, level)
+        .to_numpy()
+        for level in problem.levels
+    }
 
 
 def local_variance_draws(

@@ -33,6 +33,7 @@ from bayeshier_pymc._numba import compiled_kernel
 from bayeshier_pymc.gaussian_tree import draw_noise
 from bayeshier_pymc.inference_data import (
     cell_dataset,
+    local_scale_draws,
     local_variance_draws,
     pointwise_draws,
     theta_parent_draws,
@@ -78,15 +79,20 @@ def add_posterior_predictive(
         if problem.pooled and not problem.correlated:
             replicates = _around_parents(idata.posterior, problem, rng, theta.dtype)
         else:
-            draws = pointwise_draws(idata.posterior, problem, with_theta=False)
+            tau = (
+                idata.posterior["tau"].transpose(*DIMS[:3], "level").to_numpy()
+                if problem.pooled
+                else None
+            )
+            local = local_variance_draws(local_scale_draws(idata.posterior, problem), problem)
             replicates = leave_one_out(
                 problem,
-                draws.get("tau"),
+                tau,
                 lead=theta.shape[:2],
                 dtype=theta.dtype,
                 rng=rng,
                 log_density=False,
-                local=local_variance_draws(draws, problem),
+                local=local,
             )[1]
     draw_coords = {name: theta.coords[name].to_numpy() for name in DIMS[:2]}
     dataset = cell_dataset({"b": replicates}, problem, draw_coords)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
@@ -41,6 +42,7 @@ from bayeshier_pymc.gibbs.sweeps import (
 from bayeshier_pymc.inference_data import local_variance_draws, marginal_chunks, pointwise_draws
 from bayeshier_pymc.model import group_mean_name, local_scale_name
 from bayeshier_pymc.prediction import predict_new
+from bayeshier_pymc.predictive import add_posterior_predictive, predictive_generator
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.sampling import draw_given_scales, sample_gibbs
 from bayeshier_pymc.simulate import ResidualNoise
@@ -677,3 +679,14 @@ def test_exact_group_refits_refuse_a_heavy_tailed_prior(study):
             priors={"group_prior": "horseshoe"},
             sampler="gibbs",
         )
+
+
+def test_replicates_drawn_later_are_the_stored_ones(horseshoe_fits):
+    """The posterior predictive drawn from a horseshoe fit (tree noise) uses each draw's λ."""
+    problem, fits = horseshoe_fits
+    full = fits["full"]
+    stripped = az.InferenceData(posterior=full.posterior)
+    again = add_posterior_predictive(
+        stripped, problem, predictive_generator(full.attrs["random_seed"])
+    )
+    np.testing.assert_array_equal(again.posterior_predictive["b"], full.posterior_predictive["b"])
