@@ -19,7 +19,7 @@ from bayeshier_pymc._threads import ahead
 from bayeshier_pymc.convergence import SAMPLE_DIMS, relative_efficiency
 from bayeshier_pymc.gaussian_tree import NodeNoise
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.model import group_mean_name, model_coords
+from bayeshier_pymc.model import group_mean_name, local_scale_name, model_coords
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
 
@@ -38,6 +38,9 @@ __all__ = [
     "build_inference_data",
     "cell_dataset",
     "is_summary",
+    "local_scale_draws",
+    "local_scale_name",
+    "local_variance_draws",
     "log_likelihood_dataset",
     "loo",
     "loo_in_chunks",
@@ -168,8 +171,14 @@ def shared_variance_name(level: str) -> str:
     return f"{level}_{SHARED_VARIANCE}"
 
 
-def posterior_dims(hierarchy: Hierarchy | None) -> dict[str, tuple[str, ...]]:
-    """Dims (after chain and draw) of every posterior variable."""
+def posterior_dims(
+    hierarchy: Hierarchy | None, heavy_tailed: bool = False
+) -> dict[str, tuple[str, ...]]:
+    """Dims (after chain and draw) of every posterior variable.
+
+    ``heavy_tailed``: the group effects have local scales (a heavy-tailed
+    ``Priors.group_prior``), stored as ``<level>_local_scale`` for every level.
+    """
     dims: dict[str, tuple[str, ...]] = {"theta": ("covariate", "feature")}
     if hierarchy is None:
         return dims
@@ -177,6 +186,9 @@ def posterior_dims(hierarchy: Hierarchy | None) -> dict[str, tuple[str, ...]]:
     dims["tau"] = ("covariate", "level")
     for level in hierarchy.levels:
         dims[group_mean_name(level)] = ("covariate", level)
+    if heavy_tailed:
+        for level in hierarchy.levels:
+            dims[local_scale_name(level)] = ("covariate", level)
     return dims
 
 
@@ -220,7 +232,7 @@ def build_inference_data(
         ``log_likelihood``).
     """
     estimates, hierarchy = problem.estimates, problem.tree
-    dims = posterior_dims(hierarchy)
+    dims = posterior_dims(hierarchy, problem.priors.heavy_tailed)
     if theta_summary is not None:
         del dims["theta"]
     missing = sorted(set(dims) - set(posterior))
@@ -328,7 +340,13 @@ def _pointwise(kind: str, draws: Mapping[str, np.ndarray], problem: ShrinkagePro
         if kind == "conditional":
             return pointwise.conditional_leave_one_out(theta, problem)
         tau = draws["tau"] if problem.pooled else None
-        return pointwise.leave_one_out(problem, tau, lead=theta.shape[:2], dtype=theta.dtype)[0]
+        return pointwise.leave_one_out(
+            problem,
+            tau,
+            lead=theta.shape[:2],
+            dtype=theta.dtype,
+            local=local_variance_draws(draws, problem),
+        )[0]
     if kind == "conditional":
         return pointwise.conditional(theta, b, se)
     if not problem.pooled:
@@ -351,8 +369,9 @@ def pointwise_draws(
 ) -> dict[str, np.ndarray]:
     """The draws the pointwise quantities use, as (chain, draw, covariate, ...) arrays.
 
-    ``theta`` (unless ``with_theta`` is False) and, with pooling, ``mu``, ``tau`` and the
-    group means of the first annotation level (θ's parents).
+    ``theta`` (unless ``with_theta`` is False) and, with pooling, ``mu``, ``tau``, the
+    group means of the first annotation level (θ's parents) and, under a heavy-tailed group
+    prior, the local scales of every level (:func:`local_variance_draws`).
     """
     lead = ("chain", "draw", "covariate")
     draws: dict[str, np.ndarray] = {}
@@ -364,7 +383,40 @@ def pointwise_draws(
         for level in problem.levels[:1]:
             name = group_mean_name(level)
             draws[name] = posterior[name].transpose(*lead, level).to_numpy()
+        draws.update(local_scale_draws(posterior, problem))
     return draws
+
+
+def local_scale_draws(posterior: xr.Dataset, problem: ShrinkageProblem) -> dict[str, np.ndarray]:
+    """``<level>_local_scale`` of every level as (chain, draw, covariate, group) arrays.
+
+    Empty unless ``problem`` pools under a heavy-tailed group prior.
+    """
+    if not (problem.priors.heavy_tailed and problem.pooled):
+        return {}
+    lead = ("chain", "draw", "covariate")
+    return {
+        local_scale_name(level): posterior[local_scale_name(level)]
+        .transpose(*lead, level)
+        .to_numpy()
+        for level in problem.levels
+    }
+
+
+def local_variance_draws(
+    draws: Mapping[str, np.ndarray], problem: ShrinkageProblem
+) -> tuple[np.ndarray, ...] | None:
+    """Draws of the local variances λ² of every annotation level used, or ``None``.
+
+    ``draws`` hold ``<level>_local_scale`` as (chain, draw, covariate, group) arrays (as
+    :func:`pointwise_draws` returns them, or a sampler's posterior arrays); the result has
+    one array of that shape per level, finest first, as the tree algebra's ``local``
+    (:mod:`bayeshier_pymc.gaussian_tree`). ``None`` under the normal group prior, where
+    every λ = 1.
+    """
+    if not (problem.priors.heavy_tailed and problem.pooled and problem.levels):
+        return None
+    return tuple(np.square(draws[local_scale_name(level)]) for level in problem.levels)
 
 
 def theta_parent_draws(
@@ -880,8 +932,9 @@ def marginal_chunks(
         for start in range(0, n_features, chunk_features)
     ]
     if problem.correlated:
+        local = local_variance_draws(draws, problem)
         for covariate in range(n_covariates):
-            held_out = pointwise.HeldOutFeatures(problem, draws["tau"], covariate)
+            held_out = pointwise.HeldOutFeatures(problem, draws["tau"], covariate, local)
             for chunk in chunks:
                 cells = np.zeros((n_covariates, chunk.stop - chunk.start), dtype=bool)
                 cells[covariate] = observed[covariate, chunk]

@@ -41,7 +41,10 @@ from bayeshier_pymc.gaussian_tree import (
     noise_log_density,
     upward_pass,
 )
-from bayeshier_pymc.gaussian_tree.log_marginal_op import log_marginal
+from bayeshier_pymc.gaussian_tree.log_marginal_op import (
+    log_marginal,
+    log_marginal_with_local_scales,
+)
 from bayeshier_pymc.gaussian_tree.pytensor_ops import PYTENSOR_OPS
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.priors import Priors
@@ -54,6 +57,8 @@ __all__ = [
     "empirical_bayes_scales",
     "group_mean_name",
     "largest_prior_variance",
+    "local_scale_name",
+    "local_variance_name",
     "model_coords",
     "scale_levels",
 ]
@@ -150,6 +155,16 @@ def group_mean_name(level: str) -> str:
     return f"{level}_mean"
 
 
+def local_scale_name(level: str) -> str:
+    """Name of the posterior variable holding the local scales λ of the groups at ``level``."""
+    return f"{level}_local_scale"
+
+
+def local_variance_name(level: str) -> str:
+    """Name of the free variable λ² of the groups at ``level`` under a Student-t group prior."""
+    return f"{level}_local_variance"
+
+
 def model_coords(estimates: Estimates, hierarchy: Hierarchy) -> dict[str, list[object]]:
     """Coordinates shared by the model and the InferenceData."""
     coords: dict[str, list[object]] = {
@@ -194,11 +209,6 @@ def build_model(
         missing cell, an estimate of infinite variance) and dims ``covariate``,
         ``feature``, ``level`` and one per annotation level.
     """
-    if priors.heavy_tailed and hierarchy is not None and hierarchy.levels:
-        raise ValueError(
-            f"group_prior={priors.group_prior!r} is not yet available in the PyMC model; "
-            "use group_prior='normal'."
-        )
     b, var_b = _independent_algebra_data(estimates, priors)
     se = np.sqrt(var_b)
     if hierarchy is None:
@@ -207,33 +217,40 @@ def build_model(
     with pm.Model(coords=coords) as model:
         pm.Data("se", _given_se(estimates), dims=("covariate", "feature"))
         tau = pm.HalfCauchy("tau", beta=priors.tau_scale, dims=("covariate", "level"))
+        local_scales = _local_scales(hierarchy, priors)
         if parameterization == "collapsed":
             b_data = pm.Data("b", b, dims=("covariate", "feature"))
-            if noise is None:
-                log_density = log_marginal(
-                    b_data,
-                    tau,
-                    var_b,
-                    TreeIndex.from_hierarchy(hierarchy),
-                    priors.mu0,
-                    priors.s0,
-                )
-            else:
-                log_density = log_marginal(
-                    b_data,
-                    noise.pad(tau, hierarchy.depth + 1),
-                    noise.own,
-                    noise.tree,
-                    priors.mu0,
-                    priors.s0,
-                    noise.shared,
-                )
+            log_density = _collapsed_log_density(
+                b_data, tau, local_scales, var_b, hierarchy, priors, noise
+            )
             pm.Potential("b_marginal_loglik", log_density.sum())
         else:
             centering = resolve_centering(parameterization, estimates, hierarchy, priors)
-            theta = _full_tree(tau, hierarchy, priors, centering)
+            theta = _full_tree(tau, local_scales, hierarchy, priors, centering)
             _likelihood(theta, b, se, noise)
     return model
+
+
+def _collapsed_log_density(
+    b: pt.TensorVariable,
+    tau: pt.TensorVariable,
+    local_scales: list[pt.TensorVariable] | None,
+    var_b: np.ndarray,
+    hierarchy: Hierarchy,
+    priors: Priors,
+    noise: NoiseModel | None,
+) -> pt.TensorVariable:
+    """Log p(b | τ) (or p(b | τ, λ) under a heavy-tailed group prior) of every covariate."""
+    if noise is None:
+        tree, scales, variances, shared = TreeIndex.from_hierarchy(hierarchy), tau, var_b, None
+    else:
+        tree, variances, shared = noise.tree, noise.own, noise.shared
+        scales = noise.pad(tau, hierarchy.depth + 1)
+    if local_scales is None:
+        return log_marginal(b, scales, variances, tree, priors.mu0, priors.s0, shared)
+    return log_marginal_with_local_scales(
+        b, scales, local_scales, variances, tree, priors.mu0, priors.s0, shared
+    )
 
 
 def _likelihood(
@@ -275,13 +292,42 @@ def _no_pooling_model(estimates: Estimates, priors: Priors, noise: NoiseModel | 
     return model
 
 
+def _local_scales(hierarchy: Hierarchy, priors: Priors) -> list[pt.TensorVariable] | None:
+    """Add the local scales λ (covariate, group) of every annotation level, finest first.
+
+    ``None`` under the normal group prior (λ ≡ 1, no variable). Horseshoe: the free
+    ``<level>_local_scale`` ~ HalfCauchy(1); Student-t: the free ``<level>_local_variance``
+    λ² ~ InvGamma(ν/2, ν/2) and ``<level>_local_scale`` its square root.
+    """
+    if not priors.heavy_tailed:
+        return None
+    scales = []
+    for level in hierarchy.levels:
+        dims = ("covariate", level)
+        if priors.group_prior == "horseshoe":
+            scale = pm.HalfCauchy(local_scale_name(level), beta=1.0, dims=dims)
+        else:
+            half_df = priors.group_df / 2.0
+            variance = pm.InverseGamma(
+                local_variance_name(level), alpha=half_df, beta=half_df, dims=dims
+            )
+            scale = pm.Deterministic(local_scale_name(level), pt.sqrt(variance), dims=dims)
+        scales.append(scale)
+    return scales
+
+
 def _full_tree(
     tau: pt.TensorVariable,
+    local_scales: list[pt.TensorVariable] | None,
     hierarchy: Hierarchy,
     priors: Priors,
     centering: Mapping[str, Centering],
 ) -> pt.TensorVariable:
-    """Add θ0, the group means (coarsest first) and θ; return θ."""
+    """Add θ0, the group means (coarsest first) and θ; return θ.
+
+    A group's sd around its parent is τ_l, times its local scale λ_g under a heavy-tailed
+    group prior (``local_scales``, finest level first).
+    """
     parent = pm.Normal("mu", priors.mu0, priors.s0, dims="covariate")[:, None]
     names = scale_levels(hierarchy)
     for level in range(hierarchy.depth, -1, -1):
@@ -289,6 +335,8 @@ def _full_tree(
         dim = "feature" if level == 0 else hierarchy.levels[level - 1]
         loc = parent[:, hierarchy.parents[level]] if level < hierarchy.depth else parent
         scale = tau[:, level][:, None]
+        if level > 0 and local_scales is not None:
+            scale = scale * local_scales[level - 1]
         if centering[names[level]] == "centered":
             parent = pm.Normal(name, loc, scale, dims=("covariate", dim))
         else:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,10 +49,16 @@ from bayeshier_pymc.gibbs.sweeps import check_scheme
 from bayeshier_pymc.inference_data import (
     THETA_PARENT_STORES,
     build_inference_data,
+    local_variance_draws,
     posterior_dims,
 )
 from bayeshier_pymc.log_likelihood import conditional_constant, conditional_total, leave_one_out
-from bayeshier_pymc.model import Parameterization, build_model, group_mean_name
+from bayeshier_pymc.model import (
+    Parameterization,
+    build_model,
+    group_mean_name,
+    local_scale_name,
+)
 from bayeshier_pymc.predictive import add_posterior_predictive, predictive_generator
 from bayeshier_pymc.problem import ShrinkageProblem
 
@@ -168,11 +174,6 @@ def sample(
         draws=draws, tune=tune, chains=chains, cores=cores, random_seed=random_seed
     )
     check_sampler_name(sampler)
-    if problem.priors.heavy_tailed and problem.tree is not None and problem.tree.levels:
-        raise ValueError(
-            f"group_prior={problem.priors.group_prior!r} is not yet available in the "
-            f"{sampler!r} sampler; use group_prior='normal'."
-        )
     if sampler != "gibbs":
         storage = options.pop("storage", "full")
         if storage not in ("full", "auto"):
@@ -210,7 +211,12 @@ def finish(problem: ShrinkageProblem, run: SamplerRun) -> az.InferenceData:
         theta = run.posterior["theta"]
         tau = run.posterior["tau"] if problem.pooled else None
         log_likelihood, replicates = leave_one_out(
-            problem, tau, lead=theta.shape[:2], dtype=theta.dtype, rng=rng
+            problem,
+            tau,
+            lead=theta.shape[:2],
+            dtype=theta.dtype,
+            rng=rng,
+            local=local_variance_draws(run.posterior, problem),
         )
     idata = build_inference_data(
         run.posterior,
@@ -303,7 +309,10 @@ def sample_gibbs(
 
 
 def draw_given_scales(
-    problem: ShrinkageProblem, tau: np.ndarray, rng: np.random.Generator
+    problem: ShrinkageProblem,
+    tau: np.ndarray,
+    rng: np.random.Generator,
+    local_scales: Sequence[np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Exact draws of θ0, the group means and θ given scale draws ``tau``.
 
@@ -315,23 +324,27 @@ def draw_given_scales(
         Array (chain, draw, covariate, level).
     rng
         Random generator.
+    local_scales
+        Under a heavy-tailed group prior, the draws of the local scales λ of every annotation
+        level, finest first, each (chain, draw, covariate, group), drawn with ``tau``.
 
     Returns
     -------
     dict
-        ``mu``, ``tau``, ``<level>_mean`` and ``theta``, each with leading (chain, draw).
+        ``mu``, ``tau``, ``<level>_mean`` and ``theta``, each with leading (chain, draw), and
+        ``local_scales`` as ``<level>_local_scale``.
     """
     if problem.tree is None:
         raise ValueError("a model without pooling has no scales to condition on.")
-    index, noise = problem.index, problem.noise
-    b = problem.algebra_b
-    var_b = problem.var_b
-    mu0, s0 = problem.priors.mu0, problem.priors.s0
+    if (local_scales is None) == problem.priors.heavy_tailed:
+        raise ValueError(
+            "draw_given_scales needs local_scales exactly when the group prior is heavy-tailed "
+            f"(group_prior={problem.priors.group_prior!r})."
+        )
     per_chain = []
-    for chain_tau in tau:
-        scales = problem.algebra_scales(chain_tau)
-        messages = upward_pass(b, var_b, scales, index, mu0, s0, noise=noise)
-        per_chain.append(draw_tree(messages, scales, index, mu0, s0, rng, noise=noise))
+    for chain, chain_tau in enumerate(tau):
+        local = None if local_scales is None else tuple(s[chain] ** 2 for s in local_scales)
+        per_chain.append(_draw_tree_given(problem, problem.algebra_scales(chain_tau), local, rng))
     posterior = {
         "mu": np.stack([theta0 for theta0, _, _ in per_chain]),
         "tau": tau,
@@ -341,7 +354,27 @@ def draw_given_scales(
         posterior[group_mean_name(level)] = np.stack(
             [groups[level_index] for _, groups, _ in per_chain]
         )
+    for level, scales in zip(problem.tree.levels, local_scales or (), strict=False):
+        posterior[local_scale_name(level)] = scales
     return posterior
+
+
+def _draw_tree_given(
+    problem: ShrinkageProblem,
+    scales: np.ndarray,
+    local: tuple[np.ndarray, ...] | None,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """θ0, the group means and θ drawn exactly given the algebra's ``scales`` (..., depth + 1).
+
+    ``local``: the groups' local variances λ² (the reference algebra's ``local``), or ``None``.
+    """
+    index, noise = problem.index, problem.noise
+    mu0, s0 = problem.priors.mu0, problem.priors.s0
+    messages = upward_pass(
+        problem.algebra_b, problem.var_b, scales, index, mu0, s0, noise=noise, local=local
+    )
+    return draw_tree(messages, scales, index, mu0, s0, rng, noise=noise, local=local)
 
 
 def _default_cores(cores: int | None, chains: int) -> int:
@@ -422,7 +455,12 @@ def _sample_nuts(
     if collapsed:
         tau = raw.posterior["tau"].to_numpy()
         rng = np.random.default_rng(seed_sequence.spawn(1)[0])
-        posterior = draw_given_scales(problem, tau, rng)
+        local_scales = None
+        if problem.priors.heavy_tailed:
+            local_scales = [
+                raw.posterior[local_scale_name(level)].to_numpy() for level in problem.tree.levels
+            ]
+        posterior = draw_given_scales(problem, tau, rng, local_scales)
     else:
         posterior = _posterior_arrays(raw, problem)
     elapsed = time.perf_counter() - start
@@ -675,7 +713,10 @@ def _run_step(
 
 def _posterior_arrays(raw: az.InferenceData, problem: ShrinkageProblem) -> dict[str, np.ndarray]:
     """The contract's posterior variables of a ``pymc.sample`` result, as arrays."""
-    return {name: raw.posterior[name].to_numpy() for name in posterior_dims(problem.tree)}
+    return {
+        name: raw.posterior[name].to_numpy()
+        for name in posterior_dims(problem.tree, problem.priors.heavy_tailed)
+    }
 
 
 SAMPLERS: dict[str, Callable[..., SamplerRun]] = {"nuts": _sample_nuts, "gibbs": _sample_gibbs}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import arviz as az
@@ -307,13 +307,19 @@ class ShrinkageModel:
         """
         return prior_predictive(self.problem, draws, np.random.default_rng(random_seed))
 
-    def draw_given_scales(self, tau: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def draw_given_scales(
+        self,
+        tau: np.ndarray,
+        rng: np.random.Generator,
+        local_scales: Sequence[np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Exact draws of θ0, the group means and θ given scale draws ``tau``.
 
-        ``tau`` is (chain, draw, covariate, level); see
-        :func:`bayeshier_pymc.sampling.draw_given_scales`.
+        ``tau`` is (chain, draw, covariate, level) and, under a heavy-tailed group prior,
+        ``local_scales`` the local scales λ of every annotation level (chain, draw,
+        covariate, group); see :func:`bayeshier_pymc.sampling.draw_given_scales`.
         """
-        return draw_given_scales(self.problem, tau, rng)
+        return draw_given_scales(self.problem, tau, rng, local_scales)
 
     def predict_new(
         self,

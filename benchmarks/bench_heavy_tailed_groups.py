@@ -18,21 +18,22 @@ with three priors of λ_g (the features' deviations around their group stay norm
 
 τ_d keeps the package's HalfCauchy prior (``priors="auto"``), θ0 its normal one.
 
-The sampler (:func:`sample_group_prior`) is a Gibbs sampler on the package's tree algebra
-(:mod:`bayeshier_pymc.gaussian_tree`). Given λ, the model is the package's Gaussian tree with
-per-unit prior variances τ_d² λ_g² at the group nodes, which enter the reference upward pass
-as known node variances (the estimates' shared noise n_g plus τ_d² λ_g², with the group scales
-passed as zero). One sweep: (1) each log τ_d in turn by two random-walk Metropolis steps on
-its collapsed conditional p(τ_d | b, λ, other τ) (θ, the group effects and θ0 integrated out
-by the upward pass; the package's ``log_scale_prior``), the proposal sd tuned towards 44%
-acceptance while tuning and fixed afterwards (the package's engine slice-samples, then uses an
-independence proposal; one upward pass per step is what the NumPy reference can afford);
-(2) θ0, the group effects and θ drawn exactly given τ and λ (the totals top-down, then each
-node's increment split into its effect, variance τ_d² λ_g², and its shared noise, as
-``draw_tree`` and ``split_totals`` do with one variance per level); (3) λ (and ξ) from their
-conjugate inverse-gamma conditionals given the effects. With λ ≡ 1 this samples the package's
-posterior; the script checks it against the package's Gibbs engine on one split (``engine
-check``).
+The sampler (:func:`sample_group_prior`) is a Gibbs sampler on the package's reference tree
+algebra (:mod:`bayeshier_pymc.gaussian_tree`). Given λ, the model is the package's Gaussian
+tree with per-unit prior variances τ_d² λ_g² at the group nodes (the algebra's ``local``
+variances; the package's Gibbs engine samples the same model with ``priors={"group_prior":
+...}``, with its own τ update). One sweep: (1) each log τ_d in turn by two random-walk
+Metropolis steps on its collapsed conditional p(τ_d | b, λ, other τ) (θ, the group effects and
+θ0 integrated out by the upward pass; the package's ``log_scale_prior``), the proposal sd
+tuned towards 44% acceptance while tuning and fixed afterwards (the package's engine
+slice-samples, then uses an independence proposal; one upward pass per step is what the
+NumPy reference can afford); (2) θ0, the group effects and θ drawn exactly given τ and λ
+(the totals top-down, then each node's increment split into its effect and its shared noise:
+``draw_tree`` and ``split_totals``); (3) λ (and ξ) from their conjugate inverse-gamma
+conditionals given the effects (the package's,
+:func:`~bayeshier_pymc.gibbs.local_scales.draw_conditional_local_variance`). With λ ≡ 1
+this samples the package's posterior; the script checks it against the package's Gibbs
+engine on one split (``engine check``).
 
 Output, per data set found in ``--data`` (QMDiab plasma and the liver lipidome; skipped with a
 message when their CSVs are absent), on the split halves of
@@ -99,9 +100,11 @@ from bayeshier_pymc.gaussian_tree import (
     Messages,
     NodeNoise,
     TreeIndex,
-    posterior_normal,
+    draw_tree,
+    pad_scales,
     upward_pass,
 )
+from bayeshier_pymc.gibbs.local_scales import draw_conditional_local_variance
 from bayeshier_pymc.gibbs.scale_kernels import log_scale_prior
 from bayeshier_pymc.mlm import MLMFit
 from bayeshier_pymc.problem import ShrinkageProblem
@@ -153,19 +156,14 @@ class GroupPrior:
     ) -> LocalScales:
         """λ² (and ξ) from their conditional given the squared effects δ_g² / τ_d².
 
-        InvGamma(a, b) is drawn as b / Gamma(a, 1). The horseshoe's conditionals
-        (Makalic & Schmidt 2016): λ² | · ~ InvGamma(1, 1/ξ + δ² / (2τ²)), ξ | λ ~
-        InvGamma(1, 1 + 1/λ²).
+        The package's conditionals
+        (:func:`bayeshier_pymc.gibbs.local_scales.draw_conditional_local_variance`).
         """
         if self.kind == "normal":
             return local
-        if self.kind == "student_t":
-            shape = (self.df + 1.0) / 2.0
-            rate = (self.df + standardised) / 2.0
-            return LocalScales(rate / rng.gamma(shape, size=rate.shape), local.xi)
-        lam2 = (1.0 / local.xi + standardised / 2.0) / rng.standard_exponential(standardised.shape)
-        xi = (1.0 + 1.0 / lam2) / rng.standard_exponential(lam2.shape)
-        return LocalScales(lam2, xi)
+        return LocalScales(
+            *draw_conditional_local_variance(self.kind, self.df, standardised, local.xi, rng)
+        )
 
 
 PRIORS = {
@@ -207,6 +205,11 @@ class RowData:
     s0: np.ndarray
     tau_scale: np.ndarray
 
+    @property
+    def noise(self) -> NodeNoise:
+        """The shared noise at the groups and the top, as the package's algebra takes it."""
+        return NodeNoise(self.shared, self.top)
+
     @classmethod
     def from_problem(cls, problem: ShrinkageProblem, chains: int) -> RowData:
         """The problem's data repeated for every chain (zero shared noise if independent)."""
@@ -233,98 +236,30 @@ class RowData:
         )
 
 
-def effect_variances(
-    log_tau: np.ndarray, local: Sequence[LocalScales], index: TreeIndex
-) -> list[np.ndarray]:
-    """τ_d² λ_g² of every group of every level of the algebra's tree (0 above the depth used)."""
-    variances = []
-    for level in range(1, index.depth + 1):
-        if level <= len(local):
-            scale2 = np.exp(2.0 * log_tau[:, level])[:, None]
-            variances.append(scale2 * local[level - 1].lam2)
-        else:
-            variances.append(np.zeros((log_tau.shape[0], index.n_groups[level - 1])))
-    return variances
+def local_variances(local: Sequence[LocalScales]) -> tuple[np.ndarray, ...]:
+    """λ² of the groups of every level used, finest first, as the package's algebra takes them."""
+    return tuple(scales.lam2 for scales in local)
+
+
+def algebra_scales(log_tau: np.ndarray, index: TreeIndex) -> np.ndarray:
+    """τ of every level of the algebra's tree (zero above the depth used)."""
+    return pad_scales(np.exp(log_tau), index.depth)
 
 
 def collapsed_pass(
     data: RowData, log_tau: np.ndarray, local: Sequence[LocalScales], index: TreeIndex
 ) -> Messages:
-    """The reference upward pass given τ and λ: per-unit group variances as node variances."""
-    node_variances = NodeNoise(
-        tuple(
-            shared + effect
-            for shared, effect in zip(
-                data.shared, effect_variances(log_tau, local, index), strict=True
-            )
-        ),
-        data.top,
+    """The package's reference upward pass given τ and λ (θ, groups and θ0 integrated out)."""
+    return upward_pass(
+        data.b,
+        data.var_b,
+        algebra_scales(log_tau, index),
+        index,
+        data.mu0,
+        data.s0,
+        noise=data.noise,
+        local=local_variances(local),
     )
-    scales = np.zeros((log_tau.shape[0], index.depth + 1))
-    scales[:, 0] = np.exp(log_tau[:, 0])
-    return upward_pass(data.b, data.var_b, scales, index, data.mu0, data.s0, noise=node_variances)
-
-
-def noise_given_increment(
-    noise_var: np.ndarray,
-    effect_var: np.ndarray,
-    increment: np.ndarray,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """η from p(η | η + δ = increment), η ~ N(0, noise_var), δ ~ N(0, effect_var)."""
-    total = noise_var + effect_var
-    with np.errstate(divide="ignore", invalid="ignore"):
-        weight = np.where(total > 0.0, noise_var / total, 0.0)
-    return weight * increment + np.sqrt(weight * effect_var) * rng.standard_normal(increment.shape)
-
-
-def draw_effects(
-    messages: Messages,
-    data: RowData,
-    feature_var: np.ndarray,
-    effect_var: list[np.ndarray],
-    index: TreeIndex,
-    rng: np.random.Generator,
-) -> list[np.ndarray]:
-    """θ, the group effects and θ0 drawn exactly given τ and λ.
-
-    ``draw_tree`` followed by ``split_totals`` of :mod:`bayeshier_pymc.gaussian_tree`, with
-    one effect variance per group (``effect_var``) instead of one per level: the totals
-    (effect plus the noise on its path) top-down, then each node's increment split into
-    effect and shared noise.
-
-    Returns
-    -------
-    list of numpy.ndarray
-        The units of every level, θ (rows, m) first, θ0 (rows, 1) last.
-    """
-    top_var = data.s0 * data.s0 + data.top
-    mean, var = posterior_normal(data.mu0, top_var, messages.y[-1], messages.v[-1])
-    top_total = mean + np.sqrt(var) * rng.standard_normal(mean.shape)
-    totals: list[np.ndarray] = [np.empty(0)] * (index.depth + 1)
-    parent_total = top_total[:, None]
-    for level in range(index.depth, -1, -1):
-        level_var = (
-            feature_var[:, None] if level == 0 else effect_var[level - 1] + data.shared[level - 1]
-        )
-        mean, var = posterior_normal(
-            parent_total[:, index.parent_of(level)], level_var, messages.y[level], messages.v[level]
-        )
-        parent_total = mean + np.sqrt(var) * rng.standard_normal(mean.shape)
-        totals[level] = parent_total
-    top_noise = noise_given_increment(data.top, data.s0 * data.s0, top_total - data.mu0, rng)
-    effects: list[np.ndarray] = [np.empty(0)] * (index.depth + 2)
-    effects[-1] = (top_total - top_noise)[:, None]
-    path_noise, parent_total = top_noise[:, None], top_total[:, None]
-    for level in range(index.depth, 0, -1):
-        parent = index.parent_of(level)
-        increment = totals[level] - parent_total[:, parent]
-        eta = noise_given_increment(data.shared[level - 1], effect_var[level - 1], increment, rng)
-        path_noise = path_noise[:, parent] + eta
-        effects[level] = totals[level] - path_noise
-        parent_total = totals[level]
-    effects[0] = totals[0] - path_noise[:, index.parent_of(0)]
-    return effects
 
 
 def sample_group_prior(
@@ -382,9 +317,18 @@ def sample_group_prior(
                 current = np.where(accept, candidate, current)
                 if sweep < tune:
                     step[:, level] *= np.exp((accept - TARGET_ACCEPTANCE) / np.sqrt(sweep + 1.0))
-        effect_var = effect_variances(log_tau, local, index)
         messages = collapsed_pass(data, log_tau, local, index)
-        effects = draw_effects(messages, data, np.exp(2.0 * log_tau[:, 0]), effect_var, index, rng)
+        theta0, groups, theta = draw_tree(
+            messages,
+            algebra_scales(log_tau, index),
+            index,
+            data.mu0,
+            data.s0,
+            rng,
+            noise=data.noise,
+            local=local_variances(local),
+        )
+        effects = [theta, *groups, theta0[:, None]]
         for level in range(1, depth + 1):
             increment = effects[level] - effects[level + 1][:, index.parent_of(level)]
             standardised = increment**2 / np.exp(2.0 * log_tau[:, level])[:, None]

@@ -1,8 +1,9 @@
 """The heavy-tailed group prior prototype of ``benchmarks/bench_heavy_tailed_groups.py``.
 
-Its algebra given τ and the local scales λ against dense Gaussian conditioning on a small
-tree with tree-structured noise, its λ ≡ 1 pass against the package's, and the local scales'
-conditionals against the priors they must leave invariant.
+Its algebra given τ and the local scales λ (the package's reference algebra, with ``local``)
+against dense Gaussian conditioning on a small tree with tree-structured noise, its λ ≡ 1
+pass against the package's, and the local scales' conditionals (the package's) against the
+priors they must leave invariant.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 from scipy import stats
 
 import bayeshier_pymc as bh
-from bayeshier_pymc.gaussian_tree import upward_pass
+from bayeshier_pymc.gaussian_tree import draw_tree, upward_pass
 from tests.research import research_module
 
 
@@ -115,14 +116,17 @@ def test_effect_draws_have_the_dense_posterior_mean_and_sd(prototype, study, rng
     ]
     index = problem.index
     messages = prototype.collapsed_pass(data, log_taus, locals_, index)
-    effects = prototype.draw_effects(
+    _, groups, theta = draw_tree(
         messages,
-        data,
-        np.exp(2.0 * log_taus[:, 0]),
-        prototype.effect_variances(log_taus, locals_, index),
+        prototype.algebra_scales(log_taus, index),
         index,
+        data.mu0,
+        data.s0,
         rng,
+        noise=data.noise,
+        local=prototype.local_variances(locals_),
     )
+    effects = [theta, *groups]
     ancestry, variances, noise = _dense(problem, one, log_tau, local, row)
     # unit values = mu0 + (ancestry of the units) @ w; the units: θ, then the finest groups
     n_finest = index.n_groups[0]

@@ -57,6 +57,12 @@ shared noise, total
     variance s0² + n_top (:func:`level_variance`, :func:`top_variance`). Given the totals, each
     node's increment T_u − T_parent splits into effect and noise independently of the others
     (:func:`split_totals`), which turns drawn totals into effects exactly.
+local scale
+    Under a heavy-tailed group prior (``Priors.group_prior``) every group g of the annotation
+    levels used has its own scale λ_g around its parent: its level variance is τ_d² λ_g²
+    (:func:`level_variance`). Given λ the tree stays Gaussian; every function here takes
+    ``local``, the local variances λ² of the groups of the first ``len(local)`` annotation
+    levels (finest first, each ``(..., n_groups)``), or ``None`` (every λ = 1).
 lane layout
     The compiled kernels' layout: units first, rows last (units × rows), so that every
     innermost loop runs over rows, which share the tree, and vectorises whatever the group
@@ -186,17 +192,27 @@ class NodeNoise:
         return NodeNoise(tuple(g[index] for g in self.groups), self.top[index])
 
 
-def level_variance(tau: Any, level: int, noise: NodeNoise | None = None) -> Any:
+def level_variance(
+    tau: Any,
+    level: int,
+    noise: NodeNoise | None = None,
+    local: tuple[Any, ...] | None = None,
+) -> Any:
     """Prior variance of the level-``level`` units around their parents.
 
     The one place where the scales enter the algebra: τ_level² (``tau`` is ``(..., D + 1)``),
-    shape ``(..., 1)``; with shared ``noise`` the totals' variance τ_level² + n_u, shape
-    ``(..., n_units)`` (the features, level 0, carry no shared noise of their own).
+    shape ``(..., 1)``; with local scales (``local``, see *local scale* in the module
+    docstring) τ_level² λ_u², shape ``(..., n_units)``; with shared ``noise`` the totals'
+    variance, that plus n_u, shape ``(..., n_units)`` (the features, level 0, carry no shared
+    noise and no local scale of their own).
     """
     scale = tau[..., level][..., None]
+    variance = scale * scale
+    if local is not None and 1 <= level <= len(local):
+        variance = variance * local[level - 1]
     if noise is None or level == 0:
-        return scale * scale
-    return scale * scale + noise.groups[level - 1]
+        return variance
+    return variance + noise.groups[level - 1]
 
 
 def pad_scales(tau: np.ndarray, depth: int) -> np.ndarray:
@@ -238,6 +254,7 @@ def upward_pass(
     s0: float,
     ops: ArrayOps = NUMPY_OPS,
     noise: NodeNoise | None = None,
+    local: tuple[Any, ...] | None = None,
 ) -> Messages:
     """Collapse the tree bottom-up given the scales.
 
@@ -257,6 +274,8 @@ def upward_pass(
     noise
         Shared noise at the group nodes and the top (``var_b`` is then each feature's own
         noise variance); the messages are then about the totals.
+    local
+        The groups' local variances λ² (*local scale* in the module docstring), or ``None``.
 
     Returns
     -------
@@ -275,7 +294,7 @@ def upward_pass(
     log_marginal = 0.0
     y, v = b, var_b
     for level in range(tree.depth + 1):
-        total_var = v + level_variance(tau, level, noise)
+        total_var = v + level_variance(tau, level, noise, local)
         precision = 1.0 / total_var
         if level < tree.depth:
             index, n_parents = tree.parents[level], tree.n_groups[level]
@@ -339,6 +358,7 @@ def draw_tree(
     s0: float,
     rng: np.random.Generator,
     noise: NodeNoise | None = None,
+    local: tuple[np.ndarray, ...] | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """Draw θ0, the group means and θ exactly from p(· | b, τ), top-down.
 
@@ -363,6 +383,8 @@ def draw_tree(
         Random generator.
     noise
         Shared noise at the group nodes and the top, or ``None``.
+    local
+        The groups' local variances λ², or ``None`` (as :func:`upward_pass`).
 
     Returns
     -------
@@ -380,14 +402,17 @@ def draw_tree(
     for level in range(tree.depth, -1, -1):
         prior_mean = values[..., tree.parents[level]] if level < tree.depth else values
         mean, var = posterior_normal(
-            prior_mean, level_variance(tau, level, noise), messages.y[level], messages.v[level]
+            prior_mean,
+            level_variance(tau, level, noise, local),
+            messages.y[level],
+            messages.v[level],
         )
         values = mean + np.sqrt(var) * rng.standard_normal(mean.shape)
         draws.append(values)
     theta = draws.pop()
     if noise is None:
         return theta0, draws[::-1], theta
-    return split_totals(theta0, draws[::-1], theta, tau, tree, mu0, s0, noise, rng)
+    return split_totals(theta0, draws[::-1], theta, tau, tree, mu0, s0, noise, rng, local)
 
 
 def split_totals(
@@ -400,12 +425,14 @@ def split_totals(
     s0: float,
     noise: NodeNoise,
     rng: np.random.Generator,
+    local: tuple[np.ndarray, ...] | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """Effects θ0, group means and θ drawn exactly given the totals, top-down.
 
-    Each node's increment T_u − T_parent is its effect increment, N(0, τ²), plus its noise,
-    N(0, n_u); given the totals these pairs are independent across nodes, and the noise is
-    drawn from N(w · increment, w τ²) with w = n_u / (n_u + τ²) (0 where both vanish). At
+    Each node's increment T_u − T_parent is its effect increment, N(0, τ²) (τ² λ_u² with
+    ``local``), plus its noise, N(0, n_u); given the totals these pairs are independent across
+    nodes, and the noise is drawn from N(w · increment, w τ²) with w = n_u / (n_u + τ²) (0
+    where both vanish). At
     the top, T0 − mu0 is θ0 − mu0, N(0, s0²), plus the top noise. A unit's effect is its total
     minus the noise on its path; a feature's, its total minus its parent's path noise.
 
@@ -422,9 +449,11 @@ def split_totals(
     for level in range(tree.depth, 0, -1):
         parent = tree.parent_of(level)
         total = group_totals[level - 1]
-        scale = tau[..., level][..., None]
         eta = _noise_given_increment(
-            noise.groups[level - 1], scale * scale, total - parent_total[..., parent], rng
+            noise.groups[level - 1],
+            level_variance(tau, level, local=local),
+            total - parent_total[..., parent],
+            rng,
         )
         path_noise = path_noise[..., parent] + eta
         group_means.insert(0, total - path_noise)
@@ -503,7 +532,12 @@ def noise_log_density(
 
 
 def posterior_moments(
-    messages: Messages, tau: np.ndarray, tree: TreeIndex, mu0: float, s0: float
+    messages: Messages,
+    tau: np.ndarray,
+    tree: TreeIndex,
+    mu0: float,
+    s0: float,
+    local: tuple[np.ndarray, ...] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Posterior mean and variance of every unit given b and τ, top-down.
 
@@ -515,7 +549,7 @@ def posterior_moments(
     ----------
     messages
         The result of :func:`upward_pass` on NumPy arrays for the same ``tau``.
-    tau, tree, mu0, s0
+    tau, tree, mu0, s0, local
         As in :func:`upward_pass`.
 
     Returns
@@ -529,7 +563,7 @@ def posterior_moments(
     parent_mean, parent_var = mean[..., None], var[..., None]
     for level in range(tree.depth, -1, -1):
         index = tree.parent_of(level)
-        prior_var = level_variance(tau, level)
+        prior_var = level_variance(tau, level, local=local)
         y, v = messages.y[level], messages.v[level]
         mean, conditional_var = posterior_normal(parent_mean[..., index], prior_var, y, v)
         parent_weight = v / (prior_var + v)
@@ -548,6 +582,7 @@ def leave_one_out_normal(
     mu0: float,
     s0: float,
     noise: NodeNoise | None = None,
+    local: tuple[np.ndarray, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance of the normal p(b_j | b_−j, τ), for every feature j.
 
@@ -559,7 +594,7 @@ def leave_one_out_normal(
 
     Parameters
     ----------
-    b, var_b, tau, tree, mu0, s0, noise
+    b, var_b, tau, tree, mu0, s0, noise, local
         As in :func:`upward_pass` (``b`` and ``var_b`` of shape ``(..., m)``).
 
     Returns
@@ -567,10 +602,10 @@ def leave_one_out_normal(
     mean, variance : numpy.ndarray
         Shape ``(..., m)``.
     """
-    messages = upward_pass(b, var_b, tau, tree, mu0, s0, noise=noise)
+    messages = upward_pass(b, var_b, tau, tree, mu0, s0, noise=noise, local=local)
     ys = [*messages.y[:-1], messages.y[-1][..., None]]
     vs = [*messages.v[:-1], messages.v[-1][..., None]]
-    out_mean, out_var = _outside(ys, vs, tau, tree, 0, mu0, s0, noise)
+    out_mean, out_var = _outside(ys, vs, tau, tree, 0, mu0, s0, noise, local)
     precision = 1.0 / (var_b + level_variance(tau, 0, noise))
     parent = tree.parent_of(0)
     cavity_mean, cavity_precision = _cavity(
@@ -605,6 +640,7 @@ def group_log_predictive(
     unit_level: int,
     to_group: np.ndarray,
     noise: NodeNoise | None = None,
+    local: tuple[np.ndarray, ...] | None = None,
 ) -> np.ndarray:
     """Log p(b_G | b_−G, τ) for every held-out group G of units of ``unit_level``.
 
@@ -630,19 +666,21 @@ def group_log_predictive(
         Shared noise at the group nodes and the top (``var_b`` the features' own noise), or
         ``None``. With correlated estimates this is the leave-one-out predictive of the
         non-factorised normal model (Bürkner, Gabry & Vehtari 2021).
+    local
+        The groups' local variances λ², or ``None`` (as :func:`upward_pass`).
 
     Returns
     -------
     numpy.ndarray
         Shape ``(..., G)``.
     """
-    messages = upward_pass(b, var_b, tau, tree, mu0, s0, noise=noise)
+    messages = upward_pass(b, var_b, tau, tree, mu0, s0, noise=noise, local=local)
     ys = [*messages.y[:-1], messages.y[-1][..., None]]
     vs = [*messages.v[:-1], messages.v[-1][..., None]]
-    log_norm = _log_normalisers(ys, vs, tau, tree, unit_level, noise)
-    out_mean, out_var = _outside(ys, vs, tau, tree, unit_level, mu0, s0, noise)
+    log_norm = _log_normalisers(ys, vs, tau, tree, unit_level, noise, local)
+    out_mean, out_var = _outside(ys, vs, tau, tree, unit_level, mu0, s0, noise, local)
     # the held-out units' messages as functions of their common parent, combined per group
-    precision = 1.0 / (vs[unit_level] + level_variance(tau, unit_level, noise))
+    precision = 1.0 / (vs[unit_level] + level_variance(tau, unit_level, noise, local))
     n_groups = int(to_group.max()) + 1
     group_precision = _numpy_segment_sum(precision, to_group, n_groups)
     group_y = _numpy_segment_sum(precision * ys[unit_level], to_group, n_groups)
@@ -681,12 +719,13 @@ def _log_normalisers(
     tree: TreeIndex,
     unit_level: int,
     noise: NodeNoise | None,
+    local: tuple[np.ndarray, ...] | None,
 ) -> np.ndarray:
     """Log C_u with ∏ (data below unit u) = C_u · N(y_u; u, v_u), for the units of a level."""
     log_norm = np.zeros(ys[0].shape)
     for level in range(unit_level):
         parent, n_parents = tree.parents[level], tree.n_groups[level]
-        total = vs[level] + level_variance(tau, level, noise)
+        total = vs[level] + level_variance(tau, level, noise, local)
         resid = ys[level] - ys[level + 1][..., parent]
         log_norm = _numpy_segment_sum(
             log_norm + normal_log_density(resid, total),
@@ -705,6 +744,7 @@ def _outside(
     mu0: float,
     s0: float,
     noise: NodeNoise | None,
+    local: tuple[np.ndarray, ...] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance of every level-(unit_level + 1) unit given the data outside it.
 
@@ -715,7 +755,7 @@ def _outside(
     var = np.broadcast_to(top_variance(s0, noise), shape[:-1])[..., None] * np.ones(shape)
     for level in range(tree.depth, unit_level, -1):
         parent = tree.parent_of(level)
-        prior_var = level_variance(tau, level, noise)
+        prior_var = level_variance(tau, level, noise, local)
         mean, precision = _cavity(
             mean[..., parent],
             var[..., parent],

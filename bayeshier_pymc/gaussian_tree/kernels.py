@@ -72,7 +72,9 @@ __all__ = [
     "leave_one_out_tree",
     "level_variance_gradient",
     "log_marginal_and_gradient",
+    "log_marginal_and_local_gradient",
     "log_normal",
+    "node_variance_gradient",
     "noise_precision",
     "noise_quadratic",
     "pointwise_marginal",
@@ -192,6 +194,7 @@ def level_term(
     child_v: np.ndarray,
     level_var: np.ndarray,
     unit_noise: np.ndarray,
+    unit_local: np.ndarray,
     first_child: np.ndarray,
     parent_y: np.ndarray,
     parent_v: np.ndarray,
@@ -203,8 +206,9 @@ def level_term(
     The level's contribution to log p(b | τ), up to a constant, goes to ``term`` (one per
     row): -½ Σ_units [log(v + τ²) + (y - ȳ_parent)² / (v + τ²)] - ½ Σ_parents log P, with P
     and ȳ the precision and precision-weighted mean of the children of each parent; the
-    messages N(ȳ; u, 1/P) to the parents go to ``parent_y``, ``parent_v``. With shared
-    noise each unit's τ² is τ² + n_u (``unit_noise``, units × rows; no rows: none).
+    messages N(ȳ; u, 1/P) to the parents go to ``parent_y``, ``parent_v``. With local
+    scales each unit's τ² is τ² λ_u² (``unit_local``: λ², units × rows; no rows: none); with
+    shared noise n_u is added (``unit_noise``, units × rows; no rows: none).
 
     Lane layout: ``child_y``, ``child_v`` are units × rows, ``parent_y``, ``parent_v``
     parents × rows, ``level_var`` one per row. Two exact rearrangements keep the pass cheap:
@@ -215,9 +219,14 @@ def level_term(
     n_units, n_rows = child_y.shape
     n_parents = first_child.size
     variance, precision = scratch
-    for j in range(n_units):
-        for r in range(n_rows):
-            variance[j, r] = child_v[j, r] + level_var[r]
+    if unit_local.shape[0]:
+        for j in range(n_units):
+            for r in range(n_rows):
+                variance[j, r] = child_v[j, r] + level_var[r] * unit_local[j, r]
+    else:
+        for j in range(n_units):
+            for r in range(n_rows):
+                variance[j, r] = child_v[j, r] + level_var[r]
     if unit_noise.shape[0]:
         for j in range(n_units):
             for r in range(n_rows):
@@ -264,6 +273,7 @@ def upward_pass_from(
     level: int,
     level_var: np.ndarray,
     problem: LaneProblem,
+    local_var: np.ndarray,
     given: LaneMessages,
     terms: np.ndarray,
     out: LaneMessages,
@@ -280,6 +290,11 @@ def upward_pass_from(
         without effect variation).
     problem
         Data, tree, shared noise and θ0 prior.
+    local_var
+        The local variances λ² of every unit of levels 1..D + 1 at its place in a
+        :class:`LaneMessages` array (each unit's prior variance τ_l² λ_u²; θ0's and those
+        of levels without local scales are ignored or one), or an array without rows: none
+        (every λ = 1).
     given
         The messages to the units of ``level`` (read only when ``level > 0``; level 0's are
         the data). It may be ``out`` itself.
@@ -310,6 +325,7 @@ def upward_pass_from(
             v,
             level_var[upper],
             problem.noise[below],
+            local_var[below],
             first_child,
             out.y[above],
             out.v[above],
@@ -482,7 +498,8 @@ def log_marginal_and_gradient(
     messages = LaneMessages(np.empty((n_messages, n_rows)), np.empty((n_messages, n_rows)))
     scratch = LaneScratch(np.empty((n_features, n_rows)), np.empty((n_features, n_rows)))
     terms = np.empty((n_levels + 1, n_rows))
-    upward_pass_from(0, level_var, data, messages, terms, messages, scratch)
+    no_local = np.empty((0, n_rows))
+    upward_pass_from(0, level_var, data, no_local, messages, terms, messages, scratch)
     log_marginal = np.full(n_rows, -n_features * _HALF_LOG_2PI)
     for level in range(n_levels + 1):
         for r in range(n_rows):
@@ -494,6 +511,147 @@ def log_marginal_and_gradient(
         for level in range(n_levels):
             gradient[r, level] = 2.0 * tau[r, level] * variance_gradient[level, r]
     return log_marginal, gradient
+
+
+@vector_kernel
+def node_variance_gradient(
+    level_var: np.ndarray,
+    problem: LaneProblem,
+    messages: LaneMessages,
+    feature_gradient: np.ndarray,
+    node_gradient: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """The derivative of log p(b | τ) in the prior variance of every group unit, and τ_0².
+
+    :func:`level_variance_gradient` unit by unit: the derivative ½ (D − S) / S² in the prior
+    variance V_u = ``level_var[l]`` + ``problem.noise[u]`` of every unit u of levels 1..D goes
+    to ``node_gradient[u]`` (:class:`LaneMessages` places, units × rows; θ0's place is left
+    as it is), and the sum over the features of theirs, the derivative in τ_0², to
+    ``feature_gradient`` (one per row). With one prior variance per group (a local scale
+    each, held in ``problem.noise``) these are the terms of the gradient in τ and λ.
+    """
+    depth = level_var.shape[0] - 1
+    n_rows = level_var.shape[1]
+    offsets = problem.message_offsets
+    starts = problem.first_child_offsets
+    noise = problem.noise
+    y, v = messages
+    mean = np.empty_like(y)
+    var = np.empty_like(v)
+    top = offsets[depth + 1]
+    for r in range(n_rows):
+        mean[top, r], var[top, r] = posterior_normal(
+            problem.mu0[r], problem.s0[r] * problem.s0[r] + noise[top, r], y[top, r], v[top, r]
+        )
+    feature_gradient[:] = 0.0
+    for level in range(depth, -1, -1):
+        first_child = problem.first_child[starts[level] : starts[level + 1]]
+        n_parents = first_child.size
+        n_units = problem.b.shape[0] if level == 0 else offsets[level + 1] - offsets[level]
+        for h in range(n_parents):
+            parent = offsets[level + 1] + h
+            end = first_child[h + 1] if h + 1 < n_parents else n_units
+            for j in range(first_child[h], end):
+                if level == 0:
+                    for r in range(n_rows):
+                        total = level_var[0, r] + problem.var_b[j, r]
+                        deviation = problem.b[j, r] - mean[parent, r]
+                        spread = deviation * deviation + var[parent, r]
+                        feature_gradient[r] += 0.5 * (spread - total) / (total * total)
+                else:
+                    u = offsets[level] + j
+                    for r in range(n_rows):
+                        prior_var = level_var[level, r] + noise[u, r]
+                        total = prior_var + v[u, r]
+                        deviation = y[u, r] - mean[parent, r]
+                        spread = deviation * deviation + var[parent, r]
+                        node_gradient[u, r] = 0.5 * (spread - total) / (total * total)
+                        mean[u, r], conditional_var = posterior_normal(
+                            mean[parent, r], prior_var, y[u, r], v[u, r]
+                        )
+                        parent_weight = v[u, r] / total
+                        var[u, r] = conditional_var + parent_weight * parent_weight * var[parent, r]
+
+
+@compiled_kernel
+def log_marginal_and_local_gradient(
+    tau: np.ndarray,
+    b: np.ndarray,
+    local_scale: np.ndarray,
+    feature_order: np.ndarray,
+    group_order: np.ndarray,
+    problem: LaneProblem,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """:func:`log_marginal_and_gradient` with a local scale λ_g for every group unit.
+
+    A unit g of level l ≥ 1 has the prior variance τ_l² λ_g² around its parent (plus its
+    shared noise). ``local_scale`` is rows × G (G the group units of levels 1..D, level by
+    level, each in the tree's order); ``group_order`` gives, for each :class:`LaneMessages`
+    place of levels 1..D, the column of ``local_scale`` of its unit. The upward pass runs
+    with those variances as the units' own (:attr:`LaneProblem.noise` plus τ_l² λ_g², level
+    variance zero, no λ² multipliers of :func:`upward_pass_from`); the pass down
+    (:func:`node_variance_gradient`) gives d log p / dV_g, so d/dτ_l = Σ_g 2 τ_l λ_g² d/dV_g
+    and d/dλ_g = 2 τ_l² λ_g d/dV_g.
+
+    Returns
+    -------
+    tuple
+        log p(b | τ, λ) per row, its gradient in τ (rows × (D + 1)) and in λ (rows × G).
+    """
+    n_rows, n_levels = tau.shape
+    n_features = feature_order.size
+    offsets = problem.message_offsets
+    lane_b = np.empty((n_features, n_rows))
+    for j in range(n_features):
+        for r in range(n_rows):
+            lane_b[j, r] = b[r, feature_order[j]]
+    level_var = np.zeros((n_levels, n_rows))
+    for r in range(n_rows):
+        level_var[0, r] = tau[r, 0] * tau[r, 0]
+    node_var = problem.noise.copy()
+    for level in range(1, n_levels):
+        for u in range(offsets[level], offsets[level + 1]):
+            column = group_order[u]
+            for r in range(n_rows):
+                scale = tau[r, level] * local_scale[r, column]
+                node_var[u, r] += scale * scale
+    data = LaneProblem(
+        lane_b,
+        problem.var_b,
+        problem.first_child,
+        problem.first_child_offsets,
+        problem.message_offsets,
+        problem.mu0,
+        problem.s0,
+        node_var,
+    )
+    n_messages = offsets[-1]
+    messages = LaneMessages(np.empty((n_messages, n_rows)), np.empty((n_messages, n_rows)))
+    scratch = LaneScratch(np.empty((n_features, n_rows)), np.empty((n_features, n_rows)))
+    terms = np.empty((n_levels + 1, n_rows))
+    # the groups' variances are their own (``node_var``): no λ² multipliers
+    no_local = np.empty((0, n_rows))
+    upward_pass_from(0, level_var, data, no_local, messages, terms, messages, scratch)
+    log_marginal = np.full(n_rows, -n_features * _HALF_LOG_2PI)
+    for level in range(n_levels + 1):
+        for r in range(n_rows):
+            log_marginal[r] += terms[level, r]
+    feature_gradient = np.empty(n_rows)
+    node_gradient = np.empty((n_messages, n_rows))
+    node_variance_gradient(level_var, data, messages, feature_gradient, node_gradient)
+    tau_gradient = np.zeros((n_rows, n_levels))
+    scale_gradient = np.zeros((n_rows, local_scale.shape[1]))
+    for r in range(n_rows):
+        tau_gradient[r, 0] = 2.0 * tau[r, 0] * feature_gradient[r]
+    for level in range(1, n_levels):
+        for u in range(offsets[level], offsets[level + 1]):
+            column = group_order[u]
+            for r in range(n_rows):
+                lam = local_scale[r, column]
+                scale = tau[r, level]
+                tau_gradient[r, level] += 2.0 * scale * lam * lam * node_gradient[u, r]
+                scale_gradient[r, column] = 2.0 * scale * scale * lam * node_gradient[u, r]
+    return log_marginal, tau_gradient, scale_gradient
 
 
 @compiled_kernel
@@ -529,6 +687,7 @@ def draw_children(
     parent_index: np.ndarray,
     level_var: np.ndarray,
     unit_noise: np.ndarray,
+    unit_local: np.ndarray,
     y: np.ndarray,
     v: np.ndarray,
     noise: np.ndarray,
@@ -537,11 +696,24 @@ def draw_children(
 
     Each unit j of every row r is drawn from N(parent[r, parent_index[j]], level_var[r]) ×
     N(y; u, v) (:func:`posterior_normal`), with ``noise`` standard normal (rows × units).
-    With shared noise (``unit_noise``, rows × units; no columns: none) the units are totals
-    and the prior variance is level_var[r] + unit_noise[r, j].
+    With local scales (``unit_local``: λ², rows × units; no columns: none) the prior
+    variance is level_var[r] λ²[r, j]; with shared noise (``unit_noise``, rows × units; no
+    columns: none) the units are totals and unit_noise[r, j] is added to it.
     """
     n_rows, n_units = y.shape
     out = np.empty((n_rows, n_units))
+    if unit_local.shape[1]:
+        with_noise = unit_noise.shape[1] > 0
+        for r in range(n_rows):
+            for j in range(n_units):
+                prior_var = level_var[r] * unit_local[r, j]
+                if with_noise:
+                    prior_var += unit_noise[r, j]
+                mean, var = posterior_normal(
+                    parent[r, parent_index[j]], prior_var, y[r, j], v[r, j]
+                )
+                out[r, j] = mean + np.sqrt(var) * noise[r, j]
+        return out
     if unit_noise.shape[1]:
         for r in range(n_rows):
             for j in range(n_units):
@@ -806,6 +978,7 @@ def split_totals(
     effect_var: np.ndarray,
     tree: SplitTree,
     mu0: np.ndarray,
+    unit_local: np.ndarray,
     normals: np.ndarray,
     effects: np.ndarray,
     path_noise: np.ndarray,
@@ -818,10 +991,12 @@ def split_totals(
     noise. ``totals``, ``normals`` (standard normal), ``effects`` and ``path_noise`` are
     rows × units (:class:`SplitTree`'s numbering); ``effect_var`` is rows × (D + 2): the
     effect variance τ_l² of each level l = 1..D, then θ0's prior variance s0² (index 0
-    unused).
+    unused). With local scales ``unit_local`` (λ², rows × units; no columns: none) a
+    group's effect variance is τ_l² λ_u².
     """
     n_rows, n_units = totals.shape
     top = n_units - 1
+    local = unit_local.shape[1] > 0
     for r in range(n_rows):
         eta = _noise_given_increment(
             tree.noise[r, top], effect_var[r, -1], totals[r, top] - mu0[r], normals[r, top]
@@ -830,9 +1005,12 @@ def split_totals(
         effects[r, top] = totals[r, top] - eta
         for u in range(top - 1, -1, -1):
             parent = tree.parent[u]
+            unit_var = effect_var[r, tree.unit_level[u]]
+            if local:
+                unit_var *= unit_local[r, u]
             eta = _noise_given_increment(
                 tree.noise[r, u],
-                effect_var[r, tree.unit_level[u]],
+                unit_var,
                 totals[r, u] - totals[r, parent],
                 normals[r, u],
             )
@@ -886,6 +1064,7 @@ def leave_one_out_moments(
     b: np.ndarray,
     var_b: np.ndarray,
     tau: np.ndarray,
+    local: np.ndarray,
     tree: LeaveOneOutTree,
     mu0: float,
     s0: float,
@@ -899,13 +1078,14 @@ def leave_one_out_moments(
     upward messages of every unit, then top-down each group's distribution given the data
     outside its subtree, then b_j | b_−j ~ N(m, s_j² + τ_0² + 1 / P) from the cavity N(m,
     1 / P) of θ_j's parent. ``b``, ``var_b``, ``mean`` and ``variance`` hold one value per
-    feature, ``tau`` one scale per level (D + 1); ``work`` is :data:`LEAVE_ONE_OUT_WORK` ×
-    the number of units. The parts of the cavities that only depend on the parent are
-    computed once per parent (:func:`_parents_outside`), and the units' precisions once for
-    both passes.
+    feature, ``tau`` one scale per level (D + 1); ``local`` the local variances λ² of the
+    groups of levels 1..D in the tree's numbering (ones at levels without local scales), or
+    nothing (every λ = 1); ``work`` is :data:`LEAVE_ONE_OUT_WORK` × the number of units.
+    The parts of the cavities that only depend on the parent are computed once per parent
+    (:func:`_parents_outside`), and the units' precisions once for both passes.
     """
     parent = tree.parent
-    _parents_outside(b, var_b, tau, tree, mu0, s0, work)
+    _parents_outside(b, var_b, tau, local, tree, mu0, s0, work)
     outside_mean, outside_var, precision = work[2], work[3], work[4]
     message_precision, outside_part = work[5], work[6]
     scale_sq = tau[0] * tau[0]
@@ -934,6 +1114,7 @@ def leave_one_out_parent_terms(
     b: np.ndarray,
     var_b: np.ndarray,
     tau: np.ndarray,
+    local: np.ndarray,
     tree: LeaveOneOutTree,
     mu0: float,
     s0: float,
@@ -947,7 +1128,7 @@ def leave_one_out_parent_terms(
     outside mean and variance, its message precision and its outside part. With them and
     τ_0 the predictive of any feature takes O(1): a chunk of features at a time.
     """
-    _parents_outside(b, var_b, tau, tree, mu0, s0, work)
+    _parents_outside(b, var_b, tau, local, tree, mu0, s0, work)
     first = tree.level_offsets[1]
     for h in range(terms.shape[0]):
         for t, row in enumerate(_PARENT_TERM_ROWS):
@@ -1004,6 +1185,7 @@ def _parents_outside(
     b: np.ndarray,
     var_b: np.ndarray,
     tau: np.ndarray,
+    local: np.ndarray,
     tree: LeaveOneOutTree,
     mu0: float,
     s0: float,
@@ -1014,11 +1196,14 @@ def _parents_outside(
     Upward, the message N(y; u, v) of every unit and each unit's precision; downward, each
     group's distribution given the data outside its subtree, and for every parent of θ its
     message precision and outside part (outside_mean / outside_var + message precision ·
-    message y), which :func:`_held_out_feature` combines with a feature's own terms.
+    message y), which :func:`_held_out_feature` combines with a feature's own terms. A group
+    u's prior variance is τ² λ_u² with ``local`` (λ² of the groups, from the first group
+    on; no values: λ = 1).
     """
     parent, offsets, noise = tree
     depth = offsets.size - 3
     n_features = offsets[1]
+    with_local = local.size > 0
     y, v, outside_mean, outside_var, precision = work[0], work[1], work[2], work[3], work[4]
     message_precision, outside_part = work[5], work[6]
     for j in range(n_features):
@@ -1032,7 +1217,8 @@ def _parents_outside(
             y[h] = 0.0
             v[h] = 0.0
         for u in range(offsets[level], offsets[level + 1]):
-            precision[u] = _unit_precision(v[u], scale_sq, noise[u])
+            unit_sq = scale_sq * local[u - n_features] if with_local and level else scale_sq
+            precision[u] = _unit_precision(v[u], unit_sq, noise[u])
             v[parent[u]] += precision[u]
             y[parent[u]] += precision[u] * y[u]
         for h in range(offsets[level + 1], offsets[level + 2]):
@@ -1061,7 +1247,8 @@ def _parents_outside(
                 y[u],
             )
             outside_mean[u] = cavity_mean
-            outside_var[u] = 1.0 / cavity_precision + (scale_sq + noise[u])
+            unit_sq = scale_sq * local[u - n_features] if with_local else scale_sq
+            outside_var[u] = 1.0 / cavity_precision + (unit_sq + noise[u])
 
 
 @inline_kernel

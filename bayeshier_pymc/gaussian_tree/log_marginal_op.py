@@ -40,11 +40,17 @@ from bayeshier_pymc.gaussian_tree.kernels import (
     LaneProblem,
     lane_problem,
     log_marginal_and_gradient,
+    log_marginal_and_local_gradient,
     sort_tree,
 )
 from bayeshier_pymc.gaussian_tree.pytensor_ops import PYTENSOR_OPS
 
-__all__ = ["LogMarginalOp", "log_marginal"]
+__all__ = [
+    "LocalScaleLogMarginalOp",
+    "LogMarginalOp",
+    "log_marginal",
+    "log_marginal_with_local_scales",
+]
 
 
 class LogMarginalOp(OpFromGraph):
@@ -185,5 +191,197 @@ def _numba_log_marginal(op: LogMarginalOp, node: Any = None, **kwargs: Any) -> t
             var_b, var_b, first_child, first_child_offsets, message_offsets, mu0, s0, noise
         )
         return log_marginal_and_gradient(tau, b, feature_order, problem)
+
+    return log_marginal_kernel, op.cache_key()
+
+
+class LocalScaleLogMarginalOp(LogMarginalOp):
+    """(τ, b, λ) ↦ (log p(b | τ, λ) per row, its gradients in τ and λ): heavy-tailed groups.
+
+    Built by :func:`log_marginal_with_local_scales`. As :class:`LogMarginalOp` with a third
+    input, ``local_scale`` (rows × G: a local scale λ_g for every group unit of levels 1..D,
+    level by level, each in the tree's order), so that a group's prior variance is τ_l² λ_g²,
+    and a third output, the gradient in λ. The compiled kernel is
+    :func:`~bayeshier_pymc.gaussian_tree.kernels.log_marginal_and_local_gradient`, which
+    reads λ at the lane places of :attr:`group_order`.
+    """
+
+    group_order: np.ndarray
+
+    def L_op(
+        self,
+        inputs: list[pt.TensorVariable],
+        outputs: list[pt.TensorVariable],
+        output_grads: list[pt.TensorVariable],
+    ) -> list[Any]:
+        """The gradients in τ and λ: the incoming gradient of each row's log density × them."""
+        tau, b, local_scale = inputs
+        log_marginal_grad, *gradient_grads = output_grads
+        not_b = grad_not_implemented(self, 1, b, "the log marginal's gradient in b (data)")
+        if not all(isinstance(g.type, DisconnectedType) for g in gradient_grads):
+            return [
+                grad_not_implemented(self, 0, tau, "second derivatives in τ"),
+                not_b,
+                grad_not_implemented(self, 2, local_scale, "second derivatives in λ"),
+            ]
+        weight = log_marginal_grad[:, None]
+        return [weight * outputs[1], not_b, weight * outputs[2]]
+
+    def perform(self, node: Any, inputs: list[np.ndarray], outputs: list[list[np.ndarray]]) -> None:
+        """Run the compiled kernel (PyTensor's Python and C backends)."""
+        tau, b, local_scale = (np.ascontiguousarray(x, dtype=float) for x in inputs)
+        results = log_marginal_and_local_gradient(
+            tau, b, local_scale, self.feature_order, self.group_order, self.lane
+        )
+        for output, result in zip(outputs, results, strict=True):
+            output[0] = result
+
+    def cache_key(self) -> str:
+        """:meth:`LogMarginalOp.cache_key` with :attr:`group_order`."""
+        digest = sha256(super().cache_key().encode())
+        digest.update(np.ascontiguousarray(self.group_order).tobytes())
+        return digest.hexdigest()
+
+
+def log_marginal_with_local_scales(
+    b: pt.TensorVariable,
+    tau: pt.TensorVariable,
+    local_scales: list[pt.TensorVariable],
+    var_b: np.ndarray,
+    tree: TreeIndex,
+    mu0: np.ndarray,
+    s0: np.ndarray,
+    noise: NodeNoise | None = None,
+) -> pt.TensorVariable:
+    """Log p(b | τ, λ) of every row, by :class:`LocalScaleLogMarginalOp`.
+
+    :func:`log_marginal` under a heavy-tailed group prior: each group g of annotation level
+    l has the prior variance τ_l² λ_g² around its parent. ``local_scales`` holds λ (rows ×
+    groups) for the annotation levels 1..k of ``tree``, finest first; a deeper tree (that of
+    shared noise) has no effect variation above level k (τ zero there), where λ is 1. The
+    other parameters are :func:`log_marginal`'s.
+
+    Returns
+    -------
+    pytensor.tensor.TensorVariable
+        Shape (rows,).
+    """
+    var_b = np.asarray(var_b, dtype=float)
+    if var_b.ndim != 2 or var_b.shape[1] != tree.n_features:
+        raise ValueError(
+            f"var_b must be rows x features with the tree's {tree.n_features} features; "
+            f"got shape {var_b.shape}."
+        )
+    if not 1 <= len(local_scales) <= tree.depth:
+        raise ValueError(
+            f"local_scales must hold 1 to {tree.depth} levels of local scales, got "
+            f"{len(local_scales)}."
+        )
+    n_rows, n_features = var_b.shape
+    mu0 = np.broadcast_to(np.asarray(mu0, dtype=float), (n_rows,))
+    s0 = np.broadcast_to(np.asarray(s0, dtype=float), (n_rows,))
+    scales_shape = (n_rows, tree.depth + 1)
+    n_groups = sum(tree.n_groups)
+    tau_in = pt.matrix("tau", shape=scales_shape)
+    b_in = pt.matrix("b", shape=(n_rows, n_features))
+    scale_in = pt.matrix("local_scale", shape=(n_rows, n_groups))
+    density = _local_scale_graph(b_in, tau_in, scale_in, var_b, tree, mu0, s0, noise)
+    op = LocalScaleLogMarginalOp(
+        [tau_in, b_in, scale_in],
+        [density, *pytensor.grad(density.sum(), [tau_in, scale_in])],
+        name="log_marginal_with_local_scales",
+    )
+    sorted_tree = sort_tree(tree)
+    orders = sorted_tree.orders
+    if noise is None:
+        shared = tuple(np.zeros((n_rows, n)) for n in tree.n_units[1:])
+    else:
+        shared = (
+            *(
+                np.broadcast_to(g, (n_rows, n))[:, order]
+                for g, n, order in zip(noise.groups, tree.n_units[1:-1], orders[1:], strict=True)
+            ),
+            np.broadcast_to(np.asarray(noise.top, dtype=float), (n_rows,))[:, None],
+        )
+    sorted_var_b = var_b[:, orders[0]]
+    op.feature_order = orders[0].astype(np.intp)
+    starts = np.cumsum([0, *tree.n_groups])
+    op.group_order = np.concatenate(
+        [start + order for start, order in zip(starts, orders[1:], strict=False)]
+    ).astype(np.intp)
+    op.lane = lane_problem(
+        sorted_var_b, sorted_var_b, sorted_tree.starts, tree.n_units, mu0, s0, shared
+    )
+    # static shapes, so that the gradient of the join has concrete sizes (JAX)
+    used = [
+        pt.specify_shape(pt.as_tensor_variable(scale), (n_rows, n))
+        for scale, n in zip(local_scales, tree.n_groups, strict=False)
+    ]
+    unused = [pt.ones((n_rows, n)) for n in tree.n_groups[len(local_scales) :]]
+    local_scale = pt.concatenate([*used, *unused], axis=1)
+    tau = pt.specify_shape(pt.as_tensor_variable(tau), scales_shape)
+    b = pt.specify_shape(pt.as_tensor_variable(b), (n_rows, n_features))
+    local_scale = pt.specify_shape(local_scale, (n_rows, n_groups))
+    return op(tau, b, local_scale)[0]
+
+
+def _local_scale_graph(
+    b: pt.TensorVariable,
+    tau: pt.TensorVariable,
+    local_scale: pt.TensorVariable,
+    var_b: np.ndarray,
+    tree: TreeIndex,
+    mu0: np.ndarray,
+    s0: np.ndarray,
+    noise: NodeNoise | None,
+) -> pt.TensorVariable:
+    """The upward pass's graph of log p(b | τ, λ) (JAX): the group variances as node variances.
+
+    Every group's τ_l² λ_g² joins its shared noise (zero without) in a :class:`NodeNoise`
+    and the group levels' scales are zero, so that :func:`upward_pass` adds each unit's own.
+    """
+    n_rows = b.type.shape[0]
+    starts = np.cumsum([0, *tree.n_groups])
+    node_variances = []
+    for level in range(1, tree.depth + 1):
+        scale = tau[:, level][:, None] * local_scale[:, starts[level - 1] : starts[level]]
+        shared = (
+            0.0 if noise is None else np.broadcast_to(noise.groups[level - 1], scale.type.shape)
+        )
+        node_variances.append(shared + scale * scale)
+    top = np.zeros(n_rows) if noise is None else noise.top
+    # τ_0 alone, by a constant mask (JAX's gradient of a join needs concrete sizes)
+    feature_scale = tau * np.eye(1, tree.depth + 1)
+    graph = upward_pass(
+        b,
+        var_b,
+        feature_scale,
+        tree,
+        mu0,
+        s0,
+        ops=PYTENSOR_OPS,
+        noise=NodeNoise(tuple(node_variances), top),
+    )
+    return graph.log_marginal
+
+
+@register_funcify_and_cache_key(LocalScaleLogMarginalOp)
+def _numba_log_marginal_with_local_scales(
+    op: LocalScaleLogMarginalOp, node: Any = None, **kwargs: Any
+) -> tuple[Any, str]:
+    """The numba backend's function of a :class:`LocalScaleLogMarginalOp`: its kernel."""
+    feature_order, group_order = op.feature_order, op.group_order
+    _, var_b, first_child, first_child_offsets, message_offsets, mu0, s0, noise = op.lane
+
+    @numba_basic.numba_njit
+    def log_marginal_kernel(
+        tau: np.ndarray, b: np.ndarray, local_scale: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        problem = LaneProblem(
+            var_b, var_b, first_child, first_child_offsets, message_offsets, mu0, s0, noise
+        )
+        return log_marginal_and_local_gradient(
+            tau, b, local_scale, feature_order, group_order, problem
+        )
 
     return log_marginal_kernel, op.cache_key()

@@ -19,6 +19,10 @@ totals of θ's parents and the noise on their paths, from which the writer draws
 collapsed scheme has this form; without pooling θ is drawn exactly by
 :func:`~bayeshier_pymc.gibbs.sweeps.draw_unpooled`.
 
+A heavy-tailed group prior (``Priors.group_prior``) adds the groups' local scales λ to the
+sweeps' state (:mod:`bayeshier_pymc.gibbs.local_scales`), recorded as ``<level>_local_scale``;
+θ given its parent does not depend on λ, so the θ writer and the summary replay are unchanged.
+
 Storage: θ draws are kept in float32 by default (``theta_dtype``); at 4 chains × 2000 draws ×
 10 covariates × 999 features that is 320 MB instead of 640 MB, with a relative rounding error
 of 6e-8, far below any Monte Carlo error. Every other variable is float64. With
@@ -52,7 +56,7 @@ from bayeshier_pymc.gibbs.sweeps import (
 from bayeshier_pymc.gibbs.theta_summary import ThetaStream, check_summary_problem, summarise
 from bayeshier_pymc.gibbs.theta_writer import ThetaParents, ThetaWriter
 from bayeshier_pymc.inference_data import THETA_PARENT_STORES
-from bayeshier_pymc.model import group_mean_name
+from bayeshier_pymc.model import group_mean_name, local_scale_name
 from bayeshier_pymc.problem import ShrinkageProblem
 
 if TYPE_CHECKING:
@@ -77,7 +81,8 @@ class EngineDraws(NamedTuple):
     ----------
     posterior
         The kept draws, (chain, draw, covariate, ...): ``theta`` and, with pooling, ``mu``,
-        ``tau`` and ``<level>_mean``.
+        ``tau`` and ``<level>_mean``; under a heavy-tailed group prior also
+        ``<level>_local_scale``, λ of every group of every level used.
     stats
         Sampler statistics, (chain, draw): for the collapsed scheme ``scale_acceptance`` and
         ``log_likelihood`` (Σ log N(b; θ, s²) per draw; with shared noise Σ log N(b; θ, Σ));
@@ -203,12 +208,13 @@ class _DrawStore:
         n_units: tuple[int, ...],
         lead: tuple[int, ...],
         theta_dtype: Any | None,
+        heavy_tailed: bool = False,
     ) -> dict[str, np.ndarray]:
         """Stores for the posterior variables; ``lead`` is (chain, draw, covariate).
 
         θ gets none when ``theta_dtype`` is None (the collapsed scheme's θ writer keeps its
-        own). See :func:`~bayeshier_pymc._memory.store_array` for why they are not
-        ``numpy.empty``.
+        own); the local scales of the group effects get stores when ``heavy_tailed``. See
+        :func:`~bayeshier_pymc._memory.store_array` for why they are not ``numpy.empty``.
         """
         arrays: dict[str, np.ndarray] = {
             "mu": store_array(lead),
@@ -218,6 +224,8 @@ class _DrawStore:
             arrays["theta"] = store_array((*lead, n_units[0]), theta_dtype)
         for level, n in zip(levels, n_units[1 : len(levels) + 1], strict=True):
             arrays[group_mean_name(level)] = store_array((*lead, n))
+            if heavy_tailed:
+                arrays[local_scale_name(level)] = store_array((*lead, n))
         return arrays
 
     def _by_chain(self, rows: np.ndarray) -> np.ndarray:
@@ -227,14 +235,16 @@ class _DrawStore:
         """Store ``state`` as draw number ``draw`` of every chain (θ too if it has θ's store).
 
         With shared noise the state's group units are totals: they are split into effects
-        with ``rng`` (:func:`~bayeshier_pymc.gibbs.sweeps.split_effects`), and the totals of
-        θ's parents and the noise on their paths go to :attr:`theta_parents`.
+        with ``rng`` (:func:`~bayeshier_pymc.gibbs.sweeps.split_effects`; the sweep's own
+        split under local scales, ``state.split``), and the totals of θ's parents and the
+        noise on their paths go to :attr:`theta_parents`. Local scales are stored as λ.
         """
         if "theta" in self.arrays:
             self.arrays["theta"][:, draw] = self._by_chain(self.data.from_sorted(state.units[0]))
         units = state.units[1:]
         if self.theta_parents is not None:
-            units, parent_noise = split_effects(self.data, state, rng)
+            split = state.split if state.split is not None else split_effects(self.data, state, rng)
+            units, parent_noise = split
             for store, values in zip(
                 self.theta_parents, (state.units[1], parent_noise), strict=True
             ):
@@ -246,6 +256,9 @@ class _DrawStore:
         for index, level in enumerate(self.levels, start=1):
             means = self.data.from_sorted(units[index - 1], index)
             self.arrays[group_mean_name(level)][:, draw] = self._by_chain(means)
+            if state.local is not None:
+                scales = self.data.from_sorted(np.sqrt(state.local.unit(index)), index)
+                self.arrays[local_scale_name(level)][:, draw] = self._by_chain(scales)
 
     def per_chain(self, rows: np.ndarray) -> np.ndarray:
         """Average a per-row statistic over the covariates of each chain."""
@@ -277,12 +290,14 @@ def _run_chains(
     store = _DrawStore(
         data,
         hierarchy.levels,
-        _DrawStore.allocate(hierarchy.levels, data.n_units, lead, theta_store),
+        _DrawStore.allocate(
+            hierarchy.levels, data.n_units, lead, theta_store, problem.priors.heavy_tailed
+        ),
     )
     acceptance = np.full((chains, settings.draws), np.nan)
     sweep_seed, noise_seed = seed.spawn(2)
     rng = np.random.default_rng(sweep_seed)
-    state = initial_state(data, rng)
+    state = initial_state(data, rng, problem.priors)
     kernel = ScaleKernel.for_tuning(settings.tune, settings.scale_steps)
     log_likelihood = None
     writer = None

@@ -31,9 +31,10 @@ import numpy as np
 
 from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, pad_scales
 from bayeshier_pymc.gaussian_tree.kernels import LaneProblem, SplitTree, lane_problem, sort_tree
+from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
 
-__all__ = ["TreeData", "TreeState"]
+__all__ = ["LocalScales", "TreeData", "TreeState"]
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,64 @@ def _scales_per_row(tau_scale: np.ndarray, n_rows: int) -> np.ndarray:
 
 
 @dataclass
+class LocalScales:
+    """λ² (and the horseshoe's ξ) of every group of every level used, for every row.
+
+    The state of a heavy-tailed group prior's local scales
+    (:mod:`bayeshier_pymc.gibbs.local_scales`); the sweeps update it
+    (:func:`~bayeshier_pymc.gibbs.sweeps.update_local_scales`).
+
+    Attributes
+    ----------
+    priors
+        The priors (their ``group_prior`` and ``group_df``).
+    variances
+        For each annotation level used, l = 1..L in turn, λ² (rows × groups, sorted as the
+        state's units, :class:`~bayeshier_pymc.gibbs.layout.TreeState`).
+    auxiliary
+        The horseshoe's ξ, as ``variances`` (ones and unused under the Student-t prior).
+    """
+
+    priors: Priors
+    variances: list[np.ndarray]
+    auxiliary: list[np.ndarray]
+
+    @classmethod
+    def start(cls, data: TreeData, priors: Priors) -> LocalScales:
+        """Every λ² and ξ at 1 (the model's normal prior), on the levels with a scale."""
+        levels = range(1, data.n_scales)
+        return cls(
+            priors,
+            [np.ones((data.n_rows, data.n_units[level])) for level in levels],
+            [np.ones((data.n_rows, data.n_units[level])) for level in levels],
+        )
+
+    @property
+    def n_levels(self) -> int:
+        """Number of annotation levels with local scales (L)."""
+        return len(self.variances)
+
+    def unit(self, level: int) -> np.ndarray:
+        """λ² of the level-``level`` units (rows × units), or no columns where they have none."""
+        if 1 <= level <= self.n_levels:
+            return self.variances[level - 1]
+        return np.empty((self.variances[0].shape[0], 0))
+
+    def lane(self, data: TreeData) -> np.ndarray:
+        """λ² of every unit of levels 1..D + 1 in lane layout (units × rows), ones elsewhere.
+
+        The units at their places in a :class:`~bayeshier_pymc.gaussian_tree.kernels.LaneMessages`
+        array (:attr:`TreeData.message_offsets`); the transpose is the numbering of
+        :attr:`TreeData.split_tree`.
+        """
+        offsets = data.message_offsets
+        lane = np.ones((offsets[-1], data.n_rows))
+        for level, variances in enumerate(self.variances, start=1):
+            lane[offsets[level] : offsets[level + 1]] = variances.T
+        return lane
+
+
+@dataclass
 class TreeState:
     """The sampled quantities of every row.
 
@@ -266,7 +325,23 @@ class TreeState:
         Rows × (D + 1) scales.
     units
         ``D + 2`` arrays: θ (sorted features), the group means finest first, θ0 (rows × 1).
+    local
+        The local scales of the group effects under a heavy-tailed group prior
+        (:mod:`bayeshier_pymc.gibbs.local_scales`); ``None`` under the normal one.
+    split
+        With local scales and shared noise, the effects split from the last drawn totals
+        and the noise on the paths of θ's parents
+        (:func:`~bayeshier_pymc.gibbs.sweeps.split_effects`), which λ was drawn from and
+        which the kept draw records; ``None`` otherwise.
     """
 
     tau: np.ndarray
     units: list[np.ndarray]
+    local: LocalScales | None = None
+    split: tuple[list[np.ndarray], np.ndarray] | None = None
+
+    def local_lane(self, data: TreeData) -> np.ndarray:
+        """λ² in lane layout for the compiled upward pass; no rows under the normal prior."""
+        if self.local is None:
+            return np.empty((0, data.n_rows))
+        return self.local.lane(data)

@@ -9,7 +9,9 @@ independence Metropolis–Hastings with a Student-t proposal fitted to the draws
 
 With correlated estimates the pass runs on the totals of the noise tree (each unit's level
 variance τ² + n_u, :class:`~bayeshier_pymc.gaussian_tree.kernels.LaneProblem`'s ``noise``);
-only the scales of the effect levels are updated, those above stay zero.
+only the scales of the effect levels are updated, those above stay zero. Under a heavy-tailed
+group prior each group's variance is τ_l² λ_u², λ given (the state's local scales,
+:mod:`bayeshier_pymc.gibbs.local_scales`).
 """
 
 from __future__ import annotations
@@ -100,8 +102,15 @@ class Evaluation:
         """The part of log p(b | τ) that depends on τ_level given the lower scales."""
         return np.sum(self.terms[level:], axis=0)
 
-    def updated_from(self, data: TreeData, level: int, tau: np.ndarray) -> Evaluation:
-        """The evaluation of ``tau``, whose scales differ from this one's only from ``level`` up."""
+    def updated_from(
+        self, data: TreeData, level: int, tau: np.ndarray, local_var: np.ndarray | None = None
+    ) -> Evaluation:
+        """The evaluation of ``tau``, whose scales differ from this one's only from ``level`` up.
+
+        ``local_var``: the local variances λ² in lane layout
+        (:meth:`~bayeshier_pymc.gibbs.layout.TreeState.local_lane`), the same as this one's;
+        ``None``: every λ = 1.
+        """
         problem = data.lane_problem
         offsets = problem.message_offsets
         messages = LaneMessages(*np.empty((2, offsets[-1], data.n_rows)))
@@ -114,6 +123,7 @@ class Evaluation:
             level,
             _level_variances(data.algebra_scales(tau)),
             problem,
+            np.empty((0, data.n_rows)) if local_var is None else local_var,
             messages,
             terms,
             messages,
@@ -125,10 +135,13 @@ class Evaluation:
         )
 
 
-def evaluate(data: TreeData, tau: np.ndarray) -> Evaluation:
-    """:class:`Evaluation` of scales ``tau`` (rows × levels): θ, groups and θ0 integrated out."""
+def evaluate(data: TreeData, tau: np.ndarray, local_var: np.ndarray | None = None) -> Evaluation:
+    """:class:`Evaluation` of scales ``tau`` (rows × levels): θ, groups and θ0 integrated out.
+
+    ``local_var``: λ² in lane layout, as :meth:`Evaluation.updated_from`.
+    """
     empty = Evaluation((), ((data.b, data.var_b),))
-    return empty.updated_from(data, 0, tau)
+    return empty.updated_from(data, 0, tau, local_var)
 
 
 def _level_variances(tau: np.ndarray) -> np.ndarray:
@@ -371,20 +384,25 @@ def _replace_column(tau: np.ndarray, level: int, values: np.ndarray) -> np.ndarr
 
 
 def _slice_update(
-    data: TreeData, state: TreeState, level: int, current: Evaluation, rng: np.random.Generator
+    data: TreeData,
+    state: TreeState,
+    level: int,
+    current: Evaluation,
+    local_var: np.ndarray,
+    rng: np.random.Generator,
 ) -> Evaluation:
     """One slice-sampling update of log τ_level; returns the evaluation of the new τ."""
     tau_scale = data.tau_scale[:, level]
 
     def log_density(eta: np.ndarray) -> np.ndarray:
         tau = _replace_column(state.tau, level, np.exp(eta))
-        return current.updated_from(data, level, tau).from_level(level) + log_scale_prior(
-            eta, tau_scale
-        )
+        return current.updated_from(data, level, tau, local_var).from_level(
+            level
+        ) + log_scale_prior(eta, tau_scale)
 
     eta = slice_sample(np.log(state.tau[:, level]), log_density, SLICE_WIDTH, SLICE_MAX_STEPS, rng)
     state.tau[:, level] = np.exp(eta)
-    return current.updated_from(data, level, state.tau)
+    return current.updated_from(data, level, state.tau, local_var)
 
 
 def _independence_updates(
@@ -404,6 +422,8 @@ def _independence_updates(
     t_draws = rng.standard_t(PROPOSAL_DF, size=shape)
     log_uniform = np.log(rng.random(shape))
     problem = data.lane_problem
+    if state.local is not None:  # λ changed since the cached evaluation
+        kernel.cache = None
     if kernel.cache is None or kernel.cache.tau.shape != state.tau.shape:
         lanes = (problem.message_offsets[-1], data.n_rows)
         kernel.cache = CachedEvaluation(
@@ -413,6 +433,7 @@ def _independence_updates(
         )
     acceptance = _independence_kernel(
         problem,
+        state.local_lane(data),
         data.tau_scale,
         state.tau,
         levels,
@@ -435,6 +456,7 @@ def _log_t_kernel(z: float) -> float:  # pragma: no cover - compiled
 @compiled_kernel
 def _independence_kernel(
     problem: LaneProblem,
+    local_var: np.ndarray,
     tau_scale: np.ndarray,
     tau: np.ndarray,
     levels: np.ndarray,
@@ -451,7 +473,9 @@ def _independence_kernel(
     rejects its own. ``cache`` is reused when ``tau`` still equals ``cache.tau`` (the
     previous call's result) and computed afresh otherwise, and it is left holding the final
     τ's evaluation. Returns the share of accepted proposals per row. ``tau`` holds the
-    sampled scales; the tree's levels above them have scale zero.
+    sampled scales; the tree's levels above them have scale zero. ``local_var`` holds the
+    local variances λ² in lane layout (no rows: every λ = 1; the caller drops ``cache``
+    when they changed).
     """
     n_rows, n_levels = tau.shape
     n_steps = draws.t.shape[2]
@@ -466,7 +490,7 @@ def _independence_kernel(
             fresh = fresh or tau[r, level] != cache.tau[r, level]
     scratch = LaneScratch(np.empty_like(problem.b), np.empty_like(problem.b))
     if fresh:
-        upward_pass_from(0, level_var, problem, messages, terms, messages, scratch)
+        upward_pass_from(0, level_var, problem, local_var, messages, terms, messages, scratch)
     proposed_var = level_var.copy()
     proposed_terms = np.empty_like(terms)
     proposed = LaneMessages(np.empty_like(messages.y), np.empty_like(messages.v))
@@ -484,7 +508,14 @@ def _independence_kernel(
                 proposed_tau = np.exp(eta_proposed[r])
                 proposed_var[level, r] = proposed_tau * proposed_tau
             upward_pass_from(
-                level, proposed_var, problem, messages, proposed_terms, proposed, scratch
+                level,
+                proposed_var,
+                problem,
+                local_var,
+                messages,
+                proposed_terms,
+                proposed,
+                scratch,
             )
             for r in range(n_rows):
                 log_ratio = (
@@ -538,7 +569,8 @@ def update_scales(
     chosen = np.arange(data.n_scales) if levels is None else np.asarray(levels, dtype=np.intp)
     if not kernel.uses_slice:
         return _independence_updates(data, state, kernel, chosen, rng)
-    current = evaluate(data, state.tau)
+    local_var = None if state.local is None else state.local_lane(data)
+    current = evaluate(data, state.tau, local_var)
     for level in chosen:
-        current = _slice_update(data, state, int(level), current, rng)
+        current = _slice_update(data, state, int(level), current, local_var, rng)
     return list(current.messages), np.full(data.n_rows, np.nan)

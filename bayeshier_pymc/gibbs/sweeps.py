@@ -21,6 +21,13 @@ downward pass draws totals, and :func:`split_effects` splits them into effects e
 The conjugate sweep conditions on θ through b ~ N(θ, s²) with independent errors; it has no
 form for shared noise (:func:`check_scheme`). :func:`draw_unpooled` draws θ without pooling
 under shared noise.
+
+Under a heavy-tailed group prior the state carries the groups' local scales
+(:class:`~bayeshier_pymc.gibbs.layout.LocalScales`): every group's prior variance is
+τ_l² λ_g² in the τ updates, the draws and the split, and both sweeps end with λ (and the
+horseshoe's ξ) drawn from their conjugate conditionals given the group effects and τ (the
+collapsed sweep then draws the group effects in every sweep, kept or not). Without local
+scales nothing of this runs: the draws are those of the normal model, bitwise.
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ import numpy as np
 
 from bayeshier_pymc.gaussian_tree import Messages, draw_tree, posterior_normal, upward_pass
 from bayeshier_pymc.gaussian_tree.kernels import draw_children, split_totals
-from bayeshier_pymc.gibbs.layout import TreeData, TreeState
+from bayeshier_pymc.gibbs.layout import LocalScales, TreeData, TreeState
+from bayeshier_pymc.gibbs.local_scales import draw_conditional_local_variance, draw_inverse_gamma
 from bayeshier_pymc.gibbs.scale_kernels import RowMessages, ScaleKernel, evaluate, update_scales
+from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = [
@@ -48,6 +57,7 @@ __all__ = [
     "initial_state",
     "split_effects",
     "sum_sq_deviations",
+    "update_local_scales",
     "update_scale_conjugate",
     "update_units",
 ]
@@ -57,13 +67,6 @@ __all__ = [
 def draw_normal(mean: np.ndarray, var: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One draw of N(mean, var), elementwise."""
     return mean + np.sqrt(var) * rng.standard_normal(np.shape(mean))
-
-
-def draw_inverse_gamma(
-    shape: float | np.ndarray, rate: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
-    """One draw of IG(shape, rate) (density ∝ x^(-shape-1) exp(-rate / x)), elementwise."""
-    return rate / rng.standard_gamma(shape, size=np.shape(rate))
 
 
 def draw_mixing(tau: np.ndarray, tau_scale: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -83,10 +86,17 @@ def children_message(data: TreeData, state: TreeState, level: int) -> tuple[np.n
     """Message N(y; u, v) to the level-``level`` units from their children's current values.
 
     θ_j's child is b_j (y = b, v = s²); a group's children are its n units one level down
-    (y = their mean, v = τ²_(level-1) / n); θ0's children are the top-level groups.
+    (y = their mean, v = τ²_(level-1) / n); θ0's children are the top-level groups. Children
+    with local scales λ_c (:mod:`~bayeshier_pymc.gibbs.local_scales`) are weighted by 1/λ_c²:
+    y = Σ u_c / λ_c² / Σ 1/λ_c², v = τ²_(level-1) / Σ 1/λ_c².
     """
     if level == 0:
         return data.b, data.var_b
+    if state.local is not None and level - 1 <= state.local.n_levels and level > 1:
+        weights = 1.0 / state.local.unit(level - 1)
+        total_weight = data.sum_into_parents(weights, level - 1)
+        y = data.sum_into_parents(weights * state.units[level - 1], level - 1) / total_weight
+        return y, state.tau[:, level - 1, None] ** 2 / total_weight
     n_children = data.n_children[level]
     y = data.sum_into_parents(state.units[level - 1], level - 1) / n_children
     return y, state.tau[:, level - 1, None] ** 2 / n_children
@@ -106,10 +116,10 @@ def draw_units(
 ) -> None:
     """Draw the level-``level`` units from their prior times the message N(y; u, v).
 
-    The prior is N(parent, τ_level²), or N(mu0, s0²) for θ0; the conditional is
-    :func:`~bayeshier_pymc.gaussian_tree.posterior_normal` (compiled below θ0:
-    :func:`~bayeshier_pymc.gaussian_tree.kernels.draw_children`). With shared noise the
-    units are totals and each prior variance has the unit's noise variance added.
+    The prior is N(parent, τ_level²) (τ_level² λ_u² with local scales), or N(mu0, s0²) for
+    θ0; the conditional is :func:`~bayeshier_pymc.gaussian_tree.posterior_normal` (compiled
+    below θ0: :func:`~bayeshier_pymc.gaussian_tree.kernels.draw_children`). With shared
+    noise the units are totals and each prior variance has the unit's noise variance added.
     """
     y, v = message
     if level > data.depth:
@@ -119,11 +129,13 @@ def draw_units(
         state.units[level] = draw_normal(mean, var, rng)
         return
     with_noise = data.correlated and level > 0
+    none = np.empty((data.n_rows, 0))
     state.units[level] = draw_children(
         state.units[level + 1],
         data.parent_index[level],
         np.square(data.algebra_scales(state.tau)[:, level]),
-        data.noise[level - 1] if with_noise else np.empty((data.n_rows, 0)),
+        data.noise[level - 1] if with_noise else none,
+        none if state.local is None else state.local.unit(level),
         y,
         v,
         rng.standard_normal(np.shape(y)),
@@ -153,7 +165,8 @@ def split_effects(
 
     The group means and θ0 are split from their totals, top-down, by the compiled
     :func:`~bayeshier_pymc.gaussian_tree.kernels.split_totals` (one standard normal per
-    unit); a feature's effect is its total less the noise on its parent's path.
+    unit); a feature's effect is its total less the noise on its parent's path. With local
+    scales each group's effect variance is τ_l² λ_u².
 
     Returns
     -------
@@ -169,7 +182,12 @@ def split_effects(
     effect_var[:, -1] = data.s0**2
     effects, path_noise = np.empty_like(totals), np.empty_like(totals)
     normals = rng.standard_normal(totals.shape)
-    split_totals(totals, effect_var, data.split_tree, data.mu0, normals, effects, path_noise)
+    local = (
+        np.empty((data.n_rows, 0))
+        if state.local is None
+        else np.ascontiguousarray(state.local.lane(data).T)
+    )
+    split_totals(totals, effect_var, data.split_tree, data.mu0, local, normals, effects, path_noise)
     units = np.split(effects, data.message_offsets[2:-1], axis=1)
     return units, path_noise[:, : data.n_units[1]]
 
@@ -210,18 +228,26 @@ def check_scheme(problem: ShrinkageProblem, scheme: str) -> None:
 
 
 def sum_sq_deviations(data: TreeData, state: TreeState, level: int) -> np.ndarray:
-    """Σ (unit - parent)² over the level-``level`` units of each row."""
+    """Σ (unit - parent)² over the level-``level`` units of each row (each over λ_u²)."""
     parent = state.units[level + 1][:, data.parent_index[level]]
-    return ((state.units[level] - parent) ** 2).sum(axis=-1)
+    squares = (state.units[level] - parent) ** 2
+    if state.local is not None and 1 <= level <= state.local.n_levels:
+        squares = squares / state.local.unit(level)
+    return squares.sum(axis=-1)
 
 
 # ---------------------------------------------------------------------------- centred sweep
 def conjugate_sweep(data: TreeData, state: TreeState, rng: np.random.Generator) -> None:
-    """One centred Gibbs sweep, in place: θ, group means and θ0, then λ and τ per level."""
+    """One centred Gibbs sweep, in place: θ, group means and θ0, then λ and τ per level.
+
+    With local scales of the group effects they are drawn last, given the units and τ.
+    """
     for level in range(data.depth + 2):
         update_units(data, state, level, rng)
     for level in range(data.depth + 1):
         update_scale_conjugate(data, state, level, rng)
+    if state.local is not None:
+        update_local_scales(data, state.local, state.units[1:], state.tau, rng)
 
 
 def update_scale_conjugate(
@@ -231,6 +257,29 @@ def update_scale_conjugate(
     mixing = draw_mixing(state.tau[:, level], data.tau_scale[:, level], rng)
     sum_sq = sum_sq_deviations(data, state, level)
     state.tau[:, level] = draw_scale(sum_sq, data.n_units[level], mixing, rng)
+
+
+def update_local_scales(
+    data: TreeData,
+    local: LocalScales,
+    effects: list[np.ndarray],
+    tau: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
+    """Draw λ² (and ξ) of every level from their conditionals given the effects, in place.
+
+    ``effects`` are the group effects of levels 1..D, then θ0 (rows × 1), sorted as the
+    state's units (index l − 1 for level l); ``tau`` the rows' scales (rows × levels). The
+    conditionals are :func:`~bayeshier_pymc.gibbs.local_scales.draw_conditional_local_variance`
+    of δ² / τ_l², δ = u − parent.
+    """
+    priors = local.priors
+    for level in range(1, local.n_levels + 1):
+        parent = effects[level][:, data.parent_index[level]]
+        standardised = np.square((effects[level - 1] - parent) / tau[:, level, None])
+        local.variances[level - 1], local.auxiliary[level - 1] = draw_conditional_local_variance(
+            priors.group_prior, priors.group_df, standardised, local.auxiliary[level - 1], rng
+        )
 
 
 # ---------------------------------------------------------------------------- collapsed sweep
@@ -256,7 +305,9 @@ def collapsed_sweep(
         The lowest level whose units are drawn after τ (0: θ too; 1: the group means and
         θ0; None: none). Nothing in the next sweep conditions on the units, so they can be
         skipped when the draw is not kept (tuning, thinning), or drawn elsewhere (the
-        engine draws θ from the kept τ and group means).
+        engine draws θ from the kept τ and group means). With local scales the group
+        means and θ0 are always drawn: λ is drawn next from the group effects (split from
+        the totals with shared noise, kept in ``state.split``).
 
     Returns
     -------
@@ -266,19 +317,34 @@ def collapsed_sweep(
     """
     messages, acceptance = update_scales(data, state, kernel, rng)
     kernel.observe(np.log(state.tau))
-    if draw_units_from is not None:
+    if state.local is not None:
+        lowest = 1 if draw_units_from is None else min(draw_units_from, 1)
+        draw_units_given_scales(data, state, messages, rng, lowest_level=lowest)
+        if data.correlated:
+            state.split = split_effects(data, state, rng)
+            effects = state.split[0]
+        else:
+            effects = state.units[1:]
+        update_local_scales(data, state.local, effects, state.tau, rng)
+    elif draw_units_from is not None:
         draw_units_given_scales(data, state, messages, rng, lowest_level=draw_units_from)
     return acceptance
 
 
-def initial_state(data: TreeData, rng: np.random.Generator) -> TreeState:
+def initial_state(
+    data: TreeData, rng: np.random.Generator, priors: Priors | None = None
+) -> TreeState:
     """Dispersed starting points: log τ_l uniform on [log(A_l / 20), log A_l], units exact.
 
     Every row gets its own scales; θ0, the group means and θ are then drawn exactly given
-    them, so each chain starts from a different, internally consistent point.
+    them, so each chain starts from a different, internally consistent point. Under a
+    heavy-tailed group prior of ``priors`` the local scales start at λ = 1
+    (:meth:`~bayeshier_pymc.gibbs.layout.LocalScales.start`).
     """
     log_scale = np.log(data.tau_scale)
     tau = np.exp(log_scale - np.log(20.0) * rng.random((data.n_rows, data.n_scales)))
     state = TreeState(tau, [np.zeros((data.n_rows, n)) for n in data.n_units])
+    if priors is not None and priors.heavy_tailed and data.n_scales > 1:
+        state.local = LocalScales.start(data, priors)
     draw_units_given_scales(data, state, list(evaluate(data, tau).messages), rng)
     return state
