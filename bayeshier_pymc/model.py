@@ -295,11 +295,12 @@ def _no_pooling_model(estimates: Estimates, priors: Priors, noise: NoiseModel | 
 def _local_scales(hierarchy: Hierarchy, priors: Priors) -> list[pt.TensorVariable] | None:
     """Add the local scales λ (covariate, group) of every annotation level, finest first.
 
-    ``None`` under the normal group prior (λ ≡ 1, no variable). Horseshoe: the free
-    ``<level>_local_scale`` ~ HalfCauchy(1); Student-t: the free ``<level>_local_variance``
-    λ² ~ InvGamma(ν/2, ν/2) and ``<level>_local_scale`` its square root.
+    ``None`` under the normal group prior (λ ≡ 1, no variable) or without annotation levels.
+    Horseshoe: the free ``<level>_local_scale`` ~ HalfCauchy(1); Student-t: the free
+    ``<level>_local_variance`` λ² ~ InvGamma(ν/2, ν/2) and ``<level>_local_scale`` its
+    square root.
     """
-    if not priors.heavy_tailed:
+    if not priors.heavy_tailed or not hierarchy.levels:
         return None
     scales = []
     for level in hierarchy.levels:
