@@ -90,6 +90,8 @@ from bayeshier_pymc.inference_data import (
     OBSERVATION,
     THETA_SUMMARY,
     is_summary,
+    local_variance_draws,
+    pointwise_draws,
     problem_from_idata,
 )
 from bayeshier_pymc.log_likelihood import held_out_predictive
@@ -430,6 +432,12 @@ def compare_depths(
         )
     data = with_noise(chosen, estimates, hierarchy, noise)
     resolved = Priors.resolve(priors, scale_levels(hierarchy), data.covariates, data.se.to_numpy())
+    if refit_bad_k and resolved.heavy_tailed:
+        raise ValueError(
+            f"refit_bad_k is not available with group_prior={resolved.group_prior!r} (a refit "
+            "keeps τ only, and the held-out group's local scales would need their own draws); "
+            "read the Pareto k of the group LOO instead."
+        )
     depths = _default_depths(hierarchy) if depths is None else list(depths)
     for depth in depths:  # every argument is checked before the first fit
         resolve_depth(depth, hierarchy)
@@ -748,7 +756,13 @@ def group_log_likelihood(
     """
     problem = problem_from_idata(idata)
     full, target = _group_target(problem, hierarchy, level)
-    values = _held_out_values(problem, full, target, idata.posterior.get("tau"), _n_draws(idata))
+    local = None
+    if problem.pooled:
+        draws = pointwise_draws(idata.posterior, problem, with_theta=False)
+        local = local_variance_draws(draws, problem)
+    values = _held_out_values(
+        problem, full, target, idata.posterior.get("tau"), _n_draws(idata), local
+    )
     level = "feature" if target == 0 else full.levels[target - 1]
     labels = np.asarray(full.features if target == 0 else full.groups[target - 1])
     draws = {
@@ -803,12 +817,15 @@ def _held_out_values(
     target: int,
     tau: xr.DataArray | None,
     n_draws: tuple[int, int],
+    local: tuple[np.ndarray, ...] | None = None,
 ) -> np.ndarray:
     """Log p(b_G | b_−G, τ) as (chain, draw, covariate, group) for the draws ``tau``.
 
     Without pooling (or without ``tau``) the value is the same in each of the ``n_draws``
     (chains, draws). With correlated estimates the algebra runs on the noise tree, so the
-    held-out groups' noise shared with the rest is accounted for.
+    held-out groups' noise shared with the rest is accounted for. ``local``: under a
+    heavy-tailed group prior, the draws of the groups' local variances λ² that go with
+    ``tau`` (:func:`~bayeshier_pymc.inference_data.local_variance_draws`).
     """
     pooled = problem.pooled and tau is not None
     if not pooled and not problem.correlated:
@@ -823,7 +840,12 @@ def _held_out_values(
         tau_values = tau_values.transpose("chain", "draw", "covariate", "level").to_numpy()
     unit_level = min(target, problem.index.depth)
     return held_out_predictive(
-        problem, tau_values, unit_level, _unit_to_group(full, unit_level, target), lead=n_draws
+        problem,
+        tau_values,
+        unit_level,
+        _unit_to_group(full, unit_level, target),
+        lead=n_draws,
+        local=local,
     )
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "cell_dataset",
     "is_summary",
     "local_scale_name",
+    "local_variance_draws",
     "log_likelihood_dataset",
     "loo",
     "loo_in_chunks",
@@ -336,7 +337,13 @@ def _pointwise(kind: str, draws: Mapping[str, np.ndarray], problem: ShrinkagePro
         if kind == "conditional":
             return pointwise.conditional_leave_one_out(theta, problem)
         tau = draws["tau"] if problem.pooled else None
-        return pointwise.leave_one_out(problem, tau, lead=theta.shape[:2], dtype=theta.dtype)[0]
+        return pointwise.leave_one_out(
+            problem,
+            tau,
+            lead=theta.shape[:2],
+            dtype=theta.dtype,
+            local=local_variance_draws(draws, problem),
+        )[0]
     if kind == "conditional":
         return pointwise.conditional(theta, b, se)
     if not problem.pooled:
@@ -359,8 +366,9 @@ def pointwise_draws(
 ) -> dict[str, np.ndarray]:
     """The draws the pointwise quantities use, as (chain, draw, covariate, ...) arrays.
 
-    ``theta`` (unless ``with_theta`` is False) and, with pooling, ``mu``, ``tau`` and the
-    group means of the first annotation level (θ's parents).
+    ``theta`` (unless ``with_theta`` is False) and, with pooling, ``mu``, ``tau``, the
+    group means of the first annotation level (θ's parents) and, under a heavy-tailed group
+    prior, the local scales of every level (:func:`local_variance_draws`).
     """
     lead = ("chain", "draw", "covariate")
     draws: dict[str, np.ndarray] = {}
@@ -372,7 +380,27 @@ def pointwise_draws(
         for level in problem.levels[:1]:
             name = group_mean_name(level)
             draws[name] = posterior[name].transpose(*lead, level).to_numpy()
+        if problem.priors.heavy_tailed:
+            for level in problem.levels:
+                name = local_scale_name(level)
+                draws[name] = posterior[name].transpose(*lead, level).to_numpy()
     return draws
+
+
+def local_variance_draws(
+    draws: Mapping[str, np.ndarray], problem: ShrinkageProblem
+) -> tuple[np.ndarray, ...] | None:
+    """Draws of the local variances λ² of every annotation level used, or ``None``.
+
+    ``draws`` hold ``<level>_local_scale`` as (chain, draw, covariate, group) arrays (as
+    :func:`pointwise_draws` returns them, or a sampler's posterior arrays); the result has
+    one array of that shape per level, finest first, as the tree algebra's ``local``
+    (:mod:`bayeshier_pymc.gaussian_tree`). ``None`` under the normal group prior, where
+    every λ = 1.
+    """
+    if not (problem.priors.heavy_tailed and problem.pooled and problem.levels):
+        return None
+    return tuple(np.square(draws[local_scale_name(level)]) for level in problem.levels)
 
 
 def theta_parent_draws(
@@ -822,8 +850,9 @@ def marginal_chunks(
         for start in range(0, n_features, chunk_features)
     ]
     if problem.correlated:
+        local = local_variance_draws(draws, problem)
         for covariate in range(n_covariates):
-            held_out = pointwise.HeldOutFeatures(problem, draws["tau"], covariate)
+            held_out = pointwise.HeldOutFeatures(problem, draws["tau"], covariate, local)
             for chunk in chunks:
                 cells = np.zeros((n_covariates, chunk.stop - chunk.start), dtype=bool)
                 cells[covariate] = observed[covariate, chunk]

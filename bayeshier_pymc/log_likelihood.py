@@ -199,6 +199,7 @@ def held_out_predictive(
     *,
     lead: tuple[int, int],
     dtype: Any = np.float64,
+    local: tuple[np.ndarray, ...] | None = None,
 ) -> np.ndarray:
     """Log p(b_G | b_−G, τ) for every held-out group G of units, draw by draw.
 
@@ -224,6 +225,9 @@ def held_out_predictive(
         Numbers of chains and draws of the result.
     dtype
         Floating type of the result.
+    local
+        Under a heavy-tailed group prior, draws of the local variances λ² of the groups of
+        each annotation level used (chain, draw, covariate, group); ``None``: every λ = 1.
 
     Returns
     -------
@@ -260,8 +264,29 @@ def held_out_predictive(
                 unit_level,
                 to_group,
                 noise,
+                None if local is None else tuple(x[chain, draws, c] for x in local),
             )
     return out
+
+
+def _kernel_local_variances(
+    problem: ShrinkageProblem,
+    local: tuple[np.ndarray, ...] | None,
+    covariate: int,
+    lead: tuple[int, ...],
+) -> np.ndarray:
+    """λ² of every group of the algebra tree per draw, (chain, draw, groups), for the kernels.
+
+    The groups of every level, finest first, in the tree's order (the numbering of
+    :class:`~bayeshier_pymc.gaussian_tree.kernels.LeaveOneOutTree` from its first group on);
+    ones at the levels above those with local scales. ``local`` ``None``: no groups (every
+    λ = 1, the kernels' cheaper path).
+    """
+    if local is None:
+        return np.empty((*lead, 0))
+    n_groups = problem.index.n_groups
+    ones = [np.ones((*lead, n)) for n in n_groups[len(local) :]]
+    return np.ascontiguousarray(np.concatenate([x[:, :, covariate] for x in local] + ones, axis=-1))
 
 
 def _unit_of_features(index: TreeIndex, unit_level: int) -> np.ndarray:
@@ -280,6 +305,7 @@ def leave_one_out(
     dtype: Any = np.float64,
     rng: np.random.Generator | None = None,
     log_density: bool = True,
+    local: tuple[np.ndarray, ...] | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Log p(b_j | b_−j, τ) for every draw and, with ``rng``, one replicate of b_j from it.
 
@@ -310,6 +336,9 @@ def leave_one_out(
     log_density
         Whether to compute the log density; ``False`` (with ``rng``): only the replicates,
         with no store for the log density.
+    local
+        Under a heavy-tailed group prior, draws of the local variances λ² of the groups of
+        each annotation level used (chain, draw, covariate, group); ``None``: every λ = 1.
 
     Returns
     -------
@@ -337,6 +366,7 @@ def leave_one_out(
             noise = problem.noise.row(c) if problem.noise is not None else None
             tree = leave_one_out_tree(index, noise)
             row_scales = np.ascontiguousarray(scales[:, :, c])
+            row_local = _kernel_local_variances(problem, local, c, lead)
             mu0, s0 = float(problem.priors.mu0[c]), float(top_sd[c])
             for chain, draws in chunks(lead, b.shape[1]):
                 chunk_scales = row_scales[chain, draws]
@@ -347,7 +377,16 @@ def leave_one_out(
                     normals = rng.standard_normal((len(chunk_scales), b.shape[1]))
                     replicate_rows = replicates[chain, draws, c]
                 _wait(writing)
-                arguments = (b[c], var_b[c], chunk_scales, tree, mu0, s0, normals)
+                arguments = (
+                    b[c],
+                    var_b[c],
+                    chunk_scales,
+                    row_local[chain, draws],
+                    tree,
+                    mu0,
+                    s0,
+                    normals,
+                )
                 writing = [
                     pool.submit(
                         _leave_one_out_kernel, *arguments, lo, hi, density_rows, replicate_rows
@@ -375,9 +414,18 @@ class HeldOutFeatures:
         Draws of the scales (chain, draw, covariate, level).
     covariate
         The covariate's position.
+    local
+        Under a heavy-tailed group prior, draws of the local variances λ² of the groups of
+        each annotation level used (chain, draw, covariate, group); ``None``: every λ = 1.
     """
 
-    def __init__(self, problem: ShrinkageProblem, tau: np.ndarray, covariate: int):
+    def __init__(
+        self,
+        problem: ShrinkageProblem,
+        tau: np.ndarray,
+        covariate: int,
+        local: tuple[np.ndarray, ...] | None = None,
+    ):
         if not problem.pooled:
             raise ValueError("the held-out features' parent terms need a pooled problem.")
         b, var_b, index = problem.algebra_b, problem.var_b, problem.index
@@ -389,11 +437,22 @@ class HeldOutFeatures:
         scales = np.ascontiguousarray(problem.algebra_scales(tau[:, :, covariate]))
         self._lead = scales.shape[:2]
         flat_scales = scales.reshape(-1, scales.shape[-1])
+        flat_local = _kernel_local_variances(problem, local, covariate, self._lead)
+        flat_local = flat_local.reshape(len(flat_scales), -1)
         self._tau_w = np.ascontiguousarray(flat_scales[:, 0])
         n_parents = index.n_units[1]
         self._terms = np.empty((len(flat_scales), n_parents, LEAVE_ONE_OUT_PARENT_TERMS))
         mu0, s0 = float(problem.priors.mu0[covariate]), float(problem.priors.s0[covariate])
-        arguments = (self._b, self._var_b, flat_scales, self._tree, mu0, s0, self._terms)
+        arguments = (
+            self._b,
+            self._var_b,
+            flat_scales,
+            flat_local,
+            self._tree,
+            mu0,
+            s0,
+            self._terms,
+        )
         _in_threads(lambda lo, hi: _parent_terms_kernel(*arguments, lo, hi), len(flat_scales))
 
     def chunk(self, features: slice, dtype: Any) -> np.ndarray:
@@ -420,6 +479,7 @@ def _parent_terms_kernel(
     b: np.ndarray,
     var_b: np.ndarray,
     scales: np.ndarray,
+    local: np.ndarray,
     tree: LeaveOneOutTree,
     mu0: float,
     s0: float,
@@ -429,12 +489,14 @@ def _parent_terms_kernel(
 ) -> None:  # pragma: no cover - compiled
     """terms[s] = the parent terms of draw s's scales, for the draws s in ``start:stop``.
 
-    A draw whose scales are the last one's (its τ updates all rejected) copies its terms.
+    ``local[s]``: draw s's local variances of the groups (no columns: none). A draw whose
+    scales (and local variances) are the last one's (its τ updates all rejected) copies its
+    terms.
     """
     work = np.empty((LEAVE_ONE_OUT_WORK, tree.level_offsets[-1]))
     for s in range(start, stop):
-        if s == start or not _same(scales[s], scales[s - 1]):
-            leave_one_out_parent_terms(b, var_b, scales[s], tree, mu0, s0, work, terms[s])
+        if s == start or _changed(scales, local, s):
+            leave_one_out_parent_terms(b, var_b, scales[s], local[s], tree, mu0, s0, work, terms[s])
         else:
             terms[s] = terms[s - 1]
 
@@ -577,6 +639,7 @@ def _leave_one_out_kernel(
     b: np.ndarray,
     var_b: np.ndarray,
     scales: np.ndarray,
+    local: np.ndarray,
     tree: LeaveOneOutTree,
     mu0: float,
     s0: float,
@@ -588,7 +651,8 @@ def _leave_one_out_kernel(
 ) -> None:  # pragma: no cover - compiled
     """log_density[s, j] = log p(b_j | b_−j, τ_s) for the draws s in ``start:stop``.
 
-    ``scales[s]`` are draw s's scales (D + 1). With ``normals`` (standard normal, draws ×
+    ``scales[s]`` are draw s's scales (D + 1), ``local[s]`` its groups' local variances (no
+    columns: none). With ``normals`` (standard normal, draws ×
     features; no rows: no replicates), replicates[s, j] = mean + sd · normals[s, j] of that
     predictive; a ``log_density`` without rows is not written. The moments are computed only
     when a draw's scales differ from the last ones (a draw whose τ updates were all rejected
@@ -599,8 +663,10 @@ def _leave_one_out_kernel(
     mean = np.empty(n_features)
     variance = np.empty(n_features)
     for s in range(start, stop):
-        if s == start or not _same(scales[s], scales[s - 1]):
-            leave_one_out_moments(b, var_b, scales[s], tree, mu0, s0, work, mean, variance)
+        if s == start or _changed(scales, local, s):
+            leave_one_out_moments(
+                b, var_b, scales[s], local[s], tree, mu0, s0, work, mean, variance
+            )
         if log_density.shape[0]:
             row = log_density[s]
             for j in range(n_features):
@@ -609,6 +675,14 @@ def _leave_one_out_kernel(
             replicate = replicates[s]
             for j in range(n_features):
                 replicate[j] = mean[j] + np.sqrt(variance[j]) * normals[s, j]
+
+
+@compiled_kernel
+def _changed(scales: np.ndarray, local: np.ndarray, s: int) -> bool:  # pragma: no cover - compiled
+    """Whether draw s's scales or local variances differ from draw s − 1's."""
+    return not _same(scales[s], scales[s - 1]) or (
+        local.shape[1] > 0 and not _same(local[s], local[s - 1])
+    )
 
 
 @compiled_kernel

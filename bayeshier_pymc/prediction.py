@@ -8,7 +8,10 @@ it. With the tree θ_j ~ N(β_h, τ_w²), β_h ~ N(α_g, τ_v²), α_g ~ N(θ0, 
 * in a new group under a known parent g: the new group's mean β_new ~ N(α_g, τ_v²), shared by
   every new metabolite of that group, then θ_new ~ N(β_new, τ_w²);
 * in no known group: new groups down from θ0 at every level;
-* without pooling: θ_new ~ N(mu0, s0²), the prior.
+* without pooling: θ_new ~ N(mu0, s0²), the prior;
+* under a heavy-tailed group prior (``Priors.group_prior``) a new group's mean is drawn with
+  its own local scale, β_new ~ N(α_g, τ_v² λ²) with λ from its prior in every draw (a known
+  group's mean is its posterior draw, which already carries its λ).
 
 These are bambi's rules for new groups (``sample_new_groups``): a new group's mean is drawn
 from its level's distribution around its parent, once per group. A new metabolite with no
@@ -23,6 +26,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayeshier_pymc.gibbs.local_scales import draw_prior_local_variance
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.model import group_mean_name
@@ -154,6 +158,11 @@ def _draw_from_tree(
 
     Walks from θ0 down. At each level the values are the known groups' posterior means
     followed by the new groups' drawn means; ``column`` is each new feature's unit there.
+    Under a heavy-tailed group prior a new group's mean is drawn around its parent with
+    τ_l λ, λ drawn from its prior in every draw
+    (:func:`~bayeshier_pymc.gibbs.local_scales.draw_prior_local_variance`); a new feature
+    in a known group needs no λ (the features have none, and the group's mean is its
+    posterior draw).
     """
     tree = problem.tree
     assert tree is not None  # a pooled fit
@@ -186,9 +195,10 @@ def _draw_from_tree(
         slot = {key: len(groups) + i for i, key in enumerate(new_keys)}
         parents_of_new = np.array([c for c, _ in new_keys], dtype=np.intp)
         scale = tau[..., level][..., None]
-        new_means = values[..., parents_of_new] + scale * rng.standard_normal(
-            (*values.shape[:-1], len(new_keys))
-        )
+        new_shape = (*values.shape[:-1], len(new_keys))
+        if problem.priors.heavy_tailed:
+            scale = scale * np.sqrt(draw_prior_local_variance(problem.priors, new_shape, rng))
+        new_means = values[..., parents_of_new] + scale * rng.standard_normal(new_shape)
         known_means = posterior[group_mean_name(name)].transpose(*lead, name).to_numpy()
         values = np.concatenate([known_means, new_means], axis=-1)
         column = np.array(

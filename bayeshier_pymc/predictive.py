@@ -31,7 +31,12 @@ import xarray as xr
 from bayeshier_pymc._memory import store_array
 from bayeshier_pymc._numba import compiled_kernel
 from bayeshier_pymc.gaussian_tree import draw_noise
-from bayeshier_pymc.inference_data import cell_dataset, pointwise_draws, theta_parent_draws
+from bayeshier_pymc.inference_data import (
+    cell_dataset,
+    local_variance_draws,
+    pointwise_draws,
+    theta_parent_draws,
+)
 from bayeshier_pymc.log_likelihood import chunks, leave_one_out
 from bayeshier_pymc.model import group_mean_name, model_coords
 from bayeshier_pymc.problem import ShrinkageProblem
@@ -73,13 +78,15 @@ def add_posterior_predictive(
         if problem.pooled and not problem.correlated:
             replicates = _around_parents(idata.posterior, problem, rng, theta.dtype)
         else:
-            tau = (
-                idata.posterior["tau"].transpose(*DIMS[:3], "level").to_numpy()
-                if problem.pooled
-                else None
-            )
+            draws = pointwise_draws(idata.posterior, problem, with_theta=False)
             replicates = leave_one_out(
-                problem, tau, lead=theta.shape[:2], dtype=theta.dtype, rng=rng, log_density=False
+                problem,
+                draws.get("tau"),
+                lead=theta.shape[:2],
+                dtype=theta.dtype,
+                rng=rng,
+                log_density=False,
+                local=local_variance_draws(draws, problem),
             )[1]
     draw_coords = {name: theta.coords[name].to_numpy() for name in DIMS[:2]}
     dataset = cell_dataset({"b": replicates}, problem, draw_coords)

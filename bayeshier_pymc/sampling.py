@@ -48,6 +48,7 @@ from bayeshier_pymc.gibbs.sweeps import check_scheme
 from bayeshier_pymc.inference_data import (
     THETA_PARENT_STORES,
     build_inference_data,
+    local_variance_draws,
     posterior_dims,
 )
 from bayeshier_pymc.log_likelihood import conditional_constant, conditional_total, leave_one_out
@@ -206,7 +207,12 @@ def finish(problem: ShrinkageProblem, run: SamplerRun) -> az.InferenceData:
         theta = run.posterior["theta"]
         tau = run.posterior["tau"] if problem.pooled else None
         log_likelihood, replicates = leave_one_out(
-            problem, tau, lead=theta.shape[:2], dtype=theta.dtype, rng=rng
+            problem,
+            tau,
+            lead=theta.shape[:2],
+            dtype=theta.dtype,
+            rng=rng,
+            local=local_variance_draws(run.posterior, problem),
         )
     idata = build_inference_data(
         run.posterior,

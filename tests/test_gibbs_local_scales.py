@@ -9,16 +9,35 @@ model; ``group_prior="normal"`` unchanged.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
 import bayeshier_pymc as bh
-from bayeshier_pymc.gaussian_tree import draw_tree, upward_pass
+from bayeshier_pymc.depth_comparison import group_log_likelihood
+from bayeshier_pymc.gaussian_tree import (
+    draw_tree,
+    group_log_predictive,
+    leave_one_out_normal,
+    upward_pass,
+)
+from bayeshier_pymc.gaussian_tree.kernels import (
+    LEAVE_ONE_OUT_WORK,
+    leave_one_out_moments,
+    leave_one_out_tree,
+)
 from bayeshier_pymc.gibbs.layout import TreeData, TreeState
-from bayeshier_pymc.gibbs.local_scales import LocalScales
+from bayeshier_pymc.gibbs.local_scales import LocalScales, draw_prior_local_variance
 from bayeshier_pymc.gibbs.scale_kernels import evaluate
 from bayeshier_pymc.gibbs.sweeps import draw_units_given_scales, split_effects
+from bayeshier_pymc.inference_data import local_variance_draws, marginal_chunks, pointwise_draws
+from bayeshier_pymc.model import group_mean_name
+from bayeshier_pymc.prediction import predict_new
+from bayeshier_pymc.priors import Priors
+from bayeshier_pymc.sampling import draw_given_scales, sample_gibbs
 from bayeshier_pymc.simulate import ResidualNoise
+from bayeshier_pymc.streamed import theta_draws
+from tests.research import research_module
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +229,330 @@ def test_engine_pass_and_draws_with_local_scales_match_the_dense_posterior(study
     groups = rows.from_sorted(effects[level - 1][pick], level)
     mean, sd = _dense_posterior(problem, scales, local, row, level)
     _assert_moments(np.hstack([theta, groups]), mean, sd)
+
+
+def _prior_effects(data, tau, local, rng):
+    """Group effects of levels 1..D and θ0 (last) drawn from their prior given τ and λ."""
+    effects = [np.zeros((data.n_rows, 1))]
+    for level in range(data.depth, 0, -1):
+        parent = effects[0][:, data.parent_index[level]]
+        sd = tau[:, level, None] * np.sqrt(local.unit(level))
+        effects.insert(0, parent + sd * rng.standard_normal(parent.shape))
+    return effects
+
+
+@pytest.mark.parametrize(
+    ("group_prior", "reference"),
+    [
+        ("student_t", lambda rng, n: stats.t(3).rvs(n, random_state=rng)),
+        ("horseshoe", lambda rng, n: np.abs(rng.standard_cauchy(n)) * rng.standard_normal(n)),
+    ],
+)
+def test_local_scale_updates_leave_the_prior_invariant(study, rng, group_prior, reference):
+    """Alternating the effects from their prior given λ and λ | effects keeps the prior.
+
+    The standardised deviations (u − parent) / τ of every level are then Student-t with 3 df
+    (ν's default) or horseshoe draws (λ z, λ ~ HalfCauchy(0, 1)).
+    """
+    problem = _model(study, 2, group_prior, noise="independent").problem
+    data = TreeData.from_problem(problem, 2000)
+    tau = data.tau_scale * np.exp(rng.normal(0.0, 0.5, data.tau_scale.shape))
+    local = LocalScales.start(data, problem.priors)
+    for _ in range(100):
+        local.update(data, _prior_effects(data, tau, local, rng), tau, rng)
+    effects = _prior_effects(data, tau, local, rng)
+    for level in (1, 2):
+        deviation = effects[level - 1] - effects[level][:, data.parent_index[level]]
+        standardised = (deviation / tau[:, level, None]).ravel()
+        expected = reference(rng, standardised.size)
+        assert stats.ks_2samp(standardised, expected).pvalue > 0.001, level
+
+
+def test_prior_draws_of_new_local_scales(rng):
+    """λ² of new groups: IG(ν/2, ν/2) (so that λ z is t_ν) and a squared HalfCauchy."""
+    n = 20_000
+    for group_prior, df, reference in (
+        ("student_t", 5.0, stats.t(5)),
+        ("horseshoe", 3.0, None),
+    ):
+        priors = Priors.resolve(
+            {"group_prior": group_prior, "group_df": df}, ["feature", "a"], ["x"], np.ones((1, 2))
+        )
+        local_variance = draw_prior_local_variance(priors, (n,), rng)
+        if reference is None:
+            drawn = np.sqrt(local_variance)
+            assert stats.kstest(drawn, stats.halfcauchy().cdf).pvalue > 0.001
+        else:
+            drawn = np.sqrt(local_variance) * rng.standard_normal(n)
+            assert stats.kstest(drawn, reference.cdf).pvalue > 0.001
+
+
+def _assert_same_means(runs, level: str) -> None:
+    """θ, log τ and the finest level's log λ: posterior means within Bonferroni MCSE bounds.
+
+    ``runs`` are two mappings from ``"theta"``, ``"tau"`` and ``level`` to (chain, draw, …)
+    arrays; the Monte Carlo errors come from the ESS of each run.
+    """
+    prototype = research_module("bench_heavy_tailed_groups")
+    for name in ("theta", "tau", level):
+        moments = [
+            prototype.mean_and_sd_with_errors(run[name] if name == "theta" else np.log(run[name]))
+            for run in runs
+        ]
+        (mean_a, _, error_a, _), (mean_b, _, error_b, _) = moments
+        z = (mean_a - mean_b) / np.hypot(error_a, error_b)
+        assert np.abs(z).max() < stats.norm.isf(0.005 / z.size), name
+
+
+def _engine_draws(idata, level: str) -> dict[str, np.ndarray]:
+    names = {"theta": "theta", "tau": "tau", level: f"{level}_local_scale"}
+    return {
+        key: idata.posterior[name].transpose("chain", "draw", ...).to_numpy()
+        for key, name in names.items()
+    }
+
+
+@pytest.mark.parametrize(("group_prior", "name"), [("horseshoe", "horseshoe"), ("student_t", "t3")])
+def test_engine_samples_the_prototype_posterior(study, group_prior, name):
+    """Tree noise, depth 2: the engine against the NumPy prototype of the same model.
+
+    The prototype (``benchmarks/bench_heavy_tailed_groups.py``) updates τ by random-walk
+    Metropolis on the reference algebra; the engine by its own compiled kernels.
+    """
+    prototype = research_module("bench_heavy_tailed_groups")
+    model = _model(study, 2, group_prior)
+    options = {"draws": 600, "chains": 2, "tune": 300}
+    engine = sample_gibbs(model.problem, random_seed=1, progressbar=False, **options)
+    reference = prototype.sample_group_prior(
+        model.problem, prototype.PRIORS[name], rng=np.random.default_rng(2), **options
+    )
+    level = model.problem.tree.levels[0]
+    expected = {"theta": reference.theta, "tau": reference.tau, level: reference.local_scale[0]}
+    _assert_same_means([_engine_draws(engine, level), expected], level)
+
+
+def test_conjugate_and_collapsed_schemes_agree(study):
+    """Independent estimates, horseshoe: the two schemes sample one posterior."""
+    problem = _model(study, 2, "horseshoe", noise="independent").problem
+    level = problem.tree.levels[0]
+    runs = [
+        _engine_draws(
+            sample_gibbs(
+                problem,
+                draws=3000,
+                tune=1000,
+                chains=4,
+                random_seed=1,
+                progressbar=False,
+                scheme=scheme,
+            ),
+            level,
+        )
+        for scheme in ("collapsed", "conjugate")
+    ]
+    _assert_same_means(runs, level)
+
+
+def _local_for_row(problem, local, row: int):
+    return tuple(x[row] for x in local)
+
+
+def test_leave_one_out_with_local_scales_is_the_dense_conditional(study, rng):
+    """p(b_j | b_−j, τ, λ): the compiled kernel and the reference against dense algebra."""
+    problem = _model(study, 2).problem
+    scales, _, local = _given(problem, rng)
+    index = problem.index
+    for row in range(problem.b.shape[0]):
+        ancestry, variances, covariance = _dense(problem, scales, local, row)
+        covariance = covariance + (ancestry * variances) @ ancestry.T
+        precision = np.linalg.inv(covariance)
+        b = problem.algebra_b[row]
+        centred = b - problem.priors.mu0[row]
+        variance = 1.0 / np.diag(precision)
+        mean = b - variance * (precision @ centred)
+        mu0, s0 = problem.priors.mu0[row], problem.priors.s0[row]
+        noise = problem.noise.row(row)
+        given = _local_for_row(problem, local, row)
+        reference = leave_one_out_normal(
+            b, problem.var_b[row], scales[row], index, mu0, s0, noise, given
+        )
+        np.testing.assert_allclose(reference[0], mean, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(reference[1], variance, rtol=1e-9)
+        work = np.empty((LEAVE_ONE_OUT_WORK, sum(index.n_units)))
+        compiled = np.empty((2, index.n_features))
+        leave_one_out_moments(
+            b,
+            problem.var_b[row],
+            scales[row],
+            np.concatenate(given),
+            leave_one_out_tree(index, noise),
+            float(mu0),
+            float(s0),
+            work,
+            compiled[0],
+            compiled[1],
+        )
+        np.testing.assert_allclose(compiled[0], mean, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(compiled[1], variance, rtol=1e-9)
+
+
+def test_group_predictive_with_local_scales_is_the_dense_conditional(study, rng):
+    """p(b_G | b_−G, τ, λ) of each subclass G against dense Gaussian conditioning."""
+    problem = _model(study, 2).problem
+    scales, _, local = _given(problem, rng)
+    index, row = problem.index, 0
+    to_group = np.arange(index.n_groups[0])
+    got = group_log_predictive(
+        problem.algebra_b[row],
+        problem.var_b[row],
+        scales[row],
+        index,
+        problem.priors.mu0[row],
+        problem.priors.s0[row],
+        1,
+        to_group,
+        problem.noise.row(row),
+        _local_for_row(problem, local, row),
+    )
+    ancestry, variances, covariance = _dense(problem, scales, local, row)
+    covariance = covariance + (ancestry * variances) @ ancestry.T
+    centred = problem.algebra_b[row] - problem.priors.mu0[row]
+    members = index.parents[0]
+    for group in to_group:
+        held, rest = members == group, members != group
+        gain = np.linalg.solve(covariance[np.ix_(rest, rest)], covariance[np.ix_(rest, held)]).T
+        mean = gain @ centred[rest]
+        conditional = covariance[np.ix_(held, held)] - gain @ covariance[np.ix_(rest, held)]
+        expected = stats.multivariate_normal(mean, conditional).logpdf(centred[held])
+        np.testing.assert_allclose(got[group], expected, rtol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def horseshoe_fits(study):
+    """A short horseshoe fit under tree noise, in full and in summary storage (one seed)."""
+    problem = _model(study, 2).problem
+    options = {"draws": 40, "tune": 40, "chains": 2, "random_seed": 5, "progressbar": False}
+    return problem, {
+        storage: sample_gibbs(problem, storage=storage, **options)
+        for storage in ("full", "summary")
+    }
+
+
+def test_stored_log_likelihood_uses_each_draws_local_scales(horseshoe_fits):
+    """b_marginal of a horseshoe fit (tree noise) is the reference LOO given τ and λ."""
+    problem, fits = horseshoe_fits
+    full = fits["full"]
+    assert set(full.posterior["subclass_local_scale"].dims) == {
+        "chain",
+        "draw",
+        "covariate",
+        "subclass",
+    }
+    draws = pointwise_draws(full.posterior, problem, with_theta=False)
+    local = local_variance_draws(draws, problem)
+    stored = full.log_likelihood["b_marginal"].transpose("chain", "draw", "covariate", "feature")
+    scales = problem.algebra_scales(draws["tau"])
+    for chain, draw, row in ((0, 0, 0), (1, 17, 1), (0, 39, 1)):
+        mean, variance = leave_one_out_normal(
+            problem.algebra_b[row],
+            problem.var_b[row],
+            scales[chain, draw, row],
+            problem.index,
+            problem.priors.mu0[row],
+            problem.priors.s0[row],
+            problem.noise.row(row),
+            tuple(x[chain, draw, row] for x in local),
+        )
+        expected = stats.norm(mean, np.sqrt(variance)).logpdf(problem.algebra_b[row])
+        np.testing.assert_allclose(stored[chain, draw, row], expected, rtol=2e-6)
+
+
+def test_summary_storage_with_local_scales_is_the_full_storage(horseshoe_fits):
+    """The same draws, θ replayed, and b_marginal a chunk at a time: the stored fit's."""
+    _, fits = horseshoe_fits
+    full, summary = fits["full"], fits["summary"]
+    for name in ("tau", "subclass_local_scale", "superclass_local_scale", "subclass_mean"):
+        np.testing.assert_array_equal(summary.posterior[name], full.posterior[name])
+    np.testing.assert_array_equal(theta_draws(summary), full.posterior["theta"])
+    stored = full.log_likelihood["b_marginal"].transpose("chain", "draw", "covariate", "feature")
+    n_samples = stored.shape[0] * stored.shape[1]
+    for features, cells, values in marginal_chunks(summary, chunk_features=7):
+        expected = stored.to_numpy()[:, :, :, features].reshape(n_samples, len(cells), -1)
+        row = np.flatnonzero(cells.any(axis=1))[0]
+        np.testing.assert_array_equal(values, expected[:, row])
+
+
+def test_group_loo_uses_each_draws_local_scales(study, horseshoe_fits):
+    problem, fits = horseshoe_fits
+    full = fits["full"]
+    tree = bh.Hierarchy.from_frame(study.annotations, study.levels)
+    values = group_log_likelihood(full, tree, "subclass").transpose(
+        "chain", "draw", "covariate", "subclass"
+    )
+    draws = pointwise_draws(full.posterior, problem, with_theta=False)
+    local = local_variance_draws(draws, problem)
+    scales = problem.algebra_scales(draws["tau"])
+    chain, draw, row = 1, 11, 0
+    expected = group_log_predictive(
+        problem.algebra_b[row],
+        problem.var_b[row],
+        scales[chain, draw, row],
+        problem.index,
+        problem.priors.mu0[row],
+        problem.priors.s0[row],
+        1,
+        np.arange(problem.index.n_groups[0]),
+        problem.noise.row(row),
+        tuple(x[chain, draw, row] for x in local),
+    )
+    np.testing.assert_allclose(values[chain, draw, row], expected, rtol=1e-10)
+
+
+def test_predict_new_draws_new_groups_local_scales_from_the_prior(study, horseshoe_fits, rng):
+    """A new subclass under a known superclass: θ_new − parent = τ_sub λ z + τ_w z′, λ ~ C⁺."""
+    problem, fits = horseshoe_fits
+    full = fits["full"]
+    n_new = 60
+    annotations = pd.DataFrame(
+        {"subclass": [f"new{j}" for j in range(n_new)], "superclass": "superclass_0"},
+        index=[f"novel{j}" for j in range(n_new)],
+    )
+    annotations.columns = list(problem.levels)
+    annotations.iloc[:, 1] = problem.tree.groups[1][0]
+    predicted = predict_new(full, annotations, random_seed=3).predictions["theta"]
+    predicted = predicted.transpose("chain", "draw", "covariate", "feature").to_numpy()
+    parent = full.posterior[group_mean_name(problem.levels[1])].isel({problem.levels[1]: 0})
+    tau = full.posterior["tau"].transpose("chain", "draw", "covariate", "level").to_numpy()
+    deviation = predicted - parent.transpose("chain", "draw", "covariate").to_numpy()[..., None]
+    shape = predicted.shape
+    local = np.abs(rng.standard_cauchy(shape))
+    expected = tau[..., 1:2] * local * rng.standard_normal(shape) + tau[..., 0:1] * (
+        rng.standard_normal(shape)
+    )
+    assert stats.ks_2samp(deviation.ravel(), expected.ravel()).pvalue > 0.001
+    # without λ the tails are too light: the same check rejects normal new groups
+    normal = tau[..., 1:2] * rng.standard_normal(shape) + tau[..., 0:1] * rng.standard_normal(shape)
+    assert stats.ks_2samp(normal.ravel(), expected.ravel()).pvalue < 0.001
+
+
+def test_draw_given_scales_uses_the_local_scales(horseshoe_fits, rng):
+    """Given one (τ, λ) repeated, θ and the finest effects have the dense posterior."""
+    problem, fits = horseshoe_fits
+    full = fits["full"]
+    tau = full.posterior["tau"].transpose("chain", "draw", "covariate", "level").to_numpy()
+    with pytest.raises(ValueError, match="local_scales"):
+        draw_given_scales(problem, tau, rng)
+    local = local_variance_draws(pointwise_draws(full.posterior, problem), problem)
+    level = problem.levels[0]
+    n_draws, row = 4000, 1
+    repeated_tau = np.repeat(tau[:1, 5:6], n_draws, axis=1)
+    repeated = [np.sqrt(np.repeat(x[:1, 5:6], n_draws, axis=1)) for x in local]
+    drawn = draw_given_scales(problem, repeated_tau, rng, repeated)
+    scales = problem.algebra_scales(tau[0, 5])
+    given = tuple(x[0, 5] for x in local)
+    mean, sd = _dense_posterior(problem, scales, given, row, 1)
+    _assert_moments(
+        np.hstack([drawn["theta"][0, :, row], drawn[group_mean_name(level)][0, :, row]]),
+        mean,
+        sd,
+    )

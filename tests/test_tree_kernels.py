@@ -447,12 +447,16 @@ def test_compiled_leave_one_out_matches_reference(seed, tau_scale):
         for s0 in (S0, 0.0):
             expected = leave_one_out_normal(b, var_b, tau, tree, MU0, s0, noise)
             compiled = leave_one_out_tree(tree, noise)
-            leave_one_out_moments(b, var_b, tau, compiled, MU0, s0, work, mean, variance)
+            leave_one_out_moments(
+                b, var_b, tau, np.empty(0), compiled, MU0, s0, work, mean, variance
+            )
             np.testing.assert_allclose(mean, expected[0], rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(variance, expected[1], rtol=1e-10)
             # split in two (the parents' terms, then any chunk of features): bitwise the same
             terms = np.empty((1, tree.n_units[1], LEAVE_ONE_OUT_PARENT_TERMS))
-            leave_one_out_parent_terms(b, var_b, tau, compiled, MU0, s0, work, terms[0])
+            leave_one_out_parent_terms(
+                b, var_b, tau, np.empty(0), compiled, MU0, s0, work, terms[0]
+            )
             chunk = slice(1, tree.n_features)
             log_density = np.empty((1, tree.n_features - 1))
             held_out_log_density(

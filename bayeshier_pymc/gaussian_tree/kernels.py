@@ -1057,6 +1057,7 @@ def leave_one_out_moments(
     b: np.ndarray,
     var_b: np.ndarray,
     tau: np.ndarray,
+    local: np.ndarray,
     tree: LeaveOneOutTree,
     mu0: float,
     s0: float,
@@ -1070,13 +1071,14 @@ def leave_one_out_moments(
     upward messages of every unit, then top-down each group's distribution given the data
     outside its subtree, then b_j | b_−j ~ N(m, s_j² + τ_0² + 1 / P) from the cavity N(m,
     1 / P) of θ_j's parent. ``b``, ``var_b``, ``mean`` and ``variance`` hold one value per
-    feature, ``tau`` one scale per level (D + 1); ``work`` is :data:`LEAVE_ONE_OUT_WORK` ×
-    the number of units. The parts of the cavities that only depend on the parent are
-    computed once per parent (:func:`_parents_outside`), and the units' precisions once for
-    both passes.
+    feature, ``tau`` one scale per level (D + 1); ``local`` the local variances λ² of the
+    groups of levels 1..D in the tree's numbering (ones at levels without local scales), or
+    nothing (every λ = 1); ``work`` is :data:`LEAVE_ONE_OUT_WORK` × the number of units.
+    The parts of the cavities that only depend on the parent are computed once per parent
+    (:func:`_parents_outside`), and the units' precisions once for both passes.
     """
     parent = tree.parent
-    _parents_outside(b, var_b, tau, tree, mu0, s0, work)
+    _parents_outside(b, var_b, tau, local, tree, mu0, s0, work)
     outside_mean, outside_var, precision = work[2], work[3], work[4]
     message_precision, outside_part = work[5], work[6]
     scale_sq = tau[0] * tau[0]
@@ -1105,6 +1107,7 @@ def leave_one_out_parent_terms(
     b: np.ndarray,
     var_b: np.ndarray,
     tau: np.ndarray,
+    local: np.ndarray,
     tree: LeaveOneOutTree,
     mu0: float,
     s0: float,
@@ -1118,7 +1121,7 @@ def leave_one_out_parent_terms(
     outside mean and variance, its message precision and its outside part. With them and
     τ_0 the predictive of any feature takes O(1): a chunk of features at a time.
     """
-    _parents_outside(b, var_b, tau, tree, mu0, s0, work)
+    _parents_outside(b, var_b, tau, local, tree, mu0, s0, work)
     first = tree.level_offsets[1]
     for h in range(terms.shape[0]):
         for t, row in enumerate(_PARENT_TERM_ROWS):
@@ -1175,6 +1178,7 @@ def _parents_outside(
     b: np.ndarray,
     var_b: np.ndarray,
     tau: np.ndarray,
+    local: np.ndarray,
     tree: LeaveOneOutTree,
     mu0: float,
     s0: float,
@@ -1185,11 +1189,14 @@ def _parents_outside(
     Upward, the message N(y; u, v) of every unit and each unit's precision; downward, each
     group's distribution given the data outside its subtree, and for every parent of θ its
     message precision and outside part (outside_mean / outside_var + message precision ·
-    message y), which :func:`_held_out_feature` combines with a feature's own terms.
+    message y), which :func:`_held_out_feature` combines with a feature's own terms. A group
+    u's prior variance is τ² λ_u² with ``local`` (λ² of the groups, from the first group
+    on; no values: λ = 1).
     """
     parent, offsets, noise = tree
     depth = offsets.size - 3
     n_features = offsets[1]
+    with_local = local.size > 0
     y, v, outside_mean, outside_var, precision = work[0], work[1], work[2], work[3], work[4]
     message_precision, outside_part = work[5], work[6]
     for j in range(n_features):
@@ -1203,7 +1210,8 @@ def _parents_outside(
             y[h] = 0.0
             v[h] = 0.0
         for u in range(offsets[level], offsets[level + 1]):
-            precision[u] = _unit_precision(v[u], scale_sq, noise[u])
+            unit_sq = scale_sq * local[u - n_features] if with_local and level else scale_sq
+            precision[u] = _unit_precision(v[u], unit_sq, noise[u])
             v[parent[u]] += precision[u]
             y[parent[u]] += precision[u] * y[u]
         for h in range(offsets[level + 1], offsets[level + 2]):
@@ -1232,7 +1240,8 @@ def _parents_outside(
                 y[u],
             )
             outside_mean[u] = cavity_mean
-            outside_var[u] = 1.0 / cavity_precision + (scale_sq + noise[u])
+            unit_sq = scale_sq * local[u - n_features] if with_local else scale_sq
+            outside_var[u] = 1.0 / cavity_precision + (unit_sq + noise[u])
 
 
 @inline_kernel

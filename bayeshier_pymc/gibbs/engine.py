@@ -51,8 +51,8 @@ from bayeshier_pymc.gibbs.sweeps import (
 )
 from bayeshier_pymc.gibbs.theta_summary import ThetaStream, check_summary_problem, summarise
 from bayeshier_pymc.gibbs.theta_writer import ThetaParents, ThetaWriter
-from bayeshier_pymc.inference_data import THETA_PARENT_STORES, local_scale_name
-from bayeshier_pymc.model import group_mean_name
+from bayeshier_pymc.inference_data import THETA_PARENT_STORES
+from bayeshier_pymc.model import group_mean_name, local_scale_name
 from bayeshier_pymc.problem import ShrinkageProblem
 
 if TYPE_CHECKING:
