@@ -383,15 +383,6 @@ def _draw_tree_given(
     return draw_tree(messages, scales, index, mu0, s0, rng, noise=noise, local=local)
 
 
-def _refuse_heavy_tailed(problem: ShrinkageProblem, where: str) -> None:
-    """Raise a ValueError if ``problem`` has a heavy-tailed group prior that ``where`` lacks."""
-    if problem.priors.heavy_tailed and problem.tree is not None and problem.tree.levels:
-        raise ValueError(
-            f"group_prior={problem.priors.group_prior!r} is not yet available in {where}; "
-            "use sample('gibbs') (the Gibbs engine) or group_prior='normal'."
-        )
-
-
 def _default_cores(cores: int | None, chains: int) -> int:
     """Processes for ``pymc.sample``: PyMC's own guess ran chains one after another on 2 CPUs."""
     return cores or min(chains, os.cpu_count() or 1)
@@ -542,8 +533,6 @@ def _sample_gibbs(
     """
     if backend not in ("numpy", "pymc"):
         raise ValueError(f"unknown backend {backend!r}; use 'numpy' or 'pymc'.")
-    if backend == "pymc":
-        _refuse_heavy_tailed(problem, "the PyMC Gibbs step (backend='pymc')")
     check_scheme(problem, scheme)
     storage = _resolve_storage(storage, problem, backend, scheme, (chains, draws), theta_dtype)
     theta_summary = None

@@ -8,6 +8,8 @@ model; ``group_prior="normal"`` unchanged.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +18,7 @@ from scipy import stats
 import bayeshier_pymc as bh
 from bayeshier_pymc.depth_comparison import group_log_likelihood
 from bayeshier_pymc.gaussian_tree import (
+    draw_noise,
     draw_tree,
     group_log_predictive,
     leave_one_out_normal,
@@ -26,12 +29,13 @@ from bayeshier_pymc.gaussian_tree.kernels import (
     leave_one_out_moments,
     leave_one_out_tree,
 )
+from bayeshier_pymc.gibbs.engine import run_engine
 from bayeshier_pymc.gibbs.layout import TreeData, TreeState
 from bayeshier_pymc.gibbs.local_scales import LocalScales, draw_prior_local_variance
 from bayeshier_pymc.gibbs.scale_kernels import evaluate
 from bayeshier_pymc.gibbs.sweeps import draw_units_given_scales, split_effects
 from bayeshier_pymc.inference_data import local_variance_draws, marginal_chunks, pointwise_draws
-from bayeshier_pymc.model import group_mean_name
+from bayeshier_pymc.model import group_mean_name, local_scale_name
 from bayeshier_pymc.prediction import predict_new
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.sampling import draw_given_scales, sample_gibbs
@@ -556,3 +560,116 @@ def test_draw_given_scales_uses_the_local_scales(horseshoe_fits, rng):
         mean,
         sd,
     )
+
+
+@pytest.mark.parametrize(
+    ("group_prior", "noise", "scheme", "draws", "chains"),
+    [
+        ("horseshoe", "tree", "collapsed", 600, 2),
+        ("student_t", "independent", "conjugate", 3000, 4),
+    ],
+)
+def test_pymc_step_samples_the_engine_posterior(study, group_prior, noise, scheme, draws, chains):
+    """The PyMC Gibbs step on the centred model with λ: the engine's θ, log τ and log λ."""
+    problem = _model(study, 2, group_prior, noise=noise).problem
+    level = problem.levels[0]
+    options = {"draws": draws, "tune": 300, "chains": chains, "progressbar": False}
+    runs = [
+        _engine_draws(
+            sample_gibbs(problem, random_seed=seed, cores=1, scheme=scheme, **options, **backend),
+            level,
+        )
+        for seed, backend in ((1, {"backend": "pymc"}), (2, {}))
+    ]
+    _assert_same_means(runs, level)
+
+
+def _draw_from_prior(problem, rng):
+    """τ, λ (every level used), θ and b drawn from the horseshoe model's prior, per covariate."""
+    priors, index = problem.priors, problem.index
+    n_rows = problem.b.shape[0]
+    tau = priors.tau_scale * np.abs(rng.standard_cauchy(priors.tau_scale.shape))
+    local = [np.abs(rng.standard_cauchy((n_rows, n))) for n in index.n_groups]
+    values = (priors.mu0 + priors.s0 * rng.standard_normal(n_rows))[:, None]
+    for level in range(index.depth, 0, -1):
+        parent = index.parent_of(level)
+        sd = tau[:, level, None] * local[level - 1]
+        values = values[:, parent] + sd * rng.standard_normal((n_rows, index.n_groups[level - 1]))
+    theta = values[:, index.parent_of(0)] + tau[:, :1] * rng.standard_normal(problem.b.shape)
+    b = theta + draw_noise(problem.var_b, index, problem.noise, rng)
+    return {"theta": theta, "tau": tau, "local": local[0]}, b
+
+
+def _sbc_ranks(study, n_replicates: int, draws: int, thin: int):
+    """Ranks of the true θ, τ and finest λ among thinned posterior draws, per replicate."""
+    problem = _model(study, 2).problem
+    rng = np.random.default_rng(17)
+    ranks: dict[str, list[np.ndarray]] = {"theta": [], "tau": [], "local": []}
+    for replicate in range(n_replicates):
+        truth, b = _draw_from_prior(problem, rng)
+        simulated = dataclasses.replace(problem, b=b)
+        drawn = run_engine(
+            simulated,
+            draws=draws,
+            tune=200,
+            chains=1,
+            random_seed=replicate,
+            progressbar=False,
+            scheme="collapsed",
+            scale_steps=2,
+            theta_dtype=np.float64,
+            cores=1,
+        ).posterior
+        draws_of = {
+            "theta": drawn["theta"],
+            "tau": drawn["tau"],
+            "local": drawn[local_scale_name(problem.levels[0])],
+        }
+        for name, values in draws_of.items():
+            kept = values[0, ::thin]
+            ranks[name].append((kept < truth[name][None]).sum(axis=0).ravel())
+    return {name: np.concatenate(values) for name, values in ranks.items()}, draws // thin
+
+
+def _assert_uniform_ranks(ranks, n_kept: int, bins: int = 8) -> None:
+    for name, values in ranks.items():
+        counts = np.bincount(values * bins // (n_kept + 1), minlength=bins)
+        assert stats.chisquare(counts).pvalue > 0.001 / len(ranks), (name, counts)
+
+
+def test_sbc_tree_noise_horseshoe_quick(study):
+    """Simulation-based calibration, depth 2, tree noise, horseshoe: ranks look uniform."""
+    ranks, n_kept = _sbc_ranks(study, n_replicates=15, draws=240, thin=3)
+    _assert_uniform_ranks(ranks, n_kept)
+
+
+@pytest.mark.slow
+def test_sbc_tree_noise_horseshoe(study):
+    """The long version: 200 replicates."""
+    ranks, n_kept = _sbc_ranks(study, n_replicates=200, draws=600, thin=4)
+    _assert_uniform_ranks(ranks, n_kept, bins=10)
+
+
+def test_local_scales_are_in_the_posterior_only_under_a_heavy_tailed_prior(study, horseshoe_fits):
+    problem, fits = horseshoe_fits
+    for level in problem.levels:
+        scales = fits["full"].posterior[local_scale_name(level)]
+        assert scales.dims == ("chain", "draw", "covariate", level)
+        assert bool((scales > 0).all())
+    normal = sample_gibbs(
+        _model(study, 2, "normal").problem, draws=5, tune=5, chains=1, progressbar=False
+    )
+    assert not [name for name in normal.posterior.data_vars if name.endswith("_local_scale")]
+
+
+def test_exact_group_refits_refuse_a_heavy_tailed_prior(study):
+    tree = bh.Hierarchy.from_frame(study.annotations, study.levels)
+    with pytest.raises(ValueError, match="refit_bad_k is not available with group_prior"):
+        bh.compare_depths(
+            bh.mlm(study.Y, study.X),
+            tree,
+            loo="group",
+            refit_bad_k=True,
+            priors={"group_prior": "horseshoe"},
+            sampler="gibbs",
+        )

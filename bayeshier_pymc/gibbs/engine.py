@@ -19,6 +19,10 @@ totals of θ's parents and the noise on their paths, from which the writer draws
 collapsed scheme has this form; without pooling θ is drawn exactly by
 :func:`~bayeshier_pymc.gibbs.sweeps.draw_unpooled`.
 
+A heavy-tailed group prior (``Priors.group_prior``) adds the groups' local scales λ to the
+sweeps' state (:mod:`bayeshier_pymc.gibbs.local_scales`), recorded as ``<level>_local_scale``;
+θ given its parent does not depend on λ, so the θ writer and the summary replay are unchanged.
+
 Storage: θ draws are kept in float32 by default (``theta_dtype``); at 4 chains × 2000 draws ×
 10 covariates × 999 features that is 320 MB instead of 640 MB, with a relative rounding error
 of 6e-8, far below any Monte Carlo error. Every other variable is float64. With

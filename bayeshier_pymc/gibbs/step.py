@@ -10,6 +10,12 @@ conjugate scheme are not model variables: each sweep draws them afresh from λ |
 τ² | λ uses them, so the step carries no hidden state for them. The collapsed scheme's proposal
 tuning is per-chain state of the step (reset for every chain by PyMC's sampling state).
 
+Under a heavy-tailed group prior (``Priors.group_prior``) the step also owns the local scales
+of the group effects: the horseshoe's free ``<level>_local_scale`` λ, or the Student-t's free
+``<level>_local_variance`` λ² (:mod:`bayeshier_pymc.gibbs.local_scales`). The horseshoe's
+auxiliary ξ is not a model variable: like the conjugate scheme's λ of τ, each sweep draws it
+afresh from ξ | λ² before λ² | ξ, effects uses it.
+
 With correlated estimates (tree-structured noise; the centred model's observed ``b`` then has
 the tree-noise density) only the collapsed scheme applies: it samples the
 totals of the noise tree and splits them into effects
@@ -37,6 +43,7 @@ from pytensor.graph.basic import Variable
 
 from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal
 from bayeshier_pymc.gibbs.layout import TreeData, TreeState
+from bayeshier_pymc.gibbs.local_scales import LocalScales, draw_inverse_gamma
 from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS, ScaleKernel
 from bayeshier_pymc.gibbs.sweeps import (
     check_scheme,
@@ -47,7 +54,7 @@ from bayeshier_pymc.gibbs.sweeps import (
     initial_state,
     split_effects,
 )
-from bayeshier_pymc.model import group_mean_name
+from bayeshier_pymc.model import group_mean_name, local_scale_name, local_variance_name
 from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = ["TreeGibbs"]
@@ -63,10 +70,18 @@ class TreeGibbsState(StepMethodState):
 
 @dataclass(frozen=True)
 class _Names:
-    """Names of the model variables the step reads and writes."""
+    """Names of the model variables the step reads and writes.
+
+    ``local_values``: the value variables of the local scales (log λ for the horseshoe, log λ²
+    for the Student-t prior, ``local_variance``), one per level; ``local_variables`` their
+    random variables' names.
+    """
 
     tau_value: str
     group_means: tuple[str, ...]
+    local_values: tuple[str, ...] = ()
+    local_variables: tuple[str, ...] = ()
+    local_variance: bool = False
 
 
 class TreeGibbs(BlockedStep):
@@ -168,8 +183,13 @@ class TreeGibbs(BlockedStep):
             return [{"theta": draw_normal(b, var_b, generator)} for _ in range(chains)]
         points = []
         for _ in range(chains):
-            values = self._values_from_state(initial_state(self.data, generator), generator)
+            start = initial_state(self.data, generator, self.problem.priors)
+            values = self._values_from_state(start, generator)
             values["tau"] = np.exp(values.pop(self.names.tau_value))
+            for value, variable in zip(
+                self.names.local_values, self.names.local_variables, strict=True
+            ):
+                values[variable] = np.exp(values.pop(value))
             points.append(values)
         return points
 
@@ -179,14 +199,15 @@ class TreeGibbs(BlockedStep):
     def _state_from_point(self, point: dict[str, np.ndarray]) -> TreeState:
         """The state of ``point``; the noise tree's levels the model lacks get zeros.
 
-        The collapsed sweep, the only one with shared noise, reads only τ of the state.
+        The collapsed sweep, the only one with shared noise, reads only τ (and λ) of the
+        state. The horseshoe's ξ is drawn from ξ | λ² (see the module docstring).
         """
         means = [
             self.data.to_sorted(np.asarray(point[name], dtype=float), level)
             for level, name in enumerate(self.names.group_means, start=1)
         ]
         means += [np.zeros((self.data.n_rows, n)) for n in self.data.n_units[len(means) + 1 : -1]]
-        return TreeState(
+        state = TreeState(
             tau=np.exp(np.asarray(point[self.names.tau_value], dtype=float)),
             units=[
                 self.data.to_sorted(np.asarray(point["theta"], dtype=float)),
@@ -194,14 +215,33 @@ class TreeGibbs(BlockedStep):
                 np.asarray(point["mu"], dtype=float)[:, None],
             ],
         )
+        if self.names.local_values:
+            power = 1.0 if self.names.local_variance else 2.0
+            variances = [
+                self.data.to_sorted(np.exp(power * np.asarray(point[name], dtype=float)), level)
+                for level, name in enumerate(self.names.local_values, start=1)
+            ]
+            auxiliary = [
+                draw_inverse_gamma(1.0, 1.0 + 1.0 / v, self.rng)
+                if self.problem.priors.group_prior == "horseshoe"
+                else np.ones_like(v)
+                for v in variances
+            ]
+            state.local = LocalScales(self.problem.priors, variances, auxiliary)
+        return state
 
     def _values_from_state(
         self, state: TreeState, rng: np.random.Generator
     ) -> dict[str, np.ndarray]:
-        """The model's values of ``state``: with shared noise, effects split from the totals."""
+        """The model's values of ``state``: with shared noise, effects split from the totals.
+
+        Under local scales with shared noise the sweep's own split (``state.split``, which λ
+        was drawn from) is used.
+        """
         units, theta = state.units[1:], state.units[0]
         if self.data.correlated:
-            units, parent_noise = split_effects(self.data, state, rng)
+            split = state.split if state.split is not None else split_effects(self.data, state, rng)
+            units, parent_noise = split
             theta = theta - parent_noise[:, self.data.parent_index[0]]
         values = {
             self.names.tau_value: np.log(state.tau),
@@ -210,6 +250,11 @@ class TreeGibbs(BlockedStep):
         }
         for level, name in enumerate(self.names.group_means, start=1):
             values[name] = self.data.from_sorted(units[level - 1], level)
+        if state.local is not None:
+            power = 1.0 if self.names.local_variance else 0.5
+            for level, name in enumerate(self.names.local_values, start=1):
+                local = state.local.unit(level)
+                values[name] = self.data.from_sorted(power * np.log(local), level)
         return values
 
 
@@ -233,9 +278,25 @@ def _sweep_data(model: pm.Model, problem: ShrinkageProblem) -> tuple[TreeData, _
             problem.algebra_b, problem.var_b, flat, np.ones(1), priors.mu0, priors.s0
         )
         return data, _Names("", ())
+    levels = problem.tree.levels
+    local_variance = priors.group_prior == "student_t"
+    local_name = local_variance_name if local_variance else local_scale_name
+    local_variables = tuple(local_name(level) for level in levels) if priors.heavy_tailed else ()
+    missing_local = [name for name in local_variables if name not in model.named_vars]
+    if missing_local:
+        raise ValueError(
+            f"group_prior={priors.group_prior!r}: TreeGibbs needs the centred model built with "
+            f"it, with free variables {missing_local!r} (ShrinkageModel.build('centered'))."
+        )
+    for name in local_variables:
+        if not isinstance(model.rvs_to_transforms[model[name]], LogTransform):
+            raise ValueError(f"TreeGibbs expects {name} with PyMC's default log transform.")
     names = _Names(
         tau_value=model.rvs_to_values[model["tau"]].name,
-        group_means=tuple(group_mean_name(level) for level in problem.tree.levels),
+        group_means=tuple(group_mean_name(level) for level in levels),
+        local_values=tuple(model.rvs_to_values[model[name]].name for name in local_variables),
+        local_variables=local_variables,
+        local_variance=local_variance,
     )
     expected = {"tau", "mu", "theta", *names.group_means}
     if not expected <= set(model.named_vars) or model["theta"] not in model.free_RVs:

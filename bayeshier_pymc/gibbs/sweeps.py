@@ -21,6 +21,13 @@ downward pass draws totals, and :func:`split_effects` splits them into effects e
 The conjugate sweep conditions on θ through b ~ N(θ, s²) with independent errors; it has no
 form for shared noise (:func:`check_scheme`). :func:`draw_unpooled` draws θ without pooling
 under shared noise.
+
+Under a heavy-tailed group prior the state carries the groups' local scales
+(:class:`~bayeshier_pymc.gibbs.local_scales.LocalScales`): every group's prior variance is
+τ_l² λ_g² in the τ updates, the draws and the split, and both sweeps end with λ (and the
+horseshoe's ξ) drawn from their conjugate conditionals given the group effects and τ (the
+collapsed sweep then draws the group effects in every sweep, kept or not). Without local
+scales nothing of this runs: the draws are those of the normal model, bitwise.
 """
 
 from __future__ import annotations
