@@ -31,7 +31,6 @@ import xarray as xr
 from bayeshier_pymc._memory import store_array
 from bayeshier_pymc._numba import compiled_kernel
 from bayeshier_pymc.gaussian_tree import draw_noise
-from bayeshier_pymc.gibbs.local_scales import draw_prior_local_variance
 from bayeshier_pymc.inference_data import (
     cell_dataset,
     local_variance_draws,
@@ -193,7 +192,7 @@ def prior_predictive(
             index = tree.parents[level] if level < tree.depth else np.zeros(n_units, np.intp)
             scale = tau[..., level][..., None]
             if level and priors.heavy_tailed:
-                local_scale = np.sqrt(draw_prior_local_variance(priors, (*lead, n_units), rng))
+                local_scale = np.sqrt(priors.draw_local_variances((*lead, n_units), rng))
                 name = local_scale_name(tree.levels[level - 1])
                 prior[name] = (("chain", "draw", "covariate", tree.levels[level - 1]), local_scale)
                 scale = scale * local_scale
