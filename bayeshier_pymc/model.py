@@ -20,6 +20,14 @@ predictive draws of b with the correlated noise).
     centred when its units are strongly informed (the median over units of τ̂² × the data
     precision of the unit exceeds 1, with τ̂ the empirical-Bayes scales) and non-centred
     otherwise. The Gibbs step method samples the centred form.
+
+Under a heavy-tailed group prior (``Priors.group_prior`` ``"horseshoe"`` or ``"student_t"``)
+every group g of every annotation level has a local scale λ_g per covariate and the sd
+τ_l λ_g around its parent (:func:`_local_scales`: ``<level>_local_scale``, and for Student-t
+the free ``<level>_local_variance`` λ² whose square root it is). Both forms keep them as model
+variables: the collapsed model's NUTS samples τ and λ, its density log p(b | τ, λ) given by
+:func:`~bayeshier_pymc.gaussian_tree.log_marginal_op.log_marginal_with_local_scales`, and the
+rest is drawn given both.
 """
 
 from __future__ import annotations
@@ -295,11 +303,12 @@ def _no_pooling_model(estimates: Estimates, priors: Priors, noise: NoiseModel | 
 def _local_scales(hierarchy: Hierarchy, priors: Priors) -> list[pt.TensorVariable] | None:
     """Add the local scales λ (covariate, group) of every annotation level, finest first.
 
-    ``None`` under the normal group prior (λ ≡ 1, no variable). Horseshoe: the free
-    ``<level>_local_scale`` ~ HalfCauchy(1); Student-t: the free ``<level>_local_variance``
-    λ² ~ InvGamma(ν/2, ν/2) and ``<level>_local_scale`` its square root.
+    ``None`` under the normal group prior (λ ≡ 1, no variable) or without annotation levels.
+    Horseshoe: the free ``<level>_local_scale`` ~ HalfCauchy(1); Student-t: the free
+    ``<level>_local_variance`` λ² ~ InvGamma(ν/2, ν/2) and ``<level>_local_scale`` its
+    square root.
     """
-    if not priors.heavy_tailed:
+    if not priors.heavy_tailed or not hierarchy.levels:
         return None
     scales = []
     for level in hierarchy.levels:

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayeshier_pymc.gibbs.local_scales import draw_prior_local_variance
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import problem_from_idata
 from bayeshier_pymc.model import group_mean_name
@@ -160,7 +159,7 @@ def _draw_from_tree(
     followed by the new groups' drawn means; ``column`` is each new feature's unit there.
     Under a heavy-tailed group prior a new group's mean is drawn around its parent with
     τ_l λ, λ drawn from its prior in every draw
-    (:func:`~bayeshier_pymc.gibbs.local_scales.draw_prior_local_variance`); a new feature
+    (:meth:`~bayeshier_pymc.priors.Priors.draw_local_variances`); a new feature
     in a known group needs no λ (the features have none, and the group's mean is its
     posterior draw).
     """
@@ -197,7 +196,7 @@ def _draw_from_tree(
         scale = tau[..., level][..., None]
         new_shape = (*values.shape[:-1], len(new_keys))
         if problem.priors.heavy_tailed:
-            scale = scale * np.sqrt(draw_prior_local_variance(problem.priors, new_shape, rng))
+            scale = scale * np.sqrt(problem.priors.draw_local_variances(new_shape, rng))
         new_means = values[..., parents_of_new] + scale * rng.standard_normal(new_shape)
         known_means = posterior[group_mean_name(name)].transpose(*lead, name).to_numpy()
         values = np.concatenate([known_means, new_means], axis=-1)

@@ -39,7 +39,7 @@ from bayeshier_pymc.inference_data import (
     theta_parent_draws,
 )
 from bayeshier_pymc.log_likelihood import chunks, leave_one_out
-from bayeshier_pymc.model import group_mean_name, model_coords
+from bayeshier_pymc.model import group_mean_name, local_scale_name, model_coords
 from bayeshier_pymc.problem import ShrinkageProblem
 
 __all__ = [
@@ -167,8 +167,9 @@ def prior_predictive(
     Returns
     -------
     arviz.InferenceData
-        Groups ``prior`` (``tau``, ``mu``, the group means and ``theta``, as in the posterior),
-        ``prior_predictive`` (``b``) and ``observed_data``.
+        Groups ``prior`` (``tau``, ``mu``, the group means, under a heavy-tailed group prior
+        the local scales, and ``theta``, as in the posterior), ``prior_predictive`` (``b``)
+        and ``observed_data``.
     """
     if isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 1:
         raise ValueError(f"draws must be a positive integer, got {draws!r}.")
@@ -195,9 +196,13 @@ def prior_predictive(
         for level in range(tree.depth, -1, -1):
             n_units = n_features if level == 0 else tree.n_groups[level - 1]
             index = tree.parents[level] if level < tree.depth else np.zeros(n_units, np.intp)
-            values = values[..., index] + tau[..., level][..., None] * rng.standard_normal(
-                (*lead, n_units)
-            )
+            scale = tau[..., level][..., None]
+            if level and priors.heavy_tailed:
+                local_scale = np.sqrt(priors.draw_local_variances((*lead, n_units), rng))
+                name = local_scale_name(tree.levels[level - 1])
+                prior[name] = (("chain", "draw", "covariate", tree.levels[level - 1]), local_scale)
+                scale = scale * local_scale
+            values = values[..., index] + scale * rng.standard_normal((*lead, n_units))
             if level:
                 name = tree.levels[level - 1]
                 prior[group_mean_name(name)] = (("chain", "draw", "covariate", name), values)

@@ -219,6 +219,19 @@ class Priors:
         """Whether the group effects have local scales λ_g (any ``group_prior`` but normal)."""
         return self.group_prior != "normal"
 
+    def draw_local_variances(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        """Local variances λ² of groups drawn from their prior (ones under the normal prior).
+
+        ``"student_t"``: IG(ν/2, ν/2), drawn as (ν/2) / Gamma(ν/2, 1); ``"horseshoe"``: the
+        square of a HalfCauchy(0, 1).
+        """
+        if self.group_prior == "student_t":
+            half_df = 0.5 * self.group_df
+            return np.full(shape, half_df) / rng.standard_gamma(half_df, size=shape)
+        if self.group_prior == "horseshoe":
+            return np.square(rng.standard_cauchy(shape))
+        return np.ones(shape)
+
     @classmethod
     def resolve(
         cls,

@@ -336,10 +336,15 @@ def draw_given_scales(
     """
     if problem.tree is None:
         raise ValueError("a model without pooling has no scales to condition on.")
-    if (local_scales is None) == problem.priors.heavy_tailed:
+    if (local_scales is not None) != _has_local_scales(problem):
         raise ValueError(
             "draw_given_scales needs local_scales exactly when the group prior is heavy-tailed "
-            f"(group_prior={problem.priors.group_prior!r})."
+            f"and the tree has annotation levels (group_prior={problem.priors.group_prior!r})."
+        )
+    if local_scales is not None and len(local_scales) != len(problem.tree.levels):
+        raise ValueError(
+            f"local_scales must hold one array per annotation level {problem.tree.levels!r}, "
+            f"got {len(local_scales)}."
         )
     per_chain = []
     for chain, chain_tau in enumerate(tau):
@@ -357,6 +362,11 @@ def draw_given_scales(
     for level, scales in zip(problem.tree.levels, local_scales or (), strict=False):
         posterior[local_scale_name(level)] = scales
     return posterior
+
+
+def _has_local_scales(problem: ShrinkageProblem) -> bool:
+    """Whether the group effects of pooled ``problem`` have local scales λ (heavy-tailed)."""
+    return problem.priors.heavy_tailed and bool(problem.tree and problem.tree.levels)
 
 
 def _draw_tree_given(
@@ -456,7 +466,7 @@ def _sample_nuts(
         tau = raw.posterior["tau"].to_numpy()
         rng = np.random.default_rng(seed_sequence.spawn(1)[0])
         local_scales = None
-        if problem.priors.heavy_tailed:
+        if _has_local_scales(problem):
             local_scales = [
                 raw.posterior[local_scale_name(level)].to_numpy() for level in problem.tree.levels
             ]

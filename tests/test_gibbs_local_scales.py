@@ -32,7 +32,6 @@ from bayeshier_pymc.gaussian_tree.kernels import (
 )
 from bayeshier_pymc.gibbs.engine import run_engine
 from bayeshier_pymc.gibbs.layout import LocalScales, TreeData, TreeState
-from bayeshier_pymc.gibbs.local_scales import draw_prior_local_variance
 from bayeshier_pymc.gibbs.scale_kernels import evaluate
 from bayeshier_pymc.gibbs.sweeps import (
     draw_units_given_scales,
@@ -288,7 +287,7 @@ def test_prior_draws_of_new_local_scales(rng):
         priors = Priors.resolve(
             {"group_prior": group_prior, "group_df": df}, ["feature", "a"], ["x"], np.ones((1, 2))
         )
-        local_variance = draw_prior_local_variance(priors, (n,), rng)
+        local_variance = priors.draw_local_variances((n,), rng)
         if reference is None:
             drawn = np.sqrt(local_variance)
             assert stats.kstest(drawn, stats.halfcauchy().cdf).pvalue > 0.001

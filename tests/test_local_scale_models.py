@@ -198,6 +198,7 @@ def test_full_and_collapsed_models_have_the_closed_form_densities(small, group_p
         + stats.norm(theta, se).logpdf(b).sum()
     )
     got = centred.compile_logp()({**point, **local_point, "theta": theta})
+    # PyMC's HalfCauchy and InverseGamma log densities differ from scipy's by ~2e-9 per value
     np.testing.assert_allclose(got, expected, rtol=1e-8)
 
     collapsed = model.build()
@@ -212,7 +213,6 @@ def test_full_and_collapsed_models_have_the_closed_form_densities(small, group_p
         )
         marginal += stats.multivariate_normal(np.full(5, 0.2), cov).logpdf(b[row])
     got = collapsed.compile_logp()({"tau_log__": np.log(tau), **local_point})
-    # PyMC's HalfCauchy log density differs from scipy's by 1.9e-9 per value (and InvGamma)
     np.testing.assert_allclose(got, scale_prior + marginal, rtol=1e-8)
 
 
@@ -318,3 +318,19 @@ def test_nuts_agrees_with_the_gibbs_engine(group_prior):
         nuts, gibbs, var_names=["tau", "mu", "subclass_mean", "theta"], theta_features=50
     )
     assert comparison.ok, comparison.summary()
+
+
+@pytest.mark.parametrize("group_prior", ["horseshoe", "student_t"])
+def test_prior_predictive_draws_the_local_scales_and_groups_from_their_prior(small, group_prior):
+    """The package's prior draws: λ as specified, each group N(parent, τ_l² λ_g²) given them."""
+    model = _model(small, group_prior)
+    prior = model.sample_prior_predictive(draws=1500, random_seed=2).prior
+    local = prior["sub_local_scale"].to_numpy().ravel()
+    if group_prior == "horseshoe":
+        assert stats.kstest(local, stats.halfcauchy().cdf).pvalue > 1e-3
+    else:
+        assert stats.kstest(local**2, stats.invgamma(2.5, scale=2.5).cdf).pvalue > 1e-3
+    parent = prior["super_mean"].to_numpy()[..., model.tree.parents[1]]
+    scale = prior["tau"].to_numpy()[..., 1:2] * prior["sub_local_scale"].to_numpy()
+    standardised = (prior["sub_mean"].to_numpy() - parent) / scale
+    assert stats.kstest(standardised.ravel(), stats.norm().cdf).pvalue > 1e-3

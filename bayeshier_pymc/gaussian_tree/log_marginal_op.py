@@ -18,6 +18,14 @@ JAX (nutpie's JAX backend, numpyro, a GPU)
     turns that graph into JAX.
 
 Both are tested against the NumPy reference in ``tests/test_log_marginal_op.py``.
+
+Under a heavy-tailed group prior every group has its own prior variance τ_l² λ_g²:
+:func:`log_marginal_with_local_scales` builds a :class:`LocalScaleLogMarginalOp`, whose third
+input is λ and third output the gradient in λ, with the same two sources (the kernel
+:func:`~bayeshier_pymc.gaussian_tree.kernels.log_marginal_and_local_gradient`; for JAX the
+upward pass with the groups' variances as node variances). The normal prior's Op is unchanged
+and takes no λ. Tested against the dense normal and finite differences in
+``tests/test_local_scale_models.py``.
 """
 
 from __future__ import annotations

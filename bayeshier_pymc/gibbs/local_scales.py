@@ -29,7 +29,6 @@ from bayeshier_pymc.priors import Priors
 __all__ = [
     "draw_conditional_local_variance",
     "draw_inverse_gamma",
-    "draw_prior_local_variance",
 ]
 
 
@@ -38,21 +37,6 @@ def draw_inverse_gamma(
 ) -> np.ndarray:
     """One draw of IG(shape, rate) (density ∝ x^(-shape-1) exp(-rate / x)), elementwise."""
     return rate / rng.standard_gamma(shape, size=np.shape(rate))
-
-
-def draw_prior_local_variance(
-    priors: Priors, shape: tuple[int, ...], rng: np.random.Generator
-) -> np.ndarray:
-    """λ² of new groups drawn from their prior (ones under the normal group prior).
-
-    ``"student_t"``: IG(ν/2, ν/2); ``"horseshoe"``: the square of a HalfCauchy(0, 1).
-    """
-    if priors.group_prior == "student_t":
-        half_df = 0.5 * priors.group_df
-        return draw_inverse_gamma(half_df, np.full(shape, half_df), rng)
-    if priors.group_prior == "horseshoe":
-        return np.square(rng.standard_cauchy(shape))
-    return np.ones(shape)
 
 
 def draw_conditional_local_variance(
