@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from bayeshier_pymc.priors import Priors
-
 __all__ = [
     "draw_conditional_local_variance",
     "draw_inverse_gamma",
