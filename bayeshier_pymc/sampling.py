@@ -39,12 +39,14 @@ from bayeshier_pymc._interrupt import (
 )
 from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.convergence import warn_if_not_converged
-from bayeshier_pymc.gaussian_tree import draw_tree, noise_log_density, upward_pass
+from bayeshier_pymc.gaussian_tree import noise_log_density
 from bayeshier_pymc.gaussian_tree.kernels import LEAVE_ONE_OUT_PARENT_TERMS
 from bayeshier_pymc.gibbs.engine import check_settings, run_engine
-from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS
+from bayeshier_pymc.gibbs.layout import TreeData, TreeState
+from bayeshier_pymc.gibbs.local_scales import LocalScales
+from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS, evaluate
 from bayeshier_pymc.gibbs.step import TreeGibbs
-from bayeshier_pymc.gibbs.sweeps import check_scheme
+from bayeshier_pymc.gibbs.sweeps import check_scheme, draw_units_given_scales, split_effects
 from bayeshier_pymc.inference_data import (
     THETA_PARENT_STORES,
     build_inference_data,
@@ -342,10 +344,12 @@ def draw_given_scales(
             f"local_scales must hold one array per annotation level {problem.tree.levels!r}, "
             f"got {len(local_scales)}."
         )
+    # rows (draw, covariate) of one chain, as the reference algebra's leading dims
+    data = TreeData.from_problem(problem, copies=tau.shape[1])
     per_chain = []
     for chain, chain_tau in enumerate(tau):
         local = None if local_scales is None else tuple(s[chain] ** 2 for s in local_scales)
-        per_chain.append(_draw_tree_given(problem, problem.algebra_scales(chain_tau), local, rng))
+        per_chain.append(_draw_tree_given(problem, data, chain_tau, local, rng))
     posterior = {
         "mu": np.stack([theta0 for theta0, _, _ in per_chain]),
         "tau": tau,
@@ -367,20 +371,79 @@ def _has_local_scales(problem: ShrinkageProblem) -> bool:
 
 def _draw_tree_given(
     problem: ShrinkageProblem,
-    scales: np.ndarray,
+    data: TreeData,
+    tau: np.ndarray,
     local: tuple[np.ndarray, ...] | None,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """θ0, the group means and θ drawn exactly given the algebra's ``scales`` (..., depth + 1).
+    """θ0, the group means and θ of one chain drawn exactly given its ``tau`` (draw, covariate, k).
 
-    ``local``: the groups' local variances λ² (the reference algebra's ``local``), or ``None``.
+    The Gibbs engine's compiled passes on ``data``, whose rows are the chain's (draw,
+    covariate) pairs: the upward pass (:func:`~bayeshier_pymc.gibbs.scale_kernels.evaluate`),
+    the downward draw of every level
+    (:func:`~bayeshier_pymc.gibbs.sweeps.draw_units_given_scales`) and, with shared noise, the
+    split of the totals into effects (:func:`~bayeshier_pymc.gibbs.sweeps.split_effects`).
+    ``local``: the groups' local variances λ² of the annotation levels used, each (draw,
+    covariate, group), or ``None``. The standard normals are drawn from ``rng`` as the
+    reference algebra draws them (:func:`~bayeshier_pymc.gaussian_tree.draw_tree`), so the
+    draws are those of that algebra up to rounding.
+
+    Returns
+    -------
+    tuple
+        θ0 (draw, covariate), the group means of every annotation level used (draw,
+        covariate, group) and θ (draw, covariate, feature).
     """
-    index, noise = problem.index, problem.noise
-    mu0, s0 = problem.priors.mu0, problem.priors.s0
-    messages = upward_pass(
-        problem.algebra_b, problem.var_b, scales, index, mu0, s0, noise=noise, local=local
-    )
-    return draw_tree(messages, scales, index, mu0, s0, rng, noise=noise, local=local)
+    lead = tau.shape[:2]
+    rows = tau.reshape(data.n_rows, -1)
+    state = TreeState(rows, [np.empty((data.n_rows, n)) for n in data.n_units])
+    if local is not None:
+        variances = [
+            np.ascontiguousarray(data.to_sorted(values.reshape(data.n_rows, -1), level))
+            for level, values in enumerate(local, start=1)
+        ]
+        state.local = LocalScales(problem.priors, variances, [np.ones_like(v) for v in variances])
+    messages = evaluate(data, rows, None if local is None else state.local_lane(data)).messages
+    tree_normals, split_normals = _reference_normals(data, rng)
+    draw_units_given_scales(data, state, list(messages), rng, normals=tree_normals)
+    if data.correlated:
+        effects, parent_noise = split_effects(data, state, rng, normals=split_normals)
+        theta = state.units[0] - parent_noise[:, data.parent_index[0]]
+    else:
+        effects, theta = state.units[1:], state.units[0]
+    group_means = [
+        data.from_sorted(effects[level - 1], level).reshape(*lead, -1)
+        for level in range(1, len(problem.tree.levels) + 1)
+    ]
+    return effects[-1][:, 0].reshape(lead), group_means, data.from_sorted(theta).reshape(*lead, -1)
+
+
+def _reference_normals(
+    data: TreeData, rng: np.random.Generator
+) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The standard normals of :func:`_draw_tree_given`, drawn in the reference algebra's order.
+
+    :func:`~bayeshier_pymc.gaussian_tree.draw_tree` draws θ0's normals, then each level's from
+    the coarsest down to θ, then (shared noise) θ0's split and each group level's from the
+    coarsest down, every level in one call in the caller's order of units. Returned sorted:
+    one array per level 0..D + 1 for the downward draw, and the split's in the layout of
+    :func:`~bayeshier_pymc.gibbs.sweeps.split_effects` (``None`` without shared noise).
+    """
+    n_rows, top = data.n_rows, data.depth + 1
+    tree_normals: list[np.ndarray] = [np.empty(0)] * (top + 1)
+    tree_normals[top] = rng.standard_normal(n_rows)[:, None]
+    for level in range(data.depth, -1, -1):
+        drawn = rng.standard_normal((n_rows, data.n_units[level]))
+        tree_normals[level] = np.ascontiguousarray(data.to_sorted(drawn, level))
+    if not data.correlated:
+        return tree_normals, None
+    offsets = data.message_offsets
+    split_normals = np.empty((n_rows, offsets[-1]))
+    split_normals[:, -1] = rng.standard_normal(n_rows)
+    for level in range(data.depth, 0, -1):
+        drawn = rng.standard_normal((n_rows, data.n_units[level]))
+        split_normals[:, offsets[level] : offsets[level + 1]] = data.to_sorted(drawn, level)
+    return tree_normals, split_normals
 
 
 def _default_cores(cores: int | None, chains: int) -> int:
