@@ -113,7 +113,7 @@ def draw_units(
     state: TreeState,
     level: int,
     message: tuple[np.ndarray, np.ndarray],
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
     normals: np.ndarray | None = None,
 ) -> None:
     """Draw the level-``level`` units from their prior times the message N(y; u, v).
@@ -127,7 +127,7 @@ def draw_units(
     """
     y, v = message
     if normals is None:
-        normals = rng.standard_normal(np.shape(y))
+        normals = _generator(rng).standard_normal(np.shape(y))
     if level > data.depth:
         s0 = data.s0[:, None]
         prior_var = s0**2 + data.noise[-1] if data.correlated else s0**2
@@ -152,7 +152,7 @@ def draw_units_given_scales(
     data: TreeData,
     state: TreeState,
     messages: RowMessages,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
     lowest_level: int = 0,
     normals: Sequence[np.ndarray] | None = None,
 ) -> None:
@@ -171,7 +171,7 @@ def draw_units_given_scales(
 def split_effects(
     data: TreeData,
     state: TreeState,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
     normals: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Effects from the totals of a state with shared noise, drawn exactly given them.
@@ -196,7 +196,7 @@ def split_effects(
     effect_var[:, -1] = data.s0**2
     effects, path_noise = np.empty_like(totals), np.empty_like(totals)
     if normals is None:
-        normals = rng.standard_normal(totals.shape)
+        normals = _generator(rng).standard_normal(totals.shape)
     local = (
         np.empty((data.n_rows, 0))
         if state.local is None
@@ -205,6 +205,13 @@ def split_effects(
     split_totals(totals, effect_var, data.split_tree, data.mu0, local, normals, effects, path_noise)
     units = np.split(effects, data.message_offsets[2:-1], axis=1)
     return units, path_noise[:, : data.n_units[1]]
+
+
+def _generator(rng: np.random.Generator | None) -> np.random.Generator:
+    """``rng``, which the draws need when they are given no normals."""
+    if rng is None:
+        raise ValueError("draws without given normals need a random generator.")
+    return rng
 
 
 def draw_unpooled(problem: ShrinkageProblem, n_draws: int, rng: np.random.Generator) -> np.ndarray:
