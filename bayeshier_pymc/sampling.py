@@ -329,8 +329,16 @@ def draw_given_scales(
     Returns
     -------
     dict
-        ``mu``, ``tau``, ``<level>_mean`` and ``theta``, each with leading (chain, draw), and
-        ``local_scales`` as ``<level>_local_scale``.
+        ``mu``, ``tau``, ``<level>_mean`` and ``theta`` (float64), each with leading (chain,
+        draw), and ``local_scales`` as ``<level>_local_scale``.
+
+    Notes
+    -----
+    The draws run the Gibbs engine's compiled passes (:func:`_draw_tree_given`) on blocks of
+    a chain's draws (:data:`DRAW_BLOCK_CELLS`), with the standard normals of the NumPy
+    reference algebra (:func:`~bayeshier_pymc.gaussian_tree.upward_pass` and
+    :func:`~bayeshier_pymc.gaussian_tree.draw_tree` per chain), drawn from ``rng`` in its
+    order: the same draws as that algebra, up to rounding.
     """
     if problem.tree is None:
         raise ValueError("a model without pooling has no scales to condition on.")
@@ -414,11 +422,11 @@ def _draw_tree_given(
         ``tau`` is read, ``mu``, ``theta`` and the group means are written.
     """
     n_rows = data.n_rows
-    tau = block["tau"].reshape(n_rows, -1)
+    tau = np.asarray(block["tau"], dtype=float).reshape(n_rows, -1)
     state = TreeState(tau, [np.empty((n_rows, n)) for n in data.n_units])
     if local is not None:
         variances = [
-            np.ascontiguousarray(data.to_sorted(values.reshape(n_rows, -1), level))
+            np.ascontiguousarray(data.to_sorted(values.reshape(n_rows, -1), level), dtype=float)
             for level, values in enumerate(local, start=1)
         ]
         state.local = LocalScales(problem.priors, variances, [np.ones_like(v) for v in variances])
