@@ -40,12 +40,14 @@ from bayeshier_pymc._interrupt import (
 from bayeshier_pymc._nutpie_cache import cached_nutpie_compilation
 from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.convergence import warn_if_not_converged
-from bayeshier_pymc.gaussian_tree import draw_tree, noise_log_density, upward_pass
+from bayeshier_pymc.gaussian_tree import TreeIndex, noise_log_density
 from bayeshier_pymc.gaussian_tree.kernels import LEAVE_ONE_OUT_PARENT_TERMS
 from bayeshier_pymc.gibbs.engine import check_settings, run_engine
-from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS
+from bayeshier_pymc.gibbs.layout import TreeData, TreeState
+from bayeshier_pymc.gibbs.local_scales import LocalScales
+from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS, evaluate
 from bayeshier_pymc.gibbs.step import TreeGibbs
-from bayeshier_pymc.gibbs.sweeps import check_scheme
+from bayeshier_pymc.gibbs.sweeps import check_scheme, draw_units_given_scales, split_effects
 from bayeshier_pymc.inference_data import (
     THETA_PARENT_STORES,
     build_inference_data,
@@ -331,8 +333,16 @@ def draw_given_scales(
     Returns
     -------
     dict
-        ``mu``, ``tau``, ``<level>_mean`` and ``theta``, each with leading (chain, draw), and
-        ``local_scales`` as ``<level>_local_scale``.
+        ``mu``, ``tau``, ``<level>_mean`` and ``theta`` (float64), each with leading (chain,
+        draw), and ``local_scales`` as ``<level>_local_scale``.
+
+    Notes
+    -----
+    The draws run the Gibbs engine's compiled passes (:func:`_draw_tree_given`) on blocks of
+    a chain's draws (:data:`DRAW_BLOCK_CELLS`), with the standard normals of the NumPy
+    reference algebra (:func:`~bayeshier_pymc.gaussian_tree.upward_pass` and
+    :func:`~bayeshier_pymc.gaussian_tree.draw_tree` per chain), drawn from ``rng`` in its
+    order: the same draws as that algebra, up to rounding.
     """
     if problem.tree is None:
         raise ValueError("a model without pooling has no scales to condition on.")
@@ -346,22 +356,38 @@ def draw_given_scales(
             f"local_scales must hold one array per annotation level {problem.tree.levels!r}, "
             f"got {len(local_scales)}."
         )
-    per_chain = []
-    for chain, chain_tau in enumerate(tau):
-        local = None if local_scales is None else tuple(s[chain] ** 2 for s in local_scales)
-        per_chain.append(_draw_tree_given(problem, problem.algebra_scales(chain_tau), local, rng))
+    n_chains, n_draws, n_covariates = tau.shape[:3]
+    index = problem.index
     posterior = {
-        "mu": np.stack([theta0 for theta0, _, _ in per_chain]),
+        "mu": np.empty((n_chains, n_draws, n_covariates)),
         "tau": tau,
-        "theta": np.stack([theta for _, _, theta in per_chain]),
+        "theta": np.empty((n_chains, n_draws, n_covariates, index.n_features)),
     }
-    for level_index, level in enumerate(problem.tree.levels):
-        posterior[group_mean_name(level)] = np.stack(
-            [groups[level_index] for _, groups, _ in per_chain]
-        )
+    for level, n_groups in zip(problem.tree.levels, index.n_groups, strict=False):
+        posterior[group_mean_name(level)] = np.empty((n_chains, n_draws, n_covariates, n_groups))
+    block_draws = max(1, DRAW_BLOCK_CELLS // problem.b.size)
+    blocks: dict[int, TreeData] = {}  # the rows of a block of draws, by its number of draws
+    for chain in range(n_chains):
+        # θ's normals go straight into its store, which the block draws then overwrite
+        normals = _reference_normals(index, problem.correlated, posterior["theta"][chain], rng)
+        for start in range(0, n_draws, block_draws):
+            draws = slice(start, min(start + block_draws, n_draws))
+            size = draws.stop - draws.start
+            if size not in blocks:
+                blocks[size] = TreeData.from_problem(problem, copies=size)
+            local = None
+            if local_scales is not None:
+                local = tuple(scales[chain, draws] ** 2 for scales in local_scales)
+            block = {name: values[chain, draws] for name, values in posterior.items()}
+            _draw_tree_given(problem, blocks[size], local, [z[draws] for z in normals], block)
     for level, scales in zip(problem.tree.levels, local_scales or (), strict=False):
         posterior[local_scale_name(level)] = scales
     return posterior
+
+
+DRAW_BLOCK_CELLS = 1 << 19
+"""Estimates (draws × covariates × features) per block of :func:`draw_given_scales`: 4 MB per
+array of the block, so that its passes work in the CPU's cache."""
 
 
 def _has_local_scales(problem: ShrinkageProblem) -> bool:
@@ -371,20 +397,100 @@ def _has_local_scales(problem: ShrinkageProblem) -> bool:
 
 def _draw_tree_given(
     problem: ShrinkageProblem,
-    scales: np.ndarray,
+    data: TreeData,
     local: tuple[np.ndarray, ...] | None,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """θ0, the group means and θ drawn exactly given the algebra's ``scales`` (..., depth + 1).
+    normals: list[np.ndarray],
+    block: dict[str, np.ndarray],
+) -> None:
+    """θ0, the group means and θ of a block of draws, drawn exactly given its τ, in place.
 
-    ``local``: the groups' local variances λ² (the reference algebra's ``local``), or ``None``.
+    The Gibbs engine's compiled passes on ``data``, whose rows are the block's (draw,
+    covariate) pairs: the upward pass (:func:`~bayeshier_pymc.gibbs.scale_kernels.evaluate`),
+    the downward draw of every level
+    (:func:`~bayeshier_pymc.gibbs.sweeps.draw_units_given_scales`) and, with shared noise, the
+    split of the totals into effects (:func:`~bayeshier_pymc.gibbs.sweeps.split_effects`).
+
+    Parameters
+    ----------
+    problem
+        The pooled problem.
+    data
+        The problem's data with one row per (draw, covariate) of the block.
+    local
+        The groups' local variances λ² of the annotation levels used, each (draw, covariate,
+        group), or ``None``.
+    normals
+        The block's standard normals from :func:`_reference_normals`.
+    block
+        The block's views of :func:`draw_given_scales`'s stores, (draw, covariate, ...):
+        ``tau`` is read, ``mu``, ``theta`` and the group means are written.
     """
-    index, noise = problem.index, problem.noise
-    mu0, s0 = problem.priors.mu0, problem.priors.s0
-    messages = upward_pass(
-        problem.algebra_b, problem.var_b, scales, index, mu0, s0, noise=noise, local=local
-    )
-    return draw_tree(messages, scales, index, mu0, s0, rng, noise=noise, local=local)
+    n_rows = data.n_rows
+    tau = np.asarray(block["tau"], dtype=float).reshape(n_rows, -1)
+    state = TreeState(tau, [np.empty((n_rows, n)) for n in data.n_units])
+    if local is not None:
+        variances = [
+            np.ascontiguousarray(data.to_sorted(values.reshape(n_rows, -1), level), dtype=float)
+            for level, values in enumerate(local, start=1)
+        ]
+        state.local = LocalScales(problem.priors, variances, [np.ones_like(v) for v in variances])
+    messages = evaluate(data, tau, None if local is None else state.local_lane(data)).messages
+    sorted_normals = [_sorted_rows(data, z, level) for level, z in enumerate(normals)]
+    depth = data.depth
+    draw_units_given_scales(data, state, list(messages), None, normals=sorted_normals[: depth + 2])
+    if data.correlated:
+        offsets = data.message_offsets
+        split_normals = np.empty((n_rows, offsets[-1]))
+        for level, z in enumerate(sorted_normals[depth + 2 :], start=1):
+            split_normals[:, offsets[level] : offsets[level + 1]] = z
+        effects, parent_noise = split_effects(data, state, None, normals=split_normals)
+        theta = state.units[0] - parent_noise[:, data.parent_index[0]]
+    else:
+        effects, theta = state.units[1:], state.units[0]
+    block["mu"][...] = effects[-1].reshape(block["mu"].shape)
+    block["theta"][...] = data.from_sorted(theta).reshape(block["theta"].shape)
+    for level, name in enumerate(problem.tree.levels, start=1):
+        means = block[group_mean_name(name)]
+        means[...] = data.from_sorted(effects[level - 1], level).reshape(means.shape)
+
+
+def _sorted_rows(data: TreeData, normals: np.ndarray, level: int) -> np.ndarray:
+    """A block's normals of the level-``level`` units, (draw, covariate, unit), as sorted rows."""
+    rows = normals.reshape(data.n_rows, -1)
+    return np.ascontiguousarray(data.to_sorted(rows, level) if level <= data.depth else rows)
+
+
+def _reference_normals(
+    tree: TreeIndex, correlated: bool, theta_store: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """A chain's standard normals, drawn from ``rng`` in the reference algebra's order.
+
+    :func:`~bayeshier_pymc.gaussian_tree.draw_tree` draws θ0's normals, then each level's from
+    the coarsest down to θ, then (shared noise) θ0's split and each group level's from the
+    coarsest down, every level in one call, (draw, covariate, unit) in the caller's order.
+    θ's are drawn into ``theta_store`` (draw, covariate, feature).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        The normals of the downward draw of every level 0..D + 1 (θ0's (draw, covariate)),
+        then, with shared noise, those of the split of every level 1..D + 1.
+    """
+    lead = theta_store.shape[:2]
+    top = tree.depth + 1
+    normals: list[np.ndarray] = [np.empty(0)] * (top + 1)
+    normals[top] = rng.standard_normal(lead)
+    for level in range(tree.depth, 0, -1):
+        normals[level] = rng.standard_normal((*lead, tree.n_units[level]))
+    rng.standard_normal(out=theta_store)
+    normals[0] = theta_store
+    if correlated:
+        split = [rng.standard_normal(lead)]
+        split += [
+            rng.standard_normal((*lead, tree.n_units[level])) for level in range(tree.depth, 0, -1)
+        ]
+        normals += split[::-1]
+    return normals
 
 
 def _default_cores(cores: int | None, chains: int) -> int:

@@ -32,6 +32,8 @@ scales nothing of this runs: the draws are those of the normal model, bitwise.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from bayeshier_pymc.gaussian_tree import Messages, draw_tree, posterior_normal, upward_pass
@@ -112,7 +114,8 @@ def draw_units(
     state: TreeState,
     level: int,
     message: tuple[np.ndarray, np.ndarray],
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
+    normals: np.ndarray | None = None,
 ) -> None:
     """Draw the level-``level`` units from their prior times the message N(y; u, v).
 
@@ -120,13 +123,17 @@ def draw_units(
     θ0; the conditional is :func:`~bayeshier_pymc.gaussian_tree.posterior_normal` (compiled
     below θ0: :func:`~bayeshier_pymc.gaussian_tree.kernels.draw_children`). With shared
     noise the units are totals and each prior variance has the unit's noise variance added.
+    Each unit is ``mean + sqrt(var) · z``, with ``z`` from ``normals`` (rows × units, sorted)
+    when given, else drawn from ``rng``.
     """
     y, v = message
+    if normals is None:
+        normals = _generator(rng).standard_normal(np.shape(y))
     if level > data.depth:
         s0 = data.s0[:, None]
         prior_var = s0**2 + data.noise[-1] if data.correlated else s0**2
         mean, var = posterior_normal(data.mu0[:, None], prior_var, y, v)
-        state.units[level] = draw_normal(mean, var, rng)
+        state.units[level] = mean + np.sqrt(var) * normals
         return
     with_noise = data.correlated and level > 0
     none = np.empty((data.n_rows, 0))
@@ -138,7 +145,7 @@ def draw_units(
         none if state.local is None else state.local.unit(level),
         y,
         v,
-        rng.standard_normal(np.shape(y)),
+        normals,
     )
 
 
@@ -146,27 +153,35 @@ def draw_units_given_scales(
     data: TreeData,
     state: TreeState,
     messages: RowMessages,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
     lowest_level: int = 0,
+    normals: Sequence[np.ndarray] | None = None,
 ) -> None:
     """Draw θ0, the group means and, with ``lowest_level=0``, θ exactly given τ, top-down.
 
     ``messages`` are the upward messages given the current τ
-    (:attr:`~bayeshier_pymc.gibbs.scale_kernels.Evaluation.messages`).
+    (:attr:`~bayeshier_pymc.gibbs.scale_kernels.Evaluation.messages`); ``normals``, if
+    given, the standard normals of every level 0..D + 1 (rows × units, sorted), else they
+    are drawn from ``rng``, one call per level, θ0's first.
     """
     for level in range(data.depth + 1, lowest_level - 1, -1):
-        draw_units(data, state, level, messages[level], rng)
+        level_normals = None if normals is None else normals[level]
+        draw_units(data, state, level, messages[level], rng, level_normals)
 
 
 def split_effects(
-    data: TreeData, state: TreeState, rng: np.random.Generator
+    data: TreeData,
+    state: TreeState,
+    rng: np.random.Generator | None,
+    normals: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Effects from the totals of a state with shared noise, drawn exactly given them.
 
     The group means and θ0 are split from their totals, top-down, by the compiled
     :func:`~bayeshier_pymc.gaussian_tree.kernels.split_totals` (one standard normal per
-    unit); a feature's effect is its total less the noise on its parent's path. With local
-    scales each group's effect variance is τ_l² λ_u².
+    unit: ``normals``, rows × the units of levels 1..D + 1 as :attr:`TreeData.message_offsets`
+    numbers them, else drawn from ``rng``); a feature's effect is its total less the noise on
+    its parent's path. With local scales each group's effect variance is τ_l² λ_u².
 
     Returns
     -------
@@ -181,7 +196,8 @@ def split_effects(
     effect_var[:, :-1] = np.square(data.algebra_scales(state.tau))
     effect_var[:, -1] = data.s0**2
     effects, path_noise = np.empty_like(totals), np.empty_like(totals)
-    normals = rng.standard_normal(totals.shape)
+    if normals is None:
+        normals = _generator(rng).standard_normal(totals.shape)
     local = (
         np.empty((data.n_rows, 0))
         if state.local is None
@@ -190,6 +206,13 @@ def split_effects(
     split_totals(totals, effect_var, data.split_tree, data.mu0, local, normals, effects, path_noise)
     units = np.split(effects, data.message_offsets[2:-1], axis=1)
     return units, path_noise[:, : data.n_units[1]]
+
+
+def _generator(rng: np.random.Generator | None) -> np.random.Generator:
+    """``rng``, which the draws need when they are given no normals."""
+    if rng is None:
+        raise ValueError("draws without given normals need a random generator.")
+    return rng
 
 
 def draw_unpooled(problem: ShrinkageProblem, n_draws: int, rng: np.random.Generator) -> np.ndarray:
