@@ -43,8 +43,7 @@ from bayeshier_pymc.convergence import warn_if_not_converged
 from bayeshier_pymc.gaussian_tree import TreeIndex, noise_log_density
 from bayeshier_pymc.gaussian_tree.kernels import LEAVE_ONE_OUT_PARENT_TERMS
 from bayeshier_pymc.gibbs.engine import check_settings, run_engine
-from bayeshier_pymc.gibbs.layout import TreeData, TreeState
-from bayeshier_pymc.gibbs.local_scales import LocalScales
+from bayeshier_pymc.gibbs.layout import LocalScales, TreeData, TreeState
 from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS, evaluate
 from bayeshier_pymc.gibbs.step import TreeGibbs
 from bayeshier_pymc.gibbs.sweeps import check_scheme, draw_units_given_scales, split_effects
