@@ -98,8 +98,9 @@ if "{storage}" == "summary":
     # LOO's two parts, over every chunk as loo_in_chunks runs them: the log-likelihood
     # (marginal_chunks, timed while it computes each chunk) and the PSIS of each chunk
     from bayeshier_pymc import psis
-    from bayeshier_pymc.inference_data import _reff, marginal_chunks
-    reff = _reff(idata.posterior)  # bh.loo's default
+    from bayeshier_pymc.convergence import relative_efficiency
+    from bayeshier_pymc.inference_data import marginal_chunks
+    reff = relative_efficiency(idata.posterior)  # bh.loo's default
     extra["loo_log_likelihood_s"] = extra["loo_psis_s"] = 0.0
     elpd_loo, chunks = 0.0, marginal_chunks(idata)
     while True:
