@@ -184,12 +184,13 @@ def posterior_rank_diagnostics(posterior: xr.Dataset) -> dict[str, xr.Dataset]:
     results: dict[str, dict[str, xr.DataArray]] = {key: {} for key in RankDiagnostics._fields}
     for name, values in posterior.data_vars.items():
         extra = [d for d in values.dims if d not in SAMPLE_DIMS]
-        values = values.transpose(*SAMPLE_DIMS, *extra)
-        draws = values.to_numpy().reshape(values.sizes["chain"], values.sizes["draw"], -1)
         coords = {d: values[d] for d in extra if d in values.coords}
-        for key, measure in zip(RankDiagnostics._fields, rank_diagnostics(draws), strict=True):
+        shape = tuple(values.sizes[d] for d in extra)
+        for key, measure in zip(
+            RankDiagnostics._fields, rank_diagnostics(_draws_by_value(values)), strict=True
+        ):
             results[key][str(name)] = xr.DataArray(
-                measure.reshape(values.shape[2:]), dims=extra, coords=coords
+                measure.reshape(shape), dims=extra, coords=coords
             )
     return {key: xr.Dataset(arrays) for key, arrays in results.items()}
 
@@ -213,12 +214,17 @@ def relative_efficiency(posterior: xr.Dataset) -> float:
     n_chains, n_draws = posterior.sizes["chain"], posterior.sizes["draw"]
     if n_chains == 1:
         return 1.0
-    values = []
-    for variable in posterior.data_vars.values():
-        extra = [d for d in variable.dims if d not in SAMPLE_DIMS]
-        draws = variable.transpose(*SAMPLE_DIMS, *extra).to_numpy()
-        values.append(ess(split_chains(draws.reshape(n_chains, n_draws, -1))))
+    values = [
+        ess(split_chains(_draws_by_value(variable))) for variable in posterior.data_vars.values()
+    ]
     return float(np.concatenate(values).mean() / (n_chains * n_draws))
+
+
+def _draws_by_value(variable: xr.DataArray) -> np.ndarray:
+    """A posterior variable's draws as (chain, draw, value), its other dims flattened."""
+    extra = [d for d in variable.dims if d not in SAMPLE_DIMS]
+    values = variable.transpose(*SAMPLE_DIMS, *extra).to_numpy()
+    return values.reshape(variable.sizes["chain"], variable.sizes["draw"], -1)
 
 
 def _by_blocks(

@@ -416,50 +416,19 @@ def level_variance_gradient(
     shared noise): E[u | b] = w y + (1 − w) E[p | b], Var[u | b] = w v + (v / S)² Var[p | b].
 
     ``messages`` are the upward pass's (:func:`upward_pass_from` from level 0) for the same
-    ``level_var`` (levels × rows) and ``problem``; the derivatives go to ``gradient``.
+    ``level_var`` (levels × rows) and ``problem``; the derivatives go to ``gradient``: the
+    units' own (:func:`node_variance_gradient`) summed over each level, in the units' order.
     """
-    depth = level_var.shape[0] - 1
     n_rows = level_var.shape[1]
     offsets = problem.message_offsets
-    starts = problem.first_child_offsets
-    noise = problem.noise
-    y, v = messages
-    mean = np.empty_like(y)
-    var = np.empty_like(v)
-    top = offsets[depth + 1]
-    for r in range(n_rows):
-        mean[top, r], var[top, r] = posterior_normal(
-            problem.mu0[r], problem.s0[r] * problem.s0[r] + noise[top, r], y[top, r], v[top, r]
-        )
-    gradient[:] = 0.0
-    for level in range(depth, -1, -1):
-        first_child = problem.first_child[starts[level] : starts[level + 1]]
-        n_parents = first_child.size
-        n_units = problem.b.shape[0] if level == 0 else offsets[level + 1] - offsets[level]
+    node_gradient = np.empty((offsets[-1], n_rows))
+    node_variance_gradient(level_var, problem, messages, gradient[0], node_gradient)
+    for level in range(1, level_var.shape[0]):
         row_gradient = gradient[level]
-        for h in range(n_parents):
-            parent = offsets[level + 1] + h
-            end = first_child[h + 1] if h + 1 < n_parents else n_units
-            for j in range(first_child[h], end):
-                if level == 0:
-                    for r in range(n_rows):
-                        total = level_var[0, r] + problem.var_b[j, r]
-                        deviation = problem.b[j, r] - mean[parent, r]
-                        spread = deviation * deviation + var[parent, r]
-                        row_gradient[r] += 0.5 * (spread - total) / (total * total)
-                else:
-                    u = offsets[level] + j
-                    for r in range(n_rows):
-                        prior_var = level_var[level, r] + noise[u, r]
-                        total = prior_var + v[u, r]
-                        deviation = y[u, r] - mean[parent, r]
-                        spread = deviation * deviation + var[parent, r]
-                        row_gradient[r] += 0.5 * (spread - total) / (total * total)
-                        mean[u, r], conditional_var = posterior_normal(
-                            mean[parent, r], prior_var, y[u, r], v[u, r]
-                        )
-                        parent_weight = v[u, r] / total
-                        var[u, r] = conditional_var + parent_weight * parent_weight * var[parent, r]
+        row_gradient[:] = 0.0
+        for u in range(offsets[level], offsets[level + 1]):
+            for r in range(n_rows):
+                row_gradient[r] += node_gradient[u, r]
 
 
 @compiled_kernel
@@ -523,11 +492,12 @@ def node_variance_gradient(
 ) -> None:  # pragma: no cover - compiled
     """The derivative of log p(b | τ) in the prior variance of every group unit, and τ_0².
 
-    :func:`level_variance_gradient` unit by unit: the derivative ½ (D − S) / S² in the prior
-    variance V_u = ``level_var[l]`` + ``problem.noise[u]`` of every unit u of levels 1..D goes
-    to ``node_gradient[u]`` (:class:`LaneMessages` places, units × rows; θ0's place is left
-    as it is), and the sum over the features of theirs, the derivative in τ_0², to
-    ``feature_gradient`` (one per row). With one prior variance per group (a local scale
+    The terms of :func:`level_variance_gradient` (which gives the derivation) unit by unit:
+    the derivative ½ (D − S) / S² in the prior variance V_u = ``level_var[l]`` +
+    ``problem.noise[u]`` of every unit u of levels 1..D goes to ``node_gradient[u]``
+    (:class:`LaneMessages` places, units × rows; θ0's place is left as it is), and the sum
+    over the features of theirs, the derivative in τ_0², to ``feature_gradient`` (one per
+    row). With one prior variance per group (a local scale
     each, held in ``problem.noise``) these are the terms of the gradient in τ and λ.
     """
     depth = level_var.shape[0] - 1

@@ -148,12 +148,7 @@ def log_marginal(
     pytensor.tensor.TensorVariable
         Shape (rows,).
     """
-    var_b = np.asarray(var_b, dtype=float)
-    if var_b.ndim != 2 or var_b.shape[1] != tree.n_features:
-        raise ValueError(
-            f"var_b must be rows x features with the tree's {tree.n_features} features; "
-            f"got shape {var_b.shape}."
-        )
+    var_b = _checked_variances(var_b, tree)
     n_rows, n_features = var_b.shape
     mu0 = np.broadcast_to(np.asarray(mu0, dtype=float), (n_rows,))
     s0 = np.broadcast_to(np.asarray(s0, dtype=float), (n_rows,))
@@ -165,6 +160,38 @@ def log_marginal(
     op = LogMarginalOp(
         [tau_in, b_in], [density, pytensor.grad(density.sum(), tau_in)], name="log_marginal"
     )
+    _lay_out(op, var_b, tree, mu0, s0, noise)
+    tau = pt.specify_shape(pt.as_tensor_variable(tau), scales_shape)
+    b = pt.specify_shape(pt.as_tensor_variable(b), (n_rows, n_features))
+    return op(tau, b)[0]
+
+
+def _checked_variances(var_b: np.ndarray, tree: TreeIndex) -> np.ndarray:
+    """``var_b`` as a float array, refused unless it is rows × the tree's features."""
+    var_b = np.asarray(var_b, dtype=float)
+    if var_b.ndim != 2 or var_b.shape[1] != tree.n_features:
+        raise ValueError(
+            f"var_b must be rows x features with the tree's {tree.n_features} features; "
+            f"got shape {var_b.shape}."
+        )
+    return var_b
+
+
+def _lay_out(
+    op: LogMarginalOp,
+    var_b: np.ndarray,
+    tree: TreeIndex,
+    mu0: np.ndarray,
+    s0: np.ndarray,
+    noise: NodeNoise | None,
+) -> tuple[np.ndarray, ...]:
+    """Give ``op`` the compiled kernel's layout: features sorted by parent, lane problem.
+
+    Sets :attr:`LogMarginalOp.feature_order` and :attr:`LogMarginalOp.lane` (the shared
+    noise of every group and the top in the sorted order, zero without ``noise``) and
+    returns the tree's sort orders (:attr:`SortedTree.orders`).
+    """
+    n_rows = var_b.shape[0]
     sorted_tree = sort_tree(tree)
     orders = sorted_tree.orders
     if noise is None:
@@ -182,9 +209,7 @@ def log_marginal(
     op.lane = lane_problem(
         sorted_var_b, sorted_var_b, sorted_tree.starts, tree.n_units, mu0, s0, shared
     )
-    tau = pt.specify_shape(pt.as_tensor_variable(tau), scales_shape)
-    b = pt.specify_shape(pt.as_tensor_variable(b), (n_rows, n_features))
-    return op(tau, b)[0]
+    return orders
 
 
 @register_funcify_and_cache_key(LogMarginalOp)
@@ -274,12 +299,7 @@ def log_marginal_with_local_scales(
     pytensor.tensor.TensorVariable
         Shape (rows,).
     """
-    var_b = np.asarray(var_b, dtype=float)
-    if var_b.ndim != 2 or var_b.shape[1] != tree.n_features:
-        raise ValueError(
-            f"var_b must be rows x features with the tree's {tree.n_features} features; "
-            f"got shape {var_b.shape}."
-        )
+    var_b = _checked_variances(var_b, tree)
     if not 1 <= len(local_scales) <= tree.depth:
         raise ValueError(
             f"local_scales must hold 1 to {tree.depth} levels of local scales, got "
@@ -299,27 +319,11 @@ def log_marginal_with_local_scales(
         [density, *pytensor.grad(density.sum(), [tau_in, scale_in])],
         name="log_marginal_with_local_scales",
     )
-    sorted_tree = sort_tree(tree)
-    orders = sorted_tree.orders
-    if noise is None:
-        shared = tuple(np.zeros((n_rows, n)) for n in tree.n_units[1:])
-    else:
-        shared = (
-            *(
-                np.broadcast_to(g, (n_rows, n))[:, order]
-                for g, n, order in zip(noise.groups, tree.n_units[1:-1], orders[1:], strict=True)
-            ),
-            np.broadcast_to(np.asarray(noise.top, dtype=float), (n_rows,))[:, None],
-        )
-    sorted_var_b = var_b[:, orders[0]]
-    op.feature_order = orders[0].astype(np.intp)
+    orders = _lay_out(op, var_b, tree, mu0, s0, noise)
     starts = np.cumsum([0, *tree.n_groups])
     op.group_order = np.concatenate(
         [start + order for start, order in zip(starts, orders[1:], strict=False)]
     ).astype(np.intp)
-    op.lane = lane_problem(
-        sorted_var_b, sorted_var_b, sorted_tree.starts, tree.n_units, mu0, s0, shared
-    )
     # static shapes, so that the gradient of the join has concrete sizes (JAX)
     used = [
         pt.specify_shape(pt.as_tensor_variable(scale), (n_rows, n))
