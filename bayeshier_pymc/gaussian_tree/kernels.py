@@ -432,6 +432,51 @@ def level_variance_gradient(
 
 
 @compiled_kernel
+def _log_marginal_pass(
+    b: np.ndarray,
+    feature_order: np.ndarray,
+    level_var: np.ndarray,
+    problem: LaneProblem,
+    node_noise: np.ndarray,
+) -> tuple[np.ndarray, LaneProblem, LaneMessages]:  # pragma: no cover - compiled
+    """Log p(b | τ) of every row by the upward pass, with the problem and messages it used.
+
+    ``b`` (rows × m, the tree's order of features) is laid out by ``feature_order`` into
+    ``problem`` (whose ``b`` it replaces), with ``node_noise`` as the units' own variances;
+    the log density carries every constant (:func:`upward_pass_from` plus -½ m log 2π). The
+    problem and messages are what the passes down the tree (the gradients) read.
+    """
+    n_rows = level_var.shape[1]
+    n_levels = level_var.shape[0]
+    n_features = feature_order.size
+    lane_b = np.empty((n_features, n_rows))
+    for j in range(n_features):
+        for r in range(n_rows):
+            lane_b[j, r] = b[r, feature_order[j]]
+    data = LaneProblem(
+        lane_b,
+        problem.var_b,
+        problem.first_child,
+        problem.first_child_offsets,
+        problem.message_offsets,
+        problem.mu0,
+        problem.s0,
+        node_noise,
+    )
+    n_messages = problem.message_offsets[-1]
+    messages = LaneMessages(np.empty((n_messages, n_rows)), np.empty((n_messages, n_rows)))
+    scratch = LaneScratch(np.empty((n_features, n_rows)), np.empty((n_features, n_rows)))
+    terms = np.empty((n_levels + 1, n_rows))
+    no_local = np.empty((0, n_rows))
+    upward_pass_from(0, level_var, data, no_local, messages, terms, messages, scratch)
+    log_marginal = np.full(n_rows, -n_features * _HALF_LOG_2PI)
+    for level in range(n_levels + 1):
+        for r in range(n_rows):
+            log_marginal[r] += terms[level, r]
+    return log_marginal, data, messages
+
+
+@compiled_kernel
 def log_marginal_and_gradient(
     tau: np.ndarray, b: np.ndarray, feature_order: np.ndarray, problem: LaneProblem
 ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
@@ -444,35 +489,13 @@ def log_marginal_and_gradient(
     d log p(b | τ) / dτ (rows × (D + 1); 2 τ_l times :func:`level_variance_gradient`).
     """
     n_rows, n_levels = tau.shape
-    n_features = feature_order.size
-    lane_b = np.empty((n_features, n_rows))
-    for j in range(n_features):
-        for r in range(n_rows):
-            lane_b[j, r] = b[r, feature_order[j]]
     level_var = np.empty((n_levels, n_rows))
     for level in range(n_levels):
         for r in range(n_rows):
             level_var[level, r] = tau[r, level] * tau[r, level]
-    data = LaneProblem(
-        lane_b,
-        problem.var_b,
-        problem.first_child,
-        problem.first_child_offsets,
-        problem.message_offsets,
-        problem.mu0,
-        problem.s0,
-        problem.noise,
+    log_marginal, data, messages = _log_marginal_pass(
+        b, feature_order, level_var, problem, problem.noise
     )
-    n_messages = problem.message_offsets[-1]
-    messages = LaneMessages(np.empty((n_messages, n_rows)), np.empty((n_messages, n_rows)))
-    scratch = LaneScratch(np.empty((n_features, n_rows)), np.empty((n_features, n_rows)))
-    terms = np.empty((n_levels + 1, n_rows))
-    no_local = np.empty((0, n_rows))
-    upward_pass_from(0, level_var, data, no_local, messages, terms, messages, scratch)
-    log_marginal = np.full(n_rows, -n_features * _HALF_LOG_2PI)
-    for level in range(n_levels + 1):
-        for r in range(n_rows):
-            log_marginal[r] += terms[level, r]
     variance_gradient = np.empty((n_levels, n_rows))
     level_variance_gradient(level_var, data, messages, variance_gradient)
     gradient = np.empty((n_rows, n_levels))
@@ -569,12 +592,7 @@ def log_marginal_and_local_gradient(
         log p(b | τ, λ) per row, its gradient in τ (rows × (D + 1)) and in λ (rows × G).
     """
     n_rows, n_levels = tau.shape
-    n_features = feature_order.size
     offsets = problem.message_offsets
-    lane_b = np.empty((n_features, n_rows))
-    for j in range(n_features):
-        for r in range(n_rows):
-            lane_b[j, r] = b[r, feature_order[j]]
     level_var = np.zeros((n_levels, n_rows))
     for r in range(n_rows):
         level_var[0, r] = tau[r, 0] * tau[r, 0]
@@ -585,27 +603,11 @@ def log_marginal_and_local_gradient(
             for r in range(n_rows):
                 scale = tau[r, level] * local_scale[r, column]
                 node_var[u, r] += scale * scale
-    data = LaneProblem(
-        lane_b,
-        problem.var_b,
-        problem.first_child,
-        problem.first_child_offsets,
-        problem.message_offsets,
-        problem.mu0,
-        problem.s0,
-        node_var,
+    # the groups' variances are their own (``node_var``): no λ² multipliers
+    log_marginal, data, messages = _log_marginal_pass(
+        b, feature_order, level_var, problem, node_var
     )
     n_messages = offsets[-1]
-    messages = LaneMessages(np.empty((n_messages, n_rows)), np.empty((n_messages, n_rows)))
-    scratch = LaneScratch(np.empty((n_features, n_rows)), np.empty((n_features, n_rows)))
-    terms = np.empty((n_levels + 1, n_rows))
-    # the groups' variances are their own (``node_var``): no λ² multipliers
-    no_local = np.empty((0, n_rows))
-    upward_pass_from(0, level_var, data, no_local, messages, terms, messages, scratch)
-    log_marginal = np.full(n_rows, -n_features * _HALF_LOG_2PI)
-    for level in range(n_levels + 1):
-        for r in range(n_rows):
-            log_marginal[r] += terms[level, r]
     feature_gradient = np.empty(n_rows)
     node_gradient = np.empty((n_messages, n_rows))
     node_variance_gradient(level_var, data, messages, feature_gradient, node_gradient)
