@@ -61,6 +61,10 @@ __all__ = [
 ]
 
 
+_INPUT_NAMES = ("τ", "b", "λ")
+"""The Ops' inputs by position, as their gradient errors name them."""
+
+
 class LogMarginalOp(OpFromGraph):
     """(τ, b) ↦ (log p(b | τ) per row, its gradient in τ), for one tree, variances and prior.
 
@@ -81,13 +85,22 @@ class LogMarginalOp(OpFromGraph):
         outputs: list[pt.TensorVariable],
         output_grads: list[pt.TensorVariable],
     ) -> list[Any]:
-        """The gradient in τ: the incoming gradient of each row's log density × output 1."""
-        tau, b = inputs
-        log_marginal_grad, gradient_grad = output_grads
-        not_b = grad_not_implemented(self, 1, b, "the log marginal's gradient in b (data)")
-        if not isinstance(gradient_grad.type, DisconnectedType):
-            return [grad_not_implemented(self, 0, tau, "second derivatives in τ"), not_b]
-        return [log_marginal_grad[:, None] * outputs[1], not_b]
+        """The gradients in τ (and λ): the incoming gradient of each row's log density × them.
+
+        Inputs are ``(tau, b, *more)`` and outputs ``(log_marginal, gradient in tau, *gradients
+        in more)``; ``b`` is data (no gradient).
+        """
+        log_marginal_grad, *gradient_grads = output_grads
+        not_b = grad_not_implemented(self, 1, inputs[1], "the log marginal's gradient in b (data)")
+        parameters = [(0, inputs[0]), *((i, x) for i, x in enumerate(inputs) if i > 1)]
+        if not all(isinstance(g.type, DisconnectedType) for g in gradient_grads):
+            second = [
+                grad_not_implemented(self, i, x, f"second derivatives in {_INPUT_NAMES[i]}")
+                for i, x in parameters
+            ]
+            return [second[0], not_b, *second[1:]]
+        weight = log_marginal_grad[:, None]
+        return [weight * outputs[1], not_b, *(weight * g for g in outputs[2:])]
 
     def perform(self, node: Any, inputs: list[np.ndarray], outputs: list[list[np.ndarray]]) -> None:
         """Run the compiled kernel (PyTensor's Python and C backends)."""
@@ -240,25 +253,6 @@ class LocalScaleLogMarginalOp(LogMarginalOp):
     """
 
     group_order: np.ndarray
-
-    def L_op(
-        self,
-        inputs: list[pt.TensorVariable],
-        outputs: list[pt.TensorVariable],
-        output_grads: list[pt.TensorVariable],
-    ) -> list[Any]:
-        """The gradients in τ and λ: the incoming gradient of each row's log density × them."""
-        tau, b, local_scale = inputs
-        log_marginal_grad, *gradient_grads = output_grads
-        not_b = grad_not_implemented(self, 1, b, "the log marginal's gradient in b (data)")
-        if not all(isinstance(g.type, DisconnectedType) for g in gradient_grads):
-            return [
-                grad_not_implemented(self, 0, tau, "second derivatives in τ"),
-                not_b,
-                grad_not_implemented(self, 2, local_scale, "second derivatives in λ"),
-            ]
-        weight = log_marginal_grad[:, None]
-        return [weight * outputs[1], not_b, weight * outputs[2]]
 
     def perform(self, node: Any, inputs: list[np.ndarray], outputs: list[list[np.ndarray]]) -> None:
         """Run the compiled kernel (PyTensor's Python and C backends)."""
