@@ -151,9 +151,11 @@ def main() -> None:
                 truth_rows[key] = truth.loc["mean", TRUTH_COLUMNS]
             print(f"  {noise} {depth}: {time.perf_counter() - start:.0f} s", flush=True)
         table = pd.DataFrame(split_rows).T.rename_axis(["noise", "depth"])
-        table["mse_minus_indep0"], table["se_of_difference"] = paired_differences(
-            [mse[key] - mse[REFERENCE] for key in table.index]
-        )
+        differences = {key: mse[key] - mse[REFERENCE] for key in mse}
+        table["mse_minus_indep0"] = [d.mean() for d in differences.values()]
+        table["se_of_difference"] = [
+            d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else np.nan for d in differences.values()
+        ]
         print(f"{name}, split halves ({args.splits} splits, means; MSE differences paired):")
         print(table.round(4).to_string(), flush=True)
         print_coverage_breakdown(
@@ -215,17 +217,6 @@ def print_recommendations(
             f"its split-half MSE gain {split_table.loc[best, 'mse_gain']:.2f}",
             flush=True,
         )
-
-
-def paired_differences(differences: list[np.ndarray]) -> tuple[list[float], list[float]]:
-    """Mean and standard error over splits of each model's per-split paired differences.
-
-    ``differences``: for each model, one difference from the reference model per split (on
-    the same split's cells); the standard error is NaN with one split.
-    """
-    means = [float(d.mean()) for d in differences]
-    errors = [float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else np.nan for d in differences]
-    return means, errors
 
 
 def print_coverage_breakdown(name: str, cells: dict[str, pd.DataFrame]) -> None:

@@ -20,9 +20,10 @@ it prints:
   |z| > 3), their ``sign_error_rate`` against their mean lfsr ``claimed_lfsr`` (goal ≤ 2×),
   the truth-free coefficient ``mse_gain`` over stage 1; and the paired differences from the
   normal prior at the same depth on the same splits, ``coverage_minus_normal`` and
-  ``mse_minus_normal`` (coefficient MSE), each with its standard error over the splits
-  (``se_coverage_diff``, ``se_mse_diff``); a last row, ``stage 1``, scores the unshrunk
-  estimates;
+  ``mse_minus_normal`` (coefficient MSE), each with its standard error over clusters of
+  covariate × finest annotation group (``se_coverage_diff``, ``se_mse_diff``: the estimates'
+  differences averaged over the splits, :func:`paired_differences`); a last row,
+  ``stage 1``, scores the unshrunk estimates;
 * the coverage of every model by covariate and by band of half A's |b / se|
   (``bench_calibration.py``'s breakdown), then the clusters (covariate × finest group) that
   make most of the normal prior's shortfall from 95% at depth 2, with every model's coverage
@@ -52,7 +53,7 @@ from pathlib import Path
 
 import arviz as az
 import pandas as pd
-from bench_calibration import paired_differences, print_coverage_breakdown
+from bench_calibration import print_coverage_breakdown
 from bench_calibration_diagnosis import print_worst_clusters
 
 from bayeshier_pymc import ShrinkageModel, mlm
@@ -60,6 +61,7 @@ from bayeshier_pymc.calibration import (
     SPLIT_COLUMNS,
     TRUTH_COLUMNS,
     StageTwo,
+    clustered_coverage_se,
     known_truth_check,
     split_half_cells,
     split_half_summary,
@@ -163,26 +165,56 @@ def _index(labels: list[str]) -> pd.MultiIndex:
 
 def print_split_halves(name: str, cells: dict[str, pd.DataFrame], n_splits: int) -> None:
     """The split-half table, with each prior's paired differences from the normal prior."""
-    summaries = {label: split_half_summary(frame) for label, frame in cells.items()}
-    table = pd.DataFrame({label: s.loc["mean", SPLIT_COLUMNS] for label, s in summaries.items()}).T
-    priors = [label for label in summaries if label != STAGE_ONE]
-    per_split = {label: summaries[label].drop(index="mean") for label in priors}
-    for score in ("coverage", "mse"):
-        differences = [
-            (
-                per_split[label][score] - per_split[f"{REFERENCE_PRIOR} {label.split()[1]}"][score]
-            ).to_numpy(dtype=float)
-            for label in priors
-        ]
-        means, errors = paired_differences(differences)
-        table.loc[priors, f"{score}_minus_normal"] = means
-        table.loc[priors, f"se_{score}_diff"] = errors
+    table = pd.DataFrame(
+        {
+            label: split_half_summary(frame).loc["mean", SPLIT_COLUMNS]
+            for label, frame in cells.items()
+        }
+    ).T
+    for label, frame in cells.items():
+        if label != STAGE_ONE:
+            reference = cells[f"{REFERENCE_PRIOR} {label.split()[1]}"]
+            for column, value in paired_differences(frame, reference).items():
+                table.loc[label, column] = value
     table.index = _index(list(table.index))
     print(
         f"{name}, split halves ({n_splits} splits, means; differences from the normal prior "
-        "at the same depth, paired over splits):"
+        "at the same depth on the same cells, standard errors over clusters):"
     )
     print(table.round(4).to_string(), flush=True)
+
+
+def paired_differences(cells: pd.DataFrame, reference: pd.DataFrame) -> dict[str, float]:
+    """Coverage and coefficient MSE of ``cells`` minus ``reference``'s, on the same cells.
+
+    Each estimate's difference (of ``covered``, and of the squared error ``(b_B − mean)²``,
+    whose ``s_B²`` cancels) is averaged over the splits; the means of those are the differences
+    of the ``mean`` rows of :func:`~bayeshier_pymc.calibration.split_half_summary`, and their
+    standard errors are over clusters of covariate × finest annotation group
+    (:func:`~bayeshier_pymc.calibration.clustered_coverage_se`), like ``coverage_se``.
+    """
+    keys = ["split", "covariate", "feature"]
+    if not cells[keys].equals(reference[keys]):
+        raise RuntimeError("the two models' split-half cells are not the same cells")
+    squared_error = [(frame["b_b"] - frame["mean"]) ** 2 for frame in (cells, reference)]
+    difference = cells[["covariate", "feature", "group"]].assign(
+        coverage=cells["covered"].astype(float) - reference["covered"].astype(float),
+        mse=squared_error[0] - squared_error[1],
+    )
+    per_estimate = difference.groupby(["covariate", "feature"], sort=False).agg(
+        coverage=("coverage", "mean"), mse=("mse", "mean"), group=("group", "first")
+    )
+    clusters = (
+        per_estimate.index.get_level_values("covariate").astype(str)
+        + " | "
+        + per_estimate["group"].astype(str)
+    ).to_numpy()
+    result = {}
+    for score in ("coverage", "mse"):
+        values = per_estimate[score].to_numpy()
+        result[f"{score}_minus_normal"] = float(values.mean())
+        result[f"se_{score}_diff"] = clustered_coverage_se(values, clusters)
+    return result
 
 
 def print_known_truth(
@@ -246,6 +278,7 @@ def print_nuts_convergence(studies: list[tuple[str, ValidationStudy]], seed: int
         "bulk ESS of τ and of the local scales λ (every level), largest r̂ of θ, wall time:"
     )
     table = pd.DataFrame(rows).T.rename_axis(["data set", "prior"])
+    table["divergences"] = table["divergences"].astype(int)
     print(table.round(3).to_string(), flush=True)
 
 
