@@ -61,6 +61,7 @@ from bayeshier_pymc.calibration import (
     SPLIT_COLUMNS,
     TRUTH_COLUMNS,
     StageTwo,
+    StageTwoFit,
     clustered_coverage_se,
     known_truth_check,
     split_half_cells,
@@ -220,7 +221,7 @@ def paired_differences(cells: pd.DataFrame, reference: pd.DataFrame) -> dict[str
 def print_known_truth(
     name: str,
     study: ValidationStudy,
-    stage_twos: dict[str, object],
+    stage_twos: dict[str, StageTwoFit],
     n_replicates: int,
     seed: int,
 ) -> None:
