@@ -158,7 +158,10 @@ def main() -> None:
         ]
         print(f"{name}, split halves ({args.splits} splits, means; MSE differences paired):")
         print(table.round(4).to_string(), flush=True)
-        print_coverage_breakdown(name, cells)
+        print_coverage_breakdown(
+            name,
+            {"stage 1" if n == "stage 1" else f"{n[:5]}. {d}": c for (n, d), c in cells.items()},
+        )
         if truth_rows:
             print(f"{name}, real noise with a known truth ({args.replicates} replicates, means):")
             frame = pd.DataFrame(truth_rows).T.rename_axis(["noise", "depth"])
@@ -216,19 +219,18 @@ def print_recommendations(
         )
 
 
-def print_coverage_breakdown(name: str, cells: dict[tuple[str, object], pd.DataFrame]) -> None:
-    """Split-half coverage of every model by covariate and by band of half A's |b / se|."""
-    labels = {key: "stage 1" if key[0] == "stage 1" else f"{key[0][:5]}. {key[1]}" for key in cells}
+def print_coverage_breakdown(name: str, cells: dict[str, pd.DataFrame]) -> None:
+    """Split-half coverage of every model (labelled by the keys) by covariate and |b_A / s_A|."""
     frame = pd.concat(
         [
             cell.assign(
-                model=labels[key],
+                model=label,
                 band=pd.cut(np.abs(cell["b_a"] / cell["s_a"]), Z_BANDS, right=False),
             )
-            for key, cell in cells.items()
+            for label, cell in cells.items()
         ]
     )
-    order = list(labels.values())
+    order = list(cells)
     for by, title in (("covariate", "covariate"), ("band", "|b_A / s_A|")):
         table = frame.pivot_table(
             index=by, columns="model", values="covered", aggfunc="mean", observed=True
