@@ -4,9 +4,9 @@ ArviZ's ``az.psislw`` (and so ``az.loo``) loops over the observations in Python,
 NumPy calls each; at 10^6 (covariate, feature) cells of 4,000 draws that is minutes. Here the
 same algorithm (Vehtari, Simpson, Gelman, Yao & Gabry 2024, "Pareto smoothed importance
 sampling", as ArviZ 0.23 writes it) runs on blocks of observations: the elementwise
-exponentials and the fit's profile (a log1p per grid point and tail draw, most of the work)
-vectorised in NumPy over the whole block, the per-observation selection of the tail, fit and
-smoothing in compiled loops, the blocks in one thread per CPU:
+exponentials vectorised in NumPy over the whole block; the per-observation selection of the
+tail, the fit (its profile, a log1p per grid point and tail draw, is most of the work) and
+the smoothing in compiled loops; the blocks in one thread per CPU:
 
 * the tail is the draws whose log weight exceeds the (T + 1)-th largest (or log of the
   smallest positive float, if larger), T = ⌈min(S / 5, 3 √(S / r_eff))⌉ for S draws;
@@ -61,9 +61,7 @@ _EPS = float(np.finfo(float).eps)
 _MIN_TAIL = 5
 """Fewest tail draws for which the GPD is fitted (k̂ = ∞ below)."""
 _BLOCK_VALUES = 1 << 18
-"""Log weights per block of observations: the block's float64 arrays take 2 MiB each, the
-fit's profile (rows × grid × tail, T tail draws of S) about 2 MiB · grid · T / S per thread
-(grid = 30 + ⌊√T⌋; at S = 4000 and r_eff = 1, T = 190: about 4 MiB)."""
+"""Log weights per block of observations: the block's float64 arrays take 2 MiB each."""
 
 
 class PsisLoo(NamedTuple):
@@ -209,8 +207,8 @@ class _Smoothed(NamedTuple):
 def _smooth(x: np.ndarray, tail: int) -> _Smoothed:
     """Pareto-smooth the tails of the log weights ``x`` (rows × draws, maximum 0) in place.
 
-    The cutoffs (a partition), the elementwise exponentials and logarithms run in NumPy over
-    the whole block (vectorised); the per-row tail, fit and smoothing in compiled loops.
+    The cutoffs (a partition) and the elementwise exponentials run in NumPy over the whole
+    block (vectorised); the per-row tail, fit and smoothing in compiled loops.
     """
     n_rows, n_samples = x.shape
     # the (T + 1)-th largest log weight, or log of the smallest positive float if larger
@@ -222,14 +220,9 @@ def _smooth(x: np.ndarray, tail: int) -> _Smoothed:
     grid = np.zeros((n_rows, _grid_size(tail)))
     exp_cutoff = np.exp(cutoff)
     _select_tails(x, cutoff, exp_cutoff, tail_index, n_tail, excess, grid)
-    # Zhang & Stephens' profile: Σ log1p(−b x) over the tail at every grid point b (the
-    # padding beyond a row's tail is 0 and adds log1p(0) = 0), in place in one temporary
-    profile = np.multiply(grid[:, :, None], excess[:, None, :])
-    np.negative(profile, out=profile)
-    grid_k = np.log1p(profile, out=profile).sum(axis=2)
     pareto_k = np.empty(n_rows)
     n_smoothed = np.empty(n_rows, dtype=np.intp)
-    _fit_and_smooth(x, tail_index, n_tail, excess, exp_cutoff, grid, grid_k, pareto_k, n_smoothed)
+    _fit_and_smooth(x, tail_index, n_tail, excess, exp_cutoff, grid, pareto_k, n_smoothed)
     return _Smoothed(pareto_k, tail_index, n_smoothed, _logsumexp_rows(x))
 
 
@@ -312,15 +305,13 @@ def _fit_and_smooth(
     excess: np.ndarray,
     exp_cutoff: np.ndarray,
     grid: np.ndarray,
-    grid_k: np.ndarray,
     pareto_k: np.ndarray,
     n_smoothed: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
-    """Fit each row's GPD from its grid's profile and replace the tail by its quantiles.
+    """Fit each row's GPD on its grid and replace the tail by its quantiles.
 
-    ``grid_k`` holds Σ log1p(−b x) over the tail at every grid point b. A row without a
-    tail to fit gets k̂ = ∞, one whose fit fails a k̂ that is not finite; neither is
-    smoothed (``n_smoothed`` 0).
+    A row without a tail to fit gets k̂ = ∞, one whose fit fails a k̂ that is not finite;
+    neither is smoothed (``n_smoothed`` 0).
     """
     for row in range(x.shape[0]):
         n = n_tail[row]
@@ -328,7 +319,7 @@ def _fit_and_smooth(
         if n == 0:
             pareto_k[row] = np.inf
             continue
-        k, sigma = _gpd_fit(excess[row, :n], grid[row, : 30 + int(n**0.5)], grid_k[row])
+        k, sigma = _gpd_fit(excess[row, :n], grid[row, : 30 + int(n**0.5)])
         pareto_k[row] = k
         if not np.isfinite(k):
             continue
@@ -341,18 +332,22 @@ def _fit_and_smooth(
 
 
 @compiled_kernel
-def _gpd_fit(
-    excess: np.ndarray, b: np.ndarray, sum_log1p: np.ndarray
-) -> tuple[float, float]:  # pragma: no cover - compiled
+def _gpd_fit(excess: np.ndarray, b: np.ndarray) -> tuple[float, float]:  # pragma: no cover
     """Zhang & Stephens' empirical Bayes (k̂, σ̂) of a GPD from sorted excesses (ArviZ's).
 
-    ``b`` is the grid, ``sum_log1p[i]`` = Σ log1p(−b_i x) over the excesses x.
+    ``b`` is the grid. Its profile, Σ log1p(−b_i x) over the excesses x at every grid point,
+    is summed in this loop: NumPy's would need a (rows × grid × tail) temporary of several
+    MiB per block, which the kernel may stall to back with huge pages, and its log1p is
+    several times slower on the profile's large arguments.
     """
     n = excess.size
     n_grid = b.size
     log_scale = np.empty(n_grid)
     for i in range(n_grid):
-        k_i = sum_log1p[i] / n
+        sum_log1p = 0.0
+        for value in excess:
+            sum_log1p += np.log1p(-b[i] * value)
+        k_i = sum_log1p / n
         log_scale[i] = n * (np.log(-(b[i] / k_i)) - k_i - 1)
     total = _logsumexp(log_scale)
     weights = np.empty(n_grid)
