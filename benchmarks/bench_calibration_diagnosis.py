@@ -58,6 +58,7 @@ it prints:
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import time
@@ -511,11 +512,17 @@ def print_residual_variance_by_group(name: str, study: ValidationStudy) -> None:
 
 
 def exclusive_indicators(binary: pd.DataFrame) -> list[str]:
-    """The 0/1 columns no sample has two of at 1 (a categorical's dummies), if two or more."""
+    """The dummies of a categorical covariate: 0/1 columns no sample has two of at 1.
+
+    The largest such set of two or more columns (the first in column order), or none.
+    """
     zero_one = [c for c in binary.columns if set(binary[c].unique()) <= {0, 1}]
-    overlap = binary[zero_one].T @ binary[zero_one]
-    exclusive = [c for c in zero_one if (overlap[c].drop(c) == 0).sum() >= 1]
-    return exclusive if len(exclusive) >= 2 else []
+    together = binary[zero_one].T @ binary[zero_one]
+    for size in range(len(zero_one), 1, -1):
+        for columns in itertools.combinations(zero_one, size):
+            if all(together.loc[a, b] == 0 for a, b in itertools.combinations(columns, 2)):
+                return list(columns)
+    return []
 
 
 def limma_prior(variances: np.ndarray, df: float) -> tuple[float, float]:
