@@ -31,6 +31,7 @@ it prints:
 * **moderated variances**: limma's prior degrees of freedom d₀ of the halves' residual
   variances (Smyth 2004, moments of the log variances), against a half's residual df, and
   how far moderation would move the standard errors (quantiles of moderated / raw se);
+* **coverage by covariate**: each model's split-half coverage by covariate;
 * **standard errors against the between-half spread**: b_B − b_A = e_B − e_A holds no θ, so
   z = (b_B − b_A) / √(s_A² + s_B²) measures whether stage 1's standard errors describe how
   its estimates really vary between independent halves. Per covariate, the root mean square
@@ -41,12 +42,15 @@ it prints:
   b_A ± t √(s_A² + s_B²) with half B's residual df, as the check's ``stage 1`` model), each
   with the plain standard errors of :func:`~bayeshier_pymc.mlm` (``plain``: the check's and
   the model's) and with heteroscedasticity-consistent ones (``HC2``, ``HC3``:
-  :func:`heteroscedasticity_consistent_se`) in both halves; ``rms_z_se`` is the
-  cluster-robust standard error of ``rms_z_plain`` over finest annotation groups (delta
-  method on the mean of z², :func:`~bayeshier_pymc.calibration.clustered_coverage_se`) and
-  ``rms_z_centred`` the RMS of the plain z less its mean over the features of each split and
-  covariate (without the shift that a split's noise gives all features alike; below 1 by the
-  share of the noise that all features share, which ``rms_z_se`` does not count either);
+  :func:`heteroscedasticity_consistent_se`) in both halves. ``rms_z_se`` and ``stage1_se``
+  are the standard errors of ``rms_z_plain`` and ``stage1_plain`` over the splits (sd of the
+  per-split values / √splits): the features' errors are correlated, so the RMS of one split
+  moves with the noise they share, which a standard error over features or groups would
+  miss (b_B − b_A is a contrast of the samples' errors, and two random splits' contrasts are
+  nearly orthogonal, so the splits are nearly independent draws of it). ``rms_z_centred`` is
+  the RMS of the plain z less its mean over the features of each split and covariate
+  (without the shift that a split's noise gives all features alike; below 1 by the share of
+  the noise that all features share);
 * **residual variance by sample group**: on stage 1 of the whole data set, the mean over
   features and the group's samples of the squared studentised residual
   e_ij² / (σ̂_j² (1 − h_ii)) (h the leverages; 1 when every group has the same residual
@@ -75,7 +79,6 @@ from scipy import special
 from bayeshier_pymc import ShrinkageModel, mlm
 from bayeshier_pymc.calibration import (
     StageTwo,
-    clustered_coverage_se,
     predictive_coverage,
     split_half_cells,
     split_half_summary,
@@ -165,7 +168,8 @@ def main() -> None:
         check_same_halves(halves, cells["stage 1"])
         print_noise_check(name, study, halves)
         print_moderated_variances(name, halves)
-        print_standard_error_spread(name, halves, cells["stage 1"])
+        print_coverage_by_covariate(name, cells)
+        print_standard_error_spread(name, halves, list(study.X.columns))
         print_residual_variance_by_group(name, study)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nload average (1, 5, 15 min) at the end: {load}")
@@ -419,7 +423,16 @@ def standard_errors(fit: MLMFit, kind: str) -> xr.DataArray:
     return fit.se.copy(data=values)
 
 
-def print_standard_error_spread(name: str, halves: list[Halves], cells: pd.DataFrame) -> None:
+def print_coverage_by_covariate(name: str, cells: dict[str, pd.DataFrame]) -> None:
+    """Each model's split-half coverage by covariate."""
+    table = pd.DataFrame(
+        {model: frame.groupby("covariate")["covered"].mean() for model, frame in cells.items()}
+    )
+    print(f"{name}, split-half coverage by covariate:")
+    print(table.round(3).to_string(), flush=True)
+
+
+def print_standard_error_spread(name: str, halves: list[Halves], covariates: list[str]) -> None:
     """RMS of the standardised between-half difference, and stage 1's coverage, per se kind."""
     frames = []
     for split, (fit_a, fit_b, _) in enumerate(halves):
@@ -437,24 +450,22 @@ def print_standard_error_spread(name: str, halves: list[Halves], cells: pd.DataF
     frame["z_centred"] = frame["z_plain"] - frame.groupby(["split", "covariate"])[
         "z_plain"
     ].transform("mean")
-    groups = cells.drop_duplicates("feature").set_index("feature")["group"]
-    frame = frame[frame["covariate"].isin(cells["covariate"].unique())].assign(
-        group=lambda f: f["feature"].map(groups).to_numpy()
-    )
+    frame = frame[frame["covariate"].isin(covariates)]
 
     def summary(part: pd.DataFrame) -> pd.Series:
-        squares = part["z_plain"].to_numpy() ** 2
-        rms = np.sqrt(squares.mean())
-        clusters = part.groupby(["covariate", "group"]).ngroup().to_numpy()
+        by_split = part.groupby("split")
         return pd.Series(
             {
                 **{
                     f"rms_z_{kind}": np.sqrt(np.mean(part[f"z_{kind}"] ** 2))
                     for kind in STANDARD_ERRORS
                 },
-                "rms_z_se": clustered_coverage_se(squares, clusters) / (2 * rms),
+                "rms_z_se": standard_error_over_splits(
+                    by_split["z_plain"].agg(lambda z: np.sqrt(np.mean(z**2)))
+                ),
                 "rms_z_centred": np.sqrt(np.mean(part["z_centred"] ** 2)),
                 **{f"stage1_{kind}": part[f"stage1_{kind}"].mean() for kind in STANDARD_ERRORS},
+                "stage1_se": standard_error_over_splits(by_split["stage1_plain"].mean()),
             }
         )
 
@@ -470,6 +481,11 @@ def print_standard_error_spread(name: str, halves: list[Halves], cells: pd.DataF
         "split-half coverage, with plain, HC2 and HC3 standard errors in both halves:"
     )
     print(table.round(4).to_string(), flush=True)
+
+
+def standard_error_over_splits(per_split: pd.Series) -> float:
+    """Standard error of a mean over splits from its per-split values (sd / √splits)."""
+    return float(per_split.std(ddof=1) / np.sqrt(per_split.size))
 
 
 def print_residual_variance_by_group(name: str, study: ValidationStudy) -> None:
