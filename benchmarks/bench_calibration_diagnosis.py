@@ -30,21 +30,50 @@ it prints:
   model is right);
 * **moderated variances**: limma's prior degrees of freedom d₀ of the halves' residual
   variances (Smyth 2004, moments of the log variances), against a half's residual df, and
-  how far moderation would move the standard errors (quantiles of moderated / raw se).
+  how far moderation would move the standard errors (quantiles of moderated / raw se);
+* **coverage by covariate**: each model's split-half coverage by covariate;
+* **standard errors against the between-half spread**: b_B − b_A = e_B − e_A holds no θ, so
+  z = (b_B − b_A) / √(s_A² + s_B²) measures whether stage 1's standard errors describe how
+  its estimates really vary between independent halves. Per covariate, the root mean square
+  of z over features and splits (``rms_z_``; 1 when they do, a little above with estimated
+  standard errors: about √(ν / (ν − 2)) with ν the Welch degrees of freedom of s_A² + s_B²,
+  1.003 on QMDiab's halves and 1.01 on the liver's) and stage 1's split-half coverage
+  (``stage1_``: :func:`~bayeshier_pymc.calibration.predictive_coverage` of b_B by
+  b_A ± t √(s_A² + s_B²) with half B's residual df, as the check's ``stage 1`` model), each
+  with the plain standard errors of :func:`~bayeshier_pymc.mlm` (``plain``: the check's and
+  the model's) and with heteroscedasticity-consistent ones (``HC2``, ``HC3``:
+  :func:`heteroscedasticity_consistent_se`) in both halves. ``rms_z_se`` and ``stage1_se``
+  are the standard errors of ``rms_z_plain`` and ``stage1_plain`` over the splits (sd of the
+  per-split values / √splits): the features' errors are correlated, so the RMS of one split
+  moves with the noise they share, which a standard error over features or groups would
+  miss (b_B − b_A is a contrast of the samples' errors, and two random splits' contrasts are
+  nearly orthogonal, so the splits are nearly independent draws of it). ``rms_z_centred`` is
+  the RMS of the plain z less its mean over the features of each split and covariate
+  (without the shift that a split's noise gives all features alike; below 1 by the share of
+  the noise that all features share);
+* **residual variance by sample group**: on stage 1 of the whole data set, the mean over
+  features and the group's samples of the squared studentised residual
+  e_ij² / (σ̂_j² (1 − h_ii)) (h the leverages; 1 when every group has the same residual
+  variance), for each level of every binary covariate, the samples at 0 in every one of a
+  categorical's 0/1 indicators (the liver's diagnoses: no steatosis, NASH or cirrhosis) and
+  each third of every other covariate, with its standard error over the group's samples.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 from scipy import special
 
 from bayeshier_pymc import ShrinkageModel, mlm
@@ -75,6 +104,10 @@ SIZE_LABELS = ["1", "2-5", "6-10", "11-20", "over 20"]
 """Bands of finest-group size."""
 Halves = tuple[MLMFit, MLMFit, int]
 """Stage 1 on half A and on half B of a split, and the seed of stage 2 on half A."""
+HCKind = Literal["HC2", "HC3"]
+STANDARD_ERRORS: tuple[str, ...] = ("plain", "HC2", "HC3")
+"""The standard errors compared: mlm's plain ones and the heteroscedasticity-consistent ones."""
+N_THIRDS = 3
 
 
 def main() -> None:
@@ -135,6 +168,9 @@ def main() -> None:
         check_same_halves(halves, cells["stage 1"])
         print_noise_check(name, study, halves)
         print_moderated_variances(name, halves)
+        print_coverage_by_covariate(name, cells)
+        print_standard_error_spread(name, halves, list(study.X.columns))
+        print_residual_variance_by_group(name, study)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nload average (1, 5, 15 min) at the end: {load}")
 
@@ -327,6 +363,182 @@ def print_moderated_variances(name: str, halves: list[Halves]) -> None:
         f"{len(table)} halves) and quantiles over features of moderated / raw se:"
     )
     print(table.mean().to_frame("mean").T.round(3).to_string(index=False), flush=True)
+
+
+def heteroscedasticity_consistent_se(
+    x: np.ndarray, residuals: np.ndarray, kind: HCKind
+) -> np.ndarray:
+    """HC2 or HC3 standard errors of every feature's least-squares coefficients.
+
+    For b = (X'X)⁻¹X'y with a = X(X'X)⁻¹ (n × p) and leverages h_ii, the variance of b_kj is
+    Σ_i a_ik² e_ij² / (1 − h_ii) (HC2, MacKinnon & White 1985) or / (1 − h_ii)² (HC3),
+    computed for all features at once from X = QR: a = Q R⁻ᵀ and h_ii = Σ_k Q_ik².
+
+    Parameters
+    ----------
+    x
+        The design, n × p, with its intercept column (``fit.X`` of :func:`~bayeshier_pymc.mlm`).
+    residuals
+        The least-squares residuals, n × m (one column per feature).
+    kind
+        ``"HC2"`` or ``"HC3"``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Standard errors, p × m (covariates × features, as ``fit.se``).
+    """
+    powers = {"HC2": 1, "HC3": 2}
+    if kind not in powers:
+        raise ValueError(f"kind must be one of {sorted(powers)}, got {kind!r}.")
+    x = np.asarray(x, dtype=float)
+    residuals = np.asarray(residuals, dtype=float)
+    if x.ndim != 2 or residuals.ndim != 2 or x.shape[0] != residuals.shape[0]:
+        raise ValueError(
+            f"x (n × p) and residuals (n × m) must share their rows, got {x.shape} and "
+            f"{residuals.shape}."
+        )
+    q, r = np.linalg.qr(x)
+    weights = np.linalg.solve(r, q.T).T  # a = X (X'X)⁻¹ = Q R⁻ᵀ
+    leverage = leverages(x)
+    if np.any(leverage >= 1 - 1e-12):
+        raise ValueError("a sample has leverage 1: its residual is 0 and HC2/HC3 are undefined.")
+    scaled = residuals**2 / (1 - leverage[:, None]) ** powers[kind]
+    return np.sqrt((weights**2).T @ scaled)
+
+
+def leverages(x: np.ndarray) -> np.ndarray:
+    """The diagonal h_ii of the hat matrix X(X'X)⁻¹X' (row sums of Q² for X = QR)."""
+    q = np.linalg.qr(x)[0]
+    return np.einsum("ik,ik->i", q, q)
+
+
+def standard_errors(fit: MLMFit, kind: str) -> xr.DataArray:
+    """``fit``'s plain standard errors, or its HC2 or HC3 ones, labelled as ``fit.se``."""
+    if kind == "plain":
+        return fit.se
+    values = heteroscedasticity_consistent_se(
+        fit.X.to_numpy(), fit.residuals.transpose("sample", "feature").to_numpy(), kind
+    )
+    return fit.se.copy(data=values)
+
+
+def print_coverage_by_covariate(name: str, cells: dict[str, pd.DataFrame]) -> None:
+    """Each model's split-half coverage by covariate."""
+    table = pd.DataFrame(
+        {model: frame.groupby("covariate")["covered"].mean() for model, frame in cells.items()}
+    )
+    print(f"{name}, split-half coverage by covariate:")
+    print(table.round(3).to_string(), flush=True)
+
+
+def print_standard_error_spread(name: str, halves: list[Halves], covariates: list[str]) -> None:
+    """RMS of the standardised between-half difference, and stage 1's coverage, per se kind."""
+    frames = []
+    for split, (fit_a, fit_b, _) in enumerate(halves):
+        columns = {}
+        for kind in STANDARD_ERRORS:
+            s_a, s_b = standard_errors(fit_a, kind), standard_errors(fit_b, kind)
+            b_a, b_b = fit_a.coef, fit_b.coef
+            columns[f"z_{kind}"] = ((b_b - b_a) / np.sqrt(s_a**2 + s_b**2)).to_series()
+            covered = predictive_coverage(
+                b_b.to_numpy(), s_b.to_numpy(), b_a.to_numpy(), s_a.to_numpy(), fit_b.df_resid
+            )
+            columns[f"stage1_{kind}"] = b_a.copy(data=covered).to_series()
+        frames.append(pd.DataFrame(columns).assign(split=split))
+    frame = pd.concat(frames).reset_index()
+    frame["z_centred"] = frame["z_plain"] - frame.groupby(["split", "covariate"])[
+        "z_plain"
+    ].transform("mean")
+    frame = frame[frame["covariate"].isin(covariates)]
+
+    def summary(part: pd.DataFrame) -> pd.Series:
+        by_split = part.groupby("split")
+        return pd.Series(
+            {
+                **{
+                    f"rms_z_{kind}": np.sqrt(np.mean(part[f"z_{kind}"] ** 2))
+                    for kind in STANDARD_ERRORS
+                },
+                "rms_z_se": standard_error_over_splits(
+                    by_split["z_plain"].agg(lambda z: np.sqrt(np.mean(z**2)))
+                ),
+                "rms_z_centred": np.sqrt(np.mean(part["z_centred"] ** 2)),
+                **{f"stage1_{kind}": part[f"stage1_{kind}"].mean() for kind in STANDARD_ERRORS},
+                "stage1_se": standard_error_over_splits(by_split["stage1_plain"].mean()),
+            }
+        )
+
+    table = pd.DataFrame(
+        {
+            **{covariate: summary(part) for covariate, part in frame.groupby("covariate")},
+            "all": summary(frame),
+        }
+    ).T
+    print(
+        f"{name}, standard errors against the between-half spread: RMS of z = (b_B − b_A) / "
+        "√(s_A² + s_B²) (1 if the standard errors describe the spread) and stage 1's "
+        "split-half coverage, with plain, HC2 and HC3 standard errors in both halves:"
+    )
+    print(table.round(4).to_string(), flush=True)
+
+
+def standard_error_over_splits(per_split: pd.Series) -> float:
+    """Standard error of a mean over splits from its per-split values (sd / √splits)."""
+    return float(per_split.std(ddof=1) / np.sqrt(per_split.size))
+
+
+def print_residual_variance_by_group(name: str, study: ValidationStudy) -> None:
+    """Mean squared studentised residual by sample group, on stage 1 of the whole data set."""
+    fit = mlm(study.Y, study.X)
+    leverage = leverages(fit.X.to_numpy())
+    residuals = fit.residuals.transpose("sample", "feature").to_numpy()
+    variances = fit.sigma.to_numpy()
+    studentised = residuals**2 / (variances[None, :] * (1 - leverage[:, None]))
+    per_sample = pd.Series(studentised.mean(axis=1), index=study.X.index)
+    rows = {}
+    binary = [c for c in study.X.columns if study.X[c].nunique() == 2]
+    for covariate in binary:
+        for level, part in per_sample.groupby(study.X[covariate].round(3)):
+            rows[f"{covariate} = {level:g}"] = part
+    indicators = exclusive_indicators(study.X[binary])
+    if indicators:
+        reference = (study.X[indicators] == 0).all(axis=1)
+        rows[f"{', '.join(indicators)} all 0"] = per_sample[reference]
+    for covariate in (c for c in study.X.columns if c not in binary):
+        thirds = pd.qcut(study.X[covariate], N_THIRDS, labels=["low", "middle", "high"])
+        for label, part in per_sample.groupby(thirds, observed=True):
+            rows[f"{covariate}, {label} third"] = part
+    table = pd.DataFrame(
+        {
+            label: {
+                "samples": part.size,
+                "mean_sq": part.mean(),
+                "se": part.std(ddof=1) / np.sqrt(part.size),
+            }
+            for label, part in rows.items()
+        }
+    ).T
+    print(
+        f"{name}, residual variance by sample group: mean squared studentised residual of "
+        "stage 1 on the whole data set (1 if the residual variance is the same in every "
+        "group; se over the group's samples):"
+    )
+    print(table.rename_axis("group").round(3).to_string(), flush=True)
+
+
+def exclusive_indicators(binary: pd.DataFrame) -> list[str]:
+    """The dummies of a categorical covariate: 0/1 columns no sample has two of at 1.
+
+    The largest such set of two or more columns (the first in column order), or none.
+    """
+    zero_one = [c for c in binary.columns if set(binary[c].unique()) <= {0, 1}]
+    together = binary[zero_one].T @ binary[zero_one]
+    for size in range(len(zero_one), 1, -1):
+        for columns in itertools.combinations(zero_one, size):
+            if all(together.loc[a, b] == 0 for a, b in itertools.combinations(columns, 2)):
+                return list(columns)
+    return []
 
 
 def limma_prior(variances: np.ndarray, df: float) -> tuple[float, float]:
