@@ -70,21 +70,38 @@ Z_BANDS = [0.0, 1.0, 2.0, 3.0, 5.0, np.inf]
 """Bands of half A's |b / se| for the coverage by band."""
 
 
-def main() -> None:
-    """Run both checks on every data set found and print one table per check."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def real_data_parser(description: str, *, draws: int, chains: int) -> argparse.ArgumentParser:
+    """The options of every real-data calibration script: the data, the splits, the draws, the seed.
+
+    ``--data`` (the folder of the CSVs), ``--datasets``, ``--splits`` (6), ``--draws`` and
+    ``--chains`` (the script's defaults) and ``--seed`` (0); a script adds its own.
+    """
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument(
         "--datasets", nargs="+", choices=list(VALIDATION_SETS), default=list(VALIDATION_SETS)
     )
     parser.add_argument("--splits", type=int, default=6)
+    parser.add_argument("--draws", type=int, default=draws)
+    parser.add_argument("--chains", type=int, default=chains)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def quiet_tables(width: int = 200) -> None:
+    """Tables ``width`` characters wide, no warnings, PyMC's errors only: a script's output."""
+    pd.set_option("display.width", width)
+    warnings.simplefilter("ignore")
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+
+
+def main() -> None:
+    """Run both checks on every data set found and print one table per check."""
+    parser = real_data_parser(__doc__.splitlines()[0], draws=500, chains=2)
     parser.add_argument("--replicates", type=int, default=3)
     parser.add_argument("--sampler", choices=["nuts", "gibbs"], default="nuts")
     parser.add_argument("--nuts-sampler", default="pymc")
-    parser.add_argument("--draws", type=int, default=500)
-    parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--compare", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--priors",
         choices=list(PRESETS),
@@ -92,9 +109,7 @@ def main() -> None:
         help="stage 2's prior preset: 'auto' (the package default) or 'research'",
     )
     args = parser.parse_args()
-    pd.set_option("display.width", 200)
-    warnings.simplefilter("ignore")
-    logging.getLogger("pymc").setLevel(logging.ERROR)
+    quiet_tables()
     options = {"nuts_sampler": args.nuts_sampler, "cores": 1} if args.sampler == "nuts" else {}
     engine = f"NUTS ({args.nuts_sampler})" if args.sampler == "nuts" else "Gibbs engine"
     print(

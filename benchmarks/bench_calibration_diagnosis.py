@@ -61,19 +61,16 @@ it prints:
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import logging
 import os
 import time
-import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import xarray as xr
+from bench_calibration import quiet_tables, real_data_parser
 from scipy import special
 
 from bayeshier_pymc import ShrinkageModel, mlm
@@ -87,12 +84,10 @@ from bayeshier_pymc.calibration import (
 from bayeshier_pymc.mlm import MLMFit
 from bayeshier_pymc.noise import tree_noise
 from bayeshier_pymc.validation_data import (
-    VALIDATION_SETS,
     ValidationStudy,
     available_studies,
 )
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELS = [("structured", 0), ("structured", 1), ("structured", 2), ("independent", 0)]
 NOISE_MODELS = {"structured": "auto", "independent": "independent"}
 REFERENCE = ("structured", 2)
@@ -112,19 +107,9 @@ N_THIRDS = 3
 
 def main() -> None:
     """Print the diagnosis tables for every data set found."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument(
-        "--datasets", nargs="+", choices=list(VALIDATION_SETS), default=list(VALIDATION_SETS)
-    )
-    parser.add_argument("--splits", type=int, default=6)
-    parser.add_argument("--draws", type=int, default=1000)
-    parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = real_data_parser(__doc__.splitlines()[0], draws=1000, chains=4)
     args = parser.parse_args()
-    pd.set_option("display.width", 200)
-    warnings.simplefilter("ignore")
-    logging.getLogger("pymc").setLevel(logging.ERROR)
+    quiet_tables()
     print(
         f"stage 2: Gibbs engine, {args.chains} chains × {args.draws} draws after {args.draws} "
         f"tuning steps, package default priors; seed {args.seed}, {args.splits} splits (with "

@@ -45,15 +45,12 @@ The output ends with the machine's load average.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import time
-import warnings
-from pathlib import Path
 
 import arviz as az
 import pandas as pd
-from bench_calibration import print_coverage_breakdown
+from bench_calibration import print_coverage_breakdown, quiet_tables, real_data_parser
 from bench_calibration_diagnosis import print_worst_clusters
 
 from bayeshier_pymc import ShrinkageModel, mlm
@@ -71,13 +68,11 @@ from bayeshier_pymc.calibration import (
 from bayeshier_pymc.model import local_scale_name
 from bayeshier_pymc.priors import GROUP_PRIORS
 from bayeshier_pymc.validation_data import (
-    VALIDATION_SETS,
     ValidationStudy,
     available_studies,
     real_residual_covariance,
 )
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEPTHS = (1, 2)
 REFERENCE_PRIOR = "normal"
 STAGE_ONE = "stage 1"
@@ -86,21 +81,11 @@ NUTS_DEPTH = 2
 
 def main() -> None:
     """Run the checks on every data set found, then the default sampler's convergence."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument(
-        "--datasets", nargs="+", choices=list(VALIDATION_SETS), default=list(VALIDATION_SETS)
-    )
-    parser.add_argument("--splits", type=int, default=6)
+    parser = real_data_parser(__doc__.splitlines()[0], draws=1000, chains=4)
     parser.add_argument("--replicates", type=int, default=3)
-    parser.add_argument("--draws", type=int, default=1000)
-    parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nuts", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
-    pd.set_option("display.width", 250)
-    warnings.simplefilter("ignore")
-    logging.getLogger("pymc").setLevel(logging.ERROR)
+    quiet_tables(width=250)
     print(
         f"stage 2: Gibbs engine, tree-structured noise, {args.chains} chains × {args.draws} "
         f"draws after {args.draws} tuning steps, default priors with group_prior one of "
