@@ -3,10 +3,13 @@
 import ctypes
 import warnings
 
+import numba
 import numpy as np
 import pymc as pm
 import pytest
+from pytensor.link.numba import cache as numba_cache
 
+import bayeshier_pymc._nutpie_cache as nutpie_cache
 import bayeshier_pymc.sampling as sampling
 from bayeshier_pymc import Hierarchy, ShrinkageModel, mlm, simulate
 from bayeshier_pymc._nutpie_cache import (
@@ -161,3 +164,37 @@ def test_other_backends_and_options_are_compiled_by_nutpie_itself(fit, subclasse
         ["backend", "gradient_backend", "var_names"],
         ["backend", "gradient_backend", "initial_points", "var_names"],
     ]
+
+
+def test_the_key_changes_with_this_modules_source(fit, subclasses, monkeypatch):
+    """Entries compiled by another version of the wrappers are not read (no version to bump)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ShrinkageModel(fit, subclasses).build()
+        key = compiled_key(model)
+        monkeypatch.setattr(nutpie_cache, "SOURCE_DIGEST", "another source")
+        other_key = compiled_key(model)
+    assert key is not None and other_key is not None and other_key != key
+
+
+def _double_plus(x: float, y: float) -> float:
+    return 2.0 * x + y
+
+
+def test_an_unreadable_cache_entry_is_named_compiled_again_and_rewritten(tmp_path, monkeypatch):
+    """A truncated entry (both its files) warns once, compiles and rewrites it; no crash."""
+    monkeypatch.setattr(numba_cache, "NUMBA_CACHE_PATH", tmp_path)
+    signature = numba.types.float64(numba.types.float64, numba.types.float64)
+    key = "unreadable_entry_test"
+    first = nutpie_cache._cfunc(_double_plus, signature, key)
+    files = sorted(tmp_path.glob(f"*-{key}.*"))
+    assert first.cache_hits == 0 and len(files) == 2  # the index and the compiled code
+    for path in files:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.warns(UserWarning, match=f"cache entry .*{key}.* could not be read"):
+        again = nutpie_cache._cfunc(_double_plus, signature, key)
+    assert again.ctypes(1.0, 2.0) == 4.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        third = nutpie_cache._cfunc(_double_plus, signature, key)
+    assert third.cache_hits == 1 and third.ctypes(1.5, 2.0) == 5.0
