@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import pickle
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -62,13 +63,52 @@ UNREADABLE_ENTRY_ERRORS = (
 documents these besides :class:`pickle.UnpicklingError`)."""
 
 
+class _SharedPatch:
+    """``nutpie.compile_pymc_model`` replaced while any block of any thread is active.
+
+    The first block to enter replaces it and the last to exit puts nutpie's own back, under a
+    lock, so that overlapping blocks (threads that sample at once) leave nutpie as it was.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._own: Callable[..., Any] | None = None
+
+    def __enter__(self) -> None:
+        import nutpie
+
+        with self._lock:
+            if self._active == 0:
+                self._own = own = nutpie.compile_pymc_model
+
+                @functools.wraps(own)
+                def cached(model: Any, **options: Any) -> Any:
+                    return compile_pymc_model(model, **options)
+
+                nutpie.compile_pymc_model = cached
+            self._active += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        import nutpie
+
+        with self._lock:
+            self._active -= 1
+            if self._active == 0:
+                nutpie.compile_pymc_model = self._own
+                self._own = None
+
+
+_PATCH = _SharedPatch()
+
+
 @contextmanager
 def cached_nutpie_compilation() -> Iterator[None]:
     """Within the block, nutpie compiles PyMC models through :func:`compile_pymc_model`.
 
     ``pymc.sample(nuts_sampler="nutpie")`` calls ``nutpie.compile_pymc_model``; within the
     block that is :func:`compile_pymc_model`, which caches the numba backend's compiled entry
-    points on disk. nutpie is left as it was after the block.
+    points on disk. nutpie is left as it was once the last block active (in any thread) ends.
 
     Examples
     --------
@@ -79,19 +119,8 @@ def cached_nutpie_compilation() -> Iterator[None]:
     >>> with cached_nutpie_compilation():  # doctest: +SKIP
     ...     idata = pm.sample(nuts_sampler="nutpie", model=model)
     """
-    import nutpie
-
-    own = nutpie.compile_pymc_model
-
-    @functools.wraps(own)
-    def cached(model: Any, **options: Any) -> Any:
-        return compile_pymc_model(model, **options)
-
-    nutpie.compile_pymc_model = cached
-    try:
+    with _PATCH:
         yield
-    finally:
-        nutpie.compile_pymc_model = own
 
 
 def compile_pymc_model(
