@@ -43,7 +43,7 @@ from pytensor.graph.basic import Variable
 
 from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal
 from bayeshier_pymc.gibbs.layout import LocalScales, TreeData, TreeState
-from bayeshier_pymc.gibbs.local_scales import draw_inverse_gamma
+from bayeshier_pymc.gibbs.local_scales import draw_horseshoe_auxiliary
 from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS, ScaleKernel
 from bayeshier_pymc.gibbs.sweeps import (
     check_scheme,
@@ -222,7 +222,7 @@ class TreeGibbs(BlockedStep):
                 for level, name in enumerate(self.names.local_values, start=1)
             ]
             auxiliary = [
-                draw_inverse_gamma(1.0, 1.0 + 1.0 / v, self.rng)
+                draw_horseshoe_auxiliary(v, self.rng)
                 if self.problem.priors.group_prior == "horseshoe"
                 else np.ones_like(v)
                 for v in variances
