@@ -390,7 +390,10 @@ class Priors:
         return pd.DataFrame(columns, index=pd.Index(list(self.covariates), name="covariate"))
 
     def describe(self) -> str:
-        """One line naming the prior family and where its numbers come from."""
+        """One line naming the prior family and where its numbers come from.
+
+        The group prior is named where there are group effects (annotation levels used).
+        """
         origin = {
             "auto": (
                 f"preset 'auto' where not given: mu0 = 0, s0 = {AUTO_S0_MULTIPLE:g} s̄, "
@@ -399,6 +402,7 @@ class Priors:
             ),
             "research": "preset 'research' where not given: mu0 = 0, s0 = 1, tau_scale = 1",
         }[self.preset]
+        has_groups = len(self.scale_levels) > 1  # levels beyond the features' (depth > 0)
         groups = {
             "normal": "",
             "student_t": (
@@ -406,7 +410,7 @@ class Priors:
                 "(λ² ~ InvGamma(ν/2, ν/2))"
             ),
             "horseshoe": "; group effects horseshoe around their parent (λ ~ HalfCauchy(1))",
-        }[self.group_prior]
+        }[self.group_prior if has_groups else "normal"]
         return (
             f"θ0 ~ N(mu0, s0²), τ ~ HalfCauchy(tau_scale) per covariate and level{groups}; {origin}"
         )

@@ -270,3 +270,6 @@ def test_the_group_prior_is_normal_by_default_and_kept_through_storage_and_restr
     assert (restricted.group_prior, restricted.group_df) == ("student_t", 5.0)
     horseshoe = Priors.resolve({"group_prior": "horseshoe"}, LEVELS, ["age", "sex"], _se())
     assert "horseshoe" in horseshoe.describe()
+    # depth 0: no group effects, so no group prior to describe
+    flat = Priors.resolve({"group_prior": "horseshoe"}, ("feature",), ["age", "sex"], _se())
+    assert flat.group_prior == "horseshoe" and "group effects" not in flat.describe()
