@@ -335,6 +335,15 @@ def draw_given_scales(
         ``mu``, ``tau``, ``<level>_mean`` and ``theta`` (float64), each with leading (chain,
         draw), and ``local_scales`` as ``<level>_local_scale``.
 
+    Raises
+    ------
+    ValueError
+        Without pooling; with ``local_scales`` given or missing against the group prior; when
+        ``tau`` is not (chain, draw, covariate, level) with the problem's covariates and
+        levels, or a level's local scales not (chain, draw, covariate, group) with tau's
+        chains and draws and the level's groups (the message names the level and both
+        shapes).
+
     Notes
     -----
     The draws run the Gibbs engine's compiled passes (:func:`_draw_tree_given`) on blocks of
