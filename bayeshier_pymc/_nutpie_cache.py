@@ -16,9 +16,11 @@ The key is what the compiled code depends on: PyTensor's own cache keys of the t
 functions (their graphs, constants, static shapes and each Op's key, the collapsed model's
 tree, variances and priors included), the layout of the shared data (names, ranks, dtypes:
 their values are read at every call, never compiled in), the number of parameters and of
-expanded values, and the versions of nutpie, numba and PyTensor. A function PyTensor cannot
+expanded values, the versions of nutpie, numba and PyTensor, and the digest of this module's
+source (:data:`SOURCE_DIGEST`). A function PyTensor cannot
 key is compiled as nutpie compiles it, uncached. The cache lives in PyTensor's numba cache
-folder (``pytensor.config.base_compiledir``).
+folder (``pytensor.config.base_compiledir``); an entry that cannot be read (a truncated or
+damaged file) is reported in a warning, removed and compiled again.
 
 :func:`compile_pymc_model` is ``nutpie.compile_pymc_model`` for the numba backend with the
 cache (other backends and options go to nutpie's own); within :func:`cached_nutpie_compilation`
@@ -31,18 +33,73 @@ compilation.
 from __future__ import annotations
 
 import functools
+import pickle
+import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from hashlib import sha256
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 __all__ = ["cached_nutpie_compilation", "compile_pymc_model", "compiled_key"]
 
-CACHE_VERSION = 1
-"""Changed whenever the wrappers' source here changes, so that old entries are not read."""
+SOURCE_DIGEST = sha256(Path(__file__).read_bytes()).hexdigest()
+"""The digest of this module's source, part of every key: entries compiled by another version
+of the wrappers here are not read."""
+
+UNREADABLE_ENTRY_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    OSError,
+    AttributeError,
+    ImportError,
+    IndexError,
+)
+"""What reading a damaged cache entry raises (numba unpickles its files; Python's pickle
+documents these besides :class:`pickle.UnpicklingError`)."""
+
+
+class _SharedPatch:
+    """``nutpie.compile_pymc_model`` replaced while any block of any thread is active.
+
+    The first block to enter replaces it and the last to exit puts nutpie's own back, under a
+    lock, so that overlapping blocks (threads that sample at once) leave nutpie as it was.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._own: Callable[..., Any] | None = None
+
+    def __enter__(self) -> None:
+        import nutpie
+
+        with self._lock:
+            if self._active == 0:
+                self._own = own = nutpie.compile_pymc_model
+
+                @functools.wraps(own)
+                def cached(model: Any, **options: Any) -> Any:
+                    return compile_pymc_model(model, **options)
+
+                nutpie.compile_pymc_model = cached
+            self._active += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        import nutpie
+
+        with self._lock:
+            self._active -= 1
+            if self._active == 0:
+                nutpie.compile_pymc_model = self._own
+                self._own = None
+
+
+_PATCH = _SharedPatch()
 
 
 @contextmanager
@@ -51,7 +108,7 @@ def cached_nutpie_compilation() -> Iterator[None]:
 
     ``pymc.sample(nuts_sampler="nutpie")`` calls ``nutpie.compile_pymc_model``; within the
     block that is :func:`compile_pymc_model`, which caches the numba backend's compiled entry
-    points on disk. nutpie is left as it was after the block.
+    points on disk. nutpie is left as it was once the last block active (in any thread) ends.
 
     Examples
     --------
@@ -62,19 +119,8 @@ def cached_nutpie_compilation() -> Iterator[None]:
     >>> with cached_nutpie_compilation():  # doctest: +SKIP
     ...     idata = pm.sample(nuts_sampler="nutpie", model=model)
     """
-    import nutpie
-
-    own = nutpie.compile_pymc_model
-
-    @functools.wraps(own)
-    def cached(model: Any, **options: Any) -> Any:
-        return compile_pymc_model(model, **options)
-
-    nutpie.compile_pymc_model = cached
-    try:
+    with _PATCH:
         yield
-    finally:
-        nutpie.compile_pymc_model = own
 
 
 def compile_pymc_model(
@@ -184,7 +230,7 @@ def _pytensor_functions(model: Any, var_names: Iterable[str] | None) -> _Functio
 
 
 def _key(functions: _Functions) -> str | None:
-    """PyTensor's keys of both functions, the shared data's layout, the sizes and versions.
+    """PyTensor's keys of both functions, the shared data's layout, the sizes, the versions.
 
     The shared data's values do not enter the key: the entry points read them at every call.
     """
@@ -202,7 +248,7 @@ def _key(functions: _Functions) -> str | None:
         return None
     layout = [(name, value.ndim, value.dtype.str) for name, value in functions.shared_data.items()]
     sizes = (functions.n_dim, functions.n_expanded)
-    versions = (nutpie.__version__, numba.__version__, pytensor.__version__, CACHE_VERSION)
+    versions = (nutpie.__version__, numba.__version__, pytensor.__version__, SOURCE_DIGEST)
     return sha256(repr((keys, layout, sizes, versions)).encode()).hexdigest()
 
 
@@ -253,12 +299,16 @@ def _cfunc(function: Callable[..., int], signature: Any, key: str | None) -> Any
 
     numba caches no closure such as nutpie's ``function``; the C callback compiled instead
     calls it (as a jitted function, inlined by numba) from a function written here whose free
-    variable is a global, and PyTensor's cache locator files it under ``key``.
+    variable is a global, and PyTensor's cache locator files it under ``key``. An entry that
+    cannot be read (:data:`UNREADABLE_ENTRY_ERRORS`) is named in a warning, removed and
+    compiled again, which writes it anew; where it cannot be removed, the callback is compiled
+    uncached.
     """
     import numba
 
     if key is None:
         return numba.cfunc(signature)(function)
+    from pytensor.link.numba import cache
     from pytensor.link.numba.cache import compile_numba_function_src
 
     arguments = ", ".join(function.__code__.co_varnames[: function.__code__.co_argcount])
@@ -269,4 +319,19 @@ def _cfunc(function: Callable[..., int], signature: Any, key: str | None) -> Any
         global_env={"entry": numba.njit(function), "__name__": __name__},
         cache_key=key,
     )
-    return numba.cfunc(signature, cache=True)(wrapper)
+    try:
+        return numba.cfunc(signature, cache=True)(wrapper)
+    except UNREADABLE_ENTRY_ERRORS as error:
+        files = sorted(Path(cache.NUMBA_CACHE_PATH).glob(f"*-{key}.*"))
+        warnings.warn(
+            f"the compiled-model cache entry {[str(path) for path in files]!r} could not be "
+            f"read ({type(error).__name__}: {error}); it is compiled again.",
+            UserWarning,
+            stacklevel=2,
+        )
+        try:
+            for path in files:
+                path.unlink(missing_ok=True)
+        except OSError:
+            return numba.cfunc(signature)(function)
+        return numba.cfunc(signature, cache=True)(wrapper)

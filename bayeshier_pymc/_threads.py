@@ -29,17 +29,25 @@ def cpu_count() -> int:
 def in_threads(run: Callable[[Part], Any], parts: Sequence[Part]) -> None:
     """``run(part)`` for every part, in one thread per CPU at most (in this one for one part).
 
-    The parts must be independent, so that the results do not depend on the threads; the
-    first error of a part is raised once every part has been submitted.
+    The parts must be independent, so that the results do not depend on the threads. The first
+    error of a part, in the order of ``parts``, is raised as soon as it is met; so is a
+    KeyboardInterrupt (Ctrl-C) raised in this thread while it waits. Either way the parts not yet
+    started are cancelled, and the ones under way are waited for (a part is short), so that no
+    thread outlives the call.
     """
     n_threads = min(len(parts), cpu_count())
     if n_threads <= 1:
         for part in parts:
             run(part)
         return
-    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+    pool = ThreadPoolExecutor(max_workers=n_threads)
+    try:
         for future in [pool.submit(run, part) for part in parts]:
             future.result()
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def ahead(items: Iterator[Item]) -> Iterator[Item]:
@@ -47,10 +55,16 @@ def ahead(items: Iterator[Item]) -> Iterator[Item]:
 
     One item is computed ahead (so two are held at once): the caller's work on an item and
     the computation of the next overlap, on two cores where both release the GIL. An error of
-    the computation is raised when its item is asked for.
+    the computation is raised when its item is asked for. The next item is started only when
+    the caller takes one: after an error or a KeyboardInterrupt (Ctrl-C), in the caller or in
+    the computation, or once the generator is closed, none is started, and the one under way is
+    waited for, so that no thread outlives the generator.
     """
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
         pending = pool.submit(next, items, _END)
         while (item := pending.result()) is not _END:
             pending = pool.submit(next, items, _END)
             yield item
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -29,7 +29,7 @@ from scipy import stats as scipy_stats
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import THETA_SUMMARY, is_summary, problem_from_idata
 from bayeshier_pymc.mlm import MLMFit, missingness_patterns
-from bayeshier_pymc.model import group_mean_name
+from bayeshier_pymc.model import group_mean_name, local_scale_name
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -421,8 +421,10 @@ def coefficient_matrix(idata: az.InferenceData, fit: MLMFit | None = None) -> xr
 def scale_summary(idata: az.InferenceData, hdi_prob: float | None = None) -> pd.DataFrame:
     """τ per covariate and level with intervals, and each level's share of the variance.
 
-    The share of level L is τ_L² / Σ_levels τ², averaged over draws: how much of the
-    between-feature variation of the true effects sits at that level of the tree.
+    The share of level L is its variance over the sum of all levels', averaged over draws
+    (:func:`variance_shares`): how much of the between-feature variation of the true effects
+    sits at that level of the tree. Under the normal group prior a level's variance is τ_L²;
+    under a heavy-tailed one, τ_L² times the mean of its groups' λ_g².
 
     Returns
     -------
@@ -433,14 +435,37 @@ def scale_summary(idata: az.InferenceData, hdi_prob: float | None = None) -> pd.
         raise ValueError("this fit has no scales (a model without pooling).")
     tau = idata.posterior["tau"]
     summary = _summarise(tau, hdi_prob).drop_vars(["lfsr", "prob_positive", "prob_negative"])
-    summary["variance_share"] = variance_shares(tau).mean(SAMPLE_DIMS)
+    summary["variance_share"] = variance_shares(idata.posterior).mean(SAMPLE_DIMS)
     return summary.to_dataframe().reset_index()
 
 
-def variance_shares(tau: xr.DataArray) -> xr.DataArray:
-    """Each level's share of the variance in every draw: τ_L² / Σ_levels τ² (dim ``level``)."""
-    squared = tau**2
-    return squared / squared.sum("level")
+def variance_shares(posterior: xr.Dataset) -> xr.DataArray:
+    """Each level's share of the between-feature variance in every draw (dim ``level``).
+
+    A level's variance is τ_L² (the features' level, and every level under the normal group
+    prior); under a heavy-tailed group prior a group g's effects vary around their parent with
+    variance τ_L² λ_g², so the level's is τ_L² times the mean of λ_g² over its groups (read from
+    the posterior's ``<level>_local_scale``). The share is each level's variance over their sum
+    in the draw: τ_L² / Σ τ² under the normal prior.
+
+    Parameters
+    ----------
+    posterior
+        A fit's posterior, with ``tau`` (chain, draw, covariate, level) and, under a
+        heavy-tailed group prior, the local scales of each annotation level.
+    """
+    squared = posterior["tau"] ** 2
+    levels = squared.indexes["level"]
+    if not any(local_scale_name(level) in posterior for level in levels):
+        return squared / squared.sum("level")
+    variances = [
+        squared.sel(level=level) * (posterior[local_scale_name(level)] ** 2).mean(level)
+        if local_scale_name(level) in posterior
+        else squared.sel(level=level)
+        for level in levels
+    ]
+    combined = xr.concat(variances, dim="level").transpose(*squared.dims)
+    return combined / combined.sum("level")
 
 
 def group_level(idata: az.InferenceData, level: str | None) -> tuple[Hierarchy, str]:

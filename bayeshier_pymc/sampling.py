@@ -335,6 +335,15 @@ def draw_given_scales(
         ``mu``, ``tau``, ``<level>_mean`` and ``theta`` (float64), each with leading (chain,
         draw), and ``local_scales`` as ``<level>_local_scale``.
 
+    Raises
+    ------
+    ValueError
+        Without pooling; with ``local_scales`` given or missing against the group prior; when
+        ``tau`` is not (chain, draw, covariate, level) with the problem's covariates and
+        levels, or a level's local scales not (chain, draw, covariate, group) with tau's
+        chains and draws and the level's groups (the message names the level and both
+        shapes).
+
     Notes
     -----
     The draws run the Gibbs engine's compiled passes (:func:`_draw_tree_given`) on blocks of
@@ -355,6 +364,7 @@ def draw_given_scales(
             f"local_scales must hold one array per annotation level {problem.tree.levels!r}, "
             f"got {len(local_scales)}."
         )
+    _check_scale_shapes(problem, tau, local_scales)
     n_chains, n_draws, n_covariates = tau.shape[:3]
     index = problem.index
     posterior = {
@@ -382,6 +392,33 @@ def draw_given_scales(
     for level, scales in zip(problem.tree.levels, local_scales or (), strict=False):
         posterior[local_scale_name(level)] = scales
     return posterior
+
+
+def _check_scale_shapes(
+    problem: ShrinkageProblem, tau: np.ndarray, local_scales: Sequence[np.ndarray] | None
+) -> None:
+    """A ValueError unless the scales have the shapes of ``problem``'s tree and covariates.
+
+    ``tau`` must be (chain, draw, covariate, level) and each annotation level's local scales
+    (chain, draw, covariate, group), with tau's chains and draws.
+    """
+    n_covariates, levels = problem.b.shape[0], problem.tree.levels
+    shape = np.shape(tau)
+    if len(shape) != 4 or shape[2:] != (n_covariates, len(levels) + 1):
+        raise ValueError(
+            f"tau must be (chain, draw, covariate, level) with {n_covariates} covariates and "
+            f"{len(levels) + 1} levels (the features' and {list(levels)!r}), got shape {shape}."
+        )
+    for level, n_groups, scales in zip(
+        levels, problem.index.n_groups, local_scales or (), strict=False
+    ):
+        expected = (*shape[:3], n_groups)
+        if np.shape(scales) != expected:
+            raise ValueError(
+                f"the local scales of level {level!r} must be (chain, draw, covariate, group) "
+                f"{expected}, as tau's (chain, draw, covariate) {shape[:3]} and the level's "
+                f"{n_groups} groups, got shape {np.shape(scales)}."
+            )
 
 
 DRAW_BLOCK_CELLS = 1 << 19

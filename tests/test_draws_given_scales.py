@@ -154,3 +154,43 @@ def test_heavy_tailed_draws_under_tree_noise_are_the_dense_posterior(study, monk
     z = np.concatenate(z)
     # about 150 z-scores: a Bonferroni limit at a family-wise false alarm rate of 1e-3
     assert np.abs(z).max() < 4.8, np.abs(z).max()
+
+
+def _swapped(scales: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.swapaxes(scales, 2, 3))
+
+
+@pytest.mark.parametrize(
+    ("case", "bad_tau", "bad_scales", "message"),
+    [
+        ("tau without a level", lambda t: t[..., :2], None, "tau must be"),
+        ("tau without its chain axis", lambda t: t[0], None, "tau must be"),
+        (
+            "tau with a covariate too many",
+            lambda t: np.concatenate([t, t[:, :, :1]], 2),
+            None,
+            "tau must be",
+        ),
+        (
+            "an extra group column",
+            None,
+            lambda s: np.concatenate([s, s[..., :1]], -1),
+            "level 'subclass'",
+        ),
+        ("covariate and group axes swapped", None, _swapped, "level 'subclass'"),
+        ("fewer chains than tau", None, lambda s: s[:1], "level 'subclass'"),
+        ("fewer draws than tau", None, lambda s: s[:, :3], "level 'subclass'"),
+    ],
+)
+def test_scales_of_the_wrong_shape_are_refused(study, case, bad_tau, bad_scales, message):
+    """A ValueError naming the level and both shapes, not wrong θ or an IndexError."""
+    problem = _problem(study, 2, "independent", "horseshoe")
+    tau, local_scales = _scales(problem, 2, 5, np.random.default_rng(1))
+    assert problem.tree.n_groups[0] != problem.b.shape[0]  # swapped axes change the shape
+    if bad_tau is not None:
+        tau = bad_tau(tau)
+    if bad_scales is not None:
+        local_scales = [bad_scales(local_scales[0]), local_scales[1]]
+    with pytest.raises(ValueError, match=message) as raised:
+        sampling.draw_given_scales(problem, tau, np.random.default_rng(0), local_scales)
+    assert str(np.shape(tau if bad_tau is not None else local_scales[0])) in str(raised.value)

@@ -1,12 +1,16 @@
 """nutpie's numba compilation through the disk cache: nutpie's draws, never another model's code."""
 
 import ctypes
+import threading
 import warnings
 
+import numba
 import numpy as np
 import pymc as pm
 import pytest
+from pytensor.link.numba import cache as numba_cache
 
+import bayeshier_pymc._nutpie_cache as nutpie_cache
 import bayeshier_pymc.sampling as sampling
 from bayeshier_pymc import Hierarchy, ShrinkageModel, mlm, simulate
 from bayeshier_pymc._nutpie_cache import (
@@ -161,3 +165,67 @@ def test_other_backends_and_options_are_compiled_by_nutpie_itself(fit, subclasse
         ["backend", "gradient_backend", "var_names"],
         ["backend", "gradient_backend", "initial_points", "var_names"],
     ]
+
+
+def test_the_key_changes_with_this_modules_source(fit, subclasses, monkeypatch):
+    """Entries compiled by another version of the wrappers are not read (no version to bump)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ShrinkageModel(fit, subclasses).build()
+        key = compiled_key(model)
+        monkeypatch.setattr(nutpie_cache, "SOURCE_DIGEST", "another source")
+        other_key = compiled_key(model)
+    assert key is not None and other_key is not None and other_key != key
+
+
+def _double_plus(x: float, y: float) -> float:
+    return 2.0 * x + y
+
+
+def test_an_unreadable_cache_entry_is_named_compiled_again_and_rewritten(tmp_path, monkeypatch):
+    """A truncated entry (both its files) warns once, compiles and rewrites it; no crash."""
+    monkeypatch.setattr(numba_cache, "NUMBA_CACHE_PATH", tmp_path)
+    signature = numba.types.float64(numba.types.float64, numba.types.float64)
+    key = "unreadable_entry_test"
+    first = nutpie_cache._cfunc(_double_plus, signature, key)
+    files = sorted(tmp_path.glob(f"*-{key}.*"))
+    assert first.cache_hits == 0 and len(files) == 2  # the index and the compiled code
+    for path in files:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.warns(UserWarning, match=f"cache entry .*{key}.* could not be read"):
+        again = nutpie_cache._cfunc(_double_plus, signature, key)
+    assert again.ctypes(1.0, 2.0) == 4.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        third = nutpie_cache._cfunc(_double_plus, signature, key)
+    assert third.cache_hits == 1 and third.ctypes(1.5, 2.0) == 5.0
+
+
+def test_overlapping_blocks_in_two_threads_leave_nutpie_as_it_was():
+    """B enters while A is inside and stays after A left: still patched, then restored."""
+    import nutpie
+
+    own = nutpie.compile_pymc_model
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    patched_in_b_after_a = []
+
+    def first() -> None:
+        with cached_nutpie_compilation():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(10)
+        with cached_nutpie_compilation():
+            b_in.set()
+            a_out.wait(10)
+            patched_in_b_after_a.append(nutpie.compile_pymc_model is not own)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert patched_in_b_after_a == [True]
+    assert nutpie.compile_pymc_model is own

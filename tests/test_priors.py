@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 import bayeshier_pymc as bh
-from bayeshier_pymc.priors import AUTO_S0_MULTIPLE, Priors
+from bayeshier_pymc.priors import AUTO_S0_MULTIPLE, MIN_GROUP_DF, Priors
 
 pytestmark = pytest.mark.filterwarnings("ignore:the sampler's diagnostics failed")
 
@@ -236,6 +236,25 @@ def test_another_fits_priors_keep_their_typical_se():
     np.testing.assert_allclose(reused.tau_scale, [[5.0]])
 
 
+@pytest.mark.parametrize("group_df", [1e-3, 0.09])
+def test_a_group_df_whose_prior_draws_overflow_is_refused(group_df):
+    with pytest.raises(
+        ValueError, match=r"priors\['group_df'\] must be a positive number in \[0.1,"
+    ):
+        Priors.resolve(
+            {"group_prior": "student_t", "group_df": group_df}, LEVELS, ["age", "sex"], _se()
+        )
+
+
+def test_prior_local_variances_are_finite_at_the_smallest_group_df(rng):
+    """At ν = MIN_GROUP_DF a draw is infinite with probability about exp(-744 ν/2) = 7e-17."""
+    priors = Priors.resolve(
+        {"group_prior": "student_t", "group_df": MIN_GROUP_DF}, LEVELS, ["age", "sex"], _se()
+    )
+    local_variances = priors.draw_local_variances((1_000_000,), rng)
+    assert np.isfinite(local_variances).all() and local_variances.min() > 0
+
+
 def test_the_group_prior_is_normal_by_default_and_kept_through_storage_and_restriction():
     default = Priors.resolve(None, LEVELS, ["age", "sex"], _se())
     assert default.group_prior == "normal" and not default.heavy_tailed
@@ -251,3 +270,6 @@ def test_the_group_prior_is_normal_by_default_and_kept_through_storage_and_restr
     assert (restricted.group_prior, restricted.group_df) == ("student_t", 5.0)
     horseshoe = Priors.resolve({"group_prior": "horseshoe"}, LEVELS, ["age", "sex"], _se())
     assert "horseshoe" in horseshoe.describe()
+    # depth 0: no group effects, so no group prior to describe
+    flat = Priors.resolve({"group_prior": "horseshoe"}, ("feature",), ["age", "sex"], _se())
+    assert flat.group_prior == "horseshoe" and "group effects" not in flat.describe()

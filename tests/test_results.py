@@ -219,3 +219,41 @@ def test_large_numbers_keep_the_digits_that_tell_them_apart():
     shown = display_table(frame)
     assert shown["elpd_loo"].tolist() == ["1823.4", "1823.2", "-245.4"]
     assert shown["dse"].tolist() == ["0", "0.43", "12"]
+
+
+def test_scale_summary_shares_weigh_a_level_by_its_groups_local_variances():
+    """Heavy-tailed group prior: the sub level's variance is τ² × mean λ² = 4 × (1 + 3) / 2."""
+    idata = _fake_idata()
+    local_scale = np.broadcast_to(np.sqrt([1.0, 3.0]), (2, 400, 1, 2))
+    idata.posterior["sub_local_scale"] = (("chain", "draw", "covariate", "sub"), local_scale)
+    scales = bh.scale_summary(idata)
+    np.testing.assert_allclose(scales["variance_share"], [1 / 9, 8 / 9])
+    np.testing.assert_allclose(scales["mean"], [1.0, 2.0])
+
+
+@pytest.mark.filterwarnings("ignore::bayeshier_pymc.convergence.ConvergenceWarning")
+def test_variance_shares_of_a_horseshoe_fit_are_the_hand_computation():
+    """τ_L² mean_g λ_g² over its sum, per draw, then averaged; the normal prior's τ² / Σ τ²."""
+    study = bh.simulate(30, 40, 2, proportions=np.ones(6), n_superclasses=2, random_seed=4)
+    tree = bh.Hierarchy.from_frame(study.annotations, study.levels)
+    options = {"draws": 30, "tune": 30, "chains": 2, "random_seed": 1, "progressbar": False}
+    for group_prior in ("horseshoe", "normal"):
+        model = bh.ShrinkageModel(
+            bh.mlm(study.Y, study.X), tree, priors={"group_prior": group_prior}
+        )
+        idata = model.sample("gibbs", **options)
+        posterior = idata.posterior
+        tau = posterior["tau"].transpose("chain", "draw", "covariate", "level").to_numpy()
+        variances = tau**2
+        if group_prior == "horseshoe":
+            for column, level in enumerate(tree.levels, start=1):
+                local = posterior[f"{level}_local_scale"]
+                local = local.transpose("chain", "draw", "covariate", level).to_numpy()
+                variances[..., column] *= (local**2).mean(axis=-1)
+        hand = (variances / variances.sum(axis=-1, keepdims=True)).mean(axis=(0, 1))
+        table = bh.scale_summary(idata).set_index(["covariate", "level"])["variance_share"]
+        shares = table.unstack("level")[list(posterior["tau"].indexes["level"])].to_numpy()
+        np.testing.assert_allclose(shares, hand, rtol=1e-12)
+        assert group_prior == "normal" or not np.allclose(
+            shares, ((tau**2) / (tau**2).sum(axis=-1, keepdims=True)).mean(axis=(0, 1))
+        )

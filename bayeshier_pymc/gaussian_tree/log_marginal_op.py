@@ -219,6 +219,8 @@ def _lay_out(
         )
     sorted_var_b = var_b[:, orders[0]]
     op.feature_order = orders[0].astype(np.intp)
+    # the lane's b is a placeholder of the right shape (var_b stands in): b is the Op's input,
+    # passed to the kernel at every call, which uses it in place of lane.b (cache_key skips it)
     op.lane = lane_problem(
         sorted_var_b, sorted_var_b, sorted_tree.starts, tree.n_units, mu0, s0, shared
     )

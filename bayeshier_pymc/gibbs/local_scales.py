@@ -26,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "draw_conditional_local_variance",
+    "draw_horseshoe_auxiliary",
     "draw_inverse_gamma",
 ]
 
@@ -69,4 +70,9 @@ def draw_conditional_local_variance(
     if group_prior != "horseshoe":
         raise ValueError(f"group_prior={group_prior!r} has no local scales.")
     variances = draw_inverse_gamma(1.0, 1.0 / auxiliary + 0.5 * standardised, rng)
-    return variances, draw_inverse_gamma(1.0, 1.0 + 1.0 / variances, rng)
+    return variances, draw_horseshoe_auxiliary(variances, rng)
+
+
+def draw_horseshoe_auxiliary(variances: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The horseshoe's auxiliary ξ drawn from ξ | λ² ~ IG(1, 1 + 1/λ²), elementwise."""
+    return draw_inverse_gamma(1.0, 1.0 + 1.0 / variances, rng)

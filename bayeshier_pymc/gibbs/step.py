@@ -5,15 +5,15 @@
 :mod:`bayeshier_pymc.gibbs.sweeps`; the rows of those sweeps are the covariates. The estimates,
 their standard errors, the tree and the priors come from the
 :class:`~bayeshier_pymc.problem.ShrinkageProblem` the model was built from; only the names of
-the variables are read from the model. The HalfCauchy mixing variables λ of the
-conjugate scheme are not model variables: each sweep draws them afresh from λ | τ right before
-τ² | λ uses them, so the step carries no hidden state for them. The collapsed scheme's proposal
+the variables are read from the model. The HalfCauchy mixing variables ω of τ in the
+conjugate scheme are not model variables: each sweep draws them afresh from ω | τ right before
+τ² | ω uses them, so the step carries no hidden state for them. The collapsed scheme's proposal
 tuning is per-chain state of the step (reset for every chain by PyMC's sampling state).
 
 Under a heavy-tailed group prior (``Priors.group_prior``) the step also owns the local scales
 of the group effects: the horseshoe's free ``<level>_local_scale`` λ, or the Student-t's free
 ``<level>_local_variance`` λ² (:mod:`bayeshier_pymc.gibbs.local_scales`). The horseshoe's
-auxiliary ξ is not a model variable: like the conjugate scheme's λ of τ, each sweep draws it
+auxiliary ξ is not a model variable: like the conjugate scheme's ω of τ, each sweep draws it
 afresh from ξ | λ² before λ² | ξ, effects uses it.
 
 With correlated estimates (tree-structured noise; the centred model's observed ``b`` then has
@@ -43,7 +43,7 @@ from pytensor.graph.basic import Variable
 
 from bayeshier_pymc.gaussian_tree import TreeIndex, posterior_normal
 from bayeshier_pymc.gibbs.layout import LocalScales, TreeData, TreeState
-from bayeshier_pymc.gibbs.local_scales import draw_inverse_gamma
+from bayeshier_pymc.gibbs.local_scales import draw_horseshoe_auxiliary
 from bayeshier_pymc.gibbs.scale_kernels import DEFAULT_SCALE_STEPS, ScaleKernel
 from bayeshier_pymc.gibbs.sweeps import (
     check_scheme,
@@ -96,7 +96,7 @@ class TreeGibbs(BlockedStep):
         and priors. Without pooling the θ_j are drawn exactly from their posterior.
     scheme
         ``"conjugate"`` (default): the centred sweep, θ, the group means and θ0 from their
-        normal conditionals and λ, τ² from inverse gammas; ``"collapsed"``: τ from its
+        normal conditionals and ω, τ² from inverse gammas; ``"collapsed"``: τ from its
         collapsed conditional, then everything else exactly (see
         :mod:`bayeshier_pymc.gibbs.sweeps`). Estimates with shared noise need
         ``"collapsed"``.
@@ -222,7 +222,7 @@ class TreeGibbs(BlockedStep):
                 for level, name in enumerate(self.names.local_values, start=1)
             ]
             auxiliary = [
-                draw_inverse_gamma(1.0, 1.0 + 1.0 / v, self.rng)
+                draw_horseshoe_auxiliary(v, self.rng)
                 if self.problem.priors.group_prior == "horseshoe"
                 else np.ones_like(v)
                 for v in variances

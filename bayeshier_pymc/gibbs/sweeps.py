@@ -5,9 +5,10 @@ of :mod:`bayeshier_pymc.gaussian_tree`).
 
 :func:`conjugate_sweep`
     The centred sweep of the research algorithm. Every unit is drawn from its normal full
-    conditional; then, per level, with the HalfCauchy written as τ² | λ ~ IG(1/2, 1/λ),
-    λ ~ IG(1/2, 1/A²): λ | τ ~ IG(1, 1/τ² + 1/A²) and τ² | λ, units ~ IG((n + 1)/2, SS/2 + 1/λ).
-    λ is drawn afresh from its conditional right before it is used, so it is not state.
+    conditional; then, per level, with the HalfCauchy written as τ² | ω ~ IG(1/2, 1/ω),
+    ω ~ IG(1/2, 1/A²): ω | τ ~ IG(1, 1/τ² + 1/A²) and τ² | ω, units ~ IG((n + 1)/2, SS/2 + 1/ω).
+    The mixing variable ω (not the local scales λ of the group effects) is drawn afresh from
+    its conditional right before it is used, so it is not state.
 :func:`collapsed_sweep`
     A collapsed sweep. For l = 0..D in turn, log τ_l is updated from p(τ_l | b, other τ): θ,
     every group mean and θ0 integrated out exactly by the upward pass of the tree
@@ -72,14 +73,14 @@ def draw_normal(mean: np.ndarray, var: np.ndarray, rng: np.random.Generator) -> 
 
 
 def draw_mixing(tau: np.ndarray, tau_scale: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """λ | τ ~ IG(1, 1/τ² + 1/A²), the auxiliary variable of the HalfCauchy(A) prior."""
+    """ω | τ ~ IG(1, 1/τ² + 1/A²), the mixing variable of τ's HalfCauchy(A) prior."""
     return draw_inverse_gamma(1.0, 1.0 / tau**2 + 1.0 / tau_scale**2, rng)
 
 
 def draw_scale(
     sum_sq: np.ndarray, n_units: int, mixing: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
-    """τ from τ² | λ, units ~ IG((n + 1)/2, SS/2 + 1/λ), SS the squared deviations."""
+    """τ from τ² | ω, units ~ IG((n + 1)/2, SS/2 + 1/ω), SS the squared deviations."""
     return np.sqrt(draw_inverse_gamma(0.5 * (n_units + 1), 0.5 * sum_sq + 1.0 / mixing, rng))
 
 
@@ -261,7 +262,7 @@ def sum_sq_deviations(data: TreeData, state: TreeState, level: int) -> np.ndarra
 
 # ---------------------------------------------------------------------------- centred sweep
 def conjugate_sweep(data: TreeData, state: TreeState, rng: np.random.Generator) -> None:
-    """One centred Gibbs sweep, in place: θ, group means and θ0, then λ and τ per level.
+    """One centred Gibbs sweep, in place: θ, group means and θ0, then ω and τ per level.
 
     With local scales of the group effects they are drawn last, given the units and τ.
     """
@@ -276,7 +277,7 @@ def conjugate_sweep(data: TreeData, state: TreeState, rng: np.random.Generator) 
 def update_scale_conjugate(
     data: TreeData, state: TreeState, level: int, rng: np.random.Generator
 ) -> None:
-    """Centred update of τ_level: λ | τ, then τ² | λ, units (in place)."""
+    """Centred update of τ_level: its mixing variable ω | τ, then τ² | ω, units (in place)."""
     mixing = draw_mixing(state.tau[:, level], data.tau_scale[:, level], rng)
     sum_sq = sum_sq_deviations(data, state, level)
     state.tau[:, level] = draw_scale(sum_sq, data.n_units[level], mixing, rng)

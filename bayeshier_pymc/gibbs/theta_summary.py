@@ -131,7 +131,12 @@ class ThetaStream:
             for chain in range(n_chains)
             for start in range(0, n_draws, per_block)
         ]
-        theta = np.empty((per_block, *self.shape[2:]), dtype=self.dtype)
+        # θ of the features streamed, taken from the noise; with all of them, the noise itself
+        selected = (
+            None
+            if self._features is None
+            else np.empty((per_block, *self.shape[2:]), dtype=self.dtype)
+        )
         scratch = np.empty((1, 1, *self.shape[2:]), dtype=self.dtype)
         totals = np.empty((n_chains, n_draws))
         sizes = [draws.stop - draws.start for _, draws in blocks]
@@ -139,10 +144,10 @@ class ThetaStream:
             for chain, draws in blocks:
                 drawn = noise.next()
                 size = draws.stop - draws.start
-                if self._features is None:
+                if selected is None:
                     theta = drawn  # turned into θ in place
                 else:
-                    np.take(drawn[:size], self._features, axis=-1, out=theta[:size])
+                    theta = np.take(drawn[:size], self._features, axis=-1, out=selected[:size])
                 for offset in range(size):
                     self._kernel.write(
                         theta[offset][None, None], scratch, totals, draws.start + offset, chain

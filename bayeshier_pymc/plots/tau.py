@@ -96,8 +96,10 @@ def plot_tau_prior_posterior(
     :attr:`ShrinkageModel.priors`), over the range of the draws; the panel's title gives the
     prior's mass on that range. Where the prior is flat across the posterior the data
     decided τ; where the posterior follows the prior's shape, the prior did. The last panel
-    shows each level's share of the variance, τ_L² / Σ_levels τ², as its posterior mean
-    (bar) and 90% interval (line).
+    shows each level's share of the variance, τ_L² / Σ_levels τ² (under a heavy-tailed group
+    prior each group level's τ_L² times the mean λ_g² of its groups:
+    :func:`~bayeshier_pymc.results.variance_shares`), as its posterior mean (bar) and 90%
+    interval (line).
 
     Parameters
     ----------
@@ -129,7 +131,7 @@ def plot_tau_prior_posterior(
     shape = (len(chosen), len(levels) + 1)
     axes = _grid(ax, shape)
     colors = group_colors(len(levels))
-    all_shares = variance_shares(tau)
+    all_shares = variance_shares(idata.posterior)
     for row, covariate in enumerate(chosen):
         draws = tau.sel(covariate=covariate).stack(sample=("chain", "draw"))
         draws = draws.transpose("level", "sample").to_numpy()
@@ -168,7 +170,7 @@ def plot_tau_prior_posterior(
     axes[0, 0].legend(fontsize="small")
     for panel in axes[-1, :-1]:
         panel.set_xlabel("τ")
-    axes[-1, -1].set_xlabel("τ_L² / Σ τ² (mean, 90% interval)")
+    axes[-1, -1].set_xlabel("variance share (mean, 90% interval)")
     return axes
 
 
