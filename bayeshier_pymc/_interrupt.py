@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
+from bayeshier_pymc._shared_patch import SharedPatch
+
 __all__ = [
     "caught_interrupts_raised",
     "numpyro_steps_from_python",
@@ -107,20 +109,22 @@ def nutpie_start_logged(nuts_sampler: str) -> Iterator[None]:
     if nuts_sampler != "nutpie":
         yield
         return
-    import nutpie
+    with _LOGGED_START:
+        yield
 
-    sample = nutpie.sample
+
+def _logging_the_start(sample: Callable[..., Any]) -> Callable[..., Any]:
+    """The replacement of ``nutpie.sample``: it logs the start of the run, then samples."""
 
     @functools.wraps(sample)
     def logged(*args: Any, **options: Any) -> Any:
         logger.debug("NUTS sampling (nutpie: tuning, then the kept draws)")
         return sample(*args, **options)
 
-    nutpie.sample = logged
-    try:
-        yield
-    finally:
-        nutpie.sample = sample
+    return logged
+
+
+_LOGGED_START = SharedPatch("nutpie", "sample", _logging_the_start)
 
 
 def _collect_in_blocks(

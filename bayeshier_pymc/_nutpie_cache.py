@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import pickle
-import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -44,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bayeshier_pymc._shared_patch import SharedPatch
 
 __all__ = ["cached_nutpie_compilation", "compile_pymc_model", "compiled_key"]
 
@@ -63,43 +64,17 @@ UNREADABLE_ENTRY_ERRORS = (
 documents these besides :class:`pickle.UnpicklingError`)."""
 
 
-class _SharedPatch:
-    """``nutpie.compile_pymc_model`` replaced while any block of any thread is active.
+def _through_the_cache(own: Callable[..., Any]) -> Callable[..., Any]:
+    """The replacement of ``nutpie.compile_pymc_model``: :func:`compile_pymc_model`."""
 
-    The first block to enter replaces it and the last to exit puts nutpie's own back, under a
-    lock, so that overlapping blocks (threads that sample at once) leave nutpie as it was.
-    """
+    @functools.wraps(own)
+    def cached(model: Any, **options: Any) -> Any:
+        return compile_pymc_model(model, **options)
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._active = 0
-        self._own: Callable[..., Any] | None = None
-
-    def __enter__(self) -> None:
-        import nutpie
-
-        with self._lock:
-            if self._active == 0:
-                self._own = own = nutpie.compile_pymc_model
-
-                @functools.wraps(own)
-                def cached(model: Any, **options: Any) -> Any:
-                    return compile_pymc_model(model, **options)
-
-                nutpie.compile_pymc_model = cached
-            self._active += 1
-
-    def __exit__(self, *exc_info: object) -> None:
-        import nutpie
-
-        with self._lock:
-            self._active -= 1
-            if self._active == 0:
-                nutpie.compile_pymc_model = self._own
-                self._own = None
+    return cached
 
 
-_PATCH = _SharedPatch()
+_PATCH = SharedPatch("nutpie", "compile_pymc_model", _through_the_cache)
 
 
 @contextmanager

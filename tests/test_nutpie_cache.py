@@ -1,7 +1,6 @@
 """nutpie's numba compilation through the disk cache: nutpie's draws, never another model's code."""
 
 import ctypes
-import threading
 import warnings
 
 import numba
@@ -199,33 +198,3 @@ def test_an_unreadable_cache_entry_is_named_compiled_again_and_rewritten(tmp_pat
         warnings.simplefilter("error")
         third = nutpie_cache._cfunc(_double_plus, signature, key)
     assert third.cache_hits == 1 and third.ctypes(1.5, 2.0) == 5.0
-
-
-def test_overlapping_blocks_in_two_threads_leave_nutpie_as_it_was():
-    """B enters while A is inside and stays after A left: still patched, then restored."""
-    import nutpie
-
-    own = nutpie.compile_pymc_model
-    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
-    patched_in_b_after_a = []
-
-    def first() -> None:
-        with cached_nutpie_compilation():
-            a_in.set()
-            b_in.wait(10)
-        a_out.set()
-
-    def second() -> None:
-        a_in.wait(10)
-        with cached_nutpie_compilation():
-            b_in.set()
-            a_out.wait(10)
-            patched_in_b_after_a.append(nutpie.compile_pymc_model is not own)
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert patched_in_b_after_a == [True]
-    assert nutpie.compile_pymc_model is own
