@@ -40,6 +40,7 @@ from bayeshier_pymc._interrupt import (
 )
 from bayeshier_pymc._memory import store_array
 from bayeshier_pymc._nutpie_cache import cached_nutpie_compilation
+from bayeshier_pymc._threads import in_threads
 from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.convergence import warn_if_not_converged
 from bayeshier_pymc.gaussian_tree import TreeIndex, noise_log_density
@@ -440,8 +441,9 @@ def _draw_given_normals(
     for level, n_groups in zip(problem.tree.levels, index.n_groups, strict=False):
         posterior[group_mean_name(level)] = np.empty((n_chains, n_draws, n_covariates, n_groups))
     block_draws = max(1, DRAW_BLOCK_CELLS // problem.b.size)
-    blocks: dict[int, TreeData] = {}  # the rows of a block of draws, by its number of draws
-    for chain, chain_normals in enumerate(normals.by_chain):
+
+    def draw_chain(chain: int) -> None:
+        blocks: dict[int, TreeData] = {}  # the rows of a block of draws, by its number of draws
         for start in range(0, n_draws, block_draws):
             draws = slice(start, min(start + block_draws, n_draws))
             size = draws.stop - draws.start
@@ -451,7 +453,10 @@ def _draw_given_normals(
             if local_scales is not None:
                 local = tuple(scales[chain, draws] ** 2 for scales in local_scales)
             block = {name: values[chain, draws] for name, values in posterior.items()}
-            _draw_tree_given(problem, blocks[size], local, [z[draws] for z in chain_normals], block)
+            chain_normals = [z[draws] for z in normals.by_chain[chain]]
+            _draw_tree_given(problem, blocks[size], local, chain_normals, block)
+
+    in_threads(draw_chain, range(n_chains))  # the chains write disjoint parts of the stores
     for level, scales in zip(problem.tree.levels, local_scales or (), strict=False):
         posterior[local_scale_name(level)] = scales
     return posterior
