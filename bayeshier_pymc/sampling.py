@@ -521,11 +521,11 @@ def _draw_tree_given(
         for level, z in enumerate(sorted_normals[depth + 2 :], start=1):
             split_normals[:, offsets[level] : offsets[level + 1]] = z
         effects, parent_noise = split_effects(data, state, None, normals=split_normals)
-        theta = state.units[0] - parent_noise[:, data.parent_index[0]]
+        theta = state.units[0] - np.take(parent_noise, data.parent_index[0], axis=-1)
     else:
         effects, theta = state.units[1:], state.units[0]
     block["mu"][...] = effects[-1].reshape(block["mu"].shape)
-    block["theta"][...] = data.from_sorted(theta).reshape(block["theta"].shape)
+    data.from_sorted(theta, out=np.reshape(block["theta"], theta.shape, copy=False))
     for level, name in enumerate(problem.tree.levels, start=1):
         means = block[group_mean_name(name)]
         means[...] = data.from_sorted(effects[level - 1], level).reshape(means.shape)
@@ -534,7 +534,7 @@ def _draw_tree_given(
 def _sorted_rows(data: TreeData, normals: np.ndarray, level: int) -> np.ndarray:
     """A block's normals of the level-``level`` units, (draw, covariate, unit), as sorted rows."""
     rows = normals.reshape(data.n_rows, -1)
-    return np.ascontiguousarray(data.to_sorted(rows, level) if level <= data.depth else rows)
+    return data.to_sorted(rows, level) if level <= data.depth else np.ascontiguousarray(rows)
 
 
 def _reference_normals(

@@ -233,12 +233,23 @@ class TreeData:
         return self.b.shape[0]
 
     def to_sorted(self, values: np.ndarray, level: int = 0) -> np.ndarray:
-        """Units of ``level`` (last axis) from the caller's order to the internal one."""
-        return values[..., self.orders[level]]
+        """Units of ``level`` (last axis) from the caller's order to the internal one.
 
-    def from_sorted(self, values: np.ndarray, level: int = 0) -> np.ndarray:
-        """Units of ``level`` (last axis) from the internal order to the caller's one."""
-        return values[..., self.positions[level]]
+        C-contiguous (``np.take``; indexing the last axis, ``values[..., order]``, gives
+        a transposed copy that costs a second copy to lay out by rows).
+        """
+        return np.take(values, self.orders[level], axis=-1)
+
+    def from_sorted(
+        self, values: np.ndarray, level: int = 0, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Units of ``level`` (last axis) from the internal order to the caller's one.
+
+        C-contiguous, as :meth:`to_sorted`; written into ``out`` when given (C-contiguous,
+        of the result's shape and type).
+        """
+        # the positions are a permutation: mode="clip" never clips, and writes ``out`` unbuffered
+        return np.take(values, self.positions[level], axis=-1, out=out, mode="clip")
 
     def sum_into_parents(self, values: np.ndarray, level: int) -> np.ndarray:
         """Sum rows × n_units[level] ``values`` into their parents (rows × n_units[level+1])."""
