@@ -8,12 +8,15 @@ for the same generator, and the exact posterior given τ and λ (dense Gaussian 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import bayeshier_pymc as bh
 from bayeshier_pymc import sampling
 from bayeshier_pymc.gaussian_tree import draw_tree, upward_pass
+from bayeshier_pymc.gibbs.layout import TreeData
 from bayeshier_pymc.model import group_mean_name
 from bayeshier_pymc.problem import ShrinkageProblem
 
@@ -154,3 +157,34 @@ def test_heavy_tailed_draws_under_tree_noise_are_the_dense_posterior(study, monk
     z = np.concatenate(z)
     # about 150 z-scores: a Bonferroni limit at a family-wise false alarm rate of 1e-3
     assert np.abs(z).max() < 4.8, np.abs(z).max()
+
+
+def test_normals_drawn_ahead_must_match_the_scale_draws(study):
+    """Normals drawn for other scale draws are refused with a clear error."""
+    problem = _problem(study, 1, "auto", "normal")
+    tau, _ = _scales(problem, 2, 5, np.random.default_rng(5))
+    normals = sampling._draw_normals(problem, (2, 4, problem.b.shape[0]), np.random.default_rng(6))
+    with pytest.raises(ValueError, match=r"normals drawn for scale draws of shape \(2, 4, 2\)"):
+        sampling._draw_given_normals(problem, tau, normals, None)
+
+
+def test_layout_gathers_are_rows_and_from_sorted_writes_into_out(study):
+    """to_sorted and from_sorted are inverse, C-contiguous gathers; ``out`` receives the result."""
+    problem = _problem(study, 2, "auto", "normal")
+    rng = np.random.default_rng(7)
+    data = TreeData.from_problem(problem, copies=3)
+    # every level in an order of its own (the simulation lists θ in the tree's order)
+    orders = tuple(rng.permutation(n) for n in data.n_units)
+    positions = tuple(np.argsort(order) for order in orders)
+    data = dataclasses.replace(data, orders=orders, positions=positions)
+    for level, n_units in enumerate(data.n_units[:-1]):
+        values = rng.standard_normal((data.n_rows, n_units))
+        in_order = data.to_sorted(values, level)
+        assert in_order.flags.c_contiguous
+        np.testing.assert_array_equal(in_order, values[:, data.orders[level]])
+        back = data.from_sorted(in_order, level)
+        assert back.flags.c_contiguous
+        np.testing.assert_array_equal(back, values)
+        out = np.empty_like(values)
+        assert data.from_sorted(in_order, level, out=out) is out
+        np.testing.assert_array_equal(out, values)
