@@ -534,7 +534,7 @@ def _draw_tree_given(
 def _sorted_rows(data: TreeData, normals: np.ndarray, level: int) -> np.ndarray:
     """A block's normals of the level-``level`` units, (draw, covariate, unit), as sorted rows."""
     rows = normals.reshape(data.n_rows, -1)
-    return data.to_sorted(rows, level) if level <= data.depth else np.ascontiguousarray(rows)
+    return data.rows_to_sorted(rows, level) if level <= data.depth else np.ascontiguousarray(rows)
 
 
 def _reference_normals(

@@ -168,8 +168,8 @@ def test_normals_drawn_ahead_must_match_the_scale_draws(study):
         sampling._draw_given_normals(problem, tau, normals, None)
 
 
-def test_layout_gathers_are_rows_and_from_sorted_writes_into_out(study):
-    """to_sorted and from_sorted are inverse, C-contiguous gathers; ``out`` receives the result."""
+def test_layout_gathers_by_rows_give_the_same_values(study):
+    """rows_to_sorted is to_sorted laid out by rows; from_sorted inverts it, into ``out`` too."""
     problem = _problem(study, 2, "auto", "normal")
     rng = np.random.default_rng(7)
     data = TreeData.from_problem(problem, copies=3)
@@ -179,12 +179,11 @@ def test_layout_gathers_are_rows_and_from_sorted_writes_into_out(study):
     data = dataclasses.replace(data, orders=orders, positions=positions)
     for level, n_units in enumerate(data.n_units[:-1]):
         values = rng.standard_normal((data.n_rows, n_units))
-        in_order = data.to_sorted(values, level)
+        in_order = data.rows_to_sorted(values, level)
         assert in_order.flags.c_contiguous
-        np.testing.assert_array_equal(in_order, values[:, data.orders[level]])
-        back = data.from_sorted(in_order, level)
-        assert back.flags.c_contiguous
-        np.testing.assert_array_equal(back, values)
+        np.testing.assert_array_equal(in_order, data.to_sorted(values, level))
+        np.testing.assert_array_equal(in_order, values[:, orders[level]])
+        np.testing.assert_array_equal(data.from_sorted(in_order, level), values)
         out = np.empty_like(values)
         assert data.from_sorted(in_order, level, out=out) is out
         np.testing.assert_array_equal(out, values)

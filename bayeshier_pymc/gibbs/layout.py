@@ -233,10 +233,16 @@ class TreeData:
         return self.b.shape[0]
 
     def to_sorted(self, values: np.ndarray, level: int = 0) -> np.ndarray:
-        """Units of ``level`` (last axis) from the caller's order to the internal one.
+        """Units of ``level`` (last axis) from the caller's order to the internal one."""
+        return values[..., self.orders[level]]
 
-        C-contiguous (``np.take``; indexing the last axis, ``values[..., order]``, gives
-        a transposed copy that costs a second copy to lay out by rows).
+    def rows_to_sorted(self, values: np.ndarray, level: int = 0) -> np.ndarray:
+        """:meth:`to_sorted`, C-contiguous: the rows as the compiled kernels read them.
+
+        ``np.take`` gathers straight into rows, where indexing the last axis
+        (:meth:`to_sorted`) gives a transposed copy that a second copy lays out by rows. The
+        values are the same; :meth:`to_sorted` stays as it is for its callers, whose NumPy
+        sums over such a copy run in its order.
         """
         return np.take(values, self.orders[level], axis=-1)
 
@@ -245,9 +251,11 @@ class TreeData:
     ) -> np.ndarray:
         """Units of ``level`` (last axis) from the internal order to the caller's one.
 
-        C-contiguous, as :meth:`to_sorted`; written into ``out`` when given (C-contiguous,
-        of the result's shape and type).
+        With ``out`` (C-contiguous, of the result's shape and type) the result is written
+        there, gathered by rows (``np.take``), and returned.
         """
+        if out is None:
+            return values[..., self.positions[level]]
         # the positions are a permutation: mode="clip" never clips, and writes ``out`` unbuffered
         return np.take(values, self.positions[level], axis=-1, out=out, mode="clip")
 
