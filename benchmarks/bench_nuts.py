@@ -35,7 +35,8 @@ evaluation must do, compiled by numba and by JAX), and prints the time the gradi
 for.
 
 ``--phases`` times one default NUTS fit (``model.sample()``) of the research simulation, its
-compilation read from the cache (a second fit in the process), phase by phase: the PyMC
+compilation read from the disk cache (the first fit in the process, as the default row of the
+comparison), phase by phase: the PyMC
 model, ``pm.sample`` (nutpie's compilation, its tuning and sampling with its trace, the rest),
 the exact draws (their normals, drawn in a thread during ``pm.sample``, and the passes given
 them), the sampler's own time, then the leave-one-out log-likelihood with the replicates, the
@@ -463,9 +464,10 @@ def profile() -> None:
 def phases() -> None:
     """Where one default NUTS fit (``model.sample()``), its compilation cached, spends its time.
 
-    A first fit fills the caches; the second is timed phase by phase, each phase the time of
-    the function that does it (the exact draws' normals are drawn in a thread during
-    ``pm.sample``, so their time overlaps it).
+    A fit in a fresh process fills the disk caches; this process's first fit, as the default
+    row of :func:`compare`, is then timed phase by phase, each phase the time of the function
+    that does it (the exact draws' normals are drawn in a thread during ``pm.sample``, so
+    their time overlaps it).
     """
     import nutpie
     import pymc as pm
@@ -499,9 +501,8 @@ def phases() -> None:
         (sampling, "warn_if_not_converged", "convergence checks"),
     ):
         timed(owner, name, label)
+    run_in_fresh_process(DEFAULT)
     print(f"before the runs: {load()}")
-    research_model().sample(random_seed=1, progressbar=False)
-    times.clear()
     start = time.perf_counter()
     model = research_model()
     build_s = time.perf_counter() - start
@@ -527,8 +528,8 @@ def phases() -> None:
         ("  convergence checks", times["convergence checks"]),
     ]
     print(
-        "one default NUTS fit of the research simulation, its compilation cached "
-        "(a second fit in the process), 4 chains x 1000 draws after 1000 tuning steps:"
+        "one default NUTS fit of the research simulation, its compilation read from the disk "
+        "cache (the first fit in the process), 4 chains x 1000 draws after 1000 tuning steps:"
     )
     for label, seconds in rows:
         print(f"{label:<56}{seconds:7.2f} s")
