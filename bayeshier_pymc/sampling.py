@@ -23,6 +23,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -37,7 +38,9 @@ from bayeshier_pymc._interrupt import (
     numpyro_steps_from_python,
     nutpie_start_logged,
 )
+from bayeshier_pymc._memory import store_array
 from bayeshier_pymc._nutpie_cache import cached_nutpie_compilation
+from bayeshier_pymc._threads import in_threads
 from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.convergence import warn_if_not_converged
 from bayeshier_pymc.gaussian_tree import TreeIndex, noise_log_density
@@ -352,6 +355,65 @@ def draw_given_scales(
     :func:`~bayeshier_pymc.gaussian_tree.draw_tree` per chain), drawn from ``rng`` in its
     order: the same draws as that algebra, up to rounding.
     """
+    _check_given_scales(problem, tau, local_scales)
+    normals = _draw_normals(problem, tau.shape[:3], rng)
+    return _draw_given_normals(problem, tau, normals, local_scales)
+
+
+@dataclass(frozen=True)
+class _ExactDrawNormals:
+    """The standard normals of :func:`draw_given_scales`, drawn before the scales are known.
+
+    They do not depend on the scales, so that NUTS can have them drawn while it samples
+    (:func:`_draw_normals`).
+
+    Attributes
+    ----------
+    theta
+        θ's store (chain, draw, covariate, feature), holding θ's normals until the draws
+        overwrite them.
+    by_chain
+        Every chain's normals of the other levels, as :func:`_reference_normals` returns them
+        (θ's are views of ``theta``).
+    """
+
+    theta: np.ndarray
+    by_chain: list[list[np.ndarray]]
+
+
+def _draw_normals(
+    problem: ShrinkageProblem, lead: tuple[int, ...], rng: np.random.Generator
+) -> _ExactDrawNormals:
+    """The standard normals of :func:`draw_given_scales` for scale draws of shape ``lead``.
+
+    Parameters
+    ----------
+    problem
+        A pooled problem.
+    lead
+        (chains, draws, covariates) of the scale draws.
+    rng
+        Random generator, drawn from chain by chain in the reference algebra's order.
+
+    Returns
+    -------
+    _ExactDrawNormals
+        The normals, θ's in θ's store, committed at once
+        (:func:`~bayeshier_pymc._memory.store_array`); the call releases the GIL while it
+        commits and draws, so a thread can run it while NUTS samples.
+    """
+    theta = store_array((*lead, problem.index.n_features), commit=True)
+    by_chain = [
+        _reference_normals(problem.index, problem.correlated, chain_theta, rng)
+        for chain_theta in theta
+    ]
+    return _ExactDrawNormals(theta, by_chain)
+
+
+def _check_given_scales(
+    problem: ShrinkageProblem, tau: np.ndarray, local_scales: Sequence[np.ndarray] | None
+) -> None:
+    """Raise a ValueError unless scales (and ``local_scales``) can be conditioned on."""
     if problem.tree is None:
         raise ValueError("a model without pooling has no scales to condition on.")
     if (local_scales is not None) != _has_local_scales(problem):
@@ -365,20 +427,33 @@ def draw_given_scales(
             f"got {len(local_scales)}."
         )
     _check_scale_shapes(problem, tau, local_scales)
+
+
+def _draw_given_normals(
+    problem: ShrinkageProblem,
+    tau: np.ndarray,
+    normals: _ExactDrawNormals,
+    local_scales: Sequence[np.ndarray] | None,
+) -> dict[str, np.ndarray]:
+    """:func:`draw_given_scales` with its normals drawn already (:func:`_draw_normals`)."""
     n_chains, n_draws, n_covariates = tau.shape[:3]
+    if normals.theta.shape[:3] != tau.shape[:3]:
+        raise ValueError(
+            f"normals drawn for scale draws of shape {normals.theta.shape[:3]}, "
+            f"got scale draws of shape {tau.shape[:3]}."
+        )
     index = problem.index
     posterior = {
         "mu": np.empty((n_chains, n_draws, n_covariates)),
         "tau": tau,
-        "theta": np.empty((n_chains, n_draws, n_covariates, index.n_features)),
+        "theta": normals.theta,
     }
     for level, n_groups in zip(problem.tree.levels, index.n_groups, strict=False):
         posterior[group_mean_name(level)] = np.empty((n_chains, n_draws, n_covariates, n_groups))
     block_draws = max(1, DRAW_BLOCK_CELLS // problem.b.size)
-    blocks: dict[int, TreeData] = {}  # the rows of a block of draws, by its number of draws
-    for chain in range(n_chains):
-        # θ's normals go straight into its store, which the block draws then overwrite
-        normals = _reference_normals(index, problem.correlated, posterior["theta"][chain], rng)
+
+    def draw_chain(chain: int) -> None:
+        blocks: dict[int, TreeData] = {}  # the rows of a block of draws, by its number of draws
         for start in range(0, n_draws, block_draws):
             draws = slice(start, min(start + block_draws, n_draws))
             size = draws.stop - draws.start
@@ -388,7 +463,10 @@ def draw_given_scales(
             if local_scales is not None:
                 local = tuple(scales[chain, draws] ** 2 for scales in local_scales)
             block = {name: values[chain, draws] for name, values in posterior.items()}
-            _draw_tree_given(problem, blocks[size], local, [z[draws] for z in normals], block)
+            chain_normals = [z[draws] for z in normals.by_chain[chain]]
+            _draw_tree_given(problem, blocks[size], local, chain_normals, block)
+
+    in_threads(draw_chain, range(n_chains))  # the chains write disjoint parts of the stores
     for level, scales in zip(problem.tree.levels, local_scales or (), strict=False):
         posterior[local_scale_name(level)] = scales
     return posterior
@@ -480,11 +558,11 @@ def _draw_tree_given(
         for level, z in enumerate(sorted_normals[depth + 2 :], start=1):
             split_normals[:, offsets[level] : offsets[level + 1]] = z
         effects, parent_noise = split_effects(data, state, None, normals=split_normals)
-        theta = state.units[0] - parent_noise[:, data.parent_index[0]]
+        theta = state.units[0] - np.take(parent_noise, data.parent_index[0], axis=-1)
     else:
         effects, theta = state.units[1:], state.units[0]
     block["mu"][...] = effects[-1].reshape(block["mu"].shape)
-    block["theta"][...] = data.from_sorted(theta).reshape(block["theta"].shape)
+    data.from_sorted(theta, out=np.reshape(block["theta"], theta.shape, copy=False))
     for level, name in enumerate(problem.tree.levels, start=1):
         means = block[group_mean_name(name)]
         means[...] = data.from_sorted(effects[level - 1], level).reshape(means.shape)
@@ -493,7 +571,7 @@ def _draw_tree_given(
 def _sorted_rows(data: TreeData, normals: np.ndarray, level: int) -> np.ndarray:
     """A block's normals of the level-``level`` units, (draw, covariate, unit), as sorted rows."""
     rows = normals.reshape(data.n_rows, -1)
-    return np.ascontiguousarray(data.to_sorted(rows, level) if level <= data.depth else rows)
+    return data.rows_to_sorted(rows, level) if level <= data.depth else np.ascontiguousarray(rows)
 
 
 def _reference_normals(
@@ -585,12 +663,20 @@ def _sample_nuts(
     nuts_seed = int(seed_sequence.generate_state(1)[0] % (2**31))
     start = time.perf_counter()
     with (
+        ThreadPoolExecutor(max_workers=1) as pool,
         caught_interrupts_raised(),
         numpyro_steps_from_python(nuts_sampler, progressbar),
         nutpie_start_logged(nuts_sampler),
         cached_nutpie_compilation() if nuts_sampler == "nutpie" else nullcontext(),
         _compiled_jax_log_density(nuts_sampler),
     ):
+        rng = np.random.default_rng(seed_sequence.spawn(1)[0])
+        lead = (chains, draws, problem.b.shape[0])
+        # the exact draws' normals do not depend on τ: a thread draws them while nutpie or
+        # numpyro compiles and samples (PyMC's own sampler forks processes, after sampling)
+        normals = None
+        if collapsed and nuts_sampler != "pymc":
+            normals = pool.submit(_draw_normals, problem, lead, rng)
         raw = pm.sample(
             draws=draws,
             tune=tune,
@@ -606,13 +692,13 @@ def _sample_nuts(
         )
     if collapsed:
         tau = raw.posterior["tau"].to_numpy()
-        rng = np.random.default_rng(seed_sequence.spawn(1)[0])
         local_scales = None
         if _has_local_scales(problem):
             local_scales = [
                 raw.posterior[local_scale_name(level)].to_numpy() for level in problem.tree.levels
             ]
-        posterior = draw_given_scales(problem, tau, rng, local_scales)
+        drawn = _draw_normals(problem, lead, rng) if normals is None else normals.result()
+        posterior = _draw_given_normals(problem, tau, drawn, local_scales)
     else:
         posterior = _posterior_arrays(raw, problem)
     elapsed = time.perf_counter() - start

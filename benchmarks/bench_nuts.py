@@ -21,6 +21,7 @@ empty-cache run.
     python benchmarks/bench_nuts.py                    # every configuration
     python benchmarks/bench_nuts.py --quick            # backends on the collapsed model only
     python benchmarks/bench_nuts.py --profile          # where the default NUTS spends its time
+    python benchmarks/bench_nuts.py --phases           # one default fit, phase by phase
     python benchmarks/bench_nuts.py --noise-cost       # tree noise against independent noise
 
 ``--profile`` splits the default NUTS (nutpie, compiled by numba) on the same model into its
@@ -32,6 +33,14 @@ graph; PyTensor's C for PyMC: the Op's kernel called from Python) against a floo
 pass over the p·m estimates computing Σ log N(b; 0, s² + τ²) and its gradient, the least any
 evaluation must do, compiled by numba and by JAX), and prints the time the gradients account
 for.
+
+``--phases`` times one default NUTS fit (``model.sample()``) of the research simulation, its
+compilation read from the disk cache (the first fit in the process, as the default row of the
+comparison), phase by phase: the PyMC
+model, ``pm.sample`` (nutpie's compilation, its tuning and sampling with its trace, the rest),
+the exact draws (their normals, drawn in a thread during ``pm.sample``, and the passes given
+them), the sampler's own time, then the leave-one-out log-likelihood with the replicates, the
+InferenceData and the convergence checks.
 
 ``--noise-cost`` times the default NUTS (collapsed) at the COPDGene shape of
 ``bench_gibbs.py`` (p=10, m=999, 106 subclasses in 9 superclasses, shared residual noise),
@@ -452,6 +461,81 @@ def profile() -> None:
     )
 
 
+def phases() -> None:
+    """Where one default NUTS fit (``model.sample()``), its compilation cached, spends its time.
+
+    A fit in a fresh process fills the disk caches; this process's first fit, as the default
+    row of :func:`compare`, is then timed phase by phase, each phase the time of the function
+    that does it (the exact draws' normals are drawn in a thread during ``pm.sample``, so
+    their time overlaps it).
+    """
+    import nutpie
+    import pymc as pm
+
+    from bayeshier_pymc import _nutpie_cache, sampling
+
+    times: dict[str, float] = {}
+
+    def timed(owner: object, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                times[label] = times.get(label, 0.0) + time.perf_counter() - start
+
+        setattr(owner, name, wrapper)
+
+    for owner, name, label in (
+        (sampling, "build_model", "PyMC model (build_model)"),
+        (pm, "sample", "pm.sample"),
+        (_nutpie_cache, "compile_pymc_model", "nutpie compilation"),
+        (nutpie, "sample", "nutpie tuning and sampling"),
+        (sampling, "_draw_normals", "normals"),
+        (sampling, "_draw_given_normals", "passes"),
+        (sampling, "leave_one_out", "leave-one-out"),
+        (sampling, "build_inference_data", "InferenceData"),
+        (sampling, "add_posterior_predictive", "InferenceData"),
+        (sampling, "warn_if_not_converged", "convergence checks"),
+    ):
+        timed(owner, name, label)
+    run_in_fresh_process(DEFAULT)
+    print(f"before the runs: {load()}")
+    start = time.perf_counter()
+    model = research_model()
+    build_s = time.perf_counter() - start
+    start = time.perf_counter()
+    idata = model.sample(random_seed=1, progressbar=False)
+    whole = time.perf_counter() - start
+    own = float(idata.attrs["sampling_time"])
+    compiled = times["nutpie compilation"]
+    nutpie_s = times["nutpie tuning and sampling"]
+    rows = [
+        ("the research simulation and its ShrinkageModel", build_s),
+        ("model.sample(), the whole call", whole),
+        ("  PyMC model (build_model)", times["PyMC model (build_model)"]),
+        ("  pm.sample", times["pm.sample"]),
+        ("    nutpie's compilation (its disk cache read)", compiled),
+        ("    nutpie's tuning and sampling, and its trace", nutpie_s),
+        ("    the rest of pm.sample", times["pm.sample"] - compiled - nutpie_s),
+        ("    exact draws: the normals (a thread, during it)", times["normals"]),
+        ("  exact draws: the passes given the normals", times["passes"]),
+        ("  = the sampler's own time (attrs['sampling_time'])", own),
+        ("  leave-one-out log-likelihood and replicates", times["leave-one-out"]),
+        ("  InferenceData (build, replicates added)", times["InferenceData"]),
+        ("  convergence checks", times["convergence checks"]),
+    ]
+    print(
+        "one default NUTS fit of the research simulation, its compilation read from the disk "
+        "cache (the first fit in the process), 4 chains x 1000 draws after 1000 tuning steps:"
+    )
+    for label, seconds in rows:
+        print(f"{label:<56}{seconds:7.2f} s")
+    print(f"after the runs: {load()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="collapsed model, every backend")
@@ -460,6 +544,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--noise-cost", action="store_true", help="tree noise against independent noise"
+    )
+    parser.add_argument(
+        "--phases", action="store_true", help="one default NUTS fit, phase by phase"
     )
     parser.add_argument("--runs", type=int, default=3, help="runs per noise model")
     parser.add_argument("--run", help="one configuration, printed as JSON (in a fresh process)")
@@ -471,6 +558,8 @@ def main() -> None:
         noise_cost(args.runs)
     elif args.profile:
         profile()
+    elif args.phases:
+        phases()
     else:
         compare(args.quick)
 

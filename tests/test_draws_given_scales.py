@@ -8,12 +8,15 @@ for the same generator, and the exact posterior given τ and λ (dense Gaussian 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import bayeshier_pymc as bh
 from bayeshier_pymc import sampling
 from bayeshier_pymc.gaussian_tree import draw_tree, upward_pass
+from bayeshier_pymc.gibbs.layout import TreeData
 from bayeshier_pymc.model import group_mean_name
 from bayeshier_pymc.problem import ShrinkageProblem
 
@@ -194,3 +197,33 @@ def test_scales_of_the_wrong_shape_are_refused(study, case, bad_tau, bad_scales,
     with pytest.raises(ValueError, match=message) as raised:
         sampling.draw_given_scales(problem, tau, np.random.default_rng(0), local_scales)
     assert str(np.shape(tau if bad_tau is not None else local_scales[0])) in str(raised.value)
+
+
+def test_normals_drawn_ahead_must_match_the_scale_draws(study):
+    """Normals drawn for other scale draws are refused with a clear error."""
+    problem = _problem(study, 1, "auto", "normal")
+    tau, _ = _scales(problem, 2, 5, np.random.default_rng(5))
+    normals = sampling._draw_normals(problem, (2, 4, problem.b.shape[0]), np.random.default_rng(6))
+    with pytest.raises(ValueError, match=r"normals drawn for scale draws of shape \(2, 4, 2\)"):
+        sampling._draw_given_normals(problem, tau, normals, None)
+
+
+def test_layout_gathers_by_rows_give_the_same_values(study):
+    """rows_to_sorted is to_sorted laid out by rows; from_sorted inverts it, into ``out`` too."""
+    problem = _problem(study, 2, "auto", "normal")
+    rng = np.random.default_rng(7)
+    data = TreeData.from_problem(problem, copies=3)
+    # every level in an order of its own (the simulation lists θ in the tree's order)
+    orders = tuple(rng.permutation(n) for n in data.n_units)
+    positions = tuple(np.argsort(order) for order in orders)
+    data = dataclasses.replace(data, orders=orders, positions=positions)
+    for level, n_units in enumerate(data.n_units[:-1]):
+        values = rng.standard_normal((data.n_rows, n_units))
+        in_order = data.rows_to_sorted(values, level)
+        assert in_order.flags.c_contiguous
+        np.testing.assert_array_equal(in_order, data.to_sorted(values, level))
+        np.testing.assert_array_equal(in_order, values[:, orders[level]])
+        np.testing.assert_array_equal(data.from_sorted(in_order, level), values)
+        out = np.empty_like(values)
+        assert data.from_sorted(in_order, level, out=out) is out
+        np.testing.assert_array_equal(out, values)

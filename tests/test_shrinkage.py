@@ -108,6 +108,20 @@ def _eight_schools_reference(y, sigma, mu_sd=5.0, tau_scale=5.0):
     }
 
 
+def test_nuts_exact_draws_are_draw_given_scales_of_its_scales(fit, tree, idata):
+    """θ0, the group means and θ after NUTS: draw_given_scales on its τ, the seed's stream.
+
+    Their normals are drawn in a thread while nutpie samples; they must be those that
+    draw_given_scales draws afterwards from the generator spawned from the seed.
+    """
+    posterior = idata.posterior
+    tau = posterior["tau"].transpose("chain", "draw", "covariate", "level").to_numpy()
+    rng = np.random.default_rng(np.random.SeedSequence(11).spawn(1)[0])
+    drawn = ShrinkageModel(fit, tree).draw_given_scales(tau, rng)
+    for name in ("mu", "subclass_mean", "superclass_mean", "theta"):
+        np.testing.assert_array_equal(posterior[name].to_numpy(), drawn[name], err_msg=name)
+
+
 def test_eight_schools_against_quadrature(shared_data):
     schools = pd.read_csv(shared_data / "eight_schools.csv")
     y, sigma = schools["y"].to_numpy(float), schools["sigma"].to_numpy(float)

@@ -236,9 +236,28 @@ class TreeData:
         """Units of ``level`` (last axis) from the caller's order to the internal one."""
         return values[..., self.orders[level]]
 
-    def from_sorted(self, values: np.ndarray, level: int = 0) -> np.ndarray:
-        """Units of ``level`` (last axis) from the internal order to the caller's one."""
-        return values[..., self.positions[level]]
+    def rows_to_sorted(self, values: np.ndarray, level: int = 0) -> np.ndarray:
+        """:meth:`to_sorted`, C-contiguous: the rows as the compiled kernels read them.
+
+        ``np.take`` gathers straight into rows, where indexing the last axis
+        (:meth:`to_sorted`) gives a transposed copy that a second copy lays out by rows. The
+        values are the same; :meth:`to_sorted` stays as it is for its callers, whose NumPy
+        sums over such a copy run in its order.
+        """
+        return np.take(values, self.orders[level], axis=-1)
+
+    def from_sorted(
+        self, values: np.ndarray, level: int = 0, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Units of ``level`` (last axis) from the internal order to the caller's one.
+
+        With ``out`` (C-contiguous, of the result's shape and type) the result is written
+        there, gathered by rows (``np.take``), and returned.
+        """
+        if out is None:
+            return values[..., self.positions[level]]
+        # the positions are a permutation: mode="clip" never clips, and writes ``out`` unbuffered
+        return np.take(values, self.positions[level], axis=-1, out=out, mode="clip")
 
     def sum_into_parents(self, values: np.ndarray, level: int) -> np.ndarray:
         """Sum rows × n_units[level] ``values`` into their parents (rows × n_units[level+1])."""
