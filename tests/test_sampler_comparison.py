@@ -130,6 +130,14 @@ def test_overlay_plot(rng):
 
 
 # ------------------------------------------------------------------ agreement with NUTS (slow)
+AGREEMENT_ALPHA = 1e-3
+"""Family-wise false alarm rate of the agreement tests on whole fits (|z| < 4.96 at 700
+parameters), as elsewhere in the suite. At the package's default 0.05 one seed in twenty
+fails by chance: on QMDiab seed 1 gave one θ sd at |z| 4.20 against 4.13, while seeds 2–4
+put the same sd within one Monte Carlo error of the Gibbs engine's; a sampler that ignores
+the shared noise fails at |z| above 100."""
+
+
 def _agreement(model: ShrinkageModel) -> SamplerComparison:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -145,7 +153,7 @@ def _agreement(model: ShrinkageModel) -> SamplerComparison:
             ]:
                 assert gibbs[group][dim].to_numpy().tolist() == nuts[group][dim].to_numpy().tolist()
         assert set(gibbs[group].data_vars) == set(nuts[group].data_vars)
-    return compare_samplers(nuts, gibbs, theta_features=100)
+    return compare_samplers(nuts, gibbs, theta_features=100, alpha=AGREEMENT_ALPHA)
 
 
 @pytest.mark.slow
