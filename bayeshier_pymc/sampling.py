@@ -544,7 +544,7 @@ def _draw_tree_given(
     state = TreeState(tau, [np.empty((n_rows, n)) for n in data.n_units])
     if local is not None:
         variances = [
-            np.ascontiguousarray(data.to_sorted(values.reshape(n_rows, -1), level), dtype=float)
+            data.rows_to_sorted(np.asarray(values.reshape(n_rows, -1), dtype=float), level)
             for level, values in enumerate(local, start=1)
         ]
         state.local = LocalScales(problem.priors, variances, [np.ones_like(v) for v in variances])
