@@ -455,14 +455,11 @@ def variance_shares(posterior: xr.Dataset) -> xr.DataArray:
         heavy-tailed group prior, the local scales of each annotation level.
     """
     squared = posterior["tau"] ** 2
-    levels = squared.indexes["level"]
-    if not any(local_scale_name(level) in posterior for level in levels):
-        return squared / squared.sum("level")
     variances = [
         squared.sel(level=level) * (posterior[local_scale_name(level)] ** 2).mean(level)
         if local_scale_name(level) in posterior
         else squared.sel(level=level)
-        for level in levels
+        for level in squared.indexes["level"]
     ]
     combined = xr.concat(variances, dim="level").transpose(*squared.dims)
     return combined / combined.sum("level")
