@@ -1,4 +1,4 @@
-"""The thread pool of the package's compiled loops over independent parts of an array.
+"""The threads of the package's compiled loops: over parts of an array, or beside a block.
 
 NumPy's loops and the numba kernels (compiled with ``nogil``) release the GIL, so the parts
 run in parallel in threads of one process, writing into disjoint slices of shared outputs.
@@ -7,14 +7,17 @@ run in parallel in threads of one process, writing into disjoint slices of share
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
-__all__ = ["ahead", "cpu_count", "in_threads"]
+__all__ = ["ahead", "beside", "cpu_count", "in_threads"]
 
 Part = TypeVar("Part")
 Item = TypeVar("Item")
+Result = TypeVar("Result")
 _END = object()
 """What :func:`ahead`'s thread returns once the items are exhausted."""
 
@@ -68,3 +71,23 @@ def ahead(items: Iterator[Item]) -> Iterator[Item]:
             yield item
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def beside(run: Callable[[Callable[[], bool]], Result]) -> Iterator[Future[Result]]:
+    """``run(stopped)`` in a thread while the block runs; the block gets its future.
+
+    ``run`` should ask ``stopped()`` between short steps and give up (raise) once it is True:
+    it turns True when the block raises, an error or a KeyboardInterrupt (Ctrl-C), so that the
+    block's exit, which waits for the thread whichever way the block ends, comes within a step
+    and no thread outlives it.
+    """
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        yield pool.submit(run, stop.is_set)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True)

@@ -23,7 +23,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,9 +38,9 @@ from bayeshier_pymc._interrupt import (
     numpyro_steps_from_python,
     nutpie_start_logged,
 )
-from bayeshier_pymc._memory import store_array
+from bayeshier_pymc._memory import commit, store_array
 from bayeshier_pymc._nutpie_cache import cached_nutpie_compilation
-from bayeshier_pymc._threads import in_threads
+from bayeshier_pymc._threads import beside, in_threads
 from bayeshier_pymc._validation import check_sampler_arguments
 from bayeshier_pymc.convergence import warn_if_not_converged
 from bayeshier_pymc.gaussian_tree import TreeIndex, noise_log_density
@@ -382,7 +382,10 @@ class _ExactDrawNormals:
 
 
 def _draw_normals(
-    problem: ShrinkageProblem, lead: tuple[int, ...], rng: np.random.Generator
+    problem: ShrinkageProblem,
+    lead: tuple[int, ...],
+    rng: np.random.Generator,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> _ExactDrawNormals:
     """The standard normals of :func:`draw_given_scales` for scale draws of shape ``lead``.
 
@@ -394,20 +397,33 @@ def _draw_normals(
         (chains, draws, covariates) of the scale draws.
     rng
         Random generator, drawn from chain by chain in the reference algebra's order.
+    stopped
+        Asked between blocks of :data:`NORMAL_BLOCK_CELLS` normals: once it is True, the call
+        gives up (a thread drawing the normals while NUTS samples stops within a block of a
+        Ctrl-C, :func:`~bayeshier_pymc._threads.beside`).
 
     Returns
     -------
     _ExactDrawNormals
-        The normals, θ's in θ's store, committed at once
-        (:func:`~bayeshier_pymc._memory.store_array`); the call releases the GIL while it
-        commits and draws, so a thread can run it while NUTS samples.
+        The normals, θ's in θ's store (:func:`~bayeshier_pymc._memory.store_array`, each
+        block committed in one system call before it is drawn); the call releases the GIL
+        while it commits and draws, so a thread can run it while NUTS samples.
+
+    Raises
+    ------
+    concurrent.futures.CancelledError
+        Once ``stopped()`` is True.
     """
-    theta = store_array((*lead, problem.index.n_features), commit=True)
+    theta = store_array((*lead, problem.index.n_features))
     by_chain = [
-        _reference_normals(problem.index, problem.correlated, chain_theta, rng)
+        _reference_normals(problem.index, problem.correlated, chain_theta, rng, stopped)
         for chain_theta in theta
     ]
     return _ExactDrawNormals(theta, by_chain)
+
+
+NORMAL_BLOCK_CELLS = 1 << 22
+"""Standard normals per block of :func:`_draw_normals` (32 MB, about 0.1 s to commit and draw)."""
 
 
 def _check_given_scales(
@@ -575,14 +591,20 @@ def _sorted_rows(data: TreeData, normals: np.ndarray, level: int) -> np.ndarray:
 
 
 def _reference_normals(
-    tree: TreeIndex, correlated: bool, theta_store: np.ndarray, rng: np.random.Generator
+    tree: TreeIndex,
+    correlated: bool,
+    theta_store: np.ndarray,
+    rng: np.random.Generator,
+    stopped: Callable[[], bool],
 ) -> list[np.ndarray]:
     """A chain's standard normals, drawn from ``rng`` in the reference algebra's order.
 
     :func:`~bayeshier_pymc.gaussian_tree.draw_tree` draws θ0's normals, then each level's from
     the coarsest down to θ, then (shared noise) θ0's split and each group level's from the
     coarsest down, every level in one call, (draw, covariate, unit) in the caller's order.
-    θ's are drawn into ``theta_store`` (draw, covariate, feature).
+    θ's are drawn into ``theta_store`` (draw, covariate, feature) a block of draws at a time,
+    the same stream as one call, with ``stopped`` asked before each block (see
+    :func:`_draw_normals`).
 
     Returns
     -------
@@ -596,7 +618,13 @@ def _reference_normals(
     normals[top] = rng.standard_normal(lead)
     for level in range(tree.depth, 0, -1):
         normals[level] = rng.standard_normal((*lead, tree.n_units[level]))
-    rng.standard_normal(out=theta_store)
+    block_draws = max(1, NORMAL_BLOCK_CELLS // max(1, theta_store[0].size))
+    for start in range(0, len(theta_store), block_draws):
+        if stopped():
+            raise CancelledError("the exact draws' normals were given up")
+        block = theta_store[start : start + block_draws]
+        commit(block)
+        rng.standard_normal(out=block)
     normals[0] = theta_store
     if correlated:
         split = [rng.standard_normal(lead)]
@@ -661,22 +689,21 @@ def _sample_nuts(
     )
     seed_sequence = np.random.SeedSequence(random_seed)
     nuts_seed = int(seed_sequence.generate_state(1)[0] % (2**31))
+    rng = np.random.default_rng(seed_sequence.spawn(1)[0])
+    lead = (chains, draws, problem.b.shape[0])
     start = time.perf_counter()
     with (
-        ThreadPoolExecutor(max_workers=1) as pool,
+        # the exact draws' normals do not depend on τ: a thread draws them while nutpie or
+        # numpyro compiles and samples (PyMC's own sampler forks processes, after sampling)
+        beside(lambda stopped: _draw_normals(problem, lead, rng, stopped))
+        if collapsed and nuts_sampler != "pymc"
+        else nullcontext() as normals,
         caught_interrupts_raised(),
         numpyro_steps_from_python(nuts_sampler, progressbar),
         nutpie_start_logged(nuts_sampler),
         cached_nutpie_compilation() if nuts_sampler == "nutpie" else nullcontext(),
         _compiled_jax_log_density(nuts_sampler),
     ):
-        rng = np.random.default_rng(seed_sequence.spawn(1)[0])
-        lead = (chains, draws, problem.b.shape[0])
-        # the exact draws' normals do not depend on τ: a thread draws them while nutpie or
-        # numpyro compiles and samples (PyMC's own sampler forks processes, after sampling)
-        normals = None
-        if collapsed and nuts_sampler != "pymc":
-            normals = pool.submit(_draw_normals, problem, lead, rng)
         raw = pm.sample(
             draws=draws,
             tune=tune,

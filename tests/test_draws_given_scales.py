@@ -9,6 +9,7 @@ for the same generator, and the exact posterior given τ and λ (dense Gaussian 
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import CancelledError
 
 import numpy as np
 import pytest
@@ -227,3 +228,26 @@ def test_layout_gathers_by_rows_give_the_same_values(study):
         out = np.empty_like(values)
         assert data.from_sorted(in_order, level, out=out) is out
         np.testing.assert_array_equal(out, values)
+
+
+def test_normals_drawn_in_blocks_are_one_calls_and_can_be_given_up(study, monkeypatch):
+    """θ's normals drawn a block of draws at a time are the stream of one call per chain;
+    once ``stopped()`` is True the drawing gives up at the next block."""
+    problem = _problem(study, 2, "auto", "normal")
+    lead = (2, 7, problem.b.shape[0])
+    whole = sampling._draw_normals(problem, lead, np.random.default_rng(3))
+    monkeypatch.setattr(sampling, "NORMAL_BLOCK_CELLS", 2 * problem.b.size)  # blocks of 2
+    blocks = sampling._draw_normals(problem, lead, np.random.default_rng(3))
+    np.testing.assert_array_equal(blocks.theta, whole.theta)
+    for chain_blocks, chain_whole in zip(blocks.by_chain, whole.by_chain, strict=True):
+        for level_blocks, level_whole in zip(chain_blocks, chain_whole, strict=True):
+            np.testing.assert_array_equal(level_blocks, level_whole)
+    asked = []
+
+    def stopped() -> bool:
+        asked.append(True)
+        return len(asked) > 2
+
+    with pytest.raises(CancelledError):
+        sampling._draw_normals(problem, lead, np.random.default_rng(3), stopped)
+    assert len(asked) == 3  # two blocks drawn, given up before the third

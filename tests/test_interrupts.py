@@ -42,7 +42,11 @@ model = ShrinkageModel((b, np.full(b.shape, 0.5)))
 """
 
 CHILDREN = {
-    "nuts compiling": (
+    "nuts compiling": (  # while a thread draws the exact draws' normals, slowed to 40 s
+        "import time\n"
+        "from bayeshier_pymc import sampling\n"
+        "sampling.NORMAL_BLOCK_CELLS = 100 * b.size\n"
+        "sampling.commit = lambda block: time.sleep(0.02)\n"
         "print('start', flush=True)\n"
         "model.sample(draws=100_000, tune=100_000, chains=2, random_seed=1, progressbar=False)",
         "start",

@@ -7,7 +7,6 @@ import pytest
 from scipy import stats
 
 import bayeshier_pymc as bh
-from bayeshier_pymc._memory import store_array
 from bayeshier_pymc.gibbs import theta_writer
 from bayeshier_pymc.gibbs.theta_writer import ThetaWriter, WrittenDraws
 from bayeshier_pymc.model import group_mean_name
@@ -142,14 +141,3 @@ def test_a_model_without_pooling_is_refused():
     assert model.tree is None
     with pytest.raises(ValueError, match="without pooling"):
         ThetaWriter(model.problem, np.random.SeedSequence(0), {}, np.float32, False)
-
-
-@pytest.mark.parametrize("commit", [False, True])
-def test_store_arrays_are_zeroed_writable_and_contiguous(commit):
-    array = store_array((3, 4, 5), np.float32, commit=commit)
-    assert array.dtype == np.float32 and array.shape == (3, 4, 5)
-    assert array.flags.c_contiguous and array.flags.writeable
-    assert not array.any()
-    array[1, 2] = 7.0
-    assert array.sum() == 35.0
-    assert store_array((0, 4), commit=commit).shape == (0, 4)

@@ -6,11 +6,12 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import CancelledError
 
 import pytest
 
 from bayeshier_pymc import _threads
-from bayeshier_pymc._threads import ahead, in_threads
+from bayeshier_pymc._threads import ahead, beside, in_threads
 
 
 def test_ahead_gives_the_items_in_order_computed_in_another_thread():
@@ -153,4 +154,36 @@ def test_ahead_starts_no_item_after_a_keyboard_interrupt_of_the_caller():
     time.sleep(0.1)
     # item 2 was in the caller's hands, item 3 under way or cancelled before it started
     assert computed in ([0, 1, 2], [0, 1, 2, 3])
+    assert _no_thread_left(before)
+
+
+def test_beside_runs_beside_the_block_and_gives_its_result():
+    main = threading.get_ident()
+    with beside(lambda stopped: (threading.get_ident(), stopped())) as future:
+        pass
+    ran_in, stopped = future.result()
+    assert ran_in != main and stopped is False
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, RuntimeError])
+def test_beside_stops_its_work_when_the_block_raises(raised):
+    """The block's error stops the work at its next step, and the exit waits for it."""
+    steps = []
+
+    def work(stopped):
+        while not stopped():
+            steps.append(time.perf_counter())
+            time.sleep(0.01)
+            if len(steps) > 1000:  # 10 s: never stopped
+                return "ran to its end"
+        raise CancelledError
+
+    before = set(threading.enumerate())
+    started = time.perf_counter()
+    with pytest.raises(raised), beside(work) as future:
+        time.sleep(0.2)
+        raise raised
+    assert time.perf_counter() - started < 2.0
+    assert future.done() and isinstance(future.exception(), CancelledError)
+    assert 5 < len(steps) < 100
     assert _no_thread_left(before)
