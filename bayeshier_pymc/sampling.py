@@ -19,6 +19,7 @@ way in; it builds the problem and calls :func:`sample`.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -618,7 +619,7 @@ def _reference_normals(
     normals[top] = rng.standard_normal(lead)
     for level in range(tree.depth, 0, -1):
         normals[level] = rng.standard_normal((*lead, tree.n_units[level]))
-    block_draws = max(1, NORMAL_BLOCK_CELLS // max(1, theta_store[0].size))
+    block_draws = max(1, NORMAL_BLOCK_CELLS // max(1, math.prod(theta_store.shape[1:])))
     for start in range(0, len(theta_store), block_draws):
         if stopped():
             raise CancelledError("the exact draws' normals were given up")

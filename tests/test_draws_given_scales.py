@@ -251,3 +251,5 @@ def test_normals_drawn_in_blocks_are_one_calls_and_can_be_given_up(study, monkey
     with pytest.raises(CancelledError):
         sampling._draw_normals(problem, lead, np.random.default_rng(3), stopped)
     assert len(asked) == 3  # two blocks drawn, given up before the third
+    empty = sampling._draw_normals(problem, (2, 0, problem.b.shape[0]), np.random.default_rng(3))
+    assert empty.theta.shape == (2, 0, *problem.b.shape)
