@@ -1,4 +1,4 @@
-"""The stores of posterior draws: zeroed anonymous memory, committed a part at a time."""
+"""The stores of posterior draws: zeroed anonymous memory, committed at once or a part at a time."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ from bayeshier_pymc import _memory
 from bayeshier_pymc._memory import commit, store_array
 
 
-def test_store_arrays_are_zeroed_writable_and_contiguous():
-    array = store_array((3, 4, 5), np.float32)
+@pytest.mark.parametrize("commit_now", [False, True])
+def test_store_arrays_are_zeroed_writable_and_contiguous(commit_now):
+    array = store_array((3, 4, 5), np.float32, commit=commit_now)
     assert array.dtype == np.float32 and array.shape == (3, 4, 5)
     assert array.flags.c_contiguous and array.flags.writeable
     assert not array.any()
     array[1, 2] = 7.0
     assert array.sum() == 35.0
-    assert store_array((0, 4)).shape == (0, 4)
+    assert store_array((0, 4), commit=commit_now).shape == (0, 4)
 
 
 def _resident_mb() -> float:
