@@ -449,6 +449,67 @@ class MLMFit:
             matrix = resid.T @ resid / self._core.divisor
         return pd.DataFrame(matrix, index=self._features, columns=self._features)
 
+    @property
+    def residual_sd(self) -> xr.DataArray:
+        """Residual standard deviation of each feature of Y, ``√σ̂_j`` (see :attr:`sigma`)."""
+        return np.sqrt(self.sigma).rename("residual_sd")
+
+    def standardized(self) -> MLMFit:
+        """The same fit in units of each feature's residual standard deviation.
+
+        Every feature of Y is divided by its :attr:`residual_sd` ``σ̂_j``: the coefficients
+        become ``B̂_kj / σ̂_j``, the standard errors ``se_kj / σ̂_j = √c_kk`` (one per
+        covariate), the residuals and ``Σ̂`` those of the scaled responses (``Σ̂`` becomes a
+        correlation matrix). Least squares is equivariant to the scale of each response, so
+        this is the fit of ``Y / σ̂`` on the same design, without fitting again.
+
+        A shrinkage fit (:class:`~bayeshier_pymc.ShrinkageModel`) of the standardized fit
+        treats the *standardized* effects ``θ_kj / σ_j`` as exchangeable within the
+        annotation tree, the "exchangeable z-scores" model of ashr (``alpha = 1``, Stephens
+        2017): a metabolite with a larger residual variance may have a larger effect in the
+        units of Y. Its posterior is in residual-SD units; multiply θ's draws or summaries by
+        :attr:`residual_sd` for the units of Y (``docs/calibration.md``, "Effects in units of
+        each metabolite's residual SD").
+
+        Returns
+        -------
+        MLMFit
+            The standardized fit; its :attr:`residual_sd` is 1 for every feature.
+
+        Raises
+        ------
+        ValueError
+            With a feature design ``Z`` (the coefficients belong to Z's columns, not to
+            features).
+        """
+        if self._z_design is not None:
+            raise ValueError(
+                "standardized() divides each feature by its residual SD; with a feature design "
+                "Z the coefficients belong to Z's columns, so there is no feature to scale by."
+            )
+        sd = self.residual_sd.to_numpy()
+        # a feature without an estimate (per-feature fit, too few rows) keeps its units
+        scale = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+        estimate = self._estimate
+        covariance = estimate.covariance
+        return MLMFit(
+            core=self._core,
+            estimate=_Estimate(
+                coef=estimate.coef / scale,
+                variance=estimate.variance / scale**2,
+                resid=None if estimate.resid is None else estimate.resid / scale,
+                covariance=None if covariance is None else covariance / np.outer(scale, scale),
+                shrinkage_lambda=estimate.shrinkage_lambda,
+            ),
+            y=self._y / scale,
+            x_design=self._x_design,
+            z_design=None,
+            features=self._features,
+            weights=self.weights,
+            dof=self.dof,
+            rows=self._rows,
+        )
+
     def conf_int(self, alpha: float = 0.05) -> xr.DataArray:
         """Return two-sided ``1 - alpha`` confidence intervals ``B̂ ± t_{1-α/2, n-p} se``.
 

@@ -569,3 +569,50 @@ def test_pvalue_is_two_sided_t(rng):
     fit = mlm(Y, X)
     expected = 2 * scipy.stats.t.sf(np.abs(fit.tstat.values), fit.df_resid)
     np.testing.assert_allclose(fit.pvalue.values, expected)
+
+
+# --- standardized(): the fit in units of each feature's residual SD --------------------------
+
+
+@pytest.mark.parametrize("options", [{}, {"dof": "n-1"}, {"shrinkage": "D"}])
+def test_standardized_is_the_fit_of_y_over_its_residual_sd(rng, options):
+    Y, X, _, _, _ = small_problem(rng, n=30, m=6)
+    Y = Y * np.array([0.1, 1.0, 3.0, 10.0, 0.5, 2.0])  # features in very different units
+    fit = mlm(Y, X, **options)
+    standardized = fit.standardized()
+    sd = fit.residual_sd.to_numpy()
+    np.testing.assert_allclose(sd**2, fit.sigma.to_numpy(), rtol=RTOL)
+    reference = mlm(Y / sd, X, **options)
+    for name in ("coef", "se", "residuals", "sigma"):
+        np.testing.assert_allclose(
+            getattr(standardized, name), getattr(reference, name), rtol=1e-7, atol=ATOL
+        )
+    np.testing.assert_allclose(standardized.residual_covariance(), reference.residual_covariance())
+    np.testing.assert_allclose(standardized.residual_sd, 1.0, rtol=RTOL)
+    # every feature's standard error is √c_kk: what ashr's exchangeable z-scores assume
+    c = fit.coef_variance_factor.to_numpy()
+    np.testing.assert_allclose(standardized.se, np.sqrt(c)[:, None] * np.ones((1, 6)), rtol=1e-7)
+    np.testing.assert_allclose(standardized.tstat, fit.tstat, rtol=RTOL)
+    assert standardized.coef.indexes["feature"].equals(fit.coef.indexes["feature"])
+
+
+def test_standardized_per_feature_fit_keeps_each_features_rows(rng):
+    Y, X, _, _, _ = small_problem(rng, n=30, m=5)
+    Y[:4, 1] = np.nan
+    Y[:27, 3] = np.nan  # too few rows: no estimate, the feature stays missing
+    with pytest.warns(UserWarning, match="too few complete rows"):
+        fit = mlm(Y, X, missing="per-feature")
+        standardized = fit.standardized()
+        reference = mlm(
+            Y / np.nan_to_num(fit.residual_sd.to_numpy(), nan=1.0), X, missing="per-feature"
+        )
+    np.testing.assert_allclose(standardized.coef, reference.coef, rtol=1e-7)
+    np.testing.assert_allclose(standardized.se, reference.se, rtol=1e-7)
+    assert np.isnan(standardized.coef.to_numpy()[:, 3]).all()
+    np.testing.assert_array_equal(standardized.df_resid, fit.df_resid)
+
+
+def test_standardized_refuses_a_feature_design(rng):
+    Y, X, Z, _, _ = small_problem(rng)
+    with pytest.raises(ValueError, match="feature design Z"):
+        mlm(Y, X, Z).standardized()
