@@ -69,6 +69,8 @@ LFSR_LEVEL = 0.05
 STRONG_Z = 3.0
 NOISE_SETTINGS = ("auto", "independent")
 """The noise models :class:`StageTwo` compares: the package default and the research model."""
+EFFECT_SCALES = ("raw", "residual_sd")
+"""The units in which :class:`StageTwo` takes the effects as exchangeable."""
 SPLIT_COLUMNS = [
     "coverage",
     "coverage_se",
@@ -93,6 +95,19 @@ class PosteriorSummary:
     upper: xr.DataArray
     lfsr: xr.DataArray
 
+    def scaled(self, unit: xr.DataArray) -> PosteriorSummary:
+        """The summary of ``unit · θ`` (``unit`` > 0 per feature): mean, sd and interval scaled.
+
+        The lfsr does not change: a positive factor keeps every draw's sign.
+        """
+        return PosteriorSummary(
+            mean=self.mean * unit,
+            sd=self.sd * unit,
+            lower=self.lower * unit,
+            upper=self.upper * unit,
+            lfsr=self.lfsr,
+        )
+
 
 @dataclass(frozen=True)
 class StageTwo:
@@ -108,6 +123,12 @@ class StageTwo:
         The estimates' noise model, as :class:`~bayeshier_pymc.ShrinkageModel`'s ``noise``:
         ``"auto"`` (default, the package's: tree-structured noise estimated from the stage-1
         fit's residuals) or ``"independent"`` (the research model).
+    effect_scale
+        The units in which the effects are exchangeable: ``"raw"`` (default: the units of Y,
+        the stage-1 fit as given) or ``"residual_sd"`` (each feature's residual standard
+        deviation: the model is fitted to :meth:`~bayeshier_pymc.mlm.MLMFit.standardized`
+        and its posterior multiplied back by each feature's
+        :attr:`~bayeshier_pymc.mlm.MLMFit.residual_sd`, so that both are scored in Y's units).
     draws, tune, chains
         Passed to :meth:`ShrinkageModel.sample`.
     priors
@@ -121,6 +142,7 @@ class StageTwo:
     depth: int | None = None
     sampler: Literal["gibbs", "nuts"] = "nuts"
     noise: Literal["auto", "independent"] = "auto"
+    effect_scale: Literal["raw", "residual_sd"] = "raw"
     draws: int = 1000
     tune: int = 500
     chains: int = 4
@@ -130,6 +152,10 @@ class StageTwo:
     def __post_init__(self) -> None:
         if self.noise not in NOISE_SETTINGS:
             raise ValueError(f"noise must be one of {NOISE_SETTINGS!r}, got {self.noise!r}.")
+        if self.effect_scale not in EFFECT_SCALES:
+            raise ValueError(
+                f"effect_scale must be one of {EFFECT_SCALES!r}, got {self.effect_scale!r}."
+            )
 
     def __call__(
         self,
@@ -138,9 +164,10 @@ class StageTwo:
         covariates: Sequence[Any],
         random_seed: int,
     ) -> PosteriorSummary:
-        """Shrink ``covariates`` of ``fit`` along ``hierarchy`` and summarise θ."""
+        """Shrink ``covariates`` of ``fit`` along ``hierarchy`` and summarise θ (Y's units)."""
+        standardized = self.effect_scale == "residual_sd"
         model = ShrinkageModel(
-            fit,
+            fit.standardized() if standardized else fit,
             hierarchy,
             depth=self.depth,
             priors=self.priors,
@@ -156,7 +183,8 @@ class StageTwo:
             progressbar=False,
             **self.sample_options,
         )
-        return posterior_summary(idata)
+        summary = posterior_summary(idata)
+        return summary.scaled(fit.residual_sd) if standardized else summary
 
 
 def posterior_summary(idata: az.InferenceData) -> PosteriorSummary:

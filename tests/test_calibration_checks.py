@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bayeshier_pymc import Hierarchy, simulate
+from bayeshier_pymc import Hierarchy, mlm, simulate
 from bayeshier_pymc.calibration import (
     PosteriorSummary,
     StageTwo,
@@ -224,6 +224,25 @@ def test_split_halves_of_the_liver_lipidome_are_calibrated_before_shrinkage(shar
 def test_stage_two_rejects_an_unknown_noise_model():
     with pytest.raises(ValueError, match="noise must be one of"):
         StageTwo(noise="tree")
+    with pytest.raises(ValueError, match="effect_scale must be one of"):
+        StageTwo(effect_scale="z")
+
+
+def test_stage_two_in_residual_sd_units_fits_the_standardized_fit_and_scales_back():
+    study = simulate(n=60, m=40, p=2, random_seed=5)
+    Y = study.Y * np.geomspace(0.2, 5.0, 40)  # features in very different units
+    tree = Hierarchy.from_frame(study.annotations, ["subclass"])
+    fit = mlm(Y, study.X)
+    settings = {"depth": 1, "sampler": "gibbs", "draws": 200, "tune": 200, "chains": 2}
+    covariates = list(study.X.columns)
+    summary = StageTwo(effect_scale="residual_sd", **settings)(fit, tree, covariates, 7)
+    reference = StageTwo(**settings)(fit.standardized(), tree, covariates, 7)
+    sd = fit.residual_sd.to_numpy()
+    for name in ("mean", "sd", "lower", "upper"):
+        np.testing.assert_allclose(getattr(summary, name), getattr(reference, name) * sd)
+    np.testing.assert_array_equal(summary.lfsr, reference.lfsr)
+    raw = StageTwo(**settings)(fit, tree, covariates, 7)
+    assert not np.allclose(raw.mean, summary.mean)  # a different model, not a relabelling
 
 
 @pytest.mark.filterwarnings("ignore:the sampler's diagnostics failed")
