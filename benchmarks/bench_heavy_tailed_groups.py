@@ -170,14 +170,17 @@ def print_split_halves(name: str, cells: dict[str, pd.DataFrame], n_splits: int)
     print(table.round(4).to_string(), flush=True)
 
 
-def paired_differences(cells: pd.DataFrame, reference: pd.DataFrame) -> dict[str, float]:
+def paired_differences(
+    cells: pd.DataFrame, reference: pd.DataFrame, reference_name: str = REFERENCE_PRIOR
+) -> dict[str, float]:
     """Coverage and coefficient MSE of ``cells`` minus ``reference``'s, on the same cells.
 
     Each estimate's difference (of ``covered``, and of the squared error ``(b_B − mean)²``,
     whose ``s_B²`` cancels) is averaged over the splits; the means of those are the differences
     of the ``mean`` rows of :func:`~bayeshier_pymc.calibration.split_half_summary`, and their
     standard errors are over clusters of covariate × finest annotation group
-    (:func:`~bayeshier_pymc.calibration.clustered_coverage_se`), like ``coverage_se``.
+    (:func:`~bayeshier_pymc.calibration.clustered_coverage_se`), like ``coverage_se``. The
+    keys are ``<score>_minus_<reference_name>`` and ``se_<score>_diff``.
     """
     keys = ["split", "covariate", "feature"]
     if not cells[keys].equals(reference[keys]):
@@ -198,7 +201,7 @@ def paired_differences(cells: pd.DataFrame, reference: pd.DataFrame) -> dict[str
     result = {}
     for score in ("coverage", "mse"):
         values = per_estimate[score].to_numpy()
-        result[f"{score}_minus_normal"] = float(values.mean())
+        result[f"{score}_minus_{reference_name}"] = float(values.mean())
         result[f"se_{score}_diff"] = clustered_coverage_se(values, clusters)
     return result
 

@@ -9,7 +9,9 @@ judged against its cluster-robust standard error. The goals that do not hold (QM
 split-half coverage at every depth and the liver's below depth 2, known-truth coverage above
 97% on the liver lipidome, depth 0 under correlated noise) are documented there with their
 diagnosis, not asserted. Stage 2 is the package default: tree-structured noise estimated from
-the stage-1 fit (``noise="auto"``).
+the stage-1 fit (``noise="auto"``). The last tests fit the effects in units of each metabolite's
+residual SD (``StageTwo(effect_scale="residual_sd")``, the settings of
+``benchmarks/bench_effect_scale.py``), in which the split-half goals hold at depths 1 and 2.
 """
 
 from __future__ import annotations
@@ -115,3 +117,56 @@ def test_liver_split_halves_at_the_full_depth(shared_data):
     difference = (structured["mse"] - independent["mse"]).drop(index="mean")
     assert difference.mean() + 2.0 * difference.std(ddof=1) / len(difference) ** 0.5 < 0.0
     assert mean["mse_gain"] > independent.loc["mean", "mse_gain"]
+
+
+# --- effects exchangeable in each metabolite's residual-SD units (effect_scale) --------------
+
+EFFECT_SCALE_SPLITS = 24
+"""The splits of ``benchmarks/bench_effect_scale.py`` (``docs/benchmarks/effect_scale.txt``)."""
+
+
+def _in_residual_sd(depth: int) -> StageTwo:
+    return StageTwo(
+        depth=depth, sampler="gibbs", effect_scale="residual_sd", draws=1000, tune=1000, chains=4
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "depth"), [("qmdiab", 1), ("qmdiab", 2), ("liver", 1), ("liver", 2)]
+)
+def test_split_halves_in_residual_sd_units_meet_the_goals(shared_data, name, depth):
+    """Effects exchangeable in residual-SD units (``MLMFit.standardized``): split-half coverage
+    93–97% and sign errors within twice claimed, at depths 1 and 2 of both data sets over 24
+    splits (measured: the ``residual_sd`` rows of ``docs/benchmarks/effect_scale.txt``); with
+    effects exchangeable in Y's units QMDiab covers below 93% at every depth. Depth 0 misses
+    in either unit (``docs/calibration.md``)."""
+    study = _study(shared_data, name)
+    result = split_half_check(
+        study.Y,
+        study.X,
+        study.hierarchy,
+        stage_two=_in_residual_sd(depth),
+        n_splits=EFFECT_SCALE_SPLITS,
+    ).loc["mean"]
+    assert 0.93 <= result["coverage"] <= 0.97
+    assert result["sign_error_rate"] <= 2.0 * result["claimed_lfsr"]
+
+
+@pytest.mark.parametrize(
+    ("name", "depth"), [("qmdiab", 1), ("qmdiab", 2), ("liver", 1), ("liver", 2)]
+)
+def test_known_truth_in_y_units_is_covered_by_the_residual_sd_model(shared_data, name, depth):
+    """The truth drawn exchangeable in Y's units, so the residual-SD model is misspecified: its
+    intervals still cover 93–97% with false sign rates ≤ 5% and ≤ 2× claimed (measured: the
+    known-truth ``residual_sd`` rows of ``docs/benchmarks/effect_scale.txt``)."""
+    study = _study(shared_data, name)
+    result = known_truth_check(
+        study.X,
+        study.hierarchy,
+        real_residual_covariance(study),
+        stage_two=_in_residual_sd(depth),
+        n_replicates=3,
+    ).loc["mean"]
+    assert 0.93 <= result["coverage"] <= 0.97
+    assert result["false_sign_rate"] <= 0.05
+    assert result["false_sign_rate"] <= 2.0 * result["claimed_lfsr"]
