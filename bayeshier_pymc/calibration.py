@@ -44,7 +44,7 @@ from scipy import stats
 
 from bayeshier_pymc._validation import covariance_factor
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.mlm import MLMFit, mlm
+from bayeshier_pymc.mlm import EFFECT_SCALES, EffectScale, MLMFit, in_effect_units, mlm
 from bayeshier_pymc.results import coefficient_summary
 from bayeshier_pymc.shrinkage import ShrinkageModel
 
@@ -69,8 +69,6 @@ LFSR_LEVEL = 0.05
 STRONG_Z = 3.0
 NOISE_SETTINGS = ("auto", "independent")
 """The noise models :class:`StageTwo` compares: the package default and the research model."""
-EFFECT_SCALES = ("raw", "residual_sd")
-"""The units in which :class:`StageTwo` takes the effects as exchangeable."""
 SPLIT_COLUMNS = [
     "coverage",
     "coverage_se",
@@ -142,7 +140,7 @@ class StageTwo:
     depth: int | None = None
     sampler: Literal["gibbs", "nuts"] = "nuts"
     noise: Literal["auto", "independent"] = "auto"
-    effect_scale: Literal["raw", "residual_sd"] = "raw"
+    effect_scale: EffectScale = "raw"
     draws: int = 1000
     tune: int = 500
     chains: int = 4
@@ -165,9 +163,8 @@ class StageTwo:
         random_seed: int,
     ) -> PosteriorSummary:
         """Shrink ``covariates`` of ``fit`` along ``hierarchy`` and summarise θ (Y's units)."""
-        standardized = self.effect_scale == "residual_sd"
         model = ShrinkageModel(
-            fit.standardized() if standardized else fit,
+            in_effect_units(fit, self.effect_scale),
             hierarchy,
             depth=self.depth,
             priors=self.priors,
@@ -184,7 +181,7 @@ class StageTwo:
             **self.sample_options,
         )
         summary = posterior_summary(idata)
-        return summary.scaled(fit.residual_sd) if standardized else summary
+        return summary.scaled(fit.residual_sd) if self.effect_scale == "residual_sd" else summary
 
 
 def posterior_summary(idata: az.InferenceData) -> PosteriorSummary:

@@ -130,6 +130,7 @@ def _fit(args: argparse.Namespace) -> int:
         priors=args.priors,
         missing=args.missing,
         missing_values=args.missing_values,
+        effect_scale=args.effect_scale,
         log=args.log,
         **options,
     )
@@ -304,6 +305,14 @@ def _parser() -> argparse.ArgumentParser:
         help="stage 2's priors: 'auto' scales them to each covariate's median standard error "
         "(invariant to units), 'research' uses the research code's N(0, 1) and HalfCauchy(1) "
         "(default: auto)",
+    )
+    fit.add_argument(
+        "--effect-scale",
+        choices=["raw", "residual_sd"],
+        default="raw",
+        help="units in which the effects are alike: 'raw' (default, those of the responses) "
+        "or 'residual_sd' (each metabolite's residual SD; the CSV tables stay in the "
+        "responses' units)",
     )
     fit.add_argument(
         "--drop-unannotated",

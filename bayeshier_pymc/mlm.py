@@ -219,6 +219,25 @@ def mlm(
     )
 
 
+EffectScale = Literal["raw", "residual_sd"]
+"""The units in which stage 2 takes the effects as exchangeable: Y's, or each feature's residual
+SD (:meth:`MLMFit.standardized`)."""
+EFFECT_SCALES: tuple[str, ...] = ("raw", "residual_sd")
+
+
+def in_effect_units(fit: MLMFit, effect_scale: EffectScale) -> MLMFit:
+    """``fit`` as given (``"raw"``) or :meth:`MLMFit.standardized` (``"residual_sd"``).
+
+    Raises
+    ------
+    ValueError
+        For another ``effect_scale``, or ``"residual_sd"`` with a feature design.
+    """
+    if effect_scale not in EFFECT_SCALES:
+        raise ValueError(f"effect_scale must be one of {EFFECT_SCALES!r}, got {effect_scale!r}.")
+    return fit.standardized() if effect_scale == "residual_sd" else fit
+
+
 MissingValues = Literal["raise", "per-feature"]
 """What :func:`mlm` does with a NaN in ``Y``: refuse it, or fit each feature on its rows."""
 MISSING_POLICIES: tuple[str, ...] = ("raise", "per-feature")
@@ -474,7 +493,9 @@ class MLMFit:
         Returns
         -------
         MLMFit
-            The standardized fit; its :attr:`residual_sd` is 1 for every feature.
+            The standardized fit; its :attr:`residual_sd` is 1 for every feature with an
+            estimate (a feature a per-feature fit could not estimate keeps its units and its
+            NaN).
 
         Raises
         ------

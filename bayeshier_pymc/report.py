@@ -9,7 +9,7 @@ import pandas as pd
 
 from bayeshier_pymc.depth_comparison import DepthComparison
 from bayeshier_pymc.diagnostics import Diagnosis
-from bayeshier_pymc.mlm import MLMFit
+from bayeshier_pymc.mlm import EffectScale, MLMFit
 from bayeshier_pymc.results import DEFAULT_ALPHA, display_table
 from bayeshier_pymc.sampler_comparison import SamplerComparison
 from bayeshier_pymc.shrinkage import ShrinkageModel
@@ -17,6 +17,15 @@ from bayeshier_pymc.shrinkage import ShrinkageModel
 __all__ = ["write_report"]
 
 TOP_EFFECTS = 15
+UNIT_NOTES = {
+    "raw": "",
+    "residual_sd": (
+        " Effects exchangeable in units of each metabolite's residual SD (the standardized "
+        "stage-1 fit): the effect tables are in Y's units, the scales, group effects and "
+        "figures in residual-SD units."
+    ),
+}
+"""The report's sentence on the units of the effects, by ``effect_scale``."""
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -47,11 +56,14 @@ def write_report(
     diagnosis: Diagnosis,
     figures: Sequence[Path],
     sampler: str = "NUTS",
+    effect_scale: EffectScale = "raw",
 ) -> Path:
     """Write ``report.md``: data, stage 1, shrinkage, checks, depth choice and figures.
 
     ``scales``, ``samplers`` and ``depths`` are left out where ``None`` (no pooling, no
-    comparisons); ``sampler`` names the sampler of the reported draws.
+    comparisons); ``sampler`` names the sampler of the reported draws; ``effect_scale`` the
+    units in which the model took the effects as exchangeable (``"residual_sd"``: the report
+    says which of its numbers are in residual-SD units).
 
     Returns
     -------
@@ -78,7 +90,7 @@ def write_report(
     sections = [
         f"# {title}",
         f"{fit.n_obs} samples × {fit.Y.shape[1]} features; {model.summary_line}. "
-        f"Stage-1 errors: {model.noise_description}.",
+        f"Stage-1 errors: {model.noise_description}.{UNIT_NOTES[effect_scale]}",
         f"Priors: {model.priors.describe()}.\n\n{_table(model.priors.to_frame().reset_index())}",
         "## Stage 1: matrix linear model",
         _table(significant),

@@ -341,3 +341,52 @@ def test_the_simulate_hint_is_one_shell_command(tmp_path, capsys):
     (hint,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("try: ")]
     words = shlex.split(hint.removeprefix("try: "), comments=True)
     assert words[:2] == ["bayeshier", "fit"] and words[-1] == "--no-log"
+
+
+def test_fit_in_residual_sd_units_writes_tables_in_the_responses_units(simulated):
+    """--effect-scale residual_sd: stage 2 fits the standardized stage-1 fit (the same draws as
+    ShrinkageModel on fit.standardized()), the effect table is multiplied back into Y's units
+    and the report says which numbers are in residual-SD units."""
+    import bayeshier_pymc as bh
+
+    fast = ["--sampler", "gibbs", "--depth", "1", "--no-compare", "--quiet", "--cores", "1"]
+    out = simulated.parent / "residual_sd"
+    args = _fit_args(simulated, **{"--out": out})
+    assert main([*args, *fast, "--effect-scale", "residual_sd", "--seed", "3"]) == 0
+    effects = pd.read_csv(out / "shrunken_effects.csv")
+    stage1 = pd.read_csv(out / "stage1_estimates.csv")
+    merged = effects.merge(stage1, on=["covariate", "feature"], suffixes=("", "_stage1"))
+    np.testing.assert_allclose(merged["estimate"], merged["estimate_stage1"], rtol=1e-10)
+    np.testing.assert_allclose(merged["se"], merged["se_stage1"], rtol=1e-10)
+
+    responses = pd.read_csv(simulated / "responses.csv", index_col=0)
+    samples = pd.read_csv(simulated / "samples.csv", index_col=0)
+    annotations = pd.read_csv(simulated / "annotations.csv", index_col=0)
+    fit = bh.mlm(responses, "0 + x0 + x1", data=samples)
+    tree = bh.Hierarchy.from_frame(annotations, ["subclass", "superclass"])
+    idata = bh.ShrinkageModel(fit.standardized(), tree, depth=1).sample(
+        "gibbs", draws=200, tune=200, chains=2, cores=1, random_seed=3, progressbar=False
+    )
+    reference = bh.coefficient_table(idata)
+    unit = fit.residual_sd.to_series().reindex(effects["feature"]).to_numpy()
+    np.testing.assert_allclose(effects["mean"], reference["mean"] * unit, rtol=1e-10)
+    np.testing.assert_allclose(effects["hdi_upper"], reference["hdi_upper"] * unit, rtol=1e-10)
+    np.testing.assert_array_equal(effects["lfsr"], reference["lfsr"])
+    assert "residual-SD units" in (out / "report.md").read_text()
+    # the same settings in Y's units fit another model
+    raw = simulated.parent / "raw"
+    assert main([*_fit_args(simulated, **{"--out": raw}), *fast, "--seed", "3"]) == 0
+    assert not np.allclose(pd.read_csv(raw / "shrunken_effects.csv")["mean"], effects["mean"])
+
+
+def test_pipeline_refuses_an_unknown_effect_scale_before_any_work(tmp_path):
+    import bayeshier_pymc as bh
+    from bayeshier_pymc.pipeline import run_pipeline
+
+    study = bh.demo_study()
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="effect_scale must be one of"):
+        run_pipeline(
+            study.Y, study.X, study.annotations, study.levels, out, effect_scale="z-scores"
+        )
+    assert not out.exists()

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from statsmodels.stats.multitest import multipletests
 
-from bayeshier_pymc.mlm import MLMFit, mlm
+from bayeshier_pymc.mlm import MLMFit, in_effect_units, mlm
 from tests.test_covariance import schafer_strimmer_moments
 
 RTOL, ATOL = 1e-8, 1e-10
@@ -616,3 +616,12 @@ def test_standardized_refuses_a_feature_design(rng):
     Y, X, Z, _, _ = small_problem(rng)
     with pytest.raises(ValueError, match="feature design Z"):
         mlm(Y, X, Z).standardized()
+
+
+def test_in_effect_units_names_the_choices(rng):
+    Y, X, _, _, _ = small_problem(rng)
+    fit = mlm(Y, X)
+    assert in_effect_units(fit, "raw") is fit
+    np.testing.assert_allclose(in_effect_units(fit, "residual_sd").coef, fit.standardized().coef)
+    with pytest.raises(ValueError, match=r"effect_scale must be one of \('raw', 'residual_sd'\)"):
+        in_effect_units(fit, "z")
