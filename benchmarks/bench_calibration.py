@@ -49,6 +49,7 @@ from bayeshier_pymc.calibration import (
     SPLIT_COLUMNS,
     TRUTH_COLUMNS,
     StageTwo,
+    StageTwoFit,
     known_truth_check,
     split_half_cells,
     split_half_summary,
@@ -58,6 +59,7 @@ from bayeshier_pymc.depth_comparison import DepthComparison, RecommendationRule,
 from bayeshier_pymc.priors import PRESETS
 from bayeshier_pymc.validation_data import (
     VALIDATION_SETS,
+    ValidationStudy,
     available_studies,
     real_residual_covariance,
 )
@@ -86,6 +88,30 @@ def real_data_parser(description: str, *, draws: int, chains: int) -> argparse.A
     parser.add_argument("--chains", type=int, default=chains)
     parser.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def print_study(name: str, study: ValidationStudy) -> None:
+    """The line that opens a data set's part of the output: its size, covariates and tree."""
+    print(
+        f"\n{name}: {study.Y.shape[0]} samples × {study.Y.shape[1]} features, "
+        f"covariates {list(study.X.columns)}, {study.hierarchy}",
+        flush=True,
+    )
+
+
+def study_split_cells(
+    study: ValidationStudy, stage_two: StageTwoFit, args: argparse.Namespace
+) -> pd.DataFrame:
+    """:func:`~bayeshier_pymc.calibration.split_half_cells` of ``study`` with the script's
+    ``--splits`` and ``--seed`` (:func:`real_data_parser`)."""
+    return split_half_cells(
+        study.Y,
+        study.X,
+        study.hierarchy,
+        stage_two=stage_two,
+        n_splits=args.splits,
+        random_seed=args.seed,
+    )
 
 
 def quiet_tables(width: int = 200) -> None:
@@ -118,11 +144,7 @@ def main() -> None:
         f"{args.replicates} known-truth replicates"
     )
     for name, study in available_studies(args.data, args.datasets):
-        print(
-            f"\n{name}: {study.Y.shape[0]} samples × {study.Y.shape[1]} features, "
-            f"covariates {list(study.X.columns)}, {study.hierarchy}",
-            flush=True,
-        )
+        print_study(name, study)
         covariance = real_residual_covariance(study) if args.replicates > 0 else None
         split_rows, truth_rows, mse, cells = {}, {}, {}, {}
         models = [(noise, depth) for noise in NOISE_MODELS for depth in DEPTHS]
@@ -143,14 +165,7 @@ def main() -> None:
                 )
             )
             start = time.perf_counter()
-            cells[key] = split_half_cells(
-                study.Y,
-                study.X,
-                study.hierarchy,
-                stage_two=stage_two,
-                n_splits=args.splits,
-                random_seed=args.seed,
-            )
+            cells[key] = study_split_cells(study, stage_two, args)
             halves = split_half_summary(cells[key])
             split_rows[key] = halves.loc["mean", SPLIT_COLUMNS]
             mse[key] = halves.drop(index="mean")["mse"].to_numpy()

@@ -70,14 +70,13 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import xarray as xr
-from bench_calibration import quiet_tables, real_data_parser
+from bench_calibration import quiet_tables, real_data_parser, study_split_cells
 from scipy import special
 
 from bayeshier_pymc import ShrinkageModel, mlm
 from bayeshier_pymc.calibration import (
     StageTwo,
     predictive_coverage,
-    split_half_cells,
     split_half_summary,
     stage_one_posterior,
 )
@@ -133,14 +132,7 @@ def main() -> None:
         }
         stage_twos["stage 1"] = stage_one_posterior
         cells = {
-            model: split_half_cells(
-                study.Y,
-                study.X,
-                study.hierarchy,
-                stage_two=stage_two,
-                n_splits=args.splits,
-                random_seed=args.seed,
-            )
+            model: study_split_cells(study, stage_two, args)
             for model, stage_two in stage_twos.items()
         }
         print(f"  split halves of {len(cells)} models: {time.perf_counter() - start:.0f} s")

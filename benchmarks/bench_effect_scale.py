@@ -54,26 +54,24 @@ import pandas as pd
 from bench_calibration import (
     print_coverage_breakdown,
     print_recommendations,
+    print_study,
     quiet_tables,
     real_data_parser,
+    study_split_cells,
 )
 from bench_calibration_diagnosis import print_worst_clusters
-from bench_heavy_tailed_groups import paired_differences
+from bench_heavy_tailed_groups import known_truth_rows, paired_differences
 
 from bayeshier_pymc import ShrinkageModel, mlm
 from bayeshier_pymc.calibration import (
-    EFFECT_SCALES,
     SPLIT_COLUMNS,
-    TRUTH_COLUMNS,
     StageTwo,
-    known_truth_check,
-    split_half_cells,
     split_half_summary,
     stage_one_posterior,
 )
 from bayeshier_pymc.depth_comparison import compare_fits
-from bayeshier_pymc.mlm import MLMFit
-from bayeshier_pymc.validation_data import available_studies, real_residual_covariance
+from bayeshier_pymc.mlm import EFFECT_SCALES, MLMFit, in_effect_units
+from bayeshier_pymc.validation_data import ValidationStudy, available_studies
 
 DEPTHS = (0, 1, 2)
 REFERENCE_SCALE = "raw"
@@ -95,11 +93,7 @@ def main() -> None:
         f"{args.replicates} known-truth replicates"
     )
     for name, study in available_studies(args.data, args.datasets):
-        print(
-            f"\n{name}: {study.Y.shape[0]} samples × {study.Y.shape[1]} features, "
-            f"covariates {list(study.X.columns)}, {study.hierarchy}",
-            flush=True,
-        )
+        print_study(name, study)
         stage_twos = {
             (scale, depth): StageTwo(
                 depth=depth,
@@ -115,14 +109,7 @@ def main() -> None:
         cells = {}
         for key, stage_two in [*stage_twos.items(), ((STAGE_ONE, ""), stage_one_posterior)]:
             start = time.perf_counter()
-            cells[key] = split_half_cells(
-                study.Y,
-                study.X,
-                study.hierarchy,
-                stage_two=stage_two,
-                n_splits=args.splits,
-                random_seed=args.seed,
-            )
+            cells[key] = study_split_cells(study, stage_two, args)
             print(f"  {key[0]} {key[1]}: split halves {time.perf_counter() - start:.0f} s")
         split_table = print_split_halves(name, cells, args.splits)
         labelled = {_label(key): frame for key, frame in cells.items()}
@@ -134,7 +121,7 @@ def main() -> None:
         fit = mlm(study.Y, study.X)
         fits = {
             (scale, depth): ShrinkageModel(
-                fit.standardized() if scale == "residual_sd" else fit, study.hierarchy, depth=depth
+                in_effect_units(fit, scale), study.hierarchy, depth=depth
             ).sample(
                 "gibbs",
                 draws=args.draws,
@@ -252,28 +239,16 @@ def print_loo_by_unit(
 
 def print_known_truth(
     name: str,
-    study: object,
+    study: ValidationStudy,
     stage_twos: dict[tuple[str, int], StageTwo],
     n_replicates: int,
     seed: int,
 ) -> None:
     """The known-truth check of every model on the data set's design and residual covariance."""
-    covariance = real_residual_covariance(study)
-    rows = {}
-    for key, stage_two in stage_twos.items():
-        start = time.perf_counter()
-        truth = known_truth_check(
-            study.X,
-            study.hierarchy,
-            covariance,
-            stage_two=stage_two,
-            n_replicates=n_replicates,
-            random_seed=seed,
-        )
-        rows[key] = truth.loc["mean", TRUTH_COLUMNS]
-        print(f"  {key[0]} {key[1]}: known truth {time.perf_counter() - start:.0f} s")
-    table = pd.DataFrame(rows).T
-    table.index = table.index.set_names(["effect_scale", "depth"])
+    table = known_truth_rows(
+        study, {_label(key): fit for key, fit in stage_twos.items()}, n_replicates, seed
+    )
+    table.index = pd.MultiIndex.from_tuples(list(stage_twos), names=["effect_scale", "depth"])
     print(f"{name}, real noise with a known truth in Y's units ({n_replicates} replicates, means):")
     print(table.round(4).to_string(), flush=True)
 

@@ -50,7 +50,13 @@ import time
 
 import arviz as az
 import pandas as pd
-from bench_calibration import print_coverage_breakdown, quiet_tables, real_data_parser
+from bench_calibration import (
+    print_coverage_breakdown,
+    print_study,
+    quiet_tables,
+    real_data_parser,
+    study_split_cells,
+)
 from bench_calibration_diagnosis import print_worst_clusters
 
 from bayeshier_pymc import ShrinkageModel, mlm
@@ -61,7 +67,6 @@ from bayeshier_pymc.calibration import (
     StageTwoFit,
     clustered_coverage_se,
     known_truth_check,
-    split_half_cells,
     split_half_summary,
     stage_one_posterior,
 )
@@ -98,11 +103,7 @@ def main() -> None:
     )
     studies = list(available_studies(args.data, args.datasets))
     for name, study in studies:
-        print(
-            f"\n{name}: {study.Y.shape[0]} samples × {study.Y.shape[1]} features, "
-            f"covariates {list(study.X.columns)}, {study.hierarchy}",
-            flush=True,
-        )
+        print_study(name, study)
         stage_twos = {
             f"{prior} {depth}": StageTwo(
                 depth=depth,
@@ -120,14 +121,7 @@ def main() -> None:
         cells = {}
         for label, stage_two in stage_twos.items():
             start = time.perf_counter()
-            cells[label] = split_half_cells(
-                study.Y,
-                study.X,
-                study.hierarchy,
-                stage_two=stage_two,
-                n_splits=args.splits,
-                random_seed=args.seed,
-            )
+            cells[label] = study_split_cells(study, stage_two, args)
             print(f"  {label}: split halves {time.perf_counter() - start:.0f} s", flush=True)
         print_split_halves(name, cells, args.splits)
         print_coverage_breakdown(name, cells)
@@ -214,6 +208,19 @@ def print_known_truth(
     seed: int,
 ) -> None:
     """The known-truth check of every model on the data set's design and residual covariance."""
+    table = known_truth_rows(study, stage_twos, n_replicates, seed)
+    table.index = _index(list(table.index))
+    print(f"{name}, real noise with a known truth ({n_replicates} replicates, means):")
+    print(table.round(4).to_string(), flush=True)
+
+
+def known_truth_rows(
+    study: ValidationStudy,
+    stage_twos: dict[str, StageTwoFit],
+    n_replicates: int,
+    seed: int,
+) -> pd.DataFrame:
+    """The known-truth check's means of every model (one row per label), each timed."""
     covariance = real_residual_covariance(study)
     rows = {}
     for label, stage_two in stage_twos.items():
@@ -228,10 +235,7 @@ def print_known_truth(
         )
         rows[label] = truth.loc["mean", TRUTH_COLUMNS]
         print(f"  {label}: known truth {time.perf_counter() - start:.0f} s", flush=True)
-    table = pd.DataFrame(rows).T
-    table.index = _index(list(table.index))
-    print(f"{name}, real noise with a known truth ({n_replicates} replicates, means):")
-    print(table.round(4).to_string(), flush=True)
+    return pd.DataFrame(rows).T
 
 
 def print_nuts_convergence(studies: list[tuple[str, ValidationStudy]], seed: int) -> None:

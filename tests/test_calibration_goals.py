@@ -56,6 +56,14 @@ def _split_halves(study, stage_two):
     return split_half_check(study.Y, study.X, study.hierarchy, stage_two=stage_two, n_splits=6)
 
 
+def _known_truth(study, stage_two):
+    """The known-truth check's means with the benchmarks' settings (3 replicates, seed 0)."""
+    covariance = real_residual_covariance(study)
+    return known_truth_check(
+        study.X, study.hierarchy, covariance, stage_two=stage_two, n_replicates=3
+    ).loc["mean"]
+
+
 @pytest.mark.parametrize(
     ("name", "depth"), [("qmdiab", 1), ("qmdiab", 2), ("liver", 1), ("liver", 2)]
 )
@@ -67,13 +75,7 @@ def test_known_truth_false_sign_rate_is_within_goal(shared_data, name, depth):
     conservative intervals of ``docs/calibration.md``).
     """
     study = _study(shared_data, name)
-    result = known_truth_check(
-        study.X,
-        study.hierarchy,
-        real_residual_covariance(study),
-        stage_two=_stage_two(depth),
-        n_replicates=3,
-    ).loc["mean"]
+    result = _known_truth(study, _stage_two(depth))
     assert result["false_sign_rate"] <= 0.05
     assert result["false_sign_rate"] <= 2.0 * result["claimed_lfsr"]
     assert result["coverage"] >= 0.93
@@ -160,13 +162,7 @@ def test_known_truth_in_y_units_is_covered_by_the_residual_sd_model(shared_data,
     intervals still cover 93–97% with false sign rates ≤ 5% and ≤ 2× claimed (measured: the
     known-truth ``residual_sd`` rows of ``docs/benchmarks/effect_scale.txt``)."""
     study = _study(shared_data, name)
-    result = known_truth_check(
-        study.X,
-        study.hierarchy,
-        real_residual_covariance(study),
-        stage_two=_in_residual_sd(depth),
-        n_replicates=3,
-    ).loc["mean"]
+    result = _known_truth(study, _in_residual_sd(depth))
     assert 0.93 <= result["coverage"] <= 0.97
     assert result["false_sign_rate"] <= 0.05
     assert result["false_sign_rate"] <= 2.0 * result["claimed_lfsr"]
