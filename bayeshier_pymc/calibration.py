@@ -44,7 +44,7 @@ from scipy import stats
 
 from bayeshier_pymc._validation import covariance_factor
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.mlm import EFFECT_SCALES, EffectScale, MLMFit, in_effect_units, mlm
+from bayeshier_pymc.mlm import EffectScale, MLMFit, check_effect_scale, in_effect_units, mlm
 from bayeshier_pymc.results import coefficient_summary
 from bayeshier_pymc.shrinkage import ShrinkageModel
 
@@ -150,10 +150,7 @@ class StageTwo:
     def __post_init__(self) -> None:
         if self.noise not in NOISE_SETTINGS:
             raise ValueError(f"noise must be one of {NOISE_SETTINGS!r}, got {self.noise!r}.")
-        if self.effect_scale not in EFFECT_SCALES:
-            raise ValueError(
-                f"effect_scale must be one of {EFFECT_SCALES!r}, got {self.effect_scale!r}."
-            )
+        check_effect_scale(self.effect_scale)
 
     def __call__(
         self,

@@ -225,16 +225,28 @@ SD (:meth:`MLMFit.standardized`)."""
 EFFECT_SCALES: tuple[str, ...] = ("raw", "residual_sd")
 
 
+def check_effect_scale(effect_scale: object) -> None:
+    """Refuse a choice of units that is not one of :data:`EFFECT_SCALES`, naming them.
+
+    Raises
+    ------
+    ValueError
+        For another ``effect_scale``.
+    """
+    if effect_scale not in EFFECT_SCALES:
+        raise ValueError(f"effect_scale must be one of {EFFECT_SCALES!r}, got {effect_scale!r}.")
+
+
 def in_effect_units(fit: MLMFit, effect_scale: EffectScale) -> MLMFit:
     """``fit`` as given (``"raw"``) or :meth:`MLMFit.standardized` (``"residual_sd"``).
 
     Raises
     ------
     ValueError
-        For another ``effect_scale``, or ``"residual_sd"`` with a feature design.
+        For another ``effect_scale`` (:func:`check_effect_scale`), or ``"residual_sd"`` with a
+        feature design.
     """
-    if effect_scale not in EFFECT_SCALES:
-        raise ValueError(f"effect_scale must be one of {EFFECT_SCALES!r}, got {effect_scale!r}.")
+    check_effect_scale(effect_scale)
     return fit.standardized() if effect_scale == "residual_sd" else fit
 
 

@@ -17,10 +17,10 @@ from bayeshier_pymc.diagnostics import Diagnosis, diagnose
 from bayeshier_pymc.hierarchy import Hierarchy, MissingPolicy
 from bayeshier_pymc.inference_data import OBSERVATION
 from bayeshier_pymc.mlm import (
-    EFFECT_SCALES,
     EffectScale,
     MissingValues,
     MLMFit,
+    check_effect_scale,
     in_effect_units,
     mlm,
 )
@@ -175,8 +175,7 @@ def run_pipeline(
     )
     if sampler not in ("nuts", "gibbs"):
         raise ValueError(f"sampler must be 'nuts' or 'gibbs', got {sampler!r}.")
-    if effect_scale not in EFFECT_SCALES:
-        raise ValueError(f"effect_scale must be one of {EFFECT_SCALES!r}, got {effect_scale!r}.")
+    check_effect_scale(effect_scale)
     if compare and draws < MIN_DRAWS:
         raise ValueError(
             f"the pipeline compares the samplers, which needs draws >= {MIN_DRAWS} per chain; "

@@ -114,6 +114,18 @@ def study_split_cells(
     )
 
 
+def whole_data_sampling(args: argparse.Namespace) -> dict[str, object]:
+    """:meth:`~bayeshier_pymc.ShrinkageModel.sample`'s settings for the fits of a whole data
+    set: the script's ``--draws`` (as many tuning steps), ``--chains`` and ``--seed``, quiet."""
+    return {
+        "draws": args.draws,
+        "tune": args.draws,
+        "chains": args.chains,
+        "random_seed": args.seed,
+        "progressbar": False,
+    }
+
+
 def quiet_tables(width: int = 200) -> None:
     """Tables ``width`` characters wide, no warnings, PyMC's errors only: a script's output."""
     pd.set_option("display.width", width)
@@ -202,15 +214,7 @@ def main() -> None:
                 fits = {
                     depth: ShrinkageModel(
                         fit, study.hierarchy, depth=depth, noise=setting, priors=args.priors
-                    ).sample(
-                        args.sampler,
-                        draws=args.draws,
-                        tune=args.draws,
-                        chains=args.chains,
-                        random_seed=args.seed,
-                        progressbar=False,
-                        **options,
-                    )
+                    ).sample(args.sampler, **whole_data_sampling(args), **options)
                     for depth in DEPTHS
                 }
                 print_recommendations(f"{name}, {noise}", compare_fits(fits), table.loc[noise])

@@ -58,6 +58,7 @@ from bench_calibration import (
     quiet_tables,
     real_data_parser,
     study_split_cells,
+    whole_data_sampling,
 )
 from bench_calibration_diagnosis import print_worst_clusters
 from bench_heavy_tailed_groups import known_truth_rows, paired_differences
@@ -122,14 +123,7 @@ def main() -> None:
         fits = {
             (scale, depth): ShrinkageModel(
                 in_effect_units(fit, scale), study.hierarchy, depth=depth
-            ).sample(
-                "gibbs",
-                draws=args.draws,
-                tune=args.draws,
-                chains=args.chains,
-                random_seed=args.seed,
-                progressbar=False,
-            )
+            ).sample("gibbs", **whole_data_sampling(args))
             for scale in EFFECT_SCALES
             for depth in DEPTHS
         }
