@@ -44,7 +44,13 @@ from scipy import stats
 
 from bayeshier_pymc._validation import covariance_factor
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.mlm import EffectScale, MLMFit, check_effect_scale, in_effect_units, mlm
+from bayeshier_pymc.mlm import (
+    EFFECT_SCALE_CHOICES,
+    EffectScaleChoice,
+    MLMFit,
+    check_effect_scale,
+    mlm,
+)
 from bayeshier_pymc.results import coefficient_summary
 from bayeshier_pymc.shrinkage import ShrinkageModel
 
@@ -93,19 +99,6 @@ class PosteriorSummary:
     upper: xr.DataArray
     lfsr: xr.DataArray
 
-    def scaled(self, unit: xr.DataArray) -> PosteriorSummary:
-        """The summary of ``unit · θ`` (``unit`` > 0 per feature): mean, sd and interval scaled.
-
-        The lfsr does not change: a positive factor keeps every draw's sign.
-        """
-        return PosteriorSummary(
-            mean=self.mean * unit,
-            sd=self.sd * unit,
-            lower=self.lower * unit,
-            upper=self.upper * unit,
-            lfsr=self.lfsr,
-        )
-
 
 @dataclass(frozen=True)
 class StageTwo:
@@ -122,11 +115,11 @@ class StageTwo:
         ``"auto"`` (default, the package's: tree-structured noise estimated from the stage-1
         fit's residuals) or ``"independent"`` (the research model).
     effect_scale
-        The units in which the effects are exchangeable: ``"raw"`` (default: the units of Y,
-        the stage-1 fit as given) or ``"residual_sd"`` (each feature's residual standard
-        deviation: the model is fitted to :meth:`~bayeshier_pymc.mlm.MLMFit.standardized`
-        and its posterior multiplied back by each feature's
-        :attr:`~bayeshier_pymc.mlm.MLMFit.residual_sd`, so that both are scored in Y's units).
+        The units in which the effects are exchangeable, as
+        :class:`~bayeshier_pymc.ShrinkageModel`'s ``effect_scale``: ``"auto"`` (default, the
+        package's: each feature's residual SD for a stage-1 fit), ``"residual_sd"`` or
+        ``"raw"`` (the units of Y). The posterior is scored in Y's units whatever the choice
+        (:func:`~bayeshier_pymc.coefficient_summary`).
     draws, tune, chains
         Passed to :meth:`ShrinkageModel.sample`.
     priors
@@ -140,7 +133,7 @@ class StageTwo:
     depth: int | None = None
     sampler: Literal["gibbs", "nuts"] = "nuts"
     noise: Literal["auto", "independent"] = "auto"
-    effect_scale: EffectScale = "raw"
+    effect_scale: EffectScaleChoice = "auto"
     draws: int = 1000
     tune: int = 500
     chains: int = 4
@@ -150,7 +143,7 @@ class StageTwo:
     def __post_init__(self) -> None:
         if self.noise not in NOISE_SETTINGS:
             raise ValueError(f"noise must be one of {NOISE_SETTINGS!r}, got {self.noise!r}.")
-        check_effect_scale(self.effect_scale)
+        check_effect_scale(self.effect_scale, EFFECT_SCALE_CHOICES)
 
     def __call__(
         self,
@@ -161,12 +154,13 @@ class StageTwo:
     ) -> PosteriorSummary:
         """Shrink ``covariates`` of ``fit`` along ``hierarchy`` and summarise θ (Y's units)."""
         model = ShrinkageModel(
-            in_effect_units(fit, self.effect_scale),
+            fit,
             hierarchy,
             depth=self.depth,
             priors=self.priors,
             covariates=list(covariates),
             noise=self.noise,
+            effect_scale=self.effect_scale,
         )
         idata = model.sample(
             self.sampler,
@@ -177,8 +171,7 @@ class StageTwo:
             progressbar=False,
             **self.sample_options,
         )
-        summary = posterior_summary(idata)
-        return summary.scaled(fit.residual_sd) if self.effect_scale == "residual_sd" else summary
+        return posterior_summary(idata)
 
 
 def posterior_summary(idata: az.InferenceData) -> PosteriorSummary:

@@ -308,11 +308,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--effect-scale",
-        choices=["raw", "residual_sd"],
-        default="raw",
-        help="units in which the effects are alike: 'raw' (default, those of the responses) "
-        "or 'residual_sd' (each metabolite's residual SD; the CSV tables stay in the "
-        "responses' units)",
+        choices=["auto", "raw", "residual_sd"],  # mlm.EFFECT_SCALE_CHOICES, without importing it
+        default="auto",
+        help="units in which the effects are alike: 'auto' and 'residual_sd' (default: each "
+        "metabolite's residual SD, calibrated on real data) or 'raw' (those of the "
+        "responses); the CSV tables of effects are in the responses' units either way",
     )
     fit.add_argument(
         "--drop-unannotated",

@@ -83,7 +83,7 @@ from bayeshier_pymc.diagnostics import (
     loo_elpd,
     pareto_k_advice,
 )
-from bayeshier_pymc.estimates import Estimates, shrunk_covariates
+from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.gaussian_tree import NUMPY_OPS, normal_log_density
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import (
@@ -95,13 +95,14 @@ from bayeshier_pymc.inference_data import (
     problem_from_idata,
 )
 from bayeshier_pymc.log_likelihood import held_out_predictive
+from bayeshier_pymc.mlm import EffectScaleChoice
 from bayeshier_pymc.model import scale_levels
 from bayeshier_pymc.noise import path_variance
 from bayeshier_pymc.parallel import dispatch, inner_fit_options
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem, resolve_depth
 from bayeshier_pymc.sampling import check_sampler_name
-from bayeshier_pymc.shrinkage import NoiseChoice, ShrinkageModel, with_noise
+from bayeshier_pymc.shrinkage import NoiseChoice, ShrinkageModel, model_estimates
 
 __all__ = [
     "GROUP_LOG_LIKELIHOOD",
@@ -339,6 +340,7 @@ def compare_depths(
     rule: RecommendationRule | None = None,
     refit_bad_k: bool = False,
     noise: NoiseChoice = "auto",
+    effect_scale: EffectScaleChoice = "auto",
     n_jobs: int | None = None,
     **sample_kwargs: Any,
 ) -> DepthComparison:
@@ -384,6 +386,9 @@ def compare_depths(
         tree-structured noise of a stage-1 fit). It is chosen once and kept at every depth
         (``"none"`` included), so that every model has the same likelihood of b and the
         elpds are comparable.
+    effect_scale
+        The units in which the effects are exchangeable, as in :class:`ShrinkageModel`
+        (default ``"auto"``: residual-SD units for a stage-1 fit), the same at every depth.
     n_jobs
         Fits run at once, through joblib (:func:`~bayeshier_pymc.parallel.dispatch`): the
         fits at every depth, then the refits of ``refit_bad_k``. ``None`` (default): the
@@ -424,14 +429,14 @@ def compare_depths(
         raise ValueError("refit_bad_k needs loo='group'.")
 
     # the noise structure is chosen once, so that every depth has the same likelihood of b
-    given = Estimates.from_any(estimates)
-    chosen = Estimates.from_any(given, covariates=shrunk_covariates(given.covariates, covariates))
-    if refit_bad_k and chosen.missing.to_numpy().any():
+    data = model_estimates(
+        estimates, hierarchy, covariates=covariates, noise=noise, effect_scale=effect_scale
+    )
+    if refit_bad_k and data.missing.to_numpy().any():
         raise ValueError(
             "refit_bad_k is not available for estimates with missing cells; read the Pareto k "
             "of the group LOO instead."
         )
-    data = with_noise(chosen, estimates, hierarchy, noise)
     resolved = Priors.resolve(priors, scale_levels(hierarchy), data.covariates, data.se.to_numpy())
     if refit_bad_k and resolved.heavy_tailed:
         raise ValueError(
@@ -913,8 +918,12 @@ def _with_points(elpd: Any, loo_i: np.ndarray, k: np.ndarray) -> Any:
 def _restricted(estimates: Estimates, features: pd.Index) -> Estimates:
     """``estimates`` restricted to ``features``, with their noise structure."""
     noise = estimates.noise.align(features) if estimates.noise is not None else None
+    sd = estimates.residual_sd
     return Estimates(
-        estimates.estimate.sel(feature=features), estimates.se.sel(feature=features), noise
+        estimates.estimate.sel(feature=features),
+        estimates.se.sel(feature=features),
+        noise,
+        None if sd is None else sd.sel(feature=features),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -17,6 +17,7 @@ from bayeshier_pymc.noise import TreeNoise
 __all__ = [
     "MISSING_VARIANCE_FACTOR",
     "Estimates",
+    "check_residual_sd",
     "fill_missing",
     "missing_cells",
     "shrunk_covariates",
@@ -72,11 +73,23 @@ class Estimates:
     ``noise`` is the estimates' correlated-noise structure
     (:func:`~bayeshier_pymc.noise.tree_noise`), or ``None`` for independent errors (``se²``).
     A missing cell (see :func:`missing_cells`) holds NaN in both ``estimate`` and ``se``.
+    ``residual_sd`` (dim ``feature``) is set when the estimates are in units of each feature's
+    residual SD (a :meth:`~bayeshier_pymc.mlm.MLMFit.standardized` fit): multiplied by it they
+    are in Y's units (:meth:`in_y_units`); ``None``: they are in Y's units.
     """
 
     estimate: xr.DataArray
     se: xr.DataArray
     noise: TreeNoise | None = None
+    residual_sd: xr.DataArray | None = None
+
+    def __post_init__(self) -> None:
+        if self.residual_sd is None:
+            return
+        sd = self.residual_sd
+        if sd.dims != ("feature",) or not sd.indexes["feature"].equals(self.features):
+            raise ValueError("residual_sd must be one value per feature, in the estimates' order.")
+        check_residual_sd(sd.to_numpy(), ~self.missing.to_numpy())
 
     @property
     def covariates(self) -> pd.Index:
@@ -156,14 +169,14 @@ class Estimates:
                     f"covariates {absent!r} are not among the estimates' covariates "
                     f"{result.covariates.tolist()!r}."
                 )
-            result = Estimates(
-                result.estimate.sel(covariate=covariates),
-                result.se.sel(covariate=covariates),
-                result.noise,
+            result = replace(
+                result,
+                estimate=result.estimate.sel(covariate=covariates),
+                se=result.se.sel(covariate=covariates),
             )
         if noise is not None:
             _check_noise(noise, result)
-            result = Estimates(result.estimate, result.se, noise)
+            result = replace(result, noise=noise)
         return result
 
     @classmethod
@@ -238,6 +251,17 @@ class Estimates:
             xr.DataArray(b, dims=DIMS, coords=coords, name="estimate"),
             xr.DataArray(s, dims=DIMS, coords=coords, name="se"),
         )
+
+    def in_y_units(self) -> Estimates:
+        """The estimates and standard errors in Y's units (these, if already in them).
+
+        Estimates in units of each feature's residual SD are multiplied by it; the noise
+        structure, which describes them in those units, is not kept.
+        """
+        if self.residual_sd is None:
+            return self
+        sd = self.residual_sd
+        return Estimates((self.estimate * sd).rename("estimate"), (self.se * sd).rename("se"))
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy frame with columns ``covariate, feature, estimate, se``."""
@@ -316,6 +340,24 @@ def fill_missing(
         np.where(missing, 0.0, b),
         np.where(missing, MISSING_VARIANCE_FACTOR * scale, variance),
     )
+
+
+def check_residual_sd(residual_sd: np.ndarray, observed: np.ndarray) -> None:
+    """Refuse residual SDs that are not finite and positive for every estimated feature.
+
+    ``residual_sd`` has one value per feature, ``observed`` marks the observed (covariate,
+    feature) cells; a feature without an observed cell (stage 1 could not estimate it) may
+    have none (NaN).
+    """
+    estimated = np.asarray(observed).any(axis=0)
+    sd = np.asarray(residual_sd, dtype=float)
+    if sd.shape != estimated.shape or not (
+        np.isfinite(sd[estimated]).all() and (sd[estimated] > 0).all()
+    ):
+        raise ValueError(
+            f"residual_sd must have one value per feature ({estimated.size}), finite and "
+            "positive for every estimated feature."
+        )
 
 
 def _check_noise(noise: object, estimates: Estimates) -> None:

@@ -19,6 +19,7 @@ from bayeshier_pymc._threads import ahead
 from bayeshier_pymc.convergence import SAMPLE_DIMS, relative_efficiency
 from bayeshier_pymc.gaussian_tree import NodeNoise
 from bayeshier_pymc.hierarchy import Hierarchy
+from bayeshier_pymc.mlm import EFFECT_SCALES
 from bayeshier_pymc.model import group_mean_name, local_scale_name, model_coords
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
@@ -30,6 +31,7 @@ __all__ = [
     "NOISE_KINDS",
     "OBSERVATION",
     "OWN_VARIANCE",
+    "RESIDUAL_SD",
     "SHARED_VARIANCE",
     "THETA_PARENT",
     "THETA_PARENT_STORES",
@@ -48,6 +50,7 @@ __all__ = [
     "pointwise_draws",
     "posterior_dims",
     "problem_from_idata",
+    "residual_sd",
     "shared_variance_name",
     "theta_parent_draws",
     "with_log_likelihood",
@@ -59,6 +62,10 @@ OWN_VARIANCE = "own_variance"
 """Each estimate's own noise variance (covariate, feature), for correlated estimates."""
 SHARED_VARIANCE = "shared_variance"
 """The noise variance shared by all features (covariate), for correlated estimates."""
+RESIDUAL_SD = "residual_sd"
+"""Each feature's residual SD (feature) in ``constant_data`` of a fit whose effects are
+exchangeable in residual-SD units (``attrs["effect_scale"] == "residual_sd"``): the fit's
+estimates, θ, group means and scales are in those units, and θ times it is in Y's units."""
 
 LogLikelihoodKind = Literal["marginal", "conditional"]
 LOG_LIKELIHOOD_NAMES: dict[str, str] = {
@@ -279,6 +286,7 @@ def build_inference_data(
             "levels": list(problem.levels),
             "priors": problem.priors.to_json(),
             "default_log_likelihood": LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD],
+            "effect_scale": "raw" if problem.residual_sd is None else "residual_sd",
             **_noise_attrs(problem),
             **(attrs or {}),
         }
@@ -447,7 +455,8 @@ def problem_from_idata(idata: az.InferenceData) -> ShrinkageProblem:
     level, or ``0 … n − 1`` where the InferenceData has none), the priors through
     :meth:`~bayeshier_pymc.priors.Priors.from_json` and, where ``attrs["noise"]`` is
     ``"tree"``, the noise: its tree (the maps of ``attrs["noise_levels"]``), own variances
-    and shared variances. A fit without ``attrs["noise"]`` has independent estimates.
+    and shared variances. A fit without ``attrs["noise"]`` has independent estimates; where
+    ``attrs["effect_scale"]`` is ``"residual_sd"``, the features' :data:`RESIDUAL_SD`.
 
     Parameters
     ----------
@@ -488,6 +497,7 @@ def problem_from_idata(idata: az.InferenceData) -> ShrinkageProblem:
             raise ValueError(f"the fit's depth is {depth} but it names levels {list(levels)!r}.")
         tree = _tree_from_idata(idata, b.indexes["feature"], levels)
     scale_levels = ("feature", *levels) if tree is not None else ("feature",)
+    sd = residual_sd(idata)
     return ShrinkageProblem(
         b=b.to_numpy(),
         se=se.to_numpy(),
@@ -499,7 +509,26 @@ def problem_from_idata(idata: az.InferenceData) -> ShrinkageProblem:
         ),
         depth=depth,  # type: ignore[arg-type]
         **_noise_from_idata(idata, b.indexes["feature"]),
+        residual_sd=None if sd is None else sd.to_numpy(),
     )
+
+
+def residual_sd(idata: az.InferenceData) -> xr.DataArray | None:
+    """The features' :data:`RESIDUAL_SD` (dim ``feature``) of a fit in residual-SD units.
+
+    ``None`` for a fit in Y's units: ``attrs["effect_scale"] == "raw"``, or no such attribute
+    (a fit written before the choice existed).
+    """
+    scale = idata.attrs.get("effect_scale", "raw")
+    if scale not in EFFECT_SCALES:
+        raise ValueError(f"attrs['effect_scale'] must be one of {EFFECT_SCALES!r}, got {scale!r}.")
+    if scale == "raw":
+        return None
+    if RESIDUAL_SD not in idata.constant_data:
+        raise ValueError(
+            f"the fit is in residual-SD units but its constant_data lacks {RESIDUAL_SD!r}."
+        )
+    return idata.constant_data[RESIDUAL_SD]
 
 
 def _observed_estimates(observed: xr.DataArray, se: xr.DataArray) -> xr.DataArray:
@@ -640,13 +669,15 @@ def with_log_likelihood(idata: az.InferenceData, kind: LogLikelihoodKind) -> az.
 
 
 def _constant_data(problem: ShrinkageProblem, coords: Mapping[str, list[object]]) -> xr.Dataset:
-    """``se``, the trees' ``<level>_index`` maps and, for correlated estimates, the noise.
+    """``se``, the trees' maps, any noise, and in residual-SD units :data:`RESIDUAL_SD`.
 
     The maps cover the noise tree's levels beyond the effect tree's too (the effect tree's
     levels are its finest ones, with the same maps); their group labels become coordinates.
     """
     dims = ("covariate", "feature")
     data: dict[str, tuple[tuple[str, ...], np.ndarray]] = {"se": (dims, problem.se)}
+    if problem.residual_sd is not None:
+        data[RESIDUAL_SD] = (("feature",), problem.residual_sd)
     all_coords = dict(coords)
     tree = problem.noise_tree if problem.noise_tree is not None else problem.tree
     if tree is not None:

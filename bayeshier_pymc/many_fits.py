@@ -16,6 +16,7 @@ import numpy as np
 
 from bayeshier_pymc._validation import integer_seed
 from bayeshier_pymc.hierarchy import Hierarchy
+from bayeshier_pymc.mlm import EffectScaleChoice
 from bayeshier_pymc.parallel import dispatch, inner_fit_options, task_seeds
 from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.sampling import check_sampler_name
@@ -33,6 +34,7 @@ def fit_many(
     priors: str | Mapping[str, Any] | Priors | None = None,
     covariates: list[Any] | Literal["all"] | None = None,
     noise: NoiseChoice = "auto",
+    effect_scale: EffectScaleChoice = "auto",
     random_seed: int | np.random.Generator | None = None,
     n_jobs: int | None = None,
     progressbar: bool = True,
@@ -57,7 +59,7 @@ def fit_many(
         The annotation tree of the data sets that bring none.
     sampler
         ``"nuts"`` (default) or ``"gibbs"``.
-    depth, priors, covariates, noise
+    depth, priors, covariates, noise, effect_scale
         As in :class:`~bayeshier_pymc.ShrinkageModel`, for every data set.
     random_seed
         Data set ``i`` (in the order of ``datasets``) is sampled with the ``i``-th seed of
@@ -106,7 +108,7 @@ def fit_many(
     """
     named = _named(datasets)
     models = {
-        name: _model(name, data, hierarchy, depth, priors, covariates, noise)
+        name: _model(name, data, hierarchy, depth, priors, covariates, noise, effect_scale)
         for name, data in named.items()
     }
     check_sampler_name(sampler)
@@ -144,13 +146,20 @@ def _model(
     priors: str | Mapping[str, Any] | Priors | None,
     covariates: list[Any] | Literal["all"] | None,
     noise: NoiseChoice,
+    effect_scale: EffectScaleChoice,
 ) -> ShrinkageModel:
     """The model of one data set; a ValueError names the data set."""
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], Hierarchy):
         data, hierarchy = data
     try:
         return ShrinkageModel(
-            data, hierarchy, depth=depth, priors=priors, covariates=covariates, noise=noise
+            data,
+            hierarchy,
+            depth=depth,
+            priors=priors,
+            covariates=covariates,
+            noise=noise,
+            effect_scale=effect_scale,
         )
     except ValueError as error:
         raise ValueError(f"data set {name!r}: {error}") from error

@@ -223,31 +223,49 @@ EffectScale = Literal["raw", "residual_sd"]
 """The units in which stage 2 takes the effects as exchangeable: Y's, or each feature's residual
 SD (:meth:`MLMFit.standardized`)."""
 EFFECT_SCALES: tuple[str, ...] = ("raw", "residual_sd")
+EffectScaleChoice = Literal["auto", "raw", "residual_sd"]
+"""What a user may ask for (:data:`EFFECT_SCALE_CHOICES`)."""
+EFFECT_SCALE_CHOICES: tuple[str, ...] = ("auto", *EFFECT_SCALES)
+"""What a user may ask for: one of :data:`EFFECT_SCALES`, or ``"auto"`` (see
+:func:`resolve_effect_scale`)."""
 
 
-def check_effect_scale(effect_scale: object) -> None:
-    """Refuse a choice of units that is not one of :data:`EFFECT_SCALES`, naming them.
+def check_effect_scale(effect_scale: object, choices: tuple[str, ...] = EFFECT_SCALES) -> None:
+    """Refuse a choice of units that is not one of ``choices``, naming them.
 
     Raises
     ------
     ValueError
         For another ``effect_scale``.
     """
-    if effect_scale not in EFFECT_SCALES:
-        raise ValueError(f"effect_scale must be one of {EFFECT_SCALES!r}, got {effect_scale!r}.")
+    if effect_scale not in choices:
+        raise ValueError(f"effect_scale must be one of {choices!r}, got {effect_scale!r}.")
 
 
-def in_effect_units(fit: MLMFit, effect_scale: EffectScale) -> MLMFit:
-    """``fit`` as given (``"raw"``) or :meth:`MLMFit.standardized` (``"residual_sd"``).
+def resolve_effect_scale(effect_scale: object, estimates: object) -> EffectScale:
+    """The units a shrinkage model of ``estimates`` takes the effects as exchangeable in.
+
+    ``"auto"`` is ``"residual_sd"`` for a stage-1 fit without a feature design (its residual
+    SDs are known) and ``"raw"`` for anything else (a tidy frame or arrays carry no residual
+    SD). ``"residual_sd"`` asks for a stage-1 fit without a feature design.
 
     Raises
     ------
     ValueError
-        For another ``effect_scale`` (:func:`check_effect_scale`), or ``"residual_sd"`` with a
-        feature design.
+        For a choice not in :data:`EFFECT_SCALE_CHOICES`, or ``"residual_sd"`` for estimates
+        that are not such a fit.
     """
-    check_effect_scale(effect_scale)
-    return fit.standardized() if effect_scale == "residual_sd" else fit
+    check_effect_scale(effect_scale, EFFECT_SCALE_CHOICES)
+    standardizable = isinstance(estimates, MLMFit) and estimates.Z is None
+    if effect_scale == "auto":
+        return "residual_sd" if standardizable else "raw"
+    if effect_scale == "residual_sd" and not standardizable:
+        raise ValueError(
+            "effect_scale='residual_sd' needs a stage-1 fit (MLMFit) without a feature design "
+            "Z: only it knows each feature's residual SD. Pass effect_scale='raw' for "
+            f"estimates given as {type(estimates).__name__}."
+        )
+    return effect_scale  # type: ignore[return-value]
 
 
 MissingValues = Literal["raise", "per-feature"]

@@ -17,11 +17,11 @@ from bayeshier_pymc.diagnostics import Diagnosis, diagnose
 from bayeshier_pymc.hierarchy import Hierarchy, MissingPolicy
 from bayeshier_pymc.inference_data import OBSERVATION
 from bayeshier_pymc.mlm import (
-    EffectScale,
+    EFFECT_SCALE_CHOICES,
+    EffectScaleChoice,
     MissingValues,
     MLMFit,
     check_effect_scale,
-    in_effect_units,
     mlm,
 )
 from bayeshier_pymc.persistence import check_output_file, save_results
@@ -68,7 +68,7 @@ def run_pipeline(
     chains: int = 4,
     random_seed: int = 2026,
     noise: NoiseChoice = "auto",
-    effect_scale: EffectScale = "raw",
+    effect_scale: EffectScaleChoice = "auto",
     sampler: Literal["nuts", "gibbs"] = "nuts",
     depth: Depth | None = None,
     compare: bool = True,
@@ -119,13 +119,12 @@ def run_pipeline(
         The stage-1 errors' correlation (see :class:`~bayeshier_pymc.ShrinkageModel`):
         ``"auto"`` (default) models it along the tree; ``"independent"`` ignores it.
     effect_scale
-        The units in which the effects are exchangeable: ``"raw"`` (default, Y's) or
-        ``"residual_sd"`` (each feature's residual SD: stage 2 fits
-        :meth:`MLMFit.standardized() <bayeshier_pymc.mlm.MLMFit.standardized>`). The CSV
-        tables are in Y's units either way (``shrunken_effects.csv`` multiplied back by each
-        feature's residual SD, its lfsr and q-values unchanged); with ``"residual_sd"`` the
-        posterior in ``results.nc``, the scales, the group effects and the figures are in
-        residual-SD units, and the report says so.
+        The units in which the effects are exchangeable, as
+        :class:`~bayeshier_pymc.ShrinkageModel`'s: ``"auto"`` (default) and
+        ``"residual_sd"`` take each feature's residual SD, ``"raw"`` Y's units. The CSV
+        tables of effects and the figures of θ are in Y's units either way; in residual-SD
+        units the posterior in ``results.nc``, ``scales.csv``, the group effects and the
+        shrinkage figure are in those units, and the report says so.
     sampler
         The sampler whose draws are reported: ``"nuts"`` (default) or ``"gibbs"``.
     depth
@@ -175,7 +174,7 @@ def run_pipeline(
     )
     if sampler not in ("nuts", "gibbs"):
         raise ValueError(f"sampler must be 'nuts' or 'gibbs', got {sampler!r}.")
-    check_effect_scale(effect_scale)
+    check_effect_scale(effect_scale, EFFECT_SCALE_CHOICES)
     if compare and draws < MIN_DRAWS:
         raise ValueError(
             f"the pipeline compares the samplers, which needs draws >= {MIN_DRAWS} per chain; "
@@ -185,7 +184,6 @@ def run_pipeline(
     out = prepare_output_folder(out_dir)
     log("stage 1: matrix linear model")
     fit = mlm(Y, X, data=data, missing=missing_values)
-    shrunk_fit = in_effect_units(fit, effect_scale)
     hierarchy = Hierarchy.from_frame(annotations, list(levels), missing=missing)
     settings = {
         "draws": draws,
@@ -196,7 +194,13 @@ def run_pipeline(
         "progressbar": progressbar,
     }
     model = ShrinkageModel(
-        shrunk_fit, hierarchy, depth=depth, covariates=covariates, noise=noise, priors=priors
+        fit,
+        hierarchy,
+        depth=depth,
+        covariates=covariates,
+        noise=noise,
+        priors=priors,
+        effect_scale=effect_scale,
     )
     chosen = model.estimates.covariates.tolist()
     names = {"nuts": "NUTS", "gibbs": "the Gibbs engine"}
@@ -218,18 +222,17 @@ def run_pipeline(
     if compare:
         log("depth comparison (fresh replicate and PSIS-LOO, Gibbs engine)")
         depths = compare_depths(
-            shrunk_fit,
+            fit,
             hierarchy,
             covariates=chosen,
             priors=priors,
             sampler="gibbs",
             noise=noise,
+            effect_scale=effect_scale,
             **settings,
         )
         log(f"recommended depth: {depths.recommended}")
     coefficients = coefficient_table(idata, alpha=alpha)
-    if effect_scale == "residual_sd":
-        coefficients = in_y_units(coefficients, fit.residual_sd.to_series())
     scales = scale_summary(idata) if model.pooled else None
     tables = {"stage1_estimates.csv": fit.to_frame(), "shrunken_effects.csv": coefficients}
     if scales is not None:
@@ -244,10 +247,8 @@ def run_pipeline(
         return path
 
     files = [wrote(_write_csv(frame, out / name)) for name, frame in tables.items()]
-    files.append(
-        wrote(save_results(out / "results.nc", idata, hierarchy=hierarchy, fit=shrunk_fit))
-    )
-    figures = _write_figures(idata, shrunk_fit, samplers, depths, out, wrote)
+    files.append(wrote(save_results(out / "results.nc", idata, hierarchy=hierarchy, fit=fit)))
+    figures = _write_figures(idata, fit, samplers, depths, out, wrote)
     report = wrote(
         write_report(
             out / "report.md",
@@ -261,7 +262,6 @@ def run_pipeline(
             diagnosis=diagnosis,
             figures=figures,
             sampler=str(idata.attrs["sampler"]),
-            effect_scale=effect_scale,
         )
     )
     return PipelineResult(
@@ -319,20 +319,6 @@ def _plot_ppc(idata: az.InferenceData) -> Any:
     ax = np.ravel(axes)[0]
     ax.set_title(f"estimates of {first} and their held-out replicates", fontsize="medium")
     return ax
-
-
-def in_y_units(coefficients: pd.DataFrame, residual_sd: pd.Series) -> pd.DataFrame:
-    """A :func:`~bayeshier_pymc.coefficient_table` of a standardized fit in Y's units.
-
-    The estimates, standard errors, posterior means, sds and interval bounds are multiplied by
-    each feature's ``residual_sd`` (indexed by feature); the sign probabilities, lfsr,
-    q-values and calls do not change (a positive factor keeps every draw's sign).
-    """
-    unit = residual_sd.reindex(coefficients["feature"]).to_numpy()
-    scaled = coefficients.copy()
-    for column in ("estimate", "se", "mean", "sd", "hdi_lower", "hdi_upper"):
-        scaled[column] = coefficients[column].to_numpy() * unit
-    return scaled
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:

@@ -42,6 +42,7 @@ def predict_new(
     idata: az.InferenceData,
     annotations: pd.DataFrame,
     *,
+    residual_sd: pd.Series | None = None,
     random_seed: int | None = None,
 ) -> az.InferenceData:
     """Posterior draws of θ for features absent from the fit.
@@ -55,6 +56,11 @@ def predict_new(
         the fit (finest first; extra columns are ignored). A missing value puts the feature in
         a new group of its own at that level, unless a finer group of the feature is known to
         the fit, whose parent it then takes.
+    residual_sd
+        For a fit in residual-SD units (``attrs["effect_scale"] == "residual_sd"``): each new
+        feature's residual SD (a Series indexed by feature, e.g. from a stage-1 fit of it),
+        which puts its θ in Y's units. Without it the draws are the standardized effects
+        θ_j / σ_j. A fit in Y's units takes none.
     random_seed
         Seed of the draws of new group means and of θ.
 
@@ -64,16 +70,20 @@ def predict_new(
         A ``predictions`` group with ``theta`` (chain, draw, covariate, feature) and a
         ``predictions_constant_data`` group with ``known_level`` (feature): the finest
         annotation level whose group the fit knows (``"θ0"`` when none, ``"none"`` without
-        pooling) and ``placement``.
+        pooling) and ``placement``. Its ``attrs["effect_scale"]`` names the units of θ:
+        ``"raw"`` (Y's units) or ``"residual_sd"`` (standardized effects).
 
     Raises
     ------
     ValueError
-        For features that were estimated, duplicated labels, a missing level column, or an
-        annotation that contradicts the fit's tree (a known group under another parent).
+        For features that were estimated, duplicated labels, a missing level column, an
+        annotation that contradicts the fit's tree (a known group under another parent), or a
+        ``residual_sd`` that a fit in Y's units does not take or that lacks a new feature or
+        is not finite and positive.
     """
     problem = problem_from_idata(idata)
     new = _check_annotations(annotations, problem.features, problem.levels)
+    unit = _new_units(residual_sd, new.index, in_sd_units=problem.residual_sd is not None)
     posterior = idata.posterior
     lead = ("chain", "draw", "covariate")
     rng = np.random.default_rng(random_seed)
@@ -89,8 +99,14 @@ def predict_new(
         tau = posterior["tau"].transpose(*lead, "level").to_numpy()
         theta, known, placement = _draw_from_tree(problem, new, posterior, tau, rng)
     features = pd.Index(new.index, name="feature")
+    scale = "residual_sd" if problem.residual_sd is not None and unit is None else "raw"
     predictions = xr.Dataset(
-        {"theta": (("chain", "draw", "covariate", "feature"), theta)},
+        {
+            "theta": (
+                ("chain", "draw", "covariate", "feature"),
+                theta * (1.0 if unit is None else unit),
+            )
+        },
         coords={
             "chain": posterior["chain"].to_numpy(),
             "draw": posterior["draw"].to_numpy(),
@@ -102,7 +118,32 @@ def predict_new(
         {"known_level": ("feature", known), "placement": ("feature", placement)},
         coords={"feature": features.to_numpy()},
     )
+    predictions.attrs["effect_scale"] = scale
     return az.InferenceData(predictions=predictions, predictions_constant_data=constant)
+
+
+def _new_units(
+    residual_sd: pd.Series | None, features: pd.Index, *, in_sd_units: bool
+) -> np.ndarray | None:
+    """The new features' residual SDs (in the order of ``features``), checked; or ``None``."""
+    if residual_sd is None:
+        return None
+    if not in_sd_units:
+        raise ValueError(
+            "residual_sd is for a fit in residual-SD units; this fit is in Y's units "
+            "(attrs['effect_scale'] == 'raw'), so its θ needs no conversion."
+        )
+    if not isinstance(residual_sd, pd.Series):
+        raise ValueError(
+            f"residual_sd must be a Series indexed by feature, got {type(residual_sd).__name__}."
+        )
+    absent = features[~features.isin(residual_sd.index)]
+    if len(absent):
+        raise ValueError(f"residual_sd lacks new feature(s) {absent[:10].tolist()!r}.")
+    values = pd.to_numeric(residual_sd.loc[features], errors="coerce").to_numpy(dtype=float)
+    if not (np.isfinite(values).all() and (values > 0).all()):
+        raise ValueError("residual_sd must be finite and positive for every new feature.")
+    return values
 
 
 def _check_annotations(

@@ -19,7 +19,9 @@ therefore sets them from each covariate's own standard errors:
     covariate and level (:data:`RESEARCH_PRIORS`).
 
 A mapping overrides any of ``mu0``, ``s0``, ``tau_scale`` over a preset (``"preset"``, default
-``"auto"``); numbers given are in coefficient units.
+``"auto"``); numbers given are in the units of the model's estimates: residual-SD units when
+the model takes the effects as exchangeable in them (``ShrinkageModel``'s ``effect_scale``, by
+default for a stage-1 fit), Y's units otherwise.
 
 The prior of the group effects
 ------------------------------

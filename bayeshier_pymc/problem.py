@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayeshier_pymc.estimates import DIMS, Estimates
+from bayeshier_pymc.estimates import DIMS, Estimates, check_residual_sd
 from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, pad_scales
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.model import NoiseModel, algebra_data, scale_levels
@@ -72,6 +72,10 @@ class ShrinkageProblem:
         ``noise_tree``, covariates leading; ``None`` for independent estimates.
     own_variance
         Each estimate's own noise variance (covariate, feature), with ``noise``.
+    residual_sd
+        Each feature's residual SD when ``b`` and ``se`` are in units of it (effects
+        exchangeable in residual-SD units, :meth:`~bayeshier_pymc.mlm.MLMFit.standardized`):
+        θ times it is in Y's units. ``None``: ``b`` is in Y's units.
     """
 
     b: np.ndarray
@@ -84,6 +88,7 @@ class ShrinkageProblem:
     noise_tree: Hierarchy | None = None
     noise: NodeNoise | None = None
     own_variance: np.ndarray | None = None
+    residual_sd: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for name in ("b", "se"):
@@ -124,6 +129,9 @@ class ShrinkageProblem:
                 f"have {self.covariates.tolist()!r}."
             )
         self._check_noise(shape)
+        if self.residual_sd is not None:
+            object.__setattr__(self, "residual_sd", np.asarray(self.residual_sd, dtype=float))
+            check_residual_sd(self.residual_sd, observed)
 
     def _check_noise(self, shape: tuple[int, int]) -> None:
         parts = (self.noise_tree, self.noise, self.own_variance)
@@ -212,6 +220,7 @@ class ShrinkageProblem:
             ),
             depth=resolved,
             **noise_parts,
+            residual_sd=None if estimates.residual_sd is None else estimates.residual_sd.to_numpy(),
         )
 
     @property
@@ -309,9 +318,15 @@ class ShrinkageProblem:
     def estimates(self) -> Estimates:
         """``b`` and ``se`` as labelled :class:`~bayeshier_pymc.estimates.Estimates`."""
         coords = {"covariate": self.covariates, "feature": self.features}
+        sd = self.residual_sd
         return Estimates(
             xr.DataArray(self.b, dims=DIMS, coords=coords, name="estimate"),
             xr.DataArray(self.se, dims=DIMS, coords=coords, name="se"),
+            residual_sd=None
+            if sd is None
+            else xr.DataArray(
+                sd, dims=("feature",), coords={"feature": self.features}, name="residual_sd"
+            ),
         )
 
     def __repr__(self) -> str:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from bayeshier_pymc.depth_comparison import DepthComparison
 from bayeshier_pymc.diagnostics import Diagnosis
-from bayeshier_pymc.mlm import EffectScale, MLMFit
+from bayeshier_pymc.mlm import MLMFit
 from bayeshier_pymc.results import DEFAULT_ALPHA, display_table
 from bayeshier_pymc.sampler_comparison import SamplerComparison
 from bayeshier_pymc.shrinkage import ShrinkageModel
@@ -21,11 +21,11 @@ UNIT_NOTES = {
     "raw": "",
     "residual_sd": (
         " Effects exchangeable in units of each metabolite's residual SD (the standardized "
-        "stage-1 fit): the effect tables are in Y's units, the scales, group effects and "
-        "figures in residual-SD units."
+        "stage-1 fit): the effect tables and the figures of the effects are in Y's units; "
+        "the scales, the group effects and the shrinkage figure in residual-SD units."
     ),
 }
-"""The report's sentence on the units of the effects, by ``effect_scale``."""
+"""The report's sentence on the units of the effects, by the model's ``effect_scale``."""
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -56,14 +56,13 @@ def write_report(
     diagnosis: Diagnosis,
     figures: Sequence[Path],
     sampler: str = "NUTS",
-    effect_scale: EffectScale = "raw",
 ) -> Path:
     """Write ``report.md``: data, stage 1, shrinkage, checks, depth choice and figures.
 
     ``scales``, ``samplers`` and ``depths`` are left out where ``None`` (no pooling, no
-    comparisons); ``sampler`` names the sampler of the reported draws; ``effect_scale`` the
-    units in which the model took the effects as exchangeable (``"residual_sd"``: the report
-    says which of its numbers are in residual-SD units).
+    comparisons); ``sampler`` names the sampler of the reported draws. For a model whose
+    effects are exchangeable in residual-SD units the report says which of its numbers are in
+    those units.
 
     Returns
     -------
@@ -84,13 +83,14 @@ def write_report(
         .reset_index(name=f"called (q-value ≤ {alpha:g})")
     )
     top = coefficients.sort_values("lfsr").head(TOP_EFFECTS)
+    units = "raw" if model.problem.residual_sd is None else "residual_sd"
     top = top[
         ["covariate", "feature", "estimate", "mean", "hdi_lower", "hdi_upper", "lfsr", "qvalue"]
     ]
     sections = [
         f"# {title}",
         f"{fit.n_obs} samples × {fit.Y.shape[1]} features; {model.summary_line}. "
-        f"Stage-1 errors: {model.noise_description}.{UNIT_NOTES[effect_scale]}",
+        f"Stage-1 errors: {model.noise_description}.{UNIT_NOTES[units]}",
         f"Priors: {model.priors.describe()}.\n\n{_table(model.priors.to_frame().reset_index())}",
         "## Stage 1: matrix linear model",
         _table(significant),

@@ -12,6 +12,13 @@ effect (ashr's *s-value*) is the mean lfsr of all effects of its covariate with 
 as large, the expected share of wrong signs if every such effect is called. Calling the
 effects with ``qvalue <= alpha`` keeps the expected false sign rate of the list at most alpha.
 
+Units: a fit whose effects are exchangeable in units of each feature's residual SD
+(``attrs["effect_scale"] == "residual_sd"``, the default for a stage-1 fit) holds θ in those
+units; the coefficient summaries, tables and matrices here (and the figures of θ) multiply θ and
+the stage-1 estimates by each feature's residual SD, so that they are in Y's units. The sign
+probabilities, lfsr and q-values do not depend on the units. The scales and group effects
+describe the standardized effects, and stay in residual-SD units.
+
 Resolution: from S draws a rate is a multiple of 1/S, so an lfsr of 0 only says that no draw
 had the other sign, i.e. the rate lies below 1/S. The tables keep the numbers (0 included, for
 sorting and thresholds) and record S in ``attrs["n_draws"]``; :func:`display_table` (used by
@@ -26,8 +33,14 @@ import pandas as pd
 import xarray as xr
 from scipy import stats as scipy_stats
 
+from bayeshier_pymc.estimates import Estimates
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.inference_data import THETA_SUMMARY, is_summary, problem_from_idata
+from bayeshier_pymc.inference_data import (
+    THETA_SUMMARY,
+    is_summary,
+    problem_from_idata,
+    residual_sd,
+)
 from bayeshier_pymc.mlm import MLMFit, missingness_patterns
 from bayeshier_pymc.model import group_mean_name, local_scale_name
 
@@ -43,6 +56,7 @@ __all__ = [
     "qvalue",
     "resolve_hdi_prob",
     "scale_summary",
+    "stage1_estimates",
     "theta_moments",
 ]
 
@@ -210,25 +224,44 @@ def _summarise(draws: xr.DataArray, hdi_prob: float | None) -> xr.Dataset:
     return summary
 
 
-def theta_moments(idata: az.InferenceData, covariate: object | None = None) -> xr.Dataset:
+def stage1_estimates(idata: az.InferenceData) -> Estimates:
+    """The stage-1 estimates and standard errors of a fit, in Y's units (see the module)."""
+    return problem_from_idata(idata).estimates.in_y_units()
+
+
+def _in_y_units(summary: xr.Dataset, idata: az.InferenceData, names: tuple[str, ...]) -> xr.Dataset:
+    """``summary`` with its variables ``names`` (θ's location and spread) in Y's units."""
+    sd = residual_sd(idata)
+    if sd is None:
+        return summary
+    return summary.assign({name: summary[name] * sd for name in names})
+
+
+def theta_moments(
+    idata: az.InferenceData, covariate: object | None = None, *, in_y_units: bool = True
+) -> xr.Dataset:
     """Posterior ``mean``, ``sd`` (ddof 1) and ``lfsr`` of θ, per (covariate,) feature.
 
     From the draws, or from the ``theta_summary`` group of a fit in summary storage (the same
     numbers but for rounding). ``covariate``: one covariate's (default: every covariate's).
+    ``in_y_units``: in Y's units (default; see the module), else in the fit's own units (those
+    of its estimates, group means and scales).
     """
     selection = {} if covariate is None else {"covariate": covariate}
     if is_summary(idata):
         cells = idata[THETA_SUMMARY].sel(selection)
         rates = _sign_rates(cells, n_draws(idata))
-        return xr.Dataset({"mean": cells["mean"], "sd": cells["sd"], "lfsr": rates["lfsr"]})
-    theta = idata.posterior["theta"].sel(selection)
-    return xr.Dataset(
-        {
-            "mean": theta.mean(SAMPLE_DIMS),
-            "sd": theta.std(SAMPLE_DIMS, ddof=1),
-            "lfsr": lfsr(theta),
-        }
-    )
+        moments = xr.Dataset({"mean": cells["mean"], "sd": cells["sd"], "lfsr": rates["lfsr"]})
+    else:
+        theta = idata.posterior["theta"].sel(selection)
+        moments = xr.Dataset(
+            {
+                "mean": theta.mean(SAMPLE_DIMS),
+                "sd": theta.std(SAMPLE_DIMS, ddof=1),
+                "lfsr": lfsr(theta),
+            }
+        )
+    return _in_y_units(moments, idata, ("mean", "sd")) if in_y_units else moments
 
 
 def _sign_rates(moments: xr.Dataset, draws: int) -> xr.Dataset:
@@ -279,7 +312,8 @@ def coefficient_summary(idata: az.InferenceData, hdi_prob: float | None = None) 
     xarray.Dataset
         Variables ``mean``, ``sd``, ``hdi_lower``, ``hdi_upper``, ``prob_positive``,
         ``prob_negative``, ``lfsr`` and ``qvalue`` (per covariate), each with dims
-        ``("covariate", "feature")``; ``attrs["hdi_prob"]`` is the level used.
+        ``("covariate", "feature")``; ``attrs["hdi_prob"]`` is the level used. The mean, sd
+        and interval are in Y's units (see the module).
 
     Notes
     -----
@@ -296,7 +330,7 @@ def coefficient_summary(idata: az.InferenceData, hdi_prob: float | None = None) 
     else:
         summary = _summarise(idata.posterior["theta"], hdi_prob)
     summary["qvalue"] = qvalue(summary["lfsr"])
-    return summary
+    return _in_y_units(summary, idata, ("mean", "sd", "hdi_lower", "hdi_upper"))
 
 
 def coefficient_table(
@@ -319,7 +353,8 @@ def coefficient_table(
     pandas.DataFrame
         Columns ``covariate, feature, estimate, se`` (stage 1) and ``mean, sd, hdi_lower,
         hdi_upper, prob_positive, prob_negative, lfsr, qvalue, called`` (posterior), one row
-        per covariate × feature; ``attrs["hdi_prob"]`` and ``attrs["alpha"]`` hold the levels,
+        per covariate × feature, estimates and θ in Y's units (see the module);
+        ``attrs["hdi_prob"]`` and ``attrs["alpha"]`` hold the levels,
         ``attrs["n_draws"]`` the number of draws S (an lfsr of 0 means below 1/S; print the
         table through :func:`display_table` to show it so).
 
@@ -340,7 +375,7 @@ def coefficient_table(
     """
     check_alpha(alpha)
     summary = coefficient_summary(idata, hdi_prob)
-    estimates = problem_from_idata(idata).estimates
+    estimates = stage1_estimates(idata)
     summary["estimate"] = estimates.estimate
     summary["se"] = estimates.se
     summary["called"] = summary["qvalue"] <= alpha
@@ -383,12 +418,14 @@ def coefficient_matrix(idata: az.InferenceData, fit: MLMFit | None = None) -> xr
     Returns
     -------
     xarray.DataArray
-        Dims ``("covariate", "feature")``.
+        Dims ``("covariate", "feature")``, in Y's units (see the module).
     """
-    if is_summary(idata):
-        shrunk = idata[THETA_SUMMARY]["mean"].rename("coef")
-    else:
-        shrunk = idata.posterior["theta"].mean(SAMPLE_DIMS).rename("coef")
+    mean = (
+        idata[THETA_SUMMARY]["mean"]
+        if is_summary(idata)
+        else idata.posterior["theta"].mean(SAMPLE_DIMS)
+    )
+    shrunk = _in_y_units(xr.Dataset({"coef": mean}), idata, ("coef",))["coef"]
     if fit is None:
         return shrunk
     if fit.Z is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import arviz as az
@@ -15,7 +16,7 @@ from bayeshier_pymc._interrupt import stops_on_ctrl_c
 from bayeshier_pymc.estimates import Estimates, shrunk_covariates
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.inference_data import problem_from_idata
-from bayeshier_pymc.mlm import MLMFit
+from bayeshier_pymc.mlm import EffectScaleChoice, MLMFit, resolve_effect_scale
 from bayeshier_pymc.model import Parameterization, build_model, scale_levels
 from bayeshier_pymc.noise import TreeNoise, tree_noise
 from bayeshier_pymc.prediction import predict_new
@@ -24,7 +25,7 @@ from bayeshier_pymc.priors import Priors
 from bayeshier_pymc.problem import ShrinkageProblem
 from bayeshier_pymc.sampling import DEFAULT_NUTS_SAMPLER, NutsSampler, draw_given_scales, sample
 
-__all__ = ["NOISE_CHOICES", "ShrinkageModel", "with_noise"]
+__all__ = ["NOISE_CHOICES", "ShrinkageModel", "model_estimates", "with_noise"]
 
 NoiseChoice = Literal["auto", "tree", "independent"] | TreeNoise
 NOISE_CHOICES = ("auto", "tree", "independent")
@@ -42,7 +43,7 @@ def with_noise(
     if not isinstance(noise, str) or noise not in NOISE_CHOICES:
         raise ValueError(f"noise must be one of {NOISE_CHOICES!r} or a TreeNoise, got {noise!r}.")
     if noise == "independent":
-        return Estimates(estimates.estimate, estimates.se)
+        return replace(estimates, noise=None)
     if estimates.noise is not None:
         return estimates
     if isinstance(source, MLMFit) and source.Z is None:
@@ -56,6 +57,40 @@ def with_noise(
             "(Estimates.from_any(..., noise=tree_noise(fit, hierarchy)))."
         )
     return estimates
+
+
+def model_estimates(
+    estimates: Any,
+    hierarchy: Hierarchy | None,
+    *,
+    covariates: list[Any] | Literal["all"] | None,
+    noise: NoiseChoice,
+    effect_scale: EffectScaleChoice,
+) -> Estimates:
+    """The estimates a model of the user's ``estimates`` runs on (see :class:`ShrinkageModel`).
+
+    The covariates to shrink, in the units ``effect_scale`` chooses
+    (:func:`~bayeshier_pymc.mlm.resolve_effect_scale`: a stage-1 fit's standardized fit in
+    residual-SD units), with the noise ``noise`` chooses (:func:`with_noise`, estimated from the
+    fit in those units). A given :class:`~bayeshier_pymc.noise.TreeNoise` is in the units of
+    the estimates it came with, so ``"auto"`` then keeps those units.
+    """
+    scale = resolve_effect_scale(effect_scale, estimates)
+    if isinstance(noise, TreeNoise) and scale == "residual_sd":
+        if effect_scale != "auto":
+            raise ValueError(
+                "a TreeNoise is in the units of the fit it was estimated from, so it cannot be "
+                "used with effect_scale='residual_sd'; estimate it from the standardized fit "
+                "(tree_noise(fit.standardized(), hierarchy)) and pass that fit with "
+                "effect_scale='raw', or drop the TreeNoise."
+            )
+        scale = "raw"  # the given noise describes the estimates in their own units
+    source = estimates.standardized() if scale == "residual_sd" else estimates
+    given = Estimates.from_any(source)
+    if scale == "residual_sd":
+        given = replace(given, residual_sd=estimates.residual_sd.sel(feature=given.features))
+    chosen = Estimates.from_any(given, covariates=shrunk_covariates(given.covariates, covariates))
+    return with_noise(chosen, source, hierarchy, noise)
 
 
 class ShrinkageModel:
@@ -79,8 +114,8 @@ class ShrinkageModel:
         scale level l. Default (``None`` or ``"auto"``), invariant to the units of X and Y:
         with s̄_k covariate k's median standard error, mu0_k = 0, s0_k = 10 s̄_k and
         tau_scale_kl = s̄_k. ``"research"``: the research code's fixed mu0 = 0, s0 = 1,
-        tau_scale = 1. A mapping overrides any of ``mu0``, ``s0``, ``tau_scale`` (in
-        coefficient units) over the preset named by ``"preset"`` (default ``"auto"``); see
+        tau_scale = 1. A mapping overrides any of ``mu0``, ``s0``, ``tau_scale`` (in the
+        units of ``effect_scale``) over the preset named by ``"preset"`` (default ``"auto"``); see
         :meth:`~bayeshier_pymc.priors.Priors.resolve` for the accepted forms, and
         :attr:`priors` for the resolved table.
     covariates
@@ -97,6 +132,21 @@ class ShrinkageModel:
         where no noise structure can be had. ``"independent"``: b_j ~ N(θ_j, se_j²)
         independently, the research model (ignores any correlation). A
         :class:`~bayeshier_pymc.noise.TreeNoise`: that structure.
+    effect_scale
+        The units in which the effects are exchangeable within the tree. ``"auto"``
+        (default): ``"residual_sd"`` for a stage-1 fit without a feature design (unless
+        ``noise`` is a given :class:`~bayeshier_pymc.noise.TreeNoise`, which is in the fit's
+        units), ``"raw"`` otherwise. ``"residual_sd"``: the standardized effects θ_kj / σ_j,
+        with σ_j each feature's residual SD (the model of
+        :meth:`MLMFit.standardized() <bayeshier_pymc.mlm.MLMFit.standardized>`; ashr's
+        "exchangeable z-scores"), so that a metabolite with a larger residual variance may
+        have a larger effect in Y's units; measured on real data, only these units give
+        calibrated intervals and lfsr (``docs/calibration.md``, "Effects in units of each
+        metabolite's residual SD"). The fit (the estimates, θ, group means, scales and priors)
+        is then in residual-SD units, with σ_j in ``constant_data["residual_sd"]``; the
+        results (:func:`~bayeshier_pymc.coefficient_table`,
+        :func:`~bayeshier_pymc.coefficient_summary`, the figures of θ) are in Y's units.
+        ``"raw"``: the effects are exchangeable in the units of the estimates given.
 
     Notes
     -----
@@ -115,7 +165,7 @@ class ShrinkageModel:
     >>> model = bh.ShrinkageModel(fit, tree, covariates=["age", "bmi", "sex"])
     >>> model  # doctest: +NORMALIZE_WHITESPACE, +ELLIPSIS
     ShrinkageModel(3 covariates × 300 features; depth=2; Hierarchy(300 features;
-    SUB_PATHWAY: 12, SUPER_PATHWAY: 4); correlated noise)
+    SUB_PATHWAY: 12, SUPER_PATHWAY: 4); correlated noise; residual-SD units)
     covariates: age, bmi, sex
     Priors: θ0 ~ N(mu0, s0²), τ ~ HalfCauchy(tau_scale) per covariate and level; ...
     >>> bh.ShrinkageModel(fit, tree, covariates=["age"], depth=1).depth
@@ -131,12 +181,11 @@ class ShrinkageModel:
         priors: str | Mapping[str, Any] | Priors | None = None,
         covariates: list[Any] | Literal["all"] | None = None,
         noise: NoiseChoice = "auto",
+        effect_scale: EffectScaleChoice = "auto",
     ) -> None:
-        given = Estimates.from_any(estimates)
-        chosen = Estimates.from_any(
-            given, covariates=shrunk_covariates(given.covariates, covariates)
+        chosen = model_estimates(
+            estimates, hierarchy, covariates=covariates, noise=noise, effect_scale=effect_scale
         )
-        chosen = with_noise(chosen, estimates, hierarchy, noise)
         self.problem = ShrinkageProblem.build(chosen, hierarchy, depth, priors)
 
     @classmethod
@@ -326,6 +375,7 @@ class ShrinkageModel:
         idata: az.InferenceData,
         annotations: pd.DataFrame,
         *,
+        residual_sd: pd.Series | None = None,
         random_seed: int | None = None,
     ) -> az.InferenceData:
         """Posterior draws of θ for features this model did not estimate, from its fit ``idata``.
@@ -335,7 +385,7 @@ class ShrinkageModel:
         fitted = problem_from_idata(idata)
         if not fitted.features.equals(self.problem.features) or fitted.depth != self.depth:
             raise ValueError("idata is not a fit of this model (other features or depth).")
-        return predict_new(idata, annotations, random_seed=random_seed)
+        return predict_new(idata, annotations, residual_sd=residual_sd, random_seed=random_seed)
 
     @property
     def summary_line(self) -> str:
@@ -343,7 +393,11 @@ class ShrinkageModel:
         p, m = self.estimates.estimate.shape
         tree = repr(self.tree) if self.pooled else "no pooling"
         noise = "correlated noise" if self.problem.correlated else "independent noise"
-        return f"ShrinkageModel({p} covariates × {m} features; depth={self.depth}; {tree}; {noise})"
+        units = "" if self.problem.residual_sd is None else "; residual-SD units"
+        return (
+            f"ShrinkageModel({p} covariates × {m} features; depth={self.depth}; {tree}; "
+            f"{noise}{units})"
+        )
 
     def __repr__(self) -> str:
         covariates = ", ".join(map(str, self.estimates.covariates))

@@ -18,6 +18,11 @@ noise, factor structure or a real data set's covariance (:class:`StudySetting` `
 with several noise models of stage 2 (``noise_models``): ``"independent"`` (the research
 model) and ``"auto"`` (the package default, tree-structured noise estimated from the stage-1
 residuals), side by side on the same data.
+
+Units: the simulation draws its true effects exchangeable in Y's units (the research design),
+so stage 2 is fitted with ``effect_scale="raw"``, the model that matches that truth; the
+package's default units for a stage-1 fit, each feature's residual SD, are measured on real
+data and on real noise (:mod:`~bayeshier_pymc.calibration`, ``docs/calibration.md``).
 """
 
 from __future__ import annotations
@@ -283,7 +288,9 @@ def run_replicate(
     tree = Hierarchy.from_frame(study.annotations, setting.levels)
 
     def fit_depth(depth: int) -> Any:
-        model = ShrinkageModel(fit, tree, depth=depth, noise=noise, priors=priors)
+        model = ShrinkageModel(
+            fit, tree, depth=depth, noise=noise, priors=priors, effect_scale="raw"
+        )
         return model.sample(random_seed=seed, **sample_kwargs)
 
     fits = {tree.depth: fit_depth(tree.depth)}

@@ -71,7 +71,7 @@ from bayeshier_pymc.calibration import (
     stage_one_posterior,
 )
 from bayeshier_pymc.depth_comparison import compare_fits
-from bayeshier_pymc.mlm import EFFECT_SCALES, MLMFit, in_effect_units
+from bayeshier_pymc.mlm import EFFECT_SCALES, MLMFit
 from bayeshier_pymc.validation_data import ValidationStudy, available_studies
 
 DEPTHS = (0, 1, 2)
@@ -122,7 +122,7 @@ def main() -> None:
         fit = mlm(study.Y, study.X)
         fits = {
             (scale, depth): ShrinkageModel(
-                in_effect_units(fit, scale), study.hierarchy, depth=depth
+                fit, study.hierarchy, depth=depth, effect_scale=scale
             ).sample("gibbs", **whole_data_sampling(args))
             for scale in EFFECT_SCALES
             for depth in DEPTHS

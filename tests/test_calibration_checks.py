@@ -236,12 +236,14 @@ def test_stage_two_in_residual_sd_units_fits_the_standardized_fit_and_scales_bac
     settings = {"depth": 1, "sampler": "gibbs", "draws": 200, "tune": 200, "chains": 2}
     covariates = list(study.X.columns)
     summary = StageTwo(effect_scale="residual_sd", **settings)(fit, tree, covariates, 7)
-    reference = StageTwo(**settings)(fit.standardized(), tree, covariates, 7)
+    reference = StageTwo(effect_scale="raw", **settings)(fit.standardized(), tree, covariates, 7)
     sd = fit.residual_sd.to_numpy()
     for name in ("mean", "sd", "lower", "upper"):
         np.testing.assert_allclose(getattr(summary, name), getattr(reference, name) * sd)
     np.testing.assert_array_equal(summary.lfsr, reference.lfsr)
-    raw = StageTwo(**settings)(fit, tree, covariates, 7)
+    default = StageTwo(**settings)(fit, tree, covariates, 7)
+    np.testing.assert_array_equal(default.mean, summary.mean)  # the default units
+    raw = StageTwo(effect_scale="raw", **settings)(fit, tree, covariates, 7)
     assert not np.allclose(raw.mean, summary.mean)  # a different model, not a relabelling
 
 

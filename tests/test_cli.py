@@ -277,7 +277,10 @@ def test_missing_response_values_are_named_or_fitted_per_feature(simulated, caps
     assert main([*args, "--depth", "2", "--no-compare"]) == 0
     effects = pd.read_csv(simulated.parent / "fit" / "shrunken_effects.csv")
     missing = effects[effects["feature"] == "metabolite_3"]
-    assert missing["estimate"].isna().all() and missing["mean"].notna().all()
+    assert missing["estimate"].isna().all() and missing["lfsr"].notna().all()
+    # no residual SD for a feature without an estimate: its standardized θ has no Y-units value
+    assert missing["mean"].isna().all()
+    assert effects.loc[effects["feature"] != "metabolite_3", "mean"].notna().all()
 
 
 def test_fit_leaves_the_intercept_out_and_takes_the_research_priors(simulated):
@@ -344,9 +347,10 @@ def test_the_simulate_hint_is_one_shell_command(tmp_path, capsys):
 
 
 def test_fit_in_residual_sd_units_writes_tables_in_the_responses_units(simulated):
-    """--effect-scale residual_sd: stage 2 fits the standardized stage-1 fit (the same draws as
-    ShrinkageModel on fit.standardized()), the effect table is multiplied back into Y's units
-    and the report says which numbers are in residual-SD units."""
+    """--effect-scale residual_sd (the default's units): stage 2 fits the standardized stage-1
+    fit (the same draws as ShrinkageModel on fit.standardized() in its own units), the effect
+    table is multiplied back into Y's units and the report says which numbers are in
+    residual-SD units; --effect-scale raw fits another model."""
     import bayeshier_pymc as bh
 
     fast = ["--sampler", "gibbs", "--depth", "1", "--no-compare", "--quiet", "--cores", "1"]
@@ -364,7 +368,7 @@ def test_fit_in_residual_sd_units_writes_tables_in_the_responses_units(simulated
     annotations = pd.read_csv(simulated / "annotations.csv", index_col=0)
     fit = bh.mlm(responses, "0 + x0 + x1", data=samples)
     tree = bh.Hierarchy.from_frame(annotations, ["subclass", "superclass"])
-    idata = bh.ShrinkageModel(fit.standardized(), tree, depth=1).sample(
+    idata = bh.ShrinkageModel(fit.standardized(), tree, depth=1, effect_scale="raw").sample(
         "gibbs", draws=200, tune=200, chains=2, cores=1, random_seed=3, progressbar=False
     )
     reference = bh.coefficient_table(idata)
@@ -375,8 +379,13 @@ def test_fit_in_residual_sd_units_writes_tables_in_the_responses_units(simulated
     assert "residual-SD units" in (out / "report.md").read_text()
     # the same settings in Y's units fit another model
     raw = simulated.parent / "raw"
-    assert main([*_fit_args(simulated, **{"--out": raw}), *fast, "--seed", "3"]) == 0
+    raw_args = [*_fit_args(simulated, **{"--out": raw}), *fast, "--seed", "3"]
+    assert main([*raw_args, "--effect-scale", "raw"]) == 0
     assert not np.allclose(pd.read_csv(raw / "shrunken_effects.csv")["mean"], effects["mean"])
+    assert "residual-SD units" not in (raw / "report.md").read_text()
+    default = simulated.parent / "default"
+    assert main([*_fit_args(simulated, **{"--out": default}), *fast, "--seed", "3"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(default / "shrunken_effects.csv"), effects)
 
 
 def test_pipeline_refuses_an_unknown_effect_scale_before_any_work(tmp_path):

@@ -38,7 +38,7 @@ def _twelve_subclasses(random_seed: int, noise: ResidualNoise | None, **scales: 
 def test_scores_follow_the_posterior_moments_and_the_noise_tree():
     """Every score from the θ draws' mean and variance and the dense noise covariance."""
     _, fit, tree = _twelve_subclasses(3, SHARED_NOISE, tau_u=0.3, tau_v=0.1, tau_w=0.05)
-    model = bh.ShrinkageModel(fit, tree, depth=1)
+    model = bh.ShrinkageModel(fit, tree, depth=1, effect_scale="raw")  # references in Y's units
     idata = model.sample("gibbs", draws=500, chains=2, random_seed=1, progressbar=False)
     scores = replicate_scores(idata)
     draws = idata.posterior["theta"].stack(sample=("chain", "draw")).to_numpy().astype(float)

@@ -65,7 +65,9 @@ def study():
 
 def _problem(study, depth, noise="auto", priors=None) -> ShrinkageProblem:
     fit, tree = study
-    return ShrinkageModel(fit, tree, depth=depth, noise=noise, priors=priors).problem
+    return ShrinkageModel(
+        fit, tree, depth=depth, noise=noise, priors=priors, effect_scale="raw"
+    ).problem
 
 
 def _dense_noise(problem: ShrinkageProblem, covariate: int = 0) -> np.ndarray:

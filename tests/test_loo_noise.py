@@ -207,7 +207,7 @@ def test_independent_fits_keep_their_layout(study):
     problem, idata = _fabricated_fit(study, 1, noise="independent")
     assert not problem.correlated
     assert idata.attrs["noise"] == "independent"
-    assert set(idata.constant_data.data_vars) == {"se", "subclass_index"}
+    assert set(idata.constant_data.data_vars) == {"se", "subclass_index", "residual_sd"}
     assert not problem_from_idata(idata).correlated
     # a fit written before the noise attribute existed reads as independent
     del idata.attrs["noise"]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from statsmodels.stats.multitest import multipletests
 
-from bayeshier_pymc.mlm import MLMFit, in_effect_units, mlm
+from bayeshier_pymc.mlm import MLMFit, mlm, resolve_effect_scale
 from tests.test_covariance import schafer_strimmer_moments
 
 RTOL, ATOL = 1e-8, 1e-10
@@ -618,10 +618,16 @@ def test_standardized_refuses_a_feature_design(rng):
         mlm(Y, X, Z).standardized()
 
 
-def test_in_effect_units_names_the_choices(rng):
-    Y, X, _, _, _ = small_problem(rng)
+def test_resolve_effect_scale_chooses_residual_sd_only_where_it_is_known(rng):
+    Y, X, Z, _, _ = small_problem(rng)
     fit = mlm(Y, X)
-    assert in_effect_units(fit, "raw") is fit
-    np.testing.assert_allclose(in_effect_units(fit, "residual_sd").coef, fit.standardized().coef)
-    with pytest.raises(ValueError, match=r"effect_scale must be one of \('raw', 'residual_sd'\)"):
-        in_effect_units(fit, "z")
+    assert resolve_effect_scale("auto", fit) == "residual_sd"
+    assert resolve_effect_scale("raw", fit) == "raw"
+    assert resolve_effect_scale("auto", mlm(Y, X, Z)) == "raw"
+    assert resolve_effect_scale("auto", fit.to_frame()) == "raw"
+    with pytest.raises(ValueError, match=r"needs a stage-1 fit .* Pass effect_scale=.raw."):
+        resolve_effect_scale("residual_sd", fit.to_frame())
+    with pytest.raises(ValueError, match="needs a stage-1 fit"):
+        resolve_effect_scale("residual_sd", mlm(Y, X, Z))
+    with pytest.raises(ValueError, match=r"must be one of \('auto', 'raw', 'residual_sd'\)"):
+        resolve_effect_scale("z", fit)

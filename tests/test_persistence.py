@@ -88,6 +88,9 @@ def test_every_reporting_function_works_on_loaded_results(fitted, tmp_path: Path
             before, after = function(idata), function(loaded)
         if isinstance(before, pd.DataFrame):
             pd.testing.assert_frame_equal(before, after)
+        elif isinstance(before, bh.Estimates):
+            xr.testing.assert_identical(before.estimate, after.estimate)
+            xr.testing.assert_identical(before.se, after.se)
         else:
             xr.testing.assert_identical(before, after)
     for level in tree.levels:

@@ -63,7 +63,13 @@ def _close_figures():
 
 
 def _posterior_mean(idata, name, covariate="x0"):
+    """In the fit's own units (residual-SD units by default)."""
     return idata.posterior[name].sel(covariate=covariate).mean(("chain", "draw")).to_numpy()
+
+
+def _in_y_units(idata, values):
+    """Per-feature ``values`` of a fit in residual-SD units, multiplied into Y's units."""
+    return values * idata.constant_data["residual_sd"].to_numpy()
 
 
 def test_shrinkage_arrows_end_at_the_posterior_means(idata, tmp_path):
@@ -82,7 +88,7 @@ def test_shrinkage_arrows_end_at_the_posterior_means(idata, tmp_path):
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert len(labels) == n_groups and all("(n=" in label for label in labels)
     assert sum(int(label.split("(n=")[1][:-1]) for label in labels) == m
-    assert ax.get_xlabel() == "effect of x0"
+    assert ax.get_xlabel() == "effect of x0 (residual-SD units)"  # the fit's own units
     assert f"Shrinkage of {m} features" in ax.get_title()
     ax.figure.savefig(tmp_path / "shrinkage.png")
     assert (tmp_path / "shrinkage.png").stat().st_size > 10_000
@@ -93,7 +99,7 @@ def test_shrinkage_by_superclass_on_given_axes(idata):
     assert plot_shrinkage(idata, level="superclass", covariate="x1", ax=right) is right
     assert plt.get_fignums() == [fig.number]
     assert len(right.get_yticklabels()) == idata.posterior.sizes["superclass"]
-    assert right.get_xlabel() == "effect of x1"
+    assert right.get_xlabel() == "effect of x1 (residual-SD units)"
     assert not left.has_data()
     with pytest.raises(ValueError, match="unknown level"):
         plot_shrinkage(idata, level="pathway", ax=left)
@@ -140,7 +146,7 @@ def test_forest_pages_do_not_overlap():
     first = _labels(plot_forest_by_group(idata, top_k=30, sort_by="abs_mean"))
     second = _labels(plot_forest_by_group(idata, top_k=30, page=1, sort_by="abs_mean"))
     assert len(first) == len(second) == 30 and set(first).isdisjoint(second)
-    size = np.abs(_posterior_mean(idata, "theta"))
+    size = np.abs(_in_y_units(idata, _posterior_mean(idata, "theta")))  # the forest's units
     index = {f: j for j, f in enumerate(idata.posterior["feature"].to_numpy())}
     assert min(size[index[f]] for f in first) >= max(size[index[f]] for f in second)
     with pytest.raises(ValueError, match="page 67 is outside"):
@@ -344,12 +350,13 @@ def test_stage1_vs_shrunken_places_every_feature_and_counts_both_lists():
     idata = exact_fit(20)
     fit, _ = _study_fit(20)
     ax = plot_stage1_vs_shrunken(idata, fit=fit)
-    b = idata.observed_data["b"].sel(covariate="x0").to_numpy()
+    b = fit.coef.sel(covariate="x0").to_numpy()  # both axes in Y's units
+    np.testing.assert_allclose(b, _in_y_units(idata, idata.observed_data["b"].sel(covariate="x0")))
     points = np.concatenate(
         [c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)][:3]
     )
     order = np.lexsort((points[:, 1], points[:, 0]))
-    expected = np.column_stack([b, _posterior_mean(idata, "theta")])
+    expected = np.column_stack([b, _in_y_units(idata, _posterior_mean(idata, "theta"))])
     np.testing.assert_allclose(points[order], expected[np.lexsort((expected[:, 1], b))])
     stage1 = fit.to_frame().query("covariate == 'x0'")["p_adj"].to_numpy() < 0.05
     table = coefficient_table(idata).query("covariate == 'x0'")

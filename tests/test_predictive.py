@@ -144,7 +144,7 @@ def test_correlated_replicates_follow_the_leave_one_out_predictive(depth):
     )
     fit = mlm(sim.Y, sim.X, x_intercept=False)
     tree = Hierarchy.from_frame(sim.annotations, levels=sim.levels)
-    problem = ShrinkageModel(fit, tree, depth=depth).problem
+    problem = ShrinkageModel(fit, tree, depth=depth, effect_scale="raw").problem
     mu0, s0 = problem.priors.mu0[0], problem.priors.s0[0]
     n = 40_000
     tau = None if depth == "none" else np.full((1, n, 1, depth + 1), 0.3)

@@ -40,8 +40,12 @@ def test_inference_data_contract(idata, fit):
     assert post["subclass_mean"].dims[2:] == ("covariate", "subclass")
     assert post["feature"].values.tolist() == fit.coef.feature.values.tolist()
     assert set(idata.log_likelihood.data_vars) == {"b_marginal"}
-    np.testing.assert_array_equal(idata.observed_data["b"], fit.coef)
-    np.testing.assert_array_equal(idata.constant_data["se"], fit.se)
+    # the default units: each feature's residual SD, which the fit carries
+    standardized = fit.standardized()
+    np.testing.assert_array_equal(idata.observed_data["b"], standardized.coef)
+    np.testing.assert_array_equal(idata.constant_data["se"], standardized.se)
+    np.testing.assert_array_equal(idata.constant_data["residual_sd"], fit.residual_sd)
+    assert idata.attrs["effect_scale"] == "residual_sd"
     assert idata.constant_data["subclass_index"].dims == ("feature",)
     assert idata.constant_data["superclass_index"].dims == ("subclass",)
     assert "diverging" in idata.sample_stats
@@ -192,7 +196,8 @@ def test_notebook_representation(fit, tree):
     model = ShrinkageModel(fit, tree)
     assert repr(model).startswith("ShrinkageModel(2 covariates × 60 features; depth=2")
     assert model.summary_line == (
-        f"ShrinkageModel(2 covariates × 60 features; depth=2; {model.tree!r}; correlated noise)"
+        f"ShrinkageModel(2 covariates × 60 features; depth=2; {model.tree!r}; correlated noise; "
+        "residual-SD units)"
     )
     table = model.describe()
     assert table.index.tolist() == ["feature", "subclass", "superclass"]

@@ -40,7 +40,7 @@ def test_auto_uses_tree_noise_from_a_fit(study):
     model = ShrinkageModel(fit, tree)
     problem = model.problem
     assert problem.correlated
-    expected = tree_noise(fit, tree)
+    expected = tree_noise(fit.standardized(), tree)  # in the default units, residual SDs
     for k, covariate in enumerate(problem.covariates):
         variances = expected.for_covariate(covariate)
         np.testing.assert_allclose(problem.var_b[k], variances.own)
@@ -67,7 +67,7 @@ def test_shallower_fits_keep_the_whole_noise_tree(study, depth):
 def test_without_a_tree_the_noise_shared_by_all_is_modelled(study):
     """With no hierarchy, the noise shared by every feature (it aliases with θ0) is kept."""
     fit, _ = study
-    problem = ShrinkageModel(fit).problem
+    problem = ShrinkageModel(fit, effect_scale="raw").problem
     assert problem.correlated and problem.index.depth == 0 and problem.depth == 0
     flat = tree_noise(fit, Hierarchy.flat(fit.Y.columns))
     np.testing.assert_allclose(
@@ -78,7 +78,7 @@ def test_without_a_tree_the_noise_shared_by_all_is_modelled(study):
 
 def test_independent_reproduces_the_research_model(study):
     fit, tree = study
-    model = ShrinkageModel(fit, tree, noise="independent")
+    model = ShrinkageModel(fit, tree, noise="independent", effect_scale="raw")
     assert not model.problem.correlated
     np.testing.assert_array_equal(model.problem.var_b, fit.se.to_numpy() ** 2)
     assert model.problem.index.depth == tree.depth

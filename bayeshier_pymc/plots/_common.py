@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_hex, to_rgb
 
 from bayeshier_pymc.design import INTERCEPT_NAMES
-from bayeshier_pymc.inference_data import problem_from_idata
+from bayeshier_pymc.inference_data import problem_from_idata, residual_sd
 
 ALL_FEATURES = "all features"
 MAX_LEGEND_GROUPS = 12
@@ -98,6 +98,11 @@ def group_colors(n: int) -> list[str]:
 def text_color(color: str) -> str:
     """``color`` darkened enough to read as text on white or light grey."""
     return to_hex(tuple(0.7 * c for c in to_rgb(color)))
+
+
+def units_suffix(idata: az.InferenceData) -> str:
+    """`` (residual-SD units)`` for a fit in those units (its group means, scales), else ``""``."""
+    return "" if residual_sd(idata) is None else " (residual-SD units)"
 
 
 def posterior_mean(idata: az.InferenceData, name: str, covariate: object) -> np.ndarray:

@@ -9,7 +9,13 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory
 
-from bayeshier_pymc.plots._common import group_colors, new_axes, pick_covariate, text_color
+from bayeshier_pymc.plots._common import (
+    group_colors,
+    new_axes,
+    pick_covariate,
+    text_color,
+    units_suffix,
+)
 from bayeshier_pymc.results import format_rate, group_effects, group_level, resolve_hdi_prob
 from bayeshier_pymc.results import n_draws as draw_count
 
@@ -126,7 +132,7 @@ def plot_group_effects(
     ax.axvline(0.0, color="0.6", lw=0.8)
     mu = float(idata.posterior["mu"].sel(covariate=covariate).mean())
     ax.axvline(mu, color="0.3", ls="--", lw=1)
-    ax.set_xlabel(f"group effect of {covariate}")
+    ax.set_xlabel(f"group effect of {covariate}{units_suffix(idata)}")
     nested = f" within {parent_level}" if parent_level is not None else ""
     ax.set_title(
         f"{level}{nested} effects of {covariate}: posterior mean and {hdi_prob:.0%} HDI",

@@ -20,6 +20,7 @@ from bayeshier_pymc.plots._common import (
     pick_covariate,
     posterior_mean,
     text_color,
+    units_suffix,
 )
 from bayeshier_pymc.results import theta_moments
 
@@ -59,7 +60,9 @@ def plot_shrinkage(
     features' shrinkage, is a black vertical segment across that group's rows with a diamond
     at its middle; where the bands are coarser groups, their own posterior mean is a dotted
     segment across the band. The dashed line is the global mean θ0. Bands grow with √n;
-    alpha falls with the band's size.
+    alpha falls with the band's size. Everything is in the fit's own units (for a fit in
+    residual-SD units, the standardized estimates and effects, as the axis says), where the
+    group means are what θ shrinks toward.
 
     Parameters
     ----------
@@ -93,7 +96,7 @@ def plot_shrinkage(
     finest = feature_groups(idata, None)
     problem = problem_from_idata(idata)
     estimate = problem.b[problem.covariates.get_loc(covariate)]
-    shrunk = theta_moments(idata, covariate)["mean"].to_numpy()
+    shrunk = theta_moments(idata, covariate, in_y_units=False)["mean"].to_numpy()
     names = feature_names(idata, labels)
     finest_means = _group_means(idata, finest, covariate)
     band_means = _group_means(idata, bands, covariate)
@@ -153,7 +156,7 @@ def plot_shrinkage(
         tick.set_color(text_color(bands.colors[g]))
     ax.set_ylim(total, 0.0)  # the first band (smallest mean) on top
     _name_features(ax, features, estimate, shrunk, y, names, n_labels)
-    ax.set_xlabel(f"effect of {covariate}")
+    ax.set_xlabel(f"effect of {covariate}{units_suffix(idata)}")
     ax.set_title(
         f"Shrinkage of {len(features)} features: stage-1 estimate (dot) → posterior mean "
         "(arrow head)"

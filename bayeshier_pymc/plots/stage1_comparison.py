@@ -19,7 +19,13 @@ from bayeshier_pymc.plots._common import (
     pick_covariate,
     posterior_mean,
 )
-from bayeshier_pymc.results import DEFAULT_ALPHA, check_alpha, qvalue, theta_moments
+from bayeshier_pymc.results import (
+    DEFAULT_ALPHA,
+    check_alpha,
+    qvalue,
+    stage1_estimates,
+    theta_moments,
+)
 
 __all__ = ["plot_stage1_vs_shrunken"]
 
@@ -69,8 +75,9 @@ def plot_stage1_vs_shrunken(
     """Posterior mean E[θ_j] (y) against the stage-1 estimate b̂_j (x), one point per feature.
 
     Points are coloured by group and sized by the standard error s_j (large points are
-    noisy estimates, which shrink the most). The diagonal y = x is no shrinkage, the dashed
-    line the global mean θ0. Two hit lists at the same level ``alpha``: stage 1, BH-adjusted
+    noisy estimates, which shrink the most). Both axes are in Y's units. The diagonal y = x is
+    no shrinkage, the dashed line the global mean θ0 (only for a fit in Y's units: in
+    residual-SD units θ0 has none). Two hit lists at the same level ``alpha``: stage 1, BH-adjusted
     p < alpha (a black ring), and stage 2, q-value ≤ alpha (the mean lfsr of the list, as in
     ``coefficient_table(...)["called"]``; a filled point). Features on neither list are
     faded. The legend counts each kind; the ``n_labels`` features whose call differs
@@ -104,10 +111,10 @@ def plot_stage1_vs_shrunken(
     check_alpha(alpha)
     covariate = pick_covariate(idata, covariate)
     groups = feature_groups(idata, level)
-    problem = problem_from_idata(idata)
-    row = problem.covariates.get_loc(covariate)
-    observed = ~problem.missing[row]
-    estimate, se = problem.b[row, observed], problem.se[row, observed]
+    problem, given = problem_from_idata(idata), stage1_estimates(idata)
+    observed = ~given.missing.sel(covariate=covariate).to_numpy()
+    estimate = given.estimate.sel(covariate=covariate).to_numpy()[observed]
+    se = given.se.sel(covariate=covariate).to_numpy()[observed]
     moments = theta_moments(idata, covariate)
     shrunk = moments["mean"].to_numpy()[observed]
     stage1 = (_stage1_adjusted_pvalues(idata, covariate, fit) < alpha)[observed]
@@ -136,7 +143,7 @@ def plot_stage1_vs_shrunken(
     low = float(min(estimate.min(), shrunk.min()))
     high = float(max(estimate.max(), shrunk.max()))
     ax.plot([low, high], [low, high], color="0.5", lw=0.8, zorder=1)
-    if problem.pooled:
+    if problem.pooled and problem.residual_sd is None:  # θ0 has Y's units only then
         ax.axhline(posterior_mean(idata, "mu", covariate), color="0.3", ls="--", lw=1)
     names = feature_names(idata, labels)[observed]
     _name_changes(ax, names, estimate, shrunk, stage1 != stage2, n_labels)

@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.axes import Axes
 
 from bayeshier_pymc.inference_data import problem_from_idata
-from bayeshier_pymc.plots._common import group_colors, new_axes
+from bayeshier_pymc.plots._common import group_colors, new_axes, units_suffix
 from bayeshier_pymc.results import resolve_hdi_prob, scale_summary, variance_shares
 
 __all__ = ["half_cauchy_density", "plot_tau", "plot_tau_prior_posterior"]
@@ -70,7 +70,7 @@ def plot_tau(
     )
     ax.set_ylim(-0.6, len(levels) - 0.4)
     ax.set_xlim(left=0.0)
-    ax.set_xlabel("τ (sd of a level's units around their parent)")
+    ax.set_xlabel(f"τ (sd of a level's units around their parent){units_suffix(idata)}")
     ax.set_title(f"Scales per level: posterior mean and {hdi_prob:.0%} HDI", fontsize="medium")
     if len(chosen) > 1:
         ax.legend(title="covariate", fontsize="small", loc="best")
