@@ -174,6 +174,7 @@ def main() -> None:
                     chains=args.chains,
                     priors=args.priors,
                     sample_options=options,
+                    effect_scale="raw",
                 )
             )
             start = time.perf_counter()
@@ -213,7 +214,12 @@ def main() -> None:
             for noise, setting in NOISE_MODELS.items():
                 fits = {
                     depth: ShrinkageModel(
-                        fit, study.hierarchy, depth=depth, noise=setting, priors=args.priors
+                        fit,
+                        study.hierarchy,
+                        depth=depth,
+                        noise=setting,
+                        priors=args.priors,
+                        effect_scale="raw",
                     ).sample(args.sampler, **whole_data_sampling(args), **options)
                     for depth in DEPTHS
                 }

@@ -127,6 +127,7 @@ def main() -> None:
                 draws=args.draws,
                 tune=args.draws,
                 chains=args.chains,
+                effect_scale="raw",
             )
             for noise, depth in MODELS
         }
@@ -254,7 +255,7 @@ def print_scales(
     medians = []
     for fit_a, _, fit_seed in halves:
         idata = ShrinkageModel(
-            fit_a, study.hierarchy, depth=depth, noise=NOISE_MODELS[noise]
+            fit_a, study.hierarchy, depth=depth, noise=NOISE_MODELS[noise], effect_scale="raw"
         ).sample(
             "gibbs", draws=draws, tune=draws, chains=chains, random_seed=fit_seed, progressbar=False
         )

@@ -138,7 +138,7 @@ def _recommendations(fits: dict[int, Any], tree: Hierarchy) -> dict[str, Any]:
 
 def _fits(fit: Any, tree: Hierarchy, seed: int, options: dict[str, Any]) -> dict[int, Any]:
     return {
-        depth: ShrinkageModel(fit, tree, depth=depth).sample(
+        depth: ShrinkageModel(fit, tree, depth=depth, effect_scale="raw").sample(
             "gibbs", random_seed=seed, progressbar=False, **options
         )
         for depth in DEPTHS
@@ -150,7 +150,9 @@ def _real_row(study: Any, n_splits: int, options: dict[str, Any]) -> dict[str, A
     row: dict[str, Any] = {"data set": study.name}
     for noise, label in (("auto", "structured"), ("independent", "independent")):
         for depth in DEPTHS:
-            stage_two = StageTwo(depth=depth, sampler="gibbs", noise=noise, **options)
+            stage_two = StageTwo(
+                depth=depth, sampler="gibbs", noise=noise, effect_scale="raw", **options
+            )
             halves = split_half_check(
                 study.Y, study.X, study.hierarchy, stage_two=stage_two, n_splits=n_splits
             )

@@ -61,7 +61,7 @@ def one_data_set(truth: dict[str, float], seed: int, draws: int) -> list[dict[st
     for noise in NOISE_MODELS:
         marginal = compare_depths(fit, tree, sampler="gibbs", noise=noise, draws=draws,
                                   chains=2, random_seed=seed, progressbar=False,
-                                  rule=BY_LOO)  # fmt: skip
+                                  rule=BY_LOO, effect_scale="raw")  # fmt: skip
         group = compare_fits(marginal.fits, tree, loo="group", rule=BY_LOO)
         rows.append(
             {

@@ -109,6 +109,7 @@ def main() -> None:
                 depth=depth,
                 sampler="gibbs",
                 noise="auto",
+                effect_scale="raw",
                 draws=args.draws,
                 tune=args.draws,
                 chains=args.chains,
@@ -247,7 +248,11 @@ def print_nuts_convergence(studies: list[tuple[str, ValidationStudy]], seed: int
             if prior == REFERENCE_PRIOR:
                 continue
             model = ShrinkageModel(
-                fit, study.hierarchy, depth=NUTS_DEPTH, priors={"group_prior": prior}
+                fit,
+                study.hierarchy,
+                depth=NUTS_DEPTH,
+                priors={"group_prior": prior},
+                effect_scale="raw",
             )
             start = time.perf_counter()
             idata = model.sample(random_seed=seed, progressbar=False)
