@@ -45,7 +45,6 @@ from scipy import stats
 from bayeshier_pymc._validation import covariance_factor
 from bayeshier_pymc.hierarchy import Hierarchy
 from bayeshier_pymc.mlm import (
-    EFFECT_SCALE_CHOICES,
     EffectScaleChoice,
     MLMFit,
     check_effect_scale,
@@ -143,7 +142,7 @@ class StageTwo:
     def __post_init__(self) -> None:
         if self.noise not in NOISE_SETTINGS:
             raise ValueError(f"noise must be one of {NOISE_SETTINGS!r}, got {self.noise!r}.")
-        check_effect_scale(self.effect_scale, EFFECT_SCALE_CHOICES)
+        check_effect_scale(self.effect_scale)
 
     def __call__(
         self,

@@ -230,16 +230,18 @@ EFFECT_SCALE_CHOICES: tuple[str, ...] = ("auto", *EFFECT_SCALES)
 :func:`resolve_effect_scale`)."""
 
 
-def check_effect_scale(effect_scale: object, choices: tuple[str, ...] = EFFECT_SCALES) -> None:
-    """Refuse a choice of units that is not one of ``choices``, naming them.
+def check_effect_scale(effect_scale: object) -> None:
+    """Refuse a choice of units that is not one of :data:`EFFECT_SCALE_CHOICES`, naming them.
 
     Raises
     ------
     ValueError
         For another ``effect_scale``.
     """
-    if effect_scale not in choices:
-        raise ValueError(f"effect_scale must be one of {choices!r}, got {effect_scale!r}.")
+    if effect_scale not in EFFECT_SCALE_CHOICES:
+        raise ValueError(
+            f"effect_scale must be one of {EFFECT_SCALE_CHOICES!r}, got {effect_scale!r}."
+        )
 
 
 def resolve_effect_scale(effect_scale: object, estimates: object) -> EffectScale:
@@ -255,7 +257,7 @@ def resolve_effect_scale(effect_scale: object, estimates: object) -> EffectScale
         For a choice not in :data:`EFFECT_SCALE_CHOICES`, or ``"residual_sd"`` for estimates
         that are not such a fit.
     """
-    check_effect_scale(effect_scale, EFFECT_SCALE_CHOICES)
+    check_effect_scale(effect_scale)
     standardizable = isinstance(estimates, MLMFit) and estimates.Z is None
     if effect_scale == "auto":
         return "residual_sd" if standardizable else "raw"

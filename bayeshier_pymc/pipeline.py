@@ -17,7 +17,6 @@ from bayeshier_pymc.diagnostics import Diagnosis, diagnose
 from bayeshier_pymc.hierarchy import Hierarchy, MissingPolicy
 from bayeshier_pymc.inference_data import OBSERVATION
 from bayeshier_pymc.mlm import (
-    EFFECT_SCALE_CHOICES,
     EffectScaleChoice,
     MissingValues,
     MLMFit,
@@ -174,7 +173,7 @@ def run_pipeline(
     )
     if sampler not in ("nuts", "gibbs"):
         raise ValueError(f"sampler must be 'nuts' or 'gibbs', got {sampler!r}.")
-    check_effect_scale(effect_scale, EFFECT_SCALE_CHOICES)
+    check_effect_scale(effect_scale)
     if compare and draws < MIN_DRAWS:
         raise ValueError(
             f"the pipeline compares the samplers, which needs draws >= {MIN_DRAWS} per chain; "

@@ -299,6 +299,7 @@ def test_nuts_agrees_with_the_gibbs_engine(group_prior):
         fit,
         Hierarchy.from_frame(study.annotations, ["subclass"]),
         priors={"group_prior": group_prior},
+        effect_scale="raw",  # the units of its measured r̂ (residual-SD units: 1.012 for λ)
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
