@@ -286,7 +286,7 @@ def build_inference_data(
             "levels": list(problem.levels),
             "priors": problem.priors.to_json(),
             "default_log_likelihood": LOG_LIKELIHOOD_NAMES[DEFAULT_LOG_LIKELIHOOD],
-            "effect_scale": "raw" if problem.residual_sd is None else "residual_sd",
+            "effect_scale": problem.effect_scale,
             **_noise_attrs(problem),
             **(attrs or {}),
         }

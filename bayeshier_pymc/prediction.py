@@ -83,7 +83,8 @@ def predict_new(
     """
     problem = problem_from_idata(idata)
     new = _check_annotations(annotations, problem.features, problem.levels)
-    unit = _new_units(residual_sd, new.index, in_sd_units=problem.residual_sd is not None)
+    in_sd_units = problem.effect_scale == "residual_sd"
+    unit = _new_units(residual_sd, new.index, in_sd_units=in_sd_units)
     posterior = idata.posterior
     lead = ("chain", "draw", "covariate")
     rng = np.random.default_rng(random_seed)
@@ -99,7 +100,7 @@ def predict_new(
         tau = posterior["tau"].transpose(*lead, "level").to_numpy()
         theta, known, placement = _draw_from_tree(problem, new, posterior, tau, rng)
     features = pd.Index(new.index, name="feature")
-    scale = "residual_sd" if problem.residual_sd is not None and unit is None else "raw"
+    scale = "residual_sd" if in_sd_units and unit is None else "raw"
     predictions = xr.Dataset(
         {
             "theta": (

@@ -35,6 +35,7 @@ import xarray as xr
 from bayeshier_pymc.estimates import DIMS, Estimates, check_residual_sd
 from bayeshier_pymc.gaussian_tree import NodeNoise, TreeIndex, pad_scales
 from bayeshier_pymc.hierarchy import Hierarchy
+from bayeshier_pymc.mlm import EffectScale
 from bayeshier_pymc.model import NoiseModel, algebra_data, scale_levels
 from bayeshier_pymc.priors import Priors
 
@@ -222,6 +223,11 @@ class ShrinkageProblem:
             **noise_parts,
             residual_sd=None if estimates.residual_sd is None else estimates.residual_sd.to_numpy(),
         )
+
+    @property
+    def effect_scale(self) -> EffectScale:
+        """The units of ``b``: ``"residual_sd"`` with :attr:`residual_sd`, else ``"raw"``."""
+        return "raw" if self.residual_sd is None else "residual_sd"
 
     @property
     def pooled(self) -> bool:

@@ -83,14 +83,13 @@ def write_report(
         .reset_index(name=f"called (q-value ≤ {alpha:g})")
     )
     top = coefficients.sort_values("lfsr").head(TOP_EFFECTS)
-    units = "raw" if model.problem.residual_sd is None else "residual_sd"
     top = top[
         ["covariate", "feature", "estimate", "mean", "hdi_lower", "hdi_upper", "lfsr", "qvalue"]
     ]
     sections = [
         f"# {title}",
         f"{fit.n_obs} samples × {fit.Y.shape[1]} features; {model.summary_line}. "
-        f"Stage-1 errors: {model.noise_description}.{UNIT_NOTES[units]}",
+        f"Stage-1 errors: {model.noise_description}.{UNIT_NOTES[model.problem.effect_scale]}",
         f"Priors: {model.priors.describe()}.\n\n{_table(model.priors.to_frame().reset_index())}",
         "## Stage 1: matrix linear model",
         _table(significant),

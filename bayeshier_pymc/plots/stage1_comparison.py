@@ -23,7 +23,6 @@ from bayeshier_pymc.results import (
     DEFAULT_ALPHA,
     check_alpha,
     qvalue,
-    stage1_estimates,
     theta_moments,
 )
 
@@ -111,7 +110,8 @@ def plot_stage1_vs_shrunken(
     check_alpha(alpha)
     covariate = pick_covariate(idata, covariate)
     groups = feature_groups(idata, level)
-    problem, given = problem_from_idata(idata), stage1_estimates(idata)
+    problem = problem_from_idata(idata)
+    given = problem.estimates.in_y_units()  # as results.stage1_estimates, from one read
     observed = ~given.missing.sel(covariate=covariate).to_numpy()
     estimate = given.estimate.sel(covariate=covariate).to_numpy()[observed]
     se = given.se.sel(covariate=covariate).to_numpy()[observed]
