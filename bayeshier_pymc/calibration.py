@@ -579,16 +579,20 @@ def known_truth_check(
     covariance: np.ndarray,
     *,
     stage_two: StageTwoFit | None = None,
-    group_sd: float = 0.3,
+    group_sd: float | Sequence[float] = 0.3,
     feature_sd: float = 0.1,
     n_replicates: int = 3,
     random_seed: int = 0,
 ) -> pd.DataFrame:
     """Real noise, known truth: simulate ``Y = X B + E`` and score stage 2 against B.
 
-    True effects of every covariate are group effects at the finest annotation level
-    (``N(0, group_sd²)``, one per group) plus feature deviations (``N(0, feature_sd²)``); the
-    intercept is 0. E's rows are ``N(0, covariance)``. Stage 1 is fitted with an intercept.
+    True effects of every covariate are the sum of group effects down the tree (at annotation
+    level l, one ``N(0, group_sd[l]²)`` per group; level 0 is the finest) plus feature
+    deviations (``N(0, feature_sd²)``); the intercept is 0. The true depth is therefore the
+    number of levels up to the coarsest with a positive sd: ``group_sd=0`` is one global mean
+    (depth 0), the default 0.3 class effects (depth 1), ``(0.1, 0.3)`` categories whose
+    classes deviate from them (depth 2). E's rows are ``N(0, covariance)``. Stage 1 is fitted
+    with an intercept.
 
     Parameters
     ----------
@@ -601,8 +605,11 @@ def known_truth_check(
         :func:`bayeshier_pymc.validation_data.blended_residual_covariance`).
     stage_two
         The stage-2 fit (default: :class:`StageTwo`).
-    group_sd, feature_sd
-        Standard deviations of the group effects and of the features around them.
+    group_sd
+        Standard deviation of the group effects: one number for the finest level alone, or
+        one per level from the finest (at most the tree's depth; zeros allowed).
+    feature_sd
+        Standard deviation of the features around their finest group's effect.
     n_replicates
         Number of simulated data sets.
     random_seed
@@ -617,17 +624,23 @@ def known_truth_check(
     m = hierarchy.n_features
     if hierarchy.depth < 1:
         raise ValueError("the known-truth check needs a hierarchy with at least one level.")
+    level_sds = _level_sds(group_sd, hierarchy)
+    if not (np.isfinite(feature_sd) and feature_sd >= 0):
+        raise ValueError(f"feature_sd must be finite and non-negative; got {feature_sd}.")
     factor = covariance_factor(
         np.asarray(covariance, dtype=float), m, "covariance (one row per feature of the tree)"
     )
-    groups = hierarchy.membership(0)
     covariates = list(X.columns)
     seeds = np.random.SeedSequence(random_seed).spawn(n_replicates)
     rows = {}
     for replicate, seed in enumerate(seeds):
         rng = np.random.default_rng(seed)
-        group_effects = rng.normal(0.0, group_sd, size=(len(covariates), hierarchy.n_groups[0]))
-        truth = group_effects[:, groups] + rng.normal(0.0, feature_sd, (len(covariates), m))
+        truth = sum(
+            rng.normal(0.0, sd, size=(len(covariates), hierarchy.n_groups[level]))[
+                :, hierarchy.membership(level)
+            ]
+            for level, sd in enumerate(level_sds)
+        ) + rng.normal(0.0, feature_sd, (len(covariates), m))
         noise = rng.standard_normal((X.shape[0], m)) @ factor.T
         y = pd.DataFrame(X.to_numpy() @ truth + noise, index=X.index, columns=hierarchy.features)
         fit = mlm(y, X)
@@ -636,6 +649,19 @@ def known_truth_check(
         b = fit.coef.sel(covariate=covariates, feature=posterior.mean["feature"]).to_numpy()
         rows[replicate] = known_truth_scores(truth[:, order], b, posterior)
     return _with_mean_row(pd.DataFrame.from_dict(rows, orient="index").rename_axis("replicate"))
+
+
+def _level_sds(group_sd: float | Sequence[float], hierarchy: Hierarchy) -> np.ndarray:
+    """The known truth's group-effect sd at each level from the finest, checked."""
+    level_sds = np.atleast_1d(np.asarray(group_sd, dtype=float))
+    if level_sds.ndim != 1 or not 1 <= level_sds.size <= hierarchy.depth:
+        raise ValueError(
+            f"group_sd must be one number or one per annotation level from the finest (1 to "
+            f"{hierarchy.depth} values for levels {list(hierarchy.levels)}); got {group_sd!r}."
+        )
+    if not (np.isfinite(level_sds).all() and (level_sds >= 0).all()):
+        raise ValueError(f"group_sd must be finite and non-negative; got {group_sd!r}.")
+    return level_sds
 
 
 def _with_mean_row(frame: pd.DataFrame) -> pd.DataFrame:

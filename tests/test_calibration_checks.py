@@ -188,6 +188,53 @@ def test_known_truth_check_of_unshrunk_estimates_covers_under_correlated_noise(r
         known_truth_check(study.X, tree, np.eye(3), stage_two=stage_one_posterior)
 
 
+@pytest.mark.parametrize(
+    ("group_sd", "shared_level"),
+    [(0.0, None), ((1.0, 0.0), "subclass"), ((0.0, 1.0), "superclass"), (1.0, "subclass")],
+)
+def test_known_truth_is_drawn_at_the_depth_its_group_sds_give(group_sd, shared_level):
+    """With no feature deviations and almost no noise, stage 1 returns the truth: equal within
+    every group of the coarsest level with a positive sd, different between them, and 0 (the
+    global mean) when no level has one."""
+    study = simulate(n=60, m=48, p=2, n_superclasses=2, random_seed=3)
+    tree = Hierarchy.from_frame(study.annotations, ["subclass", "superclass"])
+    estimates = []
+
+    def keep_estimates(fit, hierarchy, covariates, random_seed):
+        estimates.append(fit.coef.sel(covariate=covariates).to_numpy())
+        return stage_one_posterior(fit, hierarchy, covariates, random_seed)
+
+    known_truth_check(
+        study.X,
+        tree,
+        1e-14 * np.eye(48),
+        stage_two=keep_estimates,
+        group_sd=group_sd,
+        feature_sd=0.0,
+        n_replicates=1,
+    )
+    (truth,) = estimates
+    if shared_level is None:
+        np.testing.assert_allclose(truth, 0.0, atol=1e-5)
+        return
+    groups = study.annotations[shared_level].to_numpy()
+    group_means = pd.DataFrame(truth.T).groupby(groups).transform("mean").to_numpy().T
+    np.testing.assert_allclose(truth, group_means, atol=1e-5)
+    assert np.unique(np.round(truth[0], 4)).size == np.unique(groups).size
+
+
+def test_known_truth_check_names_bad_group_sds():
+    study = simulate(n=40, m=24, p=1, n_superclasses=2, random_seed=3)
+    tree = Hierarchy.from_frame(study.annotations, ["subclass", "superclass"])
+    check = {"stage_two": stage_one_posterior, "n_replicates": 1}
+    with pytest.raises(ValueError, match=r"one per annotation level.*1 to 2 values"):
+        known_truth_check(study.X, tree, np.eye(24), group_sd=(0.1, 0.2, 0.3), **check)
+    with pytest.raises(ValueError, match="group_sd must be finite and non-negative"):
+        known_truth_check(study.X, tree, np.eye(24), group_sd=(0.1, -0.2), **check)
+    with pytest.raises(ValueError, match="feature_sd must be finite"):
+        known_truth_check(study.X, tree, np.eye(24), feature_sd=float("nan"), **check)
+
+
 @pytest.mark.filterwarnings("ignore:the sampler's diagnostics failed")
 def test_split_half_check_runs_the_shrinkage_model():
     study = simulate(n=60, m=60, p=2, random_seed=4)
