@@ -76,6 +76,8 @@ from bayeshier_pymc.validation_data import (
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CV_FOLDS = 3
 MAX_RANK = 10
+GRID_POINTS = 25
+"""Common log-scales tried for the empirical-Bayes start (``start_from_grid``)."""
 FIXED_RANKS = {"tree + rank 1": 1, "tree + rank 3": 3}
 NOISE_MODELS = ("independent", "tree", "tree + remainder", *FIXED_RANKS)
 NoiseCovariance = Callable[[MLMFit, Hierarchy, object], np.ndarray]
@@ -124,7 +126,7 @@ class DenseEmpiricalBayes:
             covariates, self.noise_covariances(fit, hierarchy, covariates), strict=True
         ):
             b = fit.coef.sel(covariate=covariate).to_numpy()
-            mean, sd = class_level_posterior(b, noise, classes)
+            mean, sd = tree_level_posterior(b, noise, [classes])
             means.append(mean)
             sds.append(sd)
         coords = {"covariate": list(covariates), "feature": tree.features.tolist()}
@@ -136,26 +138,45 @@ class DenseEmpiricalBayes:
         )
 
 
-def class_level_posterior(
-    b: np.ndarray, noise: np.ndarray, classes: np.ndarray
+def tree_level_posterior(
+    b: np.ndarray,
+    noise: np.ndarray,
+    memberships: Sequence[np.ndarray],
+    *,
+    start_from_grid: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean and sd of θ given the empirical-Bayes scales (class level, dense)."""
+    """Posterior mean and sd of θ given the empirical-Bayes scales (dense).
+
+    The prior of θ is θ0 (sd ``s0``, wide) plus one normal effect per group of every level
+    in ``memberships`` (each feature's group index at that level; none for one global mean)
+    plus the features' own deviations, each level with its own scale. The scales maximise
+    the marginal likelihood by L-BFGS-B from every scale at half the RMS standard error, or
+    with ``start_from_grid`` from the best of a grid of common scales: the likelihood can be
+    flat near the lower bound, where a first step from the fixed start may stop.
+    """
     m = b.size
-    same_class = (classes[:, None] == classes[None, :]).astype(float)
+    same_group = [(codes[:, None] == codes[None, :]).astype(float) for codes in memberships]
     rms_se = float(np.sqrt(np.mean(np.diag(noise))))
     s0 = 10.0 * (float(np.std(b)) + rms_se)
 
     def prior(log_tau: np.ndarray) -> np.ndarray:
-        tau_feature, tau_class = np.exp(log_tau)
-        return s0**2 + tau_class**2 * same_class + tau_feature**2 * np.eye(m)
+        tau_feature, *tau_groups = np.exp(log_tau)
+        groups = sum(tau**2 * same for tau, same in zip(tau_groups, same_group, strict=True))
+        return s0**2 + groups + tau_feature**2 * np.eye(m)
 
     def negative_log_marginal(log_tau: np.ndarray) -> float:
         factor = linalg.cho_factor(prior(log_tau) + noise, lower=True)
         quadratic = b @ linalg.cho_solve(factor, b)
         return 0.5 * float(quadratic + 2.0 * np.sum(np.log(np.diag(factor[0]))))
 
-    bounds = [(np.log(1e-3 * rms_se), np.log(10.0 * s0))] * 2
-    start = np.log([0.5 * rms_se, 0.5 * rms_se])
+    n_scales = 1 + len(memberships)
+    bounds = [(np.log(1e-3 * rms_se), np.log(10.0 * s0))] * n_scales
+    start = np.log([0.5 * rms_se] * n_scales)
+    if start_from_grid:
+        grid = np.linspace(*bounds[0], GRID_POINTS)
+        start = np.full(
+            n_scales, min(grid, key=lambda x: negative_log_marginal(np.full(n_scales, x)))
+        )
     best = optimize.minimize(negative_log_marginal, start, method="L-BFGS-B", bounds=bounds)
     prior_cov = prior(best.x)
     factor = linalg.cho_factor(prior_cov + noise, lower=True)
