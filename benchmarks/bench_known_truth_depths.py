@@ -19,9 +19,14 @@ tell the causes of a miss apart: ``Y units`` (tree-structured noise, effects exc
 Y's units, the truth's own units) and ``Y units, true tree`` (the same with the tree noise of
 the true covariance instead of the one estimated from each replicate's residuals: the
 :func:`~bayeshier_pymc.noise.tree_noise` of 20,000 residual rows drawn from it, without
-pooling, so what remains is only what the tree's averages leave of the covariance). Every
-model sees the same replicates: Gibbs engine, 4 chains × 1000 draws after 1000 tuning steps,
-seed 0. Per data set one table, one row per true depth, model and fitted depth: 95%
+pooling, so what remains is only what the tree's averages leave of the covariance). Two
+more at the true depth hold the inference fixed and change only the noise covariance: the
+exact Gaussian posterior of θ given empirical-Bayes scales (``tree_level_posterior`` of
+``bench_low_rank.py`` with the prior of the true depth, dense algebra, its optimizer started
+from the best of a grid), with c_kk times the true
+covariance (``exact EB, true Σ``) and with c_kk times its tree noise (``exact EB, true
+tree``). The Gibbs rows see the same replicates: 4 chains × 1000 draws after 1000 tuning
+steps, seed 0. Per data set one table, one row per true depth, model and fitted depth: 95%
 ``coverage`` of the true θ and its range over the replicates, ``calls`` (lfsr < 0.05), their
 ``false_sign_rate`` against their mean lfsr ``claimed_lfsr`` and the coefficient ``mse_gain``
 over stage 1. Issue 14's goal at the true depth: coverage 93–97%, false sign rate ≤ 5% and ≤
@@ -41,6 +46,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from bench_calibration import print_study, quiet_tables, real_data_parser
+from bench_low_rank import tree_level_posterior
 
 from bayeshier_pymc import Hierarchy, ShrinkageModel, mlm
 from bayeshier_pymc.calibration import (
@@ -49,10 +55,11 @@ from bayeshier_pymc.calibration import (
     StageTwo,
     StageTwoFit,
     known_truth_check,
+    normal_posterior,
     posterior_summary,
 )
 from bayeshier_pymc.mlm import MLMFit
-from bayeshier_pymc.noise import NodeVariances, tree_noise
+from bayeshier_pymc.noise import NodeVariances, TreeNoise, tree_noise
 from bayeshier_pymc.validation_data import (
     ValidationStudy,
     available_studies,
@@ -104,8 +111,10 @@ def truth_by_depth(study: ValidationStudy, args: argparse.Namespace) -> pd.DataF
         }
         fits[("Y units", truth)] = StageTwo(depth=truth, effect_scale="raw", **gibbs(args))
         fits[("Y units, true tree", truth)] = TrueTreeNoise(
-            truth, true_tree, args.draws, args.chains
+            truth, true_tree.residual, args.draws, args.chains
         )
+        fits[("exact EB, true Σ", truth)] = ExactEmpiricalBayes(truth, covariance)
+        fits[("exact EB, true tree", truth)] = ExactEmpiricalBayes(truth, true_tree.covariance())
         for (model, depth), stage_two in fits.items():
             result = known_truth_check(
                 study.X,
@@ -133,15 +142,15 @@ def gibbs(args: argparse.Namespace) -> dict[str, object]:
     return {"sampler": "gibbs", "draws": args.draws, "tune": args.draws, "chains": args.chains}
 
 
-def true_tree_noise(covariance: np.ndarray, study: ValidationStudy, seed: int) -> NodeVariances:
+def true_tree_noise(covariance: np.ndarray, study: ValidationStudy, seed: int) -> TreeNoise:
     """The tree noise of ``covariance`` itself: :func:`tree_noise` of many residual rows drawn
-    from it (without pooling; residual variances are covariate-free)."""
+    from it (without pooling; its residual variances are covariate-free)."""
     rng = np.random.default_rng(seed)
     n_features = covariance.shape[0]
     x = pd.DataFrame(rng.standard_normal((TRUE_TREE_ROWS, 1)), columns=["x"])
     rows = rng.standard_normal((TRUE_TREE_ROWS, n_features)) @ np.linalg.cholesky(covariance).T
     fit = mlm(pd.DataFrame(rows, columns=study.hierarchy.features), x)
-    return tree_noise(fit, study.hierarchy, pooling="none").residual
+    return tree_noise(fit, study.hierarchy, pooling="none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +184,34 @@ class TrueTreeNoise:
             progressbar=False,
         )
         return posterior_summary(idata)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExactEmpiricalBayes:
+    """The exact posterior of θ given empirical-Bayes scales at ``depth``, the noise of
+    covariate k's estimates c_kk times ``residual`` (a
+    :data:`~bayeshier_pymc.calibration.StageTwoFit`; intervals mean ± 1.96 sd)."""
+
+    depth: int
+    residual: np.ndarray
+
+    def __call__(
+        self, fit: MLMFit, hierarchy: Hierarchy, covariates: Sequence[str], random_seed: int
+    ) -> PosteriorSummary:
+        scale = fit.coef_variance_factor.to_series()
+        memberships = [hierarchy.membership(level) for level in range(self.depth)]
+        b = fit.coef.sel(covariate=list(covariates), feature=hierarchy.features)
+        moments = [
+            tree_level_posterior(
+                b.sel(covariate=c).to_numpy(),
+                scale[c] * self.residual,
+                memberships,
+                start_from_grid=True,
+            )
+            for c in covariates
+        ]
+        means, sds = zip(*moments, strict=True)
+        return normal_posterior(b.copy(data=np.array(means)), b.copy(data=np.array(sds)))
 
 
 def meets_goal(row: pd.Series) -> bool:
