@@ -72,11 +72,17 @@ def _split_halves(study, stage_two):
     return split_half_check(study.Y, study.X, study.hierarchy, stage_two=stage_two, n_splits=6)
 
 
-def _known_truth(study, stage_two):
-    """The known-truth check's means with the benchmarks' settings (3 replicates, seed 0)."""
+def _known_truth(study, stage_two, *, group_sd=0.3, n_replicates=3):
+    """The known-truth check's means with the benchmarks' settings (by default 3 replicates of
+    class effects, seed 0)."""
     covariance = real_residual_covariance(study)
     return known_truth_check(
-        study.X, study.hierarchy, covariance, stage_two=stage_two, n_replicates=3
+        study.X,
+        study.hierarchy,
+        covariance,
+        stage_two=stage_two,
+        group_sd=group_sd,
+        n_replicates=n_replicates,
     ).loc["mean"]
 
 
@@ -221,20 +227,6 @@ TRUE_GROUP_SDS = {0: (0.0,), 1: (0.3,), 2: (0.1, 0.3)}
 """The group-effect sd per annotation level from the finest of each true depth."""
 
 
-def _known_truth_at(study, stage_two: StageTwo, true_depth: int):
-    """The means of ``docs/benchmarks/known_truth_depths.txt``'s run: 10 replicates, seed 0."""
-    covariance = real_residual_covariance(study)
-    return known_truth_check(
-        study.X,
-        study.hierarchy,
-        covariance,
-        stage_two=stage_two,
-        group_sd=TRUE_GROUP_SDS[true_depth],
-        feature_sd=0.1,
-        n_replicates=10,
-    ).loc["mean"]
-
-
 @pytest.mark.parametrize(
     ("name", "true_depth", "effect_scale"),
     [
@@ -256,7 +248,8 @@ def test_known_truth_fitted_at_its_true_depth_meets_the_goal(
     at every true depth")."""
     study = _study(shared_data, name)
     stage_two = replace(_package_default(true_depth), effect_scale=effect_scale)
-    result = _known_truth_at(study, stage_two, true_depth)
+    # the settings of docs/benchmarks/known_truth_depths.txt: 10 replicates, seed 0
+    result = _known_truth(study, stage_two, group_sd=TRUE_GROUP_SDS[true_depth], n_replicates=10)
     assert 0.93 <= result["coverage"] <= 0.97
     assert result["false_sign_rate"] <= 0.05
     assert result["false_sign_rate"] <= 2.0 * result["claimed_lfsr"]
