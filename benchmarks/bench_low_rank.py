@@ -144,18 +144,26 @@ def tree_level_posterior(
     memberships: Sequence[np.ndarray],
     *,
     start_from_grid: bool = False,
+    directions: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Posterior mean and sd of θ given the empirical-Bayes scales (dense).
 
     The prior of θ is θ0 (sd ``s0``, wide) plus one normal effect per group of every level
     in ``memberships`` (each feature's group index at that level; none for one global mean)
-    plus the features' own deviations, each level with its own scale. The scales maximise
-    the marginal likelihood by L-BFGS-B from every scale at half the RMS standard error, or
-    with ``start_from_grid`` from the best of a grid of common scales: the likelihood can be
-    flat near the lower bound, where a first step from the fixed start may stop.
+    plus the features' own deviations, each level with its own scale. With ``directions``
+    (m × r, e.g. a noise remainder's loadings ``L``) the prior also has effects along them,
+    ``L γ`` with γ ~ N(0, τ² I_r), ``L`` rescaled so that its rows' mean square is 1 (τ is
+    then the RMS sd of these effects per feature), with a scale of their own. The scales
+    maximise the marginal likelihood by L-BFGS-B from every scale at half the RMS standard
+    error, or with ``start_from_grid`` from the best of a grid of common scales: the
+    likelihood can be flat near the lower bound, where a first step from the fixed start may
+    stop.
     """
     m = b.size
     same_group = [(codes[:, None] == codes[None, :]).astype(float) for codes in memberships]
+    if directions is not None and directions.shape[1] > 0:
+        outer = directions @ directions.T
+        same_group.append(outer / np.mean(np.diag(outer)))
     rms_se = float(np.sqrt(np.mean(np.diag(noise))))
     s0 = 10.0 * (float(np.std(b)) + rms_se)
 
@@ -169,7 +177,7 @@ def tree_level_posterior(
         quadratic = b @ linalg.cho_solve(factor, b)
         return 0.5 * float(quadratic + 2.0 * np.sum(np.log(np.diag(factor[0]))))
 
-    n_scales = 1 + len(memberships)
+    n_scales = 1 + len(same_group)
     bounds = [(np.log(1e-3 * rms_se), np.log(10.0 * s0))] * n_scales
     start = np.log([0.5 * rms_se] * n_scales)
     if start_from_grid:
