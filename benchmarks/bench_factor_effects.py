@@ -1,7 +1,7 @@
 """Why the low-rank remainder hurt on real data: effects along its loadings, measured.
 
 Run ``python benchmarks/bench_factor_effects.py [--data ../shared/data] [--part truth|halves]
-[--ranks 6 ...] [--true-depths 0 1 2]``.
+[--ranks 6 ...] [--true-depths 0 1 2] [--population]``.
 
 ``bench_low_rank.py`` found that a low-rank remainder of the noise (``noise_remainder.py``: r
 factors of what the tree leaves, ``Σ = A Aᵀ + L Lᵀ + Ψ``) lowers QMDiab's split-half coverage
@@ -23,6 +23,13 @@ optimiser started from the best of a grid), per covariate, for three noise model
 * ``tree + rank r``: ``noise_remainder`` with the rank fixed at each of ``--ranks`` (6 by
   default, the rank of issue 14's prototype), its noise ``c_kk (A Aᵀ + L Lᵀ + Ψ)``;
 * ``tree + rank r + factor effects``: the same noise, and the effects along ``L`` in the prior.
+
+With ``--population`` the known truth also has each rank fitted to the true covariance instead
+of each replicate's residuals (``population tree + rank r``, with and without factor effects):
+the remainder fitted once to ``POPULATION_SAMPLES`` residual rows drawn from the truth's
+covariance, its noise per replicate ``c_kk`` of the replicate's design times that fit. It tells
+a rank too small for what the tree leaves from a remainder estimated badly from the data set's
+samples.
 
 It prints (``--part``, both by default):
 
@@ -48,7 +55,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -58,7 +65,7 @@ import xarray as xr
 from bench_calibration import DEFAULT_DATA, print_study, quiet_tables
 from bench_known_truth_depths import FEATURE_SD, TRUE_GROUP_SDS, meets_goal
 from bench_low_rank import tree_level_posterior
-from noise_remainder import noise_remainder
+from noise_remainder import NoiseRemainder, noise_remainder
 
 from bayeshier_pymc.calibration import (
     TRUTH_COLUMNS,
@@ -68,7 +75,7 @@ from bayeshier_pymc.calibration import (
     split_half_check,
 )
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.mlm import MLMFit
+from bayeshier_pymc.mlm import MLMFit, mlm
 from bayeshier_pymc.noise import tree_noise
 from bayeshier_pymc.validation_data import (
     VALIDATION_SETS,
@@ -79,6 +86,7 @@ from bayeshier_pymc.validation_data import (
 
 Units = Literal["raw", "residual-sd"]
 HALVES_DEPTH = 1
+POPULATION_SAMPLES = 5000
 HALF_COLUMNS = [
     "coverage",
     "coverage_se",
@@ -95,19 +103,32 @@ class RemainderEmpiricalBayes:
     :data:`~bayeshier_pymc.calibration.StageTwoFit`): the exact posterior of θ given
     empirical-Bayes scales at ``depth``, the noise the tree's (``rank`` 0) or the tree's plus a
     rank-``rank`` remainder, with ``factor_effects`` effects along the remainder's loadings in
-    the prior, and the effects exchangeable in ``units``."""
+    the prior, and the effects exchangeable in ``units``. With ``population`` (a remainder
+    fitted to the true covariance) the noise is each covariate's ``c_kk`` times it, not a
+    remainder of the fit's residuals."""
 
     depth: int
     rank: int
     factor_effects: bool
     units: Units
+    population: NoiseRemainder | None = None
 
     def __call__(
         self, fit: MLMFit, hierarchy: Hierarchy, covariates: Sequence[str], random_seed: int
     ) -> PosteriorSummary:
         tree = hierarchy.align(fit.Y.columns)
         memberships = [tree.membership(level) for level in range(self.depth)]
-        if self.rank == 0:
+        if self.population is not None:
+            if not self.population.features.equals(tree.features):
+                raise ValueError("the population remainder's features are not the fit's.")
+            scale = tree_noise(fit, hierarchy).covariate_scale
+            residual_covariance = self.population.covariance()
+
+            def covariance(covariate: str) -> np.ndarray:
+                return float(scale[covariate]) * residual_covariance
+
+            loadings = self.population.loadings if self.factor_effects else None
+        elif self.rank == 0:
             noise = tree_noise(fit, hierarchy)
             covariance, loadings = noise.covariance, None
         else:
@@ -145,18 +166,41 @@ def noise_models(ranks: Sequence[int]) -> dict[str, tuple[int, bool]]:
     return models
 
 
+def population_remainder(
+    covariance: np.ndarray, hierarchy: Hierarchy, rank: int, random_seed: int
+) -> NoiseRemainder:
+    """The tree noise and a rank-``rank`` remainder fitted to ``POPULATION_SAMPLES`` rows
+    drawn from ``covariance`` (one covariate of noise beside the intercept)."""
+    rng = np.random.default_rng(random_seed)
+    factor = np.linalg.cholesky(covariance)
+    rows = rng.standard_normal((POPULATION_SAMPLES, hierarchy.n_features)) @ factor.T
+    y = pd.DataFrame(rows, columns=hierarchy.features)
+    x = pd.DataFrame({"noise": rng.standard_normal(POPULATION_SAMPLES)})
+    return noise_remainder(mlm(y, x), hierarchy, rank=rank)
+
+
 def known_truth(study: ValidationStudy, args: argparse.Namespace) -> pd.DataFrame:
     """Each noise model at each true depth (fitted there, in Y's units)."""
     covariance = real_residual_covariance(study)
+    models = {
+        label: RemainderEmpiricalBayes(0, rank, factor_effects, "raw")
+        for label, (rank, factor_effects) in noise_models(args.ranks).items()
+    }
+    if args.population:
+        for rank in args.ranks:
+            population = population_remainder(covariance, study.hierarchy, rank, args.seed)
+            for factor_effects in (False, True):
+                label = f"population tree + rank {rank}" + " + factor effects" * factor_effects
+                models[label] = RemainderEmpiricalBayes(0, rank, factor_effects, "raw", population)
     rows = {}
     for truth in args.true_depths:
         group_sd = TRUE_GROUP_SDS[truth]
-        for label, (rank, factor_effects) in noise_models(args.ranks).items():
+        for label, model in models.items():
             result = known_truth_check(
                 study.X,
                 study.hierarchy,
                 covariance,
-                stage_two=RemainderEmpiricalBayes(truth, rank, factor_effects, "raw"),
+                stage_two=replace(model, depth=truth),
                 group_sd=group_sd,
                 feature_sd=FEATURE_SD,
                 n_replicates=args.replicates,
@@ -209,6 +253,7 @@ def main() -> None:
         default=list(TRUE_GROUP_SDS),
     )
     parser.add_argument("--part", choices=["truth", "halves", "both"], default="both")
+    parser.add_argument("--population", action="store_true")
     args = parser.parse_args()
     quiet_tables(width=200)
     start = time.perf_counter()
