@@ -1,7 +1,7 @@
 """Why the low-rank remainder hurt on real data: effects along its loadings, measured.
 
 Run ``python benchmarks/bench_factor_effects.py [--data ../shared/data] [--part truth|halves]
-[--ranks 6 ...] [--true-depths 0 1 2] [--population]``.
+[--ranks 6 ...] [--true-depths 0 1 2] [--population] [--bootstrap 10]``.
 
 ``bench_low_rank.py`` found that a low-rank remainder of the noise (``noise_remainder.py``: r
 factors of what the tree leaves, ``Σ = A Aᵀ + L Lᵀ + Ψ``) lowers QMDiab's split-half coverage
@@ -29,7 +29,10 @@ of each replicate's residuals (``population tree + rank r``, with and without fa
 the remainder fitted once to ``POPULATION_SAMPLES`` residual rows drawn from the truth's
 covariance, its noise per replicate ``c_kk`` of the replicate's design times that fit. It tells
 a rank too small for what the tree leaves from a remainder estimated badly from the data set's
-samples.
+samples. With ``--bootstrap B`` every estimated rank also has rows ``..., bootstrap-rescaled``:
+its covariance rescaled per feature so that its conditional variances carry the shortfall of
+factors estimated from the data set's samples, measured by ``B`` parametric-bootstrap refits
+(``noise_remainder.conditional_variance_inflation``).
 
 It prints (``--part``, both by default):
 
@@ -66,7 +69,7 @@ import xarray as xr
 from bench_calibration import DEFAULT_DATA, print_study, quiet_tables
 from bench_known_truth_depths import FEATURE_SD, TRUE_GROUP_SDS, meets_goal
 from bench_low_rank import tree_level_posterior
-from noise_remainder import NoiseRemainder, noise_remainder
+from noise_remainder import NoiseRemainder, conditional_variance_inflation, noise_remainder
 
 from bayeshier_pymc.calibration import (
     SPLIT_COLUMNS,
@@ -99,13 +102,16 @@ class RemainderEmpiricalBayes:
     rank-``rank`` remainder, with ``factor_effects`` effects along the remainder's loadings in
     the prior, and the effects exchangeable in ``units``. With ``population`` (a remainder
     fitted to the true covariance) the noise is each covariate's ``c_kk`` times it, not a
-    remainder of the fit's residuals."""
+    remainder of the fit's residuals. With ``bootstrap`` refits, a remainder estimated from the
+    fit is rescaled per feature by ``noise_remainder.conditional_variance_inflation`` (the
+    loadings of the factor effects with it)."""
 
     depth: int
     rank: int
     factor_effects: bool
     units: Units
     population: NoiseRemainder | None = None
+    bootstrap: int = 0
 
     def __call__(
         self, fit: MLMFit, hierarchy: Hierarchy, covariates: Sequence[str], random_seed: int
@@ -129,6 +135,16 @@ class RemainderEmpiricalBayes:
             remainder = noise_remainder(fit, hierarchy, rank=self.rank)
             covariance = remainder.covariance
             loadings = remainder.loadings if self.factor_effects else None
+            if self.bootstrap:
+                inflation = conditional_variance_inflation(
+                    fit, hierarchy, remainder, n_bootstrap=self.bootstrap, random_seed=random_seed
+                )
+                rescale = np.sqrt(inflation)
+
+                def covariance(covariate: str) -> np.ndarray:
+                    return np.outer(rescale, rescale) * remainder.covariance(covariate)
+
+                loadings = None if loadings is None else rescale[:, None] * loadings
         unit = np.ones(tree.n_features)
         if self.units == "residual-sd":
             unit = np.sqrt(fit.sigma.to_numpy())
@@ -150,13 +166,19 @@ class RemainderEmpiricalBayes:
         )
 
 
-def noise_models(ranks: Sequence[int]) -> dict[str, tuple[int, bool]]:
-    """Each row's label and its (rank, factor effects): the tree, then each rank without
-    and with the factor effects."""
-    models = {"tree": (0, False)}
+def noise_models(ranks: Sequence[int], bootstrap: int) -> dict[str, tuple[int, bool, int]]:
+    """Each row's label and its (rank, factor effects, bootstrap refits): the tree, then each
+    rank without and with the factor effects, then, with ``bootstrap`` refits, the same
+    rescaled by the bootstrap."""
+    models = {"tree": (0, False, 0)}
     for rank in ranks:
-        models[f"tree + rank {rank}"] = (rank, False)
-        models[f"tree + rank {rank} + factor effects"] = (rank, True)
+        models[f"tree + rank {rank}"] = (rank, False, 0)
+        models[f"tree + rank {rank} + factor effects"] = (rank, True, 0)
+    if bootstrap:
+        for rank in ranks:
+            models[f"tree + rank {rank}, bootstrap-rescaled"] = (rank, False, bootstrap)
+            label = f"tree + rank {rank} + factor effects, bootstrap-rescaled"
+            models[label] = (rank, True, bootstrap)
     return models
 
 
@@ -177,8 +199,10 @@ def known_truth(study: ValidationStudy, args: argparse.Namespace) -> pd.DataFram
     """Each noise model at each true depth (fitted there, in Y's units)."""
     covariance = real_residual_covariance(study)
     models = {
-        label: RemainderEmpiricalBayes(0, rank, factor_effects, "raw")
-        for label, (rank, factor_effects) in noise_models(args.ranks).items()
+        label: RemainderEmpiricalBayes(0, rank, factor_effects, "raw", bootstrap=bootstrap)
+        for label, (rank, factor_effects, bootstrap) in noise_models(
+            args.ranks, args.bootstrap
+        ).items()
     }
     if args.population:
         for rank in args.ranks:
@@ -212,12 +236,17 @@ def split_halves(study: ValidationStudy, args: argparse.Namespace) -> pd.DataFra
     """Each noise model in each unit on the same splits, at the class level."""
     rows = {}
     for units in ("raw", "residual-sd"):
-        for label, (rank, factor_effects) in noise_models(args.ranks).items():
+        for label, (rank, factor_effects, bootstrap) in noise_models(
+            args.ranks, args.bootstrap
+        ).items():
+            model = RemainderEmpiricalBayes(
+                HALVES_DEPTH, rank, factor_effects, units, bootstrap=bootstrap
+            )
             result = split_half_check(
                 study.Y,
                 study.X,
                 study.hierarchy,
-                stage_two=RemainderEmpiricalBayes(HALVES_DEPTH, rank, factor_effects, units),
+                stage_two=model,
                 n_splits=args.splits,
                 random_seed=args.seed,
             )
@@ -248,12 +277,14 @@ def main() -> None:
     )
     parser.add_argument("--part", choices=["truth", "halves", "both"], default="both")
     parser.add_argument("--population", action="store_true")
+    parser.add_argument("--bootstrap", type=int, default=0)
     args = parser.parse_args()
     quiet_tables(width=200)
     start = time.perf_counter()
     print(
-        f"exact posterior given empirical-Bayes scales; remainder ranks {args.ranks}; seed "
-        f"{args.seed}; {args.replicates} known-truth replicates, {args.splits} splits"
+        f"exact posterior given empirical-Bayes scales; remainder ranks {args.ranks}; "
+        f"{args.bootstrap} bootstrap refits; seed {args.seed}; {args.replicates} known-truth "
+        f"replicates, {args.splits} splits"
     )
     studies = dict(available_studies(args.data, args.datasets))
     if args.part != "halves" and "liver_lipidome" in studies:

@@ -53,10 +53,10 @@ import pandas as pd
 
 from bayeshier_pymc.covariance import residual_divisor
 from bayeshier_pymc.hierarchy import Hierarchy
-from bayeshier_pymc.mlm import MLMFit
+from bayeshier_pymc.mlm import MLMFit, mlm
 from bayeshier_pymc.noise import NodeVariances, Pooling, TreeNoise, tree_noise
 
-__all__ = ["NoiseRemainder", "noise_remainder"]
+__all__ = ["NoiseRemainder", "conditional_variance_inflation", "noise_remainder"]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 DEFAULT_MAX_RANK = 10
@@ -194,6 +194,71 @@ def noise_remainder(
     loadings, own = _fit_factors(residuals, shared, floor, rank, em)
     residual = NodeVariances(tree.residual.top, tree.residual.groups, own)
     return NoiseRemainder(replace(tree, residual=residual), loadings, table)
+
+
+def conditional_variance_inflation(
+    fit: MLMFit,
+    hierarchy: Hierarchy,
+    remainder: NoiseRemainder,
+    *,
+    n_bootstrap: int = 10,
+    random_seed: int = 0,
+) -> np.ndarray:
+    """Per feature, how far a remainder estimated from these samples understates its noise.
+
+    Stage 2 uses ``Σ̂`` to tell each feature's noise from the others': the conditional
+    variance ``1 / (Σ̂⁻¹)_jj`` is what remains of feature j's noise once the other features'
+    estimates are seen. Factors estimated from tens of samples predict that noise worse than
+    they claim, so the conditional variances are too small and the intervals too short even
+    where r factors would describe ``Σ`` well (``bench_factor_effects.py --population``).
+    This estimates the shortfall by parametric bootstrap: residuals drawn from ``N(0, Σ̂)``
+    with the fit's design and sample size are refitted at the same rank (``Σ̂*``, precision
+    ``P*``); the error of feature j's conditional prediction from ``P*`` has variance
+    ``(P* Σ̂ P*)_jj / P*_jj²`` under ``Σ̂``, against the claimed ``1 / P*_jj``, and their ratio
+    averaged over the refits is feature j's inflation ``k_j``. ``diag(√k) Σ̂ diag(√k)`` has
+    conditional variances ``k_j / (Σ̂⁻¹)_jj`` and the same form (tree plus factors, each
+    feature rescaled). Dense m × m algebra: small m only.
+
+    Parameters
+    ----------
+    fit
+        The stage-1 fit the remainder was estimated from (its design ``X`` is reused).
+    hierarchy
+        The features' annotation tree.
+    remainder
+        :func:`noise_remainder`'s estimate from ``fit``; its rank is refitted (with
+        :func:`noise_remainder`'s default settings).
+    n_bootstrap
+        Number of parametric-bootstrap refits.
+    random_seed
+        Seed of the bootstrap residuals.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``k``, one inflation per feature in ``remainder.features``' order.
+
+    Raises
+    ------
+    ValueError
+        For ``n_bootstrap`` below 1.
+    """
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be a positive integer, got {n_bootstrap!r}.")
+    rng = np.random.default_rng(random_seed)
+    covariance = remainder.covariance()
+    factor = np.linalg.cholesky(covariance)
+    ratios = np.empty((n_bootstrap, covariance.shape[0]))
+    for draw in range(n_bootstrap):
+        errors = rng.standard_normal((fit.n_obs, covariance.shape[0])) @ factor.T
+        response = pd.DataFrame(errors, index=fit.Y.index, columns=remainder.features)
+        refit = mlm(response, fit.X, x_intercept=False, dof=fit.dof)
+        precision = np.linalg.inv(
+            noise_remainder(refit, hierarchy, rank=remainder.rank).covariance()
+        )
+        diagonal = np.diag(precision)
+        ratios[draw] = np.einsum("ij,jk,ki->i", precision, covariance, precision) / diagonal
+    return ratios.mean(axis=0)
 
 
 @dataclass(frozen=True)

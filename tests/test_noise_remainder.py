@@ -13,7 +13,9 @@ from bayeshier_pymc import Hierarchy, mlm
 from bayeshier_pymc.noise import tree_noise
 from tests.research import research_module
 
-noise_remainder = research_module("noise_remainder").noise_remainder
+remainder_module = research_module("noise_remainder")
+noise_remainder = remainder_module.noise_remainder
+conditional_variance_inflation = remainder_module.conditional_variance_inflation
 N_FEATURES = 60
 SUB = np.repeat(np.arange(12), 5)
 SUPER = SUB // 4
@@ -132,3 +134,32 @@ def test_bad_ranks_and_inputs_raise_clear_errors(rng):
     y.iloc[0, 0] = np.nan
     with pytest.raises(ValueError, match="complete residuals"):
         noise_remainder(mlm(y, fit.X, x_intercept=False, missing="per-feature"), tree, rank=1)
+
+
+def _shortfall(precision: np.ndarray, covariance: np.ndarray) -> np.ndarray:
+    """Per feature, the true variance of the conditional prediction error from ``precision``
+    over the variance it claims."""
+    return np.einsum("ij,jk,ki->i", precision, covariance, precision) / np.diag(precision)
+
+
+def test_conditional_variance_inflation_measures_the_shortfall_of_few_samples(rng):
+    hierarchy = _hierarchy()
+    actual, estimated = [], []
+    for _ in range(3):
+        fit, _, covariance = _study(rng, rank=3, n=40)
+        remainder = noise_remainder(fit, hierarchy, rank=3)
+        actual.append(_shortfall(np.linalg.inv(remainder.covariance()), covariance).mean())
+        inflation = conditional_variance_inflation(fit, hierarchy, remainder, random_seed=1)
+        assert inflation.shape == (N_FEATURES,)
+        estimated.append(inflation.mean())
+    # 40 samples understate the conditional variances against the true Σ, and the bootstrap
+    # (which never sees the true Σ) says by about how much
+    assert np.mean(actual) > 1.15
+    assert abs(np.mean(estimated) / np.mean(actual) - 1.0) < 0.15
+    # with many samples the factors are estimated well and nothing needs inflating
+    fit, _, covariance = _study(rng, rank=3, n=2000)
+    remainder = noise_remainder(fit, hierarchy, rank=3)
+    inflation = conditional_variance_inflation(fit, hierarchy, remainder, n_bootstrap=3)
+    assert 0.99 < inflation.mean() < 1.02
+    with pytest.raises(ValueError, match="n_bootstrap"):
+        conditional_variance_inflation(fit, hierarchy, remainder, n_bootstrap=0)
