@@ -157,7 +157,7 @@ def test_conditional_variance_inflation_measures_the_shortfall_of_few_samples(rn
     assert np.mean(actual) > 1.15
     assert abs(np.mean(estimated) / np.mean(actual) - 1.0) < 0.15
     # with many samples the factors are estimated well and nothing needs inflating
-    fit, _, covariance = _study(rng, rank=3, n=2000)
+    fit, _, _ = _study(rng, rank=3, n=2000)
     remainder = noise_remainder(fit, hierarchy, rank=3)
     inflation = conditional_variance_inflation(fit, hierarchy, remainder, n_bootstrap=3)
     assert 0.99 < inflation.mean() < 1.02
